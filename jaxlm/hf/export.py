@@ -1,0 +1,71 @@
+"""`export_pretrained`: write a jaxlm model as a Hugging Face folder that transformers loads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.models import architecture_of
+from jaxlm.models.weight_map import ours_to_hf
+
+_DTYPE_NAMES = {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}
+
+
+def hf_state_dict(model) -> dict[str, jnp.ndarray]:
+    """The model's parameters under their HF names and layouts (LoRA adapters merged in)."""
+    from jaxlm.models.lora import has_lora, merge_lora
+
+    if has_lora(model):
+        model = merge_lora(model)
+    arch = architecture_of(model)
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        name, transpose = ours_to_hf(arch.family, ".".join(map(str, path)))
+        value = var.get_value()
+        out[name] = value.T if transpose else value
+    return out
+
+
+def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, progress: bool = False) -> str:
+    """Write config.json, model.safetensors (and tokenizer files with its chat template) to `out_dir`.
+
+    `dtype` (e.g. jnp.bfloat16) converts the saved weights; by default they keep the model's dtype.
+    """
+    from safetensors.flax import save_file
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    arch = architecture_of(model)
+    tensors = hf_state_dict(model)
+    if progress:
+        from tqdm.auto import tqdm
+
+        tensors = dict(tqdm(tensors.items(), desc="exporting", unit="tensor"))
+    if dtype is not None:
+        tensors = {k: v.astype(dtype) for k, v in tensors.items()}
+    # Contiguous host copies: transposed views cannot be written as they are.
+    tensors = {k: jnp.asarray(np.ascontiguousarray(np.asarray(v))) for k, v in tensors.items()}
+    saved_dtype = next(iter(tensors.values())).dtype
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+
+    config = model.config.to_hf()
+    config.update(architectures=[arch.name], dtype=_DTYPE_NAMES.get(jnp.dtype(saved_dtype), "float32"))
+    if getattr(model.config, "tie_word_embeddings", None) is not None:
+        config["tie_word_embeddings"] = model.config.tie_word_embeddings
+    _write_json(os.path.join(out_dir, "config.json"), config)
+    if arch.causal_lm:
+        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+        _write_json(os.path.join(out_dir, "generation_config.json"), generation)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")

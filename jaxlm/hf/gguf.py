@@ -1,0 +1,122 @@
+"""Read a llama.cpp GGUF file as a Hugging Face checkpoint: config, tensors with HF names, tokenizer.
+
+Quantised tensors are dequantised with the `gguf` package. llama.cpp permutes the rows
+of the Q and K projections for its interleaved RoPE; we undo that to get HF's layout.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from jaxlm.hf.errors import CheckpointError
+from jaxlm.models.weight_map import rename
+
+# GGUF tensor name -> HF LlamaForCausalLM tensor name.
+LLAMA_NAMES = (
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+    ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
+    ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
+    ("blk.{i}.attn_q.weight", "model.layers.{i}.self_attn.q_proj.weight"),
+    ("blk.{i}.attn_k.weight", "model.layers.{i}.self_attn.k_proj.weight"),
+    ("blk.{i}.attn_v.weight", "model.layers.{i}.self_attn.v_proj.weight"),
+    ("blk.{i}.attn_output.weight", "model.layers.{i}.self_attn.o_proj.weight"),
+    ("blk.{i}.ffn_gate.weight", "model.layers.{i}.mlp.gate_proj.weight"),
+    ("blk.{i}.ffn_up.weight", "model.layers.{i}.mlp.up_proj.weight"),
+    ("blk.{i}.ffn_down.weight", "model.layers.{i}.mlp.down_proj.weight"),
+)
+IGNORED = ("rope_freqs.weight",)  # llama.cpp's precomputed RoPE factors; we derive them from the config
+
+
+def _open(path: str):
+    import gguf
+
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # the reader raises bare ValueError/IndexError on a damaged file
+        raise CheckpointError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def _field(reader, key: str, path: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        if default is not None:
+            return default
+        raise CheckpointError(f"{path}: GGUF metadata key {key!r} is missing")
+    return field.contents()
+
+
+def hf_config(reader, path: str) -> dict:
+    arch = _field(reader, "general.architecture", path)
+    if arch != "llama":
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    get = lambda key, default=None: _field(reader, f"llama.{key}", path, default)  # noqa: E731
+    heads = int(get("attention.head_count"))
+    names = [t.name for t in reader.tensors]
+    vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
+    hidden = int(get("embedding_length"))
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": int(get("vocab_size", vocab)),
+        "hidden_size": hidden,
+        "intermediate_size": int(get("feed_forward_length")),
+        "num_hidden_layers": int(get("block_count")),
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
+        "head_dim": int(get("rope.dimension_count", hidden // heads)),
+        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(get("context_length", 2048)),
+        "tie_word_embeddings": "output.weight" not in names,
+    }
+    for ours, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")):
+        if f"tokenizer.ggml.{key}" in reader.fields:
+            config[ours] = int(reader.fields[f"tokenizer.ggml.{key}"].contents())
+    return config
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    rows, cols = w.shape
+    return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, float32 array) for every tensor, dequantised and in HF layout."""
+    from gguf.quants import dequantize
+
+    for tensor in reader.tensors:
+        if tensor.name in IGNORED:
+            continue
+        hf_name = next((n for src, dst in LLAMA_NAMES if (n := rename(tensor.name, src, dst))), None)
+        if hf_name is None:
+            raise CheckpointError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
+        try:
+            w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
+        w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
+        if hf_name.endswith("q_proj.weight"):
+            w = _unpermute(w, config["num_attention_heads"])
+        elif hf_name.endswith("k_proj.weight"):
+            w = _unpermute(w, config["num_key_value_heads"])
+        yield hf_name, w
+
+
+def tokenizer(path: str):
+    """The HF fast tokenizer (with chat template) rebuilt from the GGUF metadata by transformers."""
+    from transformers import AutoTokenizer
+
+    folder, name = os.path.split(os.path.abspath(path))
+    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def read(path: str):
+    """(hf_config, tensor iterator, tokenizer) of a GGUF file."""
+    reader = _open(path)
+    config = hf_config(reader, path)
+    return config, tensors(reader, config, path), tokenizer(path)

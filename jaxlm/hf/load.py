@@ -1,0 +1,192 @@
+"""`load_pretrained`: an HF model folder or a GGUF file in, a ready NNX module and tokenizer out."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxlm.hf import gguf
+from jaxlm.hf.errors import CheckpointError
+from jaxlm.models import Architecture, architecture_for
+from jaxlm.models.weight_map import hf_to_ours, is_ignored
+
+
+def load_pretrained(
+    path: str | os.PathLike,
+    dtype=jnp.float32,
+    *,
+    architecture: str | None = None,
+    config_overrides: dict | None = None,
+    progress: bool = False,
+):
+    """Load `(model, tokenizer)` from an HF folder (safetensors, sharded, or pytorch_model.bin) or a .gguf file.
+
+    Parameters are stored in `dtype`; the computation follows the parameters' dtype.
+    The tokenizer is a transformers fast tokenizer, or None if the folder has none.
+    The model is returned in eval mode (dropout off); call `model.train()` to fine-tune.
+
+    `architecture` puts a new head on a base checkpoint, e.g. "BertForTokenClassification"
+    on MiniLM with `config_overrides={"id2label": {...}}`: parameters the checkpoint lacks
+    are then randomly initialised only if they belong to the new head.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model folder or .gguf file")
+    if path.endswith(".gguf"):
+        hf_config, tensors, tokenizer = gguf.read(path)
+        source = path
+    else:
+        hf_config = read_config(path)
+        tensors = read_tensors(path)
+        tokenizer = read_tokenizer(path)
+        source = os.path.join(path, "config.json")
+    base_arch = architecture_for(hf_config, source)
+    hf_config = {**hf_config, **(config_overrides or {})}
+    if architecture is not None:
+        hf_config["architectures"] = [architecture]
+    arch = architecture_for(hf_config, source)
+    try:
+        config = arch.config_cls.from_hf(hf_config)
+    except KeyError as e:
+        raise CheckpointError(f"{source}: required field {e.args[0]!r} is missing") from e
+    if progress:
+        from tqdm.auto import tqdm
+
+        tensors = tqdm(tensors, desc=f"loading {os.path.basename(path)}", unit="tensor")
+    new_head = arch.name != base_arch.name
+    model = build_model(arch, config, tensors, dtype, source=path, init_missing_head=new_head)
+    model.eval()
+    return model, tokenizer
+
+
+def build_model(
+    arch: Architecture,
+    config,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    dtype,
+    *,
+    source: str,
+    init_missing_head: bool = False,
+):
+    """Instantiate `arch` without random init and fill its parameters from (HF name, array) pairs."""
+    make = lambda: arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype)  # noqa: E731
+    abstract = nnx.eval_shape(make)
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    # Non-parameter state (dropout RNG streams) is tiny; jit lets XLA skip the random weights.
+    rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
+    expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    loaded: dict[str, jax.Array] = {}
+    for name, array in tensors:
+        if is_ignored(arch.family, name):
+            continue
+        found = hf_to_ours(arch.family, name, expected.keys())
+        if found is None:
+            raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
+        ours, transpose = found
+        array = np.asarray(array).T if transpose else np.asarray(array)
+        want = expected[ours].get_value().shape
+        if array.shape != want:
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(want)} for {arch.name}"
+            )
+        loaded[ours] = jnp.asarray(array, dtype=dtype)
+    missing = [p for p in expected if p not in loaded]
+    if missing and init_missing_head and all(p.split(".")[0] in HEAD_MODULES for p in missing):
+        fresh = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
+        loaded.update({p: fresh[p] for p in missing})
+        missing = []
+    if missing:
+        from jaxlm.models.weight_map import ours_to_hf
+
+        names = ", ".join(repr(ours_to_hf(arch.family, p)[0]) for p in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{source}: missing tensor {names}{more} for {arch.name}")
+    flat = [(p, v.replace(loaded[".".join(map(str, p))])) for p, v in nnx.to_flat_state(params)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
+
+
+# Top-level modules that a task head adds on a base model; only these may start untrained.
+HEAD_MODULES = ("classifier", "lm_head")
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no config.json (is this a Hugging Face model folder?)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from e
+
+
+def read_tensors(folder: str) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) pairs from safetensors (single or sharded) or, failing that, pytorch_model.bin."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    single = os.path.join(folder, "model.safetensors")
+    if os.path.exists(single):
+        yield from _safetensors(single)
+    elif os.path.exists(index):
+        for shard in _shards(index):
+            yield from _safetensors(os.path.join(folder, shard))
+    elif os.path.exists(os.path.join(folder, "pytorch_model.bin")):
+        yield from _torch_bin(os.path.join(folder, "pytorch_model.bin"))
+    elif os.path.exists(os.path.join(folder, "pytorch_model.bin.index.json")):
+        for shard in _shards(os.path.join(folder, "pytorch_model.bin.index.json")):
+            yield from _torch_bin(os.path.join(folder, shard))
+    else:
+        raise CheckpointError(f"{folder}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def _shards(index_path: str) -> list[str]:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{index_path}: not a valid shard index ({e})") from e
+    return sorted(set(weight_map.values()))
+
+
+def _safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    try:
+        # framework="flax" reads bfloat16 too, which plain numpy cannot.
+        with safe_open(path, framework="flax") as f:
+            for name in f.keys():
+                yield name, np.asarray(f.get_tensor(name))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: shard listed in the index is missing") from None
+    except Exception as e:
+        if isinstance(e, CheckpointError) or type(e).__name__ != "SafetensorError":
+            raise
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
+
+
+def _torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install torch)") from None
+    try:
+        # weights_only=True: a checkpoint is data; never unpickle arbitrary objects from it.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read as a torch state dict ({type(e).__name__}: {e})") from e
+    for name, tensor in state.items():
+        yield name, tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+
+
+def read_tokenizer(folder: str):
+    files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+    if not any(os.path.exists(os.path.join(folder, f)) for f in files):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)

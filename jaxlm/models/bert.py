@@ -1,0 +1,183 @@
+"""BERT encoder (post-LayerNorm, absolute positions, token types) and its token-classification head."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers
+from jaxlm.models.gpt2 import ACTIVATIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str = "gelu"
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    id2label: tuple[str, ...] = ()  # labels of the token-classification head, in index order
+
+    model_type = "bert"
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "BertConfig":
+        if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
+            raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported")
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("config.json: only position_embedding_type='absolute' is supported")
+        names = {f.name for f in dataclasses.fields(cls)} - {"id2label"}
+        labels = hf.get("id2label") or {}
+        id2label = tuple(labels[k] for k in sorted(labels, key=int))
+        return cls(**{k: hf[k] for k in names if k in hf}, id2label=id2label)
+
+    def to_hf(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["id2label"] = {str(i): name for i, name in enumerate(self.id2label)}
+        out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
+        if not self.id2label:
+            del out["id2label"], out["label2id"]
+        return dict(out, model_type=self.model_type, position_embedding_type="absolute")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def _layer_norm(cfg: BertConfig, param_dtype):
+    return nnx.LayerNorm(
+        cfg.hidden_size, epsilon=cfg.layer_norm_eps, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0)
+    )
+
+
+class _DenseNorm(nnx.Module):
+    """`LayerNorm(dense(x) + residual)`: the output step BERT uses after attention and after the MLP."""
+
+    def __init__(self, in_dim, cfg: BertConfig, *, rngs, param_dtype):
+        self.dense = layers.linear(rngs, in_dim, cfg.hidden_size, bias=True, param_dtype=param_dtype)
+        self.LayerNorm = _layer_norm(cfg, param_dtype)
+
+    def __call__(self, x, residual):
+        return self.LayerNorm(self.dense(x) + residual)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        embed = lambda n: nnx.Embed(  # noqa: E731
+            n, cfg.hidden_size, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
+        self.word_embeddings = embed(cfg.vocab_size)
+        self.position_embeddings = embed(cfg.max_position_embeddings)
+        self.token_type_embeddings = embed(cfg.type_vocab_size)
+        self.LayerNorm = _layer_norm(cfg, param_dtype)
+
+    def __call__(self, input_ids, token_type_ids, positions):
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(x + self.position_embeddings(positions))
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        proj = lambda: layers.linear(rngs, cfg.hidden_size, cfg.hidden_size, bias=True, param_dtype=param_dtype)  # noqa: E731
+        self.query, self.key, self.value = proj(), proj(), proj()
+        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+
+    def __call__(self, x, mask):
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, self.heads, self.head_dim)  # noqa: E731
+        out = layers.dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)), mask)
+        return out.reshape(b, t, -1)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        self.self = SelfAttention(cfg, rngs=rngs, param_dtype=param_dtype)  # HF's name, kept for the weight map
+        self.output = _DenseNorm(cfg.hidden_size, cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, mask):
+        return self.output(self.self(x, mask), x)
+
+
+class Intermediate(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        self.dense = layers.linear(rngs, cfg.hidden_size, cfg.intermediate_size, bias=True, param_dtype=param_dtype)
+        self.activation = cfg.hidden_act
+
+    def __call__(self, x):
+        return ACTIVATIONS[self.activation](self.dense(x))
+
+
+class Layer(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        self.attention = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.intermediate = Intermediate(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.output = _DenseNorm(cfg.intermediate_size, cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, mask):
+        x = self.attention(x, mask)
+        return self.output(self.intermediate(x), x)
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        self.layer = nnx.List([Layer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(self, x, mask):
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class Pooler(nnx.Module):
+    def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
+        self.dense = layers.linear(rngs, cfg.hidden_size, cfg.hidden_size, bias=True, param_dtype=param_dtype)
+
+    def __call__(self, hidden):
+        return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nnx.Module):
+    """`model(ids, attention_mask, token_type_ids)` -> last hidden state [batch, seq, hidden]."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, add_pooling_layer=True):
+        self.config = cfg
+        self.embeddings = Embeddings(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.encoder = Encoder(cfg, rngs=rngs, param_dtype=param_dtype)
+        # The pooler is kept only so exported folders load into transformers' BertModel with no missing keys.
+        self.pooler = Pooler(cfg, rngs=rngs, param_dtype=param_dtype) if add_pooling_layer else None
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None):
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, causal=False)
+        return self.encoder(self.embeddings(input_ids, token_type_ids, positions), mask)
+
+    def pooled(self, hidden):
+        return self.pooler(hidden)
+
+
+class BertForTokenClassification(nnx.Module):
+    """BERT encoder plus a linear tagger: `model(ids, attention_mask)` -> logits [batch, seq, labels]."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1):
+        if not cfg.id2label:
+            raise ValueError("BertForTokenClassification needs config.id2label (the tag set)")
+        self.config = cfg
+        self.bert = BertModel(cfg, rngs=rngs, param_dtype=param_dtype, add_pooling_layer=False)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.classifier = layers.linear(rngs, cfg.hidden_size, len(cfg.id2label), bias=True, param_dtype=param_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(hidden))

@@ -1,0 +1,147 @@
+"""GPT-2: learned positions, pre-LayerNorm blocks, fused QKV projection, tied LM head."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers
+
+ACTIVATIONS = {
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+    vocab_size: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_positions: int = 1024
+    n_inner: int | None = None
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+
+    model_type = "gpt2"
+    tie_word_embeddings = True
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "GPT2Config":
+        if hf.get("activation_function", "gelu_new") not in ACTIVATIONS:
+            raise ValueError(f"config.json: activation_function={hf['activation_function']!r} is not supported")
+        if hf.get("tie_word_embeddings", True) is False:
+            raise ValueError("config.json: GPT-2 with untied embeddings is not supported")
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{k: hf[k] for k in names if k in hf})
+
+    def to_hf(self) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), model_type=self.model_type)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.c_attn = layers.linear(rngs, cfg.n_embd, 3 * cfg.n_embd, bias=True, param_dtype=param_dtype)
+        self.c_proj = layers.linear(rngs, cfg.n_embd, cfg.n_embd, bias=True, param_dtype=param_dtype)
+        self.heads, self.head_dim = cfg.n_head, cfg.head_dim
+        scale = 1.0 / math.sqrt(cfg.head_dim) if cfg.scale_attn_weights else 1.0
+        if cfg.scale_attn_by_inverse_layer_idx:
+            scale /= layer_idx + 1
+        self.scale = scale
+
+    def __call__(self, x, mask, kv=None, index=None):
+        b, t, _ = x.shape
+        q, k, v = (y.reshape(b, t, self.heads, self.head_dim) for y in jnp.split(self.c_attn(x), 3, axis=-1))
+        if kv is not None:
+            kv = layers.write_kv(*kv, k, v, index)
+            k, v = kv
+        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale=self.scale)
+        return self.c_proj(out.reshape(b, t, -1)), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        inner = cfg.n_inner or 4 * cfg.n_embd
+        self.c_fc = layers.linear(rngs, cfg.n_embd, inner, bias=True, param_dtype=param_dtype)
+        self.c_proj = layers.linear(rngs, inner, cfg.n_embd, bias=True, param_dtype=param_dtype)
+        self.activation = cfg.activation_function
+
+    def __call__(self, x):
+        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+
+
+def layer_norm(cfg: GPT2Config, param_dtype) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        cfg.n_embd, epsilon=cfg.layer_norm_epsilon, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0)
+    )
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: GPT2Config, layer_idx: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.ln_1 = layer_norm(cfg, param_dtype)
+        self.attn = Attention(cfg, layer_idx, rngs=rngs, param_dtype=param_dtype)
+        self.ln_2 = layer_norm(cfg, param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, mask, kv=None, index=None):
+        attn, kv = self.attn(self.ln_1(x), mask, kv, index)
+        x = x + attn
+        return x + self.mlp(self.ln_2(x)), kv
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """Causal LM with the same call/decode interface as the Llama family."""
+
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = cfg
+        embed = lambda n: nnx.Embed(  # noqa: E731
+            n, cfg.n_embd, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        )
+        self.wte, self.wpe = embed(cfg.vocab_size), embed(cfg.n_positions)
+        self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
+        self.ln_f = layer_norm(cfg, param_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
+        if positions is None:
+            positions = layers.default_positions(input_ids, attention_mask)
+        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
+        x = self.wte(input_ids) + self.wpe(positions)
+        for block in self.h:
+            x, _ = block(x, mask)
+        return self.wte.attend(self.ln_f(x))
+
+    def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
+        if new_valid is None:
+            new_valid = jnp.ones(input_ids.shape, bool)
+        cache = layers.update_cache_valid(cache, new_valid)
+        mask = layers.cached_attention_mask(cache, input_ids.shape[1])
+        x = self.wte(input_ids) + self.wpe(positions)
+        keys, values = [], []
+        for i, block in enumerate(self.h):
+            x, (k, v) = block(x, mask, (cache.keys[i], cache.values[i]), cache.index)
+            keys.append(k)
+            values.append(v)
+        cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + input_ids.shape[1])
+        return self.wte.attend(self.ln_f(x)), cache
+
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
+        cfg = self.config
+        return layers.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype)

@@ -1,0 +1,189 @@
+"""The Llama family (Llama 2/3, SmolLM2, ...): RMSNorm, RoPE, grouped-query attention, SwiGLU."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: tuple | None = None  # HF dict as sorted items: configs must be hashable for jit
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+
+    model_type = "llama"
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config.json: hidden_act={act!r}; the Llama family here supports 'silu'")
+        heads = hf["num_attention_heads"]
+        rope = hf.get("rope_scaling") or hf.get("rope_parameters")
+        theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
+        if rope and rope.get("rope_type", rope.get("type")) == "default":
+            rope = None
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=tuple(sorted(rope.items())) if rope else None,
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            attention_bias=hf.get("attention_bias", False),
+            mlp_bias=hf.get("mlp_bias", False),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=_hashable(hf.get("eos_token_id")),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.update(model_type=self.model_type, hidden_act="silu")
+        if out["rope_scaling"] is None:
+            del out["rope_scaling"]
+        else:
+            out["rope_scaling"] = dict(out["rope_scaling"])
+        if isinstance(out["eos_token_id"], tuple):
+            out["eos_token_id"] = list(out["eos_token_id"])
+        return out
+
+    @property
+    def inverse_frequencies(self):
+        scaling = dict(self.rope_scaling) if self.rope_scaling else None
+        return layers.rope_inverse_frequencies(self.head_dim, self.rope_theta, scaling)
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        d, h, kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
+        proj = lambda i, o: layers.linear(rngs, i, o, bias=cfg.attention_bias, param_dtype=param_dtype)  # noqa: E731
+        self.q_proj = proj(d, h * cfg.head_dim)
+        self.k_proj = proj(d, kv * cfg.head_dim)
+        self.v_proj = proj(d, kv * cfg.head_dim)
+        self.o_proj = proj(h * cfg.head_dim, d)
+        self.heads, self.kv_heads, self.head_dim = h, kv, cfg.head_dim
+
+    def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
+        q = layers.apply_rope(q, positions, inv_freq)
+        k = layers.apply_rope(k, positions, inv_freq)
+        if kv is not None:  # decoding: attend over the cache, which now holds these keys too
+            kv = layers.write_kv(*kv, k, v, index)
+            k, v = kv
+        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(b, t, -1)), kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        proj = lambda i, o: layers.linear(rngs, i, o, bias=cfg.mlp_bias, param_dtype=param_dtype)  # noqa: E731
+        self.gate_proj, self.up_proj, self.down_proj = proj(d, f), proj(d, f), proj(f, d)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv, index)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class LlamaForCausalLM(nnx.Module):
+    """Causal LM. `model(ids, attention_mask)` gives logits; `model.decode(...)` runs on a KV cache."""
+
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.config = cfg
+        self.embed_tokens = nnx.Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            param_dtype=param_dtype,
+            embedding_init=nnx.initializers.normal(0.02),
+            rngs=rngs,
+        )
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)]
+        )
+        self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
+        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other."""
+        if positions is None:
+            positions = layers.default_positions(input_ids, attention_mask)
+        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
+        x = self.embed_tokens(input_ids)
+        inv_freq = self.config.inverse_frequencies
+        for layer in self.layers:
+            x, _ = layer(x, positions, mask, inv_freq)
+        return self._logits(x)
+
+    def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
+        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
+        if new_valid is None:
+            new_valid = jnp.ones(input_ids.shape, bool)
+        cache = layers.update_cache_valid(cache, new_valid)
+        mask = layers.cached_attention_mask(cache, input_ids.shape[1])
+        x = self.embed_tokens(input_ids)
+        inv_freq = self.config.inverse_frequencies
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, positions, mask, inv_freq, (cache.keys[i], cache.values[i]), cache.index)
+            keys.append(k)
+            values.append(v)
+        cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + input_ids.shape[1])
+        return self._logits(x), cache
+
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
+        cfg = self.config
+        return layers.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
+
+    def _logits(self, x):
+        x = self.norm(x)
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(x)
+        return self.lm_head(x)
