@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Iterable, Iterator
 
 import jax
@@ -82,10 +83,14 @@ def build_model(
     rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
     expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
     loaded: dict[str, jax.Array] = {}
+    unused: list[str] = []
     for name, array in tensors:
         if is_ignored(arch.family, name):
             continue
         found = hf_to_ours(arch.family, name, expected.keys())
+        if found is None and init_missing_head:
+            unused.append(name)  # the old head's weights (e.g. BERT's pooler) when a new head goes on
+            continue
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
         ours, transpose = found
@@ -101,6 +106,9 @@ def build_model(
         fresh = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
         missing = []
+        warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}")
+    if unused:
+        warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}")
     if missing:
         from jaxlm.models.weight_map import ours_to_hf
 

@@ -1,0 +1,81 @@
+"""Tiny random Hugging Face checkpoints (transformers + torch), written by the tests themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+VOCAB = 320
+
+
+def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0):
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rope_scaling=rope_scaling,
+        tie_word_embeddings=tied,
+        attention_bias=bias,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return _save(transformers.LlamaForCausalLM, config, path, seed)
+
+
+def tiny_gpt2(path, seed=0):
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2
+    )
+    return _save(transformers.GPT2LMHeadModel, config, path, seed)
+
+
+def tiny_bert(path, *, num_labels=None, seed=0):
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=128,
+    )
+    if num_labels:
+        config.id2label = {i: f"TAG{i}" for i in range(num_labels)}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        return _save(transformers.BertForTokenClassification, config, path, seed)
+    return _save(transformers.BertModel, config, path, seed)
+
+
+def _save(cls, config, path, seed):
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    with torch.no_grad():  # random biases and norms, so a mapping mistake cannot hide behind zeros/ones
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name.lower() or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model
+
+
+def padded_batch(seed=0, batch=3, length=11):
+    """Random ids with right padding in all but the first row."""
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, VOCAB, size=(batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for row in range(1, batch):
+        mask[row, length - 2 * row :] = 0
+    ids[mask == 0] = 0
+    return ids, mask
+
+
+def torch_logits(model, ids, mask, **kwargs):
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), **kwargs)
+    return (out.logits if hasattr(out, "logits") else out.last_hidden_state).numpy()

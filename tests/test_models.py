@@ -1,0 +1,139 @@
+"""Golden-logit parity of each family against transformers' PyTorch classes, and model-level behaviour."""
+
+from __future__ import annotations
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlm
+from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, torch_logits
+
+LLAMA_VARIANTS = {
+    "gqa_untied": dict(kv_heads=2),
+    "mha_tied": dict(kv_heads=4, tied=True),
+    "bias_llama3_rope": dict(
+        bias=True,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+    ),
+    "linear_rope": dict(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+}
+
+
+def _close_on_real_tokens(ours, ref, mask, atol):
+    ours = np.asarray(ours)
+    real = mask.astype(bool)
+    assert np.abs(ours[real] - ref[real]).max() <= atol, np.abs(ours[real] - ref[real]).max()
+
+
+@pytest.mark.parametrize("variant", sorted(LLAMA_VARIANTS))
+def test_llama_logits_match_transformers(tmp_path, variant):
+    ref_model = tiny_llama(tmp_path, **LLAMA_VARIANTS[variant])
+    ids, mask = padded_batch()
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    chex.assert_shape(logits, (*ids.shape, VOCAB))
+    _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
+
+
+def test_gpt2_logits_match_transformers(tmp_path):
+    ref_model = tiny_gpt2(tmp_path)
+    ids, mask = padded_batch(seed=1)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    chex.assert_shape(logits, (*ids.shape, VOCAB))
+    _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
+
+
+def test_bert_hidden_states_match_transformers(tmp_path):
+    ref_model = tiny_bert(tmp_path)
+    ids, mask = padded_batch(seed=2)
+    types = (np.arange(ids.shape[1]) >= 5).astype(np.int32)[None].repeat(ids.shape[0], 0)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    hidden = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+    chex.assert_shape(hidden, (*ids.shape, 64))
+    ref = torch_logits(ref_model, ids, mask, token_type_ids=__import__("torch").tensor(types, dtype=__import__("torch").long))
+    _close_on_real_tokens(hidden, ref, mask, atol=1e-4)
+
+
+def test_bert_token_classification_logits_match_transformers(tmp_path):
+    ref_model = tiny_bert(tmp_path, num_labels=5)
+    ids, mask = padded_batch(seed=3)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    assert type(model).__name__ == "BertForTokenClassification"
+    assert model.config.id2label == tuple(f"TAG{i}" for i in range(5))
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    chex.assert_shape(logits, (*ids.shape, 5))
+    _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
+
+
+def test_new_token_classification_head_on_a_base_encoder(tmp_path):
+    tiny_bert(tmp_path)
+    labels = {"0": "O", "1": "B-PER", "2": "I-PER"}
+    model, _ = jaxlm.load_pretrained(tmp_path, architecture="BertForTokenClassification", config_overrides={"id2label": labels})
+    base, _ = jaxlm.load_pretrained(tmp_path)
+    ids, mask = padded_batch(seed=4)
+    chex.assert_shape(model(jnp.asarray(ids), jnp.asarray(mask)), (*ids.shape, 3))
+    np.testing.assert_array_equal(  # the encoder is the checkpoint's, only the classifier is new
+        model.bert.encoder.layer[0].attention.self.query.kernel[...],
+        base.encoder.layer[0].attention.self.query.kernel[...],
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_documents_do_not_attend_across_segments(tmp_path, family):
+    (tiny_llama if family == "llama" else tiny_gpt2)(tmp_path)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    rng = np.random.RandomState(5)
+    doc_a, doc_b = rng.randint(3, VOCAB, 7), rng.randint(3, VOCAB, 5)
+    packed = np.concatenate([doc_a, doc_b, [0, 0]])[None]
+    segments = np.array([[1] * 7 + [2] * 5 + [0, 0]])
+    positions = np.array([list(range(7)) + list(range(5)) + [0, 0]])
+    logits = np.asarray(model(jnp.asarray(packed), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segments)))
+    alone_a = np.asarray(model(jnp.asarray(doc_a[None])))[0]
+    alone_b = np.asarray(model(jnp.asarray(doc_b[None])))[0]
+    np.testing.assert_allclose(logits[0, :7], alone_a, atol=1e-5)
+    np.testing.assert_allclose(logits[0, 7:12], alone_b, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
+    (tiny_llama if family == "llama" else tiny_gpt2)(tmp_path)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    ids = np.random.RandomState(6).randint(3, VOCAB, (2, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :3] = 0  # left padding, as batched generation uses
+    full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    cache = model.init_cache(batch=2, slots=16)
+    prefill, cache = model.decode(jnp.asarray(ids[:, :6]), jnp.asarray(positions[:, :6]), cache, jnp.asarray(mask[:, :6]))
+    steps = [prefill]
+    for t in range(6, 9):
+        logits, cache = model.decode(jnp.asarray(ids[:, t : t + 1]), jnp.asarray(positions[:, t : t + 1]), cache)
+        steps.append(logits)
+    chex.assert_shape(steps[-1], (2, 1, VOCAB))
+    cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    _close_on_real_tokens(cached, full, mask, atol=1e-5)
+    assert int(cache.index) == 9
+
+
+def test_bfloat16_loading_stays_close_to_float32(tmp_path):
+    tiny_llama(tmp_path)
+    ids, mask = padded_batch()
+    f32, _ = jaxlm.load_pretrained(tmp_path)
+    bf16, _ = jaxlm.load_pretrained(tmp_path, dtype=jnp.bfloat16)
+    assert bf16.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.bfloat16
+    out16 = bf16(jnp.asarray(ids), jnp.asarray(mask))
+    assert out16.dtype == jnp.bfloat16
+    out32 = np.asarray(f32(jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask.astype(bool)
+    err = np.abs(np.asarray(out16, np.float32)[real] - out32[real])
+    assert err.max() < 0.05 * np.abs(out32[real]).max()
+    assert (np.asarray(out16, np.float32)[real].argmax(-1) == out32[real].argmax(-1)).mean() > 0.9

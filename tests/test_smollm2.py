@@ -1,0 +1,51 @@
+"""The real shipped model: SmolLM2-135M-Instruct from its GGUF file."""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import jaxlm
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    return jaxlm.load_pretrained(smollm2_gguf)
+
+
+def test_gguf_config_and_tokenizer_come_from_the_metadata(smollm2):
+    model, tokenizer = smollm2
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
+    assert cfg.tie_word_embeddings and cfg.rope_theta == 1e5
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+
+
+def test_gguf_logits_match_transformers_gguf_loader(smollm2, smollm2_gguf):
+    model, tokenizer = smollm2
+    ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="np", return_dict=True)["input_ids"]
+    ours = np.asarray(model(jnp.asarray(ids)))
+    folder, name = os.path.split(smollm2_gguf)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = ref(torch.tensor(ids)).logits.numpy()
+    assert np.abs(ours - theirs).max() <= 1e-3
+
+
+def test_export_answers_the_capital_of_france_in_transformers(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    jaxlm.export_pretrained(model, tmp_path, tokenizer)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    inputs = hf_tok.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = hf_model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    answer = hf_tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "Paris" in answer
