@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    export_pretrained(model, args.out_dir, tokenizer, dtype=DTYPES[args.dtype], progress=True)
+    export_pretrained(model, args.out_dir, tokenizer, dtype=DTYPES[args.dtype])
     print(f"wrote {args.out_dir} ({type(model).__name__}, {time.perf_counter() - start:.1f}s)")
     return 0
 

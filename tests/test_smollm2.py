@@ -49,3 +49,19 @@ def test_export_answers_the_capital_of_france_in_transformers(smollm2, tmp_path)
     out = hf_model.generate(**inputs, max_new_tokens=12, do_sample=False)
     answer = hf_tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_tokenizer_rebuilt_from_metadata_matches_transformers_gguf_converter(smollm2, smollm2_gguf):
+    _, ours = smollm2
+    folder, name = os.path.split(smollm2_gguf)
+    theirs = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    texts = [
+        "Hello world, it's me!  x",
+        "In 2024, 12345 people paid $3.50 each.\n\nNew\tline",
+        "<|im_start|>user\nhé ünïcödé 日本語 🙂<|im_end|>\n",
+        "  leading spaces and DON'T",
+    ]
+    for text in texts:
+        assert ours(text).input_ids == theirs(text).input_ids
+        assert ours.decode(ours(text).input_ids) == text
+    assert (ours.bos_token, ours.eos_token, ours.pad_token) == (theirs.bos_token, theirs.eos_token, theirs.pad_token)

@@ -30,7 +30,7 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     return out
 
 
-def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, progress: bool = False) -> str:
+def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None) -> str:
     """Write config.json, model.safetensors (and tokenizer files with its chat template) to `out_dir`.
 
     `dtype` (e.g. jnp.bfloat16) converts the saved weights; by default they keep the model's dtype.
@@ -41,10 +41,6 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
     os.makedirs(out_dir, exist_ok=True)
     arch = architecture_of(model)
     tensors = hf_state_dict(model)
-    if progress:
-        from tqdm.auto import tqdm
-
-        tensors = dict(tqdm(tensors.items(), desc="exporting", unit="tensor"))
     if dtype is not None:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
     # Contiguous host copies: transposed views cannot be written as they are.

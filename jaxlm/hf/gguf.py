@@ -107,16 +107,48 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
         yield hf_name, w
 
 
-def tokenizer(path: str):
-    """The HF fast tokenizer (with chat template) rebuilt from the GGUF metadata by transformers."""
-    from transformers import AutoTokenizer
+# llama.cpp pre-tokenizer names whose HF equivalent is byte-level BPE, plus SmolLM's digit split.
+_BYTE_LEVEL_PRE = {"gpt2": False, "default": False, "smollm": True}
+_CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types that are special tokens in HF
 
-    folder, name = os.path.split(os.path.abspath(path))
-    return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+def tokenizer(reader, path: str):
+    """The HF fast tokenizer (with chat template) rebuilt from the GGUF metadata.
+
+    Byte-level BPE vocabularies (GPT-2 style, SmolLM) are rebuilt here with `tokenizers`,
+    including SmolLM's one-digit-per-token rule; other kinds go through transformers'
+    own GGUF converter.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    meta = lambda key, default=None: (  # noqa: E731
+        reader.fields[f"tokenizer.{key}"].contents() if f"tokenizer.{key}" in reader.fields else default
+    )
+    pre = meta("ggml.pre", "default")
+    if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
+        folder, name = os.path.split(os.path.abspath(path))
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
+    merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=bool(meta("ggml.add_space_prefix", False)), use_regex=True)
+    split_digits = [pre_tokenizers.Digits(individual_digits=True)] if _BYTE_LEVEL_PRE[pre] else []
+    backend.pre_tokenizer = pre_tokenizers.Sequence([*split_digits, byte_level])
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (_CONTROL, _USER_DEFINED)]
+    )
+    special = {
+        f"{role}_token": tokens[int(meta(f"ggml.{key}"))]
+        for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id"))
+        if meta(f"ggml.{key}") is not None
+    }
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=meta("chat_template"), **special)
 
 
 def read(path: str):
     """(hf_config, tensor iterator, tokenizer) of a GGUF file."""
     reader = _open(path)
     config = hf_config(reader, path)
-    return config, tensors(reader, config, path), tokenizer(path)
+    return config, tensors(reader, config, path), tokenizer(reader, path)

@@ -59,7 +59,7 @@ def load_pretrained(
     if progress:
         from tqdm.auto import tqdm
 
-        tensors = tqdm(tensors, desc=f"loading {os.path.basename(path)}", unit="tensor")
+        tensors = tqdm(tensors, desc=f"loading {os.path.basename(path)}", unit=" tensors")
     new_head = arch.name != base_arch.name
     model = build_model(arch, config, tensors, dtype, source=path, init_missing_head=new_head)
     model.eval()
@@ -79,8 +79,8 @@ def build_model(
     make = lambda: arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype)  # noqa: E731
     abstract = nnx.eval_shape(make)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    # Non-parameter state (dropout RNG streams) is tiny; jit lets XLA skip the random weights.
-    rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
+    if jax.tree.leaves(rest):  # dropout RNG streams: tiny, and jit lets XLA skip the random weights
+        rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
     expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
     loaded: dict[str, jax.Array] = {}
     unused: list[str] = []

@@ -129,17 +129,9 @@ class GPT2LMHeadModel(nnx.Module):
         return self.wte.attend(self.ln_f(x))
 
     def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
-        if new_valid is None:
-            new_valid = jnp.ones(input_ids.shape, bool)
-        cache = layers.update_cache_valid(cache, new_valid)
-        mask = layers.cached_attention_mask(cache, input_ids.shape[1])
+        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
         x = self.wte(input_ids) + self.wpe(positions)
-        keys, values = [], []
-        for i, block in enumerate(self.h):
-            x, (k, v) = block(x, mask, (cache.keys[i], cache.values[i]), cache.index)
-            keys.append(k)
-            values.append(v)
-        cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + input_ids.shape[1])
+        x, cache = layers.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
         return self.wte.attend(self.ln_f(x)), cache
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:

@@ -83,6 +83,25 @@ def update_cache_valid(cache: KVCache, new_valid: jax.Array) -> KVCache:
     return cache.replace(valid=valid)
 
 
+def run_with_cache(blocks, x, cache: KVCache, new_valid, run_block):
+    """Run `blocks` over new tokens x [batch, n, dim] that enter the cache at `cache.index`.
+
+    `run_block(block, x, mask, kv, index)` returns (x, (keys, values)) for one block.
+    Returns the final hidden states and the cache advanced by n slots.
+    """
+    num_new = x.shape[1]
+    if new_valid is None:
+        new_valid = jnp.ones(x.shape[:2], bool)
+    cache = update_cache_valid(cache, new_valid)
+    mask = cached_attention_mask(cache, num_new)
+    keys, values = [], []
+    for i, block in enumerate(blocks):
+        x, (k, v) = run_block(block, x, mask, (cache.keys[i], cache.values[i]), cache.index)
+        keys.append(k)
+        values.append(v)
+    return x, cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + num_new)
+
+
 def write_kv(cache_k, cache_v, k, v, index):
     """Write new keys/values [batch, new, kv_heads, head_dim] at slot `index`."""
     cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))

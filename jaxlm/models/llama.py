@@ -163,19 +163,17 @@ class LlamaForCausalLM(nnx.Module):
         return self._logits(x)
 
     def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
-        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
-        if new_valid is None:
-            new_valid = jnp.ones(input_ids.shape, bool)
-        cache = layers.update_cache_valid(cache, new_valid)
-        mask = layers.cached_attention_mask(cache, input_ids.shape[1])
-        x = self.embed_tokens(input_ids)
+        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache).
+
+        `new_valid` [batch, n] marks real tokens (False for left padding at prefill)."""
         inv_freq = self.config.inverse_frequencies
-        keys, values = [], []
-        for i, layer in enumerate(self.layers):
-            x, (k, v) = layer(x, positions, mask, inv_freq, (cache.keys[i], cache.values[i]), cache.index)
-            keys.append(k)
-            values.append(v)
-        cache = cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + input_ids.shape[1])
+        x, cache = layers.run_with_cache(
+            self.layers,
+            self.embed_tokens(input_ids),
+            cache,
+            new_valid,
+            lambda layer, x, mask, kv, index: layer(x, positions, mask, inv_freq, kv, index),
+        )
         return self._logits(x), cache
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
