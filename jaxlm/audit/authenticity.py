@@ -36,7 +36,7 @@ class AuthenticityMeter:
             self._check_grounding(item, flags)
 
     def _check_copying(self, item: AuditItem, flags: Flags) -> None:
-        tokens = words(item.text)
+        tokens = item.words
         if len(tokens) < self.index.n:  # "long span" copying needs a long text
             return
         share, owners = self.index.matches(tokens)

@@ -16,23 +16,24 @@ from collections import Counter
 
 import numpy as np
 import sacrebleu
+from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import encoding_problems, words
+from jaxlm.audit.text import encoding_problems
 from jaxlm.audit.ngrams import repeated_fraction
 
 REPETITION_NS = (2, 3, 4)
 FLAG_REPETITION_N = 3
-FLAG_REPETITION_ABOVE = 0.3  # a third of the record's trigrams are repeats
+FLAG_REPETITION_ABOVE = 0.5  # half the trigrams repeat: a loop, not a refrain or an echoed question
 MIN_NGRAMS_FOR_REPETITION = 8  # a handful of words cannot be "repetitive"
-SELF_BLEU_WORDS = 200  # self-BLEU is quadratic in the sample; the opening of a text is enough
+SELF_BLEU_WORDS = 100  # the opening of a text is enough, and bounds the n-gram table
 
 
 class ConsistencyMeter:
     name = "consistency"
 
-    def __init__(self, self_bleu_sample: int = 100, seed: int = 0):
+    def __init__(self, self_bleu_sample: int = 200, seed: int = 0):
         self.records = 0
         self.lengths = array("I")  # words per record: 4 bytes each, for the distribution
         self.repetition_sums = Counter()
@@ -43,7 +44,7 @@ class ConsistencyMeter:
 
     def observe(self, item: AuditItem, flags: Flags) -> None:
         self.records += 1
-        tokens = words(item.text)
+        tokens = item.words
         self.lengths.append(len(tokens))
         for n in REPETITION_NS:
             fraction = repeated_fraction(tokens, n)
@@ -84,22 +85,52 @@ class ConsistencyMeter:
 
 
 def self_bleu(texts: list[str]) -> float | None:
-    """Mean sentence BLEU (0-100) of each text against all the others."""
+    """Mean sentence BLEU (0-100) of each text against all the others as references.
+
+    Equal to averaging ``sacrebleu``'s ``sentence_score(text, others)`` (13a tokens,
+    exp smoothing, effective order), but each text's n-grams are extracted once:
+    for every n-gram the two largest counts and the owner of the largest are kept,
+    which is all a leave-one-out maximum needs. Linear instead of quadratic.
+    """
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
         return None
     bleu = sacrebleu.metrics.BLEU(effective_order=True)
-    scores = [bleu.sentence_score(text, texts[:i] + texts[i + 1:]).score
-              for i, text in enumerate(texts)]
+    order = bleu.max_ngram_order
+    extracted = [extract_all_word_ngrams(bleu.tokenizer(t.rstrip()), 1, order) for t in texts]
+    best: dict[tuple, list] = {}  # n-gram -> [largest count, its owner, second largest count]
+    for owner, (ngrams, _) in enumerate(extracted):
+        for ngram, count in ngrams.items():
+            top = best.setdefault(ngram, [0, -1, 0])
+            if count > top[0]:
+                top[:] = [count, owner, top[0]]
+            elif count > top[2]:
+                top[2] = count
+    lengths = [length for _, length in extracted]
+    scores = []
+    for i, (ngrams, hyp_len) in enumerate(extracted):
+        correct, total = [0] * order, [0] * order
+        for ngram, count in ngrams.items():
+            top = best[ngram]
+            reference_count = top[2] if top[1] == i else top[0]
+            total[len(ngram) - 1] += count
+            correct[len(ngram) - 1] += min(count, reference_count)
+        others = lengths[:i] + lengths[i + 1:]
+        ref_len = min(others, key=lambda length: (abs(hyp_len - length), length))  # sacrebleu's rule
+        scores.append(sacrebleu.metrics.BLEU.compute_bleu(
+            correct, total, hyp_len, ref_len, smooth_method=bleu.smooth_method,
+            effective_order=True, max_ngram_order=order).score)
     return float(np.mean(scores))
 
 
-def distribution(values: np.ndarray, bins: int = 30) -> dict:
+def distribution(values: np.ndarray, bins: int = 30, log_bins: bool = False) -> dict:
     """Mean, percentiles and a histogram of ``values`` (all None when empty)."""
     if values.size == 0:
         return {"mean": None, "min": None, "p50": None, "p90": None, "p99": None, "max": None,
                 "histogram": None}
     p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    if log_bins and values.min() > 0 and values.max() > values.min():
+        bins = np.geomspace(values.min(), values.max(), bins + 1)
     counts, edges = np.histogram(values, bins=bins)
     return {"mean": float(values.mean()), "min": float(values.min()), "p50": float(p50),
             "p90": float(p90), "p99": float(p99), "max": float(values.max()),

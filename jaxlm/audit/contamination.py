@@ -10,7 +10,6 @@ from __future__ import annotations
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.ngrams import NgramIndex
-from jaxlm.audit.text import words
 
 MAX_LISTED = 1000  # report.json lists this many contaminated records; the count is exact
 
@@ -27,7 +26,7 @@ class ContaminationMeter:
         self.records += 1
         if self.index is None:
             return
-        share, owners = self.index.matches(words(item.text))
+        share, owners = self.index.matches(item.words)
         if not owners:
             return
         overlaps = [{"eval_file": name, "eval_index": position} for name, position in owners[:5]]

@@ -8,9 +8,11 @@ trainer uses); this module only decides which parts of a normalised record are
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 
+from jaxlm.audit.text import words
 from jaxlm.data.records import ReadStats, Record, read_records
 
 
@@ -32,6 +34,11 @@ class AuditItem:
     answer: str | None
     label: str | None
     data: dict
+
+    @functools.cached_property
+    def words(self) -> list[str]:
+        """``text`` as word tokens (`text.words`), computed once for all the measures."""
+        return words(self.text)
 
     @property
     def tags(self) -> list[str] | None:

@@ -46,8 +46,11 @@ class NgramIndex:
     def add(self, tokens: Sequence[str], owner: tuple[str, int]) -> None:
         self.documents += 1
         self.vocabulary.update(tokens)
-        length = min(self.n, len(tokens))
-        if length < MIN_SPAN_WORDS:
+        if len(tokens) >= self.n:
+            length = self.n
+        elif len(tokens) >= MIN_SPAN_WORDS:
+            length = len(tokens)
+        else:
             return
         self._lengths.add(length)
         for gram in ngram_hashes(tokens, length):
