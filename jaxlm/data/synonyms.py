@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 WORDNET_DIR = "/usr/share/wordnet"
 MYTHES_DAT = "/usr/share/mythes/th_en_US_v2.dat"
@@ -21,11 +22,19 @@ _WORDNET_POS = ("noun", "verb", "adj", "adv")
 
 
 class SynonymSource:
-    """``synonyms(word) -> list[str]`` (lower-case, single words, no ``word``)."""
+    """``synonyms(word) -> list[str]`` (lower-case, single words, no ``word``).
+
+    Lookups seek in one shared file handle, and tf.data calls augmentation
+    from several threads, so a lock keeps each seek+read together.
+    """
+
+    _lock = threading.Lock()
 
     def synonyms(self, word: str) -> list[str]:
         key = word.lower()
-        return [s for s in self._lookup(key) if s != key and " " not in s]
+        with self._lock:
+            found = self._lookup(key)
+        return [s for s in found if s != key and " " not in s]
 
     def _lookup(self, word: str) -> list[str]:
         raise NotImplementedError

