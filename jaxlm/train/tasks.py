@@ -1,0 +1,50 @@
+"""Per-task forward passes and losses. Each returns token-summed loss and the token count,
+so gradient accumulation and data parallelism reduce exactly like one big batch.
+
+* sft / causal_lm: batches from the data pipeline carry `targets` and `loss_mask` (SFT masks
+  everything but assistant/completion tokens; causal LM everything but padding), plus
+  `segment_ids`/`positions` so packed documents never attend to each other.
+* token_classification: BERT tagger, `labels` of -100 are ignored (only first sub-tokens count).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+IGNORE = -100
+BATCH_KEYS = {
+    "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
+    "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
+    "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
+}
+
+
+def forward(task: str, model, batch):
+    """Logits for a batch (float32)."""
+    if task == "token_classification":
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    else:
+        logits = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    return logits.astype(jnp.float32)
+
+
+def loss_terms(task: str, logits, batch):
+    """(sum of per-token losses, number of tokens that count), both float32 scalars."""
+    if task == "token_classification":
+        labels = batch["labels"]
+        weights = (labels != IGNORE).astype(jnp.float32)
+        targets = jnp.where(labels == IGNORE, 0, labels)
+    else:
+        weights = batch["loss_mask"].astype(jnp.float32)
+        targets = batch["targets"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def batch_for(task: str, batch: dict) -> dict:
+    """The arrays of a pipeline batch that the step needs (the rest, e.g. source_id, stays on host)."""
+    missing = [k for k in BATCH_KEYS[task] if k not in batch]
+    if missing:
+        raise KeyError(f"task {task!r}: batch lacks {missing}; it has {sorted(batch)}")
+    return {k: batch[k] for k in BATCH_KEYS[task]}

@@ -1,0 +1,65 @@
+"""LoRA: merging is exact, and the PEFT-format adapter loads in `peft` with the merged export's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from train_helpers import write_tiny_llama
+
+import jaxlm
+from jaxlm.models.lora import apply_lora, has_lora, merge_lora, save_peft_adapter
+
+IDS = np.array([[5, 17, 33, 9, 60, 2, 7, 8]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def trained_lora(tmp_path_factory):
+    """A tiny Llama with adapters on q, v and down whose B factors are non-zero (as after training)."""
+    base = write_tiny_llama(tmp_path_factory.mktemp("lora") / "base")
+    model, tokenizer = jaxlm.load_pretrained(base)
+    apply_lora(model, ["q", "v", "down"], rank=4, alpha=8.0, seed=1)
+    rng = np.random.RandomState(0)
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+        var.set_value(var.get_value() + 0.05 * rng.standard_normal(var.get_value().shape).astype(np.float32))
+    return base, model, tokenizer
+
+
+def test_merged_model_computes_what_the_adapted_model_computes(trained_lora):
+    _, model, _ = trained_lora
+    merged = merge_lora(model)
+    assert has_lora(model) and not has_lora(merged)
+    np.testing.assert_allclose(np.asarray(merged(IDS)), np.asarray(model(IDS)), atol=1e-5)
+
+
+def test_targets_accept_regexes_over_dotted_paths(trained_lora):
+    base, _, _ = trained_lora
+    model, _ = jaxlm.load_pretrained(base)
+    assert apply_lora(model, [r"layers\.1\.mlp\..*_proj"], rank=2, alpha=2.0) == 3
+
+
+def test_unknown_targets_fail_with_the_names_given(trained_lora):
+    base, _, _ = trained_lora
+    model, _ = jaxlm.load_pretrained(base)
+    with pytest.raises(ValueError, match=r"model.lora.targets \['qq'\] match no linear layer"):
+        apply_lora(model, ["qq"], rank=2, alpha=2.0)
+
+
+def test_peft_loads_the_adapter_onto_the_hf_base_with_the_merged_logits(trained_lora, tmp_path):
+    from peft import PeftModel
+
+    base, model, tokenizer = trained_lora
+    save_peft_adapter(model, str(tmp_path / "adapter"), base_model=base)
+    jaxlm.export_pretrained(model, tmp_path / "merged", tokenizer)
+    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
+                                           str(tmp_path / "adapter")).eval()
+    merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        ids = torch.tensor(IDS, dtype=torch.long)
+        via_peft, via_merge = peft_model(ids).logits.numpy(), merged(ids).logits.numpy()
+        plain = transformers.AutoModelForCausalLM.from_pretrained(base).eval()(ids).logits.numpy()
+    assert np.abs(via_peft - plain).max() > 1e-3, "the adapter must change the logits"
+    np.testing.assert_allclose(via_peft, via_merge, atol=1e-4)
+    np.testing.assert_allclose(via_merge, np.asarray(model(IDS)), atol=1e-4)

@@ -1,0 +1,76 @@
+"""The training config: presets, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from jaxlm.train.__main__ import main
+from jaxlm.train.config import Config, ConfigError, load_config
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+
+
+def test_no_arguments_gives_the_embedded_lora_sft_default():
+    cfg = load_config()
+    assert cfg.task == "sft" and cfg.model.lora.rank > 0
+    assert cfg.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert [s.path for s in cfg.data.train] == ["tfds:jaxlm_chatterbot:train", "tfds:jaxlm_chitchat:train"]
+    assert cfg.data.eval, "the default evaluates on a held-out split"
+
+
+def test_the_default_preset_is_the_embedded_default():
+    assert load_config(os.path.join(os.path.dirname(CONFIGS[0]), "sft_lora.yaml")) == Config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_preset_loads_and_validates(path):
+    load_config(path)
+
+
+def test_dotted_overrides_are_parsed_as_yaml_values():
+    cfg = load_config(None, ["train.steps=7", "train.learning_rate=3e-4", "model.lora.targets=q,v",
+                             "data.train=[{path: a.jsonl, weight: 2}, b.txt]", "checkpoint.async_save=false"])
+    assert cfg.train.steps == 7 and cfg.train.learning_rate == pytest.approx(3e-4)
+    assert cfg.model.lora.targets == ["q", "v"]
+    assert [(s.path, s.weight) for s in cfg.data.train] == [("a.jsonl", 2.0), ("b.txt", 1.0)]
+    assert cfg.checkpoint.async_save is False
+
+
+def test_unknown_key_names_the_closest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"):
+        load_config(None, ["train.lerning_rate=1e-3"])
+
+
+def test_unknown_key_inside_a_source_is_rejected():
+    with pytest.raises(ConfigError, match=r"data.train\[0\].wieght.*'data.train\[0\].weight'"):
+        load_config(None, ["data.train=[{path: a.jsonl, wieght: 2}]"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=ten", r"train.steps: expected int, got 'ten'"),
+    ("train.schedule=step", r"train.schedule='step' is not one of cosine, linear, constant"),
+    ("train.compute_dtype=float16", r"train.compute_dtype='float16' is not one of float32, bfloat16"),
+    ("task=translation", r"task='translation' is not one of"),
+    ("train.grad_accum=3", r"train.batch_size=4 is not divisible by train.grad_accum=3"),
+])
+def test_values_are_type_and_range_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_cli_reports_a_bad_key_in_one_line_with_exit_code_2(capsys):
+    assert main(["train.stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "config error: unknown config key 'train.stepz'; did you mean 'train.steps'?"
+
+
+def test_cli_help_lists_every_key_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("model.lora.rank", "train.compute_dtype", "eval.early_stopping_patience", "mesh.fsdp", "output_dir"):
+        assert key in out

@@ -1,0 +1,142 @@
+"""The jitted train step: what trains, how the optimizer behaves, accumulation, precision, NaN guard."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from train_helpers import write_tiny_llama
+
+import jaxlm
+from jaxlm.models.lora import LoRALinear
+from jaxlm.train.config import load_config
+from jaxlm.train.engine import build_engine
+from jaxlm.train.state import decay_mask, make_schedule
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return write_tiny_llama(tmp_path_factory.mktemp("llama") / "model")
+
+
+def lm_batch(seed=0, batch=4, seq=16, vocab=320):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, vocab, size=(batch, seq + 1)).astype(np.int32)
+    segments = np.ones((batch, seq), np.int32)
+    segments[:, seq // 2:] = 2  # two packed documents per row
+    positions = np.concatenate([np.arange(seq // 2), np.arange(seq - seq // 2)])[None].repeat(batch, 0)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": np.ones((batch, seq), np.int32),
+            "segment_ids": segments, "positions": positions.astype(np.int32)}
+
+
+def engine_for(llama_dir, *overrides, lora=0):
+    cfg = load_config(None, [f"model.path={llama_dir}", "task=causal_lm", "train.batch_size=4", "train.seq_len=16",
+                             "train.steps=10", "train.warmup_steps=0", "train.learning_rate=1e-2",
+                             f"model.lora.rank={lora}", "model.lora.targets=q,v", *overrides])
+    model, _ = jaxlm.load_pretrained(llama_dir)
+    if lora:
+        jaxlm.models.lora.apply_lora(model, cfg.model.lora.targets, lora, cfg.model.lora.alpha)
+    return model, build_engine(model, cfg)
+
+
+def test_lora_trains_only_the_adapters_and_keeps_the_base_frozen(llama_dir):
+    model, engine = engine_for(llama_dir, lora=4)
+    trainable = nnx.to_flat_state(engine.state.params)
+    assert trainable and all(isinstance(v, nnx.LoRAParam) for _, v in trainable)
+    assert {p[-1] for p, _ in trainable} == {"lora_a", "lora_b"}
+    # Adam moments exist only for the adapters: the optimizer state is as small as the adapters.
+    adapter_size = sum(v.get_value().size for _, v in trainable)
+    moments = [x for x in jax.tree.leaves(engine.state.opt_state) if x.ndim > 0]
+    assert sum(x.size for x in moments) == 2 * adapter_size
+    frozen_before = jax.tree.map(np.array, engine.frozen)
+    for step in range(3):
+        engine.step(lm_batch(step))
+    chex.assert_trees_all_equal(jax.tree.map(np.array, engine.frozen), frozen_before)
+    lora_b = [v.get_value() for p, v in nnx.to_flat_state(engine.state.params) if p[-1] == "lora_b"]
+    assert all(np.abs(b).max() > 0 for b in lora_b), "B starts at zero and must move"
+
+
+def test_full_fine_tuning_trains_every_parameter(llama_dir):
+    model, engine = engine_for(llama_dir)
+    assert not jax.tree.leaves(engine.frozen)
+    before = jax.tree.map(np.array, engine.state.params)
+    engine.step(lm_batch())
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), before, jax.tree.map(np.array, engine.state.params))
+    assert all(jax.tree.leaves(changed))
+
+
+def test_weight_decay_skips_norms_and_biases():
+    params = {"norm": {"weight": jnp.ones(4)}, "proj": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
+              "embed": {"embedding": jnp.ones((8, 4))}, "ln": {"scale": jnp.ones(4)}}
+    mask = decay_mask(params)
+    assert mask == {"norm": {"weight": False}, "proj": {"kernel": True, "bias": False},
+                    "embed": {"embedding": True}, "ln": {"scale": False}}
+
+
+@pytest.mark.parametrize("schedule, end", [("cosine", 1e-4), ("linear", 1e-4), ("constant", 1e-3)])
+def test_learning_rate_warms_up_linearly_then_follows_the_schedule(schedule, end):
+    cfg = load_config(None, ["train.steps=110", "train.warmup_steps=10", "train.learning_rate=1e-3",
+                             f"train.schedule={schedule}"]).train
+    lr = make_schedule(cfg)
+    np.testing.assert_allclose([lr(0), lr(5), lr(10)], [0.0, 5e-4, 1e-3], rtol=1e-5)
+    np.testing.assert_allclose(lr(110), end, rtol=1e-4)
+    if schedule == "cosine":
+        np.testing.assert_allclose(lr(60), (1e-3 + 1e-4) / 2, rtol=1e-4)
+
+
+def test_learning_rate_is_reported_by_each_step(llama_dir):
+    _, engine = engine_for(llama_dir, "train.warmup_steps=4")
+    lrs = [float(engine.step(lm_batch(i))["lr"]) for i in range(3)]
+    np.testing.assert_allclose(lrs, [0.0, 2.5e-3, 5e-3], rtol=1e-5)
+
+
+def test_gradient_accumulation_matches_one_big_batch(llama_dir):
+    results = []
+    for accum in (1, 2, 4):
+        _, engine = engine_for(llama_dir, f"train.grad_accum={accum}")
+        batch = lm_batch()
+        batch["loss_mask"][1, :5] = 0  # uneven token counts per micro-batch: the mean must still be exact
+        losses = [float(engine.step(batch)["loss"]) for _ in range(2)]
+        results.append((losses, jax.tree.map(np.array, engine.state.params)))
+    for losses, params in results[1:]:
+        np.testing.assert_allclose(losses, results[0][0], rtol=1e-5)
+        # Adam turns tiny float differences in near-zero gradients into lr-sized steps; compare at 1% of lr.
+        chex.assert_trees_all_close(params, results[0][1], atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_computes_in_bf16_with_float32_master_weights(llama_dir):
+    _, f32 = engine_for(llama_dir)
+    _, bf16 = engine_for(llama_dir, "train.compute_dtype=bfloat16")
+    loss32, loss16 = float(f32.step(lm_batch())["loss"]), float(bf16.step(lm_batch())["loss"])
+    assert loss16 != loss32, "bf16 compute must actually change the arithmetic"
+    assert abs(loss16 - loss32) < 0.05 * loss32
+    dtypes = {x.dtype for x in jax.tree.leaves((bf16.state.params, bf16.state.opt_state)) if x.ndim > 0}
+    assert dtypes == {jnp.dtype(jnp.float32)}
+
+
+def test_a_non_finite_loss_skips_the_update_and_records_the_step(llama_dir):
+    _, engine = engine_for(llama_dir)
+    engine.step(lm_batch(0))
+    good = jax.tree.map(np.array, engine.state.params)
+    flat = nnx.to_flat_state(engine.state.params)
+    leaf_path = flat[0][0]  # an inf weight makes the next loss non-finite
+    engine.state = engine.state.replace(params=nnx.from_flat_state(
+        [(p, v.replace(v.get_value() * np.inf) if p == leaf_path else v) for p, v in flat]))
+    metrics = engine.step(lm_batch(1))
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(engine.state.bad_step) == 1 and int(engine.state.step) == 2
+    after = jax.tree.map(np.array, engine.state.params)
+    rest = [(p, v) for p, v in nnx.to_flat_state(after) if p != leaf_path]
+    expected = {p: v for p, v in nnx.to_flat_state(good)}
+    for p, v in rest:
+        np.testing.assert_array_equal(v.get_value(), expected[p].get_value())
+
+
+def test_lora_layers_are_swapped_in_place_for_the_named_targets(llama_dir):
+    model, _ = jaxlm.load_pretrained(llama_dir)
+    jaxlm.models.lora.apply_lora(model, ["q", "v"], 4, 8.0)
+    wrapped = [".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)]
+    assert wrapped == [f"layers.{i}.self_attn.{n}" for i in range(2) for n in ("q_proj", "v_proj")]

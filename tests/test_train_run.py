@@ -1,0 +1,134 @@
+"""End to end: `train(config)` on tiny checkpoints with the real data pipeline, and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from train_helpers import tiny_config, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
+
+from jaxlm.train import TrainingError, train
+from jaxlm.train.__main__ import main
+from jaxlm.train.checkpointing import Checkpointer
+from jaxlm.train.metrics import read_metrics
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return {"llama": write_tiny_llama(root / "llama"), "bert": write_tiny_bert(root / "bert"),
+            "sft": write_sft_jsonl(root / "chat.jsonl"), "text": write_text(root / "text"),
+            "conll": write_conll(root / "ner.conll"), "root": root}
+
+
+@pytest.fixture(scope="module")
+def lora_sft_run(files, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft")
+    cfg = tiny_config(tmp, files["llama"], "sft", [files["sft"]], "model.lora.rank=4", "model.lora.alpha=8",
+                      "train.steps=12", "eval.every=4", "checkpoint.every=4", "checkpoint.keep=1",
+                      "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02")
+    return cfg, train(cfg, progress=False)
+
+
+def test_lora_sft_lowers_the_held_out_loss(lora_sft_run):
+    _, result = lora_sft_run
+    losses = [loss for _, loss in result.eval_losses]
+    assert [s for s, _ in result.eval_losses] == [0, 4, 8, 12]
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_metrics_jsonl_has_one_line_per_step_with_loss_lr_and_throughput(lora_sft_run):
+    cfg, _ = lora_sft_run
+    rows = {r["step"]: r for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))}
+    assert sorted(rows) == list(range(13))
+    for step in range(1, 13):
+        assert {"loss", "lr", "grad_norm", "tokens_per_s", "skipped_records"} <= set(rows[step])
+    assert "eval_loss" in rows[4] and "eval_loss" not in rows[5]
+    assert rows[1]["lr"] == 0.0 and rows[3]["lr"] == pytest.approx(0.02)
+
+
+def test_run_writes_tensorboard_plot_samples_and_hf_export(lora_sft_run):
+    cfg, result = lora_sft_run
+    out = cfg.output_dir
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
+    assert os.path.getsize(os.path.join(out, "loss_curve.png")) > 1000
+    samples = json.load(open(os.path.join(out, "samples.json")))
+    assert len(samples) == 2 and all(s["before"] is not None and s["after"] is not None for s in samples)
+    # hf/ holds the merged model: transformers loads it and agrees with the trained jaxlm model.
+    hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "hf")).eval()
+    ids = np.array([[5, 17, 33, 9, 60, 2]], np.int32)
+    with torch.no_grad():
+        expected = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(result.model(ids)), expected, atol=2e-4)
+    assert os.path.exists(os.path.join(out, "adapter", "adapter_model.safetensors"))
+
+
+def test_checkpoints_keep_the_latest_and_the_best(lora_sft_run):
+    cfg, _ = lora_sft_run
+    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), keep=1)
+    # eval loss falls every time here, so the best is also the latest: one checkpoint remains.
+    assert ckpt.all_steps() == [12] and ckpt.best_step() == 12
+    ckpt.close()
+
+
+def test_rerunning_a_finished_run_resumes_at_its_end_instead_of_retraining(lora_sft_run):
+    cfg, _ = lora_sft_run
+    again = train(cfg, progress=False, export=False)
+    assert again.stop_reason == "already_complete" and again.step == 12
+
+
+def test_causal_lm_on_text_files_packs_documents_and_learns(files, tmp_path):
+    cfg = tiny_config(tmp_path, files["llama"], "causal_lm", [files["text"]], "train.steps=10", "eval.every=5",
+                      "train.grad_accum=2", "train.learning_rate=0.01")
+    result = train(cfg, progress=False, export=False)
+    losses = [loss for _, loss in result.eval_losses]
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_ner_trains_a_bert_tagger_and_reports_entity_scores(files, tmp_path):
+    cfg = tiny_config(tmp_path, files["bert"], "token_classification", [files["conll"]], "train.steps=16",
+                      "eval.every=8", "train.learning_rate=0.005", "data.pack=false")
+    result = train(cfg, progress=False)
+    rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
+    final = [r for r in rows if "eval_f1" in r][-1]
+    assert final["eval_f1"] > 0.5 and result.eval_losses[-1][1] < result.eval_losses[0][1]
+    report = open(os.path.join(cfg.output_dir, "ner_report.txt")).read()
+    assert "person" in report and "loc" in report and "f1-score" in report
+    hf = transformers.AutoModelForTokenClassification.from_pretrained(os.path.join(cfg.output_dir, "hf"))
+    assert sorted(hf.config.id2label.values()) == ["B-loc", "B-person", "O"]
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(files, tmp_path):
+    cfg = tiny_config(tmp_path, files["llama"], "causal_lm", [files["text"]], "train.steps=12",
+                      "checkpoint.every=2", "train.log_every=1", "eval.every=0",
+                      "train.learning_rate=1e30", "train.max_grad_norm=0", "train.warmup_steps=3")
+    with pytest.raises(TrainingError, match=r"not finite .* last good checkpoint \(step \d+\)") as error:
+        train(cfg, progress=False, export=False)
+    first_bad = int(str(error.value).split(":")[0].removeprefix("step "))
+    rows = {r["step"]: r for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))}
+    assert not np.isfinite(float(rows[first_bad]["loss"])) or not np.isfinite(float(rows[first_bad]["grad_norm"]))
+    ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), keep=2)
+    assert ckpt.all_steps() and max(ckpt.all_steps()) < first_bad
+    ckpt.close()
+
+
+def test_a_malformed_line_ends_the_run_with_file_and_line_and_exit_code_2(files, tmp_path, capsys):
+    bad = write_sft_jsonl(tmp_path / "bad.jsonl", n=8, bad_line=True)
+    code = main(["--no-progress", f"model.path={files['llama']}", f"data.train=[{bad}]", "data.eval=[]",
+                 f"output_dir={tmp_path / 'run'}", "train.steps=2", "train.batch_size=2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith(f"data error: {bad}:4:") and "\n" not in err and "Traceback" not in err
+
+
+def test_skipped_lines_are_counted_in_the_metrics(files, tmp_path):
+    bad = write_sft_jsonl(tmp_path / "bad.jsonl", n=24, bad_line=True)
+    cfg = tiny_config(tmp_path, files["llama"], "sft", [bad], "data.on_error=skip", "train.steps=2",
+                      "eval.every=0", "data.eval_fraction=0")
+    train(cfg, progress=False, export=False)
+    rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
+    assert rows[-1]["skipped_records"] == 1
