@@ -2,5 +2,6 @@
 
 from jaxlm.hf.load import load_pretrained
 from jaxlm.hf.export import export_pretrained
+from jaxlm.sampling import generate
 
-__all__ = ["load_pretrained", "export_pretrained"]
+__all__ = ["load_pretrained", "export_pretrained", "generate"]

