@@ -105,8 +105,8 @@ def build_model(
     if missing and init_missing_head and all(p.split(".")[0] in HEAD_MODULES for p in missing):
         fresh = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
-        missing = []
         warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}")
+        missing = []
     if unused:
         warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}")
     if missing:
