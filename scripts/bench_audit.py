@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import importlib.util
 import json
 import os
 import time
@@ -22,13 +21,11 @@ import time
 import yaml
 
 from jaxlm.audit import AuditConfig, run_audit
+from jaxlm import assets
 
 
 def package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None:
-        raise SystemExit(f"package {name!r} is not installed (run `make setup`)")
-    return spec.submodule_search_locations[0]
+    return assets.package_file(name)
 
 
 def chatterbot_pairs():

