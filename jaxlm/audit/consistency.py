@@ -10,7 +10,6 @@ Contradicting answers are in `contradictions.py`; distinct-n in `diversity.py`.
 
 from __future__ import annotations
 
-import random
 from array import array
 from collections import Counter
 
@@ -22,6 +21,7 @@ from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.text import encoding_problems
 from jaxlm.audit.ngrams import repeated_fraction
+from jaxlm.audit.reservoir import Reservoir
 
 REPETITION_NS = (2, 3, 4)
 FLAG_REPETITION_N = 3
@@ -38,9 +38,7 @@ class ConsistencyMeter:
         self.lengths = array("I")  # words per record: 4 bytes each, for the distribution
         self.repetition_sums = Counter()
         self.encoding_counts = Counter()
-        self.sample_size = self_bleu_sample
-        self.sample: list[str] = []  # reservoir sample (Algorithm R) for self-BLEU
-        self._rng = random.Random(seed)
+        self.sample = Reservoir(self_bleu_sample, seed)  # for self-BLEU
 
     def observe(self, item: AuditItem, flags: Flags) -> None:
         self.records += 1
@@ -57,16 +55,7 @@ class ConsistencyMeter:
         if problems:
             self.encoding_counts.update(problems)
             flags.add(item.index, "encoding", problems, severity=len(problems))
-        self._sample(item.text)
-
-    def _sample(self, text: str) -> None:
-        text = " ".join(text.split()[:SELF_BLEU_WORDS])
-        if len(self.sample) < self.sample_size:
-            self.sample.append(text)
-            return
-        slot = self._rng.randrange(self.records)
-        if slot < self.sample_size:
-            self.sample[slot] = text
+        self.sample.offer(" ".join(item.text.split()[:SELF_BLEU_WORDS]))
 
     def finish(self, flags: Flags) -> dict:
         records = max(self.records, 1)

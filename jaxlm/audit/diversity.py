@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from collections import Counter
 
@@ -24,6 +23,7 @@ from datasketch import HyperLogLog
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.text import content_words, snippet
+from jaxlm.audit.reservoir import Reservoir
 
 TOP_WORDS = 1000
 MAX_SOURCES = 1000  # a "source" field with more values than this is an id, not a source
@@ -44,9 +44,7 @@ class DiversityMeter:
         self.bigrams = HyperLogLog(p=14, hashfunc=_hash32)
         self.tokens = self.bigram_total = self.records = 0
         self.sources: Counter[str] = Counter()
-        self.sample_size = topic_sample
-        self.sample: list[str] = []
-        self._rng = random.Random(seed)
+        self.sample = Reservoir(topic_sample, seed)
 
     def observe(self, item: AuditItem, flags: Flags) -> None:
         self.records += 1
@@ -60,15 +58,7 @@ class DiversityMeter:
         if len(self.sources) < MAX_SOURCES or source in self.sources:
             self.sources[source] += 1
         if self.embedder is not None:
-            self._sample(item.text)
-
-    def _sample(self, text: str) -> None:
-        if len(self.sample) < self.sample_size:
-            self.sample.append(text)
-            return
-        slot = self._rng.randrange(self.records)
-        if slot < self.sample_size:
-            self.sample[slot] = text
+            self.sample.offer(item.text)
 
     def finish(self, flags: Flags) -> dict:
         vocabulary = len(self.unigrams)
