@@ -6,6 +6,12 @@ itself imports TensorFlow (~5 s), so ``build_pipeline``/``Pipeline`` are
 loaded on first use.
 """
 
+import os
+
+# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data cache notes) drown the
+# training log; users who want them set TF_CPP_MIN_LOG_LEVEL themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from jaxlm.data.config import AugmentConfig, DataConfig, SourceConfig
 from jaxlm.data.records import DataError, ReadStats, Record, read_records
 from jaxlm.data import builders as _builders  # noqa: F401  (registers jaxlm_* with TFDS)
