@@ -7,12 +7,15 @@ per token saying whether the model is trained to predict it.
   every token is trained.
 * ``messages``: rendered with the tokenizer's chat template. For SFT only the
   assistant turns are trained. Templates such as SmolLM2's have no
-  ``{% generation %}`` markers, so the assistant spans are found by rendering
+  ``{% generation %}`` markers, so the assistant spans are defined by
   prefixes: the span of turn i runs from the end of
   ``render(messages[:i], add_generation_prompt=True)`` to the end of
   ``render(messages[:i+1])`` (its end-of-turn token included, so the model
-  learns to stop). Character spans become token flags through the fast
-  tokenizer's offset mapping.
+  learns to stop). :class:`~jaxlm.data.chat_template.ChatTemplate` finds them
+  in one render of the compiled template where it can (the template is
+  compiled once, not per call); templates jinja2 cannot compile here take
+  ``apply_chat_template`` per prefix. Character spans become token flags
+  through the fast tokenizer's offset mapping.
 * ``prompt_completion``: as a user/assistant chat when the tokenizer has a chat
   template, else prompt + completion as plain text; SFT trains the completion.
 
@@ -31,6 +34,8 @@ import copy
 import queue
 
 import numpy as np
+
+from jaxlm.data.chat_template import ChatTemplate, prefix_spans
 
 IGNORE_LABEL = -100
 
@@ -59,6 +64,40 @@ class _TokenizerPool:
             self._idle.put(tokenizer)
 
 
+def encode_batch(tokenizer, texts: list[str], *, add_special_tokens: bool,
+                 max_length: int | None = None) -> list[tuple[list[int], list[int]]]:
+    """(token ids, token start offsets) per text, from one call of the Rust tokenizer.
+
+    The same tokens as ``tokenizer(texts, add_special_tokens=...,
+    return_offsets_mapping=True)`` (first ``max_length`` of them if given),
+    without transformers' per-text Python wrapping: ``encode_batch`` releases
+    the GIL and runs on all cores, so the Python around it is what costs. The
+    backend settings transformers applies per call (no padding, truncation as
+    asked, ``split_special_tokens``) are applied here to ``tokenizer``, which
+    must be a copy of our own (see :class:`_TokenizerPool`).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # not a fast tokenizer: let transformers say what it can do
+        out = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                        return_attention_mask=False)
+        return [(ids[:max_length], [start for start, _ in offsets[:max_length]])
+                for ids, offsets in zip(out["input_ids"], out["offset_mapping"])]
+    if backend.padding is not None:
+        backend.no_padding()
+    truncation = None if max_length is None else dict(
+        max_length=max_length, stride=0, strategy="longest_first", direction="right")
+    if backend.truncation != truncation:
+        if truncation is None:
+            backend.no_truncation()
+        else:
+            backend.enable_truncation(**truncation)
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    if backend.encode_special_tokens != split:
+        backend.encode_special_tokens = split
+    encodings = backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+    return [(encoding.ids, [start for start, _ in encoding.offsets]) for encoding in encodings]
+
+
 class LMEncoder:
     """Documents (ids, trained flags) for the ``sft`` and ``causal_lm`` tasks."""
 
@@ -68,6 +107,7 @@ class LMEncoder:
         self.task, self.seq_len = task, seq_len
         self.eos_id = tokenizer.eos_token_id
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        self.chat_template = ChatTemplate.from_tokenizer(tokenizer) if self.has_chat_template else None
         self._tokenizers = _TokenizerPool(tokenizer)
 
     def render(self, kind: str, data: dict, tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
@@ -89,21 +129,18 @@ class LMEncoder:
     def _render_chat(self, messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
         if not self.has_chat_template:
             raise ValueError("'messages' records need a tokenizer with a chat_template")
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        if self.chat_template is not None and self.task == "sft":
+            return (*self.chat_template.assistant_spans(messages), False)
+        if self.chat_template is not None:
+            render = self.chat_template.render
+        else:
+            def render(prefix, add_generation_prompt=False):
+                return tokenizer.apply_chat_template(prefix, tokenize=False,
+                                                     add_generation_prompt=add_generation_prompt)
         if self.task == "causal_lm":
+            full = render(messages)
             return full, [(0, len(full))], False
-        spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = tokenizer.apply_chat_template(messages[:i], tokenize=False,
-                                                   add_generation_prompt=True) if i else ""
-            through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False).rstrip()
-            if not (full.startswith(before) and full.startswith(through)):
-                raise ValueError("the chat template does not render conversations prefix by "
-                                 "prefix; cannot locate the assistant turns for the loss mask")
-            spans.append((len(before), len(through)))
-        return full, spans, False
+        return (*prefix_spans(render, messages), False)
 
     def encode(self, records: list[tuple[str, dict]]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """Per record, its documents as (ids int32, trained int32) pairs.
@@ -118,17 +155,21 @@ class LMEncoder:
                 batch = [i for i, r in enumerate(rendered) if r[2] == plain]
                 if not batch:
                     continue
-                out = tokenizer([rendered[i][0] for i in batch], add_special_tokens=plain,
-                                return_offsets_mapping=True, return_attention_mask=False)
-                for i, ids, offsets in zip(batch, out["input_ids"], out["offset_mapping"]):
-                    encoded[i] = self._document(rendered[i], ids, offsets, append_eos=plain)
+                # SFT keeps the first seq_len + 1 tokens (see _cut): let the tokenizer drop the rest
+                # before they become Python objects. Not where special tokens are added, since
+                # truncation would keep room for them.
+                keep = self.seq_len + 1 if self.task == "sft" and not plain else None
+                tokens = encode_batch(tokenizer, [rendered[i][0] for i in batch],
+                                      add_special_tokens=plain, max_length=keep)
+                for i, (ids, starts) in zip(batch, tokens):
+                    encoded[i] = self._document(rendered[i][1], ids, starts, append_eos=plain)
         return [self._cut(ids, trained) for ids, trained in encoded]
 
-    def _document(self, rendered, ids, offsets, *, append_eos: bool):
-        starts = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)[:, 0]
+    def _document(self, spans, ids, starts, *, append_eos: bool):
+        starts = np.asarray(starts, dtype=np.int64)
         trained = np.zeros(len(ids), dtype=np.int32)
-        for start, end in rendered[1]:
-            trained |= ((starts >= start) & (starts < end)).astype(np.int32)
+        for start, end in spans:
+            trained[(starts >= start) & (starts < end)] = 1
         ids = np.asarray(ids, dtype=np.int32)
         if append_eos and self.eos_id is not None and (len(ids) == 0 or ids[-1] != self.eos_id):
             ids = np.append(ids, np.int32(self.eos_id))

@@ -1,0 +1,124 @@
+"""Compiled chat templates: same text as apply_chat_template, same SFT tokens as rendering per prefix."""
+
+import copy
+import importlib.util
+
+import jinja2
+import numpy as np
+import pytest
+
+from jaxlm.data.chat_template import ChatTemplate, prefix_spans
+from jaxlm.data.encode import LMEncoder
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# Trims contents (Llama 3 does): a sentinel at a content's edge would stop the trim.
+TRIMMING = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] | trim + '<|im_end|>\n' }}"
+            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# The assistant header is not the generation prompt: the one-render shortcut does not apply.
+UNEVEN = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ 'A: ' + m['content'] + ' <|im_end|>\n' }}"
+          "{% else %}{{ 'U: ' + m['content'] + '\n' }}{% endif %}{% endfor %}"
+          "{% if add_generation_prompt %}{{ 'A:' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm2_gguf):
+    from jaxlm.hf import gguf
+    return gguf.tokenizer(gguf._open(smollm2_gguf), smollm2_gguf)
+
+
+@pytest.fixture(scope="module")
+def conversations(tmp_path_factory):
+    """Real multi-turn chats: 100 chit-chat conversations and every multi-turn ChatterBot one."""
+    for package in ("chatterbot_corpus", "chitchat_dataset"):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} not installed")
+    import tensorflow_datasets as tfds
+
+    import jaxlm.data  # noqa: F401  (registers the builders)
+
+    folder = str(tmp_path_factory.mktemp("tfds"))
+    chitchat = [e["messages"] for e in tfds.builder("jaxlm_chitchat", data_dir=folder).read()]
+    chatterbot = [e["messages"] for e in tfds.builder("jaxlm_chatterbot", data_dir=folder).read()]
+    return chitchat[::len(chitchat) // 100][:100] + [m for m in chatterbot if len(m) > 2]
+
+
+def prefix_definition(tokenizer, messages, seq_len):
+    """The documented encoding: apply_chat_template per prefix, token flags by offsets, truncated."""
+    def render(prefix, add_generation_prompt=False):
+        return tokenizer.apply_chat_template(prefix, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+
+    text, spans = prefix_spans(render, messages)
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    starts = np.array([start for start, _ in out["offset_mapping"]])
+    trained = np.zeros(len(starts), np.int32)
+    for start, end in spans:
+        trained[(starts >= start) & (starts < end)] = 1
+    return np.asarray(out["input_ids"], np.int32)[:seq_len + 1], trained[:seq_len + 1]
+
+
+@pytest.mark.parametrize("seq_len", [100_000, 512])  # whole conversations; and SFT's truncation
+def test_sft_tokens_and_flags_match_the_prefix_definition_on_real_chats(smollm, conversations, seq_len):
+    encoder = LMEncoder(smollm, task="sft", seq_len=seq_len)
+    assert encoder.chat_template.turn_suffix == "<|im_end|>"  # the one-render shortcut is in use
+    documents = encoder.encode([("messages", {"messages": m}) for m in conversations])
+    assert sum(len(m) for m in conversations) > 1000  # plenty of turns
+    for messages, [(ids, trained)] in zip(conversations, documents):
+        expected_ids, expected_trained = prefix_definition(smollm, messages, seq_len)
+        np.testing.assert_array_equal(ids, expected_ids)
+        np.testing.assert_array_equal(trained, expected_trained)
+
+
+def test_render_matches_apply_chat_template(smollm, conversations):
+    template = ChatTemplate.from_tokenizer(smollm)
+    for messages in conversations[:20]:
+        for add_generation_prompt in (False, True):
+            assert template.render(messages, add_generation_prompt) == smollm.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+@pytest.mark.parametrize("source", [CHATML, TRIMMING, UNEVEN])
+def test_spans_match_the_prefix_definition_whichever_path_is_taken(smollm, source):
+    template = ChatTemplate(source, smollm.special_tokens_map)
+    chats = [[{"role": "user", "content": " padded "}, {"role": "assistant", "content": "\nreply \n"}],
+             [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+              {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"},
+              {"role": "assistant", "content": ""}]]
+    for messages in chats:
+        assert template.render(messages) == smollm.apply_chat_template(
+            messages, tokenize=False, chat_template=source)
+        assert template.assistant_spans(messages) == prefix_spans(template.render, messages)
+
+
+def test_only_turn_local_templates_take_the_one_render_shortcut(smollm):
+    assert ChatTemplate(CHATML, {}).turn_suffix == "<|im_end|>"
+    assert ChatTemplate(UNEVEN, {}).turn_suffix is None
+
+
+def test_generation_blocks_render_their_body_like_transformers(smollm):
+    source = CHATML.replace("m['content'] + '<|im_end|>\n' }}",
+                            "m['content'] }}{% generation %}{{ '<|im_end|>' }}{% endgeneration %}{{ '\n' }}")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert ChatTemplate(source, {}).render(messages) == smollm.apply_chat_template(
+        messages, tokenize=False, chat_template=source)
+
+
+def test_template_errors_reach_the_caller(smollm):
+    template = ChatTemplate("{{ raise_exception('roles must alternate') }}", {})
+    assert template.turn_suffix is None
+    with pytest.raises(jinja2.exceptions.TemplateError, match="roles must alternate"):
+        template.assistant_spans([{"role": "user", "content": "hi"}])
+
+
+def test_templates_that_rewrite_earlier_turns_are_refused_for_sft(smollm):
+    # Earlier turns render differently once a later one exists: no prefix gives the span.
+    source = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}"
+              "{% if not loop.last %}{{ ' (then)' }}{% endif %}{{ '<|im_end|>\n' }}{% endfor %}")
+    smollm_copy = copy.deepcopy(smollm)
+    smollm_copy.chat_template = source
+    encoder = LMEncoder(smollm_copy, task="sft", seq_len=64)
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                         {"role": "user", "content": "bye"}]}
+    with pytest.raises(ValueError, match="prefix by prefix"):
+        encoder.encode([("messages", chat)])
