@@ -166,6 +166,15 @@ def test_eval_pipeline_is_finite_and_starts_over_each_pass(sources, smollm_token
     assert first[-1]["input_ids"].shape == (4, 64)  # the last batch is padded, not short
 
 
+def test_eval_pass_interleaves_sources_and_sees_every_record_once(sources, smollm_tokenizer):
+    pipeline = build(sources[:2], smollm_tokenizer, repeat=False, batch_size=4)
+    batches = list(pipeline)
+    assert set(np.unique(batches[0]["source_id"])) >= {0, 1}  # a short eval already sees both sources
+    documents = [smollm_tokenizer.decode(b["input_ids"][r][b["segment_ids"][r] == s])
+                 for b in batches for r in range(4) for s in set(b["segment_ids"][r]) - {0}]
+    assert len(documents) == len(set(documents)) == 40 + 30
+
+
 def test_skipped_records_are_counted_in_stats(tmp_path, smollm_tokenizer):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"text": "good"}\nnot json\n{"other": 1}\n')

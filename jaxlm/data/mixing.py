@@ -44,14 +44,15 @@ def mixture_weights(weights: list[float], sizes: list[int], *, mode: str = "stat
     return weights / weights.sum()
 
 
-def mix(datasets: list[tf.data.Dataset], weights, *, seed: int) -> tf.data.Dataset:
+def mix(datasets: list[tf.data.Dataset], weights, *, seed: int, finite: bool = False) -> tf.data.Dataset:
     """Samples the next element from source i with probability ``weights[i]``.
 
-    Sources must be infinite (repeated): an exhausted source would end the mix.
+    Training sources are infinite (repeated). With ``finite=True`` (one pass for
+    evaluation) an exhausted source drops out and the others go on to their end.
     """
     if len(datasets) == 1:
         return datasets[0]
     if not isinstance(weights, tf.data.Dataset):
         weights = [float(w) for w in weights]
     return tf.data.Dataset.sample_from_datasets(datasets, weights=weights, seed=seed,
-                                                stop_on_empty_dataset=True)
+                                                stop_on_empty_dataset=not finite)

@@ -62,8 +62,9 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
                    tfds_data_dir: str | None = None) -> "Pipeline":
     """A :class:`Pipeline` over ``sources`` (SourceConfigs, paths or dicts).
 
-    ``repeat=False`` gives a finite pass in source order (for evaluation):
-    no shuffling, mixing or augmentation. ``split``/``eval_fraction`` select
+    ``repeat=False`` gives a finite pass (for evaluation): every record once,
+    no shuffling or augmentation, sources interleaved by weight (seeded) so
+    that the first batches already represent every source. ``split``/``eval_fraction`` select
     the held-out part of the records (see :mod:`jaxlm.data.sources`).
     """
     if task not in TASKS:
@@ -98,12 +99,7 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         per_source.append(dataset.enumerate().map(
             lambda index, record, source_id=source_id:
                 {"record": record, "source_id": tf.constant(source_id, tf.int32), "index": index}))
-    if repeat:
-        dataset = mix(per_source, weights, seed=seed)
-    else:
-        dataset = per_source[0]
-        for other in per_source[1:]:
-            dataset = dataset.concatenate(other)
+    dataset = mix(per_source, weights, seed=seed, finite=not repeat)
     dataset = dataset.batch(stages.PYTHON_BATCH)
 
     # --- augment, tokenize, pack ---
