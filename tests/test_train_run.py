@@ -51,6 +51,17 @@ def test_metrics_jsonl_has_one_line_per_step_with_loss_lr_and_throughput(lora_sf
     assert rows[1]["lr"] == 0.0 and rows[3]["lr"] == pytest.approx(0.02)
 
 
+def test_metrics_log_the_realised_share_of_each_source(lora_sft_run):
+    cfg, _ = lora_sft_run
+    rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
+    shares = [{k: v for k, v in r.items() if k.startswith("share/")} for r in rows]
+    logged = [s for s in shares if s]
+    assert logged, "no share/... metrics were logged"
+    (source,) = cfg.data.train
+    for kind in ("examples", "tokens"):
+        assert logged[-1][f"share/{kind}/{source.path}"] == pytest.approx(1.0)  # a single source gets it all
+
+
 def test_run_writes_tensorboard_plot_samples_and_hf_export(lora_sft_run):
     cfg, result = lora_sft_run
     out = cfg.output_dir

@@ -97,7 +97,8 @@ def _tfds_records(source: SourceConfig, on_error: str, stats: ReadStats,
     name, split = parse_tfds_path(source.path)
     builder = tfds.builder(name, data_dir=data_dir or None)
     builder.download_and_prepare()
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    # Read once, front to back: TFDS's auto-cache would only warn when a reader stops early.
+    dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
     for index, example in enumerate(tfds.as_numpy(dataset)):
         try:
             kind, data = normalize_json(_to_python(example), source.fields)

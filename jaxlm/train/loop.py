@@ -131,9 +131,10 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True) -> TrainRe
         pending = []
         elapsed, last_sync = time.perf_counter() - last_sync, time.perf_counter()
         tokens_per_s = len(rows) * t.batch_size * t.seq_len / max(elapsed, 1e-9)
-        skipped = train_data.stats()["skipped"]
+        data_stats = train_data.stats()
         for row in rows:
-            row.update(tokens_per_s=tokens_per_s, skipped_records=skipped)
+            row.update(tokens_per_s=tokens_per_s, skipped_records=data_stats["skipped"])
+        rows[-1].update(realised_shares(data_stats))
         bad = int(engine.state.bad_step)
         if bad >= 0:
             for row in rows:
@@ -193,6 +194,13 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True) -> TrainRe
     if export:
         report.export(model, tokenizer, paths, base_model=resolve_path(cfg.model.path), task=cfg.task)
     return TrainResult(cfg.output_dir, final_step, stop_reason, eval_losses, model, tokenizer, compile_seconds)
+
+
+def realised_shares(data_stats: dict) -> dict:
+    """Flat `share/examples/<source>` and `share/tokens/<source>` metrics (what the mixture really gave)."""
+    return {f"share/{kind}/{source}": value
+            for kind, key in (("examples", "example_share"), ("tokens", "token_share"))
+            for source, value in data_stats[key].items()}
 
 
 def _say(enabled: bool, message: str) -> None:
