@@ -10,7 +10,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import architecture_of
-from jaxlm.models.weight_map import ours_to_hf
+from jaxlm.models.weight_map import dotted, ours_to_hf
 
 _DTYPE_NAMES = {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}
 
@@ -24,7 +24,7 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     arch = architecture_of(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, transpose = ours_to_hf(arch.family, ".".join(map(str, path)))
+        name, transpose = ours_to_hf(arch.family, dotted(path))
         value = var.get_value()
         out[name] = value.T if transpose else value
     return out

@@ -15,7 +15,7 @@ from flax import nnx
 from jaxlm.hf import gguf
 from jaxlm.hf.errors import CheckpointError
 from jaxlm.models import Architecture, architecture_for
-from jaxlm.models.weight_map import hf_to_ours, is_ignored
+from jaxlm.models.weight_map import dotted, hf_to_ours, is_ignored, ours_to_hf
 
 
 def load_pretrained(
@@ -81,7 +81,7 @@ def build_model(
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):  # dropout RNG streams: tiny, and jit lets XLA skip the random weights
         rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
-    expected = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
+    expected = {dotted(p): v for p, v in nnx.to_flat_state(params)}
     loaded: dict[str, jax.Array] = {}
     unused: list[str] = []
     for name, array in tensors:
@@ -103,19 +103,17 @@ def build_model(
         loaded[ours] = jnp.asarray(array, dtype=dtype)
     missing = [p for p in expected if p not in loaded]
     if missing and init_missing_head and all(p.split(".")[0] in HEAD_MODULES for p in missing):
-        fresh = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
+        fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
         warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}")
         missing = []
     if unused:
         warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}")
     if missing:
-        from jaxlm.models.weight_map import ours_to_hf
-
         names = ", ".join(repr(ours_to_hf(arch.family, p)[0]) for p in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise CheckpointError(f"{source}: missing tensor {names}{more} for {arch.name}")
-    flat = [(p, v.replace(loaded[".".join(map(str, p))])) for p, v in nnx.to_flat_state(params)]
+    flat = [(p, v.replace(loaded[dotted(p)])) for p, v in nnx.to_flat_state(params)]
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
 

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.models.weight_map import dotted, ours_to_hf
+
 # Short target names users write, and the HF layer names they stand for, per family.
 SHORT_NAMES = {
     "q": ("q_proj", "query"),
@@ -61,7 +63,7 @@ def _linear_paths(model, targets: list[str]) -> list[tuple]:
     return [
         path
         for path, module in nnx.iter_modules(model)
-        if type(module) is nnx.Linear and _matches(".".join(map(str, path)), targets)
+        if type(module) is nnx.Linear and _matches(dotted(path), targets)
     ]
 
 
@@ -129,12 +131,11 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     import numpy as np
 
     from jaxlm.models import architecture_of
-    from jaxlm.models.weight_map import ours_to_hf
 
     arch = architecture_of(model)
     tensors, targets, ranks, alphas = {}, set(), set(), set()
     for path, module in lora_modules(model):
-        hf_name, _ = ours_to_hf(arch.family, ".".join(map(str, path)) + ".kernel")
+        hf_name, _ = ours_to_hf(arch.family, dotted(path) + ".kernel")
         module_name = hf_name.removesuffix(".weight")
         prefix = f"base_model.model.{module_name}"
         tensors[f"{prefix}.lora_A.weight"] = np.asarray(module.lora_a[...], np.float32).T

@@ -55,6 +55,11 @@ BASE_PREFIX = {"llama": "model.", "gpt2": "transformer.", "bert": "bert."}
 TABLES = {"llama": LLAMA, "gpt2": GPT2, "bert": BERT}
 
 
+def dotted(path: tuple) -> str:
+    """An nnx state path such as ('layers', 0, 'mlp') as the dotted name the tables use."""
+    return ".".join(map(str, path))
+
+
 @functools.lru_cache(maxsize=None)
 def _pattern(template: str) -> re.Pattern:
     regex = re.escape(template)
