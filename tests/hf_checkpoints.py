@@ -30,6 +30,24 @@ def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, s
     return _save(transformers.LlamaForCausalLM, config, path, seed)
 
 
+def tiny_mistral(path, *, sliding_window=None, seed=0):
+    config = transformers.MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=112,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        sliding_window=sliding_window,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return _save(transformers.MistralForCausalLM, config, path, seed)
+
+
 def tiny_gpt2(path, seed=0):
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2

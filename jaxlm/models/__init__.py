@@ -4,6 +4,7 @@ from jaxlm.models.bert import BertConfig, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.layers import KVCache
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
+from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.registry import (
     ARCHITECTURES,
     FAMILIES,
@@ -18,6 +19,6 @@ from jaxlm.models.registry import (
 __all__ = [
     "ARCHITECTURES", "FAMILIES", "Architecture", "Family", "PositionLimit",
     "architecture_for", "architecture_of", "position_limit", "KVCache",
-    "LlamaConfig", "LlamaForCausalLM", "GPT2Config", "GPT2LMHeadModel",
+    "LlamaConfig", "LlamaForCausalLM", "MistralConfig", "MistralForCausalLM", "GPT2Config", "GPT2LMHeadModel",
     "BertConfig", "BertModel", "BertForTokenClassification",
 ]

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from jaxlm.models.bert import BertConfig, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
+from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.weight_map import Row
 
 
@@ -74,6 +75,10 @@ LLAMA = Family(
     learned_positions=False,
 )
 
+MISTRAL = dataclasses.replace(
+    LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -112,7 +117,7 @@ BERT = Family(
     learned_positions=True,
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()
