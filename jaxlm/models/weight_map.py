@@ -13,7 +13,7 @@ import functools
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:  # the registry's rows hold our Rows, so it imports this module, not the other way
+if TYPE_CHECKING:  # for type hints only: registry.py builds its rows from Row, so it imports this module
     from jaxlm.models.registry import Family
 
 
