@@ -72,6 +72,7 @@ class CheckpointConfig:
     every: int = 20
     keep: int = 2  # the latest `keep`, plus the best by eval loss
     async_save: bool = True
+    dir: str = ""  # default output_dir/checkpoints; several hosts need one path they all see, e.g. gs://...
 
 
 @dataclasses.dataclass

@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.data import DataConfig
+from jaxlm.tasks import IGNORE_LABEL
 from jaxlm.train.config import Config, resolve_path
 
 
@@ -45,14 +48,25 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
     from jaxlm.data import build_from_config
 
     common = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
+    processes = jax.process_count()  # each process reads its shard and makes its rows of each batch
     if cfg.task == "token_classification":
         common["label_names"] = label_names
-    train = build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size, split="train", **common)
+    train = build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size // processes, split="train",
+                              **common)
     if cfg.task == "token_classification":
         common["label_names"] = train.label_names
     micro = cfg.train.batch_size // cfg.train.grad_accum
-    evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro, split="eval", **common)
+    evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
     return train, evaluation
+
+
+def padded_to(batches: list[dict], count: int) -> list[dict]:
+    """`batches`, then batches like the first in which nothing counts, up to `count` in all."""
+    if len(batches) >= count:
+        return batches
+    fill = {"loss_mask": 0, "labels": IGNORE_LABEL, "source_id": -1}
+    empty = {k: np.full_like(v, fill.get(k, 0)) for k, v in batches[0].items()}
+    return batches + [empty] * (count - len(batches))
 
 
 def first_batches(pipeline, count: int) -> list[dict]:
@@ -91,9 +105,12 @@ def _prompt_of(record) -> dict | None:
     return None
 
 
-def output_paths(output_dir: str) -> dict:
-    return {name: os.path.join(output_dir, rel) for name, rel in {
+def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
+    paths = {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt",
     }.items()}
+    if checkpoint_dir:
+        paths["checkpoints"] = checkpoint_dir
+    return paths

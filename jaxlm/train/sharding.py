@@ -15,6 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from jaxlm.train.config import ConfigError
+
 BATCH_AXES = ("data", "fsdp")
 
 
@@ -57,11 +59,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+def check_batch(batch_size: int, grad_accum: int, devices: int) -> None:
+    """Each micro-batch splits evenly over the devices (and so over the processes, which feed theirs)."""
     micro = batch_size // grad_accum
     if micro % devices:
-        raise ValueError(
+        where = f" of {jax.process_count()} processes" if jax.process_count() > 1 else ""
+        raise ConfigError(
             f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be divisible by "
-            f"the {devices} devices of the mesh (mesh.data x mesh.fsdp)"
+            f"the {devices} devices{where} (the mesh spans them all)"
         )
