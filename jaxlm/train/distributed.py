@@ -173,8 +173,11 @@ def common_count(count: int) -> int:
 
 
 def host_copy(tree):
-    """Numpy copies of a pytree's arrays, whole on every process (multi-host arrays are gathered)."""
+    """Numpy copies of a pytree's arrays, whole on every process (multi-host arrays are gathered);
+    RNG keys, which numpy cannot hold, stay as they are."""
     def copy(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return x
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             from jax.experimental import multihost_utils
 

@@ -84,8 +84,9 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     state_sh = sharding.state_shardings(abstract, mesh)
     frozen_sh = sharding.state_shardings(frozen, mesh)
     rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
-    frozen, rest = jax.device_put(frozen, frozen_sh), jax.device_put(rest, rest_sh)
+    frozen, rest = sharding.place(frozen, frozen_sh), sharding.place(rest, rest_sh)
     # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
+    trainable = sharding.place(trainable, state_sh.params)
     state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_sh)(trainable)
 
     dtype = jax.numpy.dtype(t.compute_dtype)
