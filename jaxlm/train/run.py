@@ -13,6 +13,7 @@ import os
 import time
 from typing import Protocol, Sequence
 
+import jax
 import yaml
 from flax import nnx
 
@@ -75,6 +76,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     taken = set(CHECKPOINT_ITEMS) & {h.name for h in hooks}
     if taken:
         raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
+    cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
     paths = output_paths(cfg.output_dir)
     write_config(cfg, paths)
     started = time.perf_counter()
