@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from train_helpers import write_text, write_tiny_llama
 
 from jaxlm.train.metrics import read_metrics
+from train_helpers import write_text, write_tiny_llama
 
 STEPS = 8
 TESTS = Path(__file__).resolve().parent

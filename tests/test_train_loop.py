@@ -9,12 +9,12 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 import transformers
-from hf_checkpoints import tiny_gpt2
-from train_helpers import WORDS, llama_tokenizer, tiny_config, write_sft_jsonl, write_text, write_tiny_llama
 
+from hf_checkpoints import tiny_gpt2
 from jaxlm.train import train
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.metrics import read_metrics
+from train_helpers import WORDS, llama_tokenizer, tiny_config, write_sft_jsonl, write_text, write_tiny_llama
 
 
 def test_a_tiny_gpt2_learns_sft_and_exports_what_transformers_computes(tmp_path):

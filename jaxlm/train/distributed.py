@@ -23,14 +23,18 @@ With one process every function here is a cheap no-op, so the loop calls them un
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
 import threading
 import time
+import traceback
 
 import jax
 import numpy as np
+
+from jaxlm.errors import UserError, outcome
 
 ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 _STOP_KEY = "jaxlm/stop"  # value: "<exit code> <reason>"
@@ -40,8 +44,10 @@ _stopping = threading.Event()  # this process is leaving (through stop_all, or a
 _barriers = 0
 
 
-class DistributedError(RuntimeError):
+class DistributedError(UserError):
     """The processes could not be joined; the message says what to set."""
+
+    label = "distributed"
 
 
 def initialize() -> str:
@@ -50,7 +56,7 @@ def initialize() -> str:
     values = {key: os.environ.get(key, "") for key in ENV_KEYS}
     given = [key for key, value in values.items() if value]
     if given and len(given) < len(ENV_KEYS):
-        raise DistributedError(f"--distributed: set all of {', '.join(ENV_KEYS)} or none of them "
+        raise DistributedError(f"set all of {', '.join(ENV_KEYS)} or none of them "
                                f"(only {', '.join(given)} is set)")
     try:
         if given:
@@ -65,7 +71,7 @@ def initialize() -> str:
     except Exception as e:  # ValueError when nothing is detected, runtime errors when peers never come
         what = "no TPU VM, SLURM, Open MPI or Kubernetes environment detected" \
             if not given and isinstance(e, ValueError) else str(e).splitlines()[0]
-        raise DistributedError(f"--distributed: {what}; outside those, set {', '.join(ENV_KEYS)} "
+        raise DistributedError(f"{what}; outside those, set {', '.join(ENV_KEYS)} "
                                f"on every process") from None
     from jax._src import distributed as jax_distributed  # the client has no public handle
 
@@ -105,6 +111,24 @@ def stop_all(reason: str, code: int):
     except Exception:  # another process stopped first: its reason stands
         pass
     _leave(code)
+
+
+@contextlib.contextmanager
+def stop_all_on_error():
+    """Around a command's work: an error ends every process (see `stop_all`) with the command's exit
+    status for it (jaxlm.errors); a bug, after its traceback, with status 1."""
+    try:
+        yield
+    except BaseException as error:
+        if isinstance(error, SystemExit) or _client is None:
+            raise
+        found = outcome(error)
+        if found is None:
+            traceback.print_exc()
+            found = (f"{type(error).__name__}: {error}", 1)
+        line, status = found
+        print(line, file=sys.stderr, flush=True)
+        stop_all(line, status)
 
 
 def _watch() -> None:

@@ -70,7 +70,7 @@ class Engine:
 def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
-    sharding.check_batch(t.batch_size, t.grad_accum, mesh.size)
+    sharding.check_batch(t.batch_size, t.grad_accum, mesh)
     wrt = trainable_filter(cfg)
     model.eval()  # dropout off: the eval step's graph
     eval_graphdef = nnx.split(model, wrt, nnx.Param, ...)[0]

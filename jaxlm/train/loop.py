@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm.errors import Stopped
 from jaxlm.train import distributed, report
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
@@ -46,8 +47,10 @@ from jaxlm.train.metrics import MetricsLogger, realised_shares
 from jaxlm.train.run import Run, SyncHook, checkpoint_items, prepare, resume, sample_after, write_outputs
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. a non-finite loss); the message says what to do."""
+class TrainingError(Stopped):
+    """The run cannot go on (e.g. a non-finite loss); the message says what to do. Exit status 3."""
+
+    label = "training stopped"
 
 
 @dataclasses.dataclass

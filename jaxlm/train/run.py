@@ -32,7 +32,6 @@ from jaxlm.train.inputs import (
     padded_to,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve
-from jaxlm.train.sharding import check_batch
 from jaxlm.train.state import count_params
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
@@ -82,7 +81,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
         raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
     writer = distributed.is_writer()
     progress = progress and writer
-    check_batch(cfg.train.batch_size, cfg.train.grad_accum, jax.device_count())  # before any work
+    cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
         write_config(cfg, paths)
