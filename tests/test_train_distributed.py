@@ -188,3 +188,14 @@ def test_a_process_that_fails_stops_the_other_with_its_reason(assets, tmp_path):
     reason = f"data error: {single}:0: no usable records for this host/split"
     assert reason in logs[1] and "stopped:" not in logs[1]
     assert f"stopped: process 1: {reason}" in logs[0]
+
+
+def test_partial_coordinator_settings_are_a_one_line_error(monkeypatch, capsys):
+    from jaxlm.train.cli import main
+
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    assert main(["--distributed"]) == 2
+    assert capsys.readouterr().err == ("distributed: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                                       "JAX_PROCESS_ID or none of them (only JAX_NUM_PROCESSES is set)\n")
