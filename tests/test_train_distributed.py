@@ -66,7 +66,7 @@ def launch_pair(args: list[str], log_dir: Path, cache: Path) -> list[subprocess.
     return procs
 
 
-def wait_all(procs, timeout=180) -> list[int]:
+def wait_all(procs, timeout=600) -> list[int]:  # generous: a loaded 2-core machine is slow, not stuck
     return [p.wait(timeout=timeout) for p in procs]
 
 
@@ -140,7 +140,7 @@ def test_two_processes_killed_and_resumed_reach_the_parameters_of_one_process(as
     out = root / "pair"
     args = overrides(model_dir, text_dir, out)
     procs = launch_pair(args, root, root / "xla-cache")
-    deadline = time.time() + 180
+    deadline = time.time() + 600
     while time.time() < deadline and all(p.poll() is None for p in procs):
         steps = [r["step"] for r in read_metrics(str(out / "metrics.jsonl"))]
         if steps and max(steps) >= STEPS // 2 + 1 and committed(out / "checkpoints"):  # mid-run, with a checkpoint
@@ -152,7 +152,7 @@ def test_two_processes_killed_and_resumed_reach_the_parameters_of_one_process(as
     killed_at = max(r["step"] for r in read_metrics(str(out / "metrics.jsonl")))
     assert killed_at < STEPS, "the run finished before it could be killed"
     resume_from = max(committed(out / "checkpoints"))
-    assert reference.wait(timeout=180) == 0, (root / "reference.log").read_text()[-3000:]
+    assert reference.wait(timeout=600) == 0, (root / "reference.log").read_text()[-3000:]
 
     procs = launch_pair(args, root, root / "xla-cache")
     codes = wait_all(procs)
@@ -180,11 +180,13 @@ def test_a_process_that_fails_stops_the_other_with_its_reason(assets, tmp_path):
     single = tmp_path / "one.txt"  # one record: process 0's shard has it, process 1's is empty
     single.write_text("the cat sat on a mat\n")
     args = overrides(model_dir, text_dir, tmp_path / "run", f"data.train=[{{path: {text_dir}/a}}, {{path: {single}}}]")
-    began = time.time()
-    codes = wait_all(launch_pair(args, tmp_path, root / "xla-cache"), timeout=120)
+    procs = launch_pair(args, tmp_path, root / "xla-cache")
+    failed = procs[1].wait(timeout=600)
+    failed_at = time.time()
+    stopped = procs[0].wait(timeout=120)
     logs = [(tmp_path / f"process{i}.log").read_text() for i in range(2)]
-    assert codes == [2, 2], logs
-    assert time.time() - began < 90
+    assert [stopped, failed] == [2, 2], logs
+    assert time.time() - failed_at < 30  # ~1 s measured; without the stop it blocks for minutes
     reason = f"data error: {single}:0: no usable records for this host/split"
     assert reason in logs[1] and "stopped:" not in logs[1]
     assert f"stopped: process 1: {reason}" in logs[0]
