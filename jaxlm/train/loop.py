@@ -238,12 +238,15 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
     else:
         run.logger.log(state.step, result)
     run.logger.write(f"step {state.step}: eval loss {result['eval_loss']:.4f}"
-                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else ""))
+                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else "")
+                     + (f", accuracy {result['eval_accuracy']:.3f}, macro-F1 {result['eval_macro_f1']:.3f}"
+                        if "eval_accuracy" in result else ""))
     return result
 
 
 def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and for token classification entity precision/recall/F1}, seqeval report or None)."""
+    """({"eval_loss", and entity precision/recall/F1 (token classification) or accuracy and macro-F1
+    (classification)}, the seqeval or per-class report, or None)."""
     sums, counts, labels, preds = [], [], [], []
     for b in batches:
         loss_sum, count, pred = engine.evaluate(b)
@@ -254,8 +257,11 @@ def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str 
     if not preds:
         return out, None
     labels, preds = distributed.gather_rows(labels), distributed.host_copy(preds)  # every process's rows
-    summary, ner_text = report.ner_report(*report.ner_tags(labels, preds, eval_data.label_names))
-    return {**out, **summary}, ner_text
+    if engine.cfg.task == "classification":
+        summary, text = report.classification_report(labels, preds, eval_data.label_names)
+    else:
+        summary, text = report.ner_report(*report.ner_tags(labels, preds, eval_data.label_names))
+    return {**out, **summary}, text
 
 
 # --- finish --------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from flax import nnx
 from jaxlm.train import distributed, report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
-from jaxlm.train.engine import Engine, build_engine
+from jaxlm.train.engine import Engine, build_engine, trainable_filter
 from jaxlm.train.inputs import (
+    HEADS,
     build_pipelines,
     first_batches,
     held_out_prompts,
@@ -117,7 +118,7 @@ def write_config(cfg: Config, paths: dict) -> None:
 
 def load_inputs(cfg: Config):
     """(model, tokenizer, train pipeline, eval pipeline or None)."""
-    if cfg.task == "token_classification":  # the tagger's labels come from the data
+    if cfg.task in HEADS:  # the head's labels come from the data (or model.config_overrides.id2label)
         train_data, eval_data = build_pipelines(cfg, load_tokenizer(cfg))
         model, tokenizer = load_model(cfg, train_data.label_names)
     else:
@@ -180,8 +181,9 @@ def sample_after(run: Run) -> list[str] | None:
 def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, export: bool) -> None:
     """The files a finished run leaves: NER report, sample answers, loss curve, the exported model."""
     paths = run.paths
-    if ner_text:
-        with open(paths["ner_report"], "w", encoding="utf-8") as f:
+    if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
+        report_path = paths["classification_report" if run.cfg.task == "classification" else "ner_report"]
+        with open(report_path, "w", encoding="utf-8") as f:
             f.write(ner_text)
     if after is not None:
         before = run.before if run.before is not None else _saved_before(paths["samples"])
@@ -189,7 +191,8 @@ def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, ex
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
-        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path), task=run.cfg.task)
+        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
+                      trainable=trainable_filter(run.cfg))
 
 
 def _saved_before(samples_path: str) -> list[str] | None:
