@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="demographic term groups (default: jaxlm/audit/data/demographic_terms.json)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip unreadable records (counted in report.json) instead of stopping")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: this process; ray: measure each file of a DATA folder on Ray workers "
+                             "(the cluster in RAY_ADDRESS, or a local one), then merge: the same report")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="Ray workers, each loading the perplexity model once (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -108,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
         remove=remove, gates=args.gates, near_duplicate_threshold=args.near_duplicate_threshold,
         ngram=args.ngram, max_perplexity=args.max_perplexity, perplexity_tokens=args.perplexity_tokens,
         self_bleu_sample=args.self_bleu_sample, topic_sample=args.topic_sample, terms=args.terms,
-        skip_bad=args.skip_bad, progress=not args.quiet,
+        skip_bad=args.skip_bad, progress=not args.quiet, engine=args.engine, workers=args.workers,
     )
 
 
