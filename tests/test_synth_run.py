@@ -193,3 +193,18 @@ def test_back_translation_rewrites_user_turns_and_keeps_answers(assets, tmp_path
         original = dict(SEED_TASKS)[record["provenance"]["original"][0]]
         assert record["messages"][1] == {"role": "assistant", "content": original}
         assert 0.0 <= record["provenance"]["scores"]["chrf"] <= 100.0
+
+
+@pytest.mark.slow
+def test_relevant_passages_come_first_by_minilm_similarity(minilm_dir):
+    from jaxlm.audit.embeddings import ModelEmbedder
+    from jaxlm.synth.grounded import rank_by_relevance
+
+    passages = ["The oven bakes bread and cakes at two hundred degrees.",
+                "Eagles and sparrows are birds that build nests and fly.",
+                "The compiler turns source code into machine instructions.",
+                "A river carries water from the mountains to the sea."]
+    order = rank_by_relevance(passages, ["birds and their nests"], ModelEmbedder(minilm_dir))
+    assert sorted(order) == [0, 1, 2, 3] and order[0] == 1
+    order = rank_by_relevance(passages, ["baking a cake", "programming languages"], ModelEmbedder(minilm_dir))
+    assert set(order[:2]) == {0, 2}  # the closest of several example tasks counts

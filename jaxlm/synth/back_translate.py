@@ -9,7 +9,7 @@ Records are written in the messages format whatever format they were read in.
 
 from __future__ import annotations
 
-from jaxlm.synth.batch import Batch, Candidate, candidate
+from jaxlm.synth.batch import Batch, Candidate, candidate, compared_turns, single_pass
 from jaxlm.synth.config import LANGUAGES, SynthConfig, SynthError
 from jaxlm.synth.filters import round_trip_problem
 from jaxlm.synth.generator import derive_seed
@@ -49,22 +49,11 @@ class BackTranslate:
         return jobs
 
     def plan(self, state, kept_instructions: list[str]) -> list[Batch]:
-        if state.round is not None and state.batches_done >= state.round["batches"]:
-            return []  # the single pass is done
         if self.jobs is None:
             self.jobs = self._read_jobs()
-        size = self.config.batch_size
-        state.round = state.round or {"number": 1, "first_batch": 0, "batches": -(-len(self.jobs) // size),
-                       "pool_size": 0, "kept_at_start": 0, "generated_at_start": 0}
-        return [Batch(b, 1, self.jobs[b * size:(b + 1) * size])
-                for b in range(state.round["batches"]) if b >= state.batches_done]
+        return single_pass(state, self.jobs, self.config.batch_size)
 
-    @staticmethod
-    def compared(record: dict) -> tuple[str, str]:
-        """(what novelty compares: the user turns, what near-duplicate detection compares: everything)."""
-        messages = record["messages"]
-        return ("\n".join(m["content"] for m in messages if m["role"] == "user"),
-                "\n".join(m["content"] for m in messages))
+    compared = staticmethod(compared_turns)
 
     @staticmethod
     def run_batch(batch: Batch, generator, config: SynthConfig) -> list[Candidate]:

@@ -55,3 +55,20 @@ def candidate(config, generator_name: str, batch: Batch, messages: list[dict], o
     }
     record = {"messages": messages, **record_extra, "provenance": provenance}
     return Candidate(record, rejected)
+
+
+def single_pass(state, jobs: list[dict], size: int) -> list[Batch]:
+    """Batches over ``jobs`` in order as one round, from where the run stopped (none when done)."""
+    if state.round is not None and state.batches_done >= state.round["batches"]:
+        return []
+    state.round = state.round or {"number": 1, "first_batch": 0, "batches": -(-len(jobs) // size),
+                                  "pool_size": 0, "kept_at_start": 0, "generated_at_start": 0}
+    return [Batch(b, 1, jobs[b * size:(b + 1) * size])
+            for b in range(state.round["batches"]) if b >= state.batches_done]
+
+
+def compared_turns(record: dict) -> tuple[str, str]:
+    """(what novelty compares: the user turns, what near-duplicate detection compares: everything)."""
+    messages = record["messages"]
+    return ("\n".join(m["content"] for m in messages if m["role"] == "user"),
+            "\n".join(m["content"] for m in messages))

@@ -83,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     defaults = SynthConfig(mode="", out="")
 
-    self_instruct = modes.add_parser("self-instruct", help="grow tasks from seed tasks", formatter_class=formatter,
-                                     epilog=describe_filters())
+    self_instruct = modes.add_parser(
+        "self-instruct", help="grow tasks from seed tasks", formatter_class=formatter, epilog=describe_filters(),
+        description="Each round the model sees a list of tasks sampled from the pool (seed tasks, and from "
+                    "round 2 some generated ones), writes a new task, then answers it. Survivors of the "
+                    "filters join the pool (Self-Instruct, Wang et al. 2023).")
     self_instruct.add_argument("--seeds", metavar="FILE",
                                help="seed tasks, prompt/completion or messages JSONL (default: the shipped 66 "
                                     "tasks, jaxlm/synth/data/seed_tasks.jsonl)")
@@ -95,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                                help=f"tasks shown to the model per proposal (default {defaults.examples_per_prompt})")
     _common(self_instruct)
 
-    grounded = modes.add_parser("grounded", help="questions and answers from passages", formatter_class=formatter,
-                                epilog=describe_filters())
+    grounded = modes.add_parser(
+        "grounded", help="questions and answers from passages", formatter_class=formatter, epilog=describe_filters(),
+        description="For each passage of a corpus the model writes a question, then answers it with the passage "
+                    "in view. Records keep the passage and its id; answers must be supported by the passage.")
     grounded.add_argument("--corpus", default=DEFAULT_CORPUS,
                           help=f"passages: any source the data pipeline reads (default {DEFAULT_CORPUS})")
     grounded.add_argument("--relevant-to", metavar="TOPIC_OR_FILE",
@@ -108,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="leave the passage out of the user turn (it stays in the record's 'passage')")
     _common(grounded)
 
-    back = modes.add_parser("back-translate", help="rewrite user turns through a pivot language",
-                            formatter_class=formatter, epilog=describe_filters())
+    back = modes.add_parser(
+        "back-translate", help="rewrite user turns through a pivot language", formatter_class=formatter,
+        epilog=describe_filters(),
+        description="Each user turn goes to the pivot language and back with the model; answers are kept. "
+                    "Round-trip chrF (sacrebleu) is recorded and filtered by a floor (min_chrf).")
     back.add_argument("--data", required=True, help="dataset whose user turns are rewritten (any source)")
     back.add_argument("--pivot", default=defaults.pivot, help=f"pivot language: {', '.join(LANGUAGES)} (default fr)")
     _common(back)

@@ -18,7 +18,7 @@ import random
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxlm.synth.batch import Batch, Candidate, candidate
+from jaxlm.synth.batch import Batch, Candidate, candidate, single_pass
 from jaxlm.synth.config import SynthConfig, SynthError
 from jaxlm.synth.filters import answer_problem, instruction_problem, perplexity
 from jaxlm.synth.generator import derive_seed
@@ -130,14 +130,10 @@ class Grounded:
     def plan(self, state, kept_instructions: list[str]) -> list[Batch]:
         """One pass over the passages, one question each, from where the run stopped."""
         if state.round is not None and state.batches_done >= state.round["batches"]:
-            return []  # the single pass is done
+            return []  # done: no need to read the corpus again
         if self.passages is None:
             self.passages = self._ordered_passages()
-        size = self.config.batch_size
-        state.round = state.round or {"number": 1, "first_batch": 0, "batches": -(-len(self.passages) // size),
-                       "pool_size": 0, "kept_at_start": 0, "generated_at_start": 0}
-        return [Batch(b, 1, self.passages[b * size:(b + 1) * size])
-                for b in range(state.round["batches"]) if b >= state.batches_done]
+        return single_pass(state, self.passages, self.config.batch_size)
 
     @staticmethod
     def compared(record: dict) -> tuple[str, str]:

@@ -18,7 +18,7 @@ import os
 import random
 
 from jaxlm.data.records import read_records
-from jaxlm.synth.batch import Batch, Candidate, candidate
+from jaxlm.synth.batch import Batch, Candidate, candidate, compared_turns
 from jaxlm.synth.config import SynthConfig, SynthError
 from jaxlm.synth.filters import answer_problem, instruction_problem, perplexity
 from jaxlm.synth.generator import derive_seed
@@ -106,12 +106,7 @@ class SelfInstruct:
                          "seed_ids": [s["id"] for s in seeds], "generated_examples": picked})
         return jobs
 
-    @staticmethod
-    def compared(record: dict) -> tuple[str, str]:
-        """(what novelty compares: the user turns, what near-duplicate detection compares: everything)."""
-        messages = record["messages"]
-        return ("\n".join(m["content"] for m in messages if m["role"] == "user"),
-                "\n".join(m["content"] for m in messages))
+    compared = staticmethod(compared_turns)
 
     @staticmethod
     def run_batch(batch: Batch, generator, config: SynthConfig) -> list[Candidate]:
