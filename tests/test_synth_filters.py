@@ -8,8 +8,13 @@ from rouge_score import rouge_scorer
 
 from jaxlm.synth.config import FilterConfig, SynthError, set_filter
 from jaxlm.synth.filters import answer_problem, instruction_problem, round_trip_problem, support
-from jaxlm.synth.gopher import (duplicate_ngram_chars, parse_ngram_fractions, repetition_problem,
-                                symbol_problem, top_ngram_chars)
+from jaxlm.synth.gopher import (
+    duplicate_ngram_chars,
+    parse_ngram_fractions,
+    repetition_problem,
+    symbol_problem,
+    top_ngram_chars,
+)
 from jaxlm.synth.novelty import NearDuplicateIndex, NoveltyIndex
 
 FILTERS = FilterConfig()

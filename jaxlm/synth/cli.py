@@ -1,6 +1,6 @@
-"""`python -m jaxlm.synth MODE ...`: command line over `runner.run_synth`.
+"""`jaxlm synth` / `python -m jaxlm.synth MODE ...`: command line over `runner.run_synth`.
 
-Exit status: 0 done; 2 bad input or options (one line naming the file:line or option).
+Exit status (jaxlm.errors): 0 done; 2 bad input or options (one line naming the file:line or option).
 """
 
 from __future__ import annotations
@@ -9,17 +9,8 @@ import argparse
 import os
 import sys
 
-from jaxlm.synth.config import (
-    DEFAULT_CORPUS,
-    LANGUAGES,
-    FilterConfig,
-    SynthConfig,
-    SynthError,
-    describe_filters,
-    set_filter,
-)
-
-EXIT_BAD_INPUT = 2
+from jaxlm.errors import exit_codes
+from jaxlm.synth.config import DEFAULT_CORPUS, LANGUAGES, FilterConfig, SynthConfig, describe_filters, set_filter
 
 _DESCRIPTION = """\
 Make supervised fine-tuning data with a model, filter it, and write to OUT:
@@ -43,7 +34,7 @@ examples:
   python -m jaxlm.synth back-translate --data train.jsonl --pivot fr --out bt/ --filter min_chrf=30
   python -m jaxlm.synth self-instruct --num 1000 --engine ray --workers 4 --out big/   # RAY_ADDRESS or local
 
-exit status: 0 done; 2 bad input or options.
+exit status: 0 done; 2 bad input or options; 130 interrupted (rerun the command to resume).
 """
 
 
@@ -76,10 +67,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m jaxlm.synth") -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="python -m jaxlm.synth", description=_DESCRIPTION, epilog=_EPILOG,
-                                     formatter_class=formatter)
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=formatter)
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
     defaults = SynthConfig(mode="", out="")
 
@@ -133,18 +123,12 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return SynthConfig(mode=args.mode, filters=filters, progress=not args.quiet, **fields)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from jaxlm.assets import AssetMissing
-    from jaxlm.data.records import DataError
-    from jaxlm.hf.errors import CheckpointError
-    from jaxlm.synth.runner import run_synth
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.synth") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from jaxlm.synth.runner import run_synth  # heavy imports after --help
 
-    try:
-        summary = run_synth(config_from_args(args))
-    except (SynthError, DataError, CheckpointError, AssetMissing, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    summary = run_synth(config_from_args(args))  # SynthError, DataError, CheckpointError: exit 2
     print(f"kept {summary['kept']} of {summary['generated']} generated "
           f"({100 * summary['acceptance_rate']:.0f}%); {summary['new_tokens']} new tokens"
           + (f" at {summary['new_tokens_per_s']:.0f} tokens/s" if summary["new_tokens_per_s"] else "")

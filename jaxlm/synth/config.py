@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from jaxlm.errors import UserError
+
 MODES = ("self-instruct", "grounded", "back-translate")
 ENGINES = ("local", "ray")
 
@@ -37,8 +39,8 @@ LANGUAGES = {"fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "
 DEFAULT_CORPUS = "tfds:jaxlm_wiki_summaries:train"
 
 
-class SynthError(ValueError):
-    """A problem with the run's options or inputs that the user can fix (one line)."""
+class SynthError(UserError):
+    """A problem with the run's options or inputs that the user can fix (exit 2, one line)."""
 
 
 @dataclasses.dataclass
