@@ -161,7 +161,7 @@ def build_meters(config: AuditConfig, eval_index, reference_index, *, scorer, em
         BiasMeter(config.terms),
         labels,
         DiversityMeter(embedder, config.topic_sample, reference_vocabulary, config.seed,
-                       sample_topics=True if shard else None),
+                       sample_topics=config.embedder is not None if shard else None),
         GenerationMeter(),
     ]
 
