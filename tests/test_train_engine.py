@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -115,6 +117,24 @@ def test_bfloat16_computes_in_bf16_with_float32_master_weights(llama_dir):
     assert abs(loss16 - loss32) < 0.05 * loss32
     dtypes = {x.dtype for x in jax.tree.leaves((bf16.state.params, bf16.state.opt_state)) if x.ndim > 0}
     assert dtypes == {jnp.dtype(jnp.float32)}
+
+
+def matmul_operand_types(hlo_text: str) -> list[tuple[str, str]]:
+    """Element types of the two operands of every dot_general in lowered StableHLO text."""
+    tensor = r"tensor<(?:\d+x)*([a-z]\w*)>"
+    found = re.findall(rf"stablehlo\.dot_general .*: \({tensor}, {tensor}\)", hlo_text)
+    assert found, "no dot_general found: the HLO text format changed?"
+    return found
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
+    """Every projection, attention and LM-head matmul (forward and backward) runs on bf16 operands."""
+    _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", lora=lora)
+    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch())).as_text()
+    operands = matmul_operand_types(text)
+    float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
+    assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"
 
 
 def test_a_non_finite_loss_skips_the_update_and_records_the_step(llama_dir):

@@ -71,9 +71,7 @@ class _DenseNorm(nnx.Module):
 
 class Embeddings(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
-        embed = lambda n: nnx.Embed(  # noqa: E731
-            n, cfg.hidden_size, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
-        )
+        embed = lambda n: layers.Embed(n, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)  # noqa: E731
         self.word_embeddings = embed(cfg.vocab_size)
         self.position_embeddings = embed(cfg.max_position_embeddings)
         self.token_type_embeddings = embed(cfg.type_vocab_size)

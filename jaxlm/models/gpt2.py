@@ -112,9 +112,7 @@ class GPT2LMHeadModel(nnx.Module):
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = cfg
-        embed = lambda n: nnx.Embed(  # noqa: E731
-            n, cfg.n_embd, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
-        )
+        embed = lambda n: layers.Embed(n, cfg.n_embd, rngs=rngs, param_dtype=param_dtype)  # noqa: E731
         self.wte, self.wpe = embed(cfg.vocab_size), embed(cfg.n_positions)
         self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
         self.ln_f = layer_norm(cfg, param_dtype)

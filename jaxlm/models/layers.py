@@ -181,6 +181,25 @@ def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> j
     return jnp.maximum(jnp.cumsum(padding_mask, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+class Embed(nnx.Module):
+    """An embedding table whose lookups come out in the table's dtype.
+
+    `nnx.Embed` fixes its output dtype when it is built (float32 master weights), so the
+    bfloat16 copy the train step makes was cast back to float32 and every later matmul ran
+    in float32. Here the activations follow the weights: bf16 weights, bf16 activations.
+    """
+
+    def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, std: float = 0.02):
+        self.embedding = nnx.Param(nnx.initializers.normal(std)(rngs.params(), (num, dim), param_dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the table (a tied LM head), in the dtype of x."""
+        return x @ self.embedding[...].astype(x.dtype).T
+
+
 def linear(rngs, in_dim, out_dim, *, bias: bool, param_dtype, std: float = 0.02) -> nnx.Linear:
     """nnx.Linear with HF's normal(0.02) init; the dtype of the computation follows the inputs."""
     return nnx.Linear(
