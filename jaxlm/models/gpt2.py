@@ -117,20 +117,25 @@ class GPT2LMHeadModel(nnx.Module):
         self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
         self.ln_f = layer_norm(cfg, param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, return_hidden=False):
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
         mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
         x = self.wte(input_ids) + self.wpe(positions)
         for block in self.h:
             x, _ = block(x, mask)
-        return self.wte.attend(self.ln_f(x))
+        hidden = self.ln_f(x)
+        return hidden if return_hidden else self.logits(hidden)
 
     def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
         """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
         x = self.wte(input_ids) + self.wpe(positions)
         x, cache = layers.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
-        return self.wte.attend(self.ln_f(x)), cache
+        return self.logits(self.ln_f(x)), cache
+
+    def logits(self, hidden):
+        """The tied output projection of final hidden states [..., n_embd] to [..., vocab]."""
+        return self.wte.attend(hidden)
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
         cfg = self.config

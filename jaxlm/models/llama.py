@@ -145,8 +145,11 @@ class LlamaForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
-        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other."""
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, return_hidden=False):
+        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other.
+
+        `return_hidden=True` gives the final hidden states instead; `self.logits(hidden)` projects
+        them, so a loss can project a few tokens at a time."""
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
         mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
@@ -154,7 +157,8 @@ class LlamaForCausalLM(nnx.Module):
         inv_freq = self.config.inverse_frequencies
         for layer in self.layers:
             x, _ = layer(x, positions, mask, inv_freq)
-        return self._logits(x)
+        hidden = self.norm(x)
+        return hidden if return_hidden else self.logits(hidden)
 
     def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
         """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache).
@@ -168,14 +172,14 @@ class LlamaForCausalLM(nnx.Module):
             new_valid,
             lambda layer, x, mask, kv, index: layer(x, positions, mask, inv_freq, kv, index),
         )
-        return self._logits(x), cache
+        return self.logits(self.norm(x)), cache
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
         cfg = self.config
         return layers.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
 
-    def _logits(self, x):
-        x = self.norm(x)
+    def logits(self, hidden):
+        """The output projection of final hidden states [..., hidden] to [..., vocab]."""
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(x)
-        return self.lm_head(x)
+            return self.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)

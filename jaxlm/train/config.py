@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     compute_dtype: str = "float32"  # float32 | bfloat16 (master weights and optimizer state stay float32)
+    loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
 
@@ -111,6 +112,8 @@ class Config:
                            ("checkpoint.every", self.checkpoint.every), ("checkpoint.keep", self.checkpoint.keep)]:
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        if t.loss_chunk_tokens < 0:
+            raise ConfigError(f"train.loss_chunk_tokens must be >= 0 (0 = no chunking), got {t.loss_chunk_tokens}")
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         if self.model.lora.rank < 0:

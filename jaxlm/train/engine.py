@@ -92,8 +92,10 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
-                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh))
+                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
+                                 chunk_tokens=t.loss_chunk_tokens)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
-                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh))
+                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh),
+                               chunk_tokens=t.loss_chunk_tokens)
     return Engine(cfg, mesh, state, frozen, rest, state_sh, batch_sh, eval_sh, train_step, eval_step, schedule)
 
