@@ -22,6 +22,9 @@ def main(argv=None) -> int:
                                      epilog=EPILOG + describe(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset, e.g. configs/sft_lora.yaml")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compile the train step on abstract shapes and print its memory per device and FLOPs; "
+                             "loads no weights or data, trains nothing, writes nothing")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="e.g. train.steps=100")
     args = parser.parse_args(argv)
     try:
@@ -29,6 +32,17 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+
+    if args.dry_run:
+        from jaxlm.hf.errors import CheckpointError
+        from jaxlm.train import dry_run
+
+        try:
+            print(dry_run.describe(dry_run.dry_run(cfg), cfg))
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
 
     from jaxlm.data import DataError
     from jaxlm.train.loop import TrainingError, train

@@ -14,20 +14,30 @@ from jaxlm.train.config import Config, resolve_path
 def load_model(cfg: Config, label_names: list[str] | None = None):
     """(model, tokenizer). Token classification puts a fresh tagger for `label_names` on the encoder."""
     from jaxlm.hf.load import load_pretrained
-    from jaxlm.models.lora import apply_lora
 
     path = resolve_path(cfg.model.path)
-    kwargs = {}
-    if cfg.task == "token_classification":
-        kwargs = dict(architecture="BertForTokenClassification",
-                      config_overrides={"id2label": {str(i): name for i, name in enumerate(label_names)},
-                                        "label2id": {name: i for i, name in enumerate(label_names)}})
-    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **kwargs)
+    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **head_for(cfg, label_names))
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
+    return prepare_model(model, cfg), tokenizer
+
+
+def head_for(cfg: Config, label_names: list[str] | None) -> dict:
+    """`load_pretrained` arguments that put the task's head on the checkpoint (a tagger for NER)."""
+    if cfg.task != "token_classification":
+        return {}
+    return dict(architecture="BertForTokenClassification",
+                config_overrides={"id2label": {str(i): name for i, name in enumerate(label_names)},
+                                  "label2id": {name: i for i, name in enumerate(label_names)}})
+
+
+def prepare_model(model, cfg: Config):
+    """The loaded model as the run trains it: LoRA adapters on the targets."""
+    from jaxlm.models.lora import apply_lora
+
     if cfg.model.lora.rank > 0:
         apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
-    return model, tokenizer
+    return model
 
 
 def load_tokenizer(cfg: Config):

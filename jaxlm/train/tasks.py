@@ -21,6 +21,7 @@ BATCH_KEYS = {
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
 }
+BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0):
