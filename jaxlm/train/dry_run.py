@@ -18,7 +18,6 @@ from flax import nnx
 from jaxlm.train.config import Config, resolve_path
 
 
-
 def _bytes(n: float) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= size:
