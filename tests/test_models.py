@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxlm
-from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, torch_logits
+from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_mistral, torch_logits
 
 LLAMA_VARIANTS = {
     "gqa_untied": dict(kv_heads=2),
@@ -40,6 +40,15 @@ def test_llama_logits_match_transformers(tmp_path, variant):
     model, _ = jaxlm.load_pretrained(tmp_path)
     logits = model(jnp.asarray(ids), jnp.asarray(mask))
     chex.assert_shape(logits, (*ids.shape, VOCAB))
+    _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
+
+
+def test_mistral_logits_match_transformers(tmp_path):
+    ref_model = tiny_mistral(tmp_path)
+    ids, mask = padded_batch(seed=4)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    assert type(model).__name__ == "MistralForCausalLM"
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
     _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
 
 

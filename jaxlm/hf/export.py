@@ -10,15 +10,14 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import architecture_of
+from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
-_DTYPE_NAMES = {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}
+_DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
 
 
 def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     """The model's parameters under their HF names and layouts (LoRA adapters merged in)."""
-    from jaxlm.models.lora import has_lora, merge_lora
-
     if has_lora(model):
         model = merge_lora(model)
     arch = architecture_of(model)
@@ -53,8 +52,9 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
     if getattr(model.config, "tie_word_embeddings", None) is not None:
         config["tie_word_embeddings"] = model.config.tie_word_embeddings
     _write_json(os.path.join(out_dir, "config.json"), config)
-    if arch.causal_lm:
-        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    if arch.family.causal_lm:
+        special = ("bos_token_id", "eos_token_id", "pad_token_id")
+        generation = {k: config[k] for k in special if config.get(k) is not None}
         _write_json(os.path.join(out_dir, "generation_config.json"), generation)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

@@ -17,8 +17,8 @@ import yaml
 
 from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
+from jaxlm.tasks import TASKS
 
-TASKS = ("sft", "causal_lm", "token_classification")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
 

@@ -48,7 +48,7 @@ def abstract_model(cfg: Config):
     if "architecture" in head:
         hf["architectures"] = [head["architecture"]]
     arch = architecture_for(hf, path)
-    config = arch.config_cls.from_hf(hf)
+    config = arch.family.config.from_hf(hf)
     dtype = jnp.dtype(cfg.model.dtype)
     return nnx.eval_shape(lambda: prepare_model(arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype), cfg))
 

@@ -63,7 +63,8 @@ def ner_tags(labels: list[np.ndarray], predictions: list[np.ndarray], label_name
 def export(model, tokenizer, paths: dict, *, base_model: str, task: str) -> None:
     """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used."""
     from jaxlm.hf.export import export_pretrained
-    from jaxlm.models.lora import has_lora, save_peft_adapter
+    from jaxlm.hf.peft import save_peft_adapter
+    from jaxlm.models.lora import has_lora
 
     export_pretrained(model, paths["hf"], tokenizer)
     if has_lora(model):

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-IGNORE = -100
+from jaxlm.tasks import IGNORE_LABEL
+
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
@@ -31,8 +32,8 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0):
     if task == "token_classification":
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
-        weights = (labels != IGNORE).astype(jnp.float32)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE, 0, labels))
+        weights = (labels != IGNORE_LABEL).astype(jnp.float32)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
         return jnp.sum(nll * weights), jnp.sum(weights), logits
     hidden = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"],
                    return_hidden=True)
