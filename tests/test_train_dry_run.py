@@ -45,3 +45,15 @@ def test_dry_run_names_a_missing_model_and_exits_2(tmp_path, capsys):
     code = main(["--dry-run", f"model.path={tmp_path / 'missing'}", f"output_dir={tmp_path / 'run'}"])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_remat_shows_as_less_temporary_memory_and_more_flops(llama_dir, tmp_path, capsys):
+    figures = {}
+    for remat in ("none", "full"):
+        code, text = dry_run(llama_dir, tmp_path / "run", "model.lora.rank=0", "model.scan_layers=true",
+                             f"model.remat={remat}", capsys=capsys)
+        assert code == 0 and "unrolled twin" in text
+        flops = float(re.search(r"FLOPs per step: ([\d.]+) MFLOP", text).group(1))
+        figures[remat] = figure(text, "temporaries"), flops
+    assert figures["full"][0] < 0.75 * figures["none"][0]  # activations are recomputed, not stored
+    assert figures["full"][1] > figures["none"][1]  # ... which costs a second forward pass

@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from jaxlm.hf.export import hf_state_dict
 from jaxlm.models import architecture_of
+from jaxlm.models.execution import unrolled
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
@@ -21,6 +22,7 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     `base_model.model.<HF module name>`; its scale is lora_alpha / r, the same as ours.
     `modules_to_save` (e.g. a freshly trained "classifier") are written whole.
     """
+    model = unrolled(model)  # PEFT names adapters per layer
     arch = architecture_of(model)
     tensors, targets, ranks, alphas, hf_layouts = {}, set(), set(), set(), set()
     for path, module in lora_modules(model):

@@ -1,4 +1,4 @@
-"""Pieces the model families share: masks, attention, rotary embeddings, KV cache, norms,
+"""Pieces the model families share: the attention seam and its masks, rotary embeddings, norms,
 embeddings, activations and the HF initialisation of linear layers.
 
 Everything here is pure: arrays in, arrays out. Layouts follow the Hugging Face
@@ -8,121 +8,123 @@ PyTorch classes so that weights map over without reshuffling and logits match.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-# A finite "minus infinity": a fully masked row (a left-padding query) then gets a
-# uniform softmax instead of NaN, as in transformers.
-_MASKED = -1e30
+ATTENTION = ("auto", "xla", "cudnn")  # model.attention
 
 
 @struct.dataclass
-class KVCache:
-    """Keys and values of every layer for a fixed number of slots.
+class Mask:
+    """What each query may attend to, described the way attention kernels take it; built once per forward.
 
-    Slots are filled left to right; `valid[b, s]` says slot s of row b holds a real
-    token (left padding of a batched prompt does not), and `index` is the next slot
-    to write. Positions (for RoPE or learned embeddings) are passed separately, so
-    left-padded rows keep their true positions.
+    Training and scoring describe it with `causal` plus `segment_ids` [batch, seq] (packed
+    documents; 0 = padding) and/or `padding` [batch, seq] (1 = real token): a query sees the
+    keys of its own segment (padding counts as one more segment, so no row is ever fully
+    masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots] instead.
+    `implementation` picks the kernel (see `attention`).
     """
 
-    keys: tuple[jax.Array, ...]  # per layer [batch, slots, kv_heads, head_dim]
-    values: tuple[jax.Array, ...]
-    valid: jax.Array  # [batch, slots] bool
-    index: jax.Array  # int32 scalar
+    segment_ids: jax.Array | None = None
+    padding: jax.Array | None = None
+    dense: jax.Array | None = None
+    causal: bool = struct.field(pytree_node=False, default=True)
+    implementation: str = struct.field(pytree_node=False, default="xla")
 
-    @classmethod
-    def create(cls, num_layers, batch, slots, kv_heads, head_dim, dtype=jnp.float32):
-        shape = (batch, slots, kv_heads, head_dim)
-        return cls(
-            keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            valid=jnp.zeros((batch, slots), bool),
-            index=jnp.zeros((), jnp.int32),
-        )
+    def ids(self) -> jax.Array | None:
+        """One id per token such that query and key must have equal ids (None: no such constraint)."""
+        if self.padding is None:
+            return self.segment_ids
+        real = self.padding.astype(jnp.int32)
+        return real if self.segment_ids is None else self.segment_ids * real
 
-    @property
-    def num_slots(self) -> int:
-        return self.valid.shape[1]
+    def boolean(self, q_len: int, k_len: int) -> jax.Array:
+        """The mask as booleans [batch or 1, 1, q, k]."""
+        if self.dense is not None:
+            return self.dense
+        mask = jnp.ones((1, 1, q_len, k_len), bool)
+        if self.causal:
+            mask = jnp.tril(mask)
+        ids = self.ids()
+        if ids is not None:
+            mask = mask & (ids[:, None, :, None] == ids[:, None, None, :])
+        return mask
 
 
-def attention_mask(
-    seq_len: int,
-    *,
-    padding_mask: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    causal: bool = True,
-) -> jax.Array:
-    """Boolean mask [batch or 1, 1, q, k]: which keys each query may attend to.
+def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
+    """The one attention of every family: q [b, t, heads, d]; k, v [b, s, kv_heads, d] (GQA when fewer).
 
-    `padding_mask` [batch, seq] is 1 for real tokens; `segment_ids` [batch, seq] keeps
-    packed documents apart (a query sees only keys of its own segment).
+    `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
+    (softmax in float32). "cudnn" runs cuDNN flash attention through the same function, for
+    bf16/fp16 inputs without a KV cache; anything else (float32, decoding) takes the XLA path,
+    which `resolve_attention` announces when it sets the implementation up.
     """
-    mask = jnp.ones((1, 1, seq_len, seq_len), bool)
-    if causal:
-        mask = jnp.tril(mask)
-    if padding_mask is not None:
-        mask = mask & padding_mask.astype(bool)[:, None, None, :]
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    return mask
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if mask.implementation == "cudnn" and mask.dense is None and q.dtype in (jnp.bfloat16, jnp.float16):
+        return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
+                                        implementation="xla")
 
 
-def cached_attention_mask(cache: KVCache, num_new: int) -> jax.Array:
-    """Mask [batch, 1, new, slots] for `num_new` tokens written at `cache.index`."""
-    slot = jnp.arange(cache.num_slots)
-    query_slot = cache.index + jnp.arange(num_new)
-    causal = slot[None, :] <= query_slot[:, None]
-    return causal[None, None] & cache.valid[:, None, None, :]
+def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) -> jax.Array:
+    """How a fused kernel is called: sequence lengths when they say it all, else the boolean mask.
 
-
-def update_cache_valid(cache: KVCache, new_valid: jax.Array) -> KVCache:
-    """Mark the slots about to be written (before the layers run, so they see them)."""
-    valid = jax.lax.dynamic_update_slice(cache.valid, new_valid.astype(bool), (0, cache.index))
-    return cache.replace(valid=valid)
-
-
-def run_with_cache(blocks, x, cache: KVCache, new_valid, run_block):
-    """Run `blocks` over new tokens x [batch, n, dim] that enter the cache at `cache.index`.
-
-    `run_block(block, x, mask, kv, index)` returns (x, (keys, values)) for one block.
-    Returns the final hidden states and the cache advanced by n slots.
+    cuDNN takes padding as per-row lengths, which describe a row only when it holds one document
+    from position 0 followed by padding (every unpacked batch). The public API has no segment ids
+    for packed rows, so those pass the mask (cuDNN adds it as a bias: still flash attention, but
+    it reads a [batch, q, k] bias). Which case holds is known only at run time: `lax.cond`.
+    `implementation="xla"` runs the same logic on XLA (how the tests check it on a CPU).
     """
-    num_new = x.shape[1]
-    if new_valid is None:
-        new_valid = jnp.ones(x.shape[:2], bool)
-    cache = update_cache_valid(cache, new_valid)
-    mask = cached_attention_mask(cache, num_new)
-    keys, values = [], []
-    for i, block in enumerate(blocks):
-        x, (k, v) = run_block(block, x, mask, (cache.keys[i], cache.values[i]), cache.index)
-        keys.append(k)
-        values.append(v)
-    return x, cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + num_new)
+    call = functools.partial(jax.nn.dot_product_attention, q, k, v, scale=scale, is_causal=mask.causal,
+                             implementation=implementation)
+    ids = mask.ids()
+    if ids is None:
+        return call()
+    lengths = jnp.sum(ids != 0, axis=1, dtype=jnp.int32)
+    before_end = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
+    one_document = jnp.all(jnp.where(before_end, ids == ids[:, :1], ids == 0))
+    same_segment = ids[:, None, :, None] == ids[:, None, None, :]
+    return jax.lax.cond(one_document,
+                        lambda: call(query_seq_lengths=lengths, key_value_seq_lengths=lengths),
+                        lambda: call(mask=same_segment))
 
 
-def write_kv(cache_k, cache_v, k, v, index):
-    """Write new keys/values [batch, new, kv_heads, head_dim] at slot `index`."""
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-    return cache_k, cache_v
+def fan_out(projections, x) -> list[jax.Array]:
+    """[p(x) for p in projections], for linear layers that read the same x (q/k/v; gate/up).
+
+    LoRA layers among them (`models.lora.LoRALinear`) share one x @ [A_1 | A_2 | ...]: one
+    matmul reads x for all their adapters, instead of one thin matmul each (forward and backward).
+    """
+    adapted = [p for p in projections if hasattr(p, "lora_a")]
+    if len(adapted) < 2:
+        return [p(x) for p in projections]
+    a = jnp.concatenate([p.lora_a[...].astype(x.dtype) for p in adapted], axis=-1)
+    ranks = [p.lora_a.get_value().shape[-1] for p in adapted]
+    down = dict(zip(map(id, adapted), jnp.split(x @ a, list(itertools.accumulate(ranks))[:-1], axis=-1)))
+    return [p(x, down=down[id(p)]) if id(p) in down else p(x) for p in projections]
 
 
-def dot_product_attention(q, k, v, mask, scale: float | None = None):
-    """Grouped-query attention. q [b, t, heads, d]; k, v [b, s, kv_heads, d]; mask [b|1, 1, t, s]."""
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    groups = heads // kv_heads
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
-    scores = jnp.where(mask[:, :, None], scores, _MASKED)  # mask broadcast over kv heads/groups
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
+def resolve_attention(requested: str, *, compute_dtype, head_dim: int, platform: str | None = None):
+    """(implementation, note): `auto` means cuDNN on an NVIDIA GPU and XLA elsewhere; a request the
+    kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once)."""
+    if requested not in ATTENTION:
+        raise ValueError(f"model.attention={requested!r} is not one of {', '.join(ATTENTION)}")
+    platform = platform or jax.devices()[0].platform
+    if requested == "xla" or (requested == "auto" and platform != "gpu"):
+        return "xla", None
+    if platform != "gpu":
+        return "xla", f"model.attention=cudnn needs an NVIDIA GPU (this is {platform}): using XLA attention"
+    if jnp.dtype(compute_dtype) not in (jnp.bfloat16, jnp.float16):
+        return "xla", (f"cuDNN flash attention takes bf16/fp16, compute dtype is {jnp.dtype(compute_dtype).name}: "
+                       "using XLA attention (set train.compute_dtype=bfloat16)")
+    if head_dim % 8 or head_dim > 256:
+        return "xla", f"cuDNN flash attention needs head_dim <= 256 and a multiple of 8, not {head_dim}: using XLA"
+    return "cudnn", "cuDNN flash attention for training; decoding over the KV cache uses XLA attention"
 
 
 # --- rotary position embeddings --------------------------------------------------------

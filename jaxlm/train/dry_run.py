@@ -9,6 +9,7 @@ read, nothing is trained, nothing is written.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -64,6 +65,9 @@ def dry_run(cfg: Config) -> dict:
     seconds = time.perf_counter() - began
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
+    if cfg.model.scan_layers:  # XLA counts a loop body once: count FLOPs on the unrolled twin (lowered only)
+        twin = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
+        cost = lower_train_step(abstract_model(twin), twin).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per device program
     figures = {
         "arguments": memory.argument_size_in_bytes,
@@ -85,12 +89,14 @@ def describe(report: dict, cfg: Config) -> str:
     return "\n".join([
         f"dry run: {report['model']}, {report['params']:,} parameters ({report['trainable']:,} trained), "
         f"batch {t.batch_size} x {t.seq_len} (grad_accum {t.grad_accum}), compute {t.compute_dtype}, "
-        f"{report['devices']} device(s)",
+        f"{report['devices']} device(s); attention {cfg.model.attention}, scan_layers {cfg.model.scan_layers}, "
+        f"remat {cfg.model.remat}, loss_chunk_tokens {t.loss_chunk_tokens}",
         f"compiled the train step in {report['compile_seconds']:.1f}s",
         f"memory per device: arguments {size('arguments')}, outputs {size('outputs')} "
         f"({size('aliased')} of them in place of donated arguments), temporaries {size('temporaries')}, "
         f"code {size('code')}; the step needs {size('total')}",
-        f"FLOPs per step: {_flops(report['flops'])} per device (XLA cost analysis), "
+        f"FLOPs per step: {_flops(report['flops'])} per device (XLA cost analysis"
+        f"{' of the unrolled twin' if cfg.model.scan_layers else ''}), "
         f"{_flops(report['flops'] * report['devices'] / (t.batch_size * t.seq_len))} per token",
         "nothing was loaded, trained or written",
     ])

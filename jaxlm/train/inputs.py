@@ -31,13 +31,20 @@ def head_for(cfg: Config, label_names: list[str] | None) -> dict:
                                   "label2id": {name: i for i, name in enumerate(label_names)}})
 
 
-def prepare_model(model, cfg: Config):
-    """The loaded model as the run trains it: LoRA adapters on the targets."""
+def prepare_model(model, cfg: Config, *, say=print):
+    """The loaded model as the run trains it: LoRA adapters on the targets, then the attention
+    kernel, remat policy and stacked layers of `cfg.model` (`say` gets a line when attention falls back)."""
+    from jaxlm.models.execution import configure
+    from jaxlm.models.layers import resolve_attention
     from jaxlm.models.lora import apply_lora
 
     if cfg.model.lora.rank > 0:
         apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
-    return model
+    head_dim = getattr(model.config, "head_dim", 0)
+    attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim)
+    if note and say:
+        say(f"attention: {note}")
+    return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
 
 
 def load_tokenizer(cfg: Config):

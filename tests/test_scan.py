@@ -1,0 +1,123 @@
+"""Stacked layers (model.scan_layers) and remat compute what the unrolled model computes; HF names stay at the edges."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
+from safetensors.numpy import load_file
+from test_train_loss import lm_batch, reference_loss
+
+import jaxlm
+from jaxlm.models.execution import configure, is_stacked
+from jaxlm.models.lora import apply_lora
+from jaxlm.train import sharding
+
+TARGETS = {"llama": ["q", "k", "v", "o", "gate", "up", "down"], "gpt2": ["qkv"]}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    out = {}
+    for family, write in (("llama", tiny_llama), ("gpt2", tiny_gpt2)):
+        out[family] = str(tmp_path_factory.mktemp(family))
+        write(out[family])
+    return out
+
+
+def model_for(folder, family, lora=0, **options):
+    model = jaxlm.load_pretrained(folder)[0]
+    if lora:
+        apply_lora(model, TARGETS[family], lora, 8.0)
+        for _, module in nnx.iter_modules(model):  # B starts at zero; make the adapters matter
+            if hasattr(module, "lora_b"):
+                module.lora_b.set_value(0.1 * jax.random.normal(jax.random.key(1), module.lora_b.get_value().shape))
+    return configure(model, **options)
+
+
+def per_layer(tree, layers: str) -> dict:
+    """Flat {path: array} with stacked [layers, ...] entries split into per-layer paths."""
+    out = {}
+    for path, value in nnx.to_flat_state(tree):
+        value = np.asarray(value.get_value() if hasattr(value, "get_value") else value)
+        if path[0] == layers and not isinstance(path[1], int):
+            out.update({(layers, i, *path[1:]): value[i] for i in range(value.shape[0])})
+        else:
+            out[path] = value
+    return out
+
+
+def jitted(fn, model):
+    """fn(model, batch) under jit (eager NNX is slow), on lm_batch()."""
+    graphdef, state = nnx.split(model)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    return jax.jit(lambda s, b: fn(nnx.merge(graphdef, s), b))(state, batch)
+
+
+def loss_logits_and_grads(model):
+    """((loss, logits), parameter gradients) on lm_batch(), one jitted program."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+
+    def loss(p):
+        m = nnx.merge(graphdef, p)
+        logits = m(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+        return reference_loss(logits, batch), logits
+
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+@pytest.mark.parametrize("family, lora, options", [
+    ("llama", 4, dict(scan_layers=True, remat="full")),
+    ("llama", 0, dict(remat="dots")),
+    ("gpt2", 4, dict(scan_layers=True, remat="dots")),
+])
+def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, lora, options):
+    layers = "layers" if family == "llama" else "h"
+    plain = model_for(folders[family], family, lora)
+    other = model_for(folders[family], family, lora, **options)
+    assert is_stacked(other) == options.get("scan_layers", False)
+    (want, want_logits), want_grads = loss_logits_and_grads(plain)
+    (got, got_logits), got_grads = loss_logits_and_grads(other)
+    np.testing.assert_allclose(got_logits, want_logits, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    chex.assert_trees_all_close(per_layer(got_grads, layers), per_layer(want_grads, layers), atol=1e-5, rtol=1e-5)
+
+
+def test_scanned_model_round_trips_hf_load_and_export_unchanged(folders, tmp_path):
+    model = model_for(folders["llama"], "llama", scan_layers=True)
+    jaxlm.export_pretrained(model, tmp_path)
+    original, exported = load_file(f"{folders['llama']}/model.safetensors"), load_file(f"{tmp_path}/model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_kv_cache_decoding_runs_scanned_layers(folders):
+    plain, stacked = model_for(folders["llama"], "llama"), model_for(folders["llama"], "llama", scan_layers=True)
+    ids = jnp.asarray(np.random.RandomState(3).randint(3, VOCAB, (2, 9)), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    graphdef, state = nnx.split(stacked)
+    decode = jax.jit(lambda s, i, p, c: nnx.merge(graphdef, s).decode(i, p, c))
+    cache = stacked.init_cache(batch=2, slots=12)
+    prefill, cache = decode(state, ids[:, :6], positions[:, :6], cache)
+    steps = [prefill]
+    for t in range(6, 9):
+        logits, cache = decode(state, ids[:, t:t + 1], positions[:, t:t + 1], cache)
+        steps.append(logits)
+    full = jitted(lambda m, b: m(ids), plain)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_fsdp_never_splits_the_layer_axis(folders):
+    model = model_for(folders["llama"], "llama", scan_layers=True)
+    specs = sharding.state_shardings(nnx.state(model, nnx.Param), AbstractMesh((1, 2), ("data", "fsdp")))
+    kernel = specs["layers"]["mlp"]["up_proj"]["kernel"].get_value()  # [2 layers, 64, 112]: 2 is divisible too
+    assert kernel.spec == P(None, None, "fsdp")
+    assert sharding.param_spec((64, 16, 8), 4, keep=0) == P(None, "fsdp", None)
