@@ -43,27 +43,23 @@ SHAPES = {
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 H100_BF16_DENSE = 989e12
-# jaxlm settings for an accelerator; each case may add its own (`--set` adds more).
-GPU_JAXLM = ["train.compute_dtype=bfloat16"]
+# jaxlm settings on an accelerator (cuDNN flash attention, one scanned layer); `--set` adds more.
+GPU_JAXLM = ["train.compute_dtype=bfloat16", "model.attention=auto", "model.scan_layers=true"]
 # (model, mode, batch, seq, torch variants, extra jaxlm settings): one H100/H200 in ~8 minutes.
 GPU_SUITE = [
     ("smollm2-135m", "full", 16, 1024, "eager,compile", []),
     ("smollm2-135m", "lora", 16, 1024, "eager", []),
     ("llama-1b", "full", 8, 1024, "eager,compile", []),
-    ("llama-1b", "full", 1, 8192, "eager", []),
+    ("llama-1b", "full", 1, 8192, "eager", ["model.remat=full"]),  # long context: remat + flash attention
 ]
 
 
 def hf_config(model: str, random_init: bool) -> dict:
     if model in SHAPES:
         return dict(SHAPES[model], model_type="llama", architectures=["LlamaForCausalLM"])
-    if model.endswith(".gguf"):
-        from jaxlm.hf import gguf
+    from jaxlm.hf.load import read_hf_config
 
-        return gguf.hf_config(gguf._open(model), model)
-    from jaxlm.hf.load import read_config
-
-    return read_config(model)
+    return read_hf_config(model)
 
 
 def weights_path(model: str, random_init: bool) -> str | None:
@@ -108,9 +104,9 @@ def run_jaxlm(case: dict) -> dict:
 
     import jaxlm
     from jaxlm.models import LlamaConfig, LlamaForCausalLM
-    from jaxlm.models.lora import apply_lora
     from jaxlm.train.config import load_config
     from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
     from jaxlm.train.state import count_params
 
     b, t = case["batch"], case["seq"]
@@ -122,8 +118,7 @@ def run_jaxlm(case: dict) -> dict:
     else:
         model = LlamaForCausalLM(LlamaConfig.from_hf(case["hf_config"]), rngs=nnx.Rngs(0), param_dtype=jnp.float32)
     n_params = count_params(nnx.state(model, nnx.Param))
-    if rank:
-        apply_lora(model, cfg.model.lora.targets, rank, cfg.model.lora.alpha)
+    prepare_model(model, cfg, say=lambda line: print(line, file=sys.stderr))  # LoRA, attention, scan, remat
     engine = build_engine(model, cfg)
     del model  # the engine holds what trains; the original float32 copy would only inflate peak memory
     data = batches(b, t, case["hf_config"]["vocab_size"])
@@ -231,6 +226,30 @@ def matmul_peak_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
+def check_cudnn_attention() -> str:
+    """cuDNN flash attention against XLA's on this GPU, in bf16, for each way the kernel is called."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxlm.models import layers
+
+    rng = np.random.RandomState(0)
+    b, t, heads, kv, d = 2, 256, 8, 2, 64
+    q, k, v = (jnp.asarray(rng.randn(b, t, h, d), jnp.bfloat16) for h in (heads, kv, kv))
+    packed = np.concatenate([np.full((b, 100), 1), np.full((b, 120), 2), np.zeros((b, 36))], 1).astype(np.int32)
+    one_document = np.concatenate([np.ones((b, 200)), np.zeros((b, 56))], 1).astype(np.int32)
+    lines = []
+    for name, ids in (("causal", None), ("one document + padding (lengths)", one_document), ("packed (mask)", packed)):
+        mask = layers.Mask(segment_ids=None if ids is None else jnp.asarray(ids))
+        want = layers.attention(q, k, v, mask).astype(jnp.float32)  # XLA
+        got = jax.jit(lambda q, k, v, m: layers.kernel_attention(q, k, v, m, scale=d**-0.5, implementation="cudnn"))(
+            q, k, v, mask).astype(jnp.float32)
+        real = np.ones((b, t), bool) if ids is None else ids != 0
+        error = float(np.abs(np.asarray(got - want))[real].max())
+        lines.append(f"{name}: max |cuDNN - XLA| {error:.4f} {'ok' if error < 0.05 else 'MISMATCH'}")
+    return "cuDNN attention check (bf16): " + "; ".join(lines)
+
+
 def run_side(side: str, case: dict, timeout: float) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--case", json.dumps(case)]
     try:
@@ -293,7 +312,8 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a jaxlm config override for the jaxlm side, e.g. --set model.remat=full")
     parser.add_argument("--suite", choices=["gpu"], help="gpu: every case of the accelerator comparison")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per side before it counts as failed")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per side before it counts as failed (default 600; 240 in --suite gpu)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: one side of one case per process
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,8 +334,13 @@ def main():
           f"({'nominal' if peak in (H100_BF16_DENSE, H100_BF16_DENSE / 2) else 'measured'} {dtype} matmul); "
           f"{args.steps} timed steps after 1 warm-up", flush=True)
     ratios = []
+    args.timeout = args.timeout or (240 if args.suite else 600)
     if args.suite == "gpu":
-        args.random_init = True
+        args.random_init, args.steps = True, max(args.steps, 10)
+        try:
+            print(check_cudnn_attention(), flush=True)
+        except Exception as e:  # report and go on: the cases say whether training runs at all
+            print(f"cuDNN attention check failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         began = time.perf_counter()
         for model, mode, b, t, variants, extra in GPU_SUITE:
             ratio = run_case(model, mode, b, t, variants.split(","), settings + extra, args, peak, dtype)
