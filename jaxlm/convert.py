@@ -1,4 +1,4 @@
-"""Convert a checkpoint to a Hugging Face folder: `python -m jaxlm.convert SRC OUT_DIR`.
+"""Convert a checkpoint to a Hugging Face folder: `jaxlm convert SRC OUT_DIR` (or `python -m jaxlm.convert`).
 
 SRC is a GGUF file (quantised weights are dequantised) or an HF folder (safetensors,
 sharded, or pytorch_model.bin). OUT_DIR gets config.json, model.safetensors, the
@@ -11,29 +11,37 @@ import argparse
 import sys
 import time
 
-import jax.numpy as jnp
+from jaxlm.errors import UserError, exit_codes
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxlm.convert", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     epilog="Exit codes: 0 done, 2 bad input (one line naming the file or tensor).")
     parser.add_argument("src", help="a .gguf file or a Hugging Face model folder")
     parser.add_argument("out_dir", help="folder to write the Hugging Face checkpoint to (created)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
-    args = parser.parse_args(argv)
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the saved weights")
+    return parser
 
-    from jaxlm.hf.errors import CheckpointError
+
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -> int:
+    args = build_parser(prog).parse_args(argv)
+
+    import jax.numpy as jnp
+
     from jaxlm.hf.export import export_pretrained
     from jaxlm.hf.load import load_pretrained
 
     start = time.perf_counter()
     try:
-        model, tokenizer = load_pretrained(args.src, progress=True)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    export_pretrained(model, args.out_dir, tokenizer, dtype=DTYPES[args.dtype])
+        model, tokenizer = load_pretrained(args.src, progress=True)  # CheckpointError: exit 2
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(f"{args.src}: {e}") from None  # e.g. an unknown model_type in config.json
+    export_pretrained(model, args.out_dir, tokenizer, dtype=jnp.dtype(args.dtype))
     print(f"wrote {args.out_dir} ({type(model).__name__}, {time.perf_counter() - start:.1f}s)")
     return 0
 

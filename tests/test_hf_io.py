@@ -50,11 +50,13 @@ def test_export_writes_tokenizer_and_bfloat16_weights(tmp_path, minilm_dir):
 def test_real_minilm_matches_transformers(minilm_dir):
     model, tokenizer = jaxlm.load_pretrained(minilm_dir)
     tokenizer.no_padding() if hasattr(tokenizer, "no_padding") else None
-    batch = tokenizer(["A cat sits on the mat.", "Offline weights, shipped in a wheel."], padding=True, return_tensors="np")
+    texts = ["A cat sits on the mat.", "Offline weights, shipped in a wheel."]
+    batch = tokenizer(texts, padding=True, return_tensors="np")
     ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
         theirs = ref(**{k: torch.tensor(v) for k, v in batch.items()}).last_hidden_state.numpy()
-    ours = np.asarray(model(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["token_type_ids"])))
+    inputs = [jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    ours = np.asarray(model(*inputs))
     real = batch["attention_mask"].astype(bool)
     assert np.abs(ours[real] - theirs[real]).max() <= 1e-4
 
@@ -118,7 +120,8 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_unexpected_tensor_is_named(tmp_path):
     tiny_llama(tmp_path)
-    _rewrite_tensors(tmp_path, lambda t: t.update({"model.layers.0.self_attn.extra.weight": np.zeros((2, 2), np.float32)}))
+    extra = {"model.layers.0.self_attn.extra.weight": np.zeros((2, 2), np.float32)}
+    _rewrite_tensors(tmp_path, lambda t: t.update(extra))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'model.layers.0.self_attn.extra.weight'"):
         jaxlm.load_pretrained(tmp_path)
 

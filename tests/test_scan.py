@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
 from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
-from test_train_loss import lm_batch, reference_loss
 
 import jaxlm
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
 from jaxlm.models.execution import configure, is_stacked
 from jaxlm.models.lora import apply_lora
 from jaxlm.train import sharding
+from test_train_loss import lm_batch, reference_loss
 
 TARGETS = {"llama": ["q", "k", "v", "o", "gate", "up", "down"], "gpt2": ["qkv"]}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from hf_checkpoints import tiny_llama
 
+from hf_checkpoints import tiny_llama
 from jaxlm.train.__main__ import main
 
 

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import write_tiny_llama
 
 import jaxlm
 from jaxlm.models.lora import LoRALinear
@@ -18,6 +17,7 @@ from jaxlm.train.config import load_config
 from jaxlm.train.engine import build_engine
 from jaxlm.train.inputs import prepare_model
 from jaxlm.train.state import decay_mask, make_schedule
+from train_helpers import write_tiny_llama
 
 
 @pytest.fixture(scope="module")

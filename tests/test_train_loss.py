@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
 
 import jaxlm
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
 from jaxlm.train import tasks
 
 

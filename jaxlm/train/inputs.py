@@ -8,6 +8,7 @@ import os
 import jax.numpy as jnp
 
 from jaxlm.data import DataConfig
+from jaxlm.errors import ConfigError
 from jaxlm.train.config import Config, resolve_path
 
 
@@ -44,7 +45,10 @@ def prepare_model(model, cfg: Config, *, say=print):
     attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim)
     if note and say:
         say(f"attention: {note}")
-    return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+    try:
+        return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+    except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
+        raise ConfigError(str(e)) from None
 
 
 def load_tokenizer(cfg: Config):

@@ -7,16 +7,13 @@ import os
 
 import numpy as np
 
+from jaxlm.sampling import generate
 
-def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str] | None:
-    """Greedy answers to chat prompts with jaxlm's sampler; None (with a note) if it is unavailable."""
+
+def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers to chat prompts with jaxlm's sampler."""
     if not prompts:
         return []
-    try:
-        from jaxlm.sampling import generate
-    except ImportError as e:
-        print(f"note: sample generations skipped (jaxlm.sampling unavailable: {e})")
-        return None
     from jaxlm.models.lora import has_lora, merge_lora
 
     model = merge_lora(model) if has_lora(model) else model
