@@ -122,6 +122,10 @@ class GPT2LMHeadModel(nnx.Module):
         x, cache = scan.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
         return self.logits(self.ln_f(x)), cache
 
+    def output_kernel(self):
+        """The tied output projection as one [n_embd, vocab] matrix."""
+        return self.wte.embedding[...].T
+
     def logits(self, hidden):
         """The tied output projection of final hidden states [..., n_embd] to [..., vocab]."""
         return self.wte.attend(hidden)

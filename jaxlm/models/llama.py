@@ -183,6 +183,12 @@ class LlamaForCausalLM(nnx.Module):
         cfg = self.config
         return scan.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
 
+    def output_kernel(self):
+        """The output projection as one [hidden, vocab] matrix, or None when it is not one (LoRA on lm_head)."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...] if type(self.lm_head) is nnx.Linear and self.lm_head.bias is None else None
+
     def logits(self, hidden):
         """The output projection of final hidden states [..., hidden] to [..., vocab]."""
         if self.config.tie_word_embeddings:

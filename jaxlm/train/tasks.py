@@ -38,28 +38,23 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0):
     hidden = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"],
                    return_hidden=True)
     weights = batch["loss_mask"].astype(jnp.float32)
-    loss_sum = chunked_cross_entropy(hidden, model.logits, batch["targets"], weights, chunk_tokens)
+    loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
     return loss_sum, jnp.sum(weights), None
 
 
-def chunked_cross_entropy(hidden, project, targets, weights, chunk_tokens: int):
-    """Sum over tokens of weights * -log softmax(project(hidden))[target], in float32.
+def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
+    """Sum over tokens of weights * -log softmax(model.logits(hidden))[target], in float32.
 
-    hidden [batch, seq, dim]; `project` maps [..., dim] to [..., vocab] logits. With more than
-    `chunk_tokens` tokens the sequence axis is cut into chunks of `chunk_tokens // batch`
-    positions (every row in every chunk, so a data-parallel batch stays spread over its
-    devices) and a scan projects one chunk at a time; `jax.checkpoint` makes the backward pass
-    recompute each chunk's logits instead of keeping them all.
+    hidden [batch, seq, dim]. With more than `chunk_tokens` tokens the sequence axis is cut into
+    chunks of `chunk_tokens // batch` positions (every row in every chunk, so a data-parallel
+    batch stays spread over its devices) and a scan projects one chunk at a time. When the output
+    projection is one matrix (`model.output_kernel()`), each chunk's gradients are computed in the
+    forward pass, where d logits = softmax - one-hot is known (3 matmuls a chunk, as unchunked);
+    otherwise (e.g. LoRA on the LM head) `jax.checkpoint` recomputes each chunk's logits backward.
     """
-
-    def nll_sum(h, t, w):
-        logits = project(h).astype(jnp.float32)
-        target = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * w)
-
     batch, seq = targets.shape
     if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
-        return nll_sum(hidden, targets, weights)
+        return _nll_sum(model.logits(hidden), targets, weights)
     width = max(1, chunk_tokens // batch)
     pad = -seq % width
     if pad:  # padded positions carry weight 0
@@ -68,13 +63,57 @@ def chunked_cross_entropy(hidden, project, targets, weights, chunk_tokens: int):
     chunks = (seq + pad) // width
     # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
     split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, width, *x.shape[2:]), 1, 0)  # noqa: E731
-    per_chunk = jax.checkpoint(nll_sum)
-
-    def body(total, xs):
-        return total + per_chunk(*xs), None
-
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(weights)))
+    hidden, targets, weights = split(hidden), split(targets), split(weights)
+    kernel = model.output_kernel()
+    if kernel is not None:
+        return _fused_cross_entropy(hidden, kernel.astype(hidden.dtype), targets, weights)
+    per_chunk = jax.checkpoint(lambda h, t, w: _nll_sum(model.logits(h), t, w))
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros((), jnp.float32),
+                            (hidden, targets, weights))
     return total
+
+
+def _nll_sum(logits, targets, weights):
+    logits = logits.astype(jnp.float32)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * weights)
+
+
+def _chunk_loss_and_grads(hidden, kernel, targets, weights):
+    """Loss and its gradients wrt hidden [chunks, ...] and kernel [dim, vocab], one chunk at a time."""
+
+    def chunk(carry, xs):
+        total, d_kernel = carry
+        h, t, w = xs
+        logits = jnp.einsum("bsd,dv->bsv", h, kernel, preferred_element_type=jnp.float32)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        total += jnp.sum((logz - jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]) * w)
+        d_logits = (jnp.exp(logits - logz[..., None]) - jax.nn.one_hot(t, logits.shape[-1])) * w[..., None]
+        d_logits = d_logits.astype(h.dtype)
+        d_hidden = jnp.einsum("bsv,dv->bsd", d_logits, kernel, preferred_element_type=jnp.float32).astype(h.dtype)
+        d_kernel += jnp.einsum("bsd,bsv->dv", h, d_logits, preferred_element_type=jnp.float32)
+        return (total, d_kernel), d_hidden
+
+    start = (jnp.zeros((), jnp.float32), jnp.zeros(kernel.shape, jnp.float32))
+    (total, d_kernel), d_hidden = jax.lax.scan(chunk, start, (hidden, targets, weights))
+    return total, (d_hidden, d_kernel.astype(kernel.dtype))
+
+
+@jax.custom_vjp
+def _fused_cross_entropy(hidden, kernel, targets, weights):
+    return _chunk_loss_and_grads(hidden, kernel, targets, weights)[0]
+
+
+def _fused_forward(hidden, kernel, targets, weights):
+    return _chunk_loss_and_grads(hidden, kernel, targets, weights)
+
+
+def _fused_backward(grads, g):
+    d_hidden, d_kernel = grads  # of the loss itself: the loss is linear in its cotangent g
+    return (g * d_hidden).astype(d_hidden.dtype), (g * d_kernel).astype(d_kernel.dtype), None, None
+
+
+_fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
 def batch_for(task: str, batch: dict) -> dict:
