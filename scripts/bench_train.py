@@ -45,6 +45,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 H100_BF16_DENSE = 989e12
 # jaxlm settings on an accelerator (cuDNN flash attention, one scanned layer); `--set` adds more.
 GPU_JAXLM = ["train.compute_dtype=bfloat16", "model.attention=auto", "model.scan_layers=true"]
+# Both sides train rows of one document each (no packing): jaxlm passes per-row lengths to attention.
+COMMON_JAXLM = ["data.pack=false"]
 # (model, mode, batch, seq, torch variants, extra jaxlm settings): one H100/H200 in ~8 minutes.
 GPU_SUITE = [
     ("smollm2-135m", "full", 16, 1024, "eager,compile", []),
@@ -226,8 +228,9 @@ def matmul_peak_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     return best
 
 
-def check_cudnn_attention() -> str:
-    """cuDNN flash attention against XLA's on this GPU, in bf16, for each way the kernel is called."""
+def check_cudnn_attention(kernel: str = "cudnn") -> str:
+    """cuDNN flash attention against XLA's attention on this GPU, bf16, outputs and gradients, for each
+    way the model calls it (`kernel="xla"` runs the same comparison anywhere, as a smoke test)."""
     import jax
     import jax.numpy as jnp
 
@@ -236,18 +239,25 @@ def check_cudnn_attention() -> str:
     rng = np.random.RandomState(0)
     b, t, heads, kv, d = 2, 256, 8, 2, 64
     q, k, v = (jnp.asarray(rng.randn(b, t, h, d), jnp.bfloat16) for h in (heads, kv, kv))
-    packed = np.concatenate([np.full((b, 100), 1), np.full((b, 120), 2), np.zeros((b, 36))], 1).astype(np.int32)
-    one_document = np.concatenate([np.ones((b, 200)), np.zeros((b, 56))], 1).astype(np.int32)
+    lengths = jnp.asarray([256, 200], jnp.int32)
+    real = jnp.asarray(np.arange(t)[None, :] < np.asarray(lengths)[:, None])[:, :, None, None]
     lines = []
-    for name, ids in (("causal", None), ("one document + padding (lengths)", one_document), ("packed (mask)", packed)):
-        mask = layers.Mask(segment_ids=None if ids is None else jnp.asarray(ids))
-        want = layers.attention(q, k, v, mask).astype(jnp.float32)  # XLA
-        got = jax.jit(lambda q, k, v, m: layers.kernel_attention(q, k, v, m, scale=d**-0.5, implementation="cudnn"))(
-            q, k, v, mask).astype(jnp.float32)
-        real = np.ones((b, t), bool) if ids is None else ids != 0
-        error = float(np.abs(np.asarray(got - want))[real].max())
-        lines.append(f"{name}: max |cuDNN - XLA| {error:.4f} {'ok' if error < 0.05 else 'MISMATCH'}")
-    return "cuDNN attention check (bf16): " + "; ".join(lines)
+    for name, mask in (("causal", layers.Mask()), ("causal + lengths", layers.Mask(lengths=lengths)),
+                       ("bidirectional + lengths", layers.Mask(lengths=lengths, causal=False))):
+        def loss(q, k, v, use_kernel, mask=mask):
+            out = (layers.kernel_attention(q, k, v, mask, scale=d**-0.5, implementation=kernel) if use_kernel
+                   else layers.attention(q, k, v, mask))  # the XLA path
+            return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0) ** 2)
+
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+        (loss_x, grads_x), (loss_k, grads_k) = step(q, k, v, False), step(q, k, v, True)
+        error = abs(float(loss_k) - float(loss_x)) / max(abs(float(loss_x)), 1e-6)
+        grad_error = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - c.astype(jnp.float32))))
+                         for a, c in zip(grads_x, grads_k))
+        ok = error < 0.02 and grad_error < 0.5
+        verdict = "ok" if ok else "MISMATCH"
+        lines.append(f"{name}: loss rel. diff {error:.4f}, max gradient diff {grad_error:.3f} {verdict}")
+    return f"attention check, {kernel} vs XLA (bf16): " + "; ".join(lines)
 
 
 def run_side(side: str, case: dict, timeout: float) -> dict:
@@ -328,7 +338,7 @@ def main():
     device = jax.devices()[0]
     accelerator = device.platform != "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if accelerator else "float32")
-    settings = (GPU_JAXLM if accelerator else [f"train.compute_dtype={dtype}"]) + args.set
+    settings = COMMON_JAXLM + (GPU_JAXLM if accelerator else [f"train.compute_dtype={dtype}"]) + args.set
     peak = matmul_peak_flops(dtype if accelerator else "float32")
     print(f"device: {device.device_kind} ({device.platform}); peak for MFU {peak / 1e12:.3f} TFLOP/s "
           f"({'nominal' if peak in (H100_BF16_DENSE, H100_BF16_DENSE / 2) else 'measured'} {dtype} matmul); "

@@ -48,16 +48,19 @@ def test_xla_path_matches_torch_with_segments_padding_and_gqa(ids):
     assert_close_where_real(got, reference(q, k, v, allowed_by(ids)), ids)
 
 
-@pytest.mark.parametrize("ids, causal", [(PACKED, True), (ONE_DOCUMENT, True), (ONE_DOCUMENT, False), (None, True)],
-                         ids=["packed_mask", "sequence_lengths", "sequence_lengths_bidirectional", "causal_only"])
+@pytest.mark.parametrize("ids, causal", [(ONE_DOCUMENT, True), (ONE_DOCUMENT, False), (None, True)],
+                         ids=["sequence_lengths", "sequence_lengths_bidirectional", "causal_only"])
 def test_kernel_path_arguments_match_torch(ids, causal):
-    """The cuDNN call's logic (lengths for one document per row, else the mask), run on XLA here."""
+    """The cuDNN call (per-row lengths for one document per row), run on XLA here; and the mask it stands for."""
     q, k, v = qkv(1)
-    mask = layers.Mask(segment_ids=None if ids is None else jnp.asarray(ids), causal=causal)
-    got = layers.kernel_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask, scale=D**-0.5,
-                                  implementation="xla")
+    lengths = None if ids is None else jnp.asarray((ids != 0).sum(1), jnp.int32)
+    mask = layers.Mask(lengths=lengths, causal=causal)
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    kernel = layers.kernel_attention(q, k, v, mask, scale=D**-0.5, implementation="xla")
     ids = np.ones((B, T), np.int32) if ids is None else ids
-    assert_close_where_real(got, reference(q, k, v, allowed_by(ids, causal)), ids)
+    want = reference(np.asarray(q), np.asarray(k), np.asarray(v), allowed_by(ids, causal))
+    assert_close_where_real(kernel, want, ids)
+    assert_close_where_real(layers.attention(q, k, v, mask), want, ids)  # the XLA path on the same mask
 
 
 def test_left_padding_and_bidirectional_attention_match_torch():
@@ -81,3 +84,5 @@ def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
     implementation, note = resolve("cudnn", compute_dtype="bfloat16", head_dim=64, platform="cpu")
     assert implementation == "xla" and "GPU" in note
     assert resolve("cudnn", compute_dtype="bfloat16", head_dim=100, platform="gpu")[0] == "xla"
+    implementation, note = resolve("auto", compute_dtype="bfloat16", head_dim=64, packed=True, platform="gpu")
+    assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them

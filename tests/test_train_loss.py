@@ -79,3 +79,17 @@ def test_chunked_loss_never_holds_whole_batch_logits(tmp_path_factory):
     text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
     assert f"4x16x{VOCAB}x" not in text, "a [batch, seq, vocab] array exists: the loss is not chunked"
     assert f"4x8x{VOCAB}xf32" in text  # one chunk: every row, 8 positions
+
+
+def test_unpacked_rows_give_the_same_loss_through_lengths(tmp_path_factory):
+    """data.pack=false: one document per row, then padding; attention takes lengths instead of segment ids."""
+    model, _ = model_and_reference("llama", tmp_path_factory)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    ends = jnp.asarray([16, 11, 7, 13])[:, None]
+    batch["segment_ids"] = (jnp.arange(16)[None, :] < ends).astype(jnp.int32)
+    batch["positions"] = jnp.broadcast_to(jnp.arange(16), (4, 16))
+    batch["loss_mask"] = batch["segment_ids"].astype(jnp.float32)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = jax.jit(lambda p, packed: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, packed=packed)[0],
+                   static_argnums=1)
+    np.testing.assert_allclose(loss(params, False), loss(params, True), rtol=1e-6)

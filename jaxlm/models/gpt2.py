@@ -107,10 +107,12 @@ class GPT2LMHeadModel(nnx.Module):
         self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
         self.ln_f = layer_norm(cfg, param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, return_hidden=False):
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
+                 return_hidden=False):
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.Mask(segment_ids=segment_ids, padding=attention_mask, implementation=self.attention_kernel)
+        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
+                           implementation=self.attention_kernel)
         x = scan.run(self.h, self.wte(input_ids) + self.wpe(positions), lambda block, y: block(y, mask)[0],
                      remat=self.remat)
         hidden = self.ln_f(x)

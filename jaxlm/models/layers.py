@@ -22,13 +22,15 @@ ATTENTION = ("auto", "xla", "cudnn")  # model.attention
 class Mask:
     """What each query may attend to, described the way attention kernels take it; built once per forward.
 
-    Training and scoring describe it with `causal` plus `segment_ids` [batch, seq] (packed
-    documents; 0 = padding) and/or `padding` [batch, seq] (1 = real token): a query sees the
-    keys of its own segment (padding counts as one more segment, so no row is ever fully
-    masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots] instead.
+    Training and scoring give `causal` plus at most one of: `lengths` [batch] (each row is one
+    sequence from position 0, then padding: what cuDNN takes), `segment_ids` [batch, seq] (packed
+    documents, 0 = padding) or `padding` [batch, seq] (1 = real token, anywhere). With segment ids
+    or padding a query sees the keys of its own segment (padding counts as one more segment, so no
+    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots].
     `implementation` picks the kernel (see `attention`).
     """
 
+    lengths: jax.Array | None = None
     segment_ids: jax.Array | None = None
     padding: jax.Array | None = None
     dense: jax.Array | None = None
@@ -49,49 +51,46 @@ class Mask:
         mask = jnp.ones((1, 1, q_len, k_len), bool)
         if self.causal:
             mask = jnp.tril(mask)
+        if self.lengths is not None:  # padding keys are for padding queries only, as with segment ids
+            real = jnp.arange(k_len)[None, :] < self.lengths[:, None]
+            mask = mask & (real[:, None, :, None] == real[:, None, None, :])
         ids = self.ids()
         if ids is not None:
             mask = mask & (ids[:, None, :, None] == ids[:, None, None, :])
         return mask
+
+    @property
+    def kernel_ready(self) -> bool:
+        """Whether a fused kernel can take this mask as it is (causal, and/or lengths)."""
+        return self.dense is None and self.segment_ids is None and self.padding is None
 
 
 def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
     """The one attention of every family: q [b, t, heads, d]; k, v [b, s, kv_heads, d] (GQA when fewer).
 
     `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
-    (softmax in float32). "cudnn" runs cuDNN flash attention through the same function, for
-    bf16/fp16 inputs without a KV cache; anything else (float32, decoding) takes the XLA path,
-    which `resolve_attention` announces when it sets the implementation up.
+    (softmax in float32). "cudnn" runs cuDNN flash attention through the same function for bf16/fp16
+    inputs whose mask it takes (causal, lengths); packed rows, arbitrary padding and the KV cache take
+    the XLA path, as `resolve_attention` announces when it sets the implementation up.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     k, v = k.astype(q.dtype), v.astype(q.dtype)
-    if mask.implementation == "cudnn" and mask.dense is None and q.dtype in (jnp.bfloat16, jnp.float16):
+    if mask.implementation == "cudnn" and mask.kernel_ready and q.dtype in (jnp.bfloat16, jnp.float16):
         return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn")
     return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
                                         implementation="xla")
 
 
 def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) -> jax.Array:
-    """How a fused kernel is called: sequence lengths when they say it all, else the boolean mask.
+    """A fused kernel's call: causal or not, with per-row sequence lengths when rows are padded.
 
-    cuDNN takes padding as per-row lengths, which describe a row only when it holds one document
-    from position 0 followed by padding (every unpacked batch). The public API has no segment ids
-    for packed rows, so those pass the mask (cuDNN adds it as a bias: still flash attention, but
-    it reads a [batch, q, k] bias). Which case holds is known only at run time: `lax.cond`.
-    `implementation="xla"` runs the same logic on XLA (how the tests check it on a CPU).
+    jax.nn.dot_product_attention's cuDNN path takes padding only as lengths, and packed documents
+    not at all (no segment ids; a mask becomes a bias whose gradient cuDNN computes only for batch
+    1). `implementation="xla"` runs the same call on XLA (how the tests check it on a CPU).
     """
-    call = functools.partial(jax.nn.dot_product_attention, q, k, v, scale=scale, is_causal=mask.causal,
-                             implementation=implementation)
-    ids = mask.ids()
-    if ids is None:
-        return call()
-    lengths = jnp.sum(ids != 0, axis=1, dtype=jnp.int32)
-    before_end = jnp.arange(ids.shape[1])[None, :] < lengths[:, None]
-    one_document = jnp.all(jnp.where(before_end, ids == ids[:, :1], ids == 0))
-    same_segment = ids[:, None, :, None] == ids[:, None, None, :]
-    return jax.lax.cond(one_document,
-                        lambda: call(query_seq_lengths=lengths, key_value_seq_lengths=lengths),
-                        lambda: call(mask=same_segment))
+    lengths = {} if mask.lengths is None else dict(query_seq_lengths=mask.lengths, key_value_seq_lengths=mask.lengths)
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=mask.causal, implementation=implementation,
+                                        **lengths)
 
 
 def fan_out(projections, x) -> list[jax.Array]:
@@ -109,9 +108,11 @@ def fan_out(projections, x) -> list[jax.Array]:
     return [p(x, down=down[id(p)]) if id(p) in down else p(x) for p in projections]
 
 
-def resolve_attention(requested: str, *, compute_dtype, head_dim: int, platform: str | None = None):
+def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: bool = False,
+                      platform: str | None = None):
     """(implementation, note): `auto` means cuDNN on an NVIDIA GPU and XLA elsewhere; a request the
-    kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once)."""
+    kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once).
+    `packed`: training rows hold several documents (segment ids), which only XLA attention takes."""
     if requested not in ATTENTION:
         raise ValueError(f"model.attention={requested!r} is not one of {', '.join(ATTENTION)}")
     platform = platform or jax.devices()[0].platform
@@ -124,6 +125,10 @@ def resolve_attention(requested: str, *, compute_dtype, head_dim: int, platform:
                        "using XLA attention (set train.compute_dtype=bfloat16)")
     if head_dim % 8 or head_dim > 256:
         return "xla", f"cuDNN flash attention needs head_dim <= 256 and a multiple of 8, not {head_dim}: using XLA"
+    if packed:
+        return "xla", ("packed rows (data.pack=true) need segment ids, which jax.nn.dot_product_attention's cuDNN "
+                       "path does not take: XLA attention, which keeps [batch, heads, seq, seq] scores; set "
+                       "data.pack=false for cuDNN flash attention")
     return "cudnn", "cuDNN flash attention for training; decoding over the KV cache uses XLA attention"
 
 

@@ -151,14 +151,17 @@ class LlamaForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, return_hidden=False):
-        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other.
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
+                 return_hidden=False):
+        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other;
+        `lengths` [batch] says each row is one sequence from position 0, then padding (see layers.Mask).
 
         `return_hidden=True` gives the final hidden states instead; `self.logits(hidden)` projects
         them, so a loss can project a few tokens at a time."""
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.Mask(segment_ids=segment_ids, padding=attention_mask, implementation=self.attention_kernel)
+        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
+                           implementation=self.attention_kernel)
         inv_freq = self.config.inverse_frequencies
         x = scan.run(self.layers, self.embed_tokens(input_ids),
                      lambda layer, y: layer(y, positions, mask, inv_freq)[0], remat=self.remat)

@@ -108,10 +108,10 @@ def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
                                  grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
-                                 chunk_tokens=t.loss_chunk_tokens)
+                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh),
-                               chunk_tokens=t.loss_chunk_tokens)
+                               chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
     return _Plan(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,

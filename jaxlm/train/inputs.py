@@ -42,7 +42,8 @@ def prepare_model(model, cfg: Config, *, say=print):
     if cfg.model.lora.rank > 0:
         apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
     head_dim = getattr(model.config, "head_dim", 0)
-    attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim)
+    attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim,
+                                        packed=cfg.data.pack and cfg.task != "token_classification")
     if note and say:
         say(f"attention: {note}")
     try:

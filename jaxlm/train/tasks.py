@@ -25,18 +25,21 @@ BATCH_KEYS = {
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
 
-def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0):
+def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True):
     """(sum of per-token losses, number of tokens that count, tagger logits or None); float32.
 
-    `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all)."""
+    `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
+    `packed=False` promises one document per row from position 0 (data.pack=false): attention then
+    takes per-row lengths, which flash-attention kernels accept, instead of segment ids."""
     if task == "token_classification":
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
         return jnp.sum(nll * weights), jnp.sum(weights), logits
-    hidden = model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-                   return_hidden=True)
+    documents = dict(segment_ids=batch["segment_ids"]) if packed else \
+        dict(lengths=jnp.sum(batch["segment_ids"] != 0, axis=-1, dtype=jnp.int32))
+    hidden = model(batch["input_ids"], positions=batch["positions"], return_hidden=True, **documents)
     weights = batch["loss_mask"].astype(jnp.float32)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
     return loss_sum, jnp.sum(weights), None
