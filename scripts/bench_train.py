@@ -50,8 +50,8 @@ COMMON_JAXLM = ["data.pack=false"]
 # (model, mode, batch, seq, torch variants, extra jaxlm settings): one H100/H200 in ~8 minutes.
 GPU_SUITE = [
     ("smollm2-135m", "full", 16, 1024, "eager,compile", []),
-    ("smollm2-135m", "lora", 16, 1024, "eager", []),
     ("llama-1b", "full", 8, 1024, "eager,compile", []),
+    ("smollm2-135m", "lora", 16, 1024, "eager", []),
     ("llama-1b", "full", 1, 8192, "eager", ["model.remat=full"]),  # long context: remat + flash attention
 ]
 
@@ -260,7 +260,11 @@ def check_cudnn_attention(kernel: str = "cudnn") -> str:
     return f"attention check, {kernel} vs XLA (bf16): " + "; ".join(lines)
 
 
-def run_side(side: str, case: dict, timeout: float) -> dict:
+def run_side(side: str, case: dict, timeout: float, deadline: float) -> dict:
+    """One side of one case in its own process; it gets `timeout` seconds, fewer if `deadline` is nearer."""
+    timeout = min(timeout, deadline - time.monotonic())
+    if timeout < 30:
+        return {"error": "skipped: the time budget (--budget) is spent"}
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--case", json.dumps(case)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -286,9 +290,9 @@ def run_case(model, mode, b, t, torch_variants, settings, args, peak, dtype) -> 
             "hf_config": hf_config(model, args.random_init), "weights": weights_path(model, args.random_init),
             "settings": settings}
     label = f"[{os.path.basename(model)} {mode} {b}x{t} {dtype}{' random-init' if not case['weights'] else ''}]"
-    results = {"jaxlm": run_side("jaxlm", case, args.timeout)}
+    results = {"jaxlm": run_side("jaxlm", case, args.timeout, args.deadline)}
     for variant in torch_variants:
-        results[f"torch {variant}"] = run_side(f"torch-{variant}", case, args.timeout)
+        results[f"torch {variant}"] = run_side(f"torch-{variant}", case, args.timeout, args.deadline)
     n_params = next((r["n_params"] for r in results.values() if "n_params" in r), None)
     if n_params is None:
         print(label, *(f"{k}: {r.get('error')}" for k, r in results.items()), sep="\n  ", flush=True)
@@ -322,6 +326,10 @@ def main():
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a jaxlm config override for the jaxlm side, e.g. --set model.remat=full")
     parser.add_argument("--suite", choices=["gpu"], help="gpu: every case of the accelerator comparison")
+    parser.add_argument("--cases", help="with --suite: only these cases, 1-based, e.g. 2,4")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds for everything; sides that would start later are skipped "
+                             "(default: none; 500 in --suite gpu, so it fits one 10-minute device call)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per side before it counts as failed (default 600; 240 in --suite gpu)")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: one side of one case per process
@@ -345,6 +353,8 @@ def main():
           f"{args.steps} timed steps after 1 warm-up", flush=True)
     ratios = []
     args.timeout = args.timeout or (240 if args.suite else 600)
+    args.budget = args.budget or (500 if args.suite else float("inf"))
+    args.deadline = time.monotonic() + args.budget
     if args.suite == "gpu":
         args.random_init, args.steps = True, max(args.steps, 10)
         try:
@@ -352,7 +362,8 @@ def main():
         except Exception as e:  # report and go on: the cases say whether training runs at all
             print(f"cuDNN attention check failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         began = time.perf_counter()
-        for model, mode, b, t, variants, extra in GPU_SUITE:
+        chosen = [int(i) for i in args.cases.split(",")] if args.cases else range(1, len(GPU_SUITE) + 1)
+        for model, mode, b, t, variants, extra in (GPU_SUITE[i - 1] for i in chosen):
             ratio = run_case(model, mode, b, t, variants.split(","), settings + extra, args, peak, dtype)
             ratios.append((f"{model} {mode} {b}x{t}", ratio))
         print(f"suite took {time.perf_counter() - began:.0f}s")
