@@ -290,9 +290,14 @@ def run_case(model, mode, b, t, torch_variants, settings, args, peak, dtype) -> 
             "hf_config": hf_config(model, args.random_init), "weights": weights_path(model, args.random_init),
             "settings": settings}
     label = f"[{os.path.basename(model)} {mode} {b}x{t} {dtype}{' random-init' if not case['weights'] else ''}]"
-    results = {"jaxlm": run_side("jaxlm", case, args.timeout, args.deadline)}
-    for variant in torch_variants:
-        results[f"torch {variant}"] = run_side(f"torch-{variant}", case, args.timeout, args.deadline)
+    sides = {"jaxlm": "jaxlm", **{f"torch {v}": f"torch-{v}" for v in torch_variants}}
+    results = {}
+    for _ in range(args.repeat):  # rounds alternate the sides, so load from other processes hits all alike
+        for name, side in sides.items():
+            r = run_side(side, case, args.timeout, args.deadline)
+            best = results.get(name, {})
+            if r.get("tokens_per_s", 0) > best.get("tokens_per_s", -1) or not best:
+                results[name] = r
     n_params = next((r["n_params"] for r in results.values() if "n_params" in r), None)
     if n_params is None:
         print(label, *(f"{k}: {r.get('error')}" for k, r in results.items()), sep="\n  ", flush=True)
@@ -317,6 +322,7 @@ def main():
     parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m | llama-1b | PATH (HF folder or .gguf)")
     parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape (no files)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every side; the best round counts")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--modes", default="full,lora", help="full and/or lora (r16, alpha 32, every projection)")
@@ -350,7 +356,7 @@ def main():
     peak = matmul_peak_flops(dtype if accelerator else "float32")
     print(f"device: {device.device_kind} ({device.platform}); peak for MFU {peak / 1e12:.3f} TFLOP/s "
           f"({'nominal' if peak in (H100_BF16_DENSE, H100_BF16_DENSE / 2) else 'measured'} {dtype} matmul); "
-          f"{args.steps} timed steps after 1 warm-up", flush=True)
+          f"{args.steps} timed steps after 1 warm-up, best of {args.repeat} round(s)", flush=True)
     ratios = []
     args.timeout = args.timeout or (240 if args.suite else 600)
     args.budget = args.budget or (500 if args.suite else float("inf"))
