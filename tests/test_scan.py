@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 import jaxlm
 from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
 from jaxlm.models.execution import configure, is_stacked
-from jaxlm.models.lora import apply_lora
+from jaxlm.models.lora import apply_lora, has_lora, merge_lora
 from jaxlm.train import sharding
 from test_train_loss import lm_batch, reference_loss
 
@@ -97,6 +97,15 @@ def test_scanned_model_round_trips_hf_load_and_export_unchanged(folders, tmp_pat
     assert sorted(exported) == sorted(original)
     for name, value in original.items():
         np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+
+def test_lora_merges_into_stacked_layers(folders):
+    """Generation after LoRA training merges the adapters into the (still stacked) kernels."""
+    stacked = model_for(folders["llama"], "llama", lora=4, scan_layers=True)
+    merged = merge_lora(stacked)
+    assert is_stacked(merged) and not has_lora(merged)
+    forward = lambda m, b: m(b["input_ids"], positions=b["positions"], segment_ids=b["segment_ids"])  # noqa: E731
+    np.testing.assert_allclose(jitted(forward, merged), jitted(forward, stacked), atol=1e-5)
 
 
 def test_kv_cache_decoding_runs_scanned_layers(folders):

@@ -107,10 +107,12 @@ def merge_lora(model):
             linear = nnx.Linear(
                 *kernel.shape[-2:], use_bias=module.bias is not None, param_dtype=kernel.dtype, rngs=nnx.Rngs(0)
             )
+            linear.kernel.set_value(kernel)
+            if module.bias is not None:
+                linear.bias.set_value(module.bias[...])
             for new, old in ((linear.kernel, module.kernel), (linear.bias, module.bias)):
-                if old is not None:
-                    new.set_value(old[...] if new is linear.bias else kernel)
-                    new.set_metadata(**{k: v for k, v in old.get_metadata().items() if k == LAYER_AXIS})
+                if old is not None and LAYER_AXIS in old.get_metadata():
+                    new.set_metadata(LAYER_AXIS, old.get_metadata(LAYER_AXIS))
             _set(merged, path, linear)
     return merged
 
