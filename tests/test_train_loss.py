@@ -60,8 +60,9 @@ def model_and_reference(family, tmp_path_factory):
     return _MODELS[family]
 
 
-# 0: all at once; 12 tokens: chunks of 3 positions x 4 rows, the last one padded. GPT-2 has a tied head.
-@pytest.mark.parametrize("family, chunk_tokens", [("llama", 0), ("llama", 12), ("gpt2", 12), ("llama-lora-head", 12)])
+# 12 tokens: chunks of 3 positions x 4 rows, the last one padded. GPT-2 has a tied head; LoRA on lm_head
+# makes the head more than one matrix, so its chunks are recomputed instead.
+@pytest.mark.parametrize("family, chunk_tokens", [("llama", 12), ("gpt2", 12), ("llama-lora-head", 12)])
 def test_chunked_loss_and_gradients_equal_the_plain_loss(family, chunk_tokens, tmp_path_factory):
     model, (want, want_grads) = model_and_reference(family, tmp_path_factory)
     batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
