@@ -3,15 +3,17 @@
     PYTHONPATH=. python scripts/bench_train.py [--steps 5] [--batch 4] [--seq 256] [--modes full,lora]
     PYTHONPATH=. python scripts/bench_train.py --model llama-1b --random-init --batch 8 --seq 1024
     PYTHONPATH=. python scripts/bench_train.py --suite gpu      # every GPU case, ~8 minutes on one H100/H200
+    PYTHONPATH=. python scripts/bench_train.py --suite gpu --model tiny --batch 2 --seq 64   # CPU smoke test
 
 `--model` is smollm2-135m (the shipped GGUF weights, or its shape with `--random-init`), llama-1b
-(the 1.1B TinyLlama shape: hidden 2048, 22 layers, 32 heads / 4 KV, MLP 5632, vocab 32000;
-always random) or a PATH to an HF folder / .gguf. Both sides train the same shapes, batch and
-optimizer (AdamW, float32 master weights; clip 1.0). jaxlm runs `build_engine`'s jitted step; PyTorch
-runs LlamaForCausalLM with sdpa attention (peft LoRA r16 on every projection for `lora`), on a GPU
-under torch.autocast(bfloat16) with fused AdamW, eagerly and (`--torch eager,compile`) with
-torch.compile. Each side runs in its own process, so peak memory is its own: device memory on a GPU
-(jax peak_bytes_in_use / torch max_memory_allocated), peak RSS on a CPU.
+(the 1.1B TinyLlama shape: hidden 2048, 22 layers, 32 heads / 4 KV, MLP 5632, vocab 32000; always
+random), tiny (2 layers, hidden 64; random; for smoke tests) or a PATH to an HF folder / .gguf. Both
+sides train the same shapes, batch and optimizer (AdamW, float32 master weights; clip 1.0). jaxlm
+runs `build_engine`'s jitted step; PyTorch runs LlamaForCausalLM with sdpa attention (peft LoRA r16
+on every projection for `lora`), on a GPU under torch.autocast(bfloat16) with fused AdamW, eagerly
+and (`--torch eager,compile`) with torch.compile. Each side runs in its own process, so peak memory
+is its own: device memory on a GPU (jax peak_bytes_in_use / torch max_memory_allocated), peak RSS on
+a CPU.
 
 Printed per case: tokens/s after warm-up, MFU = tokens/s x (k N + 6 L d T) / peak (k = 6 full
 fine-tuning, 4 LoRA; N all base parameters; 6 L d T the causal attention FLOPs), with peak = 989
@@ -40,11 +42,16 @@ SHAPES = {
     "llama-1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                      num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5, rope_theta=10000.0,
                      max_position_embeddings=8192, tie_word_embeddings=False),
+    # A smoke-test shape: `--suite gpu --model tiny --batch 2 --seq 64` runs the whole suite on a CPU in ~5 minutes.
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=8192,
+                 tie_word_embeddings=True),
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 H100_BF16_DENSE = 989e12
 # jaxlm settings on an accelerator (cuDNN flash attention, one scanned layer); `--set` adds more.
-GPU_JAXLM = ["train.compute_dtype=bfloat16", "model.attention=auto", "model.scan_layers=true"]
+# The suite uses them on a CPU too (attention=auto is XLA there), so its smoke test runs the same code.
+GPU_JAXLM = ["model.attention=auto", "model.scan_layers=true"]
 # Both sides train rows of one document each (no packing): jaxlm passes per-row lengths to attention.
 COMMON_JAXLM = ["data.pack=false"]
 # (model, mode, batch, seq, torch variants, extra jaxlm settings): one H100/H200 in ~8 minutes.
@@ -66,7 +73,7 @@ def hf_config(model: str, random_init: bool) -> dict:
 
 def weights_path(model: str, random_init: bool) -> str | None:
     """Where real weights come from, or None for a random initialisation."""
-    if random_init or model == "llama-1b":
+    if random_init or model in ("llama-1b", "tiny"):
         return None
     if model == "smollm2-135m":
         from jaxlm import assets
@@ -319,12 +326,13 @@ def run_case(model, mode, b, t, torch_variants, settings, args, peak, dtype) -> 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="smollm2-135m | llama-1b | PATH (HF folder or .gguf)")
+    parser.add_argument("--model", help="smollm2-135m (default) | llama-1b | tiny | PATH (HF folder or .gguf); "
+                                        "with --suite: every case uses this model instead of its own")
     parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape (no files)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every side; the best round counts")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--batch", type=int, help="rows per step (default 4; with --suite: each case's own)")
+    parser.add_argument("--seq", type=int, help="tokens per row (default 256; with --suite: each case's own)")
     parser.add_argument("--modes", default="full,lora", help="full and/or lora (r16, alpha 32, every projection)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="compute dtype; auto: bfloat16 on a GPU/TPU, float32 on a CPU")
@@ -352,7 +360,8 @@ def main():
     device = jax.devices()[0]
     accelerator = device.platform != "cpu"
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if accelerator else "float32")
-    settings = COMMON_JAXLM + (GPU_JAXLM if accelerator else [f"train.compute_dtype={dtype}"]) + args.set
+    settings = COMMON_JAXLM + [f"train.compute_dtype={dtype}"] + (GPU_JAXLM if accelerator or args.suite else [])
+    settings += args.set
     peak = matmul_peak_flops(dtype if accelerator else "float32")
     print(f"device: {device.device_kind} ({device.platform}); peak for MFU {peak / 1e12:.3f} TFLOP/s "
           f"({'nominal' if peak in (H100_BF16_DENSE, H100_BF16_DENSE / 2) else 'measured'} {dtype} matmul); "
@@ -364,16 +373,18 @@ def main():
     if args.suite == "gpu":
         args.random_init, args.steps = True, max(args.steps, 10)
         try:
-            print(check_cudnn_attention(), flush=True)
+            print(check_cudnn_attention("cudnn" if accelerator else "xla"), flush=True)
         except Exception as e:  # report and go on: the cases say whether training runs at all
             print(f"cuDNN attention check failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         began = time.perf_counter()
         chosen = [int(i) for i in args.cases.split(",")] if args.cases else range(1, len(GPU_SUITE) + 1)
         for model, mode, b, t, variants, extra in (GPU_SUITE[i - 1] for i in chosen):
+            model, b, t = args.model or model, args.batch or b, args.seq or t
             ratio = run_case(model, mode, b, t, variants.split(","), settings + extra, args, peak, dtype)
             ratios.append((f"{model} {mode} {b}x{t}", ratio))
         print(f"suite took {time.perf_counter() - began:.0f}s")
     else:
+        args.model, args.batch, args.seq = args.model or "smollm2-135m", args.batch or 4, args.seq or 256
         for mode in args.modes.split(","):
             ratio = run_case(args.model, mode, args.batch, args.seq, args.torch.split(","), settings, args, peak, dtype)
             ratios.append((f"{os.path.basename(args.model)} {mode} {args.batch}x{args.seq}", ratio))
