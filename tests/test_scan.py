@@ -14,9 +14,14 @@ from safetensors.numpy import load_file
 
 import jaxlm
 from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.execution import configure, is_stacked
 from jaxlm.models.lora import apply_lora, has_lora, merge_lora
-from jaxlm.train import sharding
+from jaxlm.models.prompt_tuning import VirtualTokens, apply_prompt_tuning, prepend_virtual_tokens
+from jaxlm.models.weight_map import dotted
+from jaxlm.train import sharding, tasks
+from jaxlm.train.config import ConfigError, load_config
+from jaxlm.train.engine import trainable_filter
 from test_train_loss import lm_batch, reference_loss
 
 TARGETS = {"llama": ["q", "k", "v", "o", "gate", "up", "down"], "gpt2": ["qkv"]}
@@ -130,3 +135,46 @@ def test_fsdp_never_splits_the_layer_axis(folders):
     kernel = specs["layers"]["mlp"]["up_proj"]["kernel"].get_value()  # [2 layers, 64, 112]: 2 is divisible too
     assert kernel.spec == P(None, None, "fsdp")
     assert sharding.param_spec((64, 16, 8), 4, keep=0) == P(None, "fsdp", None)
+
+
+def test_prompt_tuning_with_stacked_layers_and_chunked_loss_matches_the_plain_loss(folders):
+    """The virtual tokens' outputs are dropped before the chunked loss; stacking changes nothing."""
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    batch["segment_ids"] = jnp.ones_like(batch["input_ids"])  # prompt tuning: one document per row
+    batch["positions"] = jnp.broadcast_to(jnp.arange(16, dtype=jnp.int32), (4, 16))
+
+    def value_and_grad(scan_layers, loss):
+        model = jaxlm.load_pretrained(folders["llama"])[0]
+        apply_prompt_tuning(model, 3, seed=1)
+        configure(model, scan_layers=scan_layers)
+        graphdef, virtual, rest = nnx.split(model, VirtualTokens, ...)
+        return jax.jit(jax.value_and_grad(lambda v: loss(nnx.merge(graphdef, v, rest))))(virtual)
+
+    def plain(model):  # whole-batch logits, the virtual positions cut off by hand
+        ids, positions, segments, n = prepend_virtual_tokens(model, batch["input_ids"], batch["positions"],
+                                                             batch["segment_ids"])
+        return reference_loss(model(ids, positions=positions, segment_ids=segments)[:, n:], batch)
+
+    want, want_grads = value_and_grad(False, plain)
+    for packed in (True, False):  # segment ids, or per-row lengths (the flash-attention path)
+        chunked = lambda m, packed=packed: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=24,  # noqa: E731
+                                                             packed=packed)[0]
+        got, got_grads = value_and_grad(True, chunked)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        chex.assert_trees_all_close(got_grads, want_grads, atol=1e-5, rtol=1e-5)
+
+
+def test_train_only_means_per_layer_names_on_stacked_layers(folders):
+    model = model_for(folders["llama"], "llama", scan_layers=True)
+
+    def trained(pattern):
+        cfg = load_config(None, ["task=causal_lm", "model.lora.rank=0", f"model.train_only=['{pattern}']"])
+        return trainable_filter(cfg)
+
+    every_mlp = trained(r"layers\.\d+\.mlp\.")
+    assert {dotted(p) for p, _ in nnx.to_flat_state(nnx.state(model, every_mlp))} == {
+        f"layers.mlp.{name}.kernel" for name in ("gate_proj", "up_proj", "down_proj")}
+    assert fully_trained_modules(model, every_mlp) == tuple(sorted(
+        f"model.layers.{i}.mlp.{name}" for i in (0, 1) for name in ("gate_proj", "up_proj", "down_proj")))
+    with pytest.raises(ConfigError, match="some layers"):  # one layer of a stacked parameter cannot train alone
+        nnx.state(model, trained(r"layers\.1\.mlp\."))

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models.bert import BertConfig, BertForTokenClassification, BertModel
+from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
@@ -34,6 +34,7 @@ class Family:
     position_key: str  # the config field that says how many positions the model has
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
     layers: str | None = None  # attribute holding the repeated decoder layers (model.scan_layers); None: none
+    token_embedding: str = ""  # our path of the input token table (prompt tuning extends it); "" = not supported
 
     @property
     def model_type(self) -> str:
@@ -75,6 +76,7 @@ LLAMA = Family(
     position_key="max_position_embeddings",
     learned_positions=False,
     layers="layers",
+    token_embedding="embed_tokens",
 )
 
 MISTRAL = dataclasses.replace(
@@ -98,13 +100,13 @@ GPT2 = Family(
     position_key="n_positions",
     learned_positions=True,
     layers="h",
+    token_embedding="wte",
 )
 
 BERT = Family(
     config=BertConfig,
-    architectures=(BertModel, BertForTokenClassification),
-    aliases={"BertForMaskedLM": "BertModel", "BertForPreTraining": "BertModel",
-             "BertForSequenceClassification": "BertModel"},
+    architectures=(BertModel, BertForTokenClassification, BertForSequenceClassification),
+    aliases={"BertForMaskedLM": "BertModel", "BertForPreTraining": "BertModel"},
     causal_lm=False,
     weights=(
         Row("{m+}.LayerNorm.weight", "{m+}.LayerNorm.scale"),

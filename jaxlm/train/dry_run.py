@@ -37,16 +37,16 @@ def abstract_model(cfg: Config):
     """The run's model (task head, LoRA) as shapes only."""
     from jaxlm.hf.load import read_hf_config
     from jaxlm.models import architecture_for
-    from jaxlm.train.inputs import head_for, prepare_model
+    from jaxlm.train.inputs import HEADS, configured_labels, head_for, prepare_model
 
     path = resolve_path(cfg.model.path)
     hf = read_hf_config(path)
     labels = None
-    if cfg.task == "token_classification":  # the label set comes from the data; its size barely matters here
-        labels = list((hf.get("id2label") or {"0": "O", "1": "B-ENTITY"}).values())
+    if cfg.task in HEADS:  # the label set comes from the data; its size barely matters here
+        labels = configured_labels(cfg) or list((hf.get("id2label") or {"0": "O", "1": "B-ENTITY"}).values())
     head = head_for(cfg, labels)
-    hf = {**hf, **head.get("config_overrides", {})}
-    if "architecture" in head:
+    hf = {**hf, **head["config_overrides"]}
+    if head["architecture"]:
         hf["architectures"] = [head["architecture"]]
     arch = architecture_for(hf, path)
     config = arch.family.config.from_hf(hf)

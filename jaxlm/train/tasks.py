@@ -3,10 +3,13 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 
 * sft / causal_lm: batches from the data pipeline carry `targets` and `loss_mask` (SFT masks
   everything but assistant/completion tokens; causal LM everything but padding), plus
-  `segment_ids`/`positions` so packed documents never attend to each other. The loss takes the
-  model's final hidden states and projects them to the vocabulary a chunk of positions at a
-  time, so float32 logits for the whole batch x vocabulary never exist at once.
+  `segment_ids`/`positions` so packed documents never attend to each other. A prompt-tuned model
+  sees its virtual tokens first; their outputs are dropped, so targets and masks stay as they are.
+  The loss takes the model's final hidden states and projects them to the vocabulary a chunk of
+  positions at a time, so float32 logits for the whole batch x vocabulary never exist at once.
 * token_classification: BERT tagger, `labels` of -100 are ignored (only first sub-tokens count).
+* classification: BERT sequence classifier, one label per row (softmax cross-entropy over the
+  classes, binary included); a row labelled -100 (padding of the last eval batch) does not count.
 """
 
 from __future__ import annotations
@@ -15,31 +18,38 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.models.prompt_tuning import prepend_virtual_tokens
 from jaxlm.tasks import IGNORE_LABEL
 
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
 }
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
+# Tasks whose eval step returns the argmax class of each logit row (for entity or class metrics).
+PREDICTS_CLASSES = ("token_classification", "classification")
+
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True):
-    """(sum of per-token losses, number of tokens that count, tagger logits or None); float32.
+    """(sum of per-token (per-row for classification) losses, how many count, class logits or None); float32.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
     `packed=False` promises one document per row from position 0 (data.pack=false): attention then
     takes per-row lengths, which flash-attention kernels accept, instead of segment ids."""
-    if task == "token_classification":
+    if task in PREDICTS_CLASSES:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
         return jnp.sum(nll * weights), jnp.sum(weights), logits
-    documents = dict(segment_ids=batch["segment_ids"]) if packed else \
-        dict(lengths=jnp.sum(batch["segment_ids"] != 0, axis=-1, dtype=jnp.int32))
-    hidden = model(batch["input_ids"], positions=batch["positions"], return_hidden=True, **documents)
+    ids, positions, segments, virtual = prepend_virtual_tokens(
+        model, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    documents = dict(segment_ids=segments) if packed else \
+        dict(lengths=jnp.sum(segments != 0, axis=-1, dtype=jnp.int32))
+    hidden = model(ids, positions=positions, return_hidden=True, **documents)[:, virtual:]
     weights = batch["loss_mask"].astype(jnp.float32)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
     return loss_sum, jnp.sum(weights), None
