@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ import jaxlm
 from jaxlm.models.lora import LoRALinear
 from jaxlm.train.config import load_config
 from jaxlm.train.engine import build_engine
+from jaxlm.train.inputs import prepare_model
 from jaxlm.train.state import decay_mask, make_schedule
 from train_helpers import write_tiny_llama
 
@@ -37,8 +40,7 @@ def engine_for(llama_dir, *overrides, lora=0):
                              "train.steps=10", "train.warmup_steps=0", "train.learning_rate=1e-2",
                              f"model.lora.rank={lora}", "model.lora.targets=q,v", *overrides])
     model, _ = jaxlm.load_pretrained(llama_dir)
-    if lora:
-        jaxlm.models.lora.apply_lora(model, cfg.model.lora.targets, lora, cfg.model.lora.alpha)
+    prepare_model(model, cfg)  # LoRA, attention kernel, remat, stacked layers: as the trainer does
     return model, build_engine(model, cfg)
 
 
@@ -115,6 +117,41 @@ def test_bfloat16_computes_in_bf16_with_float32_master_weights(llama_dir):
     assert abs(loss16 - loss32) < 0.05 * loss32
     dtypes = {x.dtype for x in jax.tree.leaves((bf16.state.params, bf16.state.opt_state)) if x.ndim > 0}
     assert dtypes == {jnp.dtype(jnp.float32)}
+
+
+def matmul_operand_types(hlo_text: str) -> list[tuple[str, str]]:
+    """The precision of the two operands of every dot_general in lowered StableHLO text: the element
+    types, or the dot algorithm's when one is set (jax's attention backward converts float32 cotangents
+    to bf16 for a bf16 x bf16 -> f32 matmul)."""
+    tensor = r"tensor<(?:\d+x)*([a-z]\w*)>"
+    found = []
+    for line in hlo_text.splitlines():
+        if "stablehlo.dot_general" not in line:
+            continue
+        algorithm = re.search(r"lhs_precision_type = (\w+), rhs_precision_type = (\w+)", line)
+        types = re.search(rf": \({tensor}, {tensor}\)", line)
+        found.append(algorithm.groups() if algorithm else types.groups())
+    assert found, "no dot_general found: the HLO text format changed?"
+    return found
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
+    """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands."""
+    _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32", lora=lora)
+    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch())).as_text()
+    operands = matmul_operand_types(text)
+    float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
+    assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"
+
+
+def test_scanned_rematerialised_lora_steps_match_the_unrolled_ones(llama_dir):
+    """The whole step (LoRA fan-out, stacked layers, remat, chunked loss) against the plain one."""
+    runs, targets = [], "model.lora.targets=q,k,v,o,gate,up,down"  # q/k/v and gate/up share their input
+    for options in ([], ["model.scan_layers=true", "model.remat=full", "train.loss_chunk_tokens=16"]):
+        _, engine = engine_for(llama_dir, targets, *options, lora=4)
+        runs.append([float(engine.step(lm_batch(i))["loss"]) for i in range(3)])
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
 def test_a_non_finite_loss_skips_the_update_and_records_the_step(llama_dir):

@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import architecture_of
+from jaxlm.models.execution import unrolled
 from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
@@ -17,7 +18,8 @@ _DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloa
 
 
 def hf_state_dict(model) -> dict[str, jnp.ndarray]:
-    """The model's parameters under their HF names and layouts (LoRA adapters merged in)."""
+    """The model's parameters under their HF names and layouts (LoRA adapters merged in, layers unstacked)."""
+    model = unrolled(model)
     if has_lora(model):
         model = merge_lora(model)
     arch = architecture_of(model)

@@ -124,6 +124,11 @@ def build_model(
 HEAD_MODULES = ("classifier.", "lm_head.", "bert.pooler.")
 
 
+def read_hf_config(path: str) -> dict:
+    """The HF config fields of a model folder or .gguf file, without reading any weights."""
+    return gguf.read_config(path) if path.endswith(".gguf") else read_config(path)
+
+
 def read_config(folder: str) -> dict:
     path = os.path.join(folder, "config.json")
     try:

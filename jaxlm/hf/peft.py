@@ -12,6 +12,7 @@ from safetensors.numpy import save_file
 
 from jaxlm.hf.export import hf_state_dict
 from jaxlm.models import architecture_of
+from jaxlm.models.execution import unrolled
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf
@@ -27,6 +28,7 @@ def _task_type(arch) -> str:
 def fully_trained_modules(model, trainable) -> tuple[str, ...]:
     """HF names of the modules with a Param that the `trainable` filter trains in full (not LoRA factors,
     not virtual tokens): what a PEFT adapter must carry whole as `modules_to_save`."""
+    model = unrolled(model)  # HF names are per layer
     family = architecture_of(model).family
     names = {ours_to_hf(family, dotted(path))[0].rsplit(".", 1)[0]
              for path, var in nnx.to_flat_state(nnx.state(model, trainable))
@@ -41,6 +43,7 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     `base_model.model.<HF module name>`; its scale is lora_alpha / r, the same as ours.
     `modules_to_save` (HF module names, e.g. a freshly trained "classifier") are written whole.
     """
+    model = unrolled(model)  # PEFT names adapters per layer
     arch = architecture_of(model)
     tensors, targets, ranks, alphas, hf_layouts = {}, set(), set(), set(), set()
     for path, module in lora_modules(model):

@@ -2,7 +2,6 @@
 
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
-from jaxlm.models.layers import KVCache
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.registry import (
@@ -15,6 +14,7 @@ from jaxlm.models.registry import (
     architecture_of,
     position_limit,
 )
+from jaxlm.models.scan import KVCache
 
 __all__ = [
     "ARCHITECTURES", "FAMILIES", "Architecture", "Family", "PositionLimit",

@@ -92,8 +92,9 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x, mask):
         b, t, _ = x.shape
-        q, k, v = (proj(x).reshape(b, t, self.heads, self.head_dim) for proj in (self.query, self.key, self.value))
-        return layers.dot_product_attention(q, k, v, mask).reshape(b, t, -1)
+        q, k, v = (y.reshape(b, t, self.heads, self.head_dim)
+                   for y in layers.fan_out((self.query, self.key, self.value), x))
+        return layers.attention(q, k, v, mask).reshape(b, t, -1)
 
 
 class Attention(nnx.Module):
@@ -148,6 +149,7 @@ class BertModel(nnx.Module):
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, add_pooling_layer=True):
         self.config = cfg
+        self.attention_kernel = "xla"  # see layers.attention
         self.embeddings = Embeddings(cfg, rngs=rngs, param_dtype=param_dtype)
         self.encoder = Encoder(cfg, rngs=rngs, param_dtype=param_dtype)
         # The pooler is kept only so exported folders load into transformers' BertModel with no missing keys.
@@ -158,7 +160,7 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # BERT counts padding too (it pads on the right)
             positions = layers.default_positions(input_ids, None)
-        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, causal=False)
+        mask = layers.Mask(padding=attention_mask, causal=False, implementation=self.attention_kernel)
         return self.encoder(self.embeddings(input_ids, token_type_ids, positions), mask)
 
 

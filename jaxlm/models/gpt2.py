@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
+from jaxlm.models import layers, scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +62,9 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, self.heads, self.head_dim) for y in jnp.split(self.c_attn(x), 3, axis=-1))
         if kv is not None:
-            kv = layers.write_kv(*kv, k, v, index)
-            k, v = kv
-        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, scale=self.scale)
+            kv = kv.write(k, v, index)
+            k, v = kv.read()
+        out = layers.attention(q, k, v, mask, scale=self.scale)
         return self.c_proj(out.reshape(b, t, -1)), kv
 
 
@@ -97,30 +97,41 @@ class Block(nnx.Module):
 
 
 class GPT2LMHeadModel(nnx.Module):
-    """Causal LM with the same call/decode interface as the Llama family."""
+    """Causal LM with the same call/decode interface (and `attention_kernel`, `remat`, stacking) as the Llama family."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = cfg
+        self.attention_kernel, self.remat = "xla", "none"
         self.wte = layers.embed(rngs, cfg.vocab_size, cfg.n_embd, param_dtype=param_dtype)
         self.wpe = layers.embed(rngs, cfg.n_positions, cfg.n_embd, param_dtype=param_dtype)
         self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
         self.ln_f = layer_norm(cfg, param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
+                 return_hidden=False):
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
-        x = self.wte(input_ids) + self.wpe(positions)
-        for block in self.h:
-            x, _ = block(x, mask)
-        return self.wte.attend(self.ln_f(x))
+        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
+                           implementation=self.attention_kernel)
+        x = scan.run(self.h, self.wte(input_ids) + self.wpe(positions), lambda block, y: block(y, mask)[0],
+                     remat=self.remat)
+        hidden = self.ln_f(x)
+        return hidden if return_hidden else self.logits(hidden)
 
-    def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
+    def decode(self, input_ids, positions, cache: scan.KVCache, new_valid=None):
         """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
         x = self.wte(input_ids) + self.wpe(positions)
-        x, cache = layers.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
-        return self.wte.attend(self.ln_f(x)), cache
+        x, cache = scan.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
+        return self.logits(self.ln_f(x)), cache
 
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
+    def output_kernel(self):
+        """The tied output projection as one [n_embd, vocab] matrix."""
+        return self.wte.embedding[...].T
+
+    def logits(self, hidden):
+        """The tied output projection of final hidden states [..., n_embd] to [..., vocab]."""
+        return self.wte.attend(hidden)
+
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
         cfg = self.config
-        return layers.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype)
+        return scan.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype)

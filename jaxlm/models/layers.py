@@ -1,4 +1,4 @@
-"""Pieces the model families share: masks, attention, rotary embeddings, KV cache, norms,
+"""Pieces the model families share: the attention seam and its masks, rotary embeddings, norms,
 embeddings, activations and the HF initialisation of linear layers.
 
 Everything here is pure: arrays in, arrays out. Layouts follow the Hugging Face
@@ -8,121 +8,128 @@ PyTorch classes so that weights map over without reshuffling and logits match.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-# A finite "minus infinity": a fully masked row (a left-padding query) then gets a
-# uniform softmax instead of NaN, as in transformers.
-_MASKED = -1e30
+ATTENTION = ("auto", "xla", "cudnn")  # model.attention
 
 
 @struct.dataclass
-class KVCache:
-    """Keys and values of every layer for a fixed number of slots.
+class Mask:
+    """What each query may attend to, described the way attention kernels take it; built once per forward.
 
-    Slots are filled left to right; `valid[b, s]` says slot s of row b holds a real
-    token (left padding of a batched prompt does not), and `index` is the next slot
-    to write. Positions (for RoPE or learned embeddings) are passed separately, so
-    left-padded rows keep their true positions.
+    Training and scoring give `causal` plus at most one of: `lengths` [batch] (each row is one
+    sequence from position 0, then padding: what cuDNN takes), `segment_ids` [batch, seq] (packed
+    documents, 0 = padding) or `padding` [batch, seq] (1 = real token, anywhere). With segment ids
+    or padding a query sees the keys of its own segment (padding counts as one more segment, so no
+    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots].
+    `implementation` picks the kernel (see `attention`).
     """
 
-    keys: tuple[jax.Array, ...]  # per layer [batch, slots, kv_heads, head_dim]
-    values: tuple[jax.Array, ...]
-    valid: jax.Array  # [batch, slots] bool
-    index: jax.Array  # int32 scalar
+    lengths: jax.Array | None = None
+    segment_ids: jax.Array | None = None
+    padding: jax.Array | None = None
+    dense: jax.Array | None = None
+    causal: bool = struct.field(pytree_node=False, default=True)
+    implementation: str = struct.field(pytree_node=False, default="xla")
 
-    @classmethod
-    def create(cls, num_layers, batch, slots, kv_heads, head_dim, dtype=jnp.float32):
-        shape = (batch, slots, kv_heads, head_dim)
-        return cls(
-            keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            valid=jnp.zeros((batch, slots), bool),
-            index=jnp.zeros((), jnp.int32),
-        )
+    def ids(self) -> jax.Array | None:
+        """One id per token such that query and key must have equal ids (None: no such constraint)."""
+        if self.padding is None:
+            return self.segment_ids
+        real = self.padding.astype(jnp.int32)
+        return real if self.segment_ids is None else self.segment_ids * real
+
+    def boolean(self, q_len: int, k_len: int) -> jax.Array:
+        """The mask as booleans [batch or 1, 1, q, k]."""
+        if self.dense is not None:
+            return self.dense
+        mask = jnp.ones((1, 1, q_len, k_len), bool)
+        if self.causal:
+            mask = jnp.tril(mask)
+        if self.lengths is not None:  # padding keys are for padding queries only, as with segment ids
+            real = jnp.arange(k_len)[None, :] < self.lengths[:, None]
+            mask = mask & (real[:, None, :, None] == real[:, None, None, :])
+        ids = self.ids()
+        if ids is not None:
+            mask = mask & (ids[:, None, :, None] == ids[:, None, None, :])
+        return mask
 
     @property
-    def num_slots(self) -> int:
-        return self.valid.shape[1]
+    def kernel_ready(self) -> bool:
+        """Whether a fused kernel can take this mask as it is (causal, and/or lengths)."""
+        return self.dense is None and self.segment_ids is None and self.padding is None
 
 
-def attention_mask(
-    seq_len: int,
-    *,
-    padding_mask: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    causal: bool = True,
-) -> jax.Array:
-    """Boolean mask [batch or 1, 1, q, k]: which keys each query may attend to.
+def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
+    """The one attention of every family: q [b, t, heads, d]; k, v [b, s, kv_heads, d] (GQA when fewer).
 
-    `padding_mask` [batch, seq] is 1 for real tokens; `segment_ids` [batch, seq] keeps
-    packed documents apart (a query sees only keys of its own segment).
+    `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
+    (softmax in float32). "cudnn" runs cuDNN flash attention through the same function for bf16/fp16
+    inputs whose mask it takes (causal, lengths); packed rows, arbitrary padding and the KV cache take
+    the XLA path, as `resolve_attention` announces when it sets the implementation up.
     """
-    mask = jnp.ones((1, 1, seq_len, seq_len), bool)
-    if causal:
-        mask = jnp.tril(mask)
-    if padding_mask is not None:
-        mask = mask & padding_mask.astype(bool)[:, None, None, :]
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    return mask
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if mask.implementation == "cudnn" and mask.kernel_ready and q.dtype in (jnp.bfloat16, jnp.float16):
+        return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn")
+    return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
+                                        implementation="xla")
 
 
-def cached_attention_mask(cache: KVCache, num_new: int) -> jax.Array:
-    """Mask [batch, 1, new, slots] for `num_new` tokens written at `cache.index`."""
-    slot = jnp.arange(cache.num_slots)
-    query_slot = cache.index + jnp.arange(num_new)
-    causal = slot[None, :] <= query_slot[:, None]
-    return causal[None, None] & cache.valid[:, None, None, :]
+def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) -> jax.Array:
+    """A fused kernel's call: causal or not, with per-row sequence lengths when rows are padded.
 
-
-def update_cache_valid(cache: KVCache, new_valid: jax.Array) -> KVCache:
-    """Mark the slots about to be written (before the layers run, so they see them)."""
-    valid = jax.lax.dynamic_update_slice(cache.valid, new_valid.astype(bool), (0, cache.index))
-    return cache.replace(valid=valid)
-
-
-def run_with_cache(blocks, x, cache: KVCache, new_valid, run_block):
-    """Run `blocks` over new tokens x [batch, n, dim] that enter the cache at `cache.index`.
-
-    `run_block(block, x, mask, kv, index)` returns (x, (keys, values)) for one block.
-    Returns the final hidden states and the cache advanced by n slots.
+    jax.nn.dot_product_attention's cuDNN path takes padding only as lengths, and packed documents
+    not at all (no segment ids; a mask becomes a bias whose gradient cuDNN computes only for batch
+    1). `implementation="xla"` runs the same call on XLA (how the tests check it on a CPU).
     """
-    num_new = x.shape[1]
-    if new_valid is None:
-        new_valid = jnp.ones(x.shape[:2], bool)
-    cache = update_cache_valid(cache, new_valid)
-    mask = cached_attention_mask(cache, num_new)
-    keys, values = [], []
-    for i, block in enumerate(blocks):
-        x, (k, v) = run_block(block, x, mask, (cache.keys[i], cache.values[i]), cache.index)
-        keys.append(k)
-        values.append(v)
-    return x, cache.replace(keys=tuple(keys), values=tuple(values), index=cache.index + num_new)
+    lengths = {} if mask.lengths is None else dict(query_seq_lengths=mask.lengths, key_value_seq_lengths=mask.lengths)
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=mask.causal, implementation=implementation,
+                                        **lengths)
 
 
-def write_kv(cache_k, cache_v, k, v, index):
-    """Write new keys/values [batch, new, kv_heads, head_dim] at slot `index`."""
-    cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-    cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-    return cache_k, cache_v
+def fan_out(projections, x) -> list[jax.Array]:
+    """[p(x) for p in projections], for linear layers that read the same x (q/k/v; gate/up).
+
+    LoRA layers among them (`models.lora.LoRALinear`) share one x @ [A_1 | A_2 | ...]: one
+    matmul reads x for all their adapters, instead of one thin matmul each (forward and backward).
+    """
+    adapted = [p for p in projections if hasattr(p, "lora_a")]
+    if len(adapted) < 2:
+        return [p(x) for p in projections]
+    a = jnp.concatenate([p.lora_a[...].astype(x.dtype) for p in adapted], axis=-1)
+    ranks = [p.lora_a.get_value().shape[-1] for p in adapted]
+    down = dict(zip(map(id, adapted), jnp.split(x @ a, list(itertools.accumulate(ranks))[:-1], axis=-1)))
+    return [p(x, down=down[id(p)]) if id(p) in down else p(x) for p in projections]
 
 
-def dot_product_attention(q, k, v, mask, scale: float | None = None):
-    """Grouped-query attention. q [b, t, heads, d]; k, v [b, s, kv_heads, d]; mask [b|1, 1, t, s]."""
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    groups = heads // kv_heads
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
-    q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * scale
-    scores = jnp.where(mask[:, :, None], scores, _MASKED)  # mask broadcast over kv heads/groups
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
+def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: bool = False,
+                      platform: str | None = None):
+    """(implementation, note): `auto` means cuDNN on an NVIDIA GPU and XLA elsewhere; a request the
+    kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once).
+    `packed`: training rows hold several documents (segment ids), which only XLA attention takes."""
+    if requested not in ATTENTION:
+        raise ValueError(f"model.attention={requested!r} is not one of {', '.join(ATTENTION)}")
+    platform = platform or jax.devices()[0].platform
+    if requested == "xla" or (requested == "auto" and platform != "gpu"):
+        return "xla", None
+    if platform != "gpu":
+        return "xla", f"model.attention=cudnn needs an NVIDIA GPU (this is {platform}): using XLA attention"
+    if jnp.dtype(compute_dtype) not in (jnp.bfloat16, jnp.float16):
+        return "xla", (f"cuDNN flash attention takes bf16/fp16, compute dtype is {jnp.dtype(compute_dtype).name}: "
+                       "using XLA attention (set train.compute_dtype=bfloat16)")
+    if head_dim % 8 or head_dim > 256:
+        return "xla", f"cuDNN flash attention needs head_dim <= 256 and a multiple of 8, not {head_dim}: using XLA"
+    if packed:
+        return "xla", ("packed rows (data.pack=true) need segment ids, which jax.nn.dot_product_attention's cuDNN "
+                       "path does not take: XLA attention, which keeps [batch, heads, seq, seq] scores; set "
+                       "data.pack=false for cuDNN flash attention")
+    return "cudnn", "cuDNN flash attention for training; decoding over the KV cache uses XLA attention"
 
 
 # --- rotary position embeddings --------------------------------------------------------
@@ -196,9 +203,28 @@ def layer_norm(dim: int, eps: float, *, param_dtype) -> nnx.LayerNorm:
     return nnx.LayerNorm(dim, epsilon=eps, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0))
 
 
-def embed(rngs, num: int, dim: int, *, param_dtype) -> nnx.Embed:
-    """nnx.Embed with HF's normal(0.02) init."""
-    return nnx.Embed(num, dim, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+class Embed(nnx.Module):
+    """An embedding table whose lookups come out in the table's dtype.
+
+    `nnx.Embed` fixes its output dtype when it is built (float32 master weights), so the
+    bfloat16 copy the train step makes was cast back to float32 and every later matmul ran
+    in float32. Here the activations follow the weights: bf16 weights, bf16 activations.
+    """
+
+    def __init__(self, num: int, dim: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32, std: float = 0.02):
+        self.embedding = nnx.Param(nnx.initializers.normal(std)(rngs.params(), (num, dim), param_dtype))
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the table (a tied LM head), in the dtype of x."""
+        return x @ self.embedding[...].astype(x.dtype).T
+
+
+def embed(rngs, num: int, dim: int, *, param_dtype) -> Embed:
+    """An embedding table with HF's normal(0.02) init."""
+    return Embed(num, dim, rngs=rngs, param_dtype=param_dtype)
 
 
 def linear(rngs, in_dim, out_dim, *, bias: bool, param_dtype, std: float = 0.02) -> nnx.Linear:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models import layers
+from jaxlm.models import layers, scan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,17 +95,16 @@ class Attention(nnx.Module):
         self.o_proj = layers.linear(rngs, h * cfg.head_dim, d, **options)
         self.heads, self.kv_heads, self.head_dim = h, kv, cfg.head_dim
 
-    def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
+    def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv=None, index=None):
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.kv_heads, self.head_dim)
-        q = layers.apply_rope(q, positions, inv_freq)
-        k = layers.apply_rope(k, positions, inv_freq)
+        q, k, v = layers.fan_out((self.q_proj, self.k_proj, self.v_proj), x)
+        q = layers.apply_rope(q.reshape(b, t, self.heads, self.head_dim), positions, inv_freq)
+        k = layers.apply_rope(k.reshape(b, t, self.kv_heads, self.head_dim), positions, inv_freq)
+        v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
-            kv = layers.write_kv(*kv, k, v, index)
-            k, v = kv
-        out = layers.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+            kv = kv.write(k, v, index)
+            k, v = kv.read()
+        out = layers.attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -118,7 +117,8 @@ class MLP(nnx.Module):
         self.down_proj = layers.linear(rngs, f, d, **options)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = layers.fan_out((self.gate_proj, self.up_proj), x)
+        return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
@@ -135,10 +135,14 @@ class DecoderLayer(nnx.Module):
 
 
 class LlamaForCausalLM(nnx.Module):
-    """Causal LM. `model(ids, attention_mask)` gives logits; `model.decode(...)` runs on a KV cache."""
+    """Causal LM. `model(ids, attention_mask)` gives logits; `model.decode(...)` runs on a KV cache.
+
+    How it runs (not what it computes): `attention_kernel` ("xla" | "cudnn", see `layers.attention`),
+    `remat` (a `scan.REMAT` name), and `layers` either unrolled or stacked (`scan.stack`)."""
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = cfg
+        self.attention_kernel, self.remat = "xla", "none"
         self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
         self.layers = nnx.List(
             [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)]
@@ -147,37 +151,49 @@ class LlamaForCausalLM(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
 
-    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None):
-        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other."""
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
+                 return_hidden=False):
+        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other;
+        `lengths` [batch] says each row is one sequence from position 0, then padding (see layers.Mask).
+
+        `return_hidden=True` gives the final hidden states instead; `self.logits(hidden)` projects
+        them, so a loss can project a few tokens at a time."""
         if positions is None:
             positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, segment_ids=segment_ids)
-        x = self.embed_tokens(input_ids)
+        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
+                           implementation=self.attention_kernel)
         inv_freq = self.config.inverse_frequencies
-        for layer in self.layers:
-            x, _ = layer(x, positions, mask, inv_freq)
-        return self._logits(x)
+        x = scan.run(self.layers, self.embed_tokens(input_ids),
+                     lambda layer, y: layer(y, positions, mask, inv_freq)[0], remat=self.remat)
+        hidden = self.norm(x)
+        return hidden if return_hidden else self.logits(hidden)
 
-    def decode(self, input_ids, positions, cache: layers.KVCache, new_valid=None):
+    def decode(self, input_ids, positions, cache: scan.KVCache, new_valid=None):
         """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache).
 
         `new_valid` [batch, n] marks real tokens (False for left padding at prefill)."""
         inv_freq = self.config.inverse_frequencies
-        x, cache = layers.run_with_cache(
+        x, cache = scan.run_with_cache(
             self.layers,
             self.embed_tokens(input_ids),
             cache,
             new_valid,
             lambda layer, x, mask, kv, index: layer(x, positions, mask, inv_freq, kv, index),
         )
-        return self._logits(x), cache
+        return self.logits(self.norm(x)), cache
 
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> layers.KVCache:
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
         cfg = self.config
-        return layers.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
+        return scan.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
 
-    def _logits(self, x):
-        x = self.norm(x)
+    def output_kernel(self):
+        """The output projection as one [hidden, vocab] matrix, or None when it is not one (LoRA on lm_head)."""
         if self.config.tie_word_embeddings:
-            return self.embed_tokens.attend(x)
-        return self.lm_head(x)
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...] if type(self.lm_head) is nnx.Linear and self.lm_head.bias is None else None
+
+    def logits(self, hidden):
+        """The output projection of final hidden states [..., hidden] to [..., vocab]."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)

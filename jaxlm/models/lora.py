@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.models.execution import is_stacked
 from jaxlm.models.registry import architecture_of
+from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
 
 
@@ -30,12 +32,14 @@ class LoRALinear(nnx.Module):
         self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_dim), dtype))
         self.scale = alpha / rank
 
-    def __call__(self, x):
+    def __call__(self, x, down=None):
+        """`down` is x @ A when the caller computed it (`layers.fan_out` batches it over siblings)."""
         y = x @ self.kernel[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
-        update = (x @ self.lora_a[...].astype(x.dtype)) @ self.lora_b[...].astype(x.dtype)
-        return y + self.scale * update
+        if down is None:
+            down = x @ self.lora_a[...].astype(x.dtype)
+        return y + self.scale * (down @ self.lora_b[...].astype(x.dtype))
 
     def merged_kernel(self):
         return self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...]).astype(self.kernel[...].dtype)
@@ -78,6 +82,8 @@ def apply_lora(model, targets: list[str], rank: int, alpha: float, *, seed: int 
     Returns the number of layers wrapped."""
     if rank <= 0:
         raise ValueError(f"model.lora.rank must be positive for LoRA, got {rank}")
+    if is_stacked(model):
+        raise ValueError("apply LoRA before stacking the layers (model.scan_layers): adapters go on per-layer weights")
     paths = _linear_paths(model, targets)
     if not paths:
         raise ValueError(f"model.lora.targets {targets} match no linear layer of {type(model).__name__}")
@@ -92,17 +98,21 @@ def has_lora(model) -> bool:
 
 
 def merge_lora(model):
-    """A copy of `model` with every adapter folded into its base kernel (plain nnx.Linear again)."""
+    """A copy of `model` with every adapter folded into its base kernel (plain nnx.Linear again).
+    Stacked layers stay stacked: their kernels keep the leading layer axis."""
     merged = nnx.clone(model)
     for path, module in list(nnx.iter_modules(merged)):
         if isinstance(module, LoRALinear):
             kernel = module.merged_kernel()
             linear = nnx.Linear(
-                *kernel.shape, use_bias=module.bias is not None, param_dtype=kernel.dtype, rngs=nnx.Rngs(0)
+                *kernel.shape[-2:], use_bias=module.bias is not None, param_dtype=kernel.dtype, rngs=nnx.Rngs(0)
             )
             linear.kernel.set_value(kernel)
             if module.bias is not None:
                 linear.bias.set_value(module.bias[...])
+            for new, old in ((linear.kernel, module.kernel), (linear.bias, module.bias)):
+                if old is not None and LAYER_AXIS in old.get_metadata():
+                    new.set_metadata(LAYER_AXIS, old.get_metadata(LAYER_AXIS))
             _set(merged, path, linear)
     return merged
 

@@ -33,6 +33,7 @@ class Family:
     lora_names: Mapping[str, str]  # short LoRA target (model.lora.targets) -> our layer name
     position_key: str  # the config field that says how many positions the model has
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
+    layers: str | None = None  # attribute holding the repeated decoder layers (model.scan_layers); None: none
     token_embedding: str = ""  # our path of the input token table (prompt tuning extends it); "" = not supported
 
     @property
@@ -74,6 +75,7 @@ LLAMA = Family(
                 "gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
     position_key="max_position_embeddings",
     learned_positions=False,
+    layers="layers",
     token_embedding="embed_tokens",
 )
 
@@ -97,6 +99,7 @@ GPT2 = Family(
     lora_names={"qkv": "c_attn"},
     position_key="n_positions",
     learned_positions=True,
+    layers="h",
     token_embedding="wte",
 )
 

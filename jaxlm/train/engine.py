@@ -16,6 +16,8 @@ from flax import nnx
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
+from jaxlm.models.registry import FAMILIES
+from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
 from jaxlm.train import sharding, tasks
 from jaxlm.train.config import Config
@@ -43,10 +45,24 @@ def trainable_filter(cfg: Config):
 
 
 def _path_search(patterns: tuple[str, ...]):
+    """A filter on dotted paths. A stacked layer parameter (model.scan_layers) is searched under each
+    layer's own name (`layers.3.mlp...`), so the patterns mean what they mean unrolled; one that picks
+    only some of the layers is a ConfigError, since the stacked layers train as one parameter."""
     compiled = [re.compile(p) for p in patterns]
+    stacks = {f.layers for f in FAMILIES.values() if f.layers}
 
-    def matches(path, _value) -> bool:
-        return any(c.search(dotted(path)) for c in compiled)
+    def matches(path, value) -> bool:
+        names = [dotted(path)]
+        if isinstance(value, nnx.Variable) and LAYER_AXIS in value.get_metadata():
+            keys = [str(k) for k in path]
+            at = next(i for i, k in enumerate(keys) if k in stacks) + 1
+            names = [".".join(keys[:at] + [str(i)] + keys[at:]) for i in range(value.get_value().shape[0])]
+        hits = [any(c.search(name) for c in compiled) for name in names]
+        if any(hits) and not all(hits):
+            raise ConfigError(f"model.train_only={list(patterns)} picks some layers of {dotted(path)} but not all; "
+                              "with model.scan_layers=true the layers train as one stacked parameter: "
+                              "pick all of them, or set model.scan_layers=false")
+        return hits[0]
 
     return matches
 
@@ -107,7 +123,26 @@ class Engine:
         nnx.update(model, self.state.params)
 
 
-def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
+@dataclasses.dataclass
+class _Plan:
+    """Everything about a run's step that needs no arrays: splits, shardings, jitted steps."""
+
+    mesh: jax.sharding.Mesh
+    tx: object
+    schedule: object
+    trainable: nnx.State
+    frozen: nnx.State
+    rest: nnx.State
+    state_sharding: object
+    frozen_sharding: object
+    rest_sharding: object
+    batch_sharding: jax.sharding.NamedSharding
+    eval_sharding: jax.sharding.NamedSharding
+    train_step: object
+    eval_step: object
+
+
+def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
@@ -125,17 +160,52 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     state_sh = sharding.state_shardings(abstract, mesh)
     frozen_sh = sharding.state_shardings(frozen, mesh)
     rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
-    frozen, rest = sharding.place(frozen, frozen_sh), sharding.place(rest, rest_sh)
-    # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
-    trainable = sharding.place(trainable, state_sh.params)
-    state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_sh)(trainable)
-
     dtype = jax.numpy.dtype(t.compute_dtype)
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
-                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh))
+                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
+                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
-                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh))
-    return Engine(cfg, mesh, state, frozen, rest, state_sh, batch_sh, eval_sh, train_step, eval_step, schedule)
+                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh),
+                               chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
+    # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
+    frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
+    return _Plan(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
+                 train_step, eval_step)
 
+
+def _compute_dtype_like(x, dtype):
+    if not jax.numpy.issubdtype(x.dtype, jax.numpy.floating) or x.dtype == dtype:
+        return x
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, dtype)
+    return x.astype(dtype)
+
+
+def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
+    p = _plan(model, cfg, mesh)
+    frozen, rest = sharding.place(p.frozen, p.frozen_sharding), sharding.place(p.rest, p.rest_sharding)
+    # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
+    trainable = sharding.place(p.trainable, p.state_sharding.params)
+    seed = cfg.train.seed
+    state = jax.jit(lambda x: init_state(x, p.tx, seed), out_shardings=p.state_sharding)(trainable)
+    return Engine(cfg, p.mesh, state, frozen, rest, p.state_sharding, p.batch_sharding, p.eval_sharding,
+                  p.train_step, p.eval_step, p.schedule)
+
+
+def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
+    """The train step lowered for `cfg`'s batch on abstract arguments: no array is made, so `model`
+    may come from `nnx.eval_shape`. `.compile()` it for XLA's memory and cost analyses (--dry-run)."""
+    p = _plan(model, cfg, mesh)
+
+    def abstract(tree, shardings):
+        return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
+
+    seed = cfg.train.seed
+    state = abstract(jax.eval_shape(lambda x: init_state(x, p.tx, seed), p.trainable), p.state_sharding)
+    t = cfg.train
+    shape = (t.grad_accum, t.batch_size // t.grad_accum, t.seq_len) if t.grad_accum > 1 else (t.batch_size, t.seq_len)
+    batch = {k: jax.ShapeDtypeStruct(shape, tasks.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
+             for k in tasks.BATCH_KEYS[cfg.task]}
+    return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch)

@@ -22,28 +22,52 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
     """(model, tokenizer). Labelled tasks put their head for `label_names` on the encoder; then LoRA
     or prompt tuning go on as configured."""
     from jaxlm.hf.load import load_pretrained
-    from jaxlm.models.lora import apply_lora
-    from jaxlm.models.prompt_tuning import apply_prompt_tuning
 
     path = resolve_path(cfg.model.path)
+    head = head_for(cfg, label_names)
+    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **head)
+    if head["architecture"] and type(model).__name__ != head["architecture"]:
+        raise ConfigError(f"task={cfg.task} needs an encoder for {head['architecture']}; "
+                          f"model.path={cfg.model.path!r} is a {type(model).__name__}")
+    if tokenizer is None:
+        raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
+    return prepare_model(model, cfg), tokenizer
+
+
+def head_for(cfg: Config, label_names: list[str] | None) -> dict:
+    """`load_pretrained` arguments: `model.config_overrides`, plus the head of a labelled task for
+    `label_names` on the encoder."""
     overrides, architecture = dict(cfg.model.config_overrides), HEADS.get(cfg.task)
     if architecture:
         overrides.update(id2label={str(i): name for i, name in enumerate(label_names)},
                          label2id={name: i for i, name in enumerate(label_names)})
         if cfg.task == "classification":  # softmax cross-entropy, also for two labels (HF's default for ints)
             overrides["problem_type"] = "single_label_classification"
-    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), architecture=architecture,
-                                       config_overrides=overrides)
-    if architecture and type(model).__name__ != architecture:
-        raise ConfigError(f"task={cfg.task} needs an encoder for {architecture}; model.path={cfg.model.path!r} "
-                          f"is a {type(model).__name__}")
-    if tokenizer is None:
-        raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
+    return dict(architecture=architecture, config_overrides=overrides)
+
+
+def prepare_model(model, cfg: Config, *, say=print):
+    """The loaded model as the run trains it: LoRA adapters or virtual tokens as configured, then the
+    attention kernel, remat policy and stacked layers of `cfg.model` (`say` gets a line when attention
+    falls back)."""
+    from jaxlm.models.execution import configure
+    from jaxlm.models.layers import resolve_attention
+    from jaxlm.models.lora import apply_lora
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning
+
     if cfg.model.lora.rank > 0:
         apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
     if cfg.model.prompt_tuning.num_virtual_tokens > 0:
         apply_prompt_tuning(model, cfg.model.prompt_tuning.num_virtual_tokens, seed=cfg.train.seed)
-    return model, tokenizer
+    head_dim = getattr(model.config, "head_dim", 0)
+    attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim,
+                                        packed=cfg.data.pack and cfg.task not in HEADS)
+    if note and say:
+        say(f"attention: {note}")
+    try:
+        return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+    except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
+        raise ConfigError(str(e)) from None
 
 
 def configured_labels(cfg: Config) -> list[str] | None:

@@ -5,7 +5,9 @@ Model code never names devices; everything about placement is here. The same rul
 
 * batches are split along their batch dimension over both axes (FSDP is data parallel too);
 * each parameter (and each optimizer-state leaf, which has the parameter's shape) is sharded
-  along its largest dimension divisible by the fsdp size, and replicated if none is;
+  along its largest dimension divisible by the fsdp size, and replicated if none is; the layer
+  axis of stacked layers (`model.scan_layers`) is never split, so each device holds a slice of
+  every layer and the scan runs the same program on all of them;
 * scalars and small vectors are replicated.
 """
 
@@ -13,9 +15,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.train.config import check_micro_batch, mesh_shape
 
 BATCH_AXES = ("data", "fsdp")
@@ -27,11 +31,12 @@ def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10) -> P:
-    """Shard the largest dimension divisible by `fsdp`; replicate small or indivisible arrays."""
+def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10, keep: int | None = None) -> P:
+    """Shard the largest dimension divisible by `fsdp` (never dimension `keep`); replicate small or
+    indivisible arrays."""
     if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
         return P()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    for dim in sorted((d for d in range(len(shape)) if d != keep), key=lambda d: -shape[d]):
         if shape[dim] % fsdp == 0:
             spec = [None] * len(shape)
             spec[dim] = "fsdp"
@@ -42,7 +47,14 @@ def param_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**10) -> P:
 def state_shardings(tree, mesh: Mesh):
     """NamedShardings for every array leaf of a parameter / optimizer-state pytree."""
     fsdp = mesh.shape["fsdp"]
-    return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp)), tree)
+
+    def place(node):
+        if isinstance(node, nnx.Variable):  # optimizer moments keep their parameter's Variable and metadata
+            keep = node.get_metadata().get(LAYER_AXIS)
+            return jax.tree.map(lambda x: NamedSharding(mesh, param_spec(np.shape(x), fsdp, keep=keep)), node)
+        return NamedSharding(mesh, param_spec(np.shape(node), fsdp))
+
+    return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:

@@ -30,7 +30,7 @@ def _has_rng_streams(rest) -> bool:
     return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
 
 
-def _grad_fn(graphdef, wrt, task, compute_dtype, reseed):
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed):
     """(loss_sum, count, grads) for one micro-batch; grads have the params' (float32) dtype.
 
     `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
@@ -43,7 +43,8 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed):
             nnx.reseed(model, dropout=key)
 
         def loss(model):
-            return tasks.loss_terms(task, tasks.forward(task, model, batch), batch)
+            loss_sum, count, _ = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
+            return loss_sum, count
 
         (loss_sum, count), grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
         return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
@@ -51,13 +52,16 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed):
     return grads_of
 
 
-def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings):
+def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
+                    chunk_tokens=0, packed=True):
     """`step(state, frozen, rest, batch) -> (state, metrics)`, jitted with the state donated.
 
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, seq].
+    `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
+    `packed=False` promises one document per row (see `tasks.loss_terms`).
     """
-    grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest))
+    grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed)
 
     def step(state: TrainState, frozen, rest, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -104,14 +108,13 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
     )
 
 
-def make_eval_step(graphdef, *, task, compute_dtype, shardings):
+def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True):
     """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout."""
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-        logits = tasks.forward(task, model, batch)
-        loss_sum, count = tasks.loss_terms(task, logits, batch)
-        predictions = jnp.argmax(logits, -1) if task in tasks.PREDICTS_CLASSES else None
+        loss_sum, count, logits = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
+        predictions = None if logits is None else jnp.argmax(logits, -1)
         return loss_sum, count, predictions
 
     return jax.jit(eval_step, in_shardings=shardings)

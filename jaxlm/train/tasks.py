@@ -5,6 +5,8 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
   everything but assistant/completion tokens; causal LM everything but padding), plus
   `segment_ids`/`positions` so packed documents never attend to each other. A prompt-tuned model
   sees its virtual tokens first; their outputs are dropped, so targets and masks stay as they are.
+  The loss takes the model's final hidden states and projects them to the vocabulary a chunk of
+  positions at a time, so float32 logits for the whole batch x vocabulary never exist at once.
 * token_classification: BERT tagger, `labels` of -100 are ignored (only first sub-tokens count).
 * classification: BERT sequence classifier, one label per row (softmax cross-entropy over the
   classes, binary included); a row labelled -100 (padding of the last eval batch) does not count.
@@ -12,6 +14,7 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -24,33 +27,106 @@ BATCH_KEYS = {
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
 }
+BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
 # Tasks whose eval step returns the argmax class of each logit row (for entity or class metrics).
 PREDICTS_CLASSES = ("token_classification", "classification")
 
 
-def forward(task: str, model, batch):
-    """Logits for a batch (float32)."""
-    if task in PREDICTS_CLASSES:
-        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    else:
-        ids, positions, segments, virtual = prepend_virtual_tokens(
-            model, batch["input_ids"], batch["positions"], batch["segment_ids"])
-        logits = model(ids, positions=positions, segment_ids=segments)[:, virtual:]
-    return logits.astype(jnp.float32)
+def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True):
+    """(sum of per-token (per-row for classification) losses, how many count, class logits or None); float32.
 
-
-def loss_terms(task: str, logits, batch):
-    """(sum of per-token (per-row for classification) losses, how many count), both float32 scalars."""
+    `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
+    `packed=False` promises one document per row from position 0 (data.pack=false): attention then
+    takes per-row lengths, which flash-attention kernels accept, instead of segment ids."""
     if task in PREDICTS_CLASSES:
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
-        targets = jnp.where(labels == IGNORE_LABEL, 0, labels)
-    else:
-        weights = batch["loss_mask"].astype(jnp.float32)
-        targets = batch["targets"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.sum(nll * weights), jnp.sum(weights)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
+        return jnp.sum(nll * weights), jnp.sum(weights), logits
+    ids, positions, segments, virtual = prepend_virtual_tokens(
+        model, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    documents = dict(segment_ids=segments) if packed else \
+        dict(lengths=jnp.sum(segments != 0, axis=-1, dtype=jnp.int32))
+    hidden = model(ids, positions=positions, return_hidden=True, **documents)[:, virtual:]
+    weights = batch["loss_mask"].astype(jnp.float32)
+    loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
+    return loss_sum, jnp.sum(weights), None
+
+
+def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
+    """Sum over tokens of weights * -log softmax(model.logits(hidden))[target], in float32.
+
+    hidden [batch, seq, dim]. With more than `chunk_tokens` tokens the sequence axis is cut into
+    chunks of `chunk_tokens // batch` positions (every row in every chunk, so a data-parallel
+    batch stays spread over its devices) and a scan projects one chunk at a time. When the output
+    projection is one matrix (`model.output_kernel()`), each chunk's gradients are computed in the
+    forward pass, where d logits = softmax - one-hot is known (3 matmuls a chunk, as unchunked);
+    otherwise (e.g. LoRA on the LM head) `jax.checkpoint` recomputes each chunk's logits backward.
+    """
+    batch, seq = targets.shape
+    if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
+        return _nll_sum(model.logits(hidden), targets, weights)
+    width = max(1, chunk_tokens // batch)
+    pad = -seq % width
+    if pad:  # padded positions carry weight 0
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+    chunks = (seq + pad) // width
+    # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
+    split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, width, *x.shape[2:]), 1, 0)  # noqa: E731
+    hidden, targets, weights = split(hidden), split(targets), split(weights)
+    kernel = model.output_kernel()
+    if kernel is not None:
+        return _fused_cross_entropy(hidden, kernel.astype(hidden.dtype), targets, weights)
+    per_chunk = jax.checkpoint(lambda h, t, w: _nll_sum(model.logits(h), t, w))
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros((), jnp.float32),
+                            (hidden, targets, weights))
+    return total
+
+
+def _nll_sum(logits, targets, weights):
+    logits = logits.astype(jnp.float32)
+    target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * weights)
+
+
+def _chunk_loss_and_grads(hidden, kernel, targets, weights):
+    """Loss and its gradients wrt hidden [chunks, ...] and kernel [dim, vocab], one chunk at a time."""
+
+    def chunk(carry, xs):
+        total, d_kernel = carry
+        h, t, w = xs
+        logits = jnp.einsum("bsd,dv->bsv", h, kernel, preferred_element_type=jnp.float32)
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        total += jnp.sum((logz - jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]) * w)
+        d_logits = (jnp.exp(logits - logz[..., None]) - jax.nn.one_hot(t, logits.shape[-1])) * w[..., None]
+        d_logits = d_logits.astype(h.dtype)
+        d_hidden = jnp.einsum("bsv,dv->bsd", d_logits, kernel, preferred_element_type=jnp.float32).astype(h.dtype)
+        d_kernel += jnp.einsum("bsd,bsv->dv", h, d_logits, preferred_element_type=jnp.float32)
+        return (total, d_kernel), d_hidden
+
+    start = (jnp.zeros((), jnp.float32), jnp.zeros(kernel.shape, jnp.float32))
+    (total, d_kernel), d_hidden = jax.lax.scan(chunk, start, (hidden, targets, weights))
+    return total, (d_hidden, d_kernel.astype(kernel.dtype))
+
+
+@jax.custom_vjp
+def _fused_cross_entropy(hidden, kernel, targets, weights):
+    return _chunk_loss_and_grads(hidden, kernel, targets, weights)[0]
+
+
+def _fused_forward(hidden, kernel, targets, weights):
+    return _chunk_loss_and_grads(hidden, kernel, targets, weights)
+
+
+def _fused_backward(grads, g):
+    d_hidden, d_kernel = grads  # of the loss itself: the loss is linear in its cotangent g
+    return (g * d_hidden).astype(d_hidden.dtype), (g * d_kernel).astype(d_kernel.dtype), None, None
+
+
+_fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
 def batch_for(task: str, batch: dict) -> dict:

@@ -1,0 +1,88 @@
+"""The attention seam: every path agrees with PyTorch's scaled_dot_product_attention on the tokens that count."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxlm.models import layers
+
+B, T, HEADS, KV_HEADS, D = 3, 12, 4, 2, 16  # grouped-query attention: 2 query heads per KV head
+PACKED = np.array([[1] * 5 + [2] * 4 + [0] * 3,  # two documents, then padding
+                   [1] * 12,  # one document, no padding
+                   [1] * 3 + [2] * 3 + [3] * 6], np.int32)
+ONE_DOCUMENT = np.array([[1] * 9 + [0] * 3, [1] * 12, [1] * 4 + [0] * 8], np.int32)  # right padding only
+
+
+def qkv(seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(B, T, HEADS, D).astype(np.float32), rng.randn(B, T, KV_HEADS, D).astype(np.float32),
+            rng.randn(B, T, KV_HEADS, D).astype(np.float32))
+
+
+def reference(q, k, v, allowed):
+    """torch SDPA with the boolean mask [b, t, s] (True = may attend), KV heads repeated for GQA."""
+    group = HEADS // KV_HEADS
+    tq, tk, tv = (torch.tensor(x).transpose(1, 2) for x in (q, k, v))
+    tk, tv = tk.repeat_interleave(group, dim=1), tv.repeat_interleave(group, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=torch.tensor(allowed)[:, None])
+    return out.transpose(1, 2).numpy()
+
+
+def allowed_by(ids, causal=True):
+    same = ids[:, :, None] == ids[:, None, :]
+    return same & np.tril(np.ones((T, T), bool)) if causal else same
+
+
+def assert_close_where_real(got, want, ids):
+    real = ids != 0
+    np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("ids", [PACKED, ONE_DOCUMENT], ids=["packed", "one_document"])
+def test_xla_path_matches_torch_with_segments_padding_and_gqa(ids):
+    q, k, v = qkv()
+    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(segment_ids=jnp.asarray(ids)))
+    assert_close_where_real(got, reference(q, k, v, allowed_by(ids)), ids)
+
+
+@pytest.mark.parametrize("ids, causal", [(ONE_DOCUMENT, True), (ONE_DOCUMENT, False), (None, True)],
+                         ids=["sequence_lengths", "sequence_lengths_bidirectional", "causal_only"])
+def test_kernel_path_arguments_match_torch(ids, causal):
+    """The cuDNN call (per-row lengths for one document per row), run on XLA here; and the mask it stands for."""
+    q, k, v = qkv(1)
+    lengths = None if ids is None else jnp.asarray((ids != 0).sum(1), jnp.int32)
+    mask = layers.Mask(lengths=lengths, causal=causal)
+    q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+    kernel = layers.kernel_attention(q, k, v, mask, scale=D**-0.5, implementation="xla")
+    ids = np.ones((B, T), np.int32) if ids is None else ids
+    want = reference(np.asarray(q), np.asarray(k), np.asarray(v), allowed_by(ids, causal))
+    assert_close_where_real(kernel, want, ids)
+    assert_close_where_real(layers.attention(q, k, v, mask), want, ids)  # the XLA path on the same mask
+
+
+def test_left_padding_and_bidirectional_attention_match_torch():
+    q, k, v = qkv(2)
+    padding = np.ones((B, T), np.int32)
+    padding[1, :4] = 0  # left padding (batched prompts)
+    padding[2, -2:] = 0
+    causal = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(padding=jnp.asarray(padding)))
+    assert_close_where_real(causal, reference(q, k, v, allowed_by(padding)), padding)
+    both = layers.Mask(padding=jnp.asarray(padding), causal=False)  # BERT
+    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), both)
+    assert_close_where_real(got, reference(q, k, v, allowed_by(padding, causal=False)), padding)
+
+
+def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
+    resolve = layers.resolve_attention
+    assert resolve("auto", compute_dtype="float32", head_dim=64, platform="cpu") == ("xla", None)
+    assert resolve("auto", compute_dtype="bfloat16", head_dim=64, platform="gpu")[0] == "cudnn"
+    implementation, note = resolve("auto", compute_dtype="float32", head_dim=64, platform="gpu")
+    assert implementation == "xla" and "bfloat16" in note
+    implementation, note = resolve("cudnn", compute_dtype="bfloat16", head_dim=64, platform="cpu")
+    assert implementation == "xla" and "GPU" in note
+    assert resolve("cudnn", compute_dtype="bfloat16", head_dim=100, platform="gpu")[0] == "xla"
+    implementation, note = resolve("auto", compute_dtype="bfloat16", head_dim=64, packed=True, platform="gpu")
+    assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them

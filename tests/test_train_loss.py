@@ -1,0 +1,96 @@
+"""The chunked cross-entropy: the same loss and gradients as the plain one, without whole-batch logits."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxlm
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from jaxlm.models.lora import apply_lora
+from jaxlm.train import tasks
+
+
+def lm_batch(batch=4, seq=16, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(3, VOCAB, size=(batch, seq + 1)).astype(np.int32)
+    mask = np.ones((batch, seq), np.int32)
+    mask[1, :5] = 0  # a prompt that does not count
+    mask[2, -3:] = 0
+    segments = np.where(np.arange(seq) < seq // 2, 1, 2)[None].repeat(batch, 0).astype(np.int32)
+    positions = np.concatenate([np.arange(seq // 2), np.arange(seq - seq // 2)])[None].repeat(batch, 0)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": mask,
+            "segment_ids": segments, "positions": positions.astype(np.int32)}
+
+
+def reference_loss(logits, batch):
+    """The plain loss: whole-batch float32 logits and optax's cross-entropy."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["targets"])
+    return jnp.sum(nll * batch["loss_mask"])
+
+
+def forward(model, batch):
+    return model(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+
+
+def value_and_grad(loss, model):
+    """Jitted value and parameter gradients of loss(model) (eager NNX would be slow)."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return jax.jit(jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p))))(params)
+
+
+_MODELS = {}
+
+
+def model_and_reference(family, tmp_path_factory):
+    """(model, plain loss and gradients on lm_batch()), built once per family."""
+    if family not in _MODELS:
+        folder = tmp_path_factory.mktemp(family)
+        (tiny_gpt2 if family == "gpt2" else tiny_llama)(folder)
+        model = jaxlm.load_pretrained(folder)[0]
+        if family == "llama-lora-head":  # the head is no longer one matrix: logits are recomputed per chunk
+            apply_lora(model, ["lm_head"], 4, 8.0)
+        batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+        _MODELS[family] = model, value_and_grad(lambda m: reference_loss(forward(m, batch), batch), model)
+    return _MODELS[family]
+
+
+# 12 tokens: chunks of 3 positions x 4 rows, the last one padded. GPT-2 has a tied head; LoRA on lm_head
+# makes the head more than one matrix, so its chunks are recomputed instead.
+@pytest.mark.parametrize("family, chunk_tokens", [("llama", 12), ("gpt2", 12), ("llama-lora-head", 12)])
+def test_chunked_loss_and_gradients_equal_the_plain_loss(family, chunk_tokens, tmp_path_factory):
+    model, (want, want_grads) = model_and_reference(family, tmp_path_factory)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    chunked = lambda m: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=chunk_tokens)[0]  # noqa: E731
+    got, got_grads = value_and_grad(chunked, model)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    chex.assert_trees_all_close(got_grads, want_grads, atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_loss_never_holds_whole_batch_logits(tmp_path_factory):
+    model, _ = model_and_reference("llama", tmp_path_factory)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = lambda p: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, chunk_tokens=32)[0]  # noqa: E731
+    text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
+    assert f"4x16x{VOCAB}x" not in text, "a [batch, seq, vocab] array exists: the loss is not chunked"
+    assert f"4x8x{VOCAB}xf32" in text  # one chunk: every row, 8 positions
+
+
+def test_unpacked_rows_give_the_same_loss_through_lengths(tmp_path_factory):
+    """data.pack=false: one document per row, then padding; attention takes lengths instead of segment ids."""
+    model, _ = model_and_reference("llama", tmp_path_factory)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    ends = jnp.asarray([16, 11, 7, 13])[:, None]
+    batch["segment_ids"] = (jnp.arange(16)[None, :] < ends).astype(jnp.int32)
+    batch["positions"] = jnp.broadcast_to(jnp.arange(16), (4, 16))
+    batch["loss_mask"] = batch["segment_ids"].astype(jnp.float32)
+    graphdef, params = nnx.split(model, nnx.Param)
+    loss = jax.jit(lambda p, packed: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, packed=packed)[0],
+                   static_argnums=1)
+    np.testing.assert_allclose(loss(params, False), loss(params, True), rtol=1e-6)
