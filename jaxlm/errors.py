@@ -2,18 +2,25 @@
 
     0    done
     2    bad input or config: one line on stderr naming the file:line or the key, no traceback
-    3    stopped: a --fail-on gate failed, or the loss went non-finite
+    3    stopped part-way, keeping what was saved: a --fail-on gate failed, the loss went
+         non-finite, or the disk filled up (the last good checkpoint is kept; re-run to resume)
     130  interrupted (Ctrl-C)
 
 Library code raises a subclass of `UserError` (exit 2) or `Stopped` (exit 3) where it finds
 the problem; each command's `main` is wrapped in `exit_codes`, the one place that turns them
-into a line on stderr and a status. Anything else is a bug and keeps its traceback.
+into a line on stderr and a status. An `OSError` that names a path the user gave (missing,
+not permitted, read-only) is bad input too; a full disk stops the work. Anything else is a
+bug and keeps its traceback. `warn` says something the user should know without stopping
+the work: one `warning: ...` line on stderr under `exit_codes`.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import gc
 import sys
+import warnings
 
 DONE, BAD_INPUT, STOPPED, INTERRUPTED = 0, 2, 3, 130
 
@@ -31,36 +38,76 @@ class ConfigError(UserError):
 
 
 class Stopped(RuntimeError):
-    """The work started but was stopped on purpose: a quality gate failed or the loss went non-finite."""
+    """The work started but was stopped: a quality gate failed, the loss went non-finite, the disk filled up."""
 
     label = "stopped"
+
+
+class DiskFull(Stopped):
+    """No space left on the device while writing; what was written before is kept."""
+
+
+class JaxlmWarning(UserWarning):
+    """Something the user should know that does not stop the work (a truncated record, an odd setting)."""
+
+
+def warn(message: str) -> None:
+    """One `warning: message` line on stderr (under `exit_codes`); shown once per call site and message."""
+    warnings.warn(message, JaxlmWarning, stacklevel=2)
 
 
 def exit_codes(main):
     """Wraps a command's `main(argv, ...) -> int | None` so it returns the status above.
 
-    `UserError` (and `FileNotFoundError`, a path the user gave) -> 2, `Stopped` -> 3,
-    KeyboardInterrupt -> 130, each as one line on stderr. argparse already exits with 2
-    on a bad option.
+    `UserError` (and an `OSError` naming a path the user gave) -> 2, `Stopped` (and no space
+    left on the device) -> 3, KeyboardInterrupt -> 130, each as one line on stderr. argparse
+    already exits with 2 on a bad option.
     """
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs) or DONE
-        except UserError as e:
-            return _report(e.label, e, BAD_INPUT)
-        except FileNotFoundError as e:
-            return _report("error", f"{e.filename}: no such file or folder" if e.filename else e, BAD_INPUT)
-        except Stopped as e:
-            return _report(e.label, e, STOPPED)
-        except KeyboardInterrupt:
-            return _report("interrupted", "stopped by the user", INTERRUPTED)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            try:
+                return main(*args, **kwargs) or DONE
+            except UserError as e:
+                return _report(e.label, e, BAD_INPUT)
+            except Stopped as e:
+                return _report(e.label, e, STOPPED)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    return _report("stopped", f"no space left on device writing {e.filename or 'a file'}", STOPPED)
+                if e.filename is not None:
+                    reason = "no such file or folder" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+                    return _report("error", f"{e.filename}: {reason[:1].lower()}{reason[1:]}", BAD_INPUT)
+                if isinstance(e, FileNotFoundError):  # raised with a message only, e.g. "PATH: no such file"
+                    return _report("error", e, BAD_INPUT)
+                raise  # not about a path the user named: a bug, keep its traceback
+            except KeyboardInterrupt:
+                status = _report("interrupted", "stopped by the user", INTERRUPTED)
+        # Out of the except block, the interrupted work (tf.data iterators, XLA executables) is garbage in
+        # reference cycles. Collected now, while the runtime is whole; left to interpreter exit, their
+        # destructors deadlocked (seen: a hang in the final collection, 130 never reached).
+        gc.collect()
+        return status
 
     return run
 
 
+def _show_warning(show_other):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, JaxlmWarning):
+            print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split("\n"))
+
+
 def _report(label: str, message, status: int) -> int:
-    text = " ".join(str(message).split("\n"))  # one line, whatever the message held
-    print(f"{label}: {text}", file=sys.stderr, flush=True)
+    print(f"{label}: {_one_line(message)}", file=sys.stderr, flush=True)
     return status
