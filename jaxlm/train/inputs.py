@@ -8,6 +8,7 @@ import os
 import jax.numpy as jnp
 
 from jaxlm.data import DataConfig
+from jaxlm.errors import ConfigError, UserError, warn
 from jaxlm.train.config import Config, resolve_path
 
 
@@ -26,8 +27,30 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
     if cfg.model.lora.rank > 0:
-        apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
+        try:
+            apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
+        except ValueError as e:  # targets that match no layer of this model
+            raise ConfigError(str(e)) from None
     return model, tokenizer
+
+
+def check_positions(cfg: Config) -> None:
+    """train.seq_len against the model's positions, from its config alone (before any weight is read).
+
+    A learned position table (GPT-2, BERT) has no rows past its size: refused. RoPE (Llama) runs
+    past max_position_embeddings but was not trained there: a warning."""
+    from jaxlm.hf.load import read_model_config
+    from jaxlm.models import position_limit
+
+    limit = position_limit(read_model_config(resolve_path(cfg.model.path)))
+    if cfg.train.seq_len <= limit.size:
+        return
+    if limit.learned:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is more than the {limit.size} positions of "
+                          f"{cfg.model.path} ({limit.key}={limit.size}, a learned table); "
+                          f"set train.seq_len<={limit.size}")
+    warn(f"train.seq_len={cfg.train.seq_len} is past {limit.key}={limit.size} of {cfg.model.path}: RoPE runs there, "
+         "but the model was not trained on such positions")
 
 
 def load_tokenizer(cfg: Config):
@@ -59,7 +82,11 @@ def first_batches(pipeline, count: int) -> list[dict]:
     """The first `count` batches (all of them for 0): evaluation always sees the same ones."""
     if pipeline is None:
         return []
-    return list(itertools.islice(iter(pipeline), count or None))
+    batches = list(itertools.islice(iter(pipeline), count or None))
+    if not batches:
+        raise UserError(f"the evaluation data ({', '.join(pipeline.source_names)}) gives no batch: each record needs "
+                        "2 or more tokens; are its records empty?")
+    return batches
 
 
 def held_out_prompts(data: DataConfig, count: int) -> list[dict]:

@@ -23,6 +23,7 @@ from jaxlm.train.config import Config, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine
 from jaxlm.train.inputs import (
     build_pipelines,
+    check_positions,
     first_batches,
     held_out_prompts,
     load_model,
@@ -77,6 +78,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     if taken:
         raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
     cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
+    check_positions(cfg)
     paths = output_paths(cfg.output_dir)
     write_config(cfg, paths)
     started = time.perf_counter()
