@@ -70,21 +70,12 @@ def exit_codes(main):
             warnings.showwarning = _show_warning(warnings.showwarning)
             try:
                 return main(*args, **kwargs) or DONE
-            except UserError as e:
-                return _report(e.label, e, BAD_INPUT)
-            except Stopped as e:
-                return _report(e.label, e, STOPPED)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    return _report("stopped", f"no space left on device writing {e.filename or 'a file'}", STOPPED)
-                if e.filename is not None:
-                    reason = "no such file or folder" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
-                    return _report("error", f"{e.filename}: {reason[:1].lower()}{reason[1:]}", BAD_INPUT)
-                if isinstance(e, FileNotFoundError):  # raised with a message only, e.g. "PATH: no such file"
-                    return _report("error", e, BAD_INPUT)
-                raise  # not about a path the user named: a bug, keep its traceback
-            except KeyboardInterrupt:
-                status = _report("interrupted", "stopped by the user", INTERRUPTED)
+            except (UserError, Stopped, OSError, KeyboardInterrupt) as e:
+                found = outcome(e)
+                if found is None:
+                    raise  # an OSError not about a path the user named: a bug, keep its traceback
+                line, status = found
+                print(line, file=sys.stderr, flush=True)
         # Out of the except block, the interrupted work (tf.data iterators, XLA executables) is garbage in
         # reference cycles. Collected now, while the runtime is whole; left to interpreter exit, their
         # destructors deadlocked (seen: a hang in the final collection, 130 never reached).
@@ -108,6 +99,22 @@ def _one_line(message) -> str:
     return " ".join(str(message).split("\n"))
 
 
-def _report(label: str, message, status: int) -> int:
-    print(f"{label}: {_one_line(message)}", file=sys.stderr, flush=True)
-    return status
+def outcome(error: BaseException) -> tuple[str, int] | None:
+    """(the one line on stderr, the exit status) for an error a user can act on; None for a bug."""
+    if isinstance(error, UserError):
+        label, message, status = error.label, error, BAD_INPUT
+    elif isinstance(error, Stopped):
+        label, message, status = error.label, error, STOPPED
+    elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        label, status = "stopped", STOPPED
+        message = f"no space left on device writing {error.filename or 'a file'}"
+    elif isinstance(error, OSError) and error.filename is not None:
+        reason = "no such file or folder" if isinstance(error, FileNotFoundError) else error.strerror or str(error)
+        label, message, status = "error", f"{error.filename}: {reason[:1].lower()}{reason[1:]}", BAD_INPUT
+    elif isinstance(error, FileNotFoundError):  # raised with a message only, e.g. "PATH: no such file"
+        label, message, status = "error", error, BAD_INPUT
+    elif isinstance(error, KeyboardInterrupt):
+        label, message, status = "interrupted", "stopped by the user", INTERRUPTED
+    else:
+        return None
+    return f"{label}: {_one_line(message)}", status

@@ -33,7 +33,7 @@ import tensorflow as tf
 from jaxlm.data import packing, stages
 from jaxlm.data.augment import Augmenter
 from jaxlm.data.config import MAX_RECORD_CHARS, AugmentConfig, DataConfig
-from jaxlm.data.encode import LMEncoder, NerEncoder, word_tags
+from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, label_of, sorted_labels, word_tags
 from jaxlm.data.mixing import mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
@@ -52,7 +52,8 @@ class _Survey:
     name: str
     records: list[str]  # JSON, see sources.record_to_json
     read_stats: ReadStats
-    tags: set
+    tags: set  # NER tags seen
+    labels: set  # classification labels seen (names)
     changed: dict  # "split" / "truncated" (records longer than max_record_chars), "iob2" (tags): [count, first line]
 
 
@@ -83,15 +84,20 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         shard_index, shard_count = jax.process_index(), jax.process_count()
     augment = augment or AugmentConfig()
     selection = Selection(shard_index, shard_count, eval_fraction, split)
-    allowed = set(label_names) if label_names is not None else None
+    allowed = set(label_names) if label_names is not None and task == "token_classification" else None
     read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
 
     mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
     cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm")
-    surveys = [_survey(c, selection, on_error, read_kwargs, mentions, cap) for c in configs]
+    known = label_names if task == "classification" else None
+    surveys = [_survey(c, selection, on_error, read_kwargs, mentions, cap, task, known) for c in configs]
     if task == "token_classification" and label_names is None:
         tags = set().union(*(s.tags for s in surveys)) - {"O"}
         label_names = ["O", *sorted(tags)]
+    if task == "classification" and label_names is None:
+        label_names = sorted_labels(set().union(*(s.labels for s in surveys)))
+        if len(label_names) < 2:
+            raise DataError(configs[0].path, 0, f"classification needs at least 2 labels, the data has {label_names}")
     weights = mixture_weights([c.weight for c in configs], [len(s.records) for s in surveys],
                               mode=mixing, temperature=temperature)
 
@@ -114,8 +120,9 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         augmenter = Augmenter(augment)
         dataset = stages.augment(dataset, augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
     faults = stages.Faults()
-    if task == "token_classification":
-        rows = stages.encode_rows(dataset, NerEncoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
+    if task in ("token_classification", "classification"):
+        encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
+        rows = stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
     else:
         watch = stages.ExampleWatch([s.name for s in surveys], sum(len(s.records) for s in surveys))
         documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len), faults, watch)
@@ -136,13 +143,21 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
 
 
 def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
-            mentions: MentionPool, cap: dict) -> _Survey:
-    read_stats, tags, records, changed = ReadStats(), set(), [], {}
+            mentions: MentionPool, cap: dict, task: str, known_labels: list[str] | None) -> _Survey:
+    read_stats, tags, labels, records, changed = ReadStats(), set(), set(), [], {}
 
     def note(change: str, line: int, count: int = 1):
         changed.setdefault(change, [0, line])[0] += count
 
     for record in selected_records(config, selection, on_error=on_error, stats=read_stats, **read_kwargs):
+        if task == "classification":
+            try:
+                labels.add(_class_label(record, known_labels))
+            except DataError as error:
+                if on_error == "raise":
+                    raise
+                read_stats.note_error(error)
+                continue
         pieces, change = cap_length(record, **cap)
         if change:
             note(change, record.line)
@@ -159,7 +174,7 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
         raise DataError(config.path, 0, "no usable records for this host/split "
                         f"({read_stats.skipped} skipped)")
     _warn_changes(config.path, changed, cap["max_chars"])
-    return _Survey(config.path, records, read_stats, tags, changed)
+    return _Survey(config.path, records, read_stats, tags, labels, changed)
 
 
 def _warn_changes(path: str, changed: dict, max_chars: int) -> None:
@@ -177,6 +192,19 @@ def _warn_changes(path: str, changed: dict, max_chars: int) -> None:
         count, line = changed["iob2"]
         warn(f"{path}: {count} 'I-' tag(s) that start an entity (after 'O' or another type; first at line {line}) "
              "were read as 'B-': NER data is taken as IOB2, which converts IOB1 exactly")
+
+
+def _class_label(record, known_labels: list[str] | None) -> str:
+    """The record's label name; DataError (path:line) if it has none or one the model does not know."""
+    try:
+        label = label_of(record.data) if record.kind == "text" else None
+    except ValueError as e:
+        raise DataError(record.path, record.line, str(e)) from None
+    if label is None:
+        raise DataError(record.path, record.line, f"classification needs 'text' + 'label' records, got {record.kind}")
+    if known_labels is not None and label not in known_labels:
+        raise DataError(record.path, record.line, f"label {label!r} is not one of the labels {known_labels}")
+    return label
 
 
 class Pipeline:
@@ -221,7 +249,7 @@ class Pipeline:
         sources = batch["source_id"]
         if "positions" in batch:  # an example is a packed document (or chunk)
             starts = sources[(batch["positions"] == 0) & (sources >= 0)]
-        else:  # token classification: one sentence per row
+        else:  # token or text classification: one sentence per row
             starts = sources[:, 0][sources[:, 0] >= 0]
         self._examples += np.bincount(starts, minlength=len(self._examples))
         self._tokens += np.bincount(sources[sources >= 0], minlength=len(self._tokens))

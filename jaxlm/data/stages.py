@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxlm.data.augment import Augmenter
-from jaxlm.data.encode import LMEncoder, NerEncoder
+from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder
 from jaxlm.data.ner_augment import NerAugmenter
 from jaxlm.errors import UserError
 
@@ -155,23 +155,23 @@ def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder, faults: Fault
             .unbatch())
 
 
-def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder, faults: Faults) -> tf.data.Dataset:
-    """Batched NER records -> one fixed-length row per sentence."""
-    keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
+def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder | ClassificationEncoder,
+                faults: Faults) -> tf.data.Dataset:
+    """Batched records -> one fixed-length row per record (token or text classification)."""
+    keys = tuple(encoder.ROW_SHAPES)
 
     def encode_batch(records):
-        sentences = [(data["tokens"], data["tags"]) for _, data in _records(records)]
-        encoded = encoder.encode(sentences)
+        encoded = encoder.encode(_records(records))
         return tuple(encoded[k] for k in keys)
 
-    empty = tuple(np.zeros([0, encoder.seq_len], np.int32) for _ in keys)
+    empty = tuple(np.zeros([0, encoder.seq_len] if encoder.ROW_SHAPES[k] == "seq" else [0], np.int32) for k in keys)
 
     def stage(batch):
         *arrays, failed = tf.numpy_function(_guarded(encode_batch, faults, empty), [batch["record"]],
                                             [tf.int32] * len(keys) + [tf.bool], stateful=False)
         row = dict(zip(keys, arrays))
-        for value in row.values():
-            value.set_shape([None, encoder.seq_len])
+        for key, value in row.items():
+            value.set_shape([None, encoder.seq_len] if encoder.ROW_SHAPES[key] == "seq" else [None])
         failed.set_shape([])
         rows = tf.shape(row["input_ids"])[0]  # 0 once failed
         row["source_id"] = tf.where(row["attention_mask"] > 0, batch["source_id"][:rows, None], -1)

@@ -45,7 +45,7 @@ class Checkpointer:
             preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
             enable_async_checkpointing=async_save, create=True,
         )
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         _quiet_disk_full_in_writer_threads()
         self._saving: int | None = None  # the step of the save last started
         self._failed = False
