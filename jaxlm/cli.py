@@ -30,6 +30,7 @@ COMMANDS = {
     "generate": Command("jaxlm.sampling.cli:main", "generate text from prompts with an HF folder or .gguf file"),
     "convert": Command("jaxlm.convert:main", "convert a .gguf file or HF folder to a Hugging Face folder"),
     "audit": Command("jaxlm.audit.cli:main", "audit a training data file: duplicates, contamination, bias, ..."),
+    "synth": Command("jaxlm.synth.cli:main", "make SFT data with a model: self-instruct, grounded, back-translate"),
 }
 
 EPILOG = """Run `jaxlm COMMAND --help` for a command's options.

@@ -87,7 +87,27 @@ def files(tmp_path_factory):
     shutil.copytree(f["gpt2"], f["occupied"])
     f["a_file"] = _write(root / "a_file", "not a folder")
     f["prompts"] = _write(root / "prompts.jsonl", '{"prompt": "hi"}\n{"prompt": \n')
+    f["labelled"] = _write(root / "labelled.jsonl", '{"text": "the cat sat", "label": "pos"}\n'
+                           '{"text": "a mat", "label": "neg"}\n' * 4)
+    f["no_label"] = _write(root / "no_label.jsonl", '{"text": "the cat sat", "label": "pos"}\n{"text": "a mat"}\n')
+    f["one_label"] = _write(root / "one_label.jsonl", '{"text": "the cat sat", "label": "pos"}\n' * 4)
+    f["bad_seeds"] = _write(root / "seeds.jsonl", '{"prompt": "name a colour", "completion": "red"}\n{"prompt": \n')
+    f["synth_run"] = str(root / "synth_run")  # a folder with data but no run state: not a run to resume
+    os.makedirs(f["synth_run"])
+    _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
+    f["lora_adapter"] = str(root / "lora_adapter")
+    _lora_adapter(f["lora_adapter"])
     return f
+
+
+def _lora_adapter(folder):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder)
+    _write(os.path.join(folder, "adapter_config.json"), json.dumps({"peft_type": "LORA", "r": 4}))
+    save_file({"base_model.model.lm_head.lora_A.weight": np.zeros((4, 8), np.float32)},
+              os.path.join(folder, "adapter_model.safetensors"))
 
 
 def _edit_json(path, **changes):
@@ -135,7 +155,13 @@ def train(*overrides, model="llama", data="sft", task="sft"):
 
 def generate(model, *extra):
     return lambda f, out: ["generate", "--model", f[model], "--prompt", "hi", "--max-new-tokens", "2",
-                           "--compile-cache", "none", *extra]
+                           "--compile-cache", "none", *(e.format(**f) for e in extra)]
+
+
+def synth(mode, *extra):
+    """`jaxlm synth MODE` on the tiny model; every row here fails before the model loads."""
+    return lambda f, out: ["synth", mode, "--model", f["llama"], "--quiet", "--num", "2",
+                           *(e.format(out=out, **f) for e in extra)]
 
 
 def convert(src, dst):
@@ -164,6 +190,12 @@ CASES = [
     Case("seq_len past GPT-2's learned positions", train("train.seq_len=200", model="gpt2", data="text",
                                                          task="causal_lm"),
          BAD_INPUT, "train.seq_len=200 is more than the 128 positions"),
+    Case("planned mixing mode", train("data.mixing=bandit"), BAD_INPUT, "data.mixing='bandit' is not available yet"),
+    Case("prompt tuning with packed rows", train("model.prompt_tuning.num_virtual_tokens=4", "data.pack=true"),
+         BAD_INPUT, "needs data.pack=false", "config error"),
+    Case("prompt tuning on a labelled task", train("model.prompt_tuning.num_virtual_tokens=4", data="labelled",
+                                                   task="classification"),
+         BAD_INPUT, "needs task sft or causal_lm", "config error"),
     Case("a warning, then an error: each one line", train("train.learning_rate=0", data="nowhere.jsonl"),
          BAD_INPUT, "data.train[0].path"),
     # data: found where the records are read
@@ -175,7 +207,13 @@ CASES = [
          "are the records empty?"),
     Case("evaluation data that gives no batch", train("data.eval=[{all_empty}]", data="text", task="causal_lm"),
          BAD_INPUT, "gives no batch"),
+    Case("classification record without a label", train(data="no_label", task="classification"), BAD_INPUT,
+         "no_label.jsonl:2: classification records need a 'label'", "data error"),
+    Case("classification data with one label", train(data="one_label", task="classification"), BAD_INPUT,
+         "classification needs at least 2 labels", "data error"),
     # model files
+    Case("classification on a causal LM", train(data="labelled", task="classification"), BAD_INPUT,
+         "task=classification needs an encoder for BertForSequenceClassification", "config error"),
     Case("unknown model_type", train(model="unknown_type"), BAD_INPUT, "unknown model_type 'mamba'"),
     Case("truncated safetensors", train(model="truncated"), BAD_INPUT, "corrupt or truncated safetensors"),
     Case("malicious pickle", train(model="pickle"), BAD_INPUT, "cannot read as a torch state dict"),
@@ -189,6 +227,19 @@ CASES = [
          "chat template error"),
     Case("prompt past GPT-2's positions", generate("gpt2", "--max-new-tokens", "200"), BAD_INPUT,
          "exceeds the model's 128 positions"),
+    Case("generate --adapter: not an adapter folder", generate("llama", "--adapter", "{text}"), BAD_INPUT,
+         "not a PEFT adapter folder"),
+    Case("generate --adapter: a LoRA adapter", generate("llama", "--adapter", "{lora_adapter}"), BAD_INPUT,
+         "only PROMPT_TUNING adapters load here"),
+    # synth: its inputs are read before the model loads
+    Case("synth: bad seed file line", synth("self-instruct", "--seeds", "{bad_seeds}", "--out", "{out}/s"),
+         BAD_INPUT, "seeds.jsonl:2: malformed JSON", "data error"),
+    Case("synth: missing data file", synth("back-translate", "--data", "{out}/nowhere.jsonl", "--out", "{out}/s"),
+         BAD_INPUT, "nowhere.jsonl: no such file or folder", "synth error"),
+    Case("synth: unknown filter", synth("self-instruct", "--no-filter", "bogus", "--out", "{out}/s"), BAD_INPUT,
+         "--no-filter: unknown filter(s) ['bogus']", "synth error"),
+    Case("synth: --out holds data that is not a run", synth("self-instruct", "--out", "{synth_run}"), BAD_INPUT,
+         "not a run that can resume (use an empty --out)", "synth error"),
     # outputs that would be overwritten or cannot be written
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),
