@@ -155,18 +155,33 @@ def _quiet_disk_full_in_writer_threads() -> None:
         logger.addFilter(_FILTER)
     if not getattr(sys.excepthook, "drops_closed_loop_callbacks", False):
         sys.excepthook = _dropping_closed_loop_callbacks(sys.excepthook)
+    if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):  # the other way C++ reports them
+        sys.unraisablehook = _dropping_closed_loop_unraisable(sys.unraisablehook)
+
+
+def _late_callback(kind, value, tb) -> bool:
+    """A result handed to the closed event loop of a failed write, called straight from C++, nothing else."""
+    frames = traceback.extract_tb(tb)
+    return (kind is RuntimeError and str(value) == "Event loop is closed" and len(frames) == 2
+            and frames[0].name == "call_soon_threadsafe")
 
 
 def _dropping_closed_loop_callbacks(hook):
     def excepthook(kind, value, tb):
-        frames = traceback.extract_tb(tb)
-        late_callback = (kind is RuntimeError and str(value) == "Event loop is closed" and len(frames) == 2
-                         and frames[0].name == "call_soon_threadsafe")  # called straight from C++, nothing else
-        if not late_callback:
+        if not _late_callback(kind, value, tb):
             hook(kind, value, tb)
 
     excepthook.drops_closed_loop_callbacks = True
     return excepthook
+
+
+def _dropping_closed_loop_unraisable(hook):
+    def unraisablehook(unraisable):
+        if not _late_callback(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback):
+            hook(unraisable)
+
+    unraisablehook.drops_closed_loop_callbacks = True
+    return unraisablehook
 
 
 def _eval_loss(metrics: dict) -> float:
