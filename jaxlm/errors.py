@@ -2,18 +2,25 @@
 
     0    done
     2    bad input or config: one line on stderr naming the file:line or the key, no traceback
-    3    stopped: a --fail-on gate failed, or the loss went non-finite
+    3    stopped part-way, keeping what was saved: a --fail-on gate failed, the loss went
+         non-finite, or the disk filled up (the last good checkpoint is kept; re-run to resume)
     130  interrupted (Ctrl-C)
 
 Library code raises a subclass of `UserError` (exit 2) or `Stopped` (exit 3) where it finds
 the problem; each command's `main` is wrapped in `exit_codes`, the one place that turns them
-into a line on stderr and a status. Anything else is a bug and keeps its traceback.
+into a line on stderr and a status. An `OSError` that names a path the user gave (missing,
+not permitted, read-only) is bad input too; a full disk stops the work. Anything else is a
+bug and keeps its traceback. `warn` says something the user should know without stopping
+the work: one `warning: ...` line on stderr under `exit_codes`.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
+import gc
 import sys
+import warnings
 
 DONE, BAD_INPUT, STOPPED, INTERRUPTED = 0, 2, 3, 130
 
@@ -31,43 +38,83 @@ class ConfigError(UserError):
 
 
 class Stopped(RuntimeError):
-    """The work started but was stopped on purpose: a quality gate failed or the loss went non-finite."""
+    """The work started but was stopped: a quality gate failed, the loss went non-finite, the disk filled up."""
 
     label = "stopped"
+
+
+class DiskFull(Stopped):
+    """No space left on the device while writing; what was written before is kept."""
+
+
+class JaxlmWarning(UserWarning):
+    """Something the user should know that does not stop the work (a truncated record, an odd setting)."""
+
+
+def warn(message: str) -> None:
+    """One `warning: message` line on stderr (under `exit_codes`); shown once per call site and message."""
+    warnings.warn(message, JaxlmWarning, stacklevel=2)
 
 
 def exit_codes(main):
     """Wraps a command's `main(argv, ...) -> int | None` so it returns the status above.
 
-    `UserError` (and `FileNotFoundError`, a path the user gave) -> 2, `Stopped` -> 3,
-    KeyboardInterrupt -> 130, each as one line on stderr. argparse already exits with 2
-    on a bad option.
+    `UserError` (and an `OSError` naming a path the user gave) -> 2, `Stopped` (and no space
+    left on the device) -> 3, KeyboardInterrupt -> 130, each as one line on stderr. argparse
+    already exits with 2 on a bad option.
     """
 
     @functools.wraps(main)
     def run(*args, **kwargs) -> int:
-        try:
-            return main(*args, **kwargs) or DONE
-        except (UserError, FileNotFoundError, Stopped, KeyboardInterrupt) as e:
-            line, status = outcome(e)
-            print(line, file=sys.stderr, flush=True)
-            return status
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            try:
+                return main(*args, **kwargs) or DONE
+            except (UserError, Stopped, OSError, KeyboardInterrupt) as e:
+                found = outcome(e)
+                if found is None:
+                    raise  # an OSError not about a path the user named: a bug, keep its traceback
+                line, status = found
+                print(line, file=sys.stderr, flush=True)
+        # Out of the except block, the interrupted work (tf.data iterators, XLA executables) is garbage in
+        # reference cycles. Collected now, while the runtime is whole; left to interpreter exit, their
+        # destructors deadlocked (seen: a hang in the final collection, 130 never reached).
+        gc.collect()
+        return status
 
     return run
+
+
+def _show_warning(show_other):
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, JaxlmWarning):
+            print(f"warning: {_one_line(message)}", file=sys.stderr, flush=True)
+        else:
+            show_other(message, category, filename, lineno, file, line)
+
+    return show
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split("\n"))
 
 
 def outcome(error: BaseException) -> tuple[str, int] | None:
     """(the one line on stderr, the exit status) for an error a user can act on; None for a bug."""
     if isinstance(error, UserError):
         label, message, status = error.label, error, BAD_INPUT
-    elif isinstance(error, FileNotFoundError):
-        label, status = "error", BAD_INPUT
-        message = f"{error.filename}: no such file or folder" if error.filename else error
     elif isinstance(error, Stopped):
         label, message, status = error.label, error, STOPPED
+    elif isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        label, status = "stopped", STOPPED
+        message = f"no space left on device writing {error.filename or 'a file'}"
+    elif isinstance(error, OSError) and error.filename is not None:
+        reason = "no such file or folder" if isinstance(error, FileNotFoundError) else error.strerror or str(error)
+        label, message, status = "error", f"{error.filename}: {reason[:1].lower()}{reason[1:]}", BAD_INPUT
+    elif isinstance(error, FileNotFoundError):  # raised with a message only, e.g. "PATH: no such file"
+        label, message, status = "error", error, BAD_INPUT
     elif isinstance(error, KeyboardInterrupt):
         label, message, status = "interrupted", "stopped by the user", INTERRUPTED
     else:
         return None
-    text = " ".join(str(message).split("\n"))  # one line, whatever the message held
-    return f"{label}: {text}", status
+    return f"{label}: {_one_line(message)}", status

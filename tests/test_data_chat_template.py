@@ -2,12 +2,12 @@
 
 import copy
 import importlib.util
+import re
 
-import jinja2
 import numpy as np
 import pytest
 
-from jaxlm.data.chat_template import ChatTemplate, prefix_spans
+from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError, TemplateRefused, prefix_spans
 from jaxlm.data.encode import LMEncoder
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
@@ -102,10 +102,10 @@ def test_generation_blocks_render_their_body_like_transformers(smollm):
         messages, tokenize=False, chat_template=source)
 
 
-def test_template_errors_reach_the_caller(smollm):
-    template = ChatTemplate("{{ raise_exception('roles must alternate') }}", {})
+def test_template_errors_reach_the_caller_naming_the_template(smollm):
+    template = ChatTemplate("{{ raise_exception('roles must alternate') }}", {}, origin="model.gguf")
     assert template.turn_suffix is None
-    with pytest.raises(jinja2.exceptions.TemplateError, match="roles must alternate"):
+    with pytest.raises(TemplateRefused, match="model.gguf: .*roles must alternate"):
         template.assistant_spans([{"role": "user", "content": "hi"}])
 
 
@@ -120,3 +120,33 @@ def test_templates_that_rewrite_earlier_turns_are_refused_for_sft(smollm):
                          {"role": "user", "content": "bye"}]}
     with pytest.raises(ValueError, match="prefix by prefix"):
         encoder.encode([("messages", chat)])
+
+
+HOSTILE = {  # a chat template comes with a model file: each of these must stop, at once, naming the file
+    "nested loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                     "more than 1,000,000 loop iterations and calls"),
+    "doubling a string": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+                          "{% endfor %}{{ ns.s }}", "at most 67,108,864 allowed"),
+    "string times a huge number": ("{{ 'x' * 10 ** 10 }}", "a value of size 10,000,000,000"),
+    "a huge power": ("{{ 10 ** (10 ** 10) }}", "render budget"),
+    "endless recursion": ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recurses too deeply"),
+    "sandbox escape": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "sandbox forbids"),
+    "syntax error": ("{% for %}", "chat template line 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_templates_are_stopped(name):
+    source, message = HOSTILE[name]
+    with pytest.raises(ChatTemplateError, match=r"^evil\.gguf: .*" + re.escape(message)):
+        ChatTemplate(source + "{{ messages[0]['content'] }}", {}, origin="evil.gguf").render(
+            [{"role": "user", "content": "hi"}])
+
+
+def test_a_render_has_a_time_budget_too():
+    from jaxlm.data import template_sandbox
+
+    slow = template_sandbox.compile_template("{% for i in range(100000) %}{{ i }}{% endfor %}")
+    with pytest.raises(template_sandbox.OverBudget, match="more than 0.001 s"):
+        template_sandbox.render_bounded(slow, template_sandbox.Budget(seconds=0.001))
+    assert len(template_sandbox.render_bounded(slow)) == 488890  # within the default budget

@@ -133,6 +133,16 @@ def test_shape_mismatch_names_tensor_expected_and_got(tmp_path):
         jaxlm.load_pretrained(tmp_path)
 
 
+def test_shape_mismatch_speaks_the_files_layout(tmp_path):
+    # HF stores Linear weights as [out, in]; ours are [in, out]: the message must not show ours.
+    tiny_llama(tmp_path)
+    wrong = {"model.layers.0.mlp.up_proj.weight": np.ones((111, 64), np.float32)}
+    _rewrite_tensors(tmp_path, lambda t: t.update(wrong))
+    with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.up_proj.weight' has shape \(111, 64\), "
+                                              r"expected \(112, 64\)"):
+        jaxlm.load_pretrained(tmp_path)
+
+
 def test_truncated_safetensors_names_the_file(tmp_path):
     tiny_llama(tmp_path)
     path = tmp_path / "model.safetensors"

@@ -122,6 +122,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(files, tmp_
     first_bad = int(str(error.value).split(":")[0].removeprefix("step "))
     rows = {r["step"]: r for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))}
     assert not np.isfinite(float(rows[first_bad]["loss"])) or not np.isfinite(float(rows[first_bad]["grad_norm"]))
+    assert max(rows) == first_bad  # the steps dispatched after it are not logged: they did not count
     ckpt = Checkpointer(os.path.join(cfg.output_dir, "checkpoints"), keep=2)
     assert ckpt.all_steps() and max(ckpt.all_steps()) < first_bad
     ckpt.close()

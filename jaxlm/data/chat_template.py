@@ -29,14 +29,10 @@ definition, rendered with the compiled template.
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
-
 import jinja2
-import jinja2.ext
-import jinja2.nodes
-import jinja2.utils
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from jaxlm.data.template_sandbox import OverBudget, compile_template, render_bounded
+from jaxlm.errors import UserError
 
 Spans = list[tuple[int, int]]
 
@@ -52,69 +48,15 @@ _PROBES = (  # conversations the turn-local shortcut must reproduce exactly, see
 )
 
 
-class _Generation(jinja2.ext.Extension):
-    """``{% generation %}...{% endgeneration %}`` renders its body unchanged, as in transformers."""
+class ChatTemplateError(UserError):
+    """A chat template that cannot be used: a syntax error, something the sandbox forbids, a render
+    past its budget (see :mod:`jaxlm.data.template_sandbox`). The message names the template's file."""
 
-    tags = {"generation"}
-
-    def parse(self, parser):
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-    def _body(self, caller):
-        return caller()
+    label = "chat template error"
 
 
-def _raise_exception(message):
-    raise jinja2.exceptions.TemplateError(message)
-
-
-def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    # transformers' filter: no HTML escaping, json.dumps options exposed
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
-
-
-class _TemplateDict:
-    """``dict(...)`` without attribute access to the type (as transformers restricts it)."""
-
-    def __call__(self, *args, **kwargs):
-        return dict(*args, **kwargs)
-
-    def fromkeys(self, *args, **kwargs):
-        return dict.fromkeys(*args, **kwargs)
-
-
-class _Namespace(jinja2.utils.Namespace):
-    """``namespace(...)`` refusing underscore attributes (as transformers restricts it)."""
-
-    def __init__(*args, **kwargs):
-        self, args = args[0], args[1:]
-        attrs = dict(*args, **kwargs)
-        for name in attrs:
-            _Namespace._check_name(name)
-        jinja2.utils.Namespace.__init__(self, attrs)
-
-    def __setitem__(self, name, value):
-        _Namespace._check_name(name)
-        jinja2.utils.Namespace.__setitem__(self, name, value)
-
-    @staticmethod
-    def _check_name(name):
-        if isinstance(name, str) and name.startswith("_"):
-            raise jinja2.exceptions.SecurityError(
-                f"chat templates cannot store underscore-prefixed attributes on a namespace: {name!r}")
-
-
-def compile_template(source: str) -> jinja2.Template:
-    """``source`` in the environment transformers renders chat templates in."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[_Generation, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals.update(raise_exception=_raise_exception, dict=_TemplateDict(), namespace=_Namespace,
-                       strftime_now=lambda format: datetime.now().strftime(format))
-    return env.from_string(source)
+class TemplateRefused(ChatTemplateError):
+    """The template refused a conversation (``raise_exception``, a field it needs is missing)."""
 
 
 def _normalise(messages: list[dict]) -> list[dict]:
@@ -129,7 +71,11 @@ def _normalise(messages: list[dict]) -> list[dict]:
     return out
 
 
-def prefix_spans(render, messages: list[dict]) -> tuple[str, Spans]:
+class NotPrefixStable(ChatTemplateError):
+    """Earlier turns render differently once later ones exist: the SFT loss mask cannot be found."""
+
+
+def prefix_spans(render, messages: list[dict], where: str = "") -> tuple[str, Spans]:
     """(full text, assistant spans) by the prefix definition, with any ``render(messages, gen)``."""
     full = render(messages, False)
     spans = []
@@ -139,8 +85,8 @@ def prefix_spans(render, messages: list[dict]) -> tuple[str, Spans]:
         before = render(messages[:i], True) if i else ""
         through = render(messages[: i + 1], False).rstrip()
         if not (full.startswith(before) and full.startswith(through)):
-            raise ValueError("the chat template does not render conversations prefix by "
-                             "prefix; cannot locate the assistant turns for the loss mask")
+            raise NotPrefixStable(f"{where}the chat template does not render conversations prefix by "
+                                  "prefix; cannot locate the assistant turns for the loss mask")
         spans.append((len(before), len(through)))
     return full, spans
 
@@ -151,34 +97,50 @@ class ChatTemplate:
     Thread-safe (a compiled jinja2 template is). ``turn_suffix`` is the
     end-of-turn text after an assistant content when the template is
     turn-local, else None (every conversation then takes the prefix path).
+    Every render is bounded (:mod:`jaxlm.data.template_sandbox`); what goes
+    wrong is a :class:`ChatTemplateError` naming ``origin`` (the model file).
+    A template that spins or is forbidden usually fails here, on the probes.
     """
 
-    def __init__(self, source: str, variables: dict[str, str]):
+    def __init__(self, source: str, variables: dict[str, str], origin: str = ""):
         self.source, self._variables = source, dict(variables)
-        self._template = compile_template(source)
+        self.origin = origin
+        self._where = f"{origin}: " if origin else ""
+        try:
+            self._template = compile_template(source)
+        except jinja2.exceptions.TemplateSyntaxError as e:
+            raise ChatTemplateError(f"{self._where}chat template line {e.lineno}: {e.message}") from None
         self.turn_suffix = self._turn_local_suffix()
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "ChatTemplate | None":
-        """The tokenizer's default chat template, or None when it has none or jinja2 rejects it."""
+        """The tokenizer's default chat template (None when it has none); ChatTemplateError if unusable."""
         try:
             source = tokenizer.get_chat_template()
         except (AttributeError, ValueError):
             source = getattr(tokenizer, "chat_template", None)
         if not isinstance(source, str) or not source:
             return None
-        try:
-            return cls(source, tokenizer.special_tokens_map)
-        except jinja2.exceptions.TemplateSyntaxError:
-            return None  # e.g. a jinja extension transformers has and we do not
+        return cls(source, tokenizer.special_tokens_map, getattr(tokenizer, "name_or_path", "") or "")
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """``apply_chat_template(messages, tokenize=False, add_generation_prompt=...)``."""
         return self._render(_normalise(messages), add_generation_prompt)
 
     def _render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return self._template.render(messages=messages, tools=None, documents=None,
-                                     add_generation_prompt=add_generation_prompt, **self._variables)
+        try:
+            return render_bounded(self._template, messages=messages, tools=None, documents=None,
+                                  add_generation_prompt=add_generation_prompt, **self._variables)
+        except OverBudget as e:
+            raise ChatTemplateError(f"{self._where}the chat template went past its render budget ({e}); "
+                                    "it is refused") from None
+        except jinja2.exceptions.SecurityError as e:
+            raise ChatTemplateError(f"{self._where}the chat template does what the sandbox forbids ({e})") from None
+        except RecursionError:
+            raise ChatTemplateError(f"{self._where}the chat template recurses too deeply") from None
+        except (jinja2.exceptions.TemplateError, TypeError, ValueError, LookupError, ArithmeticError) as e:
+            raise TemplateRefused(f"{self._where}the chat template refused the conversation "
+                                  f"({type(e).__name__}: {e})") from None
 
     def assistant_spans(self, messages: list[dict]) -> tuple[str, Spans]:
         """(rendered conversation, character spans of its assistant turns), see the module doc."""
@@ -186,7 +148,7 @@ class ChatTemplate:
             found = self._one_render_spans(messages, self.turn_suffix)
             if found is not None:
                 return found
-        return prefix_spans(self.render, messages)
+        return prefix_spans(self.render, messages, self._where)
 
     def _one_render_spans(self, messages: list[dict], suffix: str) -> tuple[str, Spans] | None:
         """The spans from one sentinel render, or None where the shortcut's checks fail."""
@@ -198,7 +160,7 @@ class ChatTemplate:
             marked.append({**message, "content": _OPEN + content + _CLOSE})
         try:
             text = self._render(marked)
-        except jinja2.exceptions.TemplateError:
+        except TemplateRefused:
             return None  # let the prefix path raise (or not) on the real contents
         pieces = text.split(_OPEN)  # [head, content + CLOSE + tail, ...], one per rendered content
         if len(pieces) != len(messages) + 1:
@@ -238,16 +200,19 @@ class ChatTemplate:
             messages = [{"role": role, "content": content} for role, content in probe]
             try:
                 self.render(messages)
-            except jinja2.exceptions.TemplateError:
+            except TemplateRefused:
                 continue
             try:
                 expected = prefix_spans(self.render, messages)
-            except (ValueError, jinja2.exceptions.TemplateError):
+            except (TemplateRefused, NotPrefixStable):
                 return None  # not prefix-stable: only the prefix path gives the documented error
             if suffix is None:  # learn it from the first assistant turn rendered
                 first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
                 content, turn = messages[first]["content"], expected[1][0]
-                end_of_content = expected[0].rindex(content, 0, turn[1]) + len(content)
+                found = expected[0].rfind(content, 0, turn[1])
+                if found < 0:
+                    return None  # the template does not render the content as it is
+                end_of_content = found + len(content)
                 suffix = expected[0][end_of_content:turn[1]]
                 if not suffix or suffix != suffix.rstrip():
                     return None  # the end would depend on rstrip() of the content

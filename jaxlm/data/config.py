@@ -14,6 +14,7 @@ from jaxlm.data.records import FORMATS
 from jaxlm.errors import ConfigError
 
 MIXING_MODES = ("static", "temperature")
+MAX_RECORD_CHARS = 1_000_000  # longer records are split (causal-LM text) or truncated, with a warning
 PLANNED_MIXING = {"bandit": "adaptive mixing (weights learned from the training loss)"}
 ON_ERROR = ("raise", "skip")
 
@@ -101,6 +102,8 @@ class DataConfig:
     ``bandit`` is reserved (a config error until it is built).
     ``eval_fraction``: when ``eval`` is empty, hold out this fraction of the
     training records (chosen by a hash of their content) for evaluation.
+    ``max_record_chars``: a longer record is split (causal-LM text) or truncated, counted and
+    warned; tokenizing multi-megabyte records every epoch costs seconds and gigabytes each time.
     """
 
     train: list[SourceConfig] = dataclasses.field(default_factory=list)
@@ -113,6 +116,7 @@ class DataConfig:
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     eval_fraction: float = 0.0
     tfds_data_dir: str = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
+    max_record_chars: int = MAX_RECORD_CHARS  # 0 = no limit
 
     def validate(self, key: str = "data") -> "DataConfig":
         """Raises ConfigError naming ``{key}.field`` for any value that is wrong without reading a file."""
@@ -131,6 +135,8 @@ class DataConfig:
                 if source.format not in FORMATS:
                     raise ConfigError(f"{key}.{split}[{i}].format={source.format!r} is not one of "
                                       f"{', '.join(FORMATS)}")
+        if self.max_record_chars < 0:
+            raise ConfigError(f"{key}.max_record_chars must be >= 0 (0 = no limit), got {self.max_record_chars}")
         if not 0 <= self.eval_fraction < 1:
             raise ConfigError(f"{key}.eval_fraction must be in [0, 1), got {self.eval_fraction}")
         for name, value in dataclasses.asdict(self.augment).items():

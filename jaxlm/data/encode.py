@@ -13,8 +13,8 @@ per token saying whether the model is trained to predict it.
   ``render(messages[:i+1])`` (its end-of-turn token included, so the model
   learns to stop). :class:`~jaxlm.data.chat_template.ChatTemplate` finds them
   in one render of the compiled template where it can (the template is
-  compiled once, not per call); templates jinja2 cannot compile here take
-  ``apply_chat_template`` per prefix. Character spans become token flags
+  compiled once, not per call, and every render is bounded: a template from
+  a hostile model file cannot spin). Character spans become token flags
   through the fast tokenizer's offset mapping.
 * ``prompt_completion``: as a user/assistant chat when the tokenizer has a chat
   template, else prompt + completion as plain text; SFT trains the completion.
@@ -39,7 +39,8 @@ import queue
 
 import numpy as np
 
-from jaxlm.data.chat_template import ChatTemplate, prefix_spans
+from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError
+from jaxlm.errors import UserError
 from jaxlm.tasks import IGNORE_LABEL
 
 
@@ -110,10 +111,15 @@ class LMEncoder:
         self.task, self.seq_len = task, seq_len
         self.eos_id = tokenizer.eos_token_id
         self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-        self.chat_template = ChatTemplate.from_tokenizer(tokenizer) if self.has_chat_template else None
+        self.chat_template, self._template_error = None, None
+        if self.has_chat_template:
+            try:
+                self.chat_template = ChatTemplate.from_tokenizer(tokenizer)
+            except ChatTemplateError as e:  # raised when a record needs it: text-only data trains anyway
+                self._template_error = e
         self._tokenizers = _TokenizerPool(tokenizer)
 
-    def render(self, kind: str, data: dict, tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
+    def render(self, kind: str, data: dict) -> tuple[str, list[tuple[int, int]], bool]:
         """(text, trained character spans, is_plain_text) for one record."""
         if kind == "prompt_completion" and self.has_chat_template:
             kind, data = "messages", {"messages": [
@@ -126,24 +132,18 @@ class LMEncoder:
             start = len(data["prompt"]) if self.task == "sft" else 0
             return text, [(start, len(text))], True
         if kind == "messages":
-            return self._render_chat(data["messages"], tokenizer)
-        raise ValueError(f"{kind!r} records cannot be used for the {self.task} task")
+            return self._render_chat(data["messages"])
+        raise UserError(f"{kind!r} records cannot be used for the {self.task} task")
 
-    def _render_chat(self, messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]], bool]:
-        if not self.has_chat_template:
-            raise ValueError("'messages' records need a tokenizer with a chat_template")
-        if self.chat_template is not None and self.task == "sft":
+    def _render_chat(self, messages: list[dict]) -> tuple[str, list[tuple[int, int]], bool]:
+        if self._template_error is not None:
+            raise self._template_error
+        if self.chat_template is None:
+            raise UserError("'messages' records need a tokenizer with a chat_template")
+        if self.task == "sft":
             return (*self.chat_template.assistant_spans(messages), False)
-        if self.chat_template is not None:
-            render = self.chat_template.render
-        else:
-            def render(prefix, add_generation_prompt=False):
-                return tokenizer.apply_chat_template(prefix, tokenize=False,
-                                                     add_generation_prompt=add_generation_prompt)
-        if self.task == "causal_lm":
-            full = render(messages)
-            return full, [(0, len(full))], False
-        return (*prefix_spans(render, messages), False)
+        full = self.chat_template.render(messages)
+        return full, [(0, len(full))], False
 
     def encode(self, records: list[tuple[str, dict]]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """Per record, its documents as (ids int32, trained int32) pairs.
@@ -152,7 +152,7 @@ class LMEncoder:
         a record with fewer than two tokens gives none (nothing to predict).
         """
         with self._tokenizers.borrow() as tokenizer:
-            rendered = [self.render(kind, data, tokenizer) for kind, data in records]
+            rendered = [self.render(kind, data) for kind, data in records]
             encoded: list = [None] * len(rendered)
             for plain in (True, False):  # plain text gets the tokenizer's special tokens
                 batch = [i for i, r in enumerate(rendered) if r[2] == plain]

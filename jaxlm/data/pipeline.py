@@ -32,12 +32,14 @@ import tensorflow as tf
 
 from jaxlm.data import packing, stages
 from jaxlm.data.augment import Augmenter
-from jaxlm.data.config import AugmentConfig, DataConfig
+from jaxlm.data.config import MAX_RECORD_CHARS, AugmentConfig, DataConfig
 from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, label_of, sorted_labels, word_tags
 from jaxlm.data.mixing import mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
+from jaxlm.data.repairs import cap_length, to_iob2
 from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
+from jaxlm.errors import warn
 from jaxlm.tasks import IGNORE_LABEL, TASKS
 
 STATE_VERSION = 1
@@ -52,6 +54,7 @@ class _Survey:
     read_stats: ReadStats
     tags: set  # NER tags seen
     labels: set  # classification labels seen (names)
+    changed: dict  # "split" / "truncated" (records longer than max_record_chars), "iob2" (tags): [count, first line]
 
 
 def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: int, seed: int,
@@ -60,13 +63,16 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
                    shard_index: int | None = None, shard_count: int | None = None,
                    label_names: list[str] | None = None, shuffle_buffer: int = 10_000,
                    eval_fraction: float = 0.0, split: str = "all",
-                   tfds_data_dir: str | None = None) -> "Pipeline":
+                   tfds_data_dir: str | None = None, max_record_chars: int = MAX_RECORD_CHARS) -> "Pipeline":
     """A :class:`Pipeline` over ``sources`` (SourceConfigs, paths or dicts).
 
     ``repeat=False`` gives a finite pass (for evaluation): every record once,
     no shuffling or augmentation, sources interleaved by weight (seeded) so
     that the first batches already represent every source. ``split``/``eval_fraction`` select
-    the held-out part of the records (see :mod:`jaxlm.data.sources`).
+    the held-out part of the records (see :mod:`jaxlm.data.sources`). Records longer than
+    ``max_record_chars`` characters are split (causal-LM text) or truncated, with a warning that
+    counts them: tokenizing a multi-megabyte record in every epoch costs seconds and gigabytes.
+    NER tags are read as IOB2 (an ``I-X`` that starts an entity becomes ``B-X``, counted and warned).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -82,8 +88,9 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
 
     mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
+    cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm")
     known = label_names if task == "classification" else None
-    surveys = [_survey(c, selection, on_error, read_kwargs, mentions, task, known) for c in configs]
+    surveys = [_survey(c, selection, on_error, read_kwargs, mentions, cap, task, known) for c in configs]
     if task == "token_classification" and label_names is None:
         tags = set().union(*(s.tags for s in surveys)) - {"O"}
         label_names = ["O", *sorted(tags)]
@@ -112,11 +119,13 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     if repeat and augment.any_enabled():
         augmenter = Augmenter(augment)
         dataset = stages.augment(dataset, augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
+    faults = stages.Faults()
     if task in ("token_classification", "classification"):
         encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
-        rows = stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len))
+        rows = stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
     else:
-        documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len))
+        watch = stages.ExampleWatch([s.name for s in surveys], sum(len(s.records) for s in surveys))
+        documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len), faults, watch)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         rows = (packing.pack if pack else packing.pad_each)(documents, seq_len, pad_id)
     dataset = rows.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
@@ -128,13 +137,18 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
                     batch_size=batch_size, seed=seed, mixing=mixing, temperature=temperature,
                     augment=dataclasses.asdict(augment), pack=pack, repeat=repeat,
                     shard=[shard_index, shard_count], shuffle_buffer=shuffle_buffer,
-                    eval_fraction=eval_fraction, split=split, label_names=label_names)
-    return Pipeline(dataset, settings, surveys, weights, label_names)
+                    eval_fraction=eval_fraction, split=split, label_names=label_names,
+                    max_record_chars=max_record_chars)
+    return Pipeline(dataset, settings, surveys, weights, label_names, faults)
 
 
 def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
-            mentions: MentionPool, task: str, known_labels: list[str] | None) -> _Survey:
-    read_stats, tags, labels, records = ReadStats(), set(), set(), []
+            mentions: MentionPool, cap: dict, task: str, known_labels: list[str] | None) -> _Survey:
+    read_stats, tags, labels, records, changed = ReadStats(), set(), set(), [], {}
+
+    def note(change: str, line: int, count: int = 1):
+        changed.setdefault(change, [0, line])[0] += count
+
     for record in selected_records(config, selection, on_error=on_error, stats=read_stats, **read_kwargs):
         if task == "classification":
             try:
@@ -144,14 +158,40 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
                     raise
                 read_stats.note_error(error)
                 continue
-        records.append(record_to_json(record))
-        if record.kind == "ner":
-            tags.update(record.data["tags"])
-            mentions.add(record.data["tokens"], record.data["tags"])
+        pieces, change = cap_length(record, **cap)
+        if change:
+            note(change, record.line)
+        for piece in pieces:
+            if piece.kind == "ner":
+                iob2, repaired = to_iob2(piece.data["tags"])
+                if repaired:
+                    note("iob2", piece.line, repaired)
+                    piece = dataclasses.replace(piece, data={**piece.data, "tags": iob2})
+                tags.update(iob2)
+                mentions.add(piece.data["tokens"], iob2)
+            records.append(record_to_json(piece))
     if not records:
         raise DataError(config.path, 0, "no usable records for this host/split "
                         f"({read_stats.skipped} skipped)")
-    return _Survey(config.path, records, read_stats, tags, labels)
+    _warn_changes(config.path, changed, cap["max_chars"])
+    return _Survey(config.path, records, read_stats, tags, labels, changed)
+
+
+def _warn_changes(path: str, changed: dict, max_chars: int) -> None:
+    """One warning per kind of change made to the records as read: never a silent one."""
+    limit = f"data.max_record_chars={max_chars:,} characters"
+    if "split" in changed:
+        count, line = changed["split"]
+        warn(f"{path}: {count} text record(s) longer than {limit} (first at line {line}) were split into "
+             "pieces of at most that length, each its own document")
+    if "truncated" in changed:
+        count, line = changed["truncated"]
+        warn(f"{path}: {count} record(s) longer than {limit} (first at line {line}) were truncated to it; "
+             "raise the limit (0 = none) to keep them whole")
+    if "iob2" in changed:
+        count, line = changed["iob2"]
+        warn(f"{path}: {count} 'I-' tag(s) that start an entity (after 'O' or another type; first at line {line}) "
+             "were read as 'B-': NER data is taken as IOB2, which converts IOB1 exactly")
 
 
 def _class_label(record, known_labels: list[str] | None) -> str:
@@ -176,8 +216,9 @@ class Pipeline:
     """
 
     def __init__(self, dataset: tf.data.Dataset, settings: dict, surveys: list[_Survey],
-                 weights: np.ndarray, label_names: list[str] | None):
+                 weights: np.ndarray, label_names: list[str] | None, faults: stages.Faults):
         self._dataset, self.settings, self._surveys = dataset, settings, surveys
+        self._faults = faults
         self.requested_shares = weights
         self.label_names = label_names
         self.source_names = [s.name for s in surveys]
@@ -192,6 +233,7 @@ class Pipeline:
             self._count(batch)
             self._batches += 1
             yield batch
+        self._faults.raise_first()  # a stage ended the stream early on bad input
         self._batches = 0  # only finite pipelines get here: the next pass starts over
 
     def _pad_batch(self, batch: dict) -> dict:
@@ -239,6 +281,7 @@ class Pipeline:
             "skipped": sum(s.read_stats.skipped for s in self._surveys),
             "errors": [e for s in self._surveys for e in s.read_stats.errors],
             "records": {s.name: len(s.records) for s in self._surveys},
+            "changed": {s.name: {k: count for k, (count, _) in s.changed.items()} for s in self._surveys if s.changed},
             "requested_share": dict(zip(self.source_names, self.requested_shares.tolist())),
             "examples": dict(zip(self.source_names, self._examples.tolist())),
             "tokens": dict(zip(self.source_names, self._tokens.tolist())),
@@ -255,7 +298,8 @@ def build_from_config(config: DataConfig, tokenizer, *, task: str, seq_len: int,
                       seed: int, split: str = "train", **kwargs) -> "Pipeline | None":
     """The train or eval pipeline a :class:`DataConfig` describes (None: no eval data)."""
     common = dict(task=task, seq_len=seq_len, batch_size=batch_size, seed=seed, pack=config.pack,
-                  on_error=config.on_error, tfds_data_dir=config.tfds_data_dir or None, **kwargs)
+                  on_error=config.on_error, tfds_data_dir=config.tfds_data_dir or None,
+                  max_record_chars=config.max_record_chars, **kwargs)
     if split == "train":
         held_out = config.eval_fraction if not config.eval else 0.0
         return build_pipeline(config.train, tokenizer, mixing=config.mixing,

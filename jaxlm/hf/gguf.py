@@ -151,7 +151,13 @@ def tokenizer(reader, path: str):
         )
         if meta(f"ggml.{key}") is not None
     }
-    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=meta("chat_template"), **special)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=meta("chat_template"), name_or_path=path,
+                                   **special)
+
+
+def read_config(path: str) -> dict:
+    """The HF config.json equivalent of a GGUF file's metadata, without reading tensors."""
+    return hf_config(_open(path), path)
 
 
 def read_config(path: str) -> dict:

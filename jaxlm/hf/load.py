@@ -47,15 +47,12 @@ def load_pretrained(
         tensors = read_tensors(path)
         tokenizer = read_tokenizer(path)
         source = os.path.join(path, "config.json")
-    base_arch = architecture_for(hf_config, source)
+    base_arch = _architecture(hf_config, source)
     hf_config = {**hf_config, **(config_overrides or {})}
     if architecture is not None:
         hf_config["architectures"] = [architecture]
-    arch = architecture_for(hf_config, source)
-    try:
-        config = arch.family.config.from_hf(hf_config)
-    except KeyError as e:
-        raise CheckpointError(f"{source}: required field {e.args[0]!r} is missing") from e
+    arch = _architecture(hf_config, source)
+    config = _family_config(arch, hf_config, source)
     if progress:
         from tqdm.auto import tqdm
 
@@ -64,6 +61,36 @@ def load_pretrained(
     model = build_model(arch, config, tensors, dtype, source=path, init_missing_head=new_head)
     model.eval()
     return model, tokenizer
+
+
+def read_model_config(path: str | os.PathLike):
+    """The model's config (its family's config class) from config.json or the GGUF metadata; no weights read."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model folder or .gguf file")
+    if path.endswith(".gguf"):
+        hf_config, source = gguf.read_config(path), path
+    else:
+        hf_config, source = read_config(path), os.path.join(path, "config.json")
+    return _family_config(_architecture(hf_config, source), hf_config, source)
+
+
+def _architecture(hf_config: dict, source: str) -> Architecture:
+    try:
+        return architecture_for(hf_config, source)
+    except ValueError as e:  # an unknown model_type: the message names the file
+        raise CheckpointError(str(e)) from None
+
+
+def _family_config(arch: Architecture, hf_config: dict, source: str):
+    try:
+        return arch.family.config.from_hf(hf_config)
+    except KeyError as e:
+        raise CheckpointError(f"{source}: required field {e.args[0]!r} is missing") from e
+    except CheckpointError:
+        raise
+    except ValueError as e:  # a setting the family does not support
+        raise CheckpointError(f"{source}: {str(e).removeprefix('config.json: ')}") from None
 
 
 def build_model(
@@ -96,13 +123,14 @@ def build_model(
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
         ours, transpose = found
-        array = np.asarray(array).T if transpose else np.asarray(array)
-        want = expected[ours].get_value().shape
-        if array.shape != want:
+        array = np.asarray(array)
+        want = tuple(expected[ours].get_value().shape)
+        want_in_file = want[::-1] if transpose else want  # the message speaks the file's layout
+        if tuple(array.shape) != want_in_file:
             raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {tuple(want)} for {arch.name}"
+                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {want_in_file} for {arch.name}"
             )
-        loaded[ours] = jnp.asarray(array, dtype=dtype)
+        loaded[ours] = jnp.asarray(array.T if transpose else array, dtype=dtype)
     missing = [p for p in expected if p not in loaded]
     if missing and init_missing_head and all(p.startswith(HEAD_MODULES) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}

@@ -196,7 +196,7 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
         prompts = [prompts]
     if len(prompts) == 0:
         raise ValueError("no prompts given")
-    encoded = []
+    encoded, template = [], None
     for i, prompt in enumerate(prompts):
         if _is_ids(prompt):
             ids = [int(t) for t in prompt]
@@ -208,7 +208,11 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
             if isinstance(prompt, str):
                 ids = tokenizer(prompt)["input_ids"]
             elif _is_chat(prompt):
-                ids = tokenizer(_apply_chat_template(tokenizer, prompt, i), add_special_tokens=False)["input_ids"]
+                if template is None:
+                    template = _chat_template(tokenizer, i)
+                _check_messages(prompt, i)
+                text = template.render(list(prompt), add_generation_prompt=True)
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
                 raise TypeError(f"prompt {i}: expected a string, a list of chat messages or token ids, "
                                 f"got {type(prompt).__name__}")
@@ -218,13 +222,20 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
     return encoded
 
 
-def _apply_chat_template(tokenizer, messages, index: int) -> str:
-    if not getattr(tokenizer, "chat_template", None):
+def _chat_template(tokenizer, index: int):
+    """The tokenizer's chat template, compiled once and rendered with a budget (ChatTemplateError: exit 2)."""
+    from jaxlm.data.chat_template import ChatTemplate
+
+    template = ChatTemplate.from_tokenizer(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    if template is None:
         raise ValueError(f"prompt {index} is a chat, but the tokenizer has no chat_template")
+    return template
+
+
+def _check_messages(messages, index: int) -> None:
     for message in messages:
         if not {"role", "content"} <= set(message):
             raise ValueError(f"prompt {index}: chat messages need 'role' and 'content', got {sorted(message)}")
-    return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
 
 
 def _is_chat(x) -> bool:

@@ -154,6 +154,8 @@ def run(args) -> int:
             return_logprobs=args.logprobs, batch_size=args.batch_size,
             on_tokens=stream.on_tokens if stream else None,
         )
+    except UserError:
+        raise
     except (ValueError, TypeError) as e:
         raise UserError(str(e)) from None
 

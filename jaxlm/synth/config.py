@@ -42,6 +42,8 @@ DEFAULT_CORPUS = "tfds:jaxlm_wiki_summaries:train"
 class SynthError(UserError):
     """A problem with the run's options or inputs that the user can fix (exit 2, one line)."""
 
+    label = "synth error"
+
 
 @dataclasses.dataclass
 class FilterConfig:

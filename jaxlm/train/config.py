@@ -21,7 +21,7 @@ import yaml
 from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, warn
 from jaxlm.tasks import TASKS
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -138,6 +138,8 @@ class Config:
                       "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
                       "eval.early_stopping_patience": e.early_stopping_patience,
                       "model.lora.rank": self.model.lora.rank, "train.loss_chunk_tokens": t.loss_chunk_tokens})
+        if t.learning_rate == 0:
+            warn("train.learning_rate=0: the weights will not change (only the evaluation runs)")
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
         if self.mesh.data != -1 and self.mesh.data < 1:
@@ -175,8 +177,8 @@ class Config:
             raise ConfigError(f"model.config_overrides.id2label must map 0, 1, ... n-1 to label names, got {labels!r}")
 
     def check_environment(self, device_count: int) -> "Config":
-        """What depends on this machine: the mesh and batch against `device_count`, and that the
-        model and every local data path exist. Raises ConfigError naming the key."""
+        """What depends on this machine: the mesh and batch against `device_count`, that the model
+        and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
         mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
@@ -185,7 +187,21 @@ class Config:
             for i, source in enumerate(getattr(self.data, split)):
                 if not source.path.startswith(TFDS_PREFIX) and not os.path.exists(source.path):
                     raise ConfigError(f"data.{split}[{i}].path={source.path!r}: no such file or folder")
+        check_writable("output_dir", self.output_dir)
+        if self.checkpoint.dir and "://" not in self.checkpoint.dir:  # gs://... is checked by its own client
+            check_writable("checkpoint.dir", self.checkpoint.dir)
         return self
+
+
+def check_writable(key: str, folder: str) -> None:
+    """`folder` can be created or written to (checked on the nearest part of it that exists)."""
+    existing = os.path.abspath(os.path.expanduser(folder))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{key}={folder!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
+        raise ConfigError(f"{key}={folder!r}: {existing} is not writable (read-only or no permission)")
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.data import DataConfig
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, UserError, warn
 from jaxlm.tasks import IGNORE_LABEL
 from jaxlm.train.config import Config, resolve_path
 
@@ -56,7 +56,10 @@ def prepare_model(model, cfg: Config, *, say=print):
     from jaxlm.models.prompt_tuning import apply_prompt_tuning
 
     if cfg.model.lora.rank > 0:
-        apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
+        try:
+            apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
+        except ValueError as e:  # targets that match no layer of this model
+            raise ConfigError(str(e)) from None
     if cfg.model.prompt_tuning.num_virtual_tokens > 0:
         apply_prompt_tuning(model, cfg.model.prompt_tuning.num_virtual_tokens, seed=cfg.train.seed)
     head_dim = getattr(model.config, "head_dim", 0)
@@ -74,6 +77,25 @@ def configured_labels(cfg: Config) -> list[str] | None:
     """The label names `model.config_overrides.id2label` fixes, in id order (None: from the data)."""
     labels = cfg.model.config_overrides.get("id2label")
     return [labels[k] for k in sorted(labels, key=int)] if labels else None
+
+
+def check_positions(cfg: Config) -> None:
+    """train.seq_len against the model's positions, from its config alone (before any weight is read).
+
+    A learned position table (GPT-2, BERT) has no rows past its size: refused. RoPE (Llama) runs
+    past max_position_embeddings but was not trained there: a warning."""
+    from jaxlm.hf.load import read_model_config
+    from jaxlm.models import position_limit
+
+    limit = position_limit(read_model_config(resolve_path(cfg.model.path)))
+    if cfg.train.seq_len <= limit.size:
+        return
+    if limit.learned:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} is more than the {limit.size} positions of "
+                          f"{cfg.model.path} ({limit.key}={limit.size}, a learned table); "
+                          f"set train.seq_len<={limit.size}")
+    warn(f"train.seq_len={cfg.train.seq_len} is past {limit.key}={limit.size} of {cfg.model.path}: RoPE runs there, "
+         "but the model was not trained on such positions")
 
 
 def load_tokenizer(cfg: Config):
@@ -116,7 +138,11 @@ def first_batches(pipeline, count: int) -> list[dict]:
     """The first `count` batches (all of them for 0): evaluation always sees the same ones."""
     if pipeline is None:
         return []
-    return list(itertools.islice(iter(pipeline), count or None))
+    batches = list(itertools.islice(iter(pipeline), count or None))
+    if not batches:
+        raise UserError(f"the evaluation data ({', '.join(pipeline.source_names)}) gives no batch: each record needs "
+                        "2 or more tokens; are its records empty?")
+    return batches
 
 
 def held_out_prompts(data: DataConfig, count: int) -> list[dict]:

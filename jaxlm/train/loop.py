@@ -196,7 +196,7 @@ def stop_if_not_finite(run: Run, rows: list[dict]) -> None:
     bad = int(run.engine.state.bad_step)
     if bad < 0:
         return
-    log_rows(run.logger, rows)
+    log_rows(run.logger, [row for row in rows if row["step"] <= bad + 1])  # the steps after it did not happen
     run.checkpointer.wait()
     last = run.checkpointer.latest_step()
     kept = f"the last good checkpoint (step {last}) is kept in {run.paths['checkpoints']}" if last is not None \

@@ -25,6 +25,7 @@ from jaxlm.train.engine import Engine, build_engine, trainable_filter
 from jaxlm.train.inputs import (
     HEADS,
     build_pipelines,
+    check_positions,
     first_batches,
     held_out_prompts,
     load_model,
@@ -83,6 +84,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     writer = distributed.is_writer()
     progress = progress and writer
     cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
+    check_positions(cfg)
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
         write_config(cfg, paths)

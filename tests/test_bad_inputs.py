@@ -1,0 +1,528 @@
+"""Bad input and faults, one row each: the documented exit status, one clear line, no traceback, nothing lost.
+
+`CASES` runs the `jaxlm` command in this process (`jaxlm.cli.main`, what the console script calls) and
+checks, for every row: the status; that stderr holds no traceback and ends with ONE line starting with
+the row's label and containing its fragment; and that every file that existed before the run (inputs,
+earlier outputs) still exists with the same bytes. A new command or option adds rows here.
+`IN_A_PROCESS` runs what only a real process shows (a signal, a full disk, the exact command line of
+the probe). `ELSEWHERE` names rows that other test files already hold, so they are not run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from typing import Callable
+
+import pytest
+import torch
+
+from hf_checkpoints import tiny_gpt2
+from jaxlm import cli
+from jaxlm.errors import BAD_INPUT, INTERRUPTED, STOPPED, JaxlmWarning
+from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_llama
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+SPIN = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
+INJECTION = "{{ ''.__class__.__mro__[1].__subclasses__() }}{{ messages[0]['content'] }}"
+
+
+class Payload:
+    """A pickle that runs a command when unpickled: `torch.load(weights_only=True)` must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _model_copy(files, name: str, edit: Callable[[str], None]) -> str:
+    path = os.path.join(files["root"], name)
+    shutil.copytree(files["llama"], path)
+    edit(path)
+    return path
+
+
+def _write(path, text: str | bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    f = {"root": str(root), "llama": write_tiny_llama(root / "llama"), "sft": write_sft_jsonl(root / "chat.jsonl"),
+         "text": write_text(root / "text"), "conll": write_conll(root / "ner.conll")}
+    tiny_gpt2(root / "gpt2")
+    llama_tokenizer().save_pretrained(root / "gpt2")
+    f["gpt2"] = str(root / "gpt2")
+    good = '{"text": "the cat sat on a mat"}\n'
+    f["malformed"] = _write(root / "malformed.jsonl", good * 3 + '{"text": "oops\n')
+    f["not_utf8"] = _write(root / "latin1.jsonl", good.encode() + b'{"text": "caf\xe9"}\n')
+    f["no_field"] = _write(root / "no_field.jsonl", good + '{"body": "no text key"}\n')
+    f["empty_file"] = _write(root / "empty.jsonl", "")
+    f["all_empty"] = _write(root / "all_empty.jsonl", '{"text": ""}\n' * 12)
+    f["bad_yaml"] = _write(root / "bad.yaml", "train:\n  steps: [1, 2\n")
+    f["unknown_type"] = _model_copy(f, "mamba", lambda p: _edit_json(os.path.join(p, "config.json"),
+                                                                      model_type="mamba"))
+    f["truncated"] = _model_copy(f, "truncated", lambda p: _truncate(os.path.join(p, "model.safetensors")))
+    f["pickle"] = _model_copy(f, "pickle", lambda p: _malicious_bin(p, f["root"]))
+    f["gguf"] = _write(root / "random.gguf", b"GGUF" + bytes(range(256)))
+    f["spin"] = _model_copy(f, "spin", lambda p: _write(os.path.join(p, "chat_template.jinja"), SPIN))
+    f["inject"] = _model_copy(f, "inject", lambda p: _write(os.path.join(p, "chat_template.jinja"), INJECTION))
+    f["occupied"] = str(root / "occupied")
+    shutil.copytree(f["gpt2"], f["occupied"])
+    f["a_file"] = _write(root / "a_file", "not a folder")
+    f["prompts"] = _write(root / "prompts.jsonl", '{"prompt": "hi"}\n{"prompt": \n')
+    f["labelled"] = _write(root / "labelled.jsonl", '{"text": "the cat sat", "label": "pos"}\n'
+                           '{"text": "a mat", "label": "neg"}\n' * 4)
+    f["no_label"] = _write(root / "no_label.jsonl", '{"text": "the cat sat", "label": "pos"}\n{"text": "a mat"}\n')
+    f["one_label"] = _write(root / "one_label.jsonl", '{"text": "the cat sat", "label": "pos"}\n' * 4)
+    f["bad_seeds"] = _write(root / "seeds.jsonl", '{"prompt": "name a colour", "completion": "red"}\n{"prompt": \n')
+    f["synth_run"] = str(root / "synth_run")  # a folder with data but no run state: not a run to resume
+    os.makedirs(f["synth_run"])
+    _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
+    f["lora_adapter"] = str(root / "lora_adapter")
+    _lora_adapter(f["lora_adapter"])
+    return f
+
+
+def _lora_adapter(folder):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    os.makedirs(folder)
+    _write(os.path.join(folder, "adapter_config.json"), json.dumps({"peft_type": "LORA", "r": 4}))
+    save_file({"base_model.model.lm_head.lora_A.weight": np.zeros((4, 8), np.float32)},
+              os.path.join(folder, "adapter_model.safetensors"))
+
+
+def _edit_json(path, **changes):
+    with open(path) as f:
+        data = json.load(f)
+    data.update(changes)
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        head = f.read(1000)
+    _write(path, head)
+
+
+def _malicious_bin(folder, root):
+    os.remove(os.path.join(folder, "model.safetensors"))
+    torch.save({"model.embed_tokens.weight": Payload(os.path.join(root, "PWNED"))},
+               os.path.join(folder, "pytorch_model.bin"))
+
+
+# --- the table ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    argv: Callable[[dict, str], list[str]]  # (files, a fresh folder for outputs) -> jaxlm arguments
+    status: int
+    says: str  # a fragment of the one line on stderr
+    label: str = ""  # how that line starts (default: any label)
+    setup: Callable | None = None  # (monkeypatch) -> None
+
+
+def train(*overrides, model="llama", data="sft", task="sft"):
+    """`jaxlm train` on a tiny model: a few steps, no evaluation unless asked."""
+    def argv(f, out):
+        base = [f"model.path={f[model] if model in f else model}", f"task={task}", f"output_dir={out}/run",
+                f"data.train=[{f[data] if data in f else data}]", "data.eval=[]", "train.steps=2",
+                "train.batch_size=2", "train.seq_len=32", "model.lora.rank=0", "eval.sample_prompts=0"]
+        return ["train", "--no-progress", *base, *(o.format(**f) for o in overrides)]
+    return argv
+
+
+def generate(model, *extra):
+    return lambda f, out: ["generate", "--model", f[model], "--prompt", "hi", "--max-new-tokens", "2",
+                           "--compile-cache", "none", *(e.format(**f) for e in extra)]
+
+
+def synth(mode, *extra):
+    """`jaxlm synth MODE` on the tiny model; every row here fails before the model loads."""
+    return lambda f, out: ["synth", mode, "--model", f["llama"], "--quiet", "--num", "2",
+                           *(e.format(out=out, **f) for e in extra)]
+
+
+def convert(src, dst):
+    return lambda f, out: ["convert", f[src], f[dst] if dst in f else os.path.join(out, dst)]
+
+
+def two_devices(monkeypatch):
+    import jax
+
+    monkeypatch.setattr(jax, "device_count", lambda: 2)
+
+
+CASES = [
+    # config: found before any model or record is read
+    Case("unknown key", train("train.stepz=3"), BAD_INPUT, "did you mean 'train.steps'", "config error"),
+    Case("wrong type", train("train.steps=many"), BAD_INPUT, "train.steps: expected int", "config error"),
+    Case("YAML error", lambda f, out: ["train", "--config", f["bad_yaml"]], BAD_INPUT, "invalid YAML"),
+    Case("missing config file", lambda f, out: ["train", "--config", f"{out}/nope.yaml"], BAD_INPUT,
+         "no such config file"),
+    Case("unknown mixing", train("data.mixing=bogus"), BAD_INPUT, "data.mixing='bogus' is not one of"),
+    Case("mesh larger than the devices", train("mesh.fsdp=2"), BAD_INPUT, "mesh.fsdp=2 must divide the 1"),
+    Case("batch not divisible by the devices", train("train.batch_size=3"), BAD_INPUT,
+         "must be divisible by the 2 devices", setup=two_devices),
+    Case("missing data file", train(data="nowhere.jsonl"), BAD_INPUT, "data.train[0].path='nowhere.jsonl'"),
+    Case("missing model", train(model="nowhere"), BAD_INPUT, "model.path='nowhere'"),
+    Case("seq_len past GPT-2's learned positions", train("train.seq_len=200", model="gpt2", data="text",
+                                                         task="causal_lm"),
+         BAD_INPUT, "train.seq_len=200 is more than the 128 positions"),
+    Case("planned mixing mode", train("data.mixing=bandit"), BAD_INPUT, "data.mixing='bandit' is not available yet"),
+    Case("prompt tuning with packed rows", train("model.prompt_tuning.num_virtual_tokens=4", "data.pack=true"),
+         BAD_INPUT, "needs data.pack=false", "config error"),
+    Case("prompt tuning on a labelled task", train("model.prompt_tuning.num_virtual_tokens=4", data="labelled",
+                                                   task="classification"),
+         BAD_INPUT, "needs task sft or causal_lm", "config error"),
+    Case("a warning, then an error: each one line", train("train.learning_rate=0", data="nowhere.jsonl"),
+         BAD_INPUT, "data.train[0].path"),
+    # data: found where the records are read
+    Case("malformed JSON line", train(data="malformed"), BAD_INPUT, "malformed.jsonl:4: malformed JSON", "data error"),
+    Case("non-UTF-8 line", train(data="not_utf8"), BAD_INPUT, "latin1.jsonl:2: not valid UTF-8", "data error"),
+    Case("missing field", train(data="no_field"), BAD_INPUT, "no_field.jsonl:2: missing field", "data error"),
+    Case("empty file", train(data="empty_file"), BAD_INPUT, "empty.jsonl:1: empty file", "data error"),
+    Case("records that give no example (was a hang)", train(data="all_empty", task="causal_lm"), BAD_INPUT,
+         "are the records empty?"),
+    Case("evaluation data that gives no batch", train("data.eval=[{all_empty}]", data="text", task="causal_lm"),
+         BAD_INPUT, "gives no batch"),
+    Case("classification record without a label", train(data="no_label", task="classification"), BAD_INPUT,
+         "no_label.jsonl:2: classification records need a 'label'", "data error"),
+    Case("classification data with one label", train(data="one_label", task="classification"), BAD_INPUT,
+         "classification needs at least 2 labels", "data error"),
+    # model files
+    Case("classification on a causal LM", train(data="labelled", task="classification"), BAD_INPUT,
+         "task=classification needs an encoder for BertForSequenceClassification", "config error"),
+    Case("unknown model_type", train(model="unknown_type"), BAD_INPUT, "unknown model_type 'mamba'"),
+    Case("truncated safetensors", train(model="truncated"), BAD_INPUT, "corrupt or truncated safetensors"),
+    Case("malicious pickle", train(model="pickle"), BAD_INPUT, "cannot read as a torch state dict"),
+    Case("random-bytes GGUF", train(model="gguf"), BAD_INPUT, "not a readable GGUF file"),
+    Case("LoRA targets that match nothing", train("model.lora.rank=4", "model.lora.targets=nope"), BAD_INPUT,
+         "match no linear layer"),
+    # chat templates: untrusted input that comes with the model
+    Case("template that spins, in SFT data", train(model="spin"), BAD_INPUT, "went past its render budget",
+         "chat template error"),
+    Case("template injection, in generate", generate("inject", "--chat"), BAD_INPUT, "sandbox forbids",
+         "chat template error"),
+    Case("prompt past GPT-2's positions", generate("gpt2", "--max-new-tokens", "200"), BAD_INPUT,
+         "exceeds the model's 128 positions"),
+    Case("generate --adapter: not an adapter folder", generate("llama", "--adapter", "{text}"), BAD_INPUT,
+         "not a PEFT adapter folder"),
+    Case("generate --adapter: a LoRA adapter", generate("llama", "--adapter", "{lora_adapter}"), BAD_INPUT,
+         "only PROMPT_TUNING adapters load here"),
+    # synth: its inputs are read before the model loads
+    Case("synth: bad seed file line", synth("self-instruct", "--seeds", "{bad_seeds}", "--out", "{out}/s"),
+         BAD_INPUT, "seeds.jsonl:2: malformed JSON", "data error"),
+    Case("synth: missing data file", synth("back-translate", "--data", "{out}/nowhere.jsonl", "--out", "{out}/s"),
+         BAD_INPUT, "nowhere.jsonl: no such file or folder", "synth error"),
+    Case("synth: unknown filter", synth("self-instruct", "--no-filter", "bogus", "--out", "{out}/s"), BAD_INPUT,
+         "--no-filter: unknown filter(s) ['bogus']", "synth error"),
+    Case("synth: --out holds data that is not a run", synth("self-instruct", "--out", "{synth_run}"), BAD_INPUT,
+         "not a run that can resume (use an empty --out)", "synth error"),
+    # outputs that would be overwritten or cannot be written
+    Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
+         "output folder is not empty"),
+    Case("convert into a file", convert("llama", "a_file"), BAD_INPUT, "is a file; the output is a folder"),
+]
+
+
+def _snapshot(*folders) -> dict[str, str]:
+    found = {}
+    for folder in folders:
+        for base, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(base, name)
+                with open(path, "rb") as f:
+                    found[path] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def assert_one_line(err: str, case_says: str, label: str = "") -> str:
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines, "nothing on stderr"
+    last = lines[-1]
+    assert case_says in last, err[-3000:]
+    assert sum(case_says in line for line in lines) == 1, err[-3000:]
+    if label:
+        assert last.startswith(f"{label}: "), last
+    return last
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
+    if case.setup:
+        case.setup(monkeypatch)
+    before = _snapshot(files["root"], tmp_path)
+    status = cli.main(case.argv(files, str(tmp_path)))
+    out, err = capfd.readouterr()
+    assert status == case.status, err[-3000:]
+    assert_one_line(err, case.says, case.label)
+    after = _snapshot(files["root"], tmp_path)
+    assert {p: h for p, h in after.items() if p in before} == before, "a file that existed was changed or removed"
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the pickle ran"
+
+
+def test_the_warning_line_comes_before_the_error(files, tmp_path, capfd):
+    case = next(c for c in CASES if c.name.startswith("a warning"))
+    cli.main(case.argv(files, str(tmp_path)))
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith(("warning:", "config error:"))]
+    assert lines[0] == "warning: train.learning_rate=0: the weights will not change (only the evaluation runs)"
+    assert lines[1].startswith("config error: data.train[0].path")
+
+
+# --- convert: replace only when asked, and never leave half a model ----------------------------
+
+
+def test_convert_overwrite_swaps_the_folder_in_whole(files, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(files["occupied"], out)
+    (out / "stale.txt").write_text("from before")
+    assert cli.main(["convert", files["llama"], str(out), "--overwrite"]) == 0
+    assert not (out / "stale.txt").exists()
+    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+    assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # no partial or old folder left
+
+
+def test_a_failed_conversion_leaves_the_old_folder(files, tmp_path, monkeypatch, capfd):
+    import jaxlm.hf.export
+
+    def half_written(model, folder, *args, **kwargs):
+        open(os.path.join(folder, "model.safetensors"), "wb").write(b"half")
+        raise OSError(28, "No space left on device", os.path.join(folder, "model.safetensors"))
+
+    monkeypatch.setattr(jaxlm.hf.export, "export_pretrained", half_written)
+    out = tmp_path / "out"
+    shutil.copytree(files["occupied"], out)
+    before = _snapshot(out)
+    assert cli.main(["convert", files["llama"], str(out), "--overwrite"]) == STOPPED
+    assert_one_line(capfd.readouterr().err, "no space left on device", "stopped")
+    assert _snapshot(out) == before and os.listdir(tmp_path) == ["out"]
+
+
+# --- what is repaired or cut says so ---------------------------------------------------------
+
+
+def _llama_tokenizer(files):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(files["llama"])
+
+
+def _pipeline(files, path, task, **kwargs):
+    from jaxlm.data import build_pipeline
+
+    return build_pipeline([path], _llama_tokenizer(files) if task != "token_classification" else None, task=task,
+                          seq_len=32, batch_size=2, seed=0, shard_index=0, shard_count=1, **kwargs)
+
+
+def test_long_records_are_split_or_truncated_and_counted(files, tmp_path):
+    long = " ".join(["the cat sat on a mat"] * 2000)  # 41,999 characters
+    path = _write(tmp_path / "long.jsonl", json.dumps({"text": long}) + "\n" + json.dumps(
+        {"prompt": "hi", "completion": long}) + "\n")
+    with pytest.warns(JaxlmWarning) as warned:
+        pipeline = _pipeline(files, path, "causal_lm", max_record_chars=10_000)
+    assert [str(w.message).split(": ", 1)[1] for w in warned] == [
+        "1 text record(s) longer than data.max_record_chars=10,000 characters (first at line 1) were split into "
+        "pieces of at most that length, each its own document",
+        "1 record(s) longer than data.max_record_chars=10,000 characters (first at line 2) were truncated to it; "
+        "raise the limit (0 = none) to keep them whole"]
+    assert pipeline.stats()["changed"] == {path: {"split": 1, "truncated": 1}}
+    assert pipeline.stats()["records"][path] == 6  # 5 pieces of the text, the truncated pair
+    with pytest.warns(JaxlmWarning, match=r"2 record\(s\) longer .* truncated"):
+        assert _pipeline(files, path, "sft", max_record_chars=10_000).stats()["records"][path] == 2
+
+
+def test_ner_tags_are_read_as_iob2_and_the_repairs_counted(files, tmp_path):
+    from jaxlm.data.repairs import to_iob2
+
+    assert to_iob2(["O", "I-PER", "I-PER", "I-LOC", "B-LOC", "I-LOC"]) == (
+        ["O", "B-PER", "I-PER", "B-LOC", "B-LOC", "I-LOC"], 2)
+    path = _write(tmp_path / "iob1.conll", "alice\tI-person\nsat\tO\n\nparis\tI-loc\nlondon\tI-loc\n")
+    from jaxlm.data import build_pipeline
+    from train_helpers import bert_tokenizer
+
+    with pytest.warns(JaxlmWarning, match=r"2 'I-' tag\(s\) that start an entity .* taken as IOB2"):
+        pipeline = build_pipeline([path], bert_tokenizer(str(tmp_path / "bert")), task="token_classification",
+                                  seq_len=16, batch_size=2, seed=0, shard_index=0, shard_count=1)
+    assert pipeline.label_names == ["O", "B-loc", "B-person", "I-loc"]
+
+
+def test_rope_past_its_trained_positions_warns(files):
+    from jaxlm.train.config import load_config
+    from jaxlm.train.inputs import check_positions
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_positions(load_config(None, [f"model.path={files['llama']}", "train.seq_len=512"]))
+        check_positions(load_config(None, [f"model.path={files['llama']}", "train.seq_len=256"]))
+    assert [str(w.message) for w in caught if w.category is JaxlmWarning] == [
+        f"train.seq_len=512 is past max_position_embeddings=256 of {files['llama']}: RoPE runs there, "
+        "but the model was not trained on such positions"]
+
+
+# --- what only a real process shows ----------------------------------------------------------
+
+
+def run_jaxlm(*argv, logs, timeout=300, interrupt_when=None) -> tuple[int, str]:
+    """(status, stderr) of `python -m jaxlm ARGV` from this checkout; SIGINT once `interrupt_when()` holds."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}  # TensorFlow's own logging on: it must hold no traceback
+    with open(logs, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "jaxlm", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            if interrupt_when is not None:
+                deadline = time.time() + timeout
+                while time.time() < deadline and proc.poll() is None and not interrupt_when():
+                    time.sleep(0.1)
+                proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=timeout)
+        finally:
+            proc.kill()
+    with open(logs) as f:
+        return proc.returncode, f.read()
+
+
+def test_generate_with_a_spinning_template_ends_at_once(files, tmp_path):
+    status, err = run_jaxlm("generate", "--model", files["spin"], "--prompt", "hi", "--chat", "--compile-cache",
+                            "none", logs=tmp_path / "stderr")
+    assert status == BAD_INPUT
+    line = assert_one_line(err, "went past its render budget", "chat template error")
+    assert files["spin"] in line
+
+
+def test_ctrl_c_mid_run_is_status_130_and_one_line(files, tmp_path):
+    argv = train("train.steps=100000", "checkpoint.every=100000", "train.log_every=1", data="text",
+                 task="causal_lm")(files, str(tmp_path))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    status, err = run_jaxlm(*argv, logs=tmp_path / "stderr",
+                            interrupt_when=lambda: metrics.exists() and metrics.read_text().count("\n") >= 1)
+    assert status == INTERRUPTED, err[-3000:]
+    assert_one_line(err, "stopped by the user", "interrupted")
+    assert metrics.read_text().count("\n") >= 1  # interrupted mid-run, not before it started
+
+
+@contextlib.contextmanager
+def small_filesystem(path, size: str):
+    """A tmpfs of `size` mounted at `path` (root only), else None."""
+    os.makedirs(path)
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                                   capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(path)], check=True)
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(files, tmp_path, capfd, monkeypatch):
+    # The tiny model's checkpoint (parameters and Adam moments) is about 1.2 MB: one fits, the next does not.
+    argv = train("train.steps=4", "checkpoint.every=2", "train.log_every=2", data="text", task="causal_lm")
+    with small_filesystem(tmp_path / "disk", "2300k") as real:
+        if real:  # the real thing, in a real process: Orbax's threads and the interpreter's exit included
+            status, err = run_jaxlm(*argv(files, str(tmp_path / "disk")), logs=tmp_path / "stderr")
+        else:  # not root: the writer fails as Orbax reports a full disk
+            _fail_checkpoint_saves_from(4, monkeypatch)
+            status = cli.main(argv(files, str(tmp_path / "disk")))
+            err = capfd.readouterr().err
+        checkpoints = tmp_path / "disk" / "run" / "checkpoints"
+        kept = sorted(os.listdir(checkpoints))
+    assert status == STOPPED, err[-3000:]
+    line = assert_one_line(err, f"no space left on device while saving checkpoint 4 to {checkpoints}", "stopped")
+    assert "the last good checkpoint (step 2) is kept" in line
+    assert kept == ["2"]  # the partial folder of checkpoint 4 is gone, checkpoint 2 is whole
+
+
+def _fail_checkpoint_saves_from(step: int, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    save = ocp.CheckpointManager.save
+
+    def failing(self, at, *args, **kwargs):
+        if at >= step:
+            self.wait_until_finished()  # as Orbax does before a save: the failure is the new one's
+            os.makedirs(os.path.join(self.directory, f"{at}.orbax-checkpoint-tmp"), exist_ok=True)
+            raise ValueError(f"RESOURCE_EXHAUSTED: Error writing in OCDBT database at local file "
+                             f"\"{self.directory}/{at}.orbax-checkpoint-tmp/state\": No space left on device "
+                             "[os_error_code='28']")
+        return save(self, at, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", failing)
+
+
+def test_a_read_only_output_dir_is_refused_before_any_work(files, tmp_path, capfd):
+    with read_only_folder(tmp_path / "ro") as folder:
+        status = cli.main(train()(files, str(folder)))
+    assert status == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "is not writable", "config error")
+
+
+@contextlib.contextmanager
+def read_only_folder(path):
+    os.makedirs(path)
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount it is
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                          capture_output=True).returncode:
+            pytest.skip("root, but cannot mount a read-only tmpfs here")
+        try:
+            yield path
+        finally:
+            subprocess.run(["umount", str(path)], check=True)
+    else:
+        os.chmod(path, 0o555)
+        try:
+            yield path
+        finally:
+            os.chmod(path, 0o755)
+
+
+# --- rows other test files hold --------------------------------------------------------------
+
+ELSEWHERE = {
+    "kill -9 at any step, then resume: bitwise the same weights":
+        "test_train_resume.py::test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise",
+    "non-finite loss: exit 3, last good checkpoint kept, no metrics after the stop":
+        "test_train_run.py::test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint",
+    "malformed JSONL through `python -m jaxlm.train`: exit 2, file:line":
+        "test_train_run.py::test_a_malformed_line_ends_the_run_with_file_and_line_and_exit_code_2",
+    "shape mismatch: the file's own shape": "test_hf_io.py::test_shape_mismatch_names_tensor_expected_and_got",
+    "shape mismatch of a transposed tensor": "test_hf_io.py::test_shape_mismatch_speaks_the_files_layout",
+    "invalid config.json: its line": "test_hf_io.py::test_invalid_config_json_names_the_line",
+    "generate: bad prompts file line": "test_generate_cli.py::test_bad_jsonl_line_names_the_file_and_line",
+    "generate: missing prompts file": "test_generate_cli.py::test_missing_prompts_file_is_a_clear_error",
+    "audit: bad JSON line": "test_audit_cli.py::test_bad_json_line_is_reported_with_file_and_line",
+    "audit: missing data file": "test_audit_cli.py::test_missing_data_file_is_a_clear_error",
+    "audit: failing gate, exit 3": "test_audit_cli.py::test_failing_gate_exits_3_and_says_which",
+    "chat templates: every bound of the sandbox": "test_data_chat_template.py::test_hostile_templates_are_stopped",
+}
+
+
+@pytest.mark.parametrize("row", sorted(ELSEWHERE))
+def test_rows_held_elsewhere_exist(row):
+    module, function = ELSEWHERE[row].split("::")
+    sys.path.insert(0, TESTS)
+    try:
+        assert callable(getattr(importlib.import_module(module.removesuffix(".py")), function, None)), ELSEWHERE[row]
+    finally:
+        sys.path.remove(TESTS)
