@@ -160,11 +160,6 @@ def read_config(path: str) -> dict:
     return hf_config(_open(path), path)
 
 
-def read_config(path: str) -> dict:
-    """The HF config of a GGUF file, from its metadata alone (no tensor is read)."""
-    return hf_config(_open(path), path)
-
-
 def read(path: str):
     """(hf_config, tensor iterator, tokenizer) of a GGUF file."""
     reader = _open(path)
