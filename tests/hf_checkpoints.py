@@ -9,11 +9,11 @@ import transformers
 VOCAB = 320
 
 
-def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0):
+def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0, vocab=VOCAB, intermediate=112):
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         hidden_size=64,
-        intermediate_size=112,
+        intermediate_size=intermediate,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=kv_heads,

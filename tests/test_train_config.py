@@ -55,6 +55,7 @@ def test_unknown_key_inside_a_source_is_rejected():
     ("train.compute_dtype=float16", r"train.compute_dtype='float16' is not one of float32, bfloat16"),
     ("task=translation", r"task='translation' is not one of"),
     ("train.grad_accum=3", r"train.batch_size=4 is not divisible by train.grad_accum=3"),
+    ("export.gguf=q4_k", r"export.gguf='q4_k' is not one of f32, f16, q8_0"),
 ])
 def test_values_are_type_and_range_checked(override, message):
     with pytest.raises(ConfigError, match=message):

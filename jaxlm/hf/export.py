@@ -16,11 +16,14 @@ _DTYPE_NAMES = {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfl
 
 
 def hf_state_dict(model) -> dict[str, jnp.ndarray]:
-    """The model's parameters under their HF names and layouts (LoRA adapters merged in)."""
+    """The model's parameters under their HF names and layouts (LoRA adapters merged in, int8 dequantised)."""
     from jaxlm.models.lora import has_lora, merge_lora
+    from jaxlm.models.quant import dequantize, is_quantized
 
     if has_lora(model):
         model = merge_lora(model)
+    if is_quantized(model):
+        model = dequantize(model)
     arch = architecture_of(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -30,14 +33,20 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     return out
 
 
-def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None) -> str:
+def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, gguf_type: str = "f16") -> str:
     """Write config.json, model.safetensors (and tokenizer files with its chat template) to `out_dir`.
 
     `dtype` (e.g. jnp.bfloat16) converts the saved weights; by default they keep the model's dtype.
+    An `out_dir` ending in ".gguf" writes one GGUF file instead (llama.cpp, Ollama), its matrices
+    in `gguf_type`: "f32", "f16" or "q8_0" (see `jaxlm.hf.gguf_export`).
     """
     from safetensors.flax import save_file
 
     out_dir = os.fspath(out_dir)
+    if out_dir.endswith(".gguf"):
+        from jaxlm.hf.gguf_export import export_gguf
+
+        return export_gguf(model, out_dir, tokenizer, gguf_type)
     os.makedirs(out_dir, exist_ok=True)
     arch = architecture_of(model)
     tensors = hf_state_dict(model)

@@ -80,6 +80,14 @@ class MeshConfig:
     fsdp: int = 1  # devices that shard parameters and optimizer state
 
 
+@dataclasses.dataclass
+class ExportConfig:
+    gguf: str = ""  # "" = none; f32 | f16 | q8_0: also write model.gguf (llama.cpp, Ollama) beside hf/
+
+
+GGUF_TYPES = ("", "f32", "f16", "q8_0")
+
+
 def _default_data() -> DataConfig:
     return DataConfig(
         train=[SourceConfig("tfds:jaxlm_chatterbot:train", 1.0), SourceConfig("tfds:jaxlm_chitchat:train", 1.0)],
@@ -97,6 +105,7 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
     def validate(self) -> "Config":
@@ -105,6 +114,10 @@ class Config:
         _choice("train.compute_dtype", self.train.compute_dtype, DTYPES)
         _choice("model.dtype", self.model.dtype, DTYPES)
         _choice("data.on_error", self.data.on_error, ("raise", "skip"))
+        if self.export.gguf not in GGUF_TYPES:
+            raise ConfigError(f"export.gguf={self.export.gguf!r} is not one of f32, f16, q8_0 (or \"\" for no GGUF)")
+        if self.export.gguf and self.task == "token_classification":
+            raise ConfigError("export.gguf: GGUF files hold causal language models; task is token_classification")
         t = self.train
         for key, value in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
                            ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),

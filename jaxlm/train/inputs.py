@@ -95,5 +95,5 @@ def output_paths(output_dir: str) -> dict:
     return {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
-        "ner_report": "ner_report.txt",
+        "ner_report": "ner_report.txt", "gguf": "model.gguf",
     }.items()}

@@ -192,7 +192,8 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True) -> TrainRe
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
-        report.export(model, tokenizer, paths, base_model=resolve_path(cfg.model.path), task=cfg.task)
+        report.export(model, tokenizer, paths, base_model=resolve_path(cfg.model.path), task=cfg.task,
+                      gguf_type=cfg.export.gguf)
     return TrainResult(cfg.output_dir, final_step, stop_reason, eval_losses, model, tokenizer, compile_seconds)
 
 

@@ -60,12 +60,15 @@ def ner_tags(labels: list[np.ndarray], predictions: list[np.ndarray], label_name
     return true_tags, predicted_tags
 
 
-def export(model, tokenizer, paths: dict, *, base_model: str, task: str) -> None:
-    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used."""
+def export(model, tokenizer, paths: dict, *, base_model: str, task: str, gguf_type: str = "") -> None:
+    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used;
+    `model.gguf` (when `gguf_type` is set): the merged model for llama.cpp and Ollama."""
     from jaxlm.hf.export import export_pretrained
     from jaxlm.models.lora import has_lora, save_peft_adapter
 
     export_pretrained(model, paths["hf"], tokenizer)
+    if gguf_type:
+        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type)
     if has_lora(model):
         extra = ("classifier",) if task == "token_classification" else ()
         save_peft_adapter(model, paths["adapter"], base_model=base_model, modules_to_save=extra)
