@@ -1,6 +1,6 @@
 """Benchmark: jaxlm.generate against transformers' generate (PyTorch, KV cache) on SmolLM2-135M.
 
-    .venv/bin/python scripts/bench_generate.py [--new-tokens 128] [--batches 1 8] [--repeats 3]
+    .venv/bin/python scripts/bench_generate.py [--new-tokens 128] [--batches 1 8] [--repeats 3] [--int8]
 
 Both sides use float32 weights, the same chat prompts with left padding, greedy decoding
 and exactly `--new-tokens` new tokens per row (EOS ignored). Warm-up runs are excluded;
@@ -8,7 +8,8 @@ each figure is the median of `--repeats` runs, the sides alternating so that loa
 other processes hits all alike. Throughput counts all new tokens of the batch over
 prefill + decode wall time; compile time and prefill latency are reported apart.
 transformers runs with 1 thread and with all cores, and the faster is the baseline.
-The last line prints the ratios.
+With --int8, jaxlm also runs with int8 weights (`load_pretrained(..., quantize="int8")`) and
+its speed-up over jaxlm float32 is printed too. The last lines print the ratios.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--int8", action="store_true", help="add jaxlm with int8 weights (quantize='int8')")
     parser.add_argument("--torch-threads", type=int, nargs="+",
                         help="torch intra-op thread counts to try; the fastest is the baseline (default: 1 and all "
                         "cores: on shared cores OpenMP's waiting threads can make 1 thread faster)")
@@ -87,6 +89,7 @@ def main():
     thread_counts = args.torch_threads or sorted({1, torch.get_num_threads()})
 
     model, tokenizer = jaxlm.load_pretrained(args.model, dtype=jnp.float32)
+    int8_model = jaxlm.load_pretrained(args.model, quantize="int8")[0] if args.int8 else None
     with tempfile.TemporaryDirectory() as folder:  # transformers reads our export faster than the GGUF
         jaxlm.export_pretrained(model, folder, tokenizer)
         torch_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
@@ -94,10 +97,12 @@ def main():
     print(f"cores: {os.cpu_count()}, torch threads tried: {thread_counts}, new tokens per row: {args.new_tokens}")
     print(f"load average before: {os.getloadavg()[0]:.1f} (other processes on these cores distort both sides)")
 
-    ratios = []
+    ratios, int8_ratios = [], []
     for batch in args.batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         sides = {"jaxlm": lambda: bench_jaxlm(model, tokenizer, prompts, args.new_tokens)}
+        if int8_model is not None:
+            sides["jaxlm int8"] = lambda: bench_jaxlm(int8_model, tokenizer, prompts, args.new_tokens)
         for threads in thread_counts:
             sides[f"transformers/{threads}t"] = functools.partial(
                 bench_torch, torch_model, torch_tokenizer, prompts, args.new_tokens, threads)
@@ -111,14 +116,20 @@ def main():
             seconds = statistics.median(m["seconds"] for m in measured)
             prefill = statistics.median(m["prefill"] for m in measured)
             rates[name] = batch * args.new_tokens / seconds
-            compile_note = f", compile {warmup[name]['compile']:.1f} s (first call only)" if name == "jaxlm" else ""
+            compile_note = (f", compile {warmup[name]['compile']:.1f} s (first call only)"
+                            if name.startswith("jaxlm") else "")
             print(f"batch {batch} {name:>16}: {rates[name]:6.1f} new tokens/s, prefill {prefill * 1000:6.0f} ms"
                   f"{compile_note}")
-        baseline = max((r, name) for name, r in rates.items() if name != "jaxlm")
+        baseline = max((r, name) for name, r in rates.items() if not name.startswith("jaxlm"))
         ratios.append(rates["jaxlm"] / baseline[0])
         print(f"batch {batch} ratio jaxlm / fastest transformers ({baseline[1]}): {ratios[-1]:.2f}x")
+        if int8_model is not None:
+            int8_ratios.append(rates["jaxlm int8"] / rates["jaxlm"])
+            print(f"batch {batch} ratio jaxlm int8 / jaxlm float32: {int8_ratios[-1]:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print("ratios: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, ratios)))
+    if int8_ratios:
+        print("int8 / float32: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, int8_ratios)))
 
 
 if __name__ == "__main__":
