@@ -1,4 +1,4 @@
-# Two commands: `make train` and `make test`. Each sets up .venv/ when missing, then runs.
+# Two commands: `make train` and `make test` (ruff, then pytest). Each sets up .venv/ when missing, then runs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -18,6 +18,7 @@ train: $(STAMP)
 	$(PY) -m jaxlm.train
 
 test: $(STAMP)
+	$(PY) -m ruff check jaxlm tests scripts
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 setup: $(STAMP)

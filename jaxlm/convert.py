@@ -1,4 +1,4 @@
-"""Convert a checkpoint to a Hugging Face folder or a GGUF file: `python -m jaxlm.convert SRC OUT`.
+"""Convert a checkpoint to a Hugging Face folder or a GGUF file: `jaxlm convert SRC OUT` (or `python -m jaxlm.convert`).
 
 SRC is a GGUF file (quantised weights are dequantised), an HF folder (safetensors,
 sharded, or pytorch_model.bin) or a training run's output folder (its `hf/` export).
@@ -14,34 +14,41 @@ import os
 import sys
 import time
 
-import jax.numpy as jnp
+from jaxlm.errors import UserError, exit_codes
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jaxlm.convert", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     epilog="Exit codes: 0 done, 2 bad input (one line naming the file or tensor).")
     parser.add_argument("src", help="a .gguf file, a Hugging Face model folder or a training run's output folder")
     parser.add_argument("out_dir", metavar="out", help="folder to write the Hugging Face checkpoint to (created), "
                         "or a .gguf file")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the saved weights")
     parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "q8_0"], default="f16",
                         help="with a .gguf OUT: how matrices are stored (default: %(default)s; q8_0 is 8-bit, "
                         "about half the size of f16)")
-    args = parser.parse_args(argv)
-    src = run_export(args.src)
+    return parser
 
-    from jaxlm.hf.errors import CheckpointError
+
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -> int:
+    args = build_parser(prog).parse_args(argv)
+
+    import jax.numpy as jnp
+
     from jaxlm.hf.export import export_pretrained
     from jaxlm.hf.load import load_pretrained
 
     start = time.perf_counter()
     try:
-        model, tokenizer = load_pretrained(src, progress=True)
-        export_pretrained(model, args.out_dir, tokenizer, dtype=DTYPES[args.dtype], gguf_type=args.gguf_type)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        model, tokenizer = load_pretrained(run_export(args.src), progress=True)  # CheckpointError: exit 2
+    except UserError:
+        raise
+    except ValueError as e:
+        raise UserError(f"{args.src}: {e}") from None  # e.g. an unknown model_type in config.json
+    export_pretrained(model, args.out_dir, tokenizer, dtype=jnp.dtype(args.dtype), gguf_type=args.gguf_type)
     print(f"wrote {args.out_dir} ({type(model).__name__}, {time.perf_counter() - start:.1f}s)")
     return 0
 

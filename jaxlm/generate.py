@@ -1,25 +1,17 @@
-"""`python -m jaxlm.generate`: generate text from the command line (see `--help`).
+"""`python -m jaxlm.generate`: the same command as `jaxlm generate` (see `jaxlm.sampling.cli` or `--help`).
 
-The command line lives in `jaxlm.sampling.cli`. This module shares its name with the
-function `jaxlm.generate`, and importing it makes Python rebind the package attribute
-`jaxlm.generate` to the module; the module is therefore callable and forwards to the
-function, so `jaxlm.generate(model, tokenizer, prompts)` works either way.
+This file is only an entry point. `jaxlm.generate` is the library function (exported by
+`jaxlm/__init__.py`), and importing a submodule of the same name would make Python rebind
+that attribute to the module. So the module runs as `__main__` and refuses to be imported:
+`from jaxlm import generate` and `jaxlm.generate(model, tokenizer, prompts)` always mean the function.
 """
 
 import sys
-import types
 
-from jaxlm.sampling.api import generate as _generate
 from jaxlm.sampling.cli import main
 
+if __name__ != "__main__":
+    raise ImportError("jaxlm.generate is the function `jaxlm.generate(model, tokenizer, prompts)`, not a module; "
+                      "the command line is `jaxlm generate` or `python -m jaxlm.generate` (jaxlm.sampling.cli)")
 
-class _CallableModule(types.ModuleType):
-    def __call__(self, *args, **kwargs):
-        return _generate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-__doc__ = f"{__doc__}\n{_generate.__doc__}"  # so help(jaxlm.generate) documents the function either way
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

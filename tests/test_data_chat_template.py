@@ -33,13 +33,11 @@ def conversations(tmp_path_factory):
     for package in ("chatterbot_corpus", "chitchat_dataset"):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} not installed")
-    import tensorflow_datasets as tfds
-
-    import jaxlm.data  # noqa: F401  (registers the builders)
+    from jaxlm.data.builders import dataset_builder
 
     folder = str(tmp_path_factory.mktemp("tfds"))
-    chitchat = [e["messages"] for e in tfds.builder("jaxlm_chitchat", data_dir=folder).read()]
-    chatterbot = [e["messages"] for e in tfds.builder("jaxlm_chatterbot", data_dir=folder).read()]
+    chitchat = [e["messages"] for e in dataset_builder("jaxlm_chitchat", folder).read()]
+    chatterbot = [e["messages"] for e in dataset_builder("jaxlm_chatterbot", folder).read()]
     return chitchat[::len(chitchat) // 100][:100] + [m for m in chatterbot if len(m) > 2]
 
 

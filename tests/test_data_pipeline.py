@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from jaxlm.data import DataConfig, DataError, SourceConfig, build_from_config, build_pipeline
-from jaxlm.data.mixing import MixingConfigError, mixture_weights
+from jaxlm.data.config import MixingConfigError
+from jaxlm.data.mixing import mixture_weights
 
 LM_KEYS = {"input_ids", "targets", "loss_mask", "segment_ids", "positions", "source_id"}
 

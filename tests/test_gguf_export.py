@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, torch_logits
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import jaxlm
+from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, torch_logits
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = ("{% for message in messages %}"
+          "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TEXT = ["The capital of France is Paris, and 1234 people live on my street.",
         "What is the weather like today? It rains in London in 2024.",
         "Tell me a joke about computers and cats, please."] * 20

@@ -13,11 +13,11 @@ import torch
 import transformers
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_bert, tiny_gpt2, tiny_llama, torch_logits
+from hf_checkpoints import padded_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_mistral, torch_logits
 from jaxlm.hf import CheckpointError
 
-WRITERS = {"llama": tiny_llama, "llama_tied": lambda p: tiny_llama(p, tied=True), "gpt2": tiny_gpt2, "bert": tiny_bert,
-           "bert_tagger": lambda p: tiny_bert(p, num_labels=4)}
+WRITERS = {"llama": tiny_llama, "llama_tied": lambda p: tiny_llama(p, tied=True), "mistral": tiny_mistral,
+           "gpt2": tiny_gpt2, "bert": tiny_bert, "bert_tagger": lambda p: tiny_bert(p, num_labels=4)}
 AUTO = {"bert": transformers.AutoModel, "bert_tagger": transformers.AutoModelForTokenClassification}
 
 
@@ -50,11 +50,13 @@ def test_export_writes_tokenizer_and_bfloat16_weights(tmp_path, minilm_dir):
 def test_real_minilm_matches_transformers(minilm_dir):
     model, tokenizer = jaxlm.load_pretrained(minilm_dir)
     tokenizer.no_padding() if hasattr(tokenizer, "no_padding") else None
-    batch = tokenizer(["A cat sits on the mat.", "Offline weights, shipped in a wheel."], padding=True, return_tensors="np")
+    texts = ["A cat sits on the mat.", "Offline weights, shipped in a wheel."]
+    batch = tokenizer(texts, padding=True, return_tensors="np")
     ref = transformers.AutoModel.from_pretrained(minilm_dir).eval()
     with torch.no_grad():
         theirs = ref(**{k: torch.tensor(v) for k, v in batch.items()}).last_hidden_state.numpy()
-    ours = np.asarray(model(jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["token_type_ids"])))
+    inputs = [jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    ours = np.asarray(model(*inputs))
     real = batch["attention_mask"].astype(bool)
     assert np.abs(ours[real] - theirs[real]).max() <= 1e-4
 
@@ -103,6 +105,12 @@ def test_unknown_model_type_is_named(tmp_path):
         jaxlm.load_pretrained(tmp_path)
 
 
+def test_mistral_sliding_window_is_refused_not_ignored(tmp_path):
+    tiny_mistral(tmp_path, sliding_window=16)
+    with pytest.raises(ValueError, match=r"config.json: sliding_window=16 is shorter than max_position_embeddings=256"):
+        jaxlm.load_pretrained(tmp_path)
+
+
 def test_missing_tensor_is_named(tmp_path):
     tiny_llama(tmp_path)
     _rewrite_tensors(tmp_path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
@@ -112,7 +120,8 @@ def test_missing_tensor_is_named(tmp_path):
 
 def test_unexpected_tensor_is_named(tmp_path):
     tiny_llama(tmp_path)
-    _rewrite_tensors(tmp_path, lambda t: t.update({"model.layers.0.self_attn.extra.weight": np.zeros((2, 2), np.float32)}))
+    extra = {"model.layers.0.self_attn.extra.weight": np.zeros((2, 2), np.float32)}
+    _rewrite_tensors(tmp_path, lambda t: t.update(extra))
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'model.layers.0.self_attn.extra.weight'"):
         jaxlm.load_pretrained(tmp_path)
 

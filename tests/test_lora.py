@@ -7,10 +7,11 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from train_helpers import write_tiny_llama
 
 import jaxlm
-from jaxlm.models.lora import apply_lora, has_lora, merge_lora, save_peft_adapter
+from jaxlm.hf.peft import save_peft_adapter
+from jaxlm.models.lora import apply_lora, has_lora, merge_lora
+from train_helpers import write_tiny_llama
 
 IDS = np.array([[5, 17, 33, 9, 60, 2, 7, 8]], np.int32)
 

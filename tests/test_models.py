@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxlm
-from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, torch_logits
+from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_mistral, torch_logits
 
 LLAMA_VARIANTS = {
     "gqa_untied": dict(kv_heads=2),
@@ -43,6 +43,15 @@ def test_llama_logits_match_transformers(tmp_path, variant):
     _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
 
 
+def test_mistral_logits_match_transformers(tmp_path):
+    ref_model = tiny_mistral(tmp_path)
+    ids, mask = padded_batch(seed=4)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    assert type(model).__name__ == "MistralForCausalLM"
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
+
+
 def test_gpt2_logits_match_transformers(tmp_path):
     ref_model = tiny_gpt2(tmp_path)
     ids, mask = padded_batch(seed=1)
@@ -59,7 +68,9 @@ def test_bert_hidden_states_match_transformers(tmp_path):
     model, _ = jaxlm.load_pretrained(tmp_path)
     hidden = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     chex.assert_shape(hidden, (*ids.shape, 64))
-    ref = torch_logits(ref_model, ids, mask, token_type_ids=__import__("torch").tensor(types, dtype=__import__("torch").long))
+    import torch
+
+    ref = torch_logits(ref_model, ids, mask, token_type_ids=torch.tensor(types, dtype=torch.long))
     _close_on_real_tokens(hidden, ref, mask, atol=1e-4)
 
 
@@ -77,7 +88,8 @@ def test_bert_token_classification_logits_match_transformers(tmp_path):
 def test_new_token_classification_head_on_a_base_encoder(tmp_path):
     tiny_bert(tmp_path)
     labels = {"0": "O", "1": "B-PER", "2": "I-PER"}
-    model, _ = jaxlm.load_pretrained(tmp_path, architecture="BertForTokenClassification", config_overrides={"id2label": labels})
+    model, _ = jaxlm.load_pretrained(tmp_path, architecture="BertForTokenClassification",
+                                     config_overrides={"id2label": labels})
     base, _ = jaxlm.load_pretrained(tmp_path)
     ids, mask = padded_batch(seed=4)
     chex.assert_shape(model(jnp.asarray(ids), jnp.asarray(mask)), (*ids.shape, 3))
@@ -113,7 +125,8 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
     cache = model.init_cache(batch=2, slots=16)
-    prefill, cache = model.decode(jnp.asarray(ids[:, :6]), jnp.asarray(positions[:, :6]), cache, jnp.asarray(mask[:, :6]))
+    ids_, positions_, mask_ = (jnp.asarray(a[:, :6]) for a in (ids, positions, mask))
+    prefill, cache = model.decode(ids_, positions_, cache, mask_)
     steps = [prefill]
     for t in range(6, 9):
         logits, cache = model.decode(jnp.asarray(ids[:, t : t + 1]), jnp.asarray(positions[:, t : t + 1]), cache)

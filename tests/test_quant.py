@@ -10,8 +10,16 @@ from flax import nnx
 
 import jaxlm
 from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama
-from jaxlm.models.quant import (DIGIT_BASE, Int8Embed, Int8Linear, dequantize, int8_digits, int8_matmul,
-                                quantize_int8, quantize_rows)
+from jaxlm.models.quant import (
+    DIGIT_BASE,
+    Int8Embed,
+    Int8Linear,
+    dequantize,
+    int8_digits,
+    int8_matmul,
+    quantize_int8,
+    quantize_rows,
+)
 
 
 def _random(shape, seed, scale=1.0):
@@ -67,7 +75,8 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
     assert any(isinstance(m, Int8Embed) for m in modules) == (name != "bias")  # the tied head goes int8 too
     ids, mask = padded_batch(seed=2)
     real = mask.astype(bool)
-    ours, ref = np.asarray(int8(jnp.asarray(ids), jnp.asarray(mask))), np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    ours = np.asarray(int8(jnp.asarray(ids), jnp.asarray(mask)))
+    ref = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     # Weights rounded to 1/254 of each row's largest value: logits move by ~1% of their range.
     assert np.abs(ours[real] - ref[real]).max() <= 0.02 * np.abs(ref[real]).max()
     # Dequantising gives a float model computing what the int8 weights stand for (up to the activation

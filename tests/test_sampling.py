@@ -48,7 +48,10 @@ def test_top_k_filter_keeps_the_k_largest_logits():
 
 def test_top_p_filter_keeps_the_smallest_set_reaching_p():
     logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
-    kept = lambda p: np.isfinite(np.asarray(top_p_filter(logits, jnp.float32(p))))[0].tolist()  # noqa: E731
+
+    def kept(p):
+        return np.isfinite(np.asarray(top_p_filter(logits, jnp.float32(p))))[0].tolist()
+
     assert kept(0.8) == [False, True, False, True]  # 0.5 + 0.3 reaches 0.8
     assert kept(0.81) == [False, True, True, True]
     assert kept(0.1) == [False, True, False, False]  # the top token always stays
@@ -85,7 +88,9 @@ def test_temperature_scales_the_logits_before_sampling(model):
 
 
 def test_same_seed_repeats_samples_and_another_seed_changes_them(model):
-    run = lambda seed: jaxlm.generate(model, None, [PROMPT], 16, temperature=1.0, seed=seed).token_ids  # noqa: E731
+    def run(seed):
+        return jaxlm.generate(model, None, [PROMPT], 16, temperature=1.0, seed=seed).token_ids
+
     assert run(3) == run(3)
     assert run(3) != run(4)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import transformers
 
@@ -42,11 +44,13 @@ def chat_model(tmp_path_factory):
     return jaxlm.load_pretrained(tiny_chat_checkpoint(tmp_path_factory.mktemp("chat")))
 
 
-def test_jaxlm_generate_stays_callable_after_the_cli_module_is_imported(chat_model):
-    import jaxlm.generate  # noqa: F401  (rebinds the package attribute to the module)
-
+def test_jaxlm_generate_is_the_function_and_the_entry_point_module_cannot_shadow_it(chat_model):
+    # jaxlm/generate.py exists only for `python -m jaxlm.generate`; importing it would rebind
+    # jaxlm.generate to the module, so it refuses, and the function stays.
+    with pytest.raises(ImportError, match="jaxlm.generate is the function"):
+        importlib.import_module("jaxlm.generate")
     model, tokenizer = chat_model
-    assert "generate" in jaxlm.__all__
+    assert "generate" in jaxlm.__all__ and jaxlm.generate is jaxlm.sampling.api.generate
     result = jaxlm.generate(model, tokenizer, "hello", max_new_tokens=2)
     assert result.token_ids == jaxlm.sampling.generate(model, tokenizer, "hello", max_new_tokens=2).token_ids
 

@@ -26,12 +26,14 @@ def test_gguf_config_and_tokenizer_come_from_the_metadata(smollm2):
     cfg = model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads) == (30, 576, 9, 3)
     assert cfg.tie_word_embeddings and cfg.rope_theta == 1e5
-    assert "<|im_start|>assistant" in tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>assistant" in prompt
 
 
 def test_gguf_logits_match_transformers_gguf_loader(smollm2, smollm2_gguf):
     model, tokenizer = smollm2
-    ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="np", return_dict=True)["input_ids"]
+    encoded = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="np", return_dict=True)
+    ids = encoded["input_ids"]
     ours = np.asarray(model(jnp.asarray(ids)))
     folder, name = os.path.split(smollm2_gguf)
     ref = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()

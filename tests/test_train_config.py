@@ -40,7 +40,8 @@ def test_dotted_overrides_are_parsed_as_yaml_values():
 
 
 def test_unknown_key_names_the_closest_valid_one():
-    with pytest.raises(ConfigError, match=r"unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"):
+    expected = r"unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"
+    with pytest.raises(ConfigError, match=expected):
         load_config(None, ["train.lerning_rate=1e-3"])
 
 
@@ -75,3 +76,70 @@ def test_cli_help_lists_every_key_with_its_default(capsys):
     out = capsys.readouterr().out
     for key in ("model.lora.rank", "train.compute_dtype", "eval.early_stopping_patience", "mesh.fsdp", "output_dir"):
         assert key in out
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.mixing=bandit", r"data.mixing='bandit' is not available yet .*; use static or temperature"),
+    ("data.mixing=round_robin", r"data.mixing='round_robin' is not one of static, temperature"),
+    ("data.train=[{path: a.jsonl, weight: -1}]", r"data.train\[0\].weight must be >= 0, got -1"),
+    ("data.temperature=0", None),  # static mixing ignores the temperature
+    ("data.eval_fraction=1.0", r"data.eval_fraction must be in \[0, 1\), got 1.0"),
+    ("data.augment.char_typo_p=1.5", r"data.augment.char_typo_p must be in \[0, 1\], got 1.5"),
+    ("data.train=[{path: a.jsonl, format: csv}]", r"data.train\[0\].format='csv' is not one of auto"),
+    ("data.on_error=ignore", r"data.on_error='ignore' is not one of raise, skip"),
+    ("eval.every=-1", r"eval.every must be >= 0, got -1"),
+    ("mesh.fsdp=0", r"mesh.fsdp must be >= 1, got 0"),
+    ("mesh.data=0", r"mesh.data must be >= 1, or -1"),
+    ("model.lora.targets=[]", r"model.lora.targets is empty"),
+])
+def test_the_data_section_and_the_rest_are_checked_when_loading(override, message):
+    if message is None:
+        load_config(None, [override])
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_temperature_must_be_positive_for_temperature_mixing():
+    with pytest.raises(ConfigError, match=r"data.temperature must be > 0"):
+        load_config(None, ["data.mixing=temperature", "data.temperature=0"])
+
+
+def test_early_stopping_needs_evaluation_data():
+    with pytest.raises(ConfigError, match=r"eval.early_stopping_patience=2 needs evaluation data"):
+        load_config(None, ["data.eval=[]", "eval.early_stopping_patience=2"])
+    load_config(None, ["data.eval=[]", "data.eval_fraction=0.1", "eval.early_stopping_patience=2"])
+
+
+@pytest.mark.parametrize("overrides, devices, message", [
+    (["mesh.fsdp=2"], 1, r"mesh.fsdp=2 must divide the 1 available devices"),
+    (["mesh.data=2"], 1, r"mesh.data=2 x mesh.fsdp=1 = 2 devices, but 1 are available"),
+    (["train.batch_size=4"], 8, r"4 sequences per micro-batch must be divisible by the 8 devices"),
+    (["model.path=nowhere/model.gguf"], 1, r"model.path='nowhere/model.gguf': no such model folder"),
+    (["data.eval=[nowhere.jsonl]"], 1, r"data.eval\[0\].path='nowhere.jsonl': no such file or folder"),
+])
+def test_the_environment_check_names_the_key(overrides, devices, message):
+    cfg = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        cfg.check_environment(devices)
+
+
+def test_the_default_config_fits_one_device():
+    load_config().check_environment(1)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.mixing=bandit", "config error: data.mixing='bandit' is not available yet"),
+    ("mesh.fsdp=2", "config error: mesh.fsdp=2 must divide the 1 available devices"),
+    ("data.train=[missing.jsonl]", "config error: data.train[0].path='missing.jsonl': no such file or folder"),
+])
+def test_cli_stops_on_a_config_error_before_any_work(override, message, monkeypatch, capsys):
+    import jaxlm.train.loop
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("train() ran on a bad config")
+
+    monkeypatch.setattr(jaxlm.train.loop, "train", must_not_run)
+    assert main(["--no-progress", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from train_helpers import write_tiny_llama
 
 import jaxlm
 from jaxlm.models.lora import LoRALinear
 from jaxlm.train.config import load_config
 from jaxlm.train.engine import build_engine
 from jaxlm.train.state import decay_mask, make_schedule
+from train_helpers import write_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
-from train_helpers import write_text, write_tiny_llama
 
 from jaxlm.train import load_config, train
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.metrics import read_metrics
+from train_helpers import write_text, write_tiny_llama
 
 STEPS = 24
 

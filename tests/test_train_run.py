@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from train_helpers import tiny_config, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
 
 from jaxlm.train import TrainingError, train
 from jaxlm.train.__main__ import main
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.metrics import read_metrics
+from train_helpers import tiny_config, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from train_helpers import write_tiny_llama
 
 from jaxlm.train.sharding import param_spec
+from train_helpers import write_tiny_llama
 
 SCRIPT = r"""
 import json, sys

@@ -6,7 +6,6 @@ import json
 import os
 
 from hf_checkpoints import tiny_bert, tiny_llama
-
 from jaxlm.train.config import load_config
 
 CHAT_TEMPLATE = (
@@ -42,7 +41,8 @@ def write_tiny_llama(path, **kwargs) -> str:
 def bert_tokenizer(path):
     from transformers import BertTokenizerFast
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS)), "##s", "##ed", "paris", "london", "alice"]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = [*specials, *sorted(set(WORDS)), "##s", "##ed", "paris", "london", "alice"]
     vocab_file = os.path.join(path, "vocab.txt")
     os.makedirs(path, exist_ok=True)
     with open(vocab_file, "w") as f:

@@ -18,8 +18,7 @@ from collections import Counter, defaultdict
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.lexicons import (demographic_lexicon, load_term_groups, profanity_lexicon,
-                                  sentiment_lexicon)
+from jaxlm.audit.lexicons import demographic_lexicon, load_term_groups, profanity_lexicon, sentiment_lexicon
 
 CONTEXT_WORDS = 8
 NEGATIVE_CONTEXT = -3  # context valence at or below this flags the record (one "hate"/"bad")

@@ -1,20 +1,27 @@
-"""`python -m jaxlm.audit`: command line over `pipeline.run_audit`.
+"""`jaxlm audit` / `python -m jaxlm.audit`: command line over `pipeline.run_audit`.
 
-Exit status: 0 audit done and every gate passed; 1 bad input or options (the
+Exit status (jaxlm.errors): 0 audit done and every gate passed; 2 bad input or options (the
 message names the file and line); 3 the audit ran but a --fail-on gate failed.
+Option defaults are AuditConfig's, so the command and the library cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import sys
 
-from jaxlm.audit.config import AuditConfig, AuditError
-from jaxlm.audit.flags import DEFAULT_REMOVE, REASONS
+from jaxlm.audit.config import AuditConfig
+from jaxlm.audit.flags import REASONS
+from jaxlm.errors import Stopped, exit_codes
 
-EXIT_BAD_INPUT = 1
-EXIT_GATE_FAILED = 3
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(AuditConfig) if f.default is not dataclasses.MISSING}
+
+
+class GateFailed(Stopped):
+    """The audit ran, but a --fail-on threshold was crossed."""
+
+    label = "gate failed"
 
 _DESCRIPTION = """\
 Audit a training data file for risks before fine-tuning on it, and write:
@@ -51,81 +58,84 @@ examples:
   python -m jaxlm.audit ner.conll --model none --embedder none --remove invalid_bio,label_conflict
 
 Quote --fail-on arguments: an unquoted '>' is a shell redirection.
-exit status: 0 ok; 1 bad input or options; 3 a --fail-on gate failed.
+exit status: 0 ok; 2 bad input or options; 3 a --fail-on gate failed; 130 interrupted.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m jaxlm.audit", description=_DESCRIPTION, epilog=_EPILOG,
+def build_parser(prog: str = "python -m jaxlm.audit") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION, epilog=_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", metavar="DATA", help="file or folder to audit")
-    parser.add_argument("--reference", metavar="REAL", action="append", default=[],
+    parser.add_argument("--reference", metavar="REAL", action="append", default=[], dest="references",
                         help="real corpus that synthetic DATA must not copy long spans from (repeatable)")
     parser.add_argument("--eval", metavar="EVAL", action="append", default=[], dest="evals",
                         help="evaluation set that DATA must not overlap (repeatable)")
-    parser.add_argument("--model", metavar="PATH_OR_GGUF", default="smollm2",
-                        help="causal LM for perplexity: 'smollm2' (default, the shipped "
-                             "SmolLM2-135M GGUF), an HF folder or .gguf file, or 'none' to skip")
-    parser.add_argument("--embedder", default="minilm",
-                        help="sentence embeddings for topic clusters: 'minilm' (default, shipped), "
-                             "'tfidf' (no model), an HF BERT folder, or 'none' to skip")
-    parser.add_argument("--out", metavar="DIR", default="audit", help="output folder (default: audit)")
+    parser.add_argument("--model", metavar="PATH_OR_GGUF", default=_shown(DEFAULTS["model"]),
+                        help="causal LM for perplexity: 'smollm2' (the shipped SmolLM2-135M GGUF), "
+                             "an HF folder or .gguf file, or 'none' to skip (default: %(default)s)")
+    parser.add_argument("--embedder", default=_shown(DEFAULTS["embedder"]),
+                        help="sentence embeddings for topic clusters: 'minilm' (shipped), 'tfidf' (no model), "
+                             "an HF BERT folder, or 'none' to skip (default: %(default)s)")
+    parser.add_argument("--out", metavar="DIR", default=DEFAULTS["out"], help="output folder (default: %(default)s)")
     parser.add_argument("--fail-on", metavar="KEY>VALUE", action="append", default=[], dest="gates",
                         help="exit 3 when a report.json figure crosses the threshold, e.g. "
                              "duplication.exact_fraction>0.05 (operators > >= < <= ==; repeatable; "
                              "a figure not measured in the run fails its gate)")
-    parser.add_argument("--remove", metavar="REASON,...", default=",".join(DEFAULT_REMOVE),
-                        help=f"flag reasons whose records clean.jsonl drops (default: "
-                             f"{','.join(DEFAULT_REMOVE)}; 'none' keeps every record)")
-    parser.add_argument("--near-duplicate-threshold", type=float, default=0.8, metavar="J",
-                        help="Jaccard similarity of word 5-gram shingles for near duplicates (default 0.8)")
-    parser.add_argument("--ngram", type=int, default=13, metavar="N",
-                        help="span length in words for contamination and reference copying (default 13)")
-    parser.add_argument("--max-perplexity", type=float, default=None, metavar="P",
+    parser.add_argument("--remove", metavar="REASON,...", default=",".join(DEFAULTS["remove"]) or "none",
+                        help="flag reasons whose records clean.jsonl drops ('none' keeps every record; "
+                             "default: %(default)s)")
+    parser.add_argument("--near-duplicate-threshold", type=float, default=DEFAULTS["near_duplicate_threshold"],
+                        metavar="J", help=f"Jaccard similarity of word {DEFAULTS['shingle_words']}-gram shingles "
+                                          "for near duplicates (default: %(default)s)")
+    parser.add_argument("--ngram", type=int, default=DEFAULTS["ngram"], metavar="N",
+                        help="span length in words for contamination and reference copying (default: %(default)s)")
+    parser.add_argument("--max-perplexity", type=float, default=DEFAULTS["max_perplexity"], metavar="P",
                         help="flag records above this perplexity (default: outliers of the file, "
                              "median + 3.5 MADs of log perplexity)")
-    parser.add_argument("--perplexity-tokens", type=int, default=256, metavar="T",
-                        help="score the first T tokens of each record (default 256)")
-    parser.add_argument("--self-bleu-sample", type=int, default=100, metavar="N",
-                        help="records sampled for self-BLEU (quadratic cost; default 100)")
-    parser.add_argument("--topic-sample", type=int, default=1000, metavar="N",
-                        help="records sampled for topic clustering (default 1000)")
-    parser.add_argument("--terms", metavar="JSON", default=None,
+    parser.add_argument("--perplexity-tokens", type=int, default=DEFAULTS["perplexity_tokens"], metavar="T",
+                        help="score the first T tokens of each record (default: %(default)s)")
+    parser.add_argument("--self-bleu-sample", type=int, default=DEFAULTS["self_bleu_sample"], metavar="N",
+                        help="records sampled for self-BLEU (quadratic cost; default: %(default)s)")
+    parser.add_argument("--topic-sample", type=int, default=DEFAULTS["topic_sample"], metavar="N",
+                        help="records sampled for topic clustering (default: %(default)s)")
+    parser.add_argument("--terms", metavar="JSON", default=DEFAULTS["terms"],
                         help="demographic term groups (default: jaxlm/audit/data/demographic_terms.json)")
-    parser.add_argument("--skip-bad", action="store_true",
+    parser.add_argument("--skip-bad", action="store_true", default=DEFAULTS["skip_bad"],
                         help="skip unreadable records (counted in report.json) instead of stopping")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", default=not DEFAULTS["progress"], help="no progress bars")
     return parser
+
+
+def _shown(value: str | None) -> str:
+    return "none" if value is None else value
+
+
+def _given(text: str) -> str | None:
+    return None if text == "none" else text
 
 
 def config_from_args(args: argparse.Namespace) -> AuditConfig:
     remove = () if args.remove.strip() in ("", "none") else tuple(
         r.strip() for r in args.remove.split(",") if r.strip())
     return AuditConfig(
-        data=args.data, out=args.out, references=args.reference, evals=args.evals,
-        model=None if args.model == "none" else args.model,
-        embedder=None if args.embedder == "none" else args.embedder,
-        remove=remove, gates=args.gates, near_duplicate_threshold=args.near_duplicate_threshold,
-        ngram=args.ngram, max_perplexity=args.max_perplexity, perplexity_tokens=args.perplexity_tokens,
+        data=args.data, out=args.out, references=args.references, evals=args.evals,
+        model=_given(args.model), embedder=_given(args.embedder), remove=remove, gates=args.gates,
+        near_duplicate_threshold=args.near_duplicate_threshold, ngram=args.ngram,
+        max_perplexity=args.max_perplexity, perplexity_tokens=args.perplexity_tokens,
         self_bleu_sample=args.self_bleu_sample, topic_sample=args.topic_sample, terms=args.terms,
         skip_bad=args.skip_bad, progress=not args.quiet,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.audit") -> int:
+    args = build_parser(prog).parse_args(argv)
     from jaxlm.audit.pipeline import run_audit  # heavy imports after --help
-    from jaxlm.data.records import DataError
-    from jaxlm.hf.errors import CheckpointError
 
-    try:
-        result = run_audit(config_from_args(args))
-    except (AuditError, DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    result = run_audit(config_from_args(args))  # AuditError, DataError, CheckpointError: exit 2
     summary = result.report["flags"]
     print(f"audited {result.report['input']['records']} records: {summary['flagged_records']} flagged, "
           f"{summary['removed_records']} removed; report: {os.path.join(args.out, 'report.html')}")
-    for gate in result.failed_gates:
-        print(f"gate failed: {gate['gate']} (value: {gate['value']})", file=sys.stderr)
-    return EXIT_GATE_FAILED if result.failed_gates else 0
+    if result.failed_gates:
+        raise GateFailed("; ".join(f"{gate['gate']} (value: {gate['value']})" for gate in result.failed_gates))
+    return 0

@@ -1,13 +1,14 @@
-"""Everything one audit run needs to know, as one object (the CLI fills it in)."""
+"""Everything one audit run needs to know, as one object (the CLI fills it in; its defaults are these)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from jaxlm.audit.flags import DEFAULT_REMOVE
+from jaxlm.errors import UserError
 
 
-class AuditError(ValueError):
+class AuditError(UserError):
     """A problem with the audit's inputs or options that the user can fix."""
 
 

@@ -8,7 +8,7 @@ per-process hash seed does not matter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 # A record shorter than this many words is matched whole instead of by n-grams:
 # shorter spans ("how are you") are common phrases, not evidence of copying.
@@ -73,11 +73,3 @@ class NgramIndex:
     def __len__(self) -> int:
         return len(self._owner)
 
-
-def build_index(corpora: Iterable[tuple[str, Iterable[Sequence[str]]]], n: int) -> NgramIndex:
-    """An index over several named corpora, each an iterable of token lists."""
-    index = NgramIndex(n)
-    for name, documents in corpora:
-        for position, tokens in enumerate(documents):
-            index.add(tokens, (name, position))
-    return index

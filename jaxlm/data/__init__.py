@@ -1,20 +1,14 @@
 """Data pipeline: sources, TFDS builders, augmentation, packing, mixing, resume.
 
-Importing this package registers the ``jaxlm_*`` TFDS builders (cheap: TFDS
-does not import TensorFlow until a dataset is built). The tf.data pipeline
-itself imports TensorFlow (~5 s), so ``build_pipeline``/``Pipeline`` are
-loaded on first use.
+Importing this package imports neither TensorFlow nor TFDS: the configs and the
+record readers are plain Python. The tf.data pipeline (``build_pipeline``,
+``Pipeline``) imports TensorFlow (~5 s) and is loaded on first use; the
+``jaxlm_*`` TFDS builders are registered where a ``tfds:`` source is read
+(:func:`jaxlm.data.builders.dataset_builder`).
 """
-
-import os
-
-# TensorFlow's C++ INFO/WARNING lines (oneDNN notices, tf.data cache notes) drown the
-# training log; users who want them set TF_CPP_MIN_LOG_LEVEL themselves.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from jaxlm.data.config import AugmentConfig, DataConfig, SourceConfig
 from jaxlm.data.records import DataError, ReadStats, Record, read_records
-from jaxlm.data import builders as _builders  # noqa: F401  (registers jaxlm_* with TFDS)
 
 _LAZY = {
     "build_pipeline": "jaxlm.data.pipeline",

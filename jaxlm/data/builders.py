@@ -1,6 +1,9 @@
 """TFDS builders for the corpora shipped inside installed packages (no network).
 
-``tfds.load("jaxlm_wiki_summaries", data_dir=...)`` reads the package files,
+Defining the classes below registers them with TFDS, so importing this module
+is what makes ``tfds:jaxlm_*`` names resolve; :func:`dataset_builder` is the
+one way jaxlm opens a TFDS dataset by name. ``dataset_builder("jaxlm_wiki_summaries",
+data_dir).download_and_prepare()`` reads the package files,
 de-duplicates them and writes a fixed split (see :mod:`jaxlm.data.dedup`:
 80/10/10 train/validation/test by a hash of each de-duplicated text group, so
 no text appears in two splits).
@@ -35,7 +38,6 @@ import tensorflow_datasets as tfds
 from jaxlm.assets import package_file
 from jaxlm.data.dedup import assign_splits
 from jaxlm.data.records import read_records
-
 
 _MESSAGES = tfds.features.Sequence({"role": tfds.features.Text(), "content": tfds.features.Text()})
 
@@ -188,6 +190,11 @@ class JaxlmSentiment(_ShippedCorpus):
                 if row["sentiment"] in self.LABELS and row["text"].strip():
                     yield {"text": row["text"].strip(), "label": row["sentiment"],
                            "confidence": float(row["confidence"] or 0.0)}
+
+
+def dataset_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder for ``NAME[/CONFIG]``: one of ours (registered above) or any TFDS dataset."""
+    return tfds.builder(name, data_dir=data_dir or None)
 
 
 def _alternating_roles(turns: list[str]) -> list[dict]:

@@ -36,8 +36,7 @@ import queue
 import numpy as np
 
 from jaxlm.data.chat_template import ChatTemplate, prefix_spans
-
-IGNORE_LABEL = -100
+from jaxlm.tasks import IGNORE_LABEL
 
 
 class _TokenizerPool:

@@ -5,7 +5,10 @@
   record count. T = 1 samples proportionally to (weighted) size; larger T
   flattens towards uniform so small sources are not drowned out.
 * ``bandit``: reserved for adaptive mixing (weights updated from the training
-  loss). Not implemented: asking for it raises :class:`MixingConfigError`.
+  loss). Not implemented: asking for it raises
+  :class:`~jaxlm.data.config.MixingConfigError`, as does any other bad setting
+  (the checks live in :func:`jaxlm.data.config.check_mixing`, which the
+  training config runs before any work).
 
 The mixture is ``tf.data.Dataset.sample_from_datasets``. Its ``weights`` may be
 a dataset of per-example weight vectors instead of a constant, which is how an
@@ -19,27 +22,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-MIXING_MODES = ("static", "temperature", "bandit")
-
-
-class MixingConfigError(ValueError):
-    """An unsupported or invalid mixing configuration."""
+from jaxlm.data.config import check_mixing
 
 
 def mixture_weights(weights: list[float], sizes: list[int], *, mode: str = "static",
                     temperature: float = 2.0) -> np.ndarray:
     """Sampling probabilities per source (they sum to 1)."""
+    check_mixing(mode, [float(w) for w in weights], temperature)
     weights = np.asarray(weights, dtype=np.float64)
-    if mode == "bandit":
-        raise MixingConfigError(
-            "mixing='bandit' is not implemented yet; use mixing='static' or 'temperature'")
-    if mode not in MIXING_MODES:
-        raise MixingConfigError(f"mixing must be one of {MIXING_MODES}, got {mode!r}")
-    if len(weights) == 0 or (weights < 0).any() or weights.sum() <= 0:
-        raise MixingConfigError(f"source weights must be >= 0 with a positive sum, got {weights.tolist()}")
     if mode == "temperature":
-        if temperature <= 0:
-            raise MixingConfigError(f"temperature must be > 0, got {temperature}")
         weights = (weights * np.asarray(sizes, dtype=np.float64)) ** (1.0 / temperature)
     return weights / weights.sum()
 

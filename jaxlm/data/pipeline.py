@@ -33,13 +33,13 @@ import tensorflow as tf
 from jaxlm.data import packing, stages
 from jaxlm.data.augment import Augmenter
 from jaxlm.data.config import AugmentConfig, DataConfig
-from jaxlm.data.encode import IGNORE_LABEL, LMEncoder, NerEncoder, word_tags
+from jaxlm.data.encode import LMEncoder, NerEncoder, word_tags
 from jaxlm.data.mixing import mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
 from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
+from jaxlm.tasks import IGNORE_LABEL, TASKS
 
-TASKS = ("sft", "causal_lm", "token_classification")
 STATE_VERSION = 1
 
 

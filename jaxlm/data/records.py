@@ -32,6 +32,8 @@ import re
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from jaxlm.errors import UserError
+
 RECORD_KINDS = ("messages", "prompt_completion", "text", "ner")
 FORMATS = ("auto", "jsonl", "text", "conll")
 MAX_KEPT_ERRORS = 20  # ReadStats keeps the first few messages, the count is exact
@@ -44,8 +46,10 @@ _EXTENSION_FORMAT = {
 _BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data. The message starts with ``path:line:``."""
+
+    label = "data error"
 
     def __init__(self, path: str, line: int, message: str):
         super().__init__(f"{path}:{line}: {message}")

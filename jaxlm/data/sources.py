@@ -92,10 +92,10 @@ def _tfds_records(source: SourceConfig, on_error: str, stats: ReadStats,
                   data_dir: str | None) -> Iterator[Record]:
     import tensorflow_datasets as tfds
 
-    import jaxlm.data.builders  # noqa: F401  (registers the jaxlm_* builders)
+    from jaxlm.data.builders import dataset_builder  # TFDS and our builders load only for tfds: sources
 
     name, split = parse_tfds_path(source.path)
-    builder = tfds.builder(name, data_dir=data_dir or None)
+    builder = dataset_builder(name, data_dir)
     builder.download_and_prepare()
     # Read once, front to back: TFDS's auto-cache would only warn when a reader stops early.
     dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))

@@ -60,6 +60,9 @@ def augment(dataset: tf.data.Dataset, augmenter: Augmenter,
 def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder) -> tf.data.Dataset:
     """Batched records -> one element per document: ids, trained flags, source id."""
 
+    def concat(parts):
+        return np.concatenate(parts) if parts else np.zeros([0], np.int32)
+
     def encode_batch(records, source_ids):
         ids, trained, lengths, sources = [], [], [], []
         for documents, source_id in zip(encoder.encode(_records(records)), source_ids):
@@ -68,7 +71,6 @@ def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder) -> tf.data.Da
                 trained.append(document_trained)
                 lengths.append(len(document_ids))
                 sources.append(source_id)
-        concat = (lambda parts: np.concatenate(parts) if parts else np.zeros([0], np.int32))
         return (concat(ids), concat(trained), np.asarray(lengths, np.int64),
                 np.asarray(sources, np.int32))
 

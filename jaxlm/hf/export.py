@@ -9,17 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.hf.gguf_export import write_gguf
 from jaxlm.models import architecture_of
+from jaxlm.models.lora import has_lora, merge_lora
+from jaxlm.models.quant import dequantize, is_quantized
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
-_DTYPE_NAMES = {jnp.dtype(jnp.float32): "float32", jnp.dtype(jnp.bfloat16): "bfloat16", jnp.dtype(jnp.float16): "float16"}
+_DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
 
 
 def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     """The model's parameters under their HF names and layouts (LoRA adapters merged in, int8 dequantised)."""
-    from jaxlm.models.lora import has_lora, merge_lora
-    from jaxlm.models.quant import dequantize, is_quantized
-
     if has_lora(model):
         model = merge_lora(model)
     if is_quantized(model):
@@ -44,9 +44,8 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
 
     out_dir = os.fspath(out_dir)
     if out_dir.endswith(".gguf"):
-        from jaxlm.hf.gguf_export import export_gguf
-
-        return export_gguf(model, out_dir, tokenizer, gguf_type)
+        model_type = architecture_of(model).family.model_type
+        return write_gguf(out_dir, hf_state_dict(model), model.config, model_type, tokenizer, gguf_type)
     os.makedirs(out_dir, exist_ok=True)
     arch = architecture_of(model)
     tensors = hf_state_dict(model)
@@ -62,8 +61,9 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
     if getattr(model.config, "tie_word_embeddings", None) is not None:
         config["tie_word_embeddings"] = model.config.tie_word_embeddings
     _write_json(os.path.join(out_dir, "config.json"), config)
-    if arch.causal_lm:
-        generation = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+    if arch.family.causal_lm:
+        special = ("bos_token_id", "eos_token_id", "pad_token_id")
+        generation = {k: config[k] for k in special if config.get(k) is not None}
         _write_json(os.path.join(out_dir, "generation_config.json"), generation)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

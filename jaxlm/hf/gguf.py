@@ -68,10 +68,14 @@ def hf_config(reader, path: str) -> dict:
     arch = _field(reader, "general.architecture", path)
     if arch not in _CONFIGS:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported ({', '.join(_CONFIGS)})")
-    get = lambda key, default=None: _field(reader, f"{arch}.{key}", path, default)  # noqa: E731
+
+    def get(key, default=None):
+        return _field(reader, f"{arch}.{key}", path, default)
+
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
     config = _CONFIGS[arch](get, vocab, {t.name for t in reader.tensors})
-    for ours, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id")):
+    special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
+    for ours, key in special:
         if f"tokenizer.ggml.{key}" in reader.fields:
             config[ours] = int(reader.fields[f"tokenizer.ggml.{key}"].contents())
     return config
@@ -165,9 +169,10 @@ def tokenizer(reader, path: str):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    meta = lambda key, default=None: (  # noqa: E731
-        reader.fields[f"tokenizer.{key}"].contents() if f"tokenizer.{key}" in reader.fields else default
-    )
+    def meta(key, default=None):
+        field = reader.fields.get(f"tokenizer.{key}")
+        return default if field is None else field.contents()
+
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
         folder, name = os.path.split(os.path.abspath(path))
@@ -184,7 +189,9 @@ def tokenizer(reader, path: str):
     )
     special = {
         f"{role}_token": tokens[int(meta(f"ggml.{key}"))]
-        for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id"))
+        for role, key in (
+            ("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")
+        )
         if meta(f"ggml.{key}") is not None
     }
     return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=meta("chat_template"), **special)

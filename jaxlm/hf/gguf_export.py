@@ -1,4 +1,7 @@
-"""`export_gguf`: write a jaxlm causal LM as one GGUF file that llama.cpp, Ollama and LM Studio run.
+"""`write_gguf`: a causal LM as one GGUF file that llama.cpp, Ollama and LM Studio run.
+
+`export_pretrained(model, "model.gguf", tokenizer, gguf_type=...)` calls it with the model's
+tensors under their Hugging Face names (LoRA merged, int8 dequantised).
 
 The file holds what llama.cpp's own converter (convert_hf_to_gguf.py) writes: the architecture's
 hyperparameters under llama.cpp's key names, the tensors under llama.cpp's names and layouts
@@ -19,36 +22,31 @@ import os
 
 import numpy as np
 
-from jaxlm.hf.errors import CheckpointError
+from jaxlm.errors import UserError
 from jaxlm.hf.gguf import GPT2_NAMES, LLAMA_NAMES
 from jaxlm.hf.gguf_vocab import add_tokenizer
-from jaxlm.models import architecture_of
 from jaxlm.models.weight_map import rename
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 
 
-def export_gguf(model, path: str | os.PathLike, tokenizer, gguf_type: str = "f16", *, name: str | None = None) -> str:
-    """Write `model` (LoRA adapters merged, int8 weights dequantised) and `tokenizer` to `path`.
+def write_gguf(path: str, hf_tensors: dict, config, model_type: str, tokenizer, gguf_type: str = "f16",
+               *, name: str | None = None) -> str:
+    """Write a model given as (HF name -> array) tensors, its config and tokenizer to `path`.
 
     `gguf_type` is "f32", "f16" or "q8_0". `name` is the model name in the metadata (default: the
     file name). A tokenizer is required: llama.cpp has no other source for it.
     """
     import gguf
 
-    from jaxlm.hf.export import hf_state_dict
-
-    path = os.fspath(path)
     if gguf_type not in GGUF_TYPES:
-        raise ValueError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
+        raise UserError(f"GGUF type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}")
     if tokenizer is None:
-        raise ValueError(f"{path}: a GGUF file needs the tokenizer; this model has none")
-    family = architecture_of(model).family
-    if family not in _FAMILIES:
-        raise ValueError(f"{type(model).__name__}: GGUF export supports {', '.join(_FAMILIES)} models, not {family}")
-    gguf_arch, write_metadata, gguf_tensors = _FAMILIES[family]
-    config = model.config
-    hf_tensors = {k: np.asarray(v, np.float32) for k, v in hf_state_dict(model).items()}
+        raise UserError(f"{path}: a GGUF file needs the tokenizer; this model has none")
+    if model_type not in _FAMILIES:
+        raise UserError(f"{path}: GGUF export supports {', '.join(_FAMILIES)} models, not {model_type}")
+    gguf_arch, write_metadata, gguf_tensors = _FAMILIES[model_type]
+    hf_tensors = {k: np.asarray(v, np.float32) for k, v in hf_tensors.items()}
 
     writer = gguf.GGUFWriter(path, gguf_arch)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -116,7 +114,7 @@ def _llama_metadata(writer, c) -> None:
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(scaling["factor"])
     elif kind not in ("default", "llama3"):  # llama3 travels as the rope_freqs tensor
-        raise ValueError(f"rope_scaling type {kind!r} has no GGUF form here (supported: default, linear, llama3)")
+        raise UserError(f"rope_scaling type {kind!r} has no GGUF form here (supported: default, linear, llama3)")
 
 
 def _llama_tensors(hf: dict[str, np.ndarray], c):
@@ -160,7 +158,7 @@ def _llama3_rope_factors(c, scaling: dict) -> np.ndarray:
 def _gpt2_metadata(writer, c) -> None:
     if c.activation_function not in ("gelu_new", "gelu_pytorch_tanh") or c.scale_attn_by_inverse_layer_idx \
             or not c.scale_attn_weights:
-        raise ValueError("llama.cpp's GPT-2 has tanh-GELU and 1/sqrt(head_dim) attention only; this config differs")
+        raise UserError("llama.cpp's GPT-2 has tanh-GELU and 1/sqrt(head_dim) attention only; this config differs")
     writer.add_context_length(c.n_positions)
     writer.add_embedding_length(c.n_embd)
     writer.add_block_count(c.n_layer)
@@ -185,10 +183,13 @@ def _gguf_name(hf_name: str, table) -> str:
         found = rename(hf_name, hf_template, gguf_template)
         if found:
             return found
-    raise CheckpointError(f"tensor {hf_name!r} has no GGUF name")
+    raise UserError(f"tensor {hf_name!r} has no GGUF name")
 
 
+# model_type -> (llama.cpp architecture, metadata writer, tensors). Mistral (without a sliding
+# window, the only kind jaxlm runs) is Llama's computation: llama.cpp's converter writes it so too.
 _FAMILIES = {
     "llama": ("llama", _llama_metadata, _llama_tensors),
+    "mistral": ("llama", _llama_metadata, _llama_tensors),
     "gpt2": ("gpt2", _gpt2_metadata, _gpt2_tensors),
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from jaxlm.errors import UserError
+
 # llama.cpp token types (gguf.TokenType)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
 
@@ -30,7 +32,7 @@ def pre_tokenizer_name(backend) -> str:
         return "smollm"  # SmolLM: one token per digit, then GPT-2's split
     if kinds == ["Split", "ByteLevel"] and steps[0].get("pattern", {}).get("Regex") == LLAMA3_SPLIT:
         return "llama-bpe"
-    raise ValueError(f"GGUF export: the pre-tokenizer {kinds} is not one llama.cpp implements "
+    raise UserError(f"GGUF export: the pre-tokenizer {kinds} is not one llama.cpp implements "
                      "(supported: GPT-2, SmolLM and Llama 3 byte-level BPE)")
 
 
@@ -39,12 +41,12 @@ def add_tokenizer(writer, tokenizer, config) -> None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     model = json.loads(backend.to_str())["model"] if backend is not None else {}
     if model.get("type") != "BPE" or not _is_byte_level(backend):
-        raise ValueError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); "
+        raise UserError("GGUF export needs a byte-level BPE tokenizer (GPT-2 style); "
                          f"{type(tokenizer).__name__} is not one")
     vocab_size = config.vocab_size
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     if max(by_id) >= vocab_size:
-        raise ValueError(f"the tokenizer has token id {max(by_id)}, beyond the model's vocab_size {vocab_size}")
+        raise UserError(f"the tokenizer has token id {max(by_id)}, beyond the model's vocab_size {vocab_size}")
     added = {i: t for i, t in tokenizer.added_tokens_decoder.items()}
     tokens, types = [], []
     for i in range(vocab_size):  # ids the tokenizer never produces pad the table, as llama.cpp's converter does

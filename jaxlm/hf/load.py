@@ -59,7 +59,7 @@ def load_pretrained(
         hf_config["architectures"] = [architecture]
     arch = architecture_for(hf_config, source)
     try:
-        config = arch.config_cls.from_hf(hf_config)
+        config = arch.family.config.from_hf(hf_config)
     except KeyError as e:
         raise CheckpointError(f"{source}: required field {e.args[0]!r} is missing") from e
     if progress:
@@ -86,7 +86,9 @@ def build_model(
     init_missing_head: bool = False,
 ):
     """Instantiate `arch` without random init and fill its parameters from (HF name, array) pairs."""
-    make = lambda: arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype)  # noqa: E731
+    def make():
+        return arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype)
+
     abstract = nnx.eval_shape(make)
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):  # dropout RNG streams: tiny, and jit lets XLA skip the random weights

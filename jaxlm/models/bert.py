@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-from jaxlm.models.gpt2 import ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +29,7 @@ class BertConfig:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "BertConfig":
-        if hf.get("hidden_act", "gelu") not in ACTIVATIONS:
+        if hf.get("hidden_act", "gelu") not in layers.ACTIVATIONS:
             raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported")
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise ValueError("config.json: only position_embedding_type='absolute' is supported")
@@ -53,9 +52,7 @@ class BertConfig:
 
 
 def _layer_norm(cfg: BertConfig, param_dtype):
-    return nnx.LayerNorm(
-        cfg.hidden_size, epsilon=cfg.layer_norm_eps, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0)
-    )
+    return layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, param_dtype=param_dtype)
 
 
 class _DenseNorm(nnx.Module):
@@ -71,12 +68,11 @@ class _DenseNorm(nnx.Module):
 
 class Embeddings(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
-        embed = lambda n: nnx.Embed(  # noqa: E731
-            n, cfg.hidden_size, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+        self.word_embeddings = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
+        self.position_embeddings = layers.embed(
+            rngs, cfg.max_position_embeddings, cfg.hidden_size, param_dtype=param_dtype
         )
-        self.word_embeddings = embed(cfg.vocab_size)
-        self.position_embeddings = embed(cfg.max_position_embeddings)
-        self.token_type_embeddings = embed(cfg.type_vocab_size)
+        self.token_type_embeddings = layers.embed(rngs, cfg.type_vocab_size, cfg.hidden_size, param_dtype=param_dtype)
         self.LayerNorm = _layer_norm(cfg, param_dtype)
 
     def __call__(self, input_ids, token_type_ids, positions):
@@ -86,15 +82,15 @@ class Embeddings(nnx.Module):
 
 class SelfAttention(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs, param_dtype):
-        proj = lambda: layers.linear(rngs, cfg.hidden_size, cfg.hidden_size, bias=True, param_dtype=param_dtype)  # noqa: E731
-        self.query, self.key, self.value = proj(), proj(), proj()
+        self.query, self.key, self.value = (
+            layers.linear(rngs, cfg.hidden_size, cfg.hidden_size, bias=True, param_dtype=param_dtype) for _ in range(3)
+        )
         self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
 
     def __call__(self, x, mask):
         b, t, _ = x.shape
-        split = lambda y: y.reshape(b, t, self.heads, self.head_dim)  # noqa: E731
-        out = layers.dot_product_attention(split(self.query(x)), split(self.key(x)), split(self.value(x)), mask)
-        return out.reshape(b, t, -1)
+        q, k, v = (proj(x).reshape(b, t, self.heads, self.head_dim) for proj in (self.query, self.key, self.value))
+        return layers.dot_product_attention(q, k, v, mask).reshape(b, t, -1)
 
 
 class Attention(nnx.Module):
@@ -112,7 +108,7 @@ class Intermediate(nnx.Module):
         self.activation = cfg.hidden_act
 
     def __call__(self, x):
-        return ACTIVATIONS[self.activation](self.dense(x))
+        return layers.ACTIVATIONS[self.activation](self.dense(x))
 
 
 class Layer(nnx.Module):
@@ -157,13 +153,10 @@ class BertModel(nnx.Module):
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        if positions is None:  # BERT counts padding too (it pads on the right)
+            positions = layers.default_positions(input_ids, None)
         mask = layers.attention_mask(input_ids.shape[1], padding_mask=attention_mask, causal=False)
         return self.encoder(self.embeddings(input_ids, token_type_ids, positions), mask)
-
-    def pooled(self, hidden):
-        return self.pooler(hidden)
 
 
 class BertForTokenClassification(nnx.Module):

@@ -6,19 +6,10 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
-
-ACTIVATIONS = {
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +33,7 @@ class GPT2Config:
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> "GPT2Config":
-        if hf.get("activation_function", "gelu_new") not in ACTIVATIONS:
+        if hf.get("activation_function", "gelu_new") not in layers.ACTIVATIONS:
             raise ValueError(f"config.json: activation_function={hf['activation_function']!r} is not supported")
         if hf.get("tie_word_embeddings", True) is False:
             raise ValueError("config.json: GPT-2 with untied embeddings is not supported")
@@ -85,13 +76,11 @@ class MLP(nnx.Module):
         self.activation = cfg.activation_function
 
     def __call__(self, x):
-        return self.c_proj(ACTIVATIONS[self.activation](self.c_fc(x)))
+        return self.c_proj(layers.ACTIVATIONS[self.activation](self.c_fc(x)))
 
 
 def layer_norm(cfg: GPT2Config, param_dtype) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        cfg.n_embd, epsilon=cfg.layer_norm_epsilon, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0)
-    )
+    return layers.layer_norm(cfg.n_embd, cfg.layer_norm_epsilon, param_dtype=param_dtype)
 
 
 class Block(nnx.Module):
@@ -112,10 +101,8 @@ class GPT2LMHeadModel(nnx.Module):
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = cfg
-        embed = lambda n: nnx.Embed(  # noqa: E731
-            n, cfg.n_embd, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
-        )
-        self.wte, self.wpe = embed(cfg.vocab_size), embed(cfg.n_positions)
+        self.wte = layers.embed(rngs, cfg.vocab_size, cfg.n_embd, param_dtype=param_dtype)
+        self.wpe = layers.embed(rngs, cfg.n_positions, cfg.n_embd, param_dtype=param_dtype)
         self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
         self.ln_f = layer_norm(cfg, param_dtype)
 

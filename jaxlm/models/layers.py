@@ -1,4 +1,5 @@
-"""Pieces the model families share: masks, attention, rotary embeddings, KV cache, norms.
+"""Pieces the model families share: masks, attention, rotary embeddings, KV cache, norms,
+embeddings, activations and the HF initialisation of linear layers.
 
 Everything here is pure: arrays in, arrays out. Layouts follow the Hugging Face
 PyTorch classes so that weights map over without reshuffling and logits match.
@@ -6,6 +7,7 @@ PyTorch classes so that weights map over without reshuffling and logits match.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -34,10 +36,10 @@ class KVCache:
 
     @classmethod
     def create(cls, num_layers, batch, slots, kv_heads, head_dim, dtype=jnp.float32):
-        zeros = lambda: jnp.zeros((batch, slots, kv_heads, head_dim), dtype)  # noqa: E731
+        shape = (batch, slots, kv_heads, head_dim)
         return cls(
-            keys=tuple(zeros() for _ in range(num_layers)),
-            values=tuple(zeros() for _ in range(num_layers)),
+            keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
             valid=jnp.zeros((batch, slots), bool),
             index=jnp.zeros((), jnp.int32),
         )
@@ -158,7 +160,22 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
 
 
-# --- norms and helpers -----------------------------------------------------------------
+# --- positions --------------------------------------------------------------------------
+
+
+def left_padded_positions(padding_mask: jax.Array) -> jax.Array:
+    """Positions counting real tokens only, so left-padded rows start at 0 (as HF generate does)."""
+    return jnp.maximum(jnp.cumsum(padding_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
+    """0, 1, ... per row, or `left_padded_positions` when a padding mask is given."""
+    if padding_mask is None:
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    return left_padded_positions(padding_mask)
+
+
+# --- norms, embeddings, activations, linear layers ---------------------------------------
 
 
 class RMSNorm(nnx.Module):
@@ -174,11 +191,14 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * normed.astype(x.dtype)
 
 
-def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> jax.Array:
-    """Positions counting real tokens only, so left-padded rows start at 0 (as HF generate does)."""
-    if padding_mask is None:
-        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-    return jnp.maximum(jnp.cumsum(padding_mask, axis=-1) - 1, 0).astype(jnp.int32)
+def layer_norm(dim: int, eps: float, *, param_dtype) -> nnx.LayerNorm:
+    """LayerNorm as torch computes it (GPT-2, BERT): two-pass variance, not the faster E[x^2] - E[x]^2."""
+    return nnx.LayerNorm(dim, epsilon=eps, param_dtype=param_dtype, use_fast_variance=False, rngs=nnx.Rngs(0))
+
+
+def embed(rngs, num: int, dim: int, *, param_dtype) -> nnx.Embed:
+    """nnx.Embed with HF's normal(0.02) init."""
+    return nnx.Embed(num, dim, param_dtype=param_dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
 
 
 def linear(rngs, in_dim, out_dim, *, bias: bool, param_dtype, std: float = 0.02) -> nnx.Linear:
@@ -191,3 +211,14 @@ def linear(rngs, in_dim, out_dim, *, bias: bool, param_dtype, std: float = 0.02)
         kernel_init=nnx.initializers.normal(std),
         rngs=rngs,
     )
+
+
+# By their HF `activation_function` / `hidden_act` names: GPT-2's "gelu_new" is the tanh
+# approximation, BERT's "gelu" the exact (erf) one.
+ACTIVATIONS = {
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}

@@ -88,11 +88,11 @@ def _hashable(value):
 class Attention(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         d, h, kv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
-        proj = lambda i, o: layers.linear(rngs, i, o, bias=cfg.attention_bias, param_dtype=param_dtype)  # noqa: E731
-        self.q_proj = proj(d, h * cfg.head_dim)
-        self.k_proj = proj(d, kv * cfg.head_dim)
-        self.v_proj = proj(d, kv * cfg.head_dim)
-        self.o_proj = proj(h * cfg.head_dim, d)
+        options = dict(bias=cfg.attention_bias, param_dtype=param_dtype)
+        self.q_proj = layers.linear(rngs, d, h * cfg.head_dim, **options)
+        self.k_proj = layers.linear(rngs, d, kv * cfg.head_dim, **options)
+        self.v_proj = layers.linear(rngs, d, kv * cfg.head_dim, **options)
+        self.o_proj = layers.linear(rngs, h * cfg.head_dim, d, **options)
         self.heads, self.kv_heads, self.head_dim = h, kv, cfg.head_dim
 
     def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
@@ -112,8 +112,10 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         d, f = cfg.hidden_size, cfg.intermediate_size
-        proj = lambda i, o: layers.linear(rngs, i, o, bias=cfg.mlp_bias, param_dtype=param_dtype)  # noqa: E731
-        self.gate_proj, self.up_proj, self.down_proj = proj(d, f), proj(d, f), proj(f, d)
+        options = dict(bias=cfg.mlp_bias, param_dtype=param_dtype)
+        self.gate_proj = layers.linear(rngs, d, f, **options)
+        self.up_proj = layers.linear(rngs, d, f, **options)
+        self.down_proj = layers.linear(rngs, f, d, **options)
 
     def __call__(self, x):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -137,13 +139,7 @@ class LlamaForCausalLM(nnx.Module):
 
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
         self.config = cfg
-        self.embed_tokens = nnx.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            param_dtype=param_dtype,
-            embedding_init=nnx.initializers.normal(0.02),
-            rngs=rngs,
-        )
+        self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
         self.layers = nnx.List(
             [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)]
         )

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.models.lora import LoRALinear, _set
+
 ACTIVATIONS = ("int8", "float")
 
 
@@ -120,8 +122,6 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
 
     LoRA adapters must be merged first (`merge_lora`): their low-rank update is kept in float only
     while training."""
-    from jaxlm.models.lora import LoRALinear, _set
-
     activations = activations or default_activations()
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations={activations!r} is not one of {', '.join(ACTIVATIONS)}")
@@ -153,8 +153,6 @@ def is_quantized(model) -> bool:
 
 def dequantize(model):
     """A float copy of `model` (int8 weights times their scales), e.g. for export."""
-    from jaxlm.models.lora import _set
-
     out = nnx.clone(model)
     for path, module in list(nnx.iter_modules(out)):
         if isinstance(module, Int8Linear):

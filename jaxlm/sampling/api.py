@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.models import position_limit
 from jaxlm.sampling import loop
 from jaxlm.sampling.logits import SamplingParams
 
@@ -262,13 +263,13 @@ def _pad_id(model, tokenizer, stops) -> int:
 
 
 def _check_length(model, prompt_ids, max_new_tokens: int) -> None:
-    """GPT-2's learned positions end at n_positions; going past them would read garbage."""
-    limit = getattr(model.config, "n_positions", None)
+    """Learned position tables (GPT-2) end at their size; going past them would read garbage."""
+    limit = position_limit(model.config)
     longest = max(len(p) for p in prompt_ids)
-    if limit is not None and longest + max_new_tokens > limit:
+    if limit.learned and longest + max_new_tokens > limit.size:
         raise ValueError(
             f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
-            f"{limit} positions (n_positions)"
+            f"{limit.size} positions ({limit.key})"
         )
 
 

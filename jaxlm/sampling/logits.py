@@ -53,7 +53,9 @@ class SamplingParams:
 
     def knobs(self) -> dict[str, jax.Array]:
         """The numbers, passed as arrays so that a new temperature or p does not recompile."""
-        f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        def f32(x):
+            return jnp.asarray(x, jnp.float32)
+
         return {
             "temperature": f32(self.temperature or 1.0),
             "top_p": f32(self.top_p if self.top_p is not None else 1.0),

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxlm.models.layers import KVCache
+from jaxlm.models.layers import KVCache, left_padded_positions
 from jaxlm.sampling.logits import SamplingProgram, choose_tokens
 
 
@@ -53,8 +53,7 @@ def _prefill(graphdef, plan: Plan, state, prompt_ids, prompt_mask, stop_ids, key
     model.eval()  # the merged copy only: the caller's model keeps its mode
     batch, prompt_len = prompt_ids.shape
     cache = model.init_cache(batch, prompt_len + plan.max_new, jnp.dtype(plan.cache_dtype))
-    # Left padding: real tokens take positions 0, 1, ... as in transformers' generate.
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0).astype(jnp.int32)
+    positions = left_padded_positions(prompt_mask)
     valid = prompt_mask.astype(bool)
     # Only the last position's logits are needed. Running the prompt minus its last token
     # first leaves those logits unused, so XLA drops the [batch, prompt, vocab] projection.

@@ -7,6 +7,7 @@ moment leaves only whole checkpoints. Kept: the latest `keep`, plus the best by 
 
 from __future__ import annotations
 
+import math
 import os
 
 import jax
@@ -18,17 +19,20 @@ class Checkpointer:
     def __init__(self, directory: str, *, keep: int, async_save: bool = True):
         preserve = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m["eval_loss"], reverse=True, n=1,
+            policies.BestN(get_metric_fn=_eval_loss, reverse=True, n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        # best_fn is what makes Orbax write each checkpoint's metrics to disk and rank them in best_step();
+        # without it the best checkpoint is forgotten on restart and deleted by the next save.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preserve, enable_async_checkpointing=async_save, create=True
+            preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
+            enable_async_checkpointing=async_save, create=True,
         )
         self.directory = os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "loop"))
 
     def save(self, step: int, state, loop: dict, eval_loss: float | None = None) -> None:
-        metrics = {"eval_loss": float(eval_loss)} if eval_loss is not None else None
+        metrics = {"eval_loss": float(eval_loss)} if eval_loss is not None else {}  # None: Orbax warns
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)),
@@ -55,6 +59,15 @@ class Checkpointer:
         )
         return restored.state, restored.loop
 
+    def wait(self) -> None:
+        """Until every asynchronous save is on disk."""
+        self.manager.wait_until_finished()
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _eval_loss(metrics: dict) -> float:
+    """The rank of a checkpoint (lower is better); one saved without an evaluation ranks last."""
+    return metrics.get("eval_loss", math.inf)

@@ -3,7 +3,9 @@
 The defaults ARE the embedded run (`python -m jaxlm.train` with no arguments): LoRA SFT
 of SmolLM2-135M-Instruct on the chatterbot and chit-chat conversations shipped in packages.
 Unknown keys fail at once, naming the closest valid key; values are checked against the
-type hints (str/int/float/bool/list/dict and nested dataclasses only).
+type hints (str/int/float/bool/list/dict and nested dataclasses only), then `Config.validate`
+checks every value that can be wrong without a model or a record, and `check_environment`
+what depends on this machine (devices, input paths): a bad config never costs a model load.
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ import yaml
 
 from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
+from jaxlm.data.sources import TFDS_PREFIX
+from jaxlm.errors import ConfigError
+from jaxlm.tasks import TASKS
 
-TASKS = ("sft", "causal_lm", "token_classification")
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
-
-
-class ConfigError(ValueError):
-    """A bad key or value; the message names the key."""
 
 
 @dataclasses.dataclass
@@ -89,11 +89,9 @@ GGUF_TYPES = ("", "f32", "f16", "q8_0")
 
 
 def _default_data() -> DataConfig:
-    return DataConfig(
-        train=[SourceConfig("tfds:jaxlm_chatterbot:train", 1.0), SourceConfig("tfds:jaxlm_chitchat:train", 1.0)],
-        eval=[SourceConfig("tfds:jaxlm_chatterbot:validation", 1.0), SourceConfig("tfds:jaxlm_chitchat:validation", 1.0)],
-        shuffle_buffer=2000,
-    )
+    corpora = ("tfds:jaxlm_chatterbot", "tfds:jaxlm_chitchat")
+    return DataConfig(train=[SourceConfig(f"{name}:train", 1.0) for name in corpora],
+                      eval=[SourceConfig(f"{name}:validation", 1.0) for name in corpora], shuffle_buffer=2000)
 
 
 @dataclasses.dataclass
@@ -109,33 +107,80 @@ class Config:
     output_dir: str = "runs/smollm2-lora-sft"
 
     def validate(self) -> "Config":
+        """Raises ConfigError naming the key for any value that is wrong whatever the machine and files."""
         _choice("task", self.task, TASKS)
         _choice("train.schedule", self.train.schedule, SCHEDULES)
         _choice("train.compute_dtype", self.train.compute_dtype, DTYPES)
         _choice("model.dtype", self.model.dtype, DTYPES)
-        _choice("data.on_error", self.data.on_error, ("raise", "skip"))
         if self.export.gguf not in GGUF_TYPES:
             raise ConfigError(f"export.gguf={self.export.gguf!r} is not one of f32, f16, q8_0 (or \"\" for no GGUF)")
         if self.export.gguf and self.task == "token_classification":
             raise ConfigError("export.gguf: GGUF files hold causal language models; task is token_classification")
-        t = self.train
-        for key, value in [("train.steps", t.steps), ("train.batch_size", t.batch_size), ("train.seq_len", t.seq_len),
-                           ("train.grad_accum", t.grad_accum), ("train.log_every", t.log_every),
-                           ("checkpoint.every", self.checkpoint.every), ("checkpoint.keep", self.checkpoint.keep)]:
-            if value < 1:
-                raise ConfigError(f"{key} must be >= 1, got {value}")
+        t, e = self.train, self.eval
+        _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
+                      "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
+                      "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep,
+                      "eval.sample_tokens": e.sample_tokens, "mesh.fsdp": self.mesh.fsdp})
+        _at_least(0, {"train.learning_rate": t.learning_rate, "train.warmup_steps": t.warmup_steps,
+                      "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
+                      "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
+                      "eval.early_stopping_patience": e.early_stopping_patience,
+                      "model.lora.rank": self.model.lora.rank})
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
-        if self.model.lora.rank < 0:
-            raise ConfigError(f"model.lora.rank must be >= 0 (0 = full fine-tuning), got {self.model.lora.rank}")
-        if not self.data.train:
-            raise ConfigError("data.train is empty: give at least one source (path and weight)")
+        if self.mesh.data != -1 and self.mesh.data < 1:
+            raise ConfigError(f"mesh.data must be >= 1, or -1 for every device fsdp leaves; got {self.mesh.data}")
+        if self.model.lora.rank > 0 and not self.model.lora.targets:
+            raise ConfigError("model.lora.targets is empty: name the layers to adapt, or set model.lora.rank=0")
+        self.data.validate("data")
+        if e.early_stopping_patience and not (self.data.eval or self.data.eval_fraction > 0):
+            raise ConfigError(f"eval.early_stopping_patience={e.early_stopping_patience} needs evaluation data: "
+                              "set data.eval or data.eval_fraction")
         return self
+
+    def check_environment(self, device_count: int) -> "Config":
+        """What depends on this machine: the mesh and batch against `device_count`, and that the
+        model and every local data path exist. Raises ConfigError naming the key."""
+        mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
+        check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
+        if not os.path.exists(resolve_path(self.model.path)):
+            raise ConfigError(f"model.path={self.model.path!r}: no such model folder or .gguf file")
+        for split in ("train", "eval"):
+            for i, source in enumerate(getattr(self.data, split)):
+                if not source.path.startswith(TFDS_PREFIX) and not os.path.exists(source.path):
+                    raise ConfigError(f"data.{split}[{i}].path={source.path!r}: no such file or folder")
+        return self
+
+
+def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
+    """(data, fsdp) sizes of the device mesh; `data=-1` takes every device fsdp leaves."""
+    if fsdp < 1 or device_count % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {device_count} available devices")
+    if data == -1:
+        data = device_count // fsdp
+    if data * fsdp != device_count:
+        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, "
+                          f"but {device_count} are available")
+    return data, fsdp
+
+
+def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
+    """Each micro-batch is split evenly over every device of the mesh."""
+    micro = batch_size // grad_accum
+    if micro % device_count:
+        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
+                          f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
 
 
 def _choice(key, value, allowed):
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(minimum, values: dict) -> None:
+    for key, value in values.items():
+        if not value >= minimum:  # also catches NaN
+            raise ConfigError(f"{key} must be >= {minimum}, got {value}")
 
 
 # --- loading -----------------------------------------------------------------------------

@@ -1,31 +1,55 @@
-"""`train(config)`: load, (resume), step, evaluate, checkpoint, export. Tests call this directly.
+"""`train(config)`: fine-tune a model as the config says. Tests call it directly.
 
-Host syncs happen only at sync points (every `train.log_every` steps, at evaluations and
-checkpoints); in between, steps are dispatched asynchronously and their metrics stay on device.
+A run, one named function per part:
+
+    run = prepare(cfg)              model, tokenizer, data pipelines, engine (sharded state and compiled
+                                    steps), checkpointer, logger (run.py)
+    state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 and a first eval
+    run_steps(run, state)           dispatches steps asynchronously; their metrics stay on device until
+        at_sync_point(...)          every `train.log_every` steps, and at evaluations and checkpoints:
+            sync                    the interval's metrics as host rows; stops on a non-finite loss
+            record_eval             eval loss (and entity scores) on the same eval batches each time
+            hook.on_sync            learn from the rows (`SyncHook`, run.py)
+            log, save, stop         metrics rows, a checkpoint when due or best, early stopping
+    finish(run, state)              NER report, sample answers, loss curve, HF export -> TrainResult
+
+`Run` (run.py) is what `prepare` built; `LoopState` is all that changes as the loop runs, and
+`LoopState.saved()` is the part a checkpoint keeps. A checkpoint is the train state plus the JSON that
+`checkpoint_items` assembles: {"data": pipeline position, "loop": LoopState.saved(), one item per hook}.
+The host waits for the device only at sync points.
+
+Seams for what comes next:
+- multi-host: the files a person reads are written only by `Run.logger` (metrics.jsonl, TensorBoard,
+  the progress bar) and by run.py's `write_config`, `sample_before` and `write_outputs`; the process-0
+  guards go there. Steps, evaluation, generation and checkpoints run on every process.
+- learning from the loss (a mixing policy that reweights sources, say): a `SyncHook` passed to `train`
+  (or built in `prepare`) sees each sync point's rows and the train pipeline before they are logged and
+  saved; its state is saved with every checkpoint and restored on resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import itertools
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 
+from jaxlm.errors import Stopped
 from jaxlm.train import report
-from jaxlm.train.checkpointing import Checkpointer
-from jaxlm.train.config import Config, resolve_path, to_dict
-from jaxlm.train.inputs import build_pipelines, first_batches, held_out_prompts, load_model, load_tokenizer, output_paths
-from jaxlm.train.metrics import MetricsLogger, plot_loss_curve
-from jaxlm.train.engine import build_engine
-from jaxlm.train.state import count_params
+from jaxlm.train.config import Config
+from jaxlm.train.engine import Engine
+from jaxlm.train.metrics import MetricsLogger, realised_shares
+from jaxlm.train.run import Run, SyncHook, checkpoint_items, prepare, resume, sample_after, write_outputs
 
 
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. a non-finite loss); the message says what to do."""
+class TrainingError(Stopped):
+    """The run cannot go on (e.g. a non-finite loss); the message says what to do. Exit status 3."""
+
+    label = "training stopped"
 
 
 @dataclasses.dataclass
@@ -39,171 +63,205 @@ class TrainResult:
     compile_seconds: float
 
 
-def train(cfg: Config, *, progress: bool = True, export: bool = True) -> TrainResult:
-    paths = output_paths(cfg.output_dir)
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    with open(paths["config"], "w", encoding="utf-8") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
-    t = cfg.train
+@dataclasses.dataclass
+class LoopState:
+    """Everything the loop changes as it runs."""
 
-    # --- model and data ----------------------------------------------------------------
-    started = time.perf_counter()
-    if cfg.task == "token_classification":
-        train_data, eval_data = build_pipelines(cfg, load_tokenizer(cfg))
-        model, tokenizer = load_model(cfg, train_data.label_names)
+    step: int = 0  # optimizer steps done
+    best_eval_loss: float | None = None
+    evals_since_best: int = 0
+    eval_losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # this process's evaluations
+    pending: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (step, metrics on device)
+    last_sync: float = 0.0  # perf_counter() at the last sync point, for throughput
+    ner_text: str | None = None  # the last evaluation's entity report
+    compile_seconds: float = 0.0
+    stop_reason: str = "completed"
+
+    def saved(self) -> dict:
+        """What a checkpoint keeps (the early-stopping state); the rest restarts with the process."""
+        return {"best_eval_loss": self.best_eval_loss, "evals_since_best": self.evals_since_best}
+
+
+def train(cfg: Config, *, progress: bool = True, export: bool = True, hooks: Sequence[SyncHook] = ()) -> TrainResult:
+    """Trains as `cfg` says, resuming from the latest checkpoint in `cfg.output_dir`; `hooks` see each sync point."""
+    run = prepare(cfg, progress=progress, hooks=hooks)
+    try:
+        state = start(run)
+        run_steps(run, state)
+    finally:
+        run.logger.close()
+        run.checkpointer.close()
+    return finish(run, state, export=export)
+
+
+def start(run: Run) -> LoopState:
+    """The loop state at the latest checkpoint (restored into `run`), or at step 0 after a first evaluation."""
+    saved = resume(run)
+    if saved is not None:
+        return LoopState(step=run.resume_step, best_eval_loss=saved["best_eval_loss"],
+                         evals_since_best=saved["evals_since_best"])
+    state = LoopState()
+    if run.eval_batches:
+        record_eval(run, state)
+    return state
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """What the step just taken calls for."""
+
+    eval: bool
+    save: bool
+    log: bool
+
+    @property
+    def sync(self) -> bool:
+        return self.eval or self.save or self.log
+
+
+def due_after(cfg: Config, step: int, can_eval: bool) -> Due:
+    last = step == cfg.train.steps
+    return Due(eval=can_eval and (last or bool(cfg.eval.every and step % cfg.eval.every == 0)),
+               save=last or step % cfg.checkpoint.every == 0,
+               log=step % cfg.train.log_every == 0)
+
+
+def run_steps(run: Run, state: LoopState) -> None:
+    """Steps until `train.steps` or early stopping; the host waits for the device only at sync points."""
+    if state.step >= run.cfg.train.steps:
+        state.stop_reason = "already_complete"
+        return
+    first = state.step
+    for batch in itertools.islice(run.train_data, run.cfg.train.steps - first):
+        if state.step == first:
+            compile_step(run, state, batch)
+        state.pending.append((state.step + 1, run.engine.step(batch)))
+        state.step += 1
+        due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
+        if due.sync and at_sync_point(run, state, due):
+            return
+
+
+def compile_step(run: Run, state: LoopState, batch: dict) -> None:
+    began = time.perf_counter()
+    run.engine.compile(batch)
+    state.compile_seconds = time.perf_counter() - began
+    run.logger.write(f"compiled the train step in {state.compile_seconds:.1f}s")
+    state.last_sync = time.perf_counter()
+
+
+def at_sync_point(run: Run, state: LoopState, due: Due) -> bool:
+    """One sync point's bookkeeping; True when the run stops early."""
+    rows = sync(run, state)
+    improved = stop = False
+    if due.eval:
+        result = record_eval(run, state, rows)
+        improved = note_eval_loss(state, result["eval_loss"])
+        stop = patience_spent(run.cfg, state)
+    for hook in run.hooks:
+        hook.on_sync(state.step, rows, run.train_data)
+    log_rows(run.logger, rows)
+    run.logger.advance(state.step)
+    if due.save or improved or stop:
+        eval_loss = state.eval_losses[-1][1] if due.eval else None
+        run.checkpointer.save(state.step, run.engine.state, checkpoint_items(run, state.saved()), eval_loss)
+    if stop:
+        state.stop_reason = "early_stopping"
+        run.logger.write(f"early stopping at step {state.step}: no eval improvement in "
+                         f"{run.cfg.eval.early_stopping_patience} evaluations")
+    return stop
+
+
+def sync(run: Run, state: LoopState) -> list[dict]:
+    """The metrics of the steps since the last sync as host rows, with throughput and data statistics."""
+    rows = [dict(jax.device_get(m), step=s) for s, m in state.pending]
+    state.pending = []
+    now = time.perf_counter()
+    t = run.cfg.train
+    tokens_per_s = len(rows) * t.batch_size * t.seq_len / max(now - state.last_sync, 1e-9)
+    state.last_sync = now
+    data_stats = run.train_data.stats()
+    for row in rows:
+        row.update(tokens_per_s=tokens_per_s, skipped_records=data_stats["skipped"])
+    rows[-1].update(realised_shares(data_stats))
+    stop_if_not_finite(run, rows)
+    return rows
+
+
+def stop_if_not_finite(run: Run, rows: list[dict]) -> None:
+    bad = int(run.engine.state.bad_step)
+    if bad < 0:
+        return
+    log_rows(run.logger, rows)
+    run.checkpointer.wait()
+    last = run.checkpointer.latest_step()
+    kept = f"the last good checkpoint (step {last}) is kept in {run.paths['checkpoints']}" if last is not None \
+        else "no checkpoint had been written yet"
+    raise TrainingError(f"step {bad + 1}: the loss or its gradients are not finite (NaN/inf); stopped, "
+                        f"and {kept}. Lower train.learning_rate or train.max_grad_norm, or use "
+                        f"train.compute_dtype=float32, then re-run to resume.")
+
+
+def log_rows(logger: MetricsLogger, rows: list[dict]) -> None:
+    for row in rows:
+        logger.log(row["step"], {k: v for k, v in row.items() if k != "step"})
+
+
+def note_eval_loss(state: LoopState, loss: float) -> bool:
+    """Tracks the best eval loss for early stopping and the best checkpoint; True if `loss` is a new best."""
+    improved = state.best_eval_loss is None or loss < state.best_eval_loss
+    if improved:
+        state.best_eval_loss, state.evals_since_best = loss, 0
     else:
-        model, tokenizer = load_model(cfg)
-        train_data, eval_data = build_pipelines(cfg, tokenizer)
-    eval_batches = first_batches(eval_data, cfg.eval.steps)
-    stats = train_data.stats()
-    _say(progress, f"loaded {type(model).__name__} and data in {time.perf_counter() - started:.1f}s; "
-                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}")
-
-    checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    resume_step = checkpointer.latest_step()
-    prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    before = None
-    if prompts and resume_step is None:
-        before = report.generate_answers(model, tokenizer, prompts, cfg.eval.sample_tokens)
-        report.write_samples(paths["samples"], prompts, before, None)
-
-    # --- state, shardings, compiled steps --------------------------------------------------
-    engine = build_engine(model, cfg)
-    trained = count_params(engine.state.params)
-    _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
-                   f"mesh {dict(engine.mesh.shape)}")
-    loop = {"best_eval_loss": None, "evals_since_best": 0}
-    start = 0
-    if resume_step is not None:
-        engine.state, saved = checkpointer.restore(resume_step, engine.state, engine.state_sharding)
-        train_data.set_state(saved["data"])
-        loop, start = saved["loop"], resume_step
-        print(f"resumed from {paths['checkpoints']} at step {start}", flush=True)
-
-    def evaluate():
-        if not eval_batches:
-            return {}, None
-        sums, counts, labels, preds = [], [], [], []
-        for b in eval_batches:
-            loss_sum, count, pred = engine.evaluate(b)
-            sums.append(loss_sum), counts.append(count)
-            if pred is not None:
-                labels.append(b["labels"]), preds.append(pred)
-        out = {"eval_loss": float(np.sum(jax.device_get(sums)) / max(np.sum(jax.device_get(counts)), 1.0))}
-        ner_text = None
-        if preds:
-            tags = report.ner_tags(labels, jax.device_get(preds), eval_data.label_names)
-            summary, ner_text = report.ner_report(*tags)
-            out.update(summary)
-        return out, ner_text
-
-    logger = MetricsLogger(cfg.output_dir, t.steps, start_step=start, progress=progress)
-    eval_losses = []
-    if start == 0 and eval_batches:
-        first, _ = evaluate()
-        eval_losses.append((0, first["eval_loss"]))
-        logger.log(0, first)
-        logger.write(f"step 0: eval loss {first['eval_loss']:.4f}")
-
-    # --- the loop --------------------------------------------------------------------------
-    stop_reason = "already_complete" if start >= t.steps else "completed"
-    batches = iter(train_data)
-    compile_seconds = 0.0
-    pending, last_sync, ner_text = [], time.perf_counter(), None
-    for step in range(start, t.steps):
-        batch = next(batches)
-        if step == start:
-            began = time.perf_counter()
-            engine.compile(batch)
-            compile_seconds = time.perf_counter() - began
-            logger.write(f"compiled the train step in {compile_seconds:.1f}s")
-            last_sync = time.perf_counter()
-        metrics = engine.step(batch)
-        done = step + 1
-        pending.append((done, metrics))
-        eval_now = eval_batches and (done == t.steps or (cfg.eval.every and done % cfg.eval.every == 0))
-        save_now = done % cfg.checkpoint.every == 0 or done == t.steps
-        if done % t.log_every and not eval_now and not save_now:
-            continue
-
-        # sync point: fetch the interval's metrics, check for a non-finite loss
-        rows = [dict(jax.device_get(m), step=s) for s, m in pending]
-        pending = []
-        elapsed, last_sync = time.perf_counter() - last_sync, time.perf_counter()
-        tokens_per_s = len(rows) * t.batch_size * t.seq_len / max(elapsed, 1e-9)
-        data_stats = train_data.stats()
-        for row in rows:
-            row.update(tokens_per_s=tokens_per_s, skipped_records=data_stats["skipped"])
-        rows[-1].update(realised_shares(data_stats))
-        bad = int(engine.state.bad_step)
-        if bad >= 0:
-            for row in rows:
-                logger.log(row.pop("step"), row)
-            logger.close()
-            checkpointer.close()
-            last = checkpointer.latest_step()
-            kept = f"the last good checkpoint (step {last}) is kept in {paths['checkpoints']}" if last is not None \
-                else "no checkpoint had been written yet"
-            raise TrainingError(f"step {bad + 1}: the loss or its gradients are not finite (NaN/inf); stopped, "
-                                f"and {kept}. Lower train.learning_rate or train.max_grad_norm, or use "
-                                f"train.compute_dtype=float32, then re-run to resume.")
-        improved = False
-        if eval_now:
-            result, ner_text = evaluate()
-            eval_losses.append((done, result["eval_loss"]))
-            rows[-1].update(result)
-            best = loop["best_eval_loss"]
-            improved = best is None or result["eval_loss"] < best
-            if improved:
-                loop["best_eval_loss"], loop["evals_since_best"] = result["eval_loss"], 0
-            else:
-                loop["evals_since_best"] += 1
-            logger.write(f"step {done}: eval loss {result['eval_loss']:.4f}"
-                         + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else ""))
-        for row in rows:
-            logger.log(row.pop("step"), row)
-        logger.advance(done)
-        patience = cfg.eval.early_stopping_patience
-        stop = eval_now and patience > 0 and loop["evals_since_best"] >= patience
-        if save_now or improved or stop:
-            eval_loss = rows[-1].get("eval_loss") if eval_now else None
-            checkpointer.save(done, engine.state, {"data": train_data.get_state(), "loop": loop}, eval_loss)
-        if stop:
-            stop_reason = "early_stopping"
-            logger.write(f"early stopping at step {done}: no eval improvement in {patience} evaluations")
-            break
-    logger.close()
-    checkpointer.close()
-
-    # --- outputs ---------------------------------------------------------------------------
-    engine.update_model(model)
-    final_step = int(engine.state.step)
-    if ner_text:
-        with open(paths["ner_report"], "w", encoding="utf-8") as f:
-            f.write(ner_text)
-    if prompts and stop_reason != "already_complete":
-        after = report.generate_answers(model, tokenizer, prompts, cfg.eval.sample_tokens)
-        if before is None and os.path.exists(paths["samples"]):
-            import json
-
-            with open(paths["samples"], encoding="utf-8") as f:
-                before = [r["before"] for r in json.load(f)]
-        report.write_samples(paths["samples"], prompts, before, after)
-    if os.path.exists(paths["metrics"]):
-        plot_loss_curve(paths["metrics"], paths["plot"])
-    if export:
-        report.export(model, tokenizer, paths, base_model=resolve_path(cfg.model.path), task=cfg.task,
-                      gguf_type=cfg.export.gguf)
-    return TrainResult(cfg.output_dir, final_step, stop_reason, eval_losses, model, tokenizer, compile_seconds)
+        state.evals_since_best += 1
+    return improved
 
 
-def realised_shares(data_stats: dict) -> dict:
-    """Flat `share/examples/<source>` and `share/tokens/<source>` metrics (what the mixture really gave)."""
-    return {f"share/{kind}/{source}": value
-            for kind, key in (("examples", "example_share"), ("tokens", "token_share"))
-            for source, value in data_stats[key].items()}
+def patience_spent(cfg: Config, state: LoopState) -> bool:
+    patience = cfg.eval.early_stopping_patience
+    return patience > 0 and state.evals_since_best >= patience
 
 
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        print(message, flush=True)
+# --- evaluation ----------------------------------------------------------------------------
+
+
+def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> dict:
+    """Evaluates at `state.step`: adds the result to rows[-1] (or logs it alone) and to `state.eval_losses`."""
+    result, state.ner_text = evaluate(run.engine, run.eval_batches, run.eval_data)
+    state.eval_losses.append((state.step, result["eval_loss"]))
+    if rows is not None:
+        rows[-1].update(result)
+    else:
+        run.logger.log(state.step, result)
+    run.logger.write(f"step {state.step}: eval loss {result['eval_loss']:.4f}"
+                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else ""))
+    return result
+
+
+def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
+    """({"eval_loss", and for token classification entity precision/recall/F1}, seqeval report or None)."""
+    sums, counts, labels, preds = [], [], [], []
+    for b in batches:
+        loss_sum, count, pred = engine.evaluate(b)
+        sums.append(loss_sum), counts.append(count)
+        if pred is not None:
+            labels.append(b["labels"]), preds.append(pred)
+    out = {"eval_loss": float(np.sum(jax.device_get(sums)) / max(np.sum(jax.device_get(counts)), 1.0))}
+    if not preds:
+        return out, None
+    summary, ner_text = report.ner_report(*report.ner_tags(labels, jax.device_get(preds), eval_data.label_names))
+    return {**out, **summary}, ner_text
+
+
+# --- finish --------------------------------------------------------------------------------
+
+
+def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
+    run.engine.update_model(run.model)
+    after = sample_after(run) if state.stop_reason != "already_complete" else None
+    write_outputs(run, state.ner_text, after, export=export)
+    return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
+                       run.model, run.tokenizer, state.compile_seconds)

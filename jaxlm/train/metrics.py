@@ -87,3 +87,10 @@ def plot_loss_curve(metrics_path: str, png_path: str) -> str:
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def realised_shares(data_stats: dict) -> dict:
+    """Flat `share/examples/<source>` and `share/tokens/<source>` metrics (what the mixture really gave)."""
+    return {f"share/{kind}/{source}": value
+            for kind, key in (("examples", "example_share"), ("tokens", "token_share"))
+            for source, value in data_stats[key].items()}

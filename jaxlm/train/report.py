@@ -7,16 +7,13 @@ import os
 
 import numpy as np
 
+from jaxlm.sampling import generate
 
-def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str] | None:
-    """Greedy answers to chat prompts with jaxlm's sampler; None (with a note) if it is unavailable."""
+
+def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers to chat prompts with jaxlm's sampler."""
     if not prompts:
         return []
-    try:
-        from jaxlm.sampling import generate
-    except ImportError as e:
-        print(f"note: sample generations skipped (jaxlm.sampling unavailable: {e})")
-        return None
     from jaxlm.models.lora import has_lora, merge_lora
 
     model = merge_lora(model) if has_lora(model) else model
@@ -64,7 +61,8 @@ def export(model, tokenizer, paths: dict, *, base_model: str, task: str, gguf_ty
     """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used;
     `model.gguf` (when `gguf_type` is set): the merged model for llama.cpp and Ollama."""
     from jaxlm.hf.export import export_pretrained
-    from jaxlm.models.lora import has_lora, save_peft_adapter
+    from jaxlm.hf.peft import save_peft_adapter
+    from jaxlm.models.lora import has_lora
 
     export_pretrained(model, paths["hf"], tokenizer)
     if gguf_type:

@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxlm.train.config import check_micro_batch, mesh_shape
 
 BATCH_AXES = ("data", "fsdp")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1) -> Mesh:
-    """A 2-D mesh over all devices; `data=-1` takes whatever `fsdp` leaves."""
-    n = jax.device_count()
-    if fsdp < 1 or n % fsdp:
-        raise ValueError(f"mesh.fsdp={fsdp} must divide the {n} available devices")
-    if data == -1:
-        data = n // fsdp
-    if data * fsdp != n:
-        raise ValueError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but {n} are available")
+    """A 2-D mesh over all devices; `data=-1` takes whatever `fsdp` leaves (ConfigError if they do not fit)."""
+    data, fsdp = mesh_shape(data, fsdp, jax.device_count())
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
@@ -58,10 +55,4 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = batch_size // grad_accum
-    if micro % devices:
-        raise ValueError(
-            f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be divisible by "
-            f"the {devices} devices of the mesh (mesh.data x mesh.fsdp)"
-        )
+    check_micro_batch(batch_size, grad_accum, mesh.shape["data"] * mesh.shape["fsdp"])

@@ -25,12 +25,6 @@ class TrainState:
     bad_step: jax.Array  # int32: first step whose loss or gradients were not finite, -1 if none
 
 
-def split_model(model, lora: bool):
-    """(graphdef, trainable, frozen, rest): rest is non-parameter state such as dropout RNG streams."""
-    wrt = nnx.LoRAParam if lora else nnx.Param
-    return nnx.split(model, wrt, nnx.Param if lora else nnx.Nothing, ...)
-
-
 def make_schedule(t: TrainConfig, final_fraction: float = 0.1) -> optax.Schedule:
     """Linear warmup from 0, then cosine/linear decay to `final_fraction` of the peak, or constant."""
     decay_steps = max(t.steps - t.warmup_steps, 1)

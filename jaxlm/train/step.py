@@ -81,7 +81,10 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def keep(new, old):  # a non-finite step leaves the state as it was
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
         new_state = state.replace(
             step=state.step + 1,
             params=keep(params, state.params),

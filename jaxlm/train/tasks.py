@@ -12,7 +12,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-IGNORE = -100
+from jaxlm.tasks import IGNORE_LABEL
+
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
@@ -33,8 +34,8 @@ def loss_terms(task: str, logits, batch):
     """(sum of per-token losses, number of tokens that count), both float32 scalars."""
     if task == "token_classification":
         labels = batch["labels"]
-        weights = (labels != IGNORE).astype(jnp.float32)
-        targets = jnp.where(labels == IGNORE, 0, labels)
+        weights = (labels != IGNORE_LABEL).astype(jnp.float32)
+        targets = jnp.where(labels == IGNORE_LABEL, 0, labels)
     else:
         weights = batch["loss_mask"].astype(jnp.float32)
         targets = batch["targets"]

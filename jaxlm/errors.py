@@ -1,0 +1,66 @@
+"""Errors a user can act on, and the exit status every jaxlm command returns.
+
+    0    done
+    2    bad input or config: one line on stderr naming the file:line or the key, no traceback
+    3    stopped: a --fail-on gate failed, or the loss went non-finite
+    130  interrupted (Ctrl-C)
+
+Library code raises a subclass of `UserError` (exit 2) or `Stopped` (exit 3) where it finds
+the problem; each command's `main` is wrapped in `exit_codes`, the one place that turns them
+into a line on stderr and a status. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+DONE, BAD_INPUT, STOPPED, INTERRUPTED = 0, 2, 3, 130
+
+
+class UserError(ValueError):
+    """Bad input or config that the user can fix; the message names the file:line or the key."""
+
+    label = "error"  # how the line on stderr starts
+
+
+class ConfigError(UserError):
+    """A bad config key or value; the message names the dotted key."""
+
+    label = "config error"
+
+
+class Stopped(RuntimeError):
+    """The work started but was stopped on purpose: a quality gate failed or the loss went non-finite."""
+
+    label = "stopped"
+
+
+def exit_codes(main):
+    """Wraps a command's `main(argv, ...) -> int | None` so it returns the status above.
+
+    `UserError` (and `FileNotFoundError`, a path the user gave) -> 2, `Stopped` -> 3,
+    KeyboardInterrupt -> 130, each as one line on stderr. argparse already exits with 2
+    on a bad option.
+    """
+
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs) or DONE
+        except UserError as e:
+            return _report(e.label, e, BAD_INPUT)
+        except FileNotFoundError as e:
+            return _report("error", f"{e.filename}: no such file or folder" if e.filename else e, BAD_INPUT)
+        except Stopped as e:
+            return _report(e.label, e, STOPPED)
+        except KeyboardInterrupt:
+            return _report("interrupted", "stopped by the user", INTERRUPTED)
+
+    return run
+
+
+def _report(label: str, message, status: int) -> int:
+    text = " ".join(str(message).split("\n"))  # one line, whatever the message held
+    print(f"{label}: {text}", file=sys.stderr, flush=True)
+    return status

@@ -1,0 +1,151 @@
+"""The model families jaxlm knows, one row each, and the lookups that pick a row.
+
+A `Family` row holds every fact about a family that code outside its model file needs:
+its config class (which parses HF config.json and names the `model_type`), our model
+classes (each named as the HF class whose weights it loads), the HF classes that load into
+them, how HF tensor names map onto our parameters, the HF tensors to skip, the short LoRA
+target names, and where positions end. Loading, export, LoRA, PEFT and sampling ask these
+rows instead of naming families, so adding a family is a model file plus a row here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from jaxlm.models.bert import BertConfig, BertForTokenClassification, BertModel
+from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
+from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
+from jaxlm.models.weight_map import Row
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # rows compare by identity
+class Family:
+    config: type  # `from_hf(dict)` / `to_hf()`; its `model_type` is HF's name for the family
+    architectures: tuple[type, ...]  # our model classes, named as the HF classes they load; the first is the default
+    aliases: Mapping[str, str]  # other HF classes whose weights load into one of ours (their head is dropped)
+    causal_lm: bool  # generates text: sampling, generation_config.json, PEFT task CAUSAL_LM
+    weights: tuple[Row, ...]  # HF tensor names <-> our parameter paths (see weight_map)
+    base_prefix: str  # what HF puts before the base model's tensor names inside a model with a head
+    ignored: tuple[str, ...]  # regexes of HF tensors that are buffers or tied duplicates, never parameters
+    lora_names: Mapping[str, str]  # short LoRA target (model.lora.targets) -> our layer name
+    position_key: str  # the config field that says how many positions the model has
+    learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
+
+    @property
+    def model_type(self) -> str:
+        return self.config.model_type
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One of our model classes in its family: what `load_pretrained` builds and `export_pretrained` names."""
+
+    name: str  # the HF class name, written to config.json "architectures"
+    model_cls: type
+    family: Family
+
+
+class PositionLimit(NamedTuple):
+    size: int  # positions 0 .. size - 1
+    key: str  # the config field that says so, for error messages
+    learned: bool  # a learned table ends at `size`: later positions do not exist (GPT-2, BERT); RoPE has no table
+
+
+LLAMA = Family(
+    config=LlamaConfig,
+    architectures=(LlamaForCausalLM,),
+    aliases={"LlamaModel": "LlamaForCausalLM"},
+    causal_lm=True,
+    weights=(
+        Row("model.embed_tokens.weight", "embed_tokens.embedding"),
+        Row("model.layers.{i}.{norm}.weight", "layers.{i}.{norm}.weight"),
+        Row("model.layers.{i}.{block}.{proj}.weight", "layers.{i}.{block}.{proj}.kernel", transpose=True),
+        Row("model.layers.{i}.{block}.{proj}.bias", "layers.{i}.{block}.{proj}.bias"),
+        Row("model.norm.weight", "norm.weight"),
+        Row("lm_head.weight", "lm_head.kernel", transpose=True),
+    ),
+    base_prefix="model.",
+    ignored=(r".*rotary_emb\.inv_freq$",),
+    lora_names={"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+                "gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
+    position_key="max_position_embeddings",
+    learned_positions=False,
+)
+
+MISTRAL = dataclasses.replace(
+    LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
+)
+
+GPT2 = Family(
+    config=GPT2Config,
+    architectures=(GPT2LMHeadModel,),
+    aliases={"GPT2Model": "GPT2LMHeadModel"},
+    causal_lm=True,
+    weights=(
+        Row("transformer.{emb}.weight", "{emb}.embedding"),  # wte, wpe
+        Row("transformer.{m+}.weight", "{m+}.scale"),  # LayerNorms: ln_1, ln_2, ln_f
+        Row("transformer.{m+}.weight", "{m+}.kernel"),  # Conv1D: already [in, out]
+        Row("transformer.{m+}.bias", "{m+}.bias"),
+    ),
+    base_prefix="transformer.",
+    ignored=(r".*\.attn\.(masked_)?bias$", r"^lm_head\.weight$"),  # causal-mask buffers; lm_head is tied to wte
+    lora_names={"qkv": "c_attn"},
+    position_key="n_positions",
+    learned_positions=True,
+)
+
+BERT = Family(
+    config=BertConfig,
+    architectures=(BertModel, BertForTokenClassification),
+    aliases={"BertForMaskedLM": "BertModel", "BertForPreTraining": "BertModel",
+             "BertForSequenceClassification": "BertModel"},
+    causal_lm=False,
+    weights=(
+        Row("{m+}.LayerNorm.weight", "{m+}.LayerNorm.scale"),
+        Row("{m+}.LayerNorm.bias", "{m+}.LayerNorm.bias"),
+        Row("{m*}embeddings.{emb}.weight", "{m*}embeddings.{emb}.embedding"),
+        Row("{m+}.weight", "{m+}.kernel", transpose=True),
+        Row("{m+}.bias", "{m+}.bias"),
+    ),
+    base_prefix="bert.",
+    ignored=(r".*embeddings\.position_ids$",),
+    lora_names={"q": "query", "k": "key", "v": "value"},
+    position_key="max_position_embeddings",
+    learned_positions=True,
+)
+
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, GPT2, BERT)}
+ARCHITECTURES = {
+    cls.__name__: Architecture(cls.__name__, cls, family)
+    for family in FAMILIES.values()
+    for cls in family.architectures
+}
+
+
+def architecture_for(hf_config: dict, source: str = "config.json") -> Architecture:
+    """Pick the architecture for an HF config dict; errors name the offending field."""
+    model_type = hf_config.get("model_type")
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ValueError(f"{source}: unknown model_type {model_type!r}; jaxlm supports {sorted(FAMILIES)}")
+    for name in hf_config.get("architectures") or []:
+        arch = ARCHITECTURES.get(family.aliases.get(name, name))
+        if arch is not None and arch.family is family:
+            return arch
+    return ARCHITECTURES[family.architectures[0].__name__]
+
+
+def architecture_of(model) -> Architecture:
+    arch = ARCHITECTURES.get(type(model).__name__)
+    if arch is None or type(model) is not arch.model_cls:
+        raise TypeError(f"{type(model).__name__} is not a jaxlm model")
+    return arch
+
+
+def position_limit(config) -> PositionLimit:
+    """How many positions a model config allows, and whether that is a hard (learned-table) limit."""
+    family = FAMILIES[config.model_type]
+    return PositionLimit(getattr(config, family.position_key), family.position_key, family.learned_positions)

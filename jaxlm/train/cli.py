@@ -1,0 +1,46 @@
+"""Fine-tune a model: `jaxlm train` or `python -m jaxlm.train [--config configs/NAME.yaml] [dotted.key=value ...]`.
+
+The config (YAML preset, then overrides) is checked in full, against this machine's devices
+and the input paths too, before a model is loaded or a record read.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jaxlm.errors import exit_codes
+from jaxlm.train.config import describe, load_config
+
+EPILOG = """With no arguments, runs the embedded default: LoRA SFT of SmolLM2-135M-Instruct on the
+chatterbot and chit-chat conversations, evaluated on their held-out split.
+Re-running with the same output_dir resumes from its latest checkpoint.
+
+Exit codes: 0 done, 2 bad config or data (one line naming the key or file:line),
+3 training stopped (a non-finite loss), 130 interrupted.
+
+Keys and defaults:
+"""
+
+
+def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, epilog=EPILOG + describe(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML preset, e.g. configs/sft_lora.yaml")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="e.g. train.steps=100")
+    return parser
+
+
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.train") -> int:
+    args = build_parser(prog).parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+
+    import jax
+
+    from jaxlm.train.loop import train
+
+    cfg.check_environment(jax.device_count())  # before the slow imports and loads below
+    result = train(cfg, progress=not args.no_progress)
+    print(f"{result.stop_reason} at step {result.step}; outputs in {result.output_dir}")
+    return 0

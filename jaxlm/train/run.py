@@ -1,0 +1,191 @@
+"""A training run's fixed parts: what `prepare` builds, how a checkpoint resumes it, what it leaves.
+
+`loop.py` tells the story and drives the steps; this module sets them up and winds them down.
+The files a person reads are written here (`write_config`, `sample_before`, `write_outputs`) and by
+`Run.logger`: on several hosts, those are the places that only process 0 may write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Protocol, Sequence
+
+import jax
+import yaml
+from flax import nnx
+
+from jaxlm.train import report
+from jaxlm.train.checkpointing import Checkpointer
+from jaxlm.train.config import Config, resolve_path, to_dict
+from jaxlm.train.engine import Engine, build_engine
+from jaxlm.train.inputs import (
+    build_pipelines,
+    first_batches,
+    held_out_prompts,
+    load_model,
+    load_tokenizer,
+    output_paths,
+)
+from jaxlm.train.metrics import MetricsLogger, plot_loss_curve
+from jaxlm.train.state import count_params
+
+CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
+
+
+class SyncHook(Protocol):
+    """Learns from training at each sync point, e.g. a data-mixing policy that reweights sources by loss."""
+
+    name: str  # its key in each checkpoint's JSON, next to "data" and "loop"
+
+    def on_sync(self, step: int, rows: list[dict], data) -> None:
+        """`rows`: host metrics of each step since the last sync (keys added to rows[-1] are logged);
+        `data`: the train pipeline."""
+
+    def state(self) -> dict:
+        """JSON-serialisable; saved with every checkpoint."""
+
+    def restore(self, state: dict) -> None:
+        """Called on resume with what `state()` returned when the checkpoint was saved."""
+
+
+@dataclasses.dataclass
+class Run:
+    """What `prepare` builds; the loop reads it (only `engine.state` changes)."""
+
+    cfg: Config
+    paths: dict
+    model: nnx.Module
+    tokenizer: object
+    train_data: object  # a jaxlm.data Pipeline
+    eval_data: object | None
+    eval_batches: list[dict]  # the same batches at every evaluation
+    engine: Engine
+    checkpointer: Checkpointer
+    resume_step: int | None  # the latest checkpoint's step; None for a fresh start
+    logger: MetricsLogger
+    prompts: list[dict]  # SFT: held-out prompts answered before and after training
+    before: list[str] | None  # their answers before training (None when resumed)
+    hooks: tuple[SyncHook, ...]
+
+
+def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> Run:
+    """Model, data, engine, checkpointer and logger for `cfg`; `resume` then restores the latest checkpoint."""
+    taken = set(CHECKPOINT_ITEMS) & {h.name for h in hooks}
+    if taken:
+        raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
+    cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
+    paths = output_paths(cfg.output_dir)
+    write_config(cfg, paths)
+    started = time.perf_counter()
+    model, tokenizer, train_data, eval_data = load_inputs(cfg)
+    eval_batches = first_batches(eval_data, cfg.eval.steps)
+    stats = train_data.stats()
+    _say(progress, f"loaded {type(model).__name__} and data in {time.perf_counter() - started:.1f}s; "
+                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}")
+
+    checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    resume_step = checkpointer.latest_step()
+    prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
+    before = sample_before(cfg, model, tokenizer, prompts, paths) if resume_step is None else None
+
+    engine = build_engine(model, cfg)
+    trained = count_params(engine.state.params)
+    _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
+                   f"mesh {dict(engine.mesh.shape)}")
+    logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress)
+    return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, engine, checkpointer,
+               resume_step, logger, prompts, before, tuple(hooks))
+
+
+def write_config(cfg: Config, paths: dict) -> None:
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    with open(paths["config"], "w", encoding="utf-8") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def load_inputs(cfg: Config):
+    """(model, tokenizer, train pipeline, eval pipeline or None)."""
+    if cfg.task == "token_classification":  # the tagger's labels come from the data
+        train_data, eval_data = build_pipelines(cfg, load_tokenizer(cfg))
+        model, tokenizer = load_model(cfg, train_data.label_names)
+    else:
+        model, tokenizer = load_model(cfg)
+        train_data, eval_data = build_pipelines(cfg, tokenizer)
+    return model, tokenizer, train_data, eval_data
+
+
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> list[str] | None:
+    """The untrained model's answers to the held-out prompts, written at once (a killed run keeps them)."""
+    if not prompts:
+        return None
+    before = report.generate_answers(model, tokenizer, prompts, cfg.eval.sample_tokens)
+    report.write_samples(paths["samples"], prompts, before, None)
+    return before
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def resume(run: Run) -> dict | None:
+    """Restores train state, data position and hook states from the latest checkpoint; returns its "loop"
+    item (None on a fresh start)."""
+    if run.resume_step is None:
+        return None
+    engine = run.engine
+    engine.state, saved = run.checkpointer.restore(run.resume_step, engine.state, engine.state_sharding)
+    run.train_data.set_state(saved["data"])
+    for hook in run.hooks:
+        if hook.name in saved:
+            hook.restore(saved[hook.name])
+    print(f"resumed from {run.paths['checkpoints']} at step {run.resume_step}", flush=True)
+    return saved["loop"]
+
+
+def checkpoint_items(run: Run, loop: dict) -> dict:
+    """The JSON saved beside the train state: what exact resume needs besides parameters and optimizer.
+
+    New state that must survive a restart (a mixing policy's, say) belongs here, as a hook or an item."""
+    items = {"data": run.train_data.get_state(), "loop": loop}
+    items.update({hook.name: hook.state() for hook in run.hooks})
+    return items
+
+
+# --- outputs -------------------------------------------------------------------------------
+
+
+def sample_after(run: Run) -> list[str] | None:
+    if not run.prompts:
+        return None
+    return report.generate_answers(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens)
+
+
+def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, export: bool) -> None:
+    """The files a finished run leaves: NER report, sample answers, loss curve, the exported model."""
+    paths = run.paths
+    if ner_text:
+        with open(paths["ner_report"], "w", encoding="utf-8") as f:
+            f.write(ner_text)
+    if after is not None:
+        before = run.before if run.before is not None else _saved_before(paths["samples"])
+        report.write_samples(paths["samples"], run.prompts, before, after)
+    if os.path.exists(paths["metrics"]):
+        plot_loss_curve(paths["metrics"], paths["plot"])
+    if export:
+        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path), task=run.cfg.task,
+                      gguf_type=run.cfg.export.gguf)
+
+
+def _saved_before(samples_path: str) -> list[str] | None:
+    """The answers before training, as the first (interrupted) run of a resumed one wrote them."""
+    if not os.path.exists(samples_path):
+        return None
+    with open(samples_path, encoding="utf-8") as f:
+        return [r["before"] for r in json.load(f)]
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, flush=True)
