@@ -177,3 +177,23 @@ def test_unsupported_models_and_tokenizers_are_refused(llama, tmp_path, minilm_d
     with pytest.raises(ValueError, match="GGUF export supports"):
         jaxlm.export_pretrained(bert, tmp_path / "c.gguf", bert_tokenizer)
     assert not any(p.suffix == ".gguf" for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_metadata_matches_the_shipped_file(smollm2_gguf, tmp_path):
+    """Our tokenizer half, written from the tokenizer jaxlm reads out of the shipped SmolLM2 GGUF, is that file's."""
+    from flax import nnx
+
+    from jaxlm.hf.gguf import tokenizer as gguf_tokenizer
+    from jaxlm.models import LlamaConfig, LlamaForCausalLM
+
+    shipped = gguf.GGUFReader(smollm2_gguf)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config, rngs=nnx.Rngs(0))
+    ours = gguf.GGUFReader(jaxlm.export_pretrained(model, tmp_path / "m.gguf", gguf_tokenizer(shipped, smollm2_gguf)))
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
+                "tokenizer.ggml.add_space_prefix", "tokenizer.chat_template"):
+        assert ours.fields[key].contents() == shipped.fields[key].contents(), key
