@@ -22,6 +22,13 @@ from jaxlm.models.quant import (
 )
 
 
+def _logits(model, ids, mask=None):
+    """One jitted forward pass (eager mode would compile every small op of the int8 path on its own)."""
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state)(ids, mask))
+    return np.asarray(forward(state, jnp.asarray(ids), None if mask is None else jnp.asarray(mask)))
+
+
 def _random(shape, seed, scale=1.0):
     return jnp.asarray(np.random.RandomState(seed).standard_normal(shape).astype(np.float32) * scale)
 
@@ -75,8 +82,7 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
     assert any(isinstance(m, Int8Embed) for m in modules) == (name != "bias")  # the tied head goes int8 too
     ids, mask = padded_batch(seed=2)
     real = mask.astype(bool)
-    ours = np.asarray(int8(jnp.asarray(ids), jnp.asarray(mask)))
-    ref = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    ours, ref = _logits(int8, ids, mask), _logits(model, ids, mask)
     # Weights rounded to 1/254 of each row's largest value: logits move by ~1% of their range.
     assert np.abs(ours[real] - ref[real]).max() <= 0.02 * np.abs(ref[real]).max()
     # Dequantising gives a float model computing what the int8 weights stand for (up to the activation
@@ -84,7 +90,7 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
     back = dequantize(int8)
     assert not any(isinstance(m, (Int8Linear, Int8Embed)) for _, m in nnx.iter_modules(back))
     if name == "bias":
-        dequantized = np.asarray(back(jnp.asarray(ids), jnp.asarray(mask)))
+        dequantized = _logits(back, ids, mask)
         assert np.abs(dequantized[real] - ours[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 
 
@@ -94,7 +100,7 @@ def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny
     result = jaxlm.generate(int8, None, prompts, max_new_tokens=6, stop_at_eos=False)
     assert [len(t) for t in result.token_ids] == [6, 6]
     for prompt, tokens in zip(prompts, result.token_ids):  # the cached decode agrees with a full forward pass
-        logits = np.asarray(int8(jnp.asarray([prompt + tokens[:-1]])))[0, len(prompt) - 1:]
+        logits = _logits(int8, [prompt + tokens[:-1]])[0, len(prompt) - 1:]
         assert logits.argmax(-1).tolist() == tokens
 
 

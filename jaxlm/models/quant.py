@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxlm.models.lora import LoRALinear, _set
@@ -35,13 +36,15 @@ class Int8Weight(nnx.Variable):
     """An int8 matrix or its scales: not an `nnx.Param`, so optimizers and weight maps skip it."""
 
 
-def quantize_rows(w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Symmetric int8 per row: (int8 [rows, cols], float32 scale [rows]) with w ~= q * scale[:, None]."""
-    w = jnp.asarray(w, jnp.float32)
-    amax = jnp.max(jnp.abs(w), axis=-1)
-    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
-    q = jnp.clip(jnp.round(w / scale[..., None]), -127, 127).astype(jnp.int8)
-    return q, scale
+def quantize_rows(w) -> tuple[jax.Array, jax.Array]:
+    """Symmetric int8 per row: (int8 [rows, cols], float32 scale [rows]) with w ~= q * scale[:, None].
+
+    Done once at load time, on the host: numpy needs no compilation per weight shape."""
+    w = np.asarray(w, np.float32)
+    amax = np.abs(w).max(axis=-1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale[..., None]), -127, 127).astype(np.int8)
+    return jnp.asarray(q), jnp.asarray(scale)
 
 
 def int8_matmul(x: jax.Array, weight: jax.Array, scale: jax.Array, activations: str) -> jax.Array:
@@ -73,10 +76,11 @@ def int8_digits(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     """
     x = rows.astype(jnp.float32)
     amax = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
-    step = jnp.where(amax > 0, amax / 127.0, 1.0)
-    high = jnp.round(x / step)
-    low = jnp.clip(jnp.round((x - high * step) * (DIGIT_BASE / step)), -127, 127)
-    return jnp.concatenate([high, low]).astype(jnp.int8), step[:, 0]
+    inverse_step = jnp.where(amax > 0, 127.0 / amax, 1.0)
+    scaled = x * inverse_step  # in [-127, 127]
+    high = jnp.round(scaled)
+    low = jnp.clip(jnp.round((scaled - high) * DIGIT_BASE), -127, 127)
+    return jnp.concatenate([high, low]).astype(jnp.int8), 1.0 / inverse_step[:, 0]
 
 
 class Int8Linear(nnx.Module):
