@@ -71,6 +71,18 @@ def first_sentence(text: str) -> str:
     return re.split(r"(?<=[.!?])\s|\n", text.strip(), maxsplit=1)[0]
 
 
+def near_tie(model, tokenizer, prompt: str, ours: list[int], theirs: list[int]) -> str:
+    """Where two greedy answers part, how far apart float32 put the two tokens chosen (in logits)."""
+    split = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+    logits = np.asarray(model(jnp.asarray([chat + ours[:split]])))[0, -1]
+    gap = logits[ours[split]] - logits[theirs[split]]
+    return (f"they part at new token {split}: float32 logits {tokenizer.decode([ours[split]])!r} "
+            f"{logits[ours[split]]:.3f} vs {tokenizer.decode([theirs[split]])!r} {logits[theirs[split]]:.3f} "
+            f"(gap {gap:.3f}; logits span {logits.max() - np.median(logits):.1f} above the median)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=assets.smollm2_gguf())
@@ -87,14 +99,18 @@ def main():
         ppl[name], tokens = perplexity(m, tokenizer, texts, args.max_tokens)
         print(f"{name:>8}: perplexity {ppl[name]:.4f} over {tokens} tokens of {len(texts)} held-out articles",
               flush=True)
-    answers = {name: jaxlm.generate(m, tokenizer, PROMPTS, max_new_tokens=args.answer_tokens, chat=True).texts
+    results = {name: jaxlm.generate(m, tokenizer, PROMPTS, max_new_tokens=args.answer_tokens, chat=True)
                for name, m in (("float32", model), ("int8", int8))}
+    answers = {name: r.texts for name, r in results.items()}
     same = 0
-    for prompt, a, b in zip(PROMPTS, answers["float32"], answers["int8"]):
+    for i, (prompt, a, b) in enumerate(zip(PROMPTS, answers["float32"], answers["int8"])):
         match = first_sentence(a) == first_sentence(b)
         same += match
         print(f"{'same' if match else 'DIFF'} | {prompt}\n  float32: {first_sentence(a)!r}\n"
               f"     int8: {first_sentence(b)!r}")
+        if not match:
+            ours, theirs = results["float32"].token_ids[i], results["int8"].token_ids[i]
+            print(f"  {near_tie(model, tokenizer, prompt, ours, theirs)}")
     change = ppl["int8"] / ppl["float32"] - 1
     print(f"perplexity change int8 vs float32: {change * 100:+.2f}% (target: within 1%)")
     print(f"first sentences unchanged: {same}/{len(PROMPTS)}")

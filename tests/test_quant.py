@@ -105,7 +105,11 @@ def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny
 
 
 def test_decode_step_reads_int8_weights_without_a_float_copy(tiny_models):
-    int8, _ = jaxlm.load_pretrained(tiny_models / "tied", quantize="int8", )
+    int8, _ = jaxlm.load_pretrained(tiny_models / "tied", quantize="int8")
+    attention, mlp = int8.layers[0].self_attn, int8.layers[0].mlp
+    # Layers reading one input share one stacked matrix (one matmul after XLA's CSE): q/k/v, gate/up.
+    assert attention.q_proj.matrix is attention.k_proj.matrix is attention.v_proj.matrix
+    assert mlp.gate_proj.matrix is mlp.up_proj.matrix and mlp.down_proj.matrix is not mlp.up_proj.matrix
     graphdef, state = nnx.split(int8)
     cache = int8.init_cache(1, 32)
 
@@ -114,11 +118,11 @@ def test_decode_step_reads_int8_weights_without_a_float_copy(tiny_models):
 
     ones = jnp.ones((1, 1), jnp.int32)
     hlo = jax.jit(step).lower(state, ones, ones, cache).compile().as_text()
-    # The MLP's weights are [112, 64] and [64, 112] int8: no wider copy of them may exist in the program.
+    # The MLP's weights are int8 [224, 64] (gate and up) and [64, 112] (down): no wider copy may exist.
     for dtype in ("f32", "bf16", "s32", "s16"):
-        for shape in ("[112,64]", "[64,112]"):
+        for shape in ("[224,64]", "[64,224]", "[112,64]", "[64,112]"):
             assert f"{dtype}{shape}" not in hlo, f"{dtype}{shape} materialised"
-    assert "s8[112,64]" in hlo
+    assert "s8[224,64]" in hlo and "s8[64,112]" in hlo
 
 
 def test_lora_must_be_merged_before_quantizing(tiny_models):

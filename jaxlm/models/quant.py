@@ -83,23 +83,43 @@ def int8_digits(rows: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.concatenate([high, low]).astype(jnp.int8), 1.0 / inverse_step[:, 0]
 
 
-class Int8Linear(nnx.Module):
-    """`nnx.Linear` with its kernel as int8 [out, in] plus per-output-channel scales; the bias stays float."""
+class Int8Matrix(nnx.Module):
+    """int8 rows [out, in] with one float32 scale per row: the weights of one or more linear layers."""
 
-    def __init__(self, base: nnx.Linear, activations: str):
-        self.weight, self.scale = map(Int8Weight, quantize_rows(base.kernel[...].T))
+    def __init__(self, rows: np.ndarray):
+        self.weight, self.scale = map(Int8Weight, quantize_rows(rows))
+
+    def matmul(self, x, activations: str):
+        return int8_matmul(x, self.weight[...], self.scale[...], activations)
+
+
+class Int8Linear(nnx.Module):
+    """`nnx.Linear` with its kernel in int8 (rows `start:stop` of `matrix`); the bias stays float.
+
+    Layers that read the same input (Llama's q/k/v, gate/up) share one matrix: each computes the
+    same stacked matmul and keeps its rows, and XLA's common-subexpression pass leaves one matmul,
+    one pass over the weights and one kernel launch instead of three."""
+
+    def __init__(self, base: nnx.Linear, activations: str, matrix: Int8Matrix | None = None, start: int = 0):
+        kernel = base.kernel[...]
+        self.matrix = matrix if matrix is not None else Int8Matrix(np.asarray(kernel).T)
+        self.start, self.stop = start, start + kernel.shape[1]
         self.bias = base.bias
         self.activations = activations
-        self.float_dtype = base.kernel[...].dtype  # what `dequantize` gives back
+        self.float_dtype = kernel.dtype  # what `dequantize` gives back
 
     def __call__(self, x):
-        y = int8_matmul(x, self.weight[...], self.scale[...], self.activations)
+        y = self.matrix.matmul(x, self.activations)
+        if (self.start, self.stop) != (0, y.shape[-1]):
+            y = y[..., self.start:self.stop]
         if self.bias is not None:
             y = y + self.bias[...].astype(y.dtype)
         return y
 
-    def dequantized_kernel(self, dtype) -> jax.Array:
-        return (self.weight[...].astype(jnp.float32) * self.scale[...][:, None]).T.astype(dtype)
+    def dequantized_kernel(self) -> jax.Array:
+        rows = slice(self.start, self.stop)
+        weight = self.matrix.weight[...][rows].astype(jnp.float32) * self.matrix.scale[...][rows, None]
+        return weight.T.astype(self.float_dtype)
 
 
 class Int8Embed(nnx.Module):
@@ -107,14 +127,14 @@ class Int8Embed(nnx.Module):
 
     def __init__(self, base: nnx.Embed, activations: str):
         self.embedding = base.embedding
-        self.weight, self.scale = map(Int8Weight, quantize_rows(base.embedding[...]))
+        self.matrix = Int8Matrix(np.asarray(base.embedding[...]))
         self.activations = activations
 
     def __call__(self, ids):
         return jnp.take(self.embedding[...], ids, axis=0)
 
     def attend(self, x):
-        return int8_matmul(x, self.weight[...], self.scale[...], self.activations)
+        return self.matrix.matmul(x, self.activations)
 
 
 def default_activations() -> str:
@@ -124,26 +144,59 @@ def default_activations() -> str:
 def quantize_int8(model, *, activations: str | None = None) -> int:
     """Quantize every linear layer (and a tied output embedding) of `model` in place; returns their number.
 
-    LoRA adapters must be merged first (`merge_lora`): their low-rank update is kept in float only
-    while training."""
+    The model is put in eval mode: int8 weights are for inference. LoRA adapters must be merged
+    first (`merge_lora`): their low-rank update is kept in float only while training."""
     activations = activations or default_activations()
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations={activations!r} is not one of {', '.join(ACTIVATIONS)}")
     modules = list(nnx.iter_modules(model))
     if any(isinstance(m, LoRALinear) for _, m in modules):
         raise ValueError("merge LoRA adapters (jaxlm.models.lora.merge_lora) before quantizing")
-    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
-    count = 0
-    for path, module in modules:
-        if type(module) is nnx.Linear:
-            _set(model, path, Int8Linear(module, activations))
-            count += 1
-        elif type(module) is nnx.Embed and tied and _is_output_embedding(model, path):
-            _set(model, path, Int8Embed(module, activations))
-            count += 1
-    if not count:
+    model.eval()
+    linears = {path: m for path, m in modules if type(m) is nnx.Linear}
+    if not linears:
         raise ValueError(f"{type(model).__name__} has no linear layer to quantize")
-    return count
+    for group in _groups_reading_one_input(model, linears):
+        kernels = [linears[path].kernel[...] for path in group]
+        matrix = Int8Matrix(np.concatenate([np.asarray(k).T for k in kernels]))
+        start = 0
+        for path, kernel in zip(group, kernels):
+            _set(model, path, Int8Linear(linears[path], activations, matrix, start))
+            start += kernel.shape[1]
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    for path, module in modules:
+        if type(module) is nnx.Embed and tied and _is_output_embedding(model, path):
+            _set(model, path, Int8Embed(module, activations))
+    return len(linears) + tied
+
+
+class _Probe:
+    """Stands in for a linear layer during one abstract forward pass and notes the input it gets."""
+
+    def __init__(self, base: nnx.Linear, path: tuple, seen: list):
+        self.base, self.path, self.seen = base, path, seen
+
+    def __call__(self, x):
+        self.seen.append((x, self.path))
+        return self.base(x)
+
+
+def _groups_reading_one_input(model, linears: dict) -> list[list[tuple]]:
+    """The linear layers' paths, grouped by the input array they read (shapes only: nothing is computed)."""
+    seen: list = []
+    for path, linear in linears.items():
+        _set(model, path, _Probe(linear, path, seen))
+    try:
+        jax.eval_shape(lambda: model(jnp.zeros((1, 2), jnp.int32)))
+    finally:
+        for path, linear in linears.items():
+            _set(model, path, linear)
+    groups: dict[int, list[tuple]] = {}
+    for x, path in seen:  # `seen` keeps every input alive, so no two share an id()
+        if path not in (p for g in groups.values() for p in g):
+            groups.setdefault(id(x), []).append(path)
+    called = {p for g in groups.values() for p in g}
+    return list(groups.values()) + [[p] for p in linears if p not in called]
 
 
 def _is_output_embedding(model, path: tuple) -> bool:
@@ -160,9 +213,9 @@ def dequantize(model):
     out = nnx.clone(model)
     for path, module in list(nnx.iter_modules(out)):
         if isinstance(module, Int8Linear):
-            dtype = module.float_dtype
-            kernel = module.dequantized_kernel(dtype)
-            linear = nnx.Linear(*kernel.shape, use_bias=module.bias is not None, param_dtype=dtype, rngs=nnx.Rngs(0))
+            kernel = module.dequantized_kernel()
+            linear = nnx.Linear(*kernel.shape, use_bias=module.bias is not None, param_dtype=kernel.dtype,
+                                rngs=nnx.Rngs(0))
             linear.kernel.set_value(kernel)
             if module.bias is not None:
                 linear.bias.set_value(module.bias[...])
