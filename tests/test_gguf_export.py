@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import jaxlm
@@ -151,8 +152,6 @@ def test_gpt2_export_gives_transformers_and_jaxlm_the_same_logits(tmp_path):
 
 
 def test_lora_adapters_are_merged_into_the_export(llama, tmp_path):
-    from flax import nnx
-
     from jaxlm.models.lora import apply_lora, merge_lora
 
     model, tokenizer = llama
@@ -173,6 +172,12 @@ def test_unsupported_models_and_tokenizers_are_refused(llama, tmp_path, minilm_d
         jaxlm.export_pretrained(model, tmp_path / "a.gguf", None)
     with pytest.raises(ValueError, match="q4_k"):
         jaxlm.export_pretrained(model, tmp_path / "b.gguf", tokenizer, gguf_type="q4_k")
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning
+
+    tuned = nnx.clone(model)
+    apply_prompt_tuning(tuned, 2)
+    with pytest.raises(ValueError, match="no virtual tokens"):
+        jaxlm.export_pretrained(tuned, tmp_path / "d.gguf", tokenizer)
     bert, bert_tokenizer = jaxlm.load_pretrained(minilm_dir)
     with pytest.raises(ValueError, match="GGUF export supports"):
         jaxlm.export_pretrained(bert, tmp_path / "c.gguf", bert_tokenizer)
@@ -182,8 +187,6 @@ def test_unsupported_models_and_tokenizers_are_refused(llama, tmp_path, minilm_d
 @pytest.mark.slow
 def test_smollm2_tokenizer_metadata_matches_the_shipped_file(smollm2_gguf, tmp_path):
     """Our tokenizer half, written from the tokenizer jaxlm reads out of the shipped SmolLM2 GGUF, is that file's."""
-    from flax import nnx
-
     from jaxlm.hf.gguf import tokenizer as gguf_tokenizer
     from jaxlm.models import LlamaConfig, LlamaForCausalLM
 

@@ -147,3 +147,24 @@ def test_generate_cli_takes_quantize_int8(tmp_path, capsys):
     model, tokenizer = jaxlm.load_pretrained(folder, quantize="int8")
     expected = jaxlm.generate(model, tokenizer, "hello", max_new_tokens=5, chat=True, stop_at_eos=False)
     assert code == 0 and out == expected.texts[0] + "\n" and "5 new tokens" in err
+
+
+def test_a_prompt_tuned_model_keeps_its_virtual_tokens_in_int8(tiny_models):
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning, virtual_token_ids
+    from jaxlm.models.quant import Int8PromptTunedEmbed
+
+    model, _ = jaxlm.load_pretrained(tiny_models / "tied")
+    apply_prompt_tuning(model, 3, seed=1)
+    int8 = nnx.clone(model)
+    quantize_int8(int8)
+    assert isinstance(int8.embed_tokens, Int8PromptTunedEmbed)  # the tied head goes int8 as well
+    assert virtual_token_ids(int8) == virtual_token_ids(model)
+    ids = [virtual_token_ids(model) + [5, 9, 31, 7]]
+    ours, ref = _logits(int8, ids), _logits(model, ids)
+    assert np.abs(ours - ref).max() <= 0.02 * np.abs(ref).max()
+    np.testing.assert_array_equal(np.asarray(dequantize(int8).embed_tokens.virtual_tokens[...]),
+                                  np.asarray(model.embed_tokens.virtual_tokens[...]))
+    # The other order would drop the int8 head: refused with what to do instead.
+    quantized, _ = jaxlm.load_pretrained(tiny_models / "tied", quantize="int8")
+    with pytest.raises(ValueError, match="before quantizing"):
+        apply_prompt_tuning(quantized, 3)

@@ -63,6 +63,15 @@ def test_values_are_type_and_range_checked(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["task=classification"], "GGUF files hold causal language models; task is classification"),
+    (["model.prompt_tuning.num_virtual_tokens=4"], "llama.cpp has no virtual tokens"),
+])
+def test_export_gguf_is_refused_where_the_file_would_not_hold_the_result(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["export.gguf=q8_0", *overrides])
+
+
 def test_cli_reports_a_bad_key_in_one_line_with_exit_code_2(capsys):
     assert main(["train.stepz=3"]) == 2
     err = capsys.readouterr().err

@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.errors import UserError
 from jaxlm.hf.gguf_export import write_gguf
 from jaxlm.models import architecture_of
 from jaxlm.models.lora import has_lora, merge_lora
+from jaxlm.models.prompt_tuning import num_virtual_tokens
 from jaxlm.models.quant import dequantize, is_quantized
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
@@ -44,6 +46,9 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
 
     out_dir = os.fspath(out_dir)
     if out_dir.endswith(".gguf"):
+        if num_virtual_tokens(model):  # hf_state_dict holds no virtual tokens: the file would silently lose them
+            raise UserError(f"{out_dir}: llama.cpp has no virtual tokens; export the base model without the "
+                            "prompt-tuning adapter (its adapter folder runs with jaxlm generate --adapter)")
         model_type = architecture_of(model).family.model_type
         return write_gguf(out_dir, hf_state_dict(model), model.config, model_type, tokenizer, gguf_type)
     os.makedirs(out_dir, exist_ok=True)

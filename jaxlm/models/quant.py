@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models.lora import LoRALinear, _set
+from jaxlm.models.prompt_tuning import PromptTunedEmbed
 
 ACTIVATIONS = ("int8", "float")
 
@@ -137,6 +138,21 @@ class Int8Embed(nnx.Module):
         return self.matrix.matmul(x, self.activations)
 
 
+class Int8PromptTunedEmbed(PromptTunedEmbed):
+    """A prompt-tuned tied embedding: lookups (virtual tokens included) as before, int8 `attend`."""
+
+    def __init__(self, base: PromptTunedEmbed, activations: str):
+        self.embedding, self.virtual_tokens = base.embedding, base.virtual_tokens
+        self.matrix = Int8Matrix(np.asarray(base.embedding[...]))
+        self.activations = activations
+
+    def attend(self, x):
+        return self.matrix.matmul(x, self.activations)
+
+
+_INT8_EMBEDS = {nnx.Embed: Int8Embed, PromptTunedEmbed: Int8PromptTunedEmbed}
+
+
 def default_activations() -> str:
     return "int8" if jax.default_backend() == "cpu" else "float"
 
@@ -145,7 +161,8 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
     """Quantize every linear layer (and a tied output embedding) of `model` in place; returns their number.
 
     The model is put in eval mode: int8 weights are for inference. LoRA adapters must be merged
-    first (`merge_lora`): their low-rank update is kept in float only while training."""
+    first (`merge_lora`): their low-rank update is kept in float only while training. Prompt tuning's
+    virtual tokens go on first too (`load_prompt_tuning_adapter`, then this): they stay float."""
     activations = activations or default_activations()
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations={activations!r} is not one of {', '.join(ACTIVATIONS)}")
@@ -165,8 +182,8 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
             start += kernel.shape[1]
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     for path, module in modules:
-        if type(module) is nnx.Embed and tied and _is_output_embedding(model, path):
-            _set(model, path, Int8Embed(module, activations))
+        if type(module) in _INT8_EMBEDS and tied and _is_output_embedding(model, path):
+            _set(model, path, _INT8_EMBEDS[type(module)](module, activations))
     return len(linears) + tied
 
 
@@ -205,7 +222,7 @@ def _is_output_embedding(model, path: tuple) -> bool:
 
 
 def is_quantized(model) -> bool:
-    return any(isinstance(m, (Int8Linear, Int8Embed)) for _, m in nnx.iter_modules(model))
+    return any(isinstance(m, (Int8Linear, Int8Embed, Int8PromptTunedEmbed)) for _, m in nnx.iter_modules(model))
 
 
 def dequantize(model):
@@ -220,9 +237,11 @@ def dequantize(model):
             if module.bias is not None:
                 linear.bias.set_value(module.bias[...])
             _set(out, path, linear)
-        elif isinstance(module, Int8Embed):
+        elif isinstance(module, (Int8Embed, Int8PromptTunedEmbed)):
             table = module.embedding[...]
             embed = nnx.Embed(*table.shape, param_dtype=table.dtype, rngs=nnx.Rngs(0))
             embed.embedding.set_value(table)
+            if isinstance(module, Int8PromptTunedEmbed):
+                embed = PromptTunedEmbed(embed, module.virtual_tokens[...])
             _set(out, path, embed)
     return out
