@@ -9,7 +9,10 @@ other processes hits all alike. Throughput counts all new tokens of the batch ov
 prefill + decode wall time; compile time and prefill latency are reported apart.
 transformers runs with 1 thread and with all cores, and the faster is the baseline.
 With --int8, jaxlm also runs with int8 weights (`load_pretrained(..., quantize="int8")`) and
-its speed-up over jaxlm float32 is printed too. The last lines print the ratios.
+its speed-up over jaxlm float32 is printed too. When `llama_cpp` (llama-cpp-python) is importable,
+llama.cpp runs batch 1 on the same prompt (its high-level API decodes one sequence) with all cores,
+on the --model file and on jaxlm's own q8_0 export of it: a column for reference, and a check
+that llama.cpp runs what `export_pretrained(..., gguf_type="q8_0")` writes. The last lines print the ratios.
 """
 
 from __future__ import annotations
@@ -71,6 +74,34 @@ def bench_torch(model, tokenizer, prompts, new_tokens, threads):
     return {"seconds": seconds, "prefill": prefill, "compile": 0.0}
 
 
+def bench_llama_cpp(llm, tokenizer, prompt, new_tokens):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=False)
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+    llm.reset()  # no reuse of the previous run's cached prompt: each run prefills
+    start, prefill, count = time.perf_counter(), 0.0, 0
+    for _ in llm.generate(tokens, top_k=1, temp=0.0, reset=False):  # greedy; never stops at EOS by itself
+        count += 1
+        if count == 1:
+            prefill = time.perf_counter() - start
+        if count == new_tokens:
+            break
+    return {"seconds": time.perf_counter() - start, "prefill": prefill, "compile": 0.0}
+
+
+def llama_cpp_models(model, tokenizer, model_path: str, folder: str) -> dict:
+    """name -> llama_cpp.Llama for the --model file (when a .gguf) and jaxlm's q8_0 export; {} without llama_cpp."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return {}
+    files = {f"llama.cpp {os.path.basename(model_path)}": model_path} if model_path.endswith(".gguf") else {}
+    files["llama.cpp jaxlm q8_0"] = jaxlm.export_pretrained(model, os.path.join(folder, "jaxlm-q8_0.gguf"),
+                                                            tokenizer, gguf_type="q8_0")
+    return {name: llama_cpp.Llama(path, n_ctx=1024, n_threads=os.cpu_count(), n_batch=512, verbose=False)
+            for name, path in files.items()}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=shipped_gguf(), help="HF folder or .gguf (default: shipped SmolLM2)")
@@ -94,6 +125,7 @@ def main():
         jaxlm.export_pretrained(model, folder, tokenizer)
         torch_model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         torch_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, padding_side="left")
+        llama_cpp = llama_cpp_models(model, tokenizer, args.model, folder)
     print(f"cores: {os.cpu_count()}, torch threads tried: {thread_counts}, new tokens per row: {args.new_tokens}")
     print(f"load average before: {os.getloadavg()[0]:.1f} (other processes on these cores distort both sides)")
 
@@ -106,6 +138,8 @@ def main():
         for threads in thread_counts:
             sides[f"transformers/{threads}t"] = functools.partial(
                 bench_torch, torch_model, torch_tokenizer, prompts, args.new_tokens, threads)
+        for name, llm in llama_cpp.items() if batch == 1 else ():
+            sides[name] = functools.partial(bench_llama_cpp, llm, torch_tokenizer, prompts[0], args.new_tokens)
         warmup = {name: run() for name, run in sides.items()}  # jaxlm compiles here
         runs = {name: [] for name in sides}
         for _ in range(args.repeats):
@@ -120,12 +154,15 @@ def main():
                             if name.startswith("jaxlm") else "")
             print(f"batch {batch} {name:>16}: {rates[name]:6.1f} new tokens/s, prefill {prefill * 1000:6.0f} ms"
                   f"{compile_note}")
-        baseline = max((r, name) for name, r in rates.items() if not name.startswith("jaxlm"))
+        baseline = max((r, name) for name, r in rates.items() if name.startswith("transformers"))
         ratios.append(rates["jaxlm"] / baseline[0])
         print(f"batch {batch} ratio jaxlm / fastest transformers ({baseline[1]}): {ratios[-1]:.2f}x")
         if int8_model is not None:
             int8_ratios.append(rates["jaxlm int8"] / rates["jaxlm"])
             print(f"batch {batch} ratio jaxlm int8 / jaxlm float32: {int8_ratios[-1]:.2f}x")
+        for name in (n for n in rates if n.startswith("llama.cpp")):
+            best = "jaxlm int8" if "jaxlm int8" in rates else "jaxlm"
+            print(f"batch {batch} ratio {best} / {name}: {rates[best] / rates[name]:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print("ratios: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, ratios)))
     if int8_ratios:

@@ -168,3 +168,15 @@ def test_a_prompt_tuned_model_keeps_its_virtual_tokens_in_int8(tiny_models):
     quantized, _ = jaxlm.load_pretrained(tiny_models / "tied", quantize="int8")
     with pytest.raises(ValueError, match="before quantizing"):
         apply_prompt_tuning(quantized, 3)
+
+
+def test_synth_takes_quantize_int8(tmp_path):
+    from jaxlm.models.quant import is_quantized
+    from jaxlm.synth.cli import build_parser, config_from_args
+    from jaxlm.synth.generator import Generator
+    from test_sampling_api import tiny_chat_checkpoint
+
+    args = build_parser().parse_args(["self-instruct", "--out", str(tmp_path / "out"), "--quantize", "int8"])
+    config = config_from_args(args)
+    assert config.quantize == "int8"
+    assert is_quantized(Generator(str(tiny_chat_checkpoint(tmp_path / "chat")), quantize=config.quantize).model)
