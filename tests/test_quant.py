@@ -180,3 +180,23 @@ def test_synth_takes_quantize_int8(tmp_path):
     config = config_from_args(args)
     assert config.quantize == "int8"
     assert is_quantized(Generator(str(tiny_chat_checkpoint(tmp_path / "chat")), quantize=config.quantize).model)
+
+
+def test_generate_cli_runs_a_prompt_tuning_adapter_in_int8(tmp_path, capsys):
+    from jaxlm.hf.peft import load_prompt_tuning_adapter, save_prompt_tuning_adapter
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning
+    from jaxlm.sampling.cli import main
+    from test_sampling_api import tiny_chat_checkpoint
+
+    folder = str(tiny_chat_checkpoint(tmp_path / "chat"))
+    tuned, _ = jaxlm.load_pretrained(folder)
+    apply_prompt_tuning(tuned, 2, seed=3)
+    adapter = save_prompt_tuning_adapter(tuned, str(tmp_path / "adapter"))
+    code = main(["--model", folder, "--adapter", adapter, "--quantize", "int8", "--prompt", "hello",
+                 "--max-new-tokens", "4", "--ignore-eos", "--compile-cache", "none"])
+    out, _ = capsys.readouterr()
+    model, tokenizer = jaxlm.load_pretrained(folder)
+    load_prompt_tuning_adapter(model, adapter)
+    quantize_int8(model)
+    expected = jaxlm.generate(model, tokenizer, "hello", max_new_tokens=4, stop_at_eos=False)
+    assert code == 0 and out == expected.texts[0] + "\n"
