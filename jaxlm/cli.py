@@ -28,7 +28,7 @@ class Command:
 COMMANDS = {
     "train": Command("jaxlm.train.cli:main", "fine-tune a model: a YAML preset plus dotted.key=value overrides"),
     "generate": Command("jaxlm.sampling.cli:main", "generate text from prompts with an HF folder or .gguf file"),
-    "convert": Command("jaxlm.convert:main", "convert a .gguf file or HF folder to a Hugging Face folder"),
+    "convert": Command("jaxlm.convert:main", "convert a .gguf file, HF folder or run to an HF folder or .gguf file"),
     "audit": Command("jaxlm.audit.cli:main", "audit a training data file: duplicates, contamination, bias, ..."),
     "synth": Command("jaxlm.synth.cli:main", "make SFT data with a model: self-instruct, grounded, back-translate"),
 }

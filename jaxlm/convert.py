@@ -1,15 +1,18 @@
-"""Convert a checkpoint to a Hugging Face folder: `jaxlm convert SRC OUT_DIR` (or `python -m jaxlm.convert`).
+"""Convert a checkpoint to a Hugging Face folder or a GGUF file: `jaxlm convert SRC OUT` (or `python -m jaxlm.convert`).
 
-SRC is a GGUF file (quantised weights are dequantised) or an HF folder (safetensors,
-sharded, or pytorch_model.bin). OUT_DIR gets config.json, model.safetensors, the
-tokenizer with its chat template, and generation_config.json. A non-empty OUT_DIR is
-refused unless --overwrite is given; the folder is written beside OUT_DIR and swapped in
-when complete, so a failed conversion never leaves a half-written model.
+SRC is a GGUF file (quantised weights are dequantised), an HF folder (safetensors,
+sharded, or pytorch_model.bin) or a training run's output folder (its `hf/` export).
+An OUT folder gets config.json, model.safetensors, the tokenizer with its chat template,
+and generation_config.json; an OUT ending in .gguf gets one file for llama.cpp and
+Ollama, its matrices stored as --type (f32, f16 or q8_0). An OUT that exists is refused
+unless --overwrite is given; the output is written beside it and swapped in when complete,
+so a failed conversion never leaves a half-written model.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -22,18 +25,22 @@ DTYPES = ("float32", "bfloat16", "float16")
 def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      epilog="Exit codes: 0 done, 2 bad input (one line naming the file or tensor).")
-    parser.add_argument("src", help="a .gguf file or a Hugging Face model folder")
-    parser.add_argument("out_dir", help="folder to write the Hugging Face checkpoint to (created; must be empty "
-                        "or absent unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR (swapped in when done)")
+    parser.add_argument("src", help="a .gguf file, a Hugging Face model folder or a training run's output folder")
+    parser.add_argument("out_dir", metavar="out", help="folder to write the Hugging Face checkpoint to (created; must "
+                        "be empty or absent unless --overwrite), or a .gguf file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (swapped in when done)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the saved weights")
+    parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "q8_0"], default="f16",
+                        help="with a .gguf OUT: how matrices are stored (default: %(default)s; q8_0 is 8-bit, "
+                        "about half the size of f16)")
     return parser
 
 
 @exit_codes
 def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -> int:
     args = build_parser(prog).parse_args(argv)
-    check_output(args.out_dir, overwrite=args.overwrite, folder=True)  # before minutes of loading
+    gguf = args.out_dir.endswith(".gguf")
+    check_output(args.out_dir, overwrite=args.overwrite, folder=not gguf)  # before minutes of loading
 
     import jax.numpy as jnp
 
@@ -42,15 +49,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -
 
     start = time.perf_counter()
     try:
-        model, tokenizer = load_pretrained(args.src, progress=True)  # CheckpointError: exit 2
+        model, tokenizer = load_pretrained(run_export(args.src), progress=True)  # CheckpointError: exit 2
     except UserError:
         raise
     except ValueError as e:
         raise UserError(f"{args.src}: {e}") from None  # e.g. an unknown model_type in config.json
-    with replacing(args.out_dir, overwrite=args.overwrite, folder=True) as partial:
-        export_pretrained(model, partial, tokenizer, dtype=jnp.dtype(args.dtype))
+    with replacing(args.out_dir, overwrite=args.overwrite, folder=not gguf) as partial:
+        export_pretrained(model, partial, tokenizer, dtype=jnp.dtype(args.dtype), gguf_type=args.gguf_type)
     print(f"wrote {args.out_dir} ({type(model).__name__}, {time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def run_export(src: str) -> str:
+    """A training run's output folder stands for the merged model it exported to `hf/`."""
+    run_hf = os.path.join(src, "hf")
+    if os.path.isdir(src) and not os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(run_hf):
+        return run_hf
+    return src
 
 
 if __name__ == "__main__":

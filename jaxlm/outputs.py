@@ -7,7 +7,7 @@
 
 A folder is swapped in with two renames on the same filesystem (the old one is moved aside,
 then deleted); a file with one atomic `os.replace`. A failed or interrupted write leaves
-`path` as it was, plus at most a hidden `.NAME.*.partial` beside it.
+`path` as it was, plus at most a hidden `.NAME.*.partial[.EXT]` beside it.
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def replacing(path: str, *, overwrite: bool, folder: bool) -> Iterator[str]:
     if folder:
         partial = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=parent)
     else:
-        handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=parent)
+        # the extension stays last: writers choose the format by it (".gguf")
+        suffix = ".partial" + os.path.splitext(name)[1]
+        handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=parent)
         os.close(handle)
     try:
         yield partial

@@ -24,9 +24,9 @@ _DECODER = dict(
 )
 
 
-def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0):
+def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, seed=0, intermediate=112):
     config = transformers.LlamaConfig(
-        **_DECODER,
+        **{**_DECODER, "intermediate_size": intermediate},
         num_key_value_heads=kv_heads,
         rope_theta=10000.0,
         rope_scaling=rope_scaling,

@@ -56,10 +56,20 @@ def test_unknown_key_inside_a_source_is_rejected():
     ("train.compute_dtype=float16", r"train.compute_dtype='float16' is not one of float32, bfloat16"),
     ("task=translation", r"task='translation' is not one of"),
     ("train.grad_accum=3", r"train.batch_size=4 is not divisible by train.grad_accum=3"),
+    ("export.gguf=q4_k", r"export.gguf='q4_k' is not one of f32, f16, q8_0"),
 ])
 def test_values_are_type_and_range_checked(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=classification"], "GGUF files hold causal language models; task is classification"),
+    (["model.prompt_tuning.num_virtual_tokens=4"], "llama.cpp has no virtual tokens"),
+])
+def test_export_gguf_is_refused_where_the_file_would_not_hold_the_result(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["export.gguf=q8_0", *overrides])
 
 
 def test_cli_reports_a_bad_key_in_one_line_with_exit_code_2(capsys):

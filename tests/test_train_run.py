@@ -30,7 +30,8 @@ def lora_sft_run(files, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
     cfg = tiny_config(tmp, files["llama"], "sft", [files["sft"]], "model.lora.rank=4", "model.lora.alpha=8",
                       "train.steps=12", "eval.every=4", "checkpoint.every=4", "checkpoint.keep=1",
-                      "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02")
+                      "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02",
+                      "export.gguf=f32")
     return cfg, train(cfg, progress=False)
 
 
@@ -76,6 +77,15 @@ def test_run_writes_tensorboard_plot_samples_and_hf_export(lora_sft_run):
         expected = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
     np.testing.assert_allclose(np.asarray(result.model(ids)), expected, atol=2e-4)
     assert os.path.exists(os.path.join(out, "adapter", "adapter_model.safetensors"))
+
+
+def test_export_gguf_writes_the_merged_model_beside_hf(lora_sft_run):
+    import jaxlm
+
+    cfg, result = lora_sft_run
+    gguf_model, _ = jaxlm.load_pretrained(os.path.join(cfg.output_dir, "model.gguf"))
+    ids = np.array([[5, 17, 33, 9, 60, 2]], np.int32)
+    np.testing.assert_allclose(np.asarray(gguf_model(ids)), np.asarray(result.model(ids)), atol=2e-4)
 
 
 def test_checkpoints_keep_the_latest_and_the_best(lora_sft_run):

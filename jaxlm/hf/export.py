@@ -9,19 +9,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.errors import UserError
+from jaxlm.hf.gguf_export import write_gguf
 from jaxlm.models import architecture_of
 from jaxlm.models.execution import unrolled
 from jaxlm.models.lora import has_lora, merge_lora
+from jaxlm.models.prompt_tuning import num_virtual_tokens
+from jaxlm.models.quant import dequantize, is_quantized
 from jaxlm.models.weight_map import dotted, ours_to_hf
 
 _DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
 
 
 def hf_state_dict(model) -> dict[str, jnp.ndarray]:
-    """The model's parameters under their HF names and layouts (LoRA adapters merged in, layers unstacked)."""
+    """The model's parameters under their HF names and layouts (LoRA merged in, int8 dequantised, layers unstacked)."""
     model = unrolled(model)
     if has_lora(model):
         model = merge_lora(model)
+    if is_quantized(model):
+        model = dequantize(model)
     arch = architecture_of(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -31,14 +37,22 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     return out
 
 
-def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None) -> str:
+def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, gguf_type: str = "f16") -> str:
     """Write config.json, model.safetensors (and tokenizer files with its chat template) to `out_dir`.
 
     `dtype` (e.g. jnp.bfloat16) converts the saved weights; by default they keep the model's dtype.
+    An `out_dir` ending in ".gguf" writes one GGUF file instead (llama.cpp, Ollama), its matrices
+    in `gguf_type`: "f32", "f16" or "q8_0" (see `jaxlm.hf.gguf_export`).
     """
     from safetensors.flax import save_file
 
     out_dir = os.fspath(out_dir)
+    if out_dir.endswith(".gguf"):
+        if num_virtual_tokens(model):  # hf_state_dict holds no virtual tokens: the file would silently lose them
+            raise UserError(f"{out_dir}: llama.cpp has no virtual tokens; export the base model without the "
+                            "prompt-tuning adapter (its adapter folder runs with jaxlm generate --adapter)")
+        model_type = architecture_of(model).family.model_type
+        return write_gguf(out_dir, hf_state_dict(model), model.config, model_type, tokenizer, gguf_type)
     os.makedirs(out_dir, exist_ok=True)
     arch = architecture_of(model)
     tensors = hf_state_dict(model)

@@ -25,6 +25,7 @@ def load_pretrained(
     architecture: str | None = None,
     config_overrides: dict | None = None,
     progress: bool = False,
+    quantize: str | None = None,
 ):
     """Load `(model, tokenizer)` from an HF folder (safetensors, sharded, or pytorch_model.bin) or a .gguf file.
 
@@ -35,8 +36,13 @@ def load_pretrained(
     `architecture` puts a new head on a base checkpoint, e.g. "BertForTokenClassification"
     on MiniLM with `config_overrides={"id2label": {...}}`: parameters the checkpoint lacks
     are then randomly initialised only if they belong to the new head.
+
+    `quantize="int8"` stores the linear layers (and a tied output projection) as int8 with
+    per-output-channel scales, for faster generation on CPU (see `jaxlm.models.quant`).
     """
     path = os.fspath(path)
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: only 'int8' (or None) is supported")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model folder or .gguf file")
     if path.endswith(".gguf"):
@@ -59,6 +65,10 @@ def load_pretrained(
         tensors = tqdm(tensors, desc=f"loading {os.path.basename(path)}", unit=" tensors")
     new_head = arch.name != base_arch.name
     model = build_model(arch, config, tensors, dtype, source=path, init_missing_head=new_head)
+    if quantize == "int8":
+        from jaxlm.models.quant import quantize_int8
+
+        quantize_int8(model)
     model.eval()
     return model, tokenizer
 

@@ -62,6 +62,9 @@ def apply_prompt_tuning(model, num_virtual_tokens: int, *, seed: int = 0) -> Non
         raise ValueError(f"{arch.name} already has virtual tokens")
     parent, name = _parent(model, arch.family.token_embedding)
     base = getattr(parent, name)
+    if type(base) is not nnx.Embed:  # e.g. an int8 output table, which the swap would drop
+        raise ValueError(f"{arch.name}'s token table is a {type(base).__name__}: add virtual tokens before "
+                         "quantizing (load_prompt_tuning_adapter, then quantize_int8)")
     table = base.embedding[...]
     drawn = jax.random.randint(jax.random.key(seed), (num_virtual_tokens,), 0, table.shape[0])
     setattr(parent, name, PromptTunedEmbed(base, table[drawn]))

@@ -44,6 +44,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--out", metavar="DIR", required=True, help="output folder (a rerun resumes in it)")
     group.add_argument("--model", default=defaults.model,
                        help="'smollm2' (default: the shipped SmolLM2-135M-Instruct GGUF), an HF folder or a .gguf")
+    group.add_argument("--quantize", choices=["int8"],
+                       help="store the model's linear weights as int8: faster generation on CPU (default: float)")
     group.add_argument("--num", type=int, default=defaults.num, help=f"records to keep (default {defaults.num})")
     group.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"prompts generated together (default {defaults.batch_size})")

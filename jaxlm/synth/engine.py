@@ -24,7 +24,7 @@ class LocalEngine:
     def __init__(self, config: SynthConfig):
         from jaxlm.synth.generator import Generator
 
-        self.config, self.generator = config, Generator(config.model)
+        self.config, self.generator = config, Generator(config.model, quantize=config.quantize)
 
     def map(self, batches: Iterable[Batch]) -> Iterator[list[Candidate]]:
         for batch in batches:
@@ -40,7 +40,7 @@ class _Worker:
     def __init__(self, config: SynthConfig):
         from jaxlm.synth.generator import Generator
 
-        self.config, self.generator = config, Generator(config.model)
+        self.config, self.generator = config, Generator(config.model, quantize=config.quantize)
 
     def run(self, batch: Batch) -> list[Candidate]:
         return run_batch(batch, self.generator, self.config)

@@ -43,12 +43,12 @@ def derive_seed(*parts: int) -> int:
 class Generator:
     """A model and tokenizer, loaded once; call it with prompts (chats or raw text)."""
 
-    def __init__(self, model: str):
+    def __init__(self, model: str, quantize: str | None = None):
         from jaxlm import load_pretrained
 
         self.path = resolve_model(model)
         self.name = os.path.basename(os.path.normpath(self.path))
-        self.model, self.tokenizer = load_pretrained(self.path)
+        self.model, self.tokenizer = load_pretrained(self.path, quantize=quantize)
         if self.tokenizer is None:
             raise ValueError(f"{self.path}: the model has no tokenizer")
         vocabulary = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])

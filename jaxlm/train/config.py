@@ -100,6 +100,14 @@ class MeshConfig:
     fsdp: int = 1  # devices that shard parameters and optimizer state
 
 
+@dataclasses.dataclass
+class ExportConfig:
+    gguf: str = ""  # "" = none; f32 | f16 | q8_0: also write model.gguf (llama.cpp, Ollama) beside hf/
+
+
+GGUF_TYPES = ("", "f32", "f16", "q8_0")
+
+
 def _default_data() -> DataConfig:
     corpora = ("tfds:jaxlm_chatterbot", "tfds:jaxlm_chitchat")
     return DataConfig(train=[SourceConfig(f"{name}:train", 1.0) for name in corpora],
@@ -115,6 +123,7 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
     def validate(self) -> "Config":
@@ -128,6 +137,13 @@ class Config:
 
         _choice("model.attention", self.model.attention, ATTENTION)
         _choice("model.remat", self.model.remat, tuple(REMAT))
+        if self.export.gguf not in GGUF_TYPES:
+            raise ConfigError(f"export.gguf={self.export.gguf!r} is not one of f32, f16, q8_0 (or \"\" for no GGUF)")
+        if self.export.gguf and self.task not in ("sft", "causal_lm"):
+            raise ConfigError(f"export.gguf: GGUF files hold causal language models; task is {self.task}")
+        if self.export.gguf and self.model.prompt_tuning.num_virtual_tokens > 0:
+            raise ConfigError("export.gguf: llama.cpp has no virtual tokens, so model.gguf would be the untrained "
+                              "base model; prompt tuning's result is adapter/ (jaxlm generate --adapter)")
         t, e = self.train, self.eval
         _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                       "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,

@@ -179,6 +179,7 @@ def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
+        "gguf": "model.gguf",
     }.items()}
     if checkpoint_dir:
         paths["checkpoints"] = checkpoint_dir

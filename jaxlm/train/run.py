@@ -194,7 +194,7 @@ def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, ex
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
         report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
-                      trainable=trainable_filter(run.cfg))
+                      trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 
 def _saved_before(samples_path: str) -> list[str] | None:
