@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.models.layers import Embed
 from jaxlm.models.registry import architecture_of
 
 
@@ -62,7 +63,7 @@ def apply_prompt_tuning(model, num_virtual_tokens: int, *, seed: int = 0) -> Non
         raise ValueError(f"{arch.name} already has virtual tokens")
     parent, name = _parent(model, arch.family.token_embedding)
     base = getattr(parent, name)
-    if type(base) is not nnx.Embed:  # e.g. an int8 output table, which the swap would drop
+    if type(base) is not Embed:  # e.g. an int8 output table, which the swap would drop
         raise ValueError(f"{arch.name}'s token table is a {type(base).__name__}: add virtual tokens before "
                          "quantizing (load_prompt_tuning_adapter, then quantize_int8)")
     table = base.embedding[...]

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxlm.models.layers import Embed
 from jaxlm.models.lora import LoRALinear, _set
 from jaxlm.models.prompt_tuning import PromptTunedEmbed
 
@@ -126,7 +127,7 @@ class Int8Linear(nnx.Module):
 class Int8Embed(nnx.Module):
     """A tied embedding: float lookups (`embedding` keeps its name for the weight maps), int8 `attend`."""
 
-    def __init__(self, base: nnx.Embed, activations: str):
+    def __init__(self, base: Embed, activations: str):
         self.embedding = base.embedding
         self.matrix = Int8Matrix(np.asarray(base.embedding[...]))
         self.activations = activations
@@ -150,7 +151,7 @@ class Int8PromptTunedEmbed(PromptTunedEmbed):
         return self.matrix.matmul(x, self.activations)
 
 
-_INT8_EMBEDS = {nnx.Embed: Int8Embed, PromptTunedEmbed: Int8PromptTunedEmbed}
+_INT8_EMBEDS = {Embed: Int8Embed, PromptTunedEmbed: Int8PromptTunedEmbed}
 
 
 def default_activations() -> str:
@@ -239,7 +240,7 @@ def dequantize(model):
             _set(out, path, linear)
         elif isinstance(module, (Int8Embed, Int8PromptTunedEmbed)):
             table = module.embedding[...]
-            embed = nnx.Embed(*table.shape, param_dtype=table.dtype, rngs=nnx.Rngs(0))
+            embed = Embed(*table.shape, param_dtype=table.dtype, rngs=nnx.Rngs(0))
             embed.embedding.set_value(table)
             if isinstance(module, Int8PromptTunedEmbed):
                 embed = PromptTunedEmbed(embed, module.virtual_tokens[...])
