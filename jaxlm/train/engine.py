@@ -40,10 +40,11 @@ class Engine:
     train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
     eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, predictions)
     schedule: object
+    num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = tasks.batch_for(self.cfg.task, batch)
+        arrays = tasks.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -91,9 +92,12 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     dtype = jax.numpy.dtype(t.compute_dtype)
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
+    num_sources = len(cfg.data.train) if cfg.data.mixing == "bandit" else 0
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
-                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh))
+                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
+                                 num_sources=num_sources)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh))
-    return Engine(cfg, mesh, state, frozen, rest, state_sh, batch_sh, eval_sh, train_step, eval_step, schedule)
+    return Engine(cfg, mesh, state, frozen, rest, state_sh, batch_sh, eval_sh, train_step, eval_step, schedule,
+                  num_sources)
 

@@ -9,6 +9,7 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -32,6 +33,12 @@ def forward(task: str, model, batch):
 
 def loss_terms(task: str, logits, batch):
     """(sum of per-token losses, number of tokens that count), both float32 scalars."""
+    nll, weights = token_losses(task, logits, batch)
+    return jnp.sum(nll * weights), jnp.sum(weights)
+
+
+def token_losses(task: str, logits, batch):
+    """(loss of each token, 1.0 where it counts else 0.0), both float32 [batch, seq]."""
     if task == "token_classification":
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
@@ -39,13 +46,22 @@ def loss_terms(task: str, logits, batch):
     else:
         weights = batch["loss_mask"].astype(jnp.float32)
         targets = batch["targets"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.sum(nll * weights), jnp.sum(weights)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets), weights
 
 
-def batch_for(task: str, batch: dict) -> dict:
-    """The arrays of a pipeline batch that the step needs (the rest, e.g. source_id, stays on host)."""
-    missing = [k for k in BATCH_KEYS[task] if k not in batch]
+def source_terms(nll, weights, source_ids, num_sources: int):
+    """(loss sums, token counts), each float32 [num_sources]: the loss split by the source of each token.
+
+    `source_ids` is the pipeline's per-token source (-1 = padding, which has weight 0 anyway)."""
+    ids = jnp.maximum(source_ids, 0).reshape(-1)
+    sums = jax.ops.segment_sum((nll * weights).reshape(-1), ids, num_segments=num_sources)
+    return sums, jax.ops.segment_sum(weights.reshape(-1), ids, num_segments=num_sources)
+
+
+def batch_for(task: str, batch: dict, *, sources: bool = False) -> dict:
+    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source."""
+    keys = (*BATCH_KEYS[task], "source_id") if sources else BATCH_KEYS[task]
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"task {task!r}: batch lacks {missing}; it has {sorted(batch)}")
-    return {k: batch[k] for k in BATCH_KEYS[task]}
+    return {k: batch[k] for k in keys}
