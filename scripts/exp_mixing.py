@@ -19,9 +19,9 @@ the same model, initial weights, steps, batches' size and seed; only the mixing 
                   tf.data -- the control that separates what the bandit learns from how it mixes
 
 The bandit settings are the library's defaults; nothing is tuned to the evaluation set. The table
-gives each variant's final eval loss and the first evaluated step at which each bandit reaches
-static's final eval loss (ODM's "fewer iterations" figure; evaluations every ``--eval-every`` steps
-bound its resolution). The plot (``exp_mixing.png`` in ``--out``) shows the eval curves and each
+gives each variant's final eval loss and the first evaluated step at which it reaches static's
+(and bandit-frozen's) final eval loss (ODM's "fewer iterations" figure; evaluations every
+``--eval-every`` steps bound its resolution). The plot (``exp_mixing.png`` in ``--out``) shows the eval curves and each
 bandit's weights.
 
 ``--model tiny`` (default): a 4-layer Llama (hidden 128) initialised at random and a 4,096-token
@@ -149,6 +149,20 @@ def plot(results: dict, out_png: str) -> None:
     plt.close(fig)
 
 
+def report(results: dict) -> None:
+    """The table: final eval losses, and the first evaluated step reaching each baseline's final loss."""
+    baselines = [b for b in ("static", "bandit-frozen") if b in results]
+    print(f"\n{'variant':<14} {'final eval loss':>15}"
+          + "".join(f" {'reaches ' + b + ' final at':>30}" for b in baselines)
+          + "  token shares (chatterbot, chit-chat, wiki, noise)")
+    for variant, result in results.items():
+        reach = {b: first_step_reaching(result["eval_curve"], results[b]["final_eval_loss"]) for b in baselines}
+        result["reaches_final_of"] = reach
+        shares = ", ".join(f"{s:.2f}" if s is not None else "-" for s in result["token_share"].values())
+        print(f"{variant:<14} {result['final_eval_loss']:>15.4f}"
+              + "".join(f" {reach[b] if reach[b] is not None else 'never':>30}" for b in baselines) + f"  {shares}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -163,7 +177,14 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=16, help="eval batches (the same ones each time)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tfds-dir", default=None, help="TFDS data dir for the shipped corpora (default: OUT/tfds)")
+    parser.add_argument("--report-only", action="store_true", help="print the table and plot of OUT/results.json")
     args = parser.parse_args()
+    if args.report_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            results = json.load(f)["results"]
+        report(results)
+        plot(results, os.path.join(args.out, "exp_mixing.png"))
+        return
     args.tfds_dir = os.path.abspath(args.tfds_dir or os.path.join(args.out, "tfds"))
     os.makedirs(args.out, exist_ok=True)
 
@@ -194,15 +215,7 @@ def main() -> None:
         print(f"{variant}: final eval loss {results[variant]['final_eval_loss']:.4f} "
               f"({results[variant]['seconds']:.0f}s)", flush=True)
 
-    static = results.get("static", {}).get("final_eval_loss")
-    print(f"\n{'variant':<12} {'final eval loss':>15} {'reaches static final at':>24}  token shares "
-          "(chatterbot, chit-chat, wiki, noise)")
-    for variant, result in results.items():
-        reach = first_step_reaching(result["eval_curve"], static) if static is not None else None
-        result["reaches_static_final_at"] = reach
-        shares = ", ".join(f"{s:.2f}" if s is not None else "-" for s in result["token_share"].values())
-        print(f"{variant:<12} {result['final_eval_loss']:>15.4f} {reach if reach is not None else 'never':>24}  "
-              f"{shares}")
+    report(results)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     plot(results, os.path.join(args.out, "exp_mixing.png"))
