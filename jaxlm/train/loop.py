@@ -18,10 +18,11 @@ A run, one named function per part:
 `checkpoint_items` assembles: {"data": pipeline position, "loop": LoopState.saved(), one item per hook}.
 The host waits for the device only at sync points.
 
+Several processes (`--distributed`, see distributed.py): every process runs every step, evaluation and
+checkpoint save; the files a person reads are written only by process 0 (`Run.writer`): `Run.logger`
+(metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `write_outputs`.
+
 Seams for what comes next:
-- multi-host: the files a person reads are written only by `Run.logger` (metrics.jsonl, TensorBoard,
-  the progress bar) and by run.py's `write_config`, `sample_before` and `write_outputs`; the process-0
-  guards go there. Steps, evaluation, generation and checkpoints run on every process.
 - learning from the loss (a mixing policy that reweights sources, say): a `SyncHook` passed to `train`
   (or built in `prepare`) sees each sync point's rows and the train pipeline before they are logged and
   saved; its state is saved with every checkpoint and restored on resume.
@@ -39,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.errors import Stopped
-from jaxlm.train import report
+from jaxlm.train import distributed, report
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
@@ -238,12 +239,15 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
     else:
         run.logger.log(state.step, result)
     run.logger.write(f"step {state.step}: eval loss {result['eval_loss']:.4f}"
-                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else ""))
+                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else "")
+                     + (f", accuracy {result['eval_accuracy']:.3f}, macro-F1 {result['eval_macro_f1']:.3f}"
+                        if "eval_accuracy" in result else ""))
     return result
 
 
 def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and for token classification entity precision/recall/F1}, seqeval report or None)."""
+    """({"eval_loss", and entity precision/recall/F1 (token classification) or accuracy and macro-F1
+    (classification)}, the seqeval or per-class report, or None)."""
     sums, counts, labels, preds = [], [], [], []
     for b in batches:
         loss_sum, count, pred = engine.evaluate(b)
@@ -253,8 +257,12 @@ def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str 
     out = {"eval_loss": float(np.sum(jax.device_get(sums)) / max(np.sum(jax.device_get(counts)), 1.0))}
     if not preds:
         return out, None
-    summary, ner_text = report.ner_report(*report.ner_tags(labels, jax.device_get(preds), eval_data.label_names))
-    return {**out, **summary}, ner_text
+    labels, preds = distributed.gather_rows(labels), distributed.host_copy(preds)  # every process's rows
+    if engine.cfg.task == "classification":
+        summary, text = report.classification_report(labels, preds, eval_data.label_names)
+    else:
+        summary, text = report.ner_report(*report.ner_tags(labels, preds, eval_data.label_names))
+    return {**out, **summary}, text
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -262,7 +270,11 @@ def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str 
 
 def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     run.engine.update_model(run.model)
-    after = sample_after(run) if state.stop_reason != "already_complete" else None
-    write_outputs(run, state.ner_text, after, export=export)
+    if jax.process_count() > 1:  # a whole copy on every host, so that process 0 generates and exports alone
+        nnx.update(run.model, distributed.host_copy(nnx.state(run.model)))
+    if run.writer:
+        after = sample_after(run) if state.stop_reason != "already_complete" else None
+        write_outputs(run, state.ner_text, after, export=export)
+    distributed.barrier("outputs")  # the other processes end when process 0 has written
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

@@ -1,4 +1,4 @@
-"""What a finished run leaves for people: sample answers, the NER report, the exported model."""
+"""What a finished run leaves for people: sample answers, the NER or classification report, the exported model."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from jaxlm.sampling import generate
+from jaxlm.tasks import IGNORE_LABEL
 
 
 def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str]:
@@ -57,13 +58,35 @@ def ner_tags(labels: list[np.ndarray], predictions: list[np.ndarray], label_name
     return true_tags, predicted_tags
 
 
-def export(model, tokenizer, paths: dict, *, base_model: str, task: str) -> None:
-    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used."""
+def classification_report(labels: list[np.ndarray], predictions: list[np.ndarray],
+                          label_names: list[str]) -> tuple[dict, str]:
+    """Accuracy and macro-F1 over every class (scikit-learn), and the per-class report; rows labelled -100
+    (padding of the last eval batch) do not count."""
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import classification_report as per_class
+
+    true, predicted = np.concatenate(labels), np.concatenate(predictions)
+    keep = true != IGNORE_LABEL
+    true, predicted = true[keep], predicted[keep]
+    classes = list(range(len(label_names)))
+    summary = {"eval_accuracy": float(accuracy_score(true, predicted)),
+               "eval_macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0))}
+    text = per_class(true, predicted, labels=classes, target_names=label_names, digits=3, zero_division=0)
+    return summary, text
+
+
+def export(model, tokenizer, paths: dict, *, base_model: str, trainable) -> None:
+    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA or prompt tuning
+    was used. A LoRA adapter carries every module that trained in full (`trainable` selects them: a new
+    classifier, `model.train_only` layers) as PEFT `modules_to_save`."""
     from jaxlm.hf.export import export_pretrained
-    from jaxlm.hf.peft import save_peft_adapter
+    from jaxlm.hf.peft import fully_trained_modules, save_peft_adapter, save_prompt_tuning_adapter
     from jaxlm.models.lora import has_lora
+    from jaxlm.models.prompt_tuning import num_virtual_tokens
 
     export_pretrained(model, paths["hf"], tokenizer)
     if has_lora(model):
-        extra = ("classifier",) if task == "token_classification" else ()
-        save_peft_adapter(model, paths["adapter"], base_model=base_model, modules_to_save=extra)
+        save_peft_adapter(model, paths["adapter"], base_model=base_model,
+                          modules_to_save=fully_trained_modules(model, trainable))
+    elif num_virtual_tokens(model):
+        save_prompt_tuning_adapter(model, paths["adapter"], base_model=base_model)

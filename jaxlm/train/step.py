@@ -121,7 +121,7 @@ def make_eval_step(graphdef, *, task, compute_dtype, shardings):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         logits = tasks.forward(task, model, batch)
         loss_sum, count = tasks.loss_terms(task, logits, batch)
-        predictions = jnp.argmax(logits, -1) if task == "token_classification" else None
+        predictions = jnp.argmax(logits, -1) if task in tasks.PREDICTS_CLASSES else None
         return loss_sum, count, predictions
 
     return jax.jit(eval_step, in_shardings=shardings)
