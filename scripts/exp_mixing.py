@@ -194,7 +194,9 @@ def main() -> None:
     noise = write_noise(os.path.join(args.out, "noise_chitchat_shuffled.jsonl"), args.tfds_dir, args.seed)
     train_paths, eval_paths = sources(args.tfds_dir, noise)
     model_path = ""
-    if args.model == "tiny":
+    if args.model == "tiny" and os.path.exists(os.path.join(args.out, "tiny_llama", "config.json")):
+        model_path = os.path.join(args.out, "tiny_llama")  # written by an earlier run with the same data
+    elif args.model == "tiny":
         model_path = write_tiny_model(os.path.join(args.out, "tiny_llama"), train_paths, args.tfds_dir, args.seed)
 
     results = {}
@@ -214,10 +216,10 @@ def main() -> None:
         results[variant]["weights"] = {k: v for k, v in results[variant]["weights"].items() if v}
         print(f"{variant}: final eval loss {results[variant]['final_eval_loss']:.4f} "
               f"({results[variant]['seconds']:.0f}s)", flush=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:  # after each variant: a cut run keeps them
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
 
     report(results)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "results": results}, f, indent=1)
     plot(results, os.path.join(args.out, "exp_mixing.png"))
     print(f"\nplot: {os.path.join(args.out, 'exp_mixing.png')}; table: {os.path.join(args.out, 'results.json')}")
 

@@ -92,3 +92,20 @@ def test_the_hook_refuses_to_resume_with_changed_settings():
     saved = BanditMixing(BanditConfig(learning_rate=1.0), ["a", "b"], [1, 1]).state()
     with pytest.raises(ConfigError, match="data.bandit.learning_rate changed"):
         BanditMixing(BanditConfig(learning_rate=2.0), ["a", "b"], [1, 1]).restore(saved)
+
+
+def test_the_loss_split_by_source_adds_up_and_a_classification_row_counts_once_for_its_source():
+    from jaxlm.train.tasks import source_terms
+
+    nll = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32)  # tokens of two packed rows
+    weights = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], np.float32)
+    ids = np.array([[0, 1, -1], [1, 1, 2]], np.int32)
+    sums, counts = source_terms(nll, weights, ids, 3)
+    np.testing.assert_allclose(sums, [1.0, 11.0, 6.0])
+    np.testing.assert_allclose(counts, [1.0, 3.0, 1.0])
+    assert float(sums.sum()) == float((nll * weights).sum())
+
+    rows = np.array([0.5, 2.0], np.float32)  # classification: one loss per row, ids per token ([CLS] first)
+    sums, counts = source_terms(rows, np.ones(2, np.float32), np.array([[2, 2, -1], [0, -1, -1]], np.int32), 3)
+    np.testing.assert_allclose(sums, [2.0, 0.0, 0.5])
+    np.testing.assert_allclose(counts, [1.0, 0.0, 1.0])
