@@ -116,9 +116,9 @@ def test_temperature_mixing_flattens_size_proportional_weights():
     assert 0.5 < flattened[0] < 0.9
 
 
-def test_bandit_mixing_is_a_clear_config_error():
-    with pytest.raises(MixingConfigError, match="bandit"):
-        mixture_weights([1, 1], [1, 1], mode="bandit")
+def test_bandit_mixing_of_one_source_is_a_clear_config_error():
+    with pytest.raises(MixingConfigError, match="mixing='bandit' learns how to mix sources, but sources has 1"):
+        mixture_weights([1], [10], mode="bandit")
 
 
 def test_resumed_pipeline_continues_with_exactly_the_next_batches(sources, smollm_tokenizer):
@@ -129,6 +129,39 @@ def test_resumed_pipeline_continues_with_exactly_the_next_batches(sources, smoll
     resumed = build(sources, smollm_tokenizer)
     resumed.set_state(state)
     for expected, actual in zip(uninterrupted[4:], take(resumed, 3)):
+        for key in LM_KEYS:
+            np.testing.assert_array_equal(expected[key], actual[key])
+
+
+def row_sources(batch):
+    return [int(np.max(row)) for row in batch["source_id"]]  # bandit mixing packs each row from one source
+
+
+def bandit_batches(sources, tokenizer, *, until: int, state: dict | None = None):
+    """Batches up to index `until`; before batch 2 is drawn, the weights from batch 3 on become [0, 0, 1]."""
+    pipeline = build(sources, tokenizer, mixing="bandit", batch_size=8)
+    if state:
+        pipeline.set_state(state)
+    batches, iterator = [], iter(pipeline)
+    while pipeline.get_state()["batches"] < until:
+        if pipeline.get_state()["batches"] == 2:
+            pipeline.set_weights([0.0, 0.0, 1.0], from_batch=3)
+        batches.append(next(iterator))
+    return batches, pipeline
+
+
+def test_bandit_weights_apply_from_the_batch_they_name_and_a_resume_replays_them(sources, smollm_tokenizer):
+    straight, pipeline = bandit_batches(sources, smollm_tokenizer, until=6)
+    assert all(len(set(row_sources(b))) > 1 for b in straight[:3])
+    assert all(row_sources(b) == [2] * 8 for b in straight[3:])
+    assert pipeline.stats()["requested_share"][sources[2]] == 1.0
+    with pytest.raises(RuntimeError, match="weights for batch 5 came after batch 5 was drawn"):
+        pipeline.set_weights([1, 1, 1], from_batch=5)  # a policy behind the data would change the past
+    first, stopped = bandit_batches(sources, smollm_tokenizer, until=4)
+    state = json.loads(json.dumps(stopped.get_state()))  # must survive JSON
+    resumed, _ = bandit_batches(sources, smollm_tokenizer, until=6, state=state)
+    assert len(first) == 4 and len(resumed) == 2
+    for expected, actual in zip(straight, first + resumed):
         for key in LM_KEYS:
             np.testing.assert_array_equal(expected[key], actual[key])
 

@@ -88,8 +88,8 @@ def test_cli_help_lists_every_key_with_its_default(capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.mixing=bandit", r"data.mixing='bandit' is not available yet .*; use static or temperature"),
-    ("data.mixing=round_robin", r"data.mixing='round_robin' is not one of static, temperature"),
+    ("data.mixing=bandit", None),  # the default has two training sources to learn a mixture of
+    ("data.mixing=round_robin", r"data.mixing='round_robin' is not one of static, temperature, bandit"),
     ("data.train=[{path: a.jsonl, weight: -1}]", r"data.train\[0\].weight must be >= 0, got -1"),
     ("data.temperature=0", None),  # static mixing ignores the temperature
     ("data.eval_fraction=1.0", r"data.eval_fraction must be in \[0, 1\), got 1.0"),
@@ -112,6 +112,20 @@ def test_the_data_section_and_the_rest_are_checked_when_loading(override, messag
 def test_temperature_must_be_positive_for_temperature_mixing():
     with pytest.raises(ConfigError, match=r"data.temperature must be > 0"):
         load_config(None, ["data.mixing=temperature", "data.temperature=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.bandit.algorithm=ucb", r"data.bandit.algorithm='ucb' is not one of exp3"),
+    ("data.bandit.reward=perplexity", r"data.bandit.reward='perplexity' is not one of progress, loss"),
+    ("data.bandit.floor=0.5", r"data.bandit.floor=0.5 must be >= 0 and below 1/2"),
+    ("data.bandit.smoothing=1", r"data.bandit.smoothing must be in \[0, 1\), got 1"),
+    ("data.bandit.update_every=7", r"data.bandit.update_every=7 must be a multiple of train.log_every=5"),
+    ("data.bandit.arms=clusters", r"data.bandit.arms='clusters' is not one of sources"),
+])
+def test_the_bandit_block_is_checked_when_mixing_is_bandit(override, message):
+    load_config(None, [override])  # ignored by static mixing
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["data.mixing=bandit", override])
 
 
 def test_early_stopping_needs_evaluation_data():
@@ -138,7 +152,8 @@ def test_the_default_config_fits_one_device():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.mixing=bandit", "config error: data.mixing='bandit' is not available yet"),
+    (["data.mixing=bandit", "data.train=[missing.jsonl]"],
+     "config error: data.mixing='bandit' learns how to mix sources, but data.train has 1"),
     ("mesh.fsdp=2", "config error: mesh.fsdp=2 must divide the 1 available devices"),
     ("data.train=[missing.jsonl]", "config error: data.train[0].path='missing.jsonl': no such file or folder"),
 ])
@@ -149,6 +164,6 @@ def test_cli_stops_on_a_config_error_before_any_work(override, message, monkeypa
         raise AssertionError("train() ran on a bad config")
 
     monkeypatch.setattr(jaxlm.train.loop, "train", must_not_run)
-    assert main(["--no-progress", override]) == 2
+    assert main(["--no-progress", *([override] if isinstance(override, str) else override)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err

@@ -19,10 +19,13 @@ from train_helpers import write_text, write_tiny_llama
 STEPS = 24
 
 
-def overrides(model_dir, text_dir, out_dir):
+BANDIT = ["data.mixing=bandit", "data.bandit.update_every=2", "data.bandit.learning_rate=4"]
+
+
+def overrides(model_dir, text_dir, out_dir, mixing=()):
     # Dropout-free Llama, causal LM with packing, shuffling and mixing of two sources: every
-    # piece of state (params, Adam moments, step, data position) must come back exactly.
-    overrides = [
+    # piece of state (params, Adam moments, step, data position, a bandit's weights) must come back exactly.
+    overrides = [*mixing,
         f"model.path={model_dir}", "task=causal_lm", f"output_dir={out_dir}", f"train.steps={STEPS}",
         "train.batch_size=4", "train.seq_len=32", "train.learning_rate=0.005", "train.warmup_steps=3",
         "train.log_every=1", "eval.every=0", "eval.sample_prompts=0", "checkpoint.every=2", "checkpoint.keep=2",
@@ -48,13 +51,15 @@ def assets(tmp_path_factory):
     return write_tiny_llama(root / "llama"), write_text(root / "text"), root
 
 
-def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets):
+@pytest.mark.parametrize("mixing", [(), BANDIT], ids=["static", "bandit"])
+def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets, mixing):
     model_dir, text_dir, root = assets
+    root = root / ("bandit" if mixing else "static")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    train(load_config(None, overrides(model_dir, text_dir, root / "straight")), progress=False)
+    train(load_config(None, overrides(model_dir, text_dir, root / "straight", mixing)), progress=False)
 
     out = root / "killed"
-    proc = subprocess.Popen(command(model_dir, text_dir, out), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(model_dir, text_dir, out, mixing), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill at an arbitrary step after the first checkpoints, mid-save or not
@@ -71,7 +76,7 @@ def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets):
     ckpt.close()
     assert resumed_from is not None and 0 < resumed_from <= killed_at
 
-    resumed = subprocess.run(command(model_dir, text_dir, out), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(command(model_dir, text_dir, out, mixing), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from {out / 'checkpoints'} at step {resumed_from}" in resumed.stdout
 
@@ -79,8 +84,15 @@ def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets):
     assert expected.keys() == got.keys()
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
-    # The metrics of the resumed run continue the log without gaps or duplicates, with the same losses.
-    straight = {r["step"]: r.get("loss") for r in read_metrics(str(root / "straight" / "metrics.jsonl"))}
+    # The metrics of the resumed run continue the log without gaps or duplicates, with the same losses
+    # (and, mixing by bandit, the same per-source losses and weights).
+    def learned(row):
+        return {k: v for k, v in row.items() if k == "loss" or k.startswith(("weight/", "train_loss/"))}
+
+    straight = {r["step"]: learned(r) for r in read_metrics(str(root / "straight" / "metrics.jsonl"))}
     rows = read_metrics(str(out / "metrics.jsonl"))
     assert [r["step"] for r in rows] == sorted(straight)
-    assert {r["step"]: r.get("loss") for r in rows} == straight
+    assert {r["step"]: learned(r) for r in rows} == straight
+    if mixing:
+        weights = [r[f"weight/{text_dir}"] for r in rows if f"weight/{text_dir}" in r]
+        assert len(weights) == STEPS and max(weights) - min(weights) > 0.05  # the weights did move

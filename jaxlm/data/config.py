@@ -13,9 +13,11 @@ import dataclasses
 from jaxlm.data.records import FORMATS
 from jaxlm.errors import ConfigError
 
-MIXING_MODES = ("static", "temperature")
+MIXING_MODES = ("static", "temperature", "bandit")
 MAX_RECORD_CHARS = 1_000_000  # longer records are split (causal-LM text) or truncated, with a warning
-PLANNED_MIXING = {"bandit": "adaptive mixing (weights learned from the training loss)"}
+BANDIT_ALGORITHMS = ("exp3",)
+BANDIT_REWARDS = ("progress", "loss")
+BANDIT_ARMS = ("sources",)
 ON_ERROR = ("raise", "skip")
 
 
@@ -26,9 +28,6 @@ class MixingConfigError(ConfigError):
 def check_mixing(mode: str, weights: list[float], temperature: float, *, prefix: str = "",
                  sources: str = "sources") -> None:
     """Raises MixingConfigError naming the key (``{prefix}mixing``, ``{sources}[i].weight``...)."""
-    if mode in PLANNED_MIXING:
-        raise MixingConfigError(f"{prefix}mixing={mode!r} is not available yet ({PLANNED_MIXING[mode]}); "
-                                f"use {' or '.join(MIXING_MODES)}")
     if mode not in MIXING_MODES:
         raise MixingConfigError(f"{prefix}mixing={mode!r} is not one of {', '.join(MIXING_MODES)}")
     for i, weight in enumerate(weights):
@@ -38,6 +37,58 @@ def check_mixing(mode: str, weights: list[float], temperature: float, *, prefix:
         raise MixingConfigError(f"{sources}[*].weight: at least one weight must be > 0, got {list(weights)}")
     if mode == "temperature" and not temperature > 0:
         raise MixingConfigError(f"{prefix}temperature must be > 0 for temperature mixing, got {temperature}")
+    if mode == "bandit" and len(weights) < 2:
+        raise MixingConfigError(f"{prefix}mixing='bandit' learns how to mix sources, but {sources} has "
+                                f"{len(weights)}; give at least two sources, or use {prefix}mixing=static")
+
+
+@dataclasses.dataclass
+class BanditConfig:
+    """``data.mixing=bandit``: sampling weights learned while training (see :mod:`jaxlm.data.bandit`).
+
+    Each training source is an arm; every ``update_every`` steps the arms' rewards from the
+    training loss of their tokens move the weights by exponential weights (EXP3, as in Online
+    Data Mixing, Albalak et al. 2023), starting from ``data.train[*].weight``.
+
+    ``reward``: ``progress`` (default) rewards a source by how far its training loss fell since
+    its last update, per update interval (learning progress, Graves et al. 2017); ``loss``
+    rewards the loss itself, as ODM does (a high loss means more to learn). ``loss`` cannot tell
+    a learnable source from one whose loss is high because it cannot be learned (noise,
+    mislabelled or garbled text): it moves weight TOWARDS such sources. ``progress`` moves weight
+    away from them once their loss stops falling, which is why it is the default. (A held-out
+    reward -- the fall of an eval loss credited to recent batches -- needs an evaluation at
+    every update and a credit rule across sources; not built.)
+    ``learning_rate``: eta in p ∝ prior · exp(eta · R), R each arm's smoothed reward in units
+    of the rewards' running scale (so one eta suits both rewards).
+    ``floor``: the least probability any source keeps (no source starves); floor · sources < 1.
+    ``update_every``: steps between updates; a multiple of ``train.log_every``, since weights
+    change only where the host syncs. New weights apply from the very next batch.
+    ``smoothing``: R <- smoothing · R + (1 - smoothing) · reward (ODM's moving average).
+    ``arms``: ``sources`` (topic clusters within a source are not built).
+    """
+
+    algorithm: str = "exp3"
+    reward: str = "progress"
+    learning_rate: float = 1.0
+    floor: float = 0.05
+    update_every: int = 5  # the default train.log_every: the most often the host syncs
+    smoothing: float = 0.9
+    arms: str = "sources"
+
+    def validate(self, key: str, arms: int) -> None:
+        for name, value, allowed in (("algorithm", self.algorithm, BANDIT_ALGORITHMS),
+                                     ("reward", self.reward, BANDIT_REWARDS), ("arms", self.arms, BANDIT_ARMS)):
+            if value not in allowed:
+                raise MixingConfigError(f"{key}.{name}={value!r} is not one of {', '.join(allowed)}")
+        if not self.learning_rate >= 0:
+            raise MixingConfigError(f"{key}.learning_rate must be >= 0, got {self.learning_rate}")
+        if not (0 <= self.floor and self.floor * arms < 1):
+            raise MixingConfigError(f"{key}.floor={self.floor} must be >= 0 and below 1/{arms} "
+                                    f"(one over the number of sources), or no weight is left to learn")
+        if not self.update_every >= 1:
+            raise MixingConfigError(f"{key}.update_every must be >= 1, got {self.update_every}")
+        if not 0 <= self.smoothing < 1:
+            raise MixingConfigError(f"{key}.smoothing must be in [0, 1), got {self.smoothing}")
 
 
 @dataclasses.dataclass
@@ -97,9 +148,9 @@ class AugmentConfig:
 class DataConfig:
     """The data section of a training config.
 
-    ``mixing``: ``static`` (weights as given) or ``temperature`` (weights scaled
-    by source size as in T5/mT5: p_i ∝ (weight_i · n_i)^(1/temperature));
-    ``bandit`` is reserved (a config error until it is built).
+    ``mixing``: ``static`` (weights as given), ``temperature`` (weights scaled
+    by source size as in T5/mT5: p_i ∝ (weight_i · n_i)^(1/temperature)) or
+    ``bandit`` (weights learned while training, from ``weight``; see ``bandit``).
     ``eval_fraction``: when ``eval`` is empty, hold out this fraction of the
     training records (chosen by a hash of their content) for evaluation.
     ``max_record_chars``: a longer record is split (causal-LM text) or truncated, counted and
@@ -114,6 +165,7 @@ class DataConfig:
     pack: bool = True
     shuffle_buffer: int = 10_000
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    bandit: BanditConfig = dataclasses.field(default_factory=BanditConfig)
     eval_fraction: float = 0.0
     tfds_data_dir: str = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     max_record_chars: int = MAX_RECORD_CHARS  # 0 = no limit
@@ -124,6 +176,8 @@ class DataConfig:
             raise ConfigError(f"{key}.train is empty: give at least one source (path and weight)")
         check_mixing(self.mixing, [s.weight for s in self.train], self.temperature, prefix=f"{key}.",
                      sources=f"{key}.train")
+        if self.mixing == "bandit":
+            self.bandit.validate(f"{key}.bandit", len(self.train))
         if self.eval:  # evaluation interleaves its sources by weight
             check_mixing("static", [s.weight for s in self.eval], self.temperature, sources=f"{key}.eval")
         if self.on_error not in ON_ERROR:

@@ -3,6 +3,11 @@
     read (per source, this host's shard) -> shuffle -> repeat -> mix
       -> augment -> tokenize -> pack -> batch           (all tf.data)
 
+With ``mixing="bandit"`` the weights change while training, so the mix moves
+to the host: each source is augmented, tokenized and packed on its own, and
+:class:`jaxlm.data.mixing.RowMixer` draws every row's source with the weights
+in force for that batch (``Pipeline.set_weights``).
+
 Resume. The pipeline position is ``batches`` consumed, and the state is
 ``{"version", "settings", "batches", counters}`` -- plain JSON. Every stage
 is deterministic given the settings (seeded shuffles and mixing, ordered
@@ -11,7 +16,9 @@ rebuilding the same pipeline and skipping ``batches`` batches
 (``Dataset.skip``). Replaying costs about the time the skipped batches took
 to produce, and never needs a shuffle buffer or tf.data iterator snapshot in
 the checkpoint (those do not serialise to JSON, and py-function stages cannot
-be snapshotted at all). ``set_state`` refuses a state saved with different
+be snapshotted at all). With bandit mixing the state also holds the rows
+taken from each source and the weight schedule, and each source's stream is
+skipped on its own. ``set_state`` refuses a state saved with different
 settings, naming what changed.
 
 Reading. Building reads each source once, keeping this host's records as
@@ -34,7 +41,7 @@ from jaxlm.data import packing, stages
 from jaxlm.data.augment import Augmenter
 from jaxlm.data.config import MAX_RECORD_CHARS, AugmentConfig, DataConfig
 from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, label_of, sorted_labels, word_tags
-from jaxlm.data.mixing import mix, mixture_weights
+from jaxlm.data.mixing import RowMixer, mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
 from jaxlm.data.repairs import cap_length, to_iob2
@@ -112,26 +119,37 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         per_source.append(dataset.enumerate().map(
             lambda index, record, source_id=source_id:
                 {"record": record, "source_id": tf.constant(source_id, tf.int32), "index": index}))
-    dataset = mix(per_source, weights, seed=seed, finite=not repeat)
-    dataset = dataset.batch(stages.PYTHON_BATCH)
 
-    # --- augment, tokenize, pack ---
+    # --- augment, tokenize, pack: one stream of rows for the mixture, or one per source for bandit mixing ---
+    augmenters = None
     if repeat and augment.any_enabled():
         augmenter = Augmenter(augment)
-        dataset = stages.augment(dataset, augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
+        augmenters = (augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
     faults = stages.Faults()
-    if task in ("token_classification", "classification"):
-        encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
-        rows = stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
-    else:
-        watch = stages.ExampleWatch([s.name for s in surveys], sum(len(s.records) for s in surveys))
+
+    def rows_of(dataset, watched: list[_Survey]):
+        dataset = dataset.batch(stages.PYTHON_BATCH)
+        if augmenters:
+            dataset = stages.augment(dataset, *augmenters)
+        if task in ("token_classification", "classification"):
+            encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
+            return stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
+        watch = stages.ExampleWatch([s.name for s in watched], sum(len(s.records) for s in watched))
         documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len), faults, watch)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        rows = (packing.pack if pack else packing.pad_each)(documents, seq_len, pad_id)
-    dataset = rows.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE)
+        return (packing.pack if pack else packing.pad_each)(documents, seq_len, pad_id)
+
     options = tf.data.Options()
     options.deterministic = True
-    dataset = dataset.with_options(options)
+    mixer = None
+    if mixing == "bandit" and repeat:
+        streams = [rows_of(d, [survey]).prefetch(tf.data.AUTOTUNE).with_options(options)
+                   for d, survey in zip(per_source, surveys)]
+        mixer = RowMixer(streams, weights, seed=seed, shard_index=shard_index, batch_size=batch_size)
+        dataset = None
+    else:
+        dataset = rows_of(mix(per_source, weights, seed=seed, finite=not repeat), surveys)
+        dataset = dataset.batch(batch_size, drop_remainder=repeat).prefetch(tf.data.AUTOTUNE).with_options(options)
 
     settings = dict(sources=[dataclasses.asdict(c) for c in configs], task=task, seq_len=seq_len,
                     batch_size=batch_size, seed=seed, mixing=mixing, temperature=temperature,
@@ -139,7 +157,7 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
                     shard=[shard_index, shard_count], shuffle_buffer=shuffle_buffer,
                     eval_fraction=eval_fraction, split=split, label_names=label_names,
                     max_record_chars=max_record_chars)
-    return Pipeline(dataset, settings, surveys, weights, label_names, faults)
+    return Pipeline(dataset, settings, surveys, weights, label_names, faults, mixer)
 
 
 def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
@@ -215,20 +233,36 @@ class Pipeline:
     starts over from the beginning on each full pass.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, settings: dict, surveys: list[_Survey],
-                 weights: np.ndarray, label_names: list[str] | None, faults: stages.Faults):
+    def __init__(self, dataset: tf.data.Dataset | None, settings: dict, surveys: list[_Survey],
+                 weights: np.ndarray, label_names: list[str] | None, faults: stages.Faults,
+                 mixer: RowMixer | None = None):
         self._dataset, self.settings, self._surveys = dataset, settings, surveys
         self._faults = faults
-        self.requested_shares = weights
+        self._weights, self._mixer = weights, mixer  # a mixer: batches drawn on the host (bandit mixing)
         self.label_names = label_names
         self.source_names = [s.name for s in surveys]
         self._batches = 0
         self._examples = np.zeros(len(surveys), np.int64)
         self._tokens = np.zeros(len(surveys), np.int64)
 
+    @property
+    def requested_shares(self) -> np.ndarray:
+        """The mixture's weights (with bandit mixing: those of the next batch)."""
+        return self._weights if self._mixer is None else self._mixer.weights_for(self._batches)
+
+    def set_weights(self, weights, *, from_batch: int) -> None:
+        """Bandit mixing: sample with `weights` from batch `from_batch` (0-based) on."""
+        if self._mixer is None:
+            raise ValueError(f"only data.mixing=bandit changes weights while training; this pipeline mixes "
+                             f"{self.settings['mixing']!r}")
+        self._mixer.set_weights(weights, from_batch=from_batch)
+
     def __iter__(self):
-        dataset = self._dataset.skip(self._batches) if self._batches else self._dataset
-        for batch in dataset.as_numpy_iterator():
+        if self._mixer is not None:
+            batches = self._mixer.batches()
+        else:
+            batches = (self._dataset.skip(self._batches) if self._batches else self._dataset).as_numpy_iterator()
+        for batch in batches:
             batch = self._pad_batch(batch)
             self._count(batch)
             self._batches += 1
@@ -255,8 +289,11 @@ class Pipeline:
         self._tokens += np.bincount(sources[sources >= 0], minlength=len(self._tokens))
 
     def get_state(self) -> dict:
-        return {"version": STATE_VERSION, "settings": self.settings, "batches": self._batches,
-                "examples": self._examples.tolist(), "tokens": self._tokens.tolist()}
+        state = {"version": STATE_VERSION, "settings": self.settings, "batches": self._batches,
+                 "examples": self._examples.tolist(), "tokens": self._tokens.tolist()}
+        if self._mixer is not None:
+            state["mixer"] = self._mixer.get_state()
+        return state
 
     def set_state(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
@@ -269,6 +306,8 @@ class Pipeline:
         self._batches = int(state["batches"])
         self._examples = np.asarray(state["examples"], np.int64)
         self._tokens = np.asarray(state["tokens"], np.int64)
+        if self._mixer is not None:
+            self._mixer.set_state(state["mixer"])
 
     def stats(self) -> dict:
         """Skipped records and realised per-source shares (the trainer logs these)."""

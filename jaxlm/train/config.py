@@ -164,6 +164,10 @@ class Config:
             raise ConfigError("model.lora.targets is empty: name the layers to adapt, or set model.lora.rank=0")
         self._validate_tuning()
         self.data.validate("data")
+        every = self.data.bandit.update_every
+        if self.data.mixing == "bandit" and every % t.log_every:
+            raise ConfigError(f"data.bandit.update_every={every} must be a multiple of train.log_every={t.log_every}: "
+                              "mixing weights change only where the host syncs")
         if e.early_stopping_patience and not (self.data.eval or self.data.eval_fraction > 0):
             raise ConfigError(f"eval.early_stopping_patience={e.early_stopping_patience} needs evaluation data: "
                               "set data.eval or data.eval_fraction")

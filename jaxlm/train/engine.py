@@ -96,10 +96,11 @@ class Engine:
     train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
     eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, predictions)
     schedule: object
+    num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = tasks.batch_for(self.cfg.task, batch)
+        arrays = tasks.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -140,6 +141,7 @@ class _Plan:
     eval_sharding: jax.sharding.NamedSharding
     train_step: object
     eval_step: object
+    num_sources: int
 
 
 def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
@@ -162,17 +164,18 @@ def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
     rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
     dtype = jax.numpy.dtype(t.compute_dtype)
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
+    num_sources = len(cfg.data.train) if cfg.data.mixing == "bandit" else 0
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
                                  grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
-                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
+                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh),
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
     return _Plan(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
-                 train_step, eval_step)
+                 train_step, eval_step, num_sources)
 
 
 def _compute_dtype_like(x, dtype):
@@ -191,7 +194,7 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     seed = cfg.train.seed
     state = jax.jit(lambda x: init_state(x, p.tx, seed), out_shardings=p.state_sharding)(trainable)
     return Engine(cfg, p.mesh, state, frozen, rest, p.state_sharding, p.batch_sharding, p.eval_sharding,
-                  p.train_step, p.eval_step, p.schedule)
+                  p.train_step, p.eval_step, p.schedule, p.num_sources)
 
 
 def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
@@ -207,5 +210,5 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     t = cfg.train
     shape = (t.grad_accum, t.batch_size // t.grad_accum, t.seq_len) if t.grad_accum > 1 else (t.batch_size, t.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, tasks.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
-             for k in tasks.BATCH_KEYS[cfg.task]}
+             for k in (*tasks.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch)

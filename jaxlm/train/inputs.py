@@ -176,7 +176,7 @@ def _prompt_of(record) -> dict | None:
 
 def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
     paths = {name: os.path.join(output_dir, rel) for name, rel in {
-        "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png",
+        "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png", "mixing": "mixing.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
         "gguf": "model.gguf",

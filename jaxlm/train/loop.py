@@ -43,7 +43,7 @@ from jaxlm.errors import Stopped
 from jaxlm.train import distributed, report
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
-from jaxlm.train.metrics import MetricsLogger, realised_shares
+from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
 from jaxlm.train.run import Run, SyncHook, checkpoint_items, prepare, resume, sample_after, write_outputs
 
 
@@ -178,7 +178,8 @@ def at_sync_point(run: Run, state: LoopState, due: Due) -> bool:
 
 def sync(run: Run, state: LoopState) -> list[dict]:
     """The metrics of the steps since the last sync as host rows, with throughput and data statistics."""
-    rows = [dict(jax.device_get(m), step=s) for s, m in state.pending]
+    names = run.train_data.source_names
+    rows = [by_source(dict(jax.device_get(m), step=s), names) for s, m in state.pending]
     state.pending = []
     now = time.perf_counter()
     t = run.cfg.train

@@ -1,4 +1,4 @@
-"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve PNG."""
+"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve and mixing PNGs."""
 
 from __future__ import annotations
 
@@ -77,12 +77,17 @@ def truncate_after(path: str, step: int) -> None:
             f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def plot_loss_curve(metrics_path: str, png_path: str) -> str:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_loss_curve(metrics_path: str, png_path: str) -> str:
+    plt = _pyplot()
     rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
     evals = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
@@ -106,3 +111,42 @@ def realised_shares(data_stats: dict) -> dict:
     return {f"share/{kind}/{source}": value
             for kind, key in (("examples", "example_share"), ("tokens", "token_share"))
             for source, value in data_stats[key].items()}
+
+
+def by_source(row: dict, source_names: list[str]) -> dict:
+    """Turns the step's per-source arrays (bandit mixing) into `train_loss/<source>` (mean loss per token)
+    and `train_tokens/<source>` scalars; a source with no tokens in the step has no loss entry."""
+    sums, tokens = row.pop("source_loss_sum", None), row.pop("source_tokens", None)
+    if sums is None:
+        return row
+    for name, loss_sum, count in zip(source_names, sums.tolist(), tokens.tolist()):
+        row[f"train_tokens/{name}"] = count
+        if count > 0:
+            row[f"train_loss/{name}"] = loss_sum / count
+    return row
+
+
+def plot_mixing(metrics_path: str, png_path: str) -> str | None:
+    """Each source's sampling weight over the steps (solid) and its realised token share so far (dashed);
+    None when the run logged no weights (weights are logged by bandit mixing)."""
+    rows = read_metrics(metrics_path)
+    names = list(dict.fromkeys(k.split("/", 1)[1] for r in rows for k in r if k.startswith("weight/")))
+    if not names:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, name in enumerate(names):
+        color = f"C{i % 10}"
+        for key, style, label in ((f"weight/{name}", "-", name), (f"share/tokens/{name}", "--", None)):
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), style, color=color, label=label, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sampling weight (dashed: realised token share)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path

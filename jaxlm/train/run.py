@@ -33,10 +33,11 @@ from jaxlm.train.inputs import (
     output_paths,
     padded_to,
 )
-from jaxlm.train.metrics import MetricsLogger, plot_loss_curve
+from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing
 from jaxlm.train.state import count_params
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
+MIXING_HOOK = "mixing"  # the bandit mixing policy's item (jaxlm.data.bandit.BanditMixing.name)
 
 
 class SyncHook(Protocol):
@@ -78,7 +79,7 @@ class Run:
 
 def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> Run:
     """Model, data, engine, checkpointer and logger for `cfg`; `resume` then restores the latest checkpoint."""
-    taken = set(CHECKPOINT_ITEMS) & {h.name for h in hooks}
+    taken = (set(CHECKPOINT_ITEMS) | {MIXING_HOOK}) & {h.name for h in hooks}
     if taken:
         raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
     writer = distributed.is_writer()
@@ -109,7 +110,17 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress,
                            enabled=writer)
     return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, engine, checkpointer,
-               resume_step, logger, prompts, before, tuple(hooks), writer)
+               resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer)
+
+
+def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
+    """`data.mixing=bandit`: the policy that learns the mixture from the per-source training loss."""
+    if cfg.data.mixing != "bandit":
+        return ()
+    from jaxlm.data.bandit import BanditMixing
+
+    prior = [source.weight for source in cfg.data.train]  # where the weights start, as the pipeline's first batch
+    return (BanditMixing(cfg.data.bandit, train_data.source_names, prior),)
 
 
 def write_config(cfg: Config, paths: dict) -> None:
@@ -192,6 +203,7 @@ def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, ex
         report.write_samples(paths["samples"], run.prompts, before, after)
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
+        plot_mixing(paths["metrics"], paths["mixing"])
     if export:
         report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
                       trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)

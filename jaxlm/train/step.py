@@ -30,11 +30,12 @@ def _has_rng_streams(rest) -> bool:
     return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
 
 
-def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed):
-    """(loss_sum, count, grads) for one micro-batch; grads have the params' (float32) dtype.
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources):
+    """(loss_sum, count, grads, by_source) for one micro-batch; grads have the params' (float32) dtype.
 
     `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
     (LoRA adapters, or every Param) and handles the dropout RNG counters' trace levels.
+    `by_source` is (loss sums, token counts) per source with `num_sources > 0`, else ().
     """
 
     def grads_of(params, frozen, rest, batch, key):
@@ -43,30 +44,35 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed):
             nnx.reseed(model, dropout=key)
 
         def loss(model):
-            loss_sum, count, _ = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
-            return loss_sum, count
+            terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
+                                     num_sources=num_sources)
+            return terms.loss_sum, (terms.count, terms.by_source)
 
-        (loss_sum, count), grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
-        return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        (loss_sum, (count, by_source)), grads = nnx.value_and_grad(
+            loss, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
+        return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), by_source
 
     return grads_of
 
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
-                    chunk_tokens=0, packed=True):
+                    chunk_tokens=0, packed=True, num_sources: int = 0):
     """`step(state, frozen, rest, batch) -> (state, metrics)`, jitted with the state donated.
 
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, seq].
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
     `packed=False` promises one document per row (see `tasks.loss_terms`).
+    With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
+    source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing.
     """
-    grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed)
+    grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed,
+                       num_sources)
 
     def step(state: TrainState, frozen, rest, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            loss_sum, count, grads = grad_fn(state.params, frozen, rest, batch, key)
+            loss_sum, count, grads, by_source = grad_fn(state.params, frozen, rest, batch, key)
         else:
             # The inputs ride in the carry, not the closure: nnx refuses variables from an outer trace.
             def micro(carry, xs):
@@ -75,9 +81,10 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
                 out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i))
                 return ((params, frozen_, rest_), jax.tree.map(jnp.add, acc, out)), None
 
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+            per_source = (jnp.zeros(num_sources), jnp.zeros(num_sources)) if num_sources else ()
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params), per_source)
             carry = ((state.params, frozen, rest), zeros)
-            (_, (loss_sum, count, grads)), _ = jax.lax.scan(micro, carry, (batch, jnp.arange(grad_accum)))
+            (_, (loss_sum, count, grads, by_source)), _ = jax.lax.scan(micro, carry, (batch, jnp.arange(grad_accum)))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = loss_sum / count
@@ -96,6 +103,8 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
             bad_step=jnp.where((state.bad_step < 0) & ~finite, state.step, state.bad_step),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count}
+        if num_sources:
+            metrics["source_loss_sum"], metrics["source_tokens"] = by_source
         return new_state, metrics
 
     state_sh, frozen_sh, rest_sh, batch_sh = shardings
@@ -113,8 +122,8 @@ def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, 
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-        loss_sum, count, logits = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
-        predictions = None if logits is None else jnp.argmax(logits, -1)
-        return loss_sum, count, predictions
+        terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
+        predictions = None if terms.class_logits is None else jnp.argmax(terms.class_logits, -1)
+        return terms.loss_sum, terms.count, predictions
 
     return jax.jit(eval_step, in_shardings=shardings)

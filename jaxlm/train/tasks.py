@@ -14,6 +14,8 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,26 +35,53 @@ BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not 
 PREDICTS_CLASSES = ("token_classification", "classification")
 
 
-def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True):
-    """(sum of per-token (per-row for classification) losses, how many count, class logits or None); float32.
+class LossTerms(NamedTuple):
+    loss_sum: jax.Array  # sum of per-token (per-row for classification) losses, float32
+    count: jax.Array  # how many tokens (rows) count
+    class_logits: jax.Array | None  # classification tasks: the logits, for the eval step's predictions
+    by_source: tuple = ()  # with num_sources: (loss sums, token counts), each [num_sources] (bandit mixing)
+
+
+def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
+               num_sources: int = 0) -> LossTerms:
+    """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
     `packed=False` promises one document per row from position 0 (data.pack=false): attention then
-    takes per-row lengths, which flash-attention kernels accept, instead of segment ids."""
+    takes per-row lengths, which flash-attention kernels accept, instead of segment ids.
+    `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
+    so the language-model loss is then computed unchunked."""
     if task in PREDICTS_CLASSES:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
-        return jnp.sum(nll * weights), jnp.sum(weights), logits
+        by_source = source_terms(nll, weights, batch["source_id"], num_sources) if num_sources else ()
+        return LossTerms(jnp.sum(nll * weights), jnp.sum(weights), logits, by_source)
     ids, positions, segments, virtual = prepend_virtual_tokens(
         model, batch["input_ids"], batch["positions"], batch["segment_ids"])
     documents = dict(segment_ids=segments) if packed else \
         dict(lengths=jnp.sum(segments != 0, axis=-1, dtype=jnp.int32))
     hidden = model(ids, positions=positions, return_hidden=True, **documents)[:, virtual:]
     weights = batch["loss_mask"].astype(jnp.float32)
+    if num_sources:
+        nll = _token_nll(model.logits(hidden), batch["targets"])
+        by_source = source_terms(nll, weights, batch["source_id"], num_sources)
+        return LossTerms(jnp.sum(nll * weights), jnp.sum(weights), None, by_source)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
-    return loss_sum, jnp.sum(weights), None
+    return LossTerms(loss_sum, jnp.sum(weights), None)
+
+
+def source_terms(nll, weights, source_ids, num_sources: int):
+    """(loss sums, token counts), each float32 [num_sources]: the loss split by the source of each token.
+
+    `source_ids` is the pipeline's per-token source (-1 = padding, which has weight 0 anyway); a
+    classification row has one loss, and its first token ([CLS]) names the row's source."""
+    if source_ids.ndim > nll.ndim:
+        source_ids = source_ids[..., 0]
+    ids = jnp.maximum(source_ids, 0).reshape(-1)
+    sums = jax.ops.segment_sum((nll * weights).reshape(-1), ids, num_segments=num_sources)
+    return sums, jax.ops.segment_sum(weights.reshape(-1), ids, num_segments=num_sources)
 
 
 def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
@@ -86,10 +115,14 @@ def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
     return total
 
 
-def _nll_sum(logits, targets, weights):
+def _token_nll(logits, targets):
     logits = logits.astype(jnp.float32)
     target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * weights)
+    return jax.nn.logsumexp(logits, axis=-1) - target
+
+
+def _nll_sum(logits, targets, weights):
+    return jnp.sum(_token_nll(logits, targets) * weights)
 
 
 def _chunk_loss_and_grads(hidden, kernel, targets, weights):
@@ -129,9 +162,10 @@ def _fused_backward(grads, g):
 _fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
-def batch_for(task: str, batch: dict) -> dict:
-    """The arrays of a pipeline batch that the step needs (the rest, e.g. source_id, stays on host)."""
-    missing = [k for k in BATCH_KEYS[task] if k not in batch]
+def batch_for(task: str, batch: dict, *, sources: bool = False) -> dict:
+    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source."""
+    keys = (*BATCH_KEYS[task], "source_id") if sources else BATCH_KEYS[task]
+    missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"task {task!r}: batch lacks {missing}; it has {sorted(batch)}")
-    return {k: batch[k] for k in BATCH_KEYS[task]}
+    return {k: batch[k] for k in keys}
