@@ -90,7 +90,7 @@ def reference_run(args: list[str]) -> None:
 
     class TwoShards:
         def __init__(self, shards):
-            self.shards, self.label_names = shards, shards[0].label_names
+            self.shards, self.label_names, self.source_names = shards, shards[0].label_names, shards[0].source_names
 
         def __iter__(self):  # a shorter (finite) shard is padded with batches that count for nothing
             for parts in itertools.zip_longest(*self.shards):
