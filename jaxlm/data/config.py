@@ -101,10 +101,12 @@ class DataConfig:
     ``bandit`` is reserved (a config error until it is built).
     ``eval_fraction``: when ``eval`` is empty, hold out this fraction of the
     training records (chosen by a hash of their content) for evaluation.
+    ``test``: sources scored once before and once after training (never during it).
     """
 
     train: list[SourceConfig] = dataclasses.field(default_factory=list)
     eval: list[SourceConfig] = dataclasses.field(default_factory=list)
+    test: list[SourceConfig] = dataclasses.field(default_factory=list)
     mixing: str = "static"
     temperature: float = 2.0
     on_error: str = "raise"
@@ -120,11 +122,13 @@ class DataConfig:
             raise ConfigError(f"{key}.train is empty: give at least one source (path and weight)")
         check_mixing(self.mixing, [s.weight for s in self.train], self.temperature, prefix=f"{key}.",
                      sources=f"{key}.train")
-        if self.eval:  # evaluation interleaves its sources by weight
-            check_mixing("static", [s.weight for s in self.eval], self.temperature, sources=f"{key}.eval")
+        for split in ("eval", "test"):  # evaluation interleaves its sources by weight
+            if getattr(self, split):
+                check_mixing("static", [s.weight for s in getattr(self, split)], self.temperature,
+                             sources=f"{key}.{split}")
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"{key}.on_error={self.on_error!r} is not one of {', '.join(ON_ERROR)}")
-        for split in ("train", "eval"):
+        for split in ("train", "eval", "test"):
             for i, source in enumerate(getattr(self, split)):
                 if not source.path:
                     raise ConfigError(f"{key}.{split}[{i}].path is empty")

@@ -63,8 +63,10 @@ class EvalConfig:
     every: int = 20  # 0 = evaluate only at the end
     steps: int = 4  # eval batches per evaluation
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0 = never
-    sample_prompts: int = 3  # SFT: held-out prompts answered before and after training (0 = none)
-    sample_tokens: int = 32
+    sample_prompts: int = 3  # SFT: held-out prompts (data.test, else eval) answered before and after training
+    sample_tokens: int = 32  # the length limit of those answers
+    general_prompts: bool = True  # sft/causal_lm: also answer jaxlm's general prompts, scored for degeneration
+    test_steps: int = 0  # data.test batches scored at step 0 and at the end (0 = all of them)
 
 
 @dataclasses.dataclass
@@ -111,6 +113,7 @@ class Config:
         _at_least(0, {"train.learning_rate": t.learning_rate, "train.warmup_steps": t.warmup_steps,
                       "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
                       "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
+                      "eval.test_steps": e.test_steps,
                       "eval.early_stopping_patience": e.early_stopping_patience,
                       "model.lora.rank": self.model.lora.rank})
         if t.batch_size % t.grad_accum:
@@ -132,7 +135,7 @@ class Config:
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
             raise ConfigError(f"model.path={self.model.path!r}: no such model folder or .gguf file")
-        for split in ("train", "eval"):
+        for split in ("train", "eval", "test"):
             for i, source in enumerate(getattr(self.data, split)):
                 if not source.path.startswith(TFDS_PREFIX) and not os.path.exists(source.path):
                     raise ConfigError(f"data.{split}[{i}].path={source.path!r}: no such file or folder")

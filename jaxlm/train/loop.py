@@ -4,14 +4,16 @@ A run, one named function per part:
 
     run = prepare(cfg)              model, tokenizer, data pipelines, engine (sharded state and compiled
                                     steps), checkpointer, logger (run.py)
-    state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 and a first eval
+    state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 with a first
+                                    eval and the data.test scores before training
     run_steps(run, state)           dispatches steps asynchronously; their metrics stay on device until
         at_sync_point(...)          every `train.log_every` steps, and at evaluations and checkpoints:
             sync                    the interval's metrics as host rows; stops on a non-finite loss
             record_eval             eval loss (and entity scores) on the same eval batches each time
             hook.on_sync            learn from the rows (`SyncHook`, run.py)
             log, save, stop         metrics rows, a checkpoint when due or best, early stopping
-    finish(run, state)              NER report, sample answers, loss curve, HF export -> TrainResult
+    finish(run, state)              NER report, sample answers and test scores (before/after), loss curve,
+                                    HF export -> TrainResult
 
 `Run` (run.py) is what `prepare` built; `LoopState` is all that changes as the loop runs, and
 `LoopState.saved()` is the part a checkpoint keeps. A checkpoint is the train state plus the JSON that
@@ -35,15 +37,24 @@ import time
 from typing import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxlm.errors import Stopped
-from jaxlm.train import report
+from jaxlm.eval.scoring import headline, score_batches
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, realised_shares
-from jaxlm.train.run import Run, SyncHook, checkpoint_items, prepare, resume, sample_after, write_outputs
+from jaxlm.train.run import (
+    Run,
+    SyncHook,
+    checkpoint_items,
+    prepare,
+    resume,
+    sample_after,
+    score_test,
+    write_outputs,
+    write_test_before,
+)
 
 
 class TrainingError(Stopped):
@@ -103,6 +114,8 @@ def start(run: Run) -> LoopState:
     state = LoopState()
     if run.eval_batches:
         record_eval(run, state)
+    if run.test_batches:
+        write_test_before(run, score_test(run))
     return state
 
 
@@ -242,18 +255,9 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
 
 
 def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and for token classification entity precision/recall/F1}, seqeval report or None)."""
-    sums, counts, labels, preds = [], [], [], []
-    for b in batches:
-        loss_sum, count, pred = engine.evaluate(b)
-        sums.append(loss_sum), counts.append(count)
-        if pred is not None:
-            labels.append(b["labels"]), preds.append(pred)
-    out = {"eval_loss": float(np.sum(jax.device_get(sums)) / max(np.sum(jax.device_get(counts)), 1.0))}
-    if not preds:
-        return out, None
-    summary, ner_text = report.ner_report(*report.ner_tags(labels, jax.device_get(preds), eval_data.label_names))
-    return {**out, **summary}, ner_text
+    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, seqeval report or None)."""
+    scores, _ = score_batches(engine.evaluate, batches, engine.cfg.task, getattr(eval_data, "label_names", None))
+    return headline(scores, "eval_"), scores.get("entity_report")
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -261,7 +265,9 @@ def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str 
 
 def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     run.engine.update_model(run.model)
-    after = sample_after(run) if state.stop_reason != "already_complete" else None
-    write_outputs(run, state.ner_text, after, export=export)
+    done = state.stop_reason != "already_complete"
+    after = sample_after(run) if done else None
+    test_after = score_test(run) if done and run.test_batches else None
+    write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step)
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

@@ -62,12 +62,14 @@ class Run:
     train_data: object  # a jaxlm.data Pipeline
     eval_data: object | None
     eval_batches: list[dict]  # the same batches at every evaluation
+    test_data: object | None
+    test_batches: list[dict]  # data.test: scored before training and after
     engine: Engine
     checkpointer: Checkpointer
     resume_step: int | None  # the latest checkpoint's step; None for a fresh start
     logger: MetricsLogger
     prompts: list[dict]  # SFT: held-out prompts answered before and after training
-    before: list[str] | None  # their answers before training (None when resumed)
+    before: dict | None  # their answers (and the general prompts') at step 0, scored (None when resumed)
     hooks: tuple[SyncHook, ...]
 
 
@@ -80,11 +82,13 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     paths = output_paths(cfg.output_dir)
     write_config(cfg, paths)
     started = time.perf_counter()
-    model, tokenizer, train_data, eval_data = load_inputs(cfg)
+    model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
     eval_batches = first_batches(eval_data, cfg.eval.steps)
+    test_batches = first_batches(test_data, cfg.eval.test_steps)
     stats = train_data.stats()
     _say(progress, f"loaded {type(model).__name__} and data in {time.perf_counter() - started:.1f}s; "
-                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}")
+                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}"
+                   + (f", test batches {len(test_batches)}" if test_batches else ""))
 
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
@@ -96,8 +100,8 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
                    f"mesh {dict(engine.mesh.shape)}")
     logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress)
-    return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, engine, checkpointer,
-               resume_step, logger, prompts, before, tuple(hooks))
+    return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
+               checkpointer, resume_step, logger, prompts, before, tuple(hooks))
 
 
 def write_config(cfg: Config, paths: dict) -> None:
@@ -107,23 +111,29 @@ def write_config(cfg: Config, paths: dict) -> None:
 
 
 def load_inputs(cfg: Config):
-    """(model, tokenizer, train pipeline, eval pipeline or None)."""
+    """(model, tokenizer, train pipeline, eval pipeline or None, test pipeline or None)."""
     if cfg.task == "token_classification":  # the tagger's labels come from the data
-        train_data, eval_data = build_pipelines(cfg, load_tokenizer(cfg))
+        train_data, eval_data, test_data = build_pipelines(cfg, load_tokenizer(cfg))
         model, tokenizer = load_model(cfg, train_data.label_names)
     else:
         model, tokenizer = load_model(cfg)
-        train_data, eval_data = build_pipelines(cfg, tokenizer)
-    return model, tokenizer, train_data, eval_data
+        train_data, eval_data, test_data = build_pipelines(cfg, tokenizer)
+    return model, tokenizer, train_data, eval_data, test_data
 
 
-def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> list[str] | None:
-    """The untrained model's answers to the held-out prompts, written at once (a killed run keeps them)."""
-    if not prompts:
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> dict | None:
+    """The untrained model's answers to the held-out and general prompts with their scores, written at
+    once (a killed run keeps them)."""
+    general = wants_general_check(cfg, model)
+    if not prompts and not general:
         return None
-    before = report.generate_answers(model, tokenizer, prompts, cfg.eval.sample_tokens)
-    report.write_samples(paths["samples"], prompts, before, None)
+    before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    report.write_samples(paths["samples"], prompts, before, None, step=None)
     return before
+
+
+def wants_general_check(cfg: Config, model) -> bool:
+    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and hasattr(model, "decode")
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -156,33 +166,66 @@ def checkpoint_items(run: Run, loop: dict) -> dict:
 # --- outputs -------------------------------------------------------------------------------
 
 
-def sample_after(run: Run) -> list[str] | None:
-    if not run.prompts:
+def sample_after(run: Run) -> dict | None:
+    general = wants_general_check(run.cfg, run.model)
+    if not run.prompts and not general:
         return None
-    return report.generate_answers(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens)
+    return report.sample(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens, general=general)
 
 
-def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, export: bool) -> None:
-    """The files a finished run leaves: NER report, sample answers, loss curve, the exported model."""
+def score_test(run: Run) -> dict:
+    """The model's scores on the data.test batches (jaxlm.eval.scoring), as the engine holds it now."""
+    from jaxlm.eval.scoring import score_batches
+
+    scores, _ = score_batches(run.engine.evaluate, run.test_batches, run.cfg.task,
+                              getattr(run.test_data, "label_names", None))
+    return scores
+
+
+def write_test_before(run: Run, scores: dict) -> None:
+    _write_test_metrics(run.paths, {"before": scores, "steps": {"before": 0}})
+
+
+def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, export: bool,
+                  step: int) -> None:
+    """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
     paths = run.paths
     if ner_text:
         with open(paths["ner_report"], "w", encoding="utf-8") as f:
             f.write(ner_text)
+    before = run.before if run.before is not None else report.read_samples(paths["samples"])
     if after is not None:
-        before = run.before if run.before is not None else _saved_before(paths["samples"])
-        report.write_samples(paths["samples"], run.prompts, before, after)
+        report.write_samples(paths["samples"], run.prompts, before, after, step=step)
+    if test_after is not None:
+        write_test_after(paths, test_after, before, after, step)
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
         report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path), task=run.cfg.task)
 
 
-def _saved_before(samples_path: str) -> list[str] | None:
-    """The answers before training, as the first (interrupted) run of a resumed one wrote them."""
-    if not os.path.exists(samples_path):
-        return None
-    with open(samples_path, encoding="utf-8") as f:
-        return [r["before"] for r in json.load(f)]
+def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict | None, step: int) -> None:
+    """test_metrics.json: the data.test scores at step 0 (as written when training began) and now, each with
+    the scores of the answers of samples.json (held-out answers come from data.test when it is given)."""
+    saved = {}
+    if os.path.exists(paths["test_metrics"]):
+        with open(paths["test_metrics"], encoding="utf-8") as f:
+            saved = json.load(f)
+    result = {"steps": {"before": 0, "after": step}, "before": saved.get("before"), "after": scores}
+    for side, sampled in (("before", before), ("after", after)):
+        if result[side] is not None and sampled:
+            result[side] = {**result[side], **sampled["scores"]}
+    if "confusion_matrix" in scores:
+        from jaxlm.eval.metrics import plot_confusion_matrix
+
+        plot_confusion_matrix(scores["confusion_matrix"], scores["matrix_labels"], paths["test_confusion"],
+                              title=f"data.test after {step} steps")
+    _write_test_metrics(paths, result)
+
+
+def _write_test_metrics(paths: dict, result: dict) -> None:
+    with open(paths["test_metrics"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
 
 
 def _say(enabled: bool, message: str) -> None:

@@ -105,13 +105,13 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings):
-    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout."""
+    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout.
+    Predictions are the argmax of the logits (next tokens, tags or classes) for `eval.scoring`."""
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         logits = tasks.forward(task, model, batch)
         loss_sum, count = tasks.loss_terms(task, logits, batch)
-        predictions = jnp.argmax(logits, -1) if task == "token_classification" else None
-        return loss_sum, count, predictions
+        return loss_sum, count, jnp.argmax(logits, -1).astype(jnp.int32)
 
     return jax.jit(eval_step, in_shardings=shardings)
