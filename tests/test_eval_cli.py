@@ -121,7 +121,8 @@ def test_classification_by_generation_with_few_shot_examples(files, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "missing.jsonl"], "missing.jsonl"),
     (["--data", "{sft}", "--few-shot", "1"], "--shots-from"),
-    (["--data", "{conll}", "--model", "{tagger}", "--few-shot", "1"], "--few-shot needs a generative model"),
+    (["--data", "{conll}", "--model", "{tagger}", "--few-shot", "1", "--shots-from", "{conll}"],
+     "--few-shot needs a generative model"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(files, tmp_path, capsys, args, message):
     args = [a.format(**files) for a in args]
