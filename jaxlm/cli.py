@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxlm", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Fine-tune Hugging Face language models with JAX, generate with them, convert them,\n"
-                    f"and audit their training data.\n\n"
+                    f"audit their training data, and make new data with a model.\n\n"
                     f"commands:\n{table}", epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"jaxlm {_version()}")
     parser.add_argument("command", choices=COMMANDS, help="the command to run; its options follow it")

@@ -48,19 +48,26 @@ def exit_codes(main):
     def run(*args, **kwargs) -> int:
         try:
             return main(*args, **kwargs) or DONE
-        except UserError as e:
-            return _report(e.label, e, BAD_INPUT)
-        except FileNotFoundError as e:
-            return _report("error", f"{e.filename}: no such file or folder" if e.filename else e, BAD_INPUT)
-        except Stopped as e:
-            return _report(e.label, e, STOPPED)
-        except KeyboardInterrupt:
-            return _report("interrupted", "stopped by the user", INTERRUPTED)
+        except (UserError, FileNotFoundError, Stopped, KeyboardInterrupt) as e:
+            line, status = outcome(e)
+            print(line, file=sys.stderr, flush=True)
+            return status
 
     return run
 
 
-def _report(label: str, message, status: int) -> int:
+def outcome(error: BaseException) -> tuple[str, int] | None:
+    """(the one line on stderr, the exit status) for an error a user can act on; None for a bug."""
+    if isinstance(error, UserError):
+        label, message, status = error.label, error, BAD_INPUT
+    elif isinstance(error, FileNotFoundError):
+        label, status = "error", BAD_INPUT
+        message = f"{error.filename}: no such file or folder" if error.filename else error
+    elif isinstance(error, Stopped):
+        label, message, status = error.label, error, STOPPED
+    elif isinstance(error, KeyboardInterrupt):
+        label, message, status = "interrupted", "stopped by the user", INTERRUPTED
+    else:
+        return None
     text = " ".join(str(message).split("\n"))  # one line, whatever the message held
-    print(f"{label}: {text}", file=sys.stderr, flush=True)
-    return status
+    return f"{label}: {text}", status

@@ -48,7 +48,8 @@ def tiny_gpt2(path, seed=0):
     return _save(transformers.GPT2LMHeadModel, config, path, seed)
 
 
-def tiny_bert(path, *, num_labels=None, seed=0):
+def tiny_bert(path, *, num_labels=None, head="token", seed=0):
+    """BertModel, or with `num_labels` BertForTokenClassification (head="token") / BertForSequenceClassification."""
     config = transformers.BertConfig(
         vocab_size=VOCAB,
         hidden_size=64,
@@ -60,6 +61,9 @@ def tiny_bert(path, *, num_labels=None, seed=0):
     if num_labels:
         config.id2label = {i: f"TAG{i}" for i in range(num_labels)}
         config.label2id = {v: k for k, v in config.id2label.items()}
+        if head == "sequence":
+            config.problem_type = "single_label_classification"
+            return _save(transformers.BertForSequenceClassification, config, path, seed)
         return _save(transformers.BertForTokenClassification, config, path, seed)
     return _save(transformers.BertModel, config, path, seed)
 

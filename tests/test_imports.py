@@ -13,7 +13,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WITHOUT_TENSORFLOW = ["jaxlm", "jaxlm.models", "jaxlm.hf", "jaxlm.sampling", "jaxlm.errors", "jaxlm.cli",
                       "jaxlm.data", "jaxlm.train", "jaxlm.train.config", "jaxlm.train.engine", "jaxlm.train.step",
-                      "jaxlm.eval.cli", "jaxlm.eval.scoring"]
+                      "jaxlm.synth.cli", "jaxlm.eval.cli", "jaxlm.eval.scoring"]
 HEAVY = ("tensorflow", "tensorflow_datasets")
 
 PROBE = """

@@ -62,6 +62,17 @@ class AuthenticityMeter:
                                                          "missing_words": missing},
                       severity=1.0 - support)
 
+    def merge(self, other: "AuthenticityMeter", flags: Flags) -> None:
+        """Add a later shard's sums (see `sharded.py`)."""
+        self.records += other.records
+        self.copying_records += other.copying_records
+        self.copied_share_sum += other.copied_share_sum
+        self.grounded += other.grounded
+        self.support_sum += other.support_sum
+
+    def __getstate__(self):  # a shard ships its sums; the driver has the index
+        return {**vars(self), "index": None}
+
     def finish(self, flags: Flags) -> dict:
         copying = None
         if self.index is not None:

@@ -87,6 +87,22 @@ class BiasMeter:
             self.profane_terms.update(terms)
             flags.add(item.index, "toxicity", terms, severity=len(hits))
 
+    def merge(self, other: "BiasMeter", flags: Flags) -> None:
+        """Add a later shard's counts (see `sharded.py`)."""
+        self.records += other.records
+        self.words += other.words
+        self.profane_hits += other.profane_hits
+        self.profane_terms.update(other.profane_terms)
+        for key, theirs in other.stats.items():
+            mine = self.stats[key]
+            mine.mentions += theirs.mentions
+            mine.records += theirs.records
+            mine.negative += theirs.negative
+            mine.sentiment_sum += theirs.sentiment_sum
+
+    def __getstate__(self):  # a shard ships its counts, not the lexicons
+        return {**vars(self), "_demographics": None, "_sentiment": None, "_profanity": None}
+
     def finish(self, flags: Flags) -> dict:
         categories = {category: self._category_report(category, members)
                       for category, members in self.groups.items()}

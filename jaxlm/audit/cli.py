@@ -102,6 +102,12 @@ def build_parser(prog: str = "python -m jaxlm.audit") -> argparse.ArgumentParser
                         help="demographic term groups (default: jaxlm/audit/data/demographic_terms.json)")
     parser.add_argument("--skip-bad", action="store_true", default=DEFAULTS["skip_bad"],
                         help="skip unreadable records (counted in report.json) instead of stopping")
+    parser.add_argument("--engine", choices=("local", "ray"), default=DEFAULTS["engine"],
+                        help="local: this process; ray: measure each file of a DATA folder on Ray workers "
+                             "(the cluster in RAY_ADDRESS, or a local one), then merge: the same report "
+                             "(default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
+                        help="Ray workers, each loading the perplexity model once (default: %(default)s)")
     parser.add_argument("--quiet", action="store_true", default=not DEFAULTS["progress"], help="no progress bars")
     return parser
 
@@ -123,7 +129,7 @@ def config_from_args(args: argparse.Namespace) -> AuditConfig:
         near_duplicate_threshold=args.near_duplicate_threshold, ngram=args.ngram,
         max_perplexity=args.max_perplexity, perplexity_tokens=args.perplexity_tokens,
         self_bleu_sample=args.self_bleu_sample, topic_sample=args.topic_sample, terms=args.terms,
-        skip_bad=args.skip_bad, progress=not args.quiet,
+        skip_bad=args.skip_bad, progress=not args.quiet, engine=args.engine, workers=args.workers,
     )
 
 

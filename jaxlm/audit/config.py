@@ -35,3 +35,5 @@ class AuditConfig:
     skip_bad: bool = False  # skip unreadable records (counted) instead of stopping
     progress: bool = True
     seed: int = 0
+    engine: str = "local"  # "ray": measure the files of a DATA folder on Ray workers (see sharded.py)
+    workers: int = 2

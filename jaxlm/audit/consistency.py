@@ -55,7 +55,15 @@ class ConsistencyMeter:
         if problems:
             self.encoding_counts.update(problems)
             flags.add(item.index, "encoding", problems, severity=len(problems))
-        self.sample.offer(" ".join(item.text.split()[:SELF_BLEU_WORDS]))
+        self.sample.offer(" ".join(item.text.split()[:SELF_BLEU_WORDS]), item.index)
+
+    def merge(self, other: "ConsistencyMeter", flags: Flags) -> None:
+        """Add a later shard's state (see `sharded.py`)."""
+        self.records += other.records
+        self.lengths.extend(other.lengths)
+        self.repetition_sums.update(other.repetition_sums)
+        self.encoding_counts.update(other.encoding_counts)
+        self.sample.merge(other.sample)
 
     def finish(self, flags: Flags) -> dict:
         records = max(self.records, 1)
@@ -64,7 +72,7 @@ class ConsistencyMeter:
             "repeated_ngram_fraction": {str(n): self.repetition_sums[n] / records for n in REPETITION_NS},
             "repetitive_records": flags.counts["repetition"],
             "repetition_threshold": FLAG_REPETITION_ABOVE,
-            "self_bleu": self_bleu(self.sample),
+            "self_bleu": self_bleu(self.sample.items()),
             "self_bleu_sample": len(self.sample),
             "length_words": distribution(lengths),
             "empty_records": int((lengths == 0).sum()),

@@ -36,6 +36,14 @@ class ContaminationMeter:
             self.listed.append({"index": item.index, "ngram_share": round(share, 3),
                                 "overlaps": overlaps})
 
+    def merge(self, other: "ContaminationMeter", flags: Flags) -> None:
+        """Add a later shard's records (see `sharded.py`)."""
+        self.records += other.records
+        self.listed = (self.listed + other.listed)[:MAX_LISTED]
+
+    def __getstate__(self):  # a shard ships its records; the driver has the index
+        return {**vars(self), "index": None}
+
     def finish(self, flags: Flags) -> dict:
         count = flags.counts["contamination"]
         return {"contamination": {

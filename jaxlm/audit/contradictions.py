@@ -37,6 +37,23 @@ class ContradictionMeter:
         if answer != first[1]:
             self._answers_differ.add(prompt)
 
+    def merge(self, other: "ContradictionMeter", flags: Flags) -> None:
+        """Add a later shard's prompts (see `sharded.py`); exact: a prompt's answers differ when
+        the shard's first answer differs from the earlier first one, or the shard's answers do."""
+        for prompt, (first, answer) in other._first.items():
+            indices = other._repeats.get(prompt, [first])
+            if prompt not in self._first:
+                self._first[prompt] = (first, answer)
+                if prompt in other._repeats:
+                    self._repeats[prompt] = list(indices)
+            else:
+                earlier_first, earlier_answer = self._first[prompt]
+                self._repeats.setdefault(prompt, [earlier_first]).extend(indices)
+                if answer != earlier_answer:
+                    self._answers_differ.add(prompt)
+            if prompt in other._answers_differ:
+                self._answers_differ.add(prompt)
+
     def wanted(self) -> set[int]:
         """Records to read back: every record of a prompt whose answers differ."""
         return {i for prompt in self._answers_differ for i in self._repeats[prompt]}

@@ -37,8 +37,10 @@ class DiversityMeter:
     name = "diversity"
 
     def __init__(self, embedder=None, topic_sample: int = 1000, reference_vocabulary=None,
-                 seed: int = 0):
+                 seed: int = 0, sample_topics: bool | None = None):
         self.embedder = embedder
+        # A shard of a sharded audit samples for topics without an embedder: the driver embeds.
+        self.sample_topics = embedder is not None if sample_topics is None else sample_topics
         self.reference_vocabulary = reference_vocabulary
         self.unigrams: Counter[str] = Counter()
         self.bigrams = HyperLogLog(p=14, hashfunc=_hash32)
@@ -57,8 +59,20 @@ class DiversityMeter:
         source = item.source or "(no source field)"
         if len(self.sources) < MAX_SOURCES or source in self.sources:
             self.sources[source] += 1
-        if self.embedder is not None:
-            self.sample.offer(item.text)
+        if self.sample_topics:
+            self.sample.offer(item.text, item.index)
+
+    def merge(self, other: "DiversityMeter", flags: Flags) -> None:
+        """Add a later shard's state (see `sharded.py`); sources are admitted in stream order."""
+        self.unigrams.update(other.unigrams)
+        self.bigrams.merge(other.bigrams)
+        self.tokens += other.tokens
+        self.bigram_total += other.bigram_total
+        self.records += other.records
+        for source, count in other.sources.items():
+            if len(self.sources) < MAX_SOURCES or source in self.sources:
+                self.sources[source] += count
+        self.sample.merge(other.sample)
 
     def finish(self, flags: Flags) -> dict:
         vocabulary = len(self.unigrams)
@@ -100,23 +114,24 @@ class DiversityMeter:
             return None
         from sklearn.cluster import KMeans  # imported here: only needed when topics are on
 
-        embeddings = self.embedder.embed(self.sample)
-        k = int(np.clip(round(math.sqrt(len(self.sample) / 2)), 2, 20))
+        sample = self.sample.items()
+        embeddings = self.embedder.embed(sample)
+        k = int(np.clip(round(math.sqrt(len(sample) / 2)), 2, 20))
         kmeans = KMeans(n_clusters=k, n_init=3, random_state=0).fit(embeddings)
         sizes = np.bincount(kmeans.labels_, minlength=k)
         shares = sizes / sizes.sum()
         spread = float(-(shares[shares > 0] * np.log(shares[shares > 0])).sum() / math.log(k))
         clusters = []
-        keywords = _cluster_keywords(self.sample, kmeans.labels_, k)
+        keywords = _cluster_keywords(sample, kmeans.labels_, k)
         for cluster in np.argsort(-sizes):
             members = np.flatnonzero(kmeans.labels_ == cluster)
             if members.size == 0:  # k-means can leave a cluster empty when records repeat
                 continue
             distances = np.linalg.norm(embeddings[members] - kmeans.cluster_centers_[cluster], axis=1)
-            central = self.sample[members[np.argmin(distances)]]
+            central = sample[members[np.argmin(distances)]]
             clusters.append({"size": int(sizes[cluster]), "share": float(shares[cluster]),
                              "keywords": keywords[cluster], "example": snippet(central, 160)})
-        return {"embedder": self.embedder.name, "sample": len(self.sample), "clusters": clusters,
+        return {"embedder": self.embedder.name, "sample": len(sample), "clusters": clusters,
                 "spread": spread}
 
 

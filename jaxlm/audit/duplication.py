@@ -45,24 +45,45 @@ class DuplicationMeter:
         self._signature_blocks: list[np.ndarray] = []
         self._signature_row: dict[int, int] = {}
         self.records = 0
+        self.sketches: list | None = None  # a shard of a sharded audit only sketches; see `sharded.py`
 
     def observe(self, item: AuditItem, flags: Flags) -> None:
         self.records += 1
         key = hash(normalize(item.text))
-        first = self._first_with_text.setdefault(key, item.index)
-        if first != item.index:
-            self._exact_group_size[first] += 1
-            flags.add(item.index, "duplicate", {"of": first})
+        if self.sketches is not None:  # the driver compares the sketches of all shards, in order
+            seen = key in self._first_with_text
+            self._first_with_text.setdefault(key, item.index)
+            signature = None if seen else self._signature(item.words)  # an exact copy needs none
+            self.sketches.append((item.index, key, None if signature is None else signature.hashvalues))
             return
-        signature = self._signature(item.words)
+        self._compare(item.index, key, lambda: self._signature(item.words), flags)
+
+    def _compare(self, index: int, key: int, signature, flags: Flags) -> None:
+        """Flag record ``index`` against the records before it; ``signature()`` makes its MinHash."""
+        first = self._first_with_text.setdefault(key, index)
+        if first != index:
+            self._exact_group_size[first] += 1
+            flags.add(index, "duplicate", {"of": first})
+            return
+        signature = signature()
         if signature is None:
             return
         match, similarity = self._best_earlier_match(signature)
         if match is not None:
-            self._union(item.index, match)
-            flags.add(item.index, "near_duplicate", {"of": match, "jaccard": round(similarity, 3)},
+            self._union(index, match)
+            flags.add(index, "near_duplicate", {"of": match, "jaccard": round(similarity, 3)},
                       severity=similarity)
-        self._store(item.index, signature)
+        self._store(index, signature)
+
+    def merge(self, other: "DuplicationMeter", flags: Flags) -> None:
+        """Compare a later shard's sketches with everything before them, as one pass would."""
+        self.records += other.records
+        for index, key, hashvalues in other.sketches:
+            self._compare(index, key, lambda hashvalues=hashvalues: None if hashvalues is None else MinHash(
+                num_perm=self.num_perm, hashvalues=hashvalues, scheme=self._template.scheme), flags)
+
+    def __getstate__(self):  # a shard ships its sketches, not its (empty) LSH index
+        return {**vars(self), "_lsh": None, "_template": None, "_first_with_text": {}}
 
     def _signature(self, tokens: list[str]) -> MinHash | None:
         if not tokens:

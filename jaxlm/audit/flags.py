@@ -53,12 +53,24 @@ class Flags:
         if reason not in reasons:
             self.counts[reason] += 1
         reasons[reason] = detail
+        self._remember(reason, (severity, -index))  # ties: earlier records first
+
+    def _remember(self, reason: str, entry: tuple[float, int]) -> None:
         worst = self._worst.setdefault(reason, [])
-        entry = (severity, -index)  # ties: earlier records first
         if len(worst) < self._keep:
             heapq.heappush(worst, entry)
         elif entry > worst[0]:
             heapq.heapreplace(worst, entry)
+
+    def merge(self, other: "Flags") -> None:
+        """Add the flags of a later shard (see `sharded.py`): the same as having added them here."""
+        for index, reasons in other.by_index.items():
+            mine = self.by_index.setdefault(index, {})
+            self.counts.update(reason for reason in reasons if reason not in mine)
+            mine.update(reasons)
+        for reason, entries in other._worst.items():
+            for entry in entries:
+                self._remember(reason, entry)
 
     def reasons_of(self, index: int) -> dict[str, object]:
         return self.by_index.get(index, {})

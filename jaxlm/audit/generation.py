@@ -81,6 +81,17 @@ class GenerationMeter:
             self.with_attempts += 1
             self.attempts += attempts
 
+    def merge(self, other: "GenerationMeter", flags: Flags) -> None:
+        """Add a later shard's totals (see `sharded.py`)."""
+        self.records += other.records
+        for mine, theirs in [(self.all, other.all)] + [(self.by_model[m], t) for m, t in other.by_model.items()]:
+            for name in ("records", "tokens", "seconds", "speed_sum", "timed", "speeds"):
+                setattr(mine, name, getattr(mine, name) + getattr(theirs, name))
+        self.accepted += other.accepted
+        self.with_accepted += other.with_accepted
+        self.attempts += other.attempts
+        self.with_attempts += other.with_attempts
+
     def finish(self, flags: Flags) -> dict:
         if self.all.records == 0:
             return {"generation": None}

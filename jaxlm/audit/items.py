@@ -85,8 +85,9 @@ def _split_conversation(messages: list[dict]) -> tuple[str | None, str | None]:
 
 
 def read_items(path: str | os.PathLike, *, skip_bad: bool = False,
-               stats: ReadStats | None = None) -> Iterator[AuditItem]:
-    """Streams the audit view of every record in ``path`` (any format the trainer reads)."""
+               stats: ReadStats | None = None, start: int = 0) -> Iterator[AuditItem]:
+    """Streams the audit view of every record in ``path`` (any format the trainer reads);
+    indices count from ``start`` (a shard's first index in the whole input)."""
     records = read_records(path, on_error="skip" if skip_bad else "raise", stats=stats)
-    for index, record in enumerate(records):
+    for index, record in enumerate(records, start):
         yield to_item(index, record)

@@ -27,6 +27,7 @@ class LabelMeter:
         self.entity_counts: Counter[str] = Counter()
         self._first: dict[int, tuple[int, int]] = {}  # input hash -> (first index, label hash)
         self._conflict_groups: set[int] = set()
+        self.deferred: list | None = None  # a shard of a sharded audit leaves conflicts to the driver
 
     def observe(self, item: AuditItem, flags: Flags) -> None:
         if item.label is None:
@@ -51,14 +52,31 @@ class LabelMeter:
             flags.add(item.index, "invalid_bio", shown, severity=len(errors))
 
     def _check_conflict(self, item: AuditItem, flags: Flags) -> None:
-        source, label = hash(normalize(item.prompt or item.text)), hash(item.label)
-        first_index, first_label = self._first.setdefault(source, (item.index, label))
-        if first_index == item.index or label == first_label:
+        keys = (item.index, hash(normalize(item.prompt or item.text)), hash(item.label))
+        if self.deferred is not None:
+            self.deferred.append(keys)
+        else:
+            self._compare(*keys, flags)
+
+    def _compare(self, index: int, source: int, label: int, flags: Flags) -> None:
+        first_index, first_label = self._first.setdefault(source, (index, label))
+        if first_index == index or label == first_label:
             return
         self._conflict_groups.add(first_index)
         detail = {"first_with_input": first_index}
         flags.add(first_index, "label_conflict", detail)
-        flags.add(item.index, "label_conflict", detail, severity=1.0)
+        flags.add(index, "label_conflict", detail, severity=1.0)
+
+    def merge(self, other: "LabelMeter", flags: Flags) -> None:
+        """Add a later shard's counts and compare its inputs with all earlier ones (see `sharded.py`)."""
+        self.labelled += other.labelled
+        for label, count in other.label_counts.items():  # admitted in stream order, as one pass does
+            if len(self.label_counts) < MAX_LABELS or label in self.label_counts:
+                self.label_counts[label] += count
+        self.tag_counts.update(other.tag_counts)
+        self.entity_counts.update(other.entity_counts)
+        for keys in other.deferred:
+            self._compare(*keys, flags)
 
     def finish(self, flags: Flags) -> dict:
         total_tags = sum(self.tag_counts.values())

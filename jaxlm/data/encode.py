@@ -25,6 +25,10 @@ its prompt would teach answers without questions).
 
 Token classification: words are tokenized with ``is_split_into_words``; the
 label goes on the first sub-token of each word, -100 elsewhere.
+
+Text classification: ``text`` records with a ``label`` (a name, or an integer
+class id); ``[CLS] text [SEP]`` truncated and padded to ``seq_len``, one label
+id per row.
 """
 
 from __future__ import annotations
@@ -185,19 +189,37 @@ class LMEncoder:
                 for k in range(0, len(ids) - 1, self.seq_len) if len(ids) - k >= 2]
 
 
-class NerEncoder:
-    """Fixed-length rows for token classification, labels on first sub-tokens."""
+class _RowEncoder:
+    """Fixed-length rows of encoder inputs (padded to ``seq_len``) and label ids, for the labelling tasks.
+
+    ``ROW_SHAPES`` names each output and whether it has a ``seq`` axis after the row axis."""
+
+    ROW_SHAPES = {"input_ids": "seq", "attention_mask": "seq", "token_type_ids": "seq", "labels": "seq"}
 
     def __init__(self, tokenizer, *, label_names: list[str], seq_len: int):
         self.label_names, self.seq_len = list(label_names), seq_len
         self.label_ids = {name: i for i, name in enumerate(self.label_names)}
         self._tokenizers = _TokenizerPool(tokenizer)
 
-    def encode(self, sentences: list[tuple[list[str], list[str]]]) -> dict[str, np.ndarray]:
+    def _tokenize(self, inputs: list, **options):
         with self._tokenizers.borrow() as tokenizer:
-            out = tokenizer([tokens for tokens, _ in sentences], is_split_into_words=True,
-                            truncation=True, max_length=self.seq_len, padding="max_length",
-                            return_token_type_ids=True)
+            return tokenizer(inputs, truncation=True, max_length=self.seq_len, padding="max_length",
+                             return_token_type_ids=True, **options)
+
+    @staticmethod
+    def _rows(out, labels: np.ndarray) -> dict[str, np.ndarray]:
+        return {"input_ids": np.asarray(out["input_ids"], dtype=np.int32),
+                "attention_mask": np.asarray(out["attention_mask"], dtype=np.int32),
+                "token_type_ids": np.asarray(out["token_type_ids"], dtype=np.int32),
+                "labels": labels}
+
+
+class NerEncoder(_RowEncoder):
+    """Rows for token classification, labels on first sub-tokens."""
+
+    def encode(self, records: list[tuple[str, dict]]) -> dict[str, np.ndarray]:
+        sentences = [(data["tokens"], data["tags"]) for _, data in records]
+        out = self._tokenize([tokens for tokens, _ in sentences], is_split_into_words=True)
         labels = np.full((len(sentences), self.seq_len), IGNORE_LABEL, dtype=np.int32)
         for row, (_, tags) in enumerate(sentences):
             previous = None
@@ -205,10 +227,34 @@ class NerEncoder:
                 if word is not None and word != previous:
                     labels[row, position] = self.label_ids[tags[word]]
                 previous = word
-        return {"input_ids": np.asarray(out["input_ids"], dtype=np.int32),
-                "attention_mask": np.asarray(out["attention_mask"], dtype=np.int32),
-                "token_type_ids": np.asarray(out["token_type_ids"], dtype=np.int32),
-                "labels": labels}
+        return self._rows(out, labels)
+
+
+def label_of(data: dict) -> str:
+    """A classification record's label as a name: strings as they are, integer class ids as "0", "1", ...
+
+    ValueError naming what is wrong (no text, no label, a label that is neither)."""
+    if not isinstance(data.get("text"), str):
+        raise ValueError("classification records need a string 'text' field")
+    label = data.get("label")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise ValueError(f"classification records need a 'label' (a name or an integer class id), got {label!r}")
+    return str(label)
+
+
+def sorted_labels(labels) -> list[str]:
+    """Label names in a stable order: integer ids numerically, then names alphabetically."""
+    return sorted(labels, key=lambda name: (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name))
+
+
+class ClassificationEncoder(_RowEncoder):
+    """Rows for text classification: one sequence and one label id per row."""
+
+    ROW_SHAPES = {**_RowEncoder.ROW_SHAPES, "labels": ""}
+
+    def encode(self, records: list[tuple[str, dict]]) -> dict[str, np.ndarray]:
+        labels = np.asarray([self.label_ids[label_of(data)] for _, data in records], dtype=np.int32)
+        return self._rows(self._tokenize([data["text"] for _, data in records]), labels)
 
 
 def word_tags(labels: np.ndarray, predictions: np.ndarray,

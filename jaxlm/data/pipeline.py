@@ -33,7 +33,7 @@ import tensorflow as tf
 from jaxlm.data import packing, stages
 from jaxlm.data.augment import Augmenter
 from jaxlm.data.config import AugmentConfig, DataConfig
-from jaxlm.data.encode import LMEncoder, NerEncoder, word_tags
+from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, label_of, sorted_labels, word_tags
 from jaxlm.data.mixing import mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
@@ -50,7 +50,8 @@ class _Survey:
     name: str
     records: list[str]  # JSON, see sources.record_to_json
     read_stats: ReadStats
-    tags: set
+    tags: set  # NER tags seen
+    labels: set  # classification labels seen (names)
 
 
 def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: int, seed: int,
@@ -77,14 +78,19 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         shard_index, shard_count = jax.process_index(), jax.process_count()
     augment = augment or AugmentConfig()
     selection = Selection(shard_index, shard_count, eval_fraction, split)
-    allowed = set(label_names) if label_names is not None else None
+    allowed = set(label_names) if label_names is not None and task == "token_classification" else None
     read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
 
     mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
-    surveys = [_survey(c, selection, on_error, read_kwargs, mentions) for c in configs]
+    known = label_names if task == "classification" else None
+    surveys = [_survey(c, selection, on_error, read_kwargs, mentions, task, known) for c in configs]
     if task == "token_classification" and label_names is None:
         tags = set().union(*(s.tags for s in surveys)) - {"O"}
         label_names = ["O", *sorted(tags)]
+    if task == "classification" and label_names is None:
+        label_names = sorted_labels(set().union(*(s.labels for s in surveys)))
+        if len(label_names) < 2:
+            raise DataError(configs[0].path, 0, f"classification needs at least 2 labels, the data has {label_names}")
     weights = mixture_weights([c.weight for c in configs], [len(s.records) for s in surveys],
                               mode=mixing, temperature=temperature)
 
@@ -106,8 +112,9 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     if repeat and augment.any_enabled():
         augmenter = Augmenter(augment)
         dataset = stages.augment(dataset, augmenter, NerAugmenter(augment, mentions, augmenter.synonyms))
-    if task == "token_classification":
-        rows = stages.encode_rows(dataset, NerEncoder(tokenizer, label_names=label_names, seq_len=seq_len))
+    if task in ("token_classification", "classification"):
+        encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
+        rows = stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len))
     else:
         documents = stages.encode_documents(dataset, LMEncoder(tokenizer, task=task, seq_len=seq_len))
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -126,9 +133,17 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
 
 
 def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
-            mentions: MentionPool) -> _Survey:
-    read_stats, tags, records = ReadStats(), set(), []
+            mentions: MentionPool, task: str, known_labels: list[str] | None) -> _Survey:
+    read_stats, tags, labels, records = ReadStats(), set(), set(), []
     for record in selected_records(config, selection, on_error=on_error, stats=read_stats, **read_kwargs):
+        if task == "classification":
+            try:
+                labels.add(_class_label(record, known_labels))
+            except DataError as error:
+                if on_error == "raise":
+                    raise
+                read_stats.note_error(error)
+                continue
         records.append(record_to_json(record))
         if record.kind == "ner":
             tags.update(record.data["tags"])
@@ -136,7 +151,20 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
     if not records:
         raise DataError(config.path, 0, "no usable records for this host/split "
                         f"({read_stats.skipped} skipped)")
-    return _Survey(config.path, records, read_stats, tags)
+    return _Survey(config.path, records, read_stats, tags, labels)
+
+
+def _class_label(record, known_labels: list[str] | None) -> str:
+    """The record's label name; DataError (path:line) if it has none or one the model does not know."""
+    try:
+        label = label_of(record.data) if record.kind == "text" else None
+    except ValueError as e:
+        raise DataError(record.path, record.line, str(e)) from None
+    if label is None:
+        raise DataError(record.path, record.line, f"classification needs 'text' + 'label' records, got {record.kind}")
+    if known_labels is not None and label not in known_labels:
+        raise DataError(record.path, record.line, f"label {label!r} is not one of the labels {known_labels}")
+    return label
 
 
 class Pipeline:
@@ -179,7 +207,7 @@ class Pipeline:
         sources = batch["source_id"]
         if "positions" in batch:  # an example is a packed document (or chunk)
             starts = sources[(batch["positions"] == 0) & (sources >= 0)]
-        else:  # token classification: one sentence per row
+        else:  # token or text classification: one sentence per row
             starts = sources[:, 0][sources[:, 0] >= 0]
         self._examples += np.bincount(starts, minlength=len(self._examples))
         self._tokens += np.bincount(sources[sources >= 0], minlength=len(self._tokens))

@@ -105,7 +105,7 @@ def read_records(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     stats = stats if stats is not None else ReadStats()
     path = os.fspath(path)
-    for file_path in _list_files(path):
+    for file_path in list_files(path):
         file_format = format if format != "auto" else detect_format(file_path)
         reader = _READERS[file_format]
         for item in reader(file_path, fields or {}, allowed_tags):
@@ -134,7 +134,8 @@ def detect_format(path: str) -> str:
     return "text"
 
 
-def _list_files(path: str) -> list[str]:
+def list_files(path: str) -> list[str]:
+    """The files ``read_records`` reads for ``path``, in its order."""
     if os.path.isdir(path):
         found = []
         for root, dirs, files in os.walk(path):

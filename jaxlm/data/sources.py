@@ -3,7 +3,8 @@
 A source is a file or folder (see :mod:`jaxlm.data.records`) or a TFDS
 dataset written ``tfds:NAME[/CONFIG][:SPLIT]`` (split defaults to ``train``;
 slicing like ``train[:10%]`` works). TFDS examples are converted to the same
-normalised records as JSONL lines (bytes -> str, sequences of dicts -> lists).
+normalised records as JSONL lines (bytes -> str, sequences of dicts -> lists,
+``ClassLabel`` ids -> their names, so a label reads the same from TFDS as from a file).
 
 Host sharding: the k-th record of a source goes to host ``k % shard_count``,
 so hosts read disjoint parts and together read everything. Every host still
@@ -99,7 +100,10 @@ def _tfds_records(source: SourceConfig, on_error: str, stats: ReadStats,
     builder.download_and_prepare()
     # Read once, front to back: TFDS's auto-cache would only warn when a reader stops early.
     dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=tfds.ReadConfig(try_autocache=False))
+    class_names = {key: feature.names for key, feature in builder.info.features.items()
+                   if isinstance(feature, tfds.features.ClassLabel)}
     for index, example in enumerate(tfds.as_numpy(dataset)):
+        example = {k: class_names[k][int(v)] if k in class_names else v for k, v in example.items()}
         try:
             kind, data = normalize_json(_to_python(example), source.fields)
         except ValueError as e:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxlm.data.augment import Augmenter
-from jaxlm.data.encode import LMEncoder, NerEncoder
+from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder
 from jaxlm.data.ner_augment import NerAugmenter
 
 PYTHON_BATCH = 64  # records per numpy_function call: amortises the TF <-> Python hop
@@ -87,21 +87,20 @@ def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder) -> tf.data.Da
     return dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
-def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder) -> tf.data.Dataset:
-    """Batched NER records -> one fixed-length row per sentence."""
-    keys = ("input_ids", "attention_mask", "token_type_ids", "labels")
+def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder | ClassificationEncoder) -> tf.data.Dataset:
+    """Batched records -> one fixed-length row per record (token or text classification)."""
+    keys = tuple(encoder.ROW_SHAPES)
 
     def encode_batch(records):
-        sentences = [(data["tokens"], data["tags"]) for _, data in _records(records)]
-        encoded = encoder.encode(sentences)
+        encoded = encoder.encode(_records(records))
         return tuple(encoded[k] for k in keys)
 
     def stage(batch):
         arrays = tf.numpy_function(encode_batch, [batch["record"]], [tf.int32] * len(keys),
                                    stateful=False)
         row = dict(zip(keys, arrays))
-        for value in row.values():
-            value.set_shape([None, encoder.seq_len])
+        for key, value in row.items():
+            value.set_shape([None, encoder.seq_len] if encoder.ROW_SHAPES[key] == "seq" else [None])
         row["source_id"] = tf.where(row["attention_mask"] > 0, batch["source_id"][:, None], -1)
         return row
 

@@ -37,6 +37,8 @@ def build_parser(prog: str = "python -m jaxlm.eval") -> argparse.ArgumentParser:
     parser.add_argument("--model", default=_default_model(),
                         help="HF folder, .gguf file, or a training run's output folder (its hf/ is used, and its "
                              "task is the default); default: the shipped SmolLM2-135M-Instruct GGUF")
+    parser.add_argument("--adapter", help="a PEFT prompt-tuning adapter folder (a prompt-tuning run's adapter/; "
+                                          "a run folder given as --model brings its own)")
     parser.add_argument("--data", required=True,
                         help="a file, folder or tfds:NAME[:SPLIT] source, as in the training config")
     parser.add_argument("--task", default="auto", choices=("auto", *EVAL_TASKS),
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
     options = EvalOptions(model=args.model, data=args.data, out=args.out, task=args.task,
                           max_examples=args.max_examples, few_shot=args.few_shot, shots_from=args.shots_from,
                           seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens, labels=labels, general=not args.no_general)
+                          max_new_tokens=args.max_new_tokens, labels=labels, general=not args.no_general,
+                          adapter=args.adapter)
     result = run_eval(options, progress=not args.no_progress)
     print(json.dumps({"task": result["task"], "examples": result["examples"], **summary(result)}, indent=1),
           file=sys.stdout)

@@ -23,7 +23,7 @@ from jaxlm.eval.answers import answer, general_check
 from jaxlm.tasks import IGNORE_LABEL, TASKS
 
 CLASSIFICATION = "classification"
-EVAL_TASKS = (*TASKS, *((CLASSIFICATION,) if CLASSIFICATION not in TASKS else ()))
+EVAL_TASKS = TASKS
 CLASSIFY_TOKENS = 8  # a generated label needs a few tokens at most
 
 
@@ -41,6 +41,7 @@ class EvalOptions:
     batch_size: int = 8
     max_new_tokens: int = 64
     labels: list[str] | None = None  # class names, when neither the model nor the data names them
+    adapter: str | None = None  # a PEFT prompt-tuning adapter folder put on the model
     general: bool = True  # the general-ability check (causal LMs)
     tfds_data_dir: str | None = None
 
@@ -51,18 +52,24 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
 
     from jaxlm.hf.load import load_pretrained
 
-    model_path, run_task = resolve_model(options.model)
+    model_path, run_task, run_adapter = resolve_model(options.model)
     records = first_records(options.data, options.max_examples, options.tfds_data_dir)
     shot_records = shot_source_records(options) if options.few_shot else []
     model, tokenizer = load_pretrained(model_path, jnp.float32)
     if tokenizer is None:
         raise UserError(f"{model_path}: no tokenizer files next to the weights")
+    adapter = options.adapter or run_adapter
+    if adapter:
+        from jaxlm.hf.peft import load_prompt_tuning_adapter
+
+        load_prompt_tuning_adapter(model, adapter)  # CheckpointError: exit 2
     task = pick_task(options.task, run_task, model, records[0])
     causal = hasattr(model, "decode")
     if options.few_shot and not (causal and task in ("sft", CLASSIFICATION)):
         raise UserError(f"--few-shot needs a generative model and task sft or classification (got {task} "
                         f"with {type(model).__name__})")
-    result = {"model": options.model, "data": options.data, "task": task, "examples": len(records),
+    result = {"model": options.model, "adapter": adapter, "data": options.data, "task": task,
+              "examples": len(records),
               "few_shot": options.few_shot, "seed": options.seed}
     if task == CLASSIFICATION and causal:
         scores, rows = classify_by_generation(model, tokenizer, records, shot_records, options, progress)
@@ -81,18 +88,21 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
 # --- inputs -------------------------------------------------------------------------------
 
 
-def resolve_model(path: str) -> tuple[str, str | None]:
-    """(the model to load, the task of the training run it came from, if any)."""
+def resolve_model(path: str) -> tuple[str, str | None, str | None]:
+    """(the model to load, the task of the training run it came from, and that run's prompt-tuning
+    adapter: its hf/ holds the base model, the virtual tokens are only in adapter/)."""
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.yaml")) \
             and os.path.isdir(os.path.join(path, "hf")):
         import yaml
 
         with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
-            task = (yaml.safe_load(f) or {}).get("task")
-        return os.path.join(path, "hf"), task
+            saved = yaml.safe_load(f) or {}
+        virtual = ((saved.get("model") or {}).get("prompt_tuning") or {}).get("num_virtual_tokens", 0)
+        adapter = os.path.join(path, "adapter") if virtual else None
+        return os.path.join(path, "hf"), saved.get("task"), adapter
     if not os.path.exists(path):
         raise UserError(f"--model {path}: no such HF folder, .gguf file or training run folder")
-    return path, None
+    return path, None, None
 
 
 def first_records(source: str, limit: int, tfds_data_dir: str | None) -> list:

@@ -1,7 +1,7 @@
 """A model's scores on batches of the data pipeline, for every task.
 
 `score_batches(evaluate, batches, task, label_names)` runs `evaluate(batch) -> (loss_sum, count,
-argmax predictions)` over the batches (the trainer passes its compiled eval step, `jaxlm eval` one
+correct, argmax predictions)` over the batches (the trainer passes its compiled eval step, `jaxlm eval` one
 built by `batch_evaluator`) and turns what comes back into the scores of `metrics.py`:
 
 * sft / causal_lm: loss, perplexity and next-token accuracy over the tokens the loss counts;
@@ -27,31 +27,36 @@ LM_TASKS = ("sft", "causal_lm")
 def score_batches(evaluate: Callable, batches: Iterable[dict], task: str,
                   label_names: list[str] | None = None) -> tuple[dict, list[tuple]]:
     """(scores of `task`, see the module docstring; per example (true, predicted) label names for the
-    labelling tasks, in batch order, empty for the LM tasks). `label_names` for the labelling tasks."""
-    outputs, kept = [], []
+    labelling tasks, in batch order, empty for the LM tasks). `label_names` for the labelling tasks.
+
+    In a multi-process run every process calls this with its own rows of the same steps; the sums are
+    global already, and each process's labels and predictions are gathered so every one scores them all."""
+    from jaxlm.train import distributed
+
+    outputs, labels = [], []
     for batch in batches:
         outputs.append(evaluate(batch))
-        kept.append({k: batch[k] for k in ("targets", "loss_mask", "labels") if k in batch})
-    outputs = jax.device_get(outputs)
-    loss_sum = float(sum(np.sum(o[0]) for o in outputs))
-    count = float(sum(np.sum(o[1]) for o in outputs))
-    predictions = [np.asarray(o[2]) for o in outputs]
+        if "labels" in batch:
+            labels.append(batch["labels"])
+    sums = jax.device_get([o[:3] for o in outputs])
+    loss_sum, count, correct = (float(sum(np.sum(s[i]) for s in sums)) for i in range(3))
     if task in LM_TASKS:
-        correct = sum(float(np.sum((p == b["targets"]) * b["loss_mask"])) for p, b in zip(predictions, kept))
         return metrics.token_scores(loss_sum, count, correct), []
+    labels = distributed.gather_rows(labels)  # every process's rows, in batch order
+    predictions = distributed.host_copy([o[3] for o in outputs])
     scores = {"loss": loss_sum / max(count, 1.0)}
     if task == "token_classification":
         from jaxlm.data.encode import word_tags
 
         true_tags, predicted_tags = [], []
-        for p, b in zip(predictions, kept):
-            t, q = word_tags(b["labels"], p, label_names)
+        for t, p in zip(labels, predictions):
+            t, p = word_tags(t, p, label_names)
             true_tags += t
-            predicted_tags += q
+            predicted_tags += p
         return {**scores, **metrics.ner_scores(true_tags, predicted_tags)}, list(zip(true_tags, predicted_tags))
     if task == "classification":
-        labels = np.concatenate([b["labels"].reshape(-1) for b in kept]) if kept else np.zeros(0, int)
-        guesses = np.concatenate([p.reshape(-1) for p in predictions]) if kept else np.zeros(0, int)
+        labels = np.concatenate([t.reshape(-1) for t in labels]) if labels else np.zeros(0, int)
+        guesses = np.concatenate([p.reshape(-1) for p in predictions]) if labels.size else np.zeros(0, int)
         real = labels != IGNORE_LABEL  # the padding rows of a short last batch
         pairs = [(label_names[t], label_names[p]) for t, p in zip(labels[real], guesses[real])]
         return {**scores, **metrics.classification_scores(labels[real], guesses[real], label_names)}, pairs

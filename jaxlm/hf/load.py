@@ -104,7 +104,7 @@ def build_model(
             )
         loaded[ours] = jnp.asarray(array, dtype=dtype)
     missing = [p for p in expected if p not in loaded]
-    if missing and init_missing_head and all(p.split(".")[0] in HEAD_MODULES for p in missing):
+    if missing and init_missing_head and all(p.startswith(HEAD_MODULES) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
         warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}")
@@ -119,8 +119,9 @@ def build_model(
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
 
 
-# Top-level modules that a task head adds on a base model; only these may start untrained.
-HEAD_MODULES = ("classifier", "lm_head")
+# Modules that a task head adds on a base model; only these may start untrained. BERT's pooler is
+# one: transformers also initialises it when a checkpoint saved without it gets a sequence classifier.
+HEAD_MODULES = ("classifier.", "lm_head.", "bert.pooler.")
 
 
 def read_config(folder: str) -> dict:

@@ -1,4 +1,5 @@
-"""LoRA adapters in PEFT's format: the files `peft.PeftModel.from_pretrained` reads onto the HF base model."""
+"""LoRA and prompt-tuning adapters in PEFT's format: the files `peft.PeftModel.from_pretrained` reads onto
+the HF base model."""
 
 from __future__ import annotations
 
@@ -6,12 +7,31 @@ import json
 import os
 
 import numpy as np
+from flax import nnx
 from safetensors.numpy import save_file
 
 from jaxlm.hf.export import hf_state_dict
 from jaxlm.models import architecture_of
 from jaxlm.models.lora import lora_modules
+from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf
+
+# PEFT's task_type for each of our architectures that is not a causal LM (those are CAUSAL_LM).
+_TASK_TYPES = {"BertForTokenClassification": "TOKEN_CLS", "BertForSequenceClassification": "SEQ_CLS"}
+
+
+def _task_type(arch) -> str:
+    return "CAUSAL_LM" if arch.family.causal_lm else _TASK_TYPES.get(arch.name, "FEATURE_EXTRACTION")
+
+
+def fully_trained_modules(model, trainable) -> tuple[str, ...]:
+    """HF names of the modules with a Param that the `trainable` filter trains in full (not LoRA factors,
+    not virtual tokens): what a PEFT adapter must carry whole as `modules_to_save`."""
+    family = architecture_of(model).family
+    names = {ours_to_hf(family, dotted(path))[0].rsplit(".", 1)[0]
+             for path, var in nnx.to_flat_state(nnx.state(model, trainable))
+             if not isinstance(var, (nnx.LoRAParam, VirtualTokens))}
+    return tuple(sorted(names))
 
 
 def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...] = ()):
@@ -19,7 +39,7 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
 
     PEFT keeps `lora_A` as [rank, in] and `lora_B` as [out, rank] (torch Linear layout) under
     `base_model.model.<HF module name>`; its scale is lora_alpha / r, the same as ours.
-    `modules_to_save` (e.g. a freshly trained "classifier") are written whole.
+    `modules_to_save` (HF module names, e.g. a freshly trained "classifier") are written whole.
     """
     arch = architecture_of(model)
     tensors, targets, ranks, alphas, hf_layouts = {}, set(), set(), set(), set()
@@ -38,12 +58,13 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
         raise ValueError("peft_adapter needs a model with LoRA layers of one rank")
     if modules_to_save:
         for name, value in hf_state_dict(model).items():
-            if name.split(".")[0] in modules_to_save:
-                module, leaf = name.rsplit(".", 1)
-                tensors[f"base_model.model.{module}.modules_to_save.default.{leaf}"] = np.asarray(value, np.float32)
+            if name.startswith(tuple(f"{m}." for m in modules_to_save)):
+                # Saved under the plain module name, as `PeftModel.save_pretrained` writes them (it adds
+                # `modules_to_save.<adapter>` back when loading).
+                tensors[f"base_model.model.{name}"] = np.asarray(value, np.float32)
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM" if arch.family.causal_lm else "TOKEN_CLS",
+        "task_type": _task_type(arch),
         "base_model_name_or_path": base_model,
         "r": ranks.pop(),
         "lora_alpha": alphas.pop(),
@@ -62,9 +83,70 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
 def save_peft_adapter(model, out_dir: str, *, base_model: str = "", modules_to_save: tuple[str, ...] = ()) -> str:
     """Write adapter_config.json + adapter_model.safetensors (PEFT format) to `out_dir`."""
     tensors, config = peft_adapter(model, base_model=base_model, modules_to_save=modules_to_save)
+    _write_adapter(out_dir, tensors, config)
+    return out_dir
+
+
+def prompt_tuning_adapter(model, *, base_model: str = ""):
+    """(tensors, adapter_config) of a PEFT PROMPT_TUNING adapter: `prompt_embeddings` [n, hidden].
+
+    PEFT fills num_layers and num_attention_heads from the base model's config when it loads."""
+    embed = prompt_embed(model)
+    if embed is None:
+        raise ValueError(f"{type(model).__name__} has no virtual tokens (model.prompt_tuning is off)")
+    prompt = np.asarray(embed.virtual_tokens[...], np.float32)
+    config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": _task_type(architecture_of(model)),
+        "base_model_name_or_path": base_model,
+        "num_virtual_tokens": prompt.shape[0],
+        "token_dim": prompt.shape[1],
+        "num_transformer_submodules": 1,
+        "num_layers": None,
+        "num_attention_heads": None,
+        "prompt_tuning_init": "SAMPLE_VOCAB",  # how ours started; PEFT overwrites it with the saved embeddings
+        "inference_mode": True,
+    }
+    return {"prompt_embeddings": prompt}, config
+
+
+def save_prompt_tuning_adapter(model, out_dir: str, *, base_model: str = "") -> str:
+    """Write adapter_config.json + adapter_model.safetensors of a PEFT prompt-tuning adapter to `out_dir`."""
+    tensors, config = prompt_tuning_adapter(model, base_model=base_model)
+    _write_adapter(out_dir, tensors, config)
+    return out_dir
+
+
+def load_prompt_tuning_adapter(model, adapter_dir: str) -> None:
+    """Put the virtual tokens of a PEFT prompt-tuning adapter folder (ours or PEFT's) on `model`, in place."""
+    from safetensors.numpy import load_file
+
+    from jaxlm.hf.errors import CheckpointError
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning
+
+    config_path = os.path.join(adapter_dir, "adapter_config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        tensors = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{adapter_dir}: not a PEFT adapter folder (needs adapter_config.json and "
+                              "adapter_model.safetensors)") from None
+    if config.get("peft_type") != "PROMPT_TUNING" or "prompt_embeddings" not in tensors:
+        raise CheckpointError(f"{config_path}: peft_type={config.get('peft_type')!r}; only PROMPT_TUNING adapters "
+                              "load here (a LoRA run's hf/ folder already holds the merged model)")
+    prompt = tensors["prompt_embeddings"]
+    apply_prompt_tuning(model, prompt.shape[0] if prompt.ndim == 2 else 1)
+    virtual = prompt_embed(model).virtual_tokens
+    if prompt.shape != virtual.get_value().shape:
+        raise CheckpointError(f"{adapter_dir}: prompt_embeddings has shape {prompt.shape}, expected "
+                              f"{virtual.get_value().shape} for {type(model).__name__}")
+    virtual.set_value(np.asarray(prompt, virtual.get_value().dtype))
+
+
+def _write_adapter(out_dir: str, tensors: dict, config: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
-    return out_dir

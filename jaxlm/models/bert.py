@@ -1,4 +1,4 @@
-"""BERT encoder (post-LayerNorm, absolute positions, token types) and its token-classification head."""
+"""BERT encoder (post-LayerNorm, absolute positions, token types) and its token- and sequence-classification heads."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pad_token_id: int | None = 0
-    id2label: tuple[str, ...] = ()  # labels of the token-classification head, in index order
+    id2label: tuple[str, ...] = ()  # labels of the classification head, in index order
+    problem_type: str | None = None  # HF's name for the sequence-classification loss; see BertForSequenceClassification
 
     model_type = "bert"
 
@@ -44,6 +45,8 @@ class BertConfig:
         out["label2id"] = {name: i for i, name in enumerate(self.id2label)}
         if not self.id2label:
             del out["id2label"], out["label2id"]
+        if self.problem_type is None:
+            del out["problem_type"]
         return dict(out, model_type=self.model_type, position_embedding_type="absolute")
 
     @property
@@ -159,17 +162,47 @@ class BertModel(nnx.Module):
         return self.encoder(self.embeddings(input_ids, token_type_ids, positions), mask)
 
 
-class BertForTokenClassification(nnx.Module):
+class _Classifier(nnx.Module):
+    """The BERT encoder, dropout and a linear layer over the labels of `config.id2label` (HF's layout)."""
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype, dropout_rate: float, pooler: bool):
+        self.config = cfg
+        self.bert = BertModel(cfg, rngs=rngs, param_dtype=param_dtype, add_pooling_layer=pooler)
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.classifier = layers.linear(rngs, cfg.hidden_size, len(cfg.id2label), bias=True, param_dtype=param_dtype)
+
+
+class BertForTokenClassification(_Classifier):
     """BERT encoder plus a linear tagger: `model(ids, attention_mask)` -> logits [batch, seq, labels]."""
 
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1):
         if not cfg.id2label:
             raise ValueError("BertForTokenClassification needs config.id2label (the tag set)")
-        self.config = cfg
-        self.bert = BertModel(cfg, rngs=rngs, param_dtype=param_dtype, add_pooling_layer=False)
-        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
-        self.classifier = layers.linear(rngs, cfg.hidden_size, len(cfg.id2label), bias=True, param_dtype=param_dtype)
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=False)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.dropout(hidden))
+
+
+class BertForSequenceClassification(_Classifier):
+    """BERT encoder, its pooler and a linear classifier, as transformers builds it:
+    `model(ids, attention_mask)` -> logits [batch, labels] from tanh(dense(hidden of [CLS])).
+
+    Trained with softmax cross-entropy over the labels (HF's problem_type "single_label_classification"),
+    so binary classification is two labels, as transformers does with num_labels=2; regression
+    (one label) and multi-label (sigmoid) heads are not implemented and are refused.
+    """
+
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1):
+        if len(cfg.id2label) < 2:
+            raise ValueError(f"BertForSequenceClassification needs config.id2label with at least 2 labels, "
+                             f"got {list(cfg.id2label)}")
+        if cfg.problem_type not in (None, "single_label_classification"):
+            raise ValueError(f"config.json: problem_type={cfg.problem_type!r} is not supported; "
+                             "only 'single_label_classification' (softmax cross-entropy)")
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=True)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        hidden = self.bert(input_ids, attention_mask, token_type_ids)
+        return self.classifier(self.dropout(self.bert.pooler(hidden)))

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models.bert import BertConfig, BertForTokenClassification, BertModel
+from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
@@ -33,6 +33,7 @@ class Family:
     lora_names: Mapping[str, str]  # short LoRA target (model.lora.targets) -> our layer name
     position_key: str  # the config field that says how many positions the model has
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
+    token_embedding: str = ""  # our path of the input token table (prompt tuning extends it); "" = not supported
 
     @property
     def model_type(self) -> str:
@@ -73,6 +74,7 @@ LLAMA = Family(
                 "gate": "gate_proj", "up": "up_proj", "down": "down_proj"},
     position_key="max_position_embeddings",
     learned_positions=False,
+    token_embedding="embed_tokens",
 )
 
 MISTRAL = dataclasses.replace(
@@ -95,13 +97,13 @@ GPT2 = Family(
     lora_names={"qkv": "c_attn"},
     position_key="n_positions",
     learned_positions=True,
+    token_embedding="wte",
 )
 
 BERT = Family(
     config=BertConfig,
-    architectures=(BertModel, BertForTokenClassification),
-    aliases={"BertForMaskedLM": "BertModel", "BertForPreTraining": "BertModel",
-             "BertForSequenceClassification": "BertModel"},
+    architectures=(BertModel, BertForTokenClassification, BertForSequenceClassification),
+    aliases={"BertForMaskedLM": "BertModel", "BertForPreTraining": "BertModel"},
     causal_lm=False,
     weights=(
         Row("{m+}.LayerNorm.weight", "{m+}.LayerNorm.scale"),

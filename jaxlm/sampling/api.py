@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import position_limit
+from jaxlm.models.prompt_tuning import virtual_token_ids
 from jaxlm.sampling import loop
 from jaxlm.sampling.logits import SamplingParams
 
@@ -70,13 +71,16 @@ def generate(
     on_tokens: called with each prompt's newest tokens every `stream_every` steps (streaming;
         all prompts must fit in one batch). The samples are the same as without it.
     Prompts are sorted by length into micro-batches of `batch_size` to limit padding.
+    A prompt-tuned model's virtual tokens go before every prompt (the first cache slots of its row,
+    positions 0..n-1, as PEFT places them); `prompt_lengths` do not count them.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not hasattr(model, "decode"):
         raise TypeError(f"{type(model).__name__} cannot generate: it has no KV-cache decode (not a causal LM)")
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    prompt_ids = encode_prompts(tokenizer, prompts, chat=chat)
+    virtual = virtual_token_ids(model)
+    prompt_ids = [virtual + ids for ids in encode_prompts(tokenizer, prompts, chat=chat)]
     if on_tokens is not None and len(prompt_ids) > batch_size:
         raise ValueError(f"streaming (on_tokens) needs all {len(prompt_ids)} prompts in one batch: "
                          f"raise batch_size from {batch_size}")
@@ -112,7 +116,7 @@ def generate(
         token_ids=token_ids,
         finish_reasons=reasons,
         logprobs=logprobs if return_logprobs else None,
-        prompt_lengths=[len(p) for p in prompt_ids],
+        prompt_lengths=[len(p) - len(virtual) for p in prompt_ids],
         prefill_seconds=seconds["prefill"],
         decode_seconds=seconds["decode"],
         compile_seconds=seconds["compile"],

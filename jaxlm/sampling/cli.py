@@ -46,6 +46,8 @@ def build_parser(prog: str = "python -m jaxlm.generate") -> argparse.ArgumentPar
     source.add_argument("--prompts-file", help="JSONL file of prompts (see below)")
     source.add_argument("--chat", action="store_true", help="wrap text prompts as a user message in the chat template")
     source.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype")
+    source.add_argument("--adapter", help="a PEFT prompt-tuning adapter folder (a prompt-tuning run's adapter/) "
+                        "whose virtual tokens go before every prompt")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--max-new-tokens", type=int, default=128)
@@ -138,6 +140,10 @@ def run(args) -> int:
     model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype))  # CheckpointError: exit 2
     if tokenizer is None:
         raise UserError(f"{args.model}: has no tokenizer files; text prompts need one")
+    if args.adapter:
+        from jaxlm.hf.peft import load_prompt_tuning_adapter
+
+        load_prompt_tuning_adapter(model, args.adapter)  # CheckpointError: exit 2
 
     stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
     try:

@@ -28,7 +28,7 @@ class Checkpointer:
             preservation_policy=preserve, best_fn=_eval_loss, best_mode="min",
             enable_async_checkpointing=async_save, create=True,
         )
-        self.directory = os.path.abspath(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)  # gs://... as is
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "loop"))
 
     def save(self, step: int, state, loop: dict, eval_loss: float | None = None) -> None:

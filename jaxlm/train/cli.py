@@ -16,7 +16,8 @@ chatterbot and chit-chat conversations, evaluated on their held-out split.
 Re-running with the same output_dir resumes from its latest checkpoint.
 
 Exit codes: 0 done, 2 bad config or data (one line naming the key or file:line),
-3 training stopped (a non-finite loss), 130 interrupted.
+3 training stopped (a non-finite loss), 130 interrupted. With --distributed, a process that
+fails stops the others, which exit with its code after printing "stopped: process N: <reason>".
 
 Keys and defaults:
 """
@@ -27,6 +28,11 @@ def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML preset, e.g. configs/sft_lora.yaml")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or status lines")
+    parser.add_argument("--distributed", action="store_true",
+                        help="one of several processes (hosts) that train together: run the same command on "
+                             "each. They are found from the TPU VM, SLURM, Open MPI or Kubernetes environment, "
+                             "or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Process 0 "
+                             "writes the outputs; checkpoint.dir must be a path every host sees")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="e.g. train.steps=100")
     return parser
 
@@ -34,6 +40,16 @@ def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser
 @exit_codes
 def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.train") -> int:
     args = build_parser(prog).parse_args(argv)
+    if not args.distributed:
+        return run(args)
+    from jaxlm.train import distributed
+
+    print(distributed.initialize(), flush=True)  # before anything touches a device
+    with distributed.stop_all_on_error():  # one process failing ends them all, with its reason
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
 
     import jax

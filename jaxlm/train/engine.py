@@ -7,11 +7,16 @@ tested is what trains.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm.errors import ConfigError
+from jaxlm.models.lora import lora_modules
+from jaxlm.models.prompt_tuning import VirtualTokens
+from jaxlm.models.weight_map import dotted
 from jaxlm.train import sharding, tasks
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
@@ -19,12 +24,47 @@ from jaxlm.train.step import make_eval_step, make_train_step
 
 
 def trainable_filter(cfg: Config):
-    """LoRA trains only the adapters (and a new task head); full fine-tuning trains every Param."""
-    if cfg.model.lora.rank == 0:
-        return nnx.Param
-    if cfg.task == "token_classification":  # the tagger is new: it must learn too
-        return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.PathContains("classifier")))
-    return nnx.LoRAParam
+    """What gets gradients and optimizer state; everything else stays bitwise as loaded.
+
+    Prompt tuning trains the virtual tokens, LoRA the adapters, full fine-tuning every Param;
+    `model.train_only` limits the Params that train in full to those whose dotted path matches
+    (beside the adapters or virtual tokens). A new task head (`classifier`) always trains.
+    """
+    m = cfg.model
+    adapters = VirtualTokens if m.prompt_tuning.num_virtual_tokens > 0 else nnx.LoRAParam if m.lora.rank > 0 else None
+    parts = [adapters] if adapters is not None else []
+    if m.train_only:
+        parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
+    elif adapters is None:
+        parts.append(nnx.Param)
+    if cfg.task in tasks.PREDICTS_CLASSES:  # the head is new: it must learn too
+        parts.append(nnx.All(nnx.Param, nnx.PathContains("classifier")))
+    return parts[0] if len(parts) == 1 else nnx.Any(*parts)
+
+
+def _path_search(patterns: tuple[str, ...]):
+    compiled = [re.compile(p) for p in patterns]
+
+    def matches(path, _value) -> bool:
+        return any(c.search(dotted(path)) for c in compiled)
+
+    return matches
+
+
+def check_trainable(model, cfg: Config, wrt) -> None:
+    """ConfigError when `model.train_only` selects nothing, or a kernel that also has a LoRA adapter."""
+    if not cfg.model.train_only:
+        return
+    chosen = [dotted(p) for p, v in nnx.to_flat_state(nnx.state(model, wrt)) if not isinstance(v, nnx.LoRAParam)]
+    if not chosen:
+        names = [dotted(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+        raise ConfigError(f"model.train_only={cfg.model.train_only} matches no parameter of {type(model).__name__} "
+                          f"(paths look like {', '.join(names[:3])}, ..., {names[-1]})")
+    adapted = {dotted(p) + ".kernel" for p, _ in lora_modules(model)}
+    both = sorted(adapted & set(chosen))
+    if both:
+        raise ConfigError(f"model.train_only matches {both[0]}, which also has a LoRA adapter: train one or the "
+                          "other (narrow model.train_only or model.lora.targets)")
 
 
 @dataclasses.dataclass
@@ -38,7 +78,7 @@ class Engine:
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
     train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
-    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, predictions)
+    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
     schedule: object
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
@@ -72,6 +112,7 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
     wrt = trainable_filter(cfg)
+    check_trainable(model, cfg, wrt)
     model.eval()  # dropout off: the eval step's graph
     eval_graphdef = nnx.split(model, wrt, nnx.Param, ...)[0]
     model.train()  # dropout on: the train step's graph
@@ -84,8 +125,9 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     state_sh = sharding.state_shardings(abstract, mesh)
     frozen_sh = sharding.state_shardings(frozen, mesh)
     rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
-    frozen, rest = jax.device_put(frozen, frozen_sh), jax.device_put(rest, rest_sh)
+    frozen, rest = sharding.place(frozen, frozen_sh), sharding.place(rest, rest_sh)
     # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
+    trainable = sharding.place(trainable, state_sh.params)
     state = jax.jit(lambda p: init_state(p, tx, t.seed), out_shardings=state_sh)(trainable)
 
     dtype = jax.numpy.dtype(t.compute_dtype)

@@ -5,33 +5,55 @@ from __future__ import annotations
 import itertools
 import os
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.data import DataConfig
+from jaxlm.errors import ConfigError
+from jaxlm.tasks import IGNORE_LABEL
 from jaxlm.train.config import Config, resolve_path
+
+# The head each labelled task puts on the encoder, named as the HF class whose weights it loads.
+HEADS = {"token_classification": "BertForTokenClassification", "classification": "BertForSequenceClassification"}
 
 
 def load_model(cfg: Config, label_names: list[str] | None = None):
-    """(model, tokenizer). Token classification puts a fresh tagger for `label_names` on the encoder."""
+    """(model, tokenizer). Labelled tasks put their head for `label_names` on the encoder; then LoRA
+    or prompt tuning go on as configured."""
     from jaxlm.hf.load import load_pretrained
     from jaxlm.models.lora import apply_lora
+    from jaxlm.models.prompt_tuning import apply_prompt_tuning
 
     path = resolve_path(cfg.model.path)
-    kwargs = {}
-    if cfg.task == "token_classification":
-        kwargs = dict(architecture="BertForTokenClassification",
-                      config_overrides={"id2label": {str(i): name for i, name in enumerate(label_names)},
-                                        "label2id": {name: i for i, name in enumerate(label_names)}})
-    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **kwargs)
+    overrides, architecture = dict(cfg.model.config_overrides), HEADS.get(cfg.task)
+    if architecture:
+        overrides.update(id2label={str(i): name for i, name in enumerate(label_names)},
+                         label2id={name: i for i, name in enumerate(label_names)})
+        if cfg.task == "classification":  # softmax cross-entropy, also for two labels (HF's default for ints)
+            overrides["problem_type"] = "single_label_classification"
+    model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), architecture=architecture,
+                                       config_overrides=overrides)
+    if architecture and type(model).__name__ != architecture:
+        raise ConfigError(f"task={cfg.task} needs an encoder for {architecture}; model.path={cfg.model.path!r} "
+                          f"is a {type(model).__name__}")
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
     if cfg.model.lora.rank > 0:
         apply_lora(model, cfg.model.lora.targets, cfg.model.lora.rank, cfg.model.lora.alpha, seed=cfg.train.seed)
+    if cfg.model.prompt_tuning.num_virtual_tokens > 0:
+        apply_prompt_tuning(model, cfg.model.prompt_tuning.num_virtual_tokens, seed=cfg.train.seed)
     return model, tokenizer
 
 
+def configured_labels(cfg: Config) -> list[str] | None:
+    """The label names `model.config_overrides.id2label` fixes, in id order (None: from the data)."""
+    labels = cfg.model.config_overrides.get("id2label")
+    return [labels[k] for k in sorted(labels, key=int)] if labels else None
+
+
 def load_tokenizer(cfg: Config):
-    """The tokenizer alone (token classification needs it to find the label set before the model)."""
+    """The tokenizer alone (labelled tasks need it to find the label set before the model)."""
     path = resolve_path(cfg.model.path)
     if path.endswith(".gguf"):
         return None
@@ -46,15 +68,26 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
     from jaxlm.data import build_from_config
 
     common = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
-    if cfg.task == "token_classification":
-        common["label_names"] = label_names
-    train = build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size, split="train", **common)
-    if cfg.task == "token_classification":
+    processes = jax.process_count()  # each process reads its shard and makes its rows of each batch
+    if cfg.task in HEADS:
+        common["label_names"] = label_names or configured_labels(cfg)
+    train = build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size // processes, split="train",
+                              **common)
+    if cfg.task in HEADS:
         common["label_names"] = train.label_names
     micro = cfg.train.batch_size // cfg.train.grad_accum
-    evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro, split="eval", **common)
-    test = build_from_config(cfg.data, tokenizer, batch_size=micro, split="test", **common)
+    evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
+    test = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="test", **common)
     return train, evaluation, test
+
+
+def padded_to(batches: list[dict], count: int) -> list[dict]:
+    """`batches`, then batches like the first in which nothing counts, up to `count` in all."""
+    if len(batches) >= count:
+        return batches
+    fill = {"loss_mask": 0, "labels": IGNORE_LABEL, "source_id": -1}
+    empty = {k: np.full_like(v, fill.get(k, 0)) for k, v in batches[0].items()}
+    return batches + [empty] * (count - len(batches))
 
 
 def first_batches(pipeline, count: int) -> list[dict]:
@@ -83,10 +116,13 @@ def held_out_prompts(data: DataConfig, count: int) -> list[dict]:
     return out[:count]
 
 
-def output_paths(output_dir: str) -> dict:
-    return {name: os.path.join(output_dir, rel) for name, rel in {
+def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
+    paths = {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
-        "ner_report": "ner_report.txt", "test_metrics": "test_metrics.json",
-        "test_confusion": "test_confusion_matrix.png",
+        "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
+        "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png",
     }.items()}
+    if checkpoint_dir:
+        paths["checkpoints"] = checkpoint_dir
+    return paths

@@ -20,10 +20,11 @@ A run, one named function per part:
 `checkpoint_items` assembles: {"data": pipeline position, "loop": LoopState.saved(), one item per hook}.
 The host waits for the device only at sync points.
 
+Several processes (`--distributed`, see distributed.py): every process runs every step, evaluation and
+checkpoint save; the files a person reads are written only by process 0 (`Run.writer`): `Run.logger`
+(metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `write_outputs`.
+
 Seams for what comes next:
-- multi-host: the files a person reads are written only by `Run.logger` (metrics.jsonl, TensorBoard,
-  the progress bar) and by run.py's `write_config`, `sample_before` and `write_outputs`; the process-0
-  guards go there. Steps, evaluation, generation and checkpoints run on every process.
 - learning from the loss (a mixing policy that reweights sources, say): a `SyncHook` passed to `train`
   (or built in `prepare`) sees each sync point's rows and the train pipeline before they are logged and
   saved; its state is saved with every checkpoint and restored on resume.
@@ -41,6 +42,7 @@ from flax import nnx
 
 from jaxlm.errors import Stopped
 from jaxlm.eval.scoring import headline, score_batches
+from jaxlm.train import distributed
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, realised_shares
@@ -115,7 +117,9 @@ def start(run: Run) -> LoopState:
     if run.eval_batches:
         record_eval(run, state)
     if run.test_batches:
-        write_test_before(run, score_test(run))
+        scores = score_test(run)  # every process takes part; process 0 writes
+        if run.writer:
+            write_test_before(run, scores)
     return state
 
 
@@ -250,14 +254,17 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
     else:
         run.logger.log(state.step, result)
     run.logger.write(f"step {state.step}: eval loss {result['eval_loss']:.4f}"
-                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else ""))
+                     + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else "")
+                     + (f", accuracy {result['eval_accuracy']:.3f}, macro-F1 {result['eval_macro_f1']:.3f}"
+                        if "eval_accuracy" in result else ""))
     return result
 
 
 def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, seqeval report or None)."""
+    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, the seqeval (NER) or per-class
+    (classification) report, or None)."""
     scores, _ = score_batches(engine.evaluate, batches, engine.cfg.task, getattr(eval_data, "label_names", None))
-    return headline(scores, "eval_"), scores.get("entity_report")
+    return headline(scores, "eval_"), scores.get("entity_report") or scores.get("report_text")
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -265,9 +272,13 @@ def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str 
 
 def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     run.engine.update_model(run.model)
+    if jax.process_count() > 1:  # a whole copy on every host, so that process 0 generates and exports alone
+        nnx.update(run.model, distributed.host_copy(nnx.state(run.model)))
     done = state.stop_reason != "already_complete"
-    after = sample_after(run) if done else None
-    test_after = score_test(run) if done and run.test_batches else None
-    write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step)
+    test_after = score_test(run) if done and run.test_batches else None  # every process takes part
+    if run.writer:
+        after = sample_after(run) if done else None
+        write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step)
+    distributed.barrier("outputs")  # the other processes end when process 0 has written
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

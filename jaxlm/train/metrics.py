@@ -10,7 +10,11 @@ import os
 class MetricsLogger:
     """One JSON line and one TensorBoard scalar set per logged step; a progress bar for the terminal."""
 
-    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, progress: bool = True):
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, progress: bool = True,
+                 enabled: bool = True):
+        self.enabled = enabled  # False: this process does not write (multi-process runs: only process 0)
+        if not enabled:
+            return
         from tensorboardX import SummaryWriter
         from tqdm.auto import tqdm
 
@@ -22,6 +26,8 @@ class MetricsLogger:
                         dynamic_ncols=True, disable=not progress)
 
     def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -32,12 +38,18 @@ class MetricsLogger:
         self.bar.set_postfix(shown, refresh=False)
 
     def advance(self, step: int) -> None:
+        if not self.enabled:
+            return
         self.bar.update(step - self.bar.n)
 
     def write(self, message: str) -> None:
+        if not self.enabled:
+            return
         self.bar.write(message)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.bar.close()
         self.tb.close()
         self.file.close()

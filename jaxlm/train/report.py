@@ -111,13 +111,18 @@ def _markdown(rows, general, scores, step) -> str:
     return "\n".join(out) + "\n"
 
 
-def export(model, tokenizer, paths: dict, *, base_model: str, task: str) -> None:
-    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA was used."""
+def export(model, tokenizer, paths: dict, *, base_model: str, trainable) -> None:
+    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA or prompt tuning
+    was used. A LoRA adapter carries every module that trained in full (`trainable` selects them: a new
+    classifier, `model.train_only` layers) as PEFT `modules_to_save`."""
     from jaxlm.hf.export import export_pretrained
-    from jaxlm.hf.peft import save_peft_adapter
+    from jaxlm.hf.peft import fully_trained_modules, save_peft_adapter, save_prompt_tuning_adapter
     from jaxlm.models.lora import has_lora
+    from jaxlm.models.prompt_tuning import num_virtual_tokens
 
     export_pretrained(model, paths["hf"], tokenizer)
     if has_lora(model):
-        extra = ("classifier",) if task == "token_classification" else ()
-        save_peft_adapter(model, paths["adapter"], base_model=base_model, modules_to_save=extra)
+        save_peft_adapter(model, paths["adapter"], base_model=base_model,
+                          modules_to_save=fully_trained_modules(model, trainable))
+    elif num_virtual_tokens(model):
+        save_prompt_tuning_adapter(model, paths["adapter"], base_model=base_model)

@@ -2,7 +2,8 @@
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
 The files a person reads are written here (`write_config`, `sample_before`, `write_outputs`) and by
-`Run.logger`: on several hosts, those are the places that only process 0 may write.
+`Run.logger`, by process 0 only (`Run.writer`, see distributed.py); every process runs the steps,
+evaluations and checkpoints.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import jax
 import yaml
 from flax import nnx
 
-from jaxlm.train import report
+from jaxlm.train import distributed, report
 from jaxlm.train.checkpointing import Checkpointer
-from jaxlm.train.config import Config, resolve_path, to_dict
-from jaxlm.train.engine import Engine, build_engine
+from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
+from jaxlm.train.engine import Engine, build_engine, trainable_filter
 from jaxlm.train.inputs import (
+    HEADS,
     build_pipelines,
     first_batches,
     held_out_prompts,
     load_model,
     load_tokenizer,
     output_paths,
+    padded_to,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve
 from jaxlm.train.state import count_params
@@ -71,6 +74,7 @@ class Run:
     prompts: list[dict]  # SFT: held-out prompts answered before and after training
     before: dict | None  # their answers (and the general prompts') at step 0, scored (None when resumed)
     hooks: tuple[SyncHook, ...]
+    writer: bool  # this process writes the files a person reads (process 0 of a multi-process run)
 
 
 def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> Run:
@@ -78,13 +82,19 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     taken = set(CHECKPOINT_ITEMS) & {h.name for h in hooks}
     if taken:
         raise ValueError(f"hook name {taken.pop()!r} is taken by the checkpoint's own items")
+    writer = distributed.is_writer()
+    progress = progress and writer
     cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
-    paths = output_paths(cfg.output_dir)
-    write_config(cfg, paths)
+    paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
+    if writer:
+        write_config(cfg, paths)
     started = time.perf_counter()
     model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
     eval_batches = first_batches(eval_data, cfg.eval.steps)
+    # every process takes part in each evaluation step, so all evaluate as many batches (shards differ in size)
+    eval_batches = padded_to(eval_batches, distributed.common_count(len(eval_batches)))
     test_batches = first_batches(test_data, cfg.eval.test_steps)
+    test_batches = padded_to(test_batches, distributed.common_count(len(test_batches)))
     stats = train_data.stats()
     _say(progress, f"loaded {type(model).__name__} and data in {time.perf_counter() - started:.1f}s; "
                    f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}"
@@ -93,15 +103,16 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
     prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    before = sample_before(cfg, model, tokenizer, prompts, paths) if resume_step is None else None
+    before = sample_before(cfg, model, tokenizer, prompts, paths) if resume_step is None and writer else None
 
     engine = build_engine(model, cfg)
     trained = count_params(engine.state.params)
     _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
                    f"mesh {dict(engine.mesh.shape)}")
-    logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress)
+    logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress,
+                           enabled=writer)
     return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
-               checkpointer, resume_step, logger, prompts, before, tuple(hooks))
+               checkpointer, resume_step, logger, prompts, before, tuple(hooks), writer)
 
 
 def write_config(cfg: Config, paths: dict) -> None:
@@ -112,7 +123,7 @@ def write_config(cfg: Config, paths: dict) -> None:
 
 def load_inputs(cfg: Config):
     """(model, tokenizer, train pipeline, eval pipeline or None, test pipeline or None)."""
-    if cfg.task == "token_classification":  # the tagger's labels come from the data
+    if cfg.task in HEADS:  # the head's labels come from the data (or model.config_overrides.id2label)
         train_data, eval_data, test_data = build_pipelines(cfg, load_tokenizer(cfg))
         model, tokenizer = load_model(cfg, train_data.label_names)
     else:
@@ -146,11 +157,17 @@ def resume(run: Run) -> dict | None:
         return None
     engine = run.engine
     engine.state, saved = run.checkpointer.restore(run.resume_step, engine.state, engine.state_sharding)
-    run.train_data.set_state(saved["data"])
+    positions = saved["data"] if isinstance(saved["data"], list) else [saved["data"]]  # one per process
+    if len(positions) != jax.process_count():
+        raise ConfigError(f"{run.paths['checkpoints']}: its checkpoints were written by {len(positions)} "
+                          f"processes, this run has {jax.process_count()} (each reads its own shard of the data); "
+                          f"resume with {len(positions)}, or start in a new output_dir")
+    run.train_data.set_state(positions[jax.process_index()])
     for hook in run.hooks:
         if hook.name in saved:
             hook.restore(saved[hook.name])
-    print(f"resumed from {run.paths['checkpoints']} at step {run.resume_step}", flush=True)
+    if run.writer:
+        print(f"resumed from {run.paths['checkpoints']} at step {run.resume_step}", flush=True)
     return saved["loop"]
 
 
@@ -158,7 +175,7 @@ def checkpoint_items(run: Run, loop: dict) -> dict:
     """The JSON saved beside the train state: what exact resume needs besides parameters and optimizer.
 
     New state that must survive a restart (a mixing policy's, say) belongs here, as a hook or an item."""
-    items = {"data": run.train_data.get_state(), "loop": loop}
+    items = {"data": distributed.allgather_json(run.train_data.get_state()), "loop": loop}  # every process's
     items.update({hook.name: hook.state() for hook in run.hooks})
     return items
 
@@ -190,8 +207,9 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
                   step: int) -> None:
     """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
     paths = run.paths
-    if ner_text:
-        with open(paths["ner_report"], "w", encoding="utf-8") as f:
+    if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
+        report_path = paths["classification_report" if run.cfg.task == "classification" else "ner_report"]
+        with open(report_path, "w", encoding="utf-8") as f:
             f.write(ner_text)
     before = run.before if run.before is not None else report.read_samples(paths["samples"])
     if after is not None:
@@ -201,7 +219,8 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
-        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path), task=run.cfg.task)
+        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
+                      trainable=trainable_filter(run.cfg))
 
 
 def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict | None, step: int) -> None:

@@ -50,6 +50,25 @@ def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:
     return NamedSharding(mesh, P(None, BATCH_AXES) if accumulated else P(BATCH_AXES))
 
 
+def place(tree, shardings):
+    """Each array of `tree` (the same on every process, e.g. loaded weights) on its sharding.
+
+    One process: `jax.device_put`. Several: each process transfers only the shards its own devices
+    hold, from its host copy; `device_put` would first check that every process holds the same
+    value, gathering each whole array to every host.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, s):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # RNG keys travel as their raw data
+            return jax.random.wrap_key_data(put(jax.random.key_data(x), s), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

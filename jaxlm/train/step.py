@@ -105,13 +105,16 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings):
-    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout.
-    Predictions are the argmax of the logits (next tokens, tags or classes) for `eval.scoring`."""
+    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)`; no dropout.
+    `correct`: how many counted tokens (rows) the argmax gets right (token or class accuracy, summed on
+    device so every process gets the global number); `predictions`: the argmax tags or classes for
+    entity and class metrics, None for the language-model tasks."""
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         logits = tasks.forward(task, model, batch)
         loss_sum, count = tasks.loss_terms(task, logits, batch)
-        return loss_sum, count, jnp.argmax(logits, -1).astype(jnp.int32)
+        predictions = jnp.argmax(logits, -1) if task in tasks.PREDICTS_CLASSES else None
+        return loss_sum, count, tasks.correct_count(task, logits, batch), predictions
 
     return jax.jit(eval_step, in_shardings=shardings)

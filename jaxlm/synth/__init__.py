@@ -1,0 +1,21 @@
+"""Data construction: make SFT data with a model, filter it, deduplicate it (`python -m jaxlm.synth`).
+
+    from jaxlm.synth import SynthConfig, run_synth
+    summary = run_synth(SynthConfig(mode="self-instruct", out="synth/", num=200))
+
+Modules: `config` (options, filter names), `self_instruct` / `grounded` / `back_translate`
+(the modes: prompts, planning, one batch), `filters` and `gopher` (checks on one candidate),
+`novelty` (checks against what was kept), `state` (output folder, resume), `engine`
+(local or Ray), `runner` (the run), `cli`.
+"""
+
+from jaxlm.synth.config import FilterConfig, SynthConfig, SynthError
+
+
+def run_synth(config: SynthConfig) -> dict:
+    from jaxlm.synth.runner import run_synth as run
+
+    return run(config)
+
+
+__all__ = ["SynthConfig", "FilterConfig", "SynthError", "run_synth"]

@@ -1,0 +1,140 @@
+"""`jaxlm synth` / `python -m jaxlm.synth MODE ...`: command line over `runner.run_synth`.
+
+Exit status (jaxlm.errors): 0 done; 2 bad input or options (one line naming the file:line or option).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jaxlm.errors import exit_codes
+from jaxlm.synth.config import DEFAULT_CORPUS, LANGUAGES, FilterConfig, SynthConfig, describe_filters, set_filter
+
+_DESCRIPTION = """\
+Make supervised fine-tuning data with a model, filter it, and write to OUT:
+  data.jsonl      kept records, in the messages format the trainer reads, each with
+                  "provenance": mode, model, sampling, round, seed ids / passage id,
+                  filter scores, prompt_tokens, generated_tokens, generation_seconds
+  rejected.jsonl  rejected candidates, with the filter that rejected each ("rejected_by")
+  summary.json    generated, kept, rejected per filter, acceptance rate, new tokens/s, wall time
+  state.json      the position of the run: rerun the same command to resume after a stop
+
+modes:
+  self-instruct   grow tasks from seed tasks, round by round (Wang et al. 2023)
+  grounded        questions and answers written from passages of a corpus
+  back-translate  rewrite the user turns of a dataset through a pivot language
+"""
+
+_EPILOG = """\
+examples:
+  python -m jaxlm.synth self-instruct --num 200 --out synth/
+  python -m jaxlm.synth grounded --relevant-to "birds and their habitats" --num 100 --out grounded/
+  python -m jaxlm.synth back-translate --data train.jsonl --pivot fr --out bt/ --filter min_chrf=30
+  python -m jaxlm.synth self-instruct --num 1000 --engine ray --workers 4 --out big/   # RAY_ADDRESS or local
+
+exit status: 0 done; 2 bad input or options; 130 interrupted (rerun the command to resume).
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    defaults = SynthConfig(mode="", out="")
+    group = parser.add_argument_group("common options")
+    group.add_argument("--out", metavar="DIR", required=True, help="output folder (a rerun resumes in it)")
+    group.add_argument("--model", default=defaults.model,
+                       help="'smollm2' (default: the shipped SmolLM2-135M-Instruct GGUF), an HF folder or a .gguf")
+    group.add_argument("--num", type=int, default=defaults.num, help=f"records to keep (default {defaults.num})")
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"prompts generated together (default {defaults.batch_size})")
+    group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                       help=f"token limit of an answer or translation (default {defaults.max_new_tokens})")
+    group.add_argument("--instruction-tokens", type=int, default=defaults.instruction_tokens,
+                       help=f"token limit of a proposed task or question (default {defaults.instruction_tokens})")
+    group.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help=f"sampling temperature, 0 = greedy (default {defaults.temperature})")
+    group.add_argument("--top-p", type=float, default=defaults.top_p,
+                       help=f"nucleus sampling (default {defaults.top_p})")
+    group.add_argument("--seed", type=int, default=defaults.seed, help="run seed: same seed, same data (default 0)")
+    group.add_argument("--engine", choices=("local", "ray"), default="local",
+                       help="local: this process; ray: Ray actors on the cluster in RAY_ADDRESS, or a local one")
+    group.add_argument("--workers", type=int, default=defaults.workers,
+                       help=f"Ray actors, each loading the model once (default {defaults.workers})")
+    group.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[], dest="filter_settings",
+                       help="set a filter threshold (repeatable; keys listed below)")
+    group.add_argument("--no-filter", metavar="NAME", action="append", default=[], dest="disabled",
+                       help="turn a filter off (repeatable)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser(prog: str = "python -m jaxlm.synth") -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=prog, description=_DESCRIPTION, epilog=_EPILOG, formatter_class=formatter)
+    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    defaults = SynthConfig(mode="", out="")
+
+    self_instruct = modes.add_parser(
+        "self-instruct", help="grow tasks from seed tasks", formatter_class=formatter, epilog=describe_filters(),
+        description="Each round the model sees a list of tasks sampled from the pool (seed tasks, and from "
+                    "round 2 some generated ones), writes a new task, then answers it. Survivors of the "
+                    "filters join the pool (Self-Instruct, Wang et al. 2023).")
+    self_instruct.add_argument("--seeds", metavar="FILE",
+                               help="seed tasks, prompt/completion or messages JSONL (default: the shipped 66 "
+                                    "tasks, jaxlm/synth/data/seed_tasks.jsonl)")
+    self_instruct.add_argument("--rounds", type=int, default=defaults.rounds,
+                               help=f"rounds to spread --num over (default {defaults.rounds}); more follow "
+                                    "while short of --num and a round still keeps something")
+    self_instruct.add_argument("--examples-per-prompt", type=int, default=defaults.examples_per_prompt,
+                               help=f"tasks shown to the model per proposal (default {defaults.examples_per_prompt})")
+    _common(self_instruct)
+
+    grounded = modes.add_parser(
+        "grounded", help="questions and answers from passages", formatter_class=formatter, epilog=describe_filters(),
+        description="For each passage of a corpus the model writes a question, then answers it with the passage "
+                    "in view. Records keep the passage and its id; answers must be supported by the passage.")
+    grounded.add_argument("--corpus", default=DEFAULT_CORPUS,
+                          help=f"passages: any source the data pipeline reads (default {DEFAULT_CORPUS})")
+    grounded.add_argument("--relevant-to", metavar="TOPIC_OR_FILE",
+                          help="take the passages most similar (MiniLM embeddings) to this topic, or to the "
+                               "tasks of this file, first")
+    grounded.add_argument("--passage-words", type=int, default=defaults.passage_words,
+                          help=f"cut passages to this many words (default {defaults.passage_words})")
+    grounded.add_argument("--closed-book", action="store_true",
+                          help="leave the passage out of the user turn (it stays in the record's 'passage')")
+    _common(grounded)
+
+    back = modes.add_parser(
+        "back-translate", help="rewrite user turns through a pivot language", formatter_class=formatter,
+        epilog=describe_filters(),
+        description="Each user turn goes to the pivot language and back with the model; answers are kept. "
+                    "Round-trip chrF (sacrebleu) is recorded and filtered by a floor (min_chrf).")
+    back.add_argument("--data", required=True, help="dataset whose user turns are rewritten (any source)")
+    back.add_argument("--pivot", default=defaults.pivot, help=f"pivot language: {', '.join(LANGUAGES)} (default fr)")
+    _common(back)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    filters = FilterConfig(disabled=tuple(args.disabled))
+    for assignment in args.filter_settings:
+        set_filter(filters, assignment)
+    fields = {name: getattr(args, name) for name in SynthConfig.__dataclass_fields__
+              if name not in ("mode", "filters", "progress") and hasattr(args, name)}
+    return SynthConfig(mode=args.mode, filters=filters, progress=not args.quiet, **fields)
+
+
+@exit_codes
+def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.synth") -> int:
+    args = build_parser(prog).parse_args(argv)
+    from jaxlm.synth.runner import run_synth  # heavy imports after --help
+
+    summary = run_synth(config_from_args(args))  # SynthError, DataError, CheckpointError: exit 2
+    print(f"kept {summary['kept']} of {summary['generated']} generated "
+          f"({100 * summary['acceptance_rate']:.0f}%); {summary['new_tokens']} new tokens"
+          + (f" at {summary['new_tokens_per_s']:.0f} tokens/s" if summary["new_tokens_per_s"] else "")
+          + f"; {os.path.join(args.out, 'data.jsonl')}")
+    if not summary["complete"]:
+        print(f"warning: {summary['kept']} records kept, fewer than --num {args.num}: the source ran out or "
+              "rounds stopped keeping anything (rerun with more --rounds, or looser filters, to continue)",
+              file=sys.stderr)
+    return 0

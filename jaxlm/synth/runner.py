@@ -1,0 +1,134 @@
+"""A synthesis run: plan batches, generate them on an engine, judge, keep, write, resume.
+
+The driver (this module) owns every decision that depends on more than one candidate:
+novelty and near-duplicate checks against what was kept, the ``--num`` limit, the order of
+the output files. Workers only generate and apply the checks that need one candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tqdm.auto import tqdm
+
+from jaxlm.synth.config import SynthConfig, SynthError, validate
+from jaxlm.synth.novelty import Pool
+from jaxlm.synth.state import RunState
+
+
+def run_synth(config: SynthConfig) -> dict:
+    """Make ``config.num`` records (or as many as the source allows) in ``config.out``; returns the summary."""
+    validate(config)
+    _check_model(config.model)
+    from jaxlm.synth.engine import make_engine
+    from jaxlm.synth.modes import MODE_CLASSES
+
+    mode = MODE_CLASSES[config.mode](config)  # reads seeds / corpus / data: errors before the model loads
+    state = RunState.open(config)
+    try:
+        pool, kept_instructions = _rebuild_pool(config, mode, state)
+        if state.kept < config.num:
+            engine = make_engine(config)
+            try:
+                _generate(config, mode, state, engine, pool, kept_instructions)
+            finally:
+                engine.close()
+        return state.summary(state.kept >= config.num, {
+            "model": os.path.basename(os.path.normpath(_model_path(config.model))),
+            "engine": config.engine, "workers": config.workers if config.engine == "ray" else 1,
+            "out": config.out})
+    finally:
+        state.close()
+
+
+def _model_path(spec: str) -> str:
+    from jaxlm.synth.generator import resolve_model
+
+    return resolve_model(spec)
+
+
+def _check_model(spec: str) -> None:
+    from jaxlm.assets import AssetMissing
+
+    try:
+        path = _model_path(spec)
+    except AssetMissing as e:
+        raise SynthError(f"--model {spec}: {e}") from None
+    if not os.path.exists(path):
+        raise SynthError(f"--model {spec}: no such model folder or .gguf file")
+
+
+def _rebuild_pool(config: SynthConfig, mode, state: RunState) -> tuple[Pool, list[str]]:
+    """The novelty and near-duplicate indexes over the seed tasks and every record kept so far."""
+    pool = Pool(config.filters.novelty_rouge, config.filters.near_duplicate_jaccard)
+    for instruction, text in mode.pool_seeds():
+        pool.add(instruction, text)
+    kept_instructions = []
+    for record in state.kept_records():
+        instruction, text = mode.compared(record)
+        pool.add(instruction, text)
+        kept_instructions.append(instruction)
+    return pool, kept_instructions
+
+
+def _generate(config: SynthConfig, mode, state: RunState, engine, pool: Pool, kept_instructions: list[str]):
+    last_commit = time.perf_counter()
+    while state.kept < config.num:
+        batches = mode.plan(state, kept_instructions)
+        if not batches:
+            break
+        bar = tqdm(total=sum(len(b.jobs) for b in batches), unit=" candidates", disable=not config.progress,
+                   desc=f"{config.mode} round {state.round['number']}", mininterval=1.0)
+        for candidates in engine.map(batches):
+            kept, rejected, counts = _judge(config, mode, state, pool, candidates, kept_instructions)
+            now = time.perf_counter()
+            state.commit(kept, rejected, counts, now - last_commit)
+            last_commit = now
+            bar.update(counts["generated"])
+            bar.set_postfix(kept=f"{state.kept}/{config.num}")
+            if state.kept >= config.num:
+                break
+        bar.close()
+        state.end_round()
+
+
+def _judge(config: SynthConfig, mode, state: RunState, pool: Pool, candidates, kept_instructions):
+    """Apply the checks against the pool, in order; the kept ones join the pool at once."""
+    filters = config.filters
+    kept, rejected = [], []
+    counts = {"generated": 0, "since_kept": state.since_kept, "new_tokens": 0, "prompt_tokens": 0,
+              "generation_seconds": 0.0}
+    for candidate in candidates:
+        provenance = candidate.provenance
+        counts["new_tokens"] += provenance["generated_tokens"]
+        counts["prompt_tokens"] += provenance["prompt_tokens"]
+        counts["generation_seconds"] += provenance["generation_seconds"]
+        if state.kept + len(kept) >= config.num:
+            continue  # generated with the batch, but not needed: neither kept nor counted
+        counts["generated"] += 1
+        counts["since_kept"] += 1
+        reason = candidate.rejected
+        if reason is None:
+            instruction, text = mode.compared(candidate.record)
+            similarity = pool.novelty.closest(instruction)
+            provenance["scores"]["novelty_rouge_l"] = round(similarity, 4)
+            if filters.on("novelty") and similarity >= filters.novelty_rouge:
+                reason = "novelty"
+        if reason is None:
+            signature = pool.near.signature(text)
+            jaccard = pool.near.closest(signature)
+            provenance["scores"]["near_duplicate_jaccard"] = round(jaccard, 4)
+            if filters.on("near_duplicate") and jaccard >= filters.near_duplicate_jaccard:
+                reason = "near_duplicate"
+        if reason is None:
+            provenance["attempts"] = counts["since_kept"]  # candidates it took to keep this one
+            counts["since_kept"] = 0
+            pool.novelty.add(instruction)
+            pool.near.add(signature)
+            kept_instructions.append(instruction)
+            kept.append(candidate.record)
+        else:
+            provenance["rejected_by"] = reason
+            rejected.append(candidate.record)
+    return kept, rejected, counts
