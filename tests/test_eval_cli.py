@@ -118,6 +118,28 @@ def test_classification_by_generation_with_few_shot_examples(files, tmp_path):
     assert open(tmp_path / "out" / "confusion_matrix.png", "rb").read(4) == b"\x89PNG"
 
 
+def test_a_sequence_classifier_is_scored_from_its_logits_as_transformers_computes_them(files, tmp_path):
+    classifier = str(tmp_path / "classifier")
+    tiny_bert(classifier, num_labels=2, head="sequence", seed=3)
+    with open(os.path.join(classifier, "config.json")) as f:
+        config = json.load(f)
+    config["id2label"], config["label2id"] = {"0": "bad", "1": "good"}, {"bad": 0, "good": 1}
+    with open(os.path.join(classifier, "config.json"), "w") as f:
+        json.dump(config, f)
+    bert_tokenizer(classifier).save_pretrained(classifier)
+    result, rows = run(tmp_path, "--model", classifier, "--data", files["sentiment"])
+    assert result["task"] == "classification" and len(rows) == 16 and "general" not in result
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(classifier)
+    with torch.no_grad():
+        best = model(**tokenizer([r["text"] for r in rows], return_tensors="pt", padding=True)).logits.argmax(-1)
+    assert [r["predicted"] for r in rows] == [["bad", "good"][i] for i in best.tolist()]
+    true, predicted = [r["label"] for r in rows], [r["predicted"] for r in rows]
+    assert result["scores"]["macro_f1"] == pytest.approx(sklearn.metrics.f1_score(true, predicted, average="macro"))
+    assert result["scores"]["confusion_matrix"] == sklearn.metrics.confusion_matrix(
+        true, predicted, labels=["bad", "good"]).tolist()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "missing.jsonl"], "missing.jsonl"),
     (["--data", "{sft}", "--few-shot", "1"], "--shots-from"),
