@@ -93,6 +93,12 @@ def test_samples_score_the_answers_and_the_general_prompts_before_and_after(lora
             samples["scores"][side]["general"])
     markdown = open(os.path.join(cfg.output_dir, "samples.md")).read()
     assert "| general | looping answers (rep-4 >= 0.5) |" in markdown and general[0] in markdown
+    test = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    losses = {line["score"]: line for line in samples["losses"]}
+    assert losses["data.test loss"] == {"score": "data.test loss", "before": test["before"]["loss"],
+                                        "after": test["after"]["loss"]}
+    assert losses["data.eval loss"]["after"] == result.eval_losses[-1][1]
+    assert f"| held-out | data.test loss | {test['before']['loss']:.3f} | {test['after']['loss']:.3f} |" in markdown
 
 
 def test_the_test_split_is_scored_before_and_after_training(lora_sft_run):

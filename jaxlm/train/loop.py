@@ -278,7 +278,8 @@ def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     test_after = score_test(run) if done and run.test_batches else None  # every process takes part
     if run.writer:
         after = sample_after(run) if done else None
-        write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step)
+        write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step,
+                      eval_losses=state.eval_losses)
     distributed.barrier("outputs")  # the other processes end when process 0 has written
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

@@ -36,18 +36,21 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, *, genera
                         for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:])]}
 
 
-def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None) -> None:
-    """samples.json (everything) and samples.md (a scores table, then each answer before and after)."""
+def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None,
+                  losses: list[tuple[str, float, float]] = ()) -> None:
+    """samples.json (everything) and samples.md (a scores table, then each answer before and after).
+    `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers."""
     sides = {"before": before or {}, "after": after or {}}
     rows = [{"prompt": p["messages"][-1]["content"], "reference": p["reference"],
              **{side: s["answers"][i] if s else None for side, s in sides.items()}} for i, p in enumerate(prompts)]
     general = _general_rows(sides)
     scores = {side: s.get("scores") for side, s in sides.items()}
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"step": {"before": 0, "after": step}, "scores": scores, "prompts": rows, "general": general},
+        json.dump({"step": {"before": 0, "after": step}, "scores": scores, "prompts": rows, "general": general,
+                   "losses": [{"score": k, "before": b, "after": a} for k, b, a in losses]},
                   f, indent=2, ensure_ascii=False)
     with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as f:
-        f.write(_markdown(rows, general, scores, step))
+        f.write(_markdown(rows, general, scores, step, losses))
 
 
 def read_samples(path: str) -> dict | None:
@@ -86,12 +89,13 @@ SCORE_LINES = (  # (group, key, what it means) for the table of samples.md
 )
 
 
-def _markdown(rows, general, scores, step) -> str:
+def _markdown(rows, general, scores, step, losses=()) -> str:
     out = ["# Answers before and after training\n",
            f"Greedy answers at step 0 and at step {step if step is not None else '(not finished)'}. "
            "*Held-out* questions are scored against their reference answers; *general* prompts (outside the "
            "training data, `jaxlm/eval/general_prompts.json`) check that the model still answers at all.\n",
            "| prompts | score | before | after |", "|---|---|---|---|"]
+    out += [f"| held-out | {what} | {b:.3f} | {a:.3f} |" for what, b, a in losses]
     for group, key, label in SCORE_LINES:
         values = [(scores.get(side) or {}).get(group, {}).get(key) for side in ("before", "after")]
         if any(v is not None for v in values):

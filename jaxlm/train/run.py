@@ -204,7 +204,7 @@ def write_test_before(run: Run, scores: dict) -> None:
 
 
 def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, export: bool,
-                  step: int) -> None:
+                  step: int, eval_losses: Sequence[tuple[int, float]] = ()) -> None:
     """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
     paths = run.paths
     if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
@@ -212,10 +212,10 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
         with open(report_path, "w", encoding="utf-8") as f:
             f.write(ner_text)
     before = run.before if run.before is not None else report.read_samples(paths["samples"])
+    test = write_test_after(paths, test_after, before, after, step) if test_after is not None else None
     if after is not None:
-        report.write_samples(paths["samples"], run.prompts, before, after, step=step)
-    if test_after is not None:
-        write_test_after(paths, test_after, before, after, step)
+        report.write_samples(paths["samples"], run.prompts, before, after, step=step,
+                             losses=held_out_losses(test, eval_losses))
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
     if export:
@@ -223,7 +223,20 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
                       trainable=trainable_filter(run.cfg))
 
 
-def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict | None, step: int) -> None:
+def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
+    """(what, at step 0, at the end) for samples.md: the data.test token scores, and the eval loss when it was
+    measured at step 0 (a resumed run's loop did not see it)."""
+    lines = []
+    if test and test.get("before") and test.get("after"):
+        lines += [(f"data.test {key}", test["before"][key], test["after"][key])
+                  for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "f1")
+                  if key in test["before"] and key in test["after"]]
+    if eval_losses and eval_losses[0][0] == 0:
+        lines.append(("data.eval loss", eval_losses[0][1], eval_losses[-1][1]))
+    return lines
+
+
+def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict | None, step: int) -> dict:
     """test_metrics.json: the data.test scores at step 0 (as written when training began) and now, each with
     the scores of the answers of samples.json (held-out answers come from data.test when it is given)."""
     saved = {}
@@ -240,6 +253,7 @@ def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict
         plot_confusion_matrix(scores["confusion_matrix"], scores["matrix_labels"], paths["test_confusion"],
                               title=f"data.test after {step} steps")
     _write_test_metrics(paths, result)
+    return result
 
 
 def _write_test_metrics(paths: dict, result: dict) -> None:
