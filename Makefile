@@ -14,8 +14,9 @@ DEBS := wordnet-base mythes-en-us chromium
 
 .PHONY: train test setup system-deps clean
 
+# The embedded default run, with the corpora's test splits scored before and after (test_metrics.json).
 train: $(STAMP)
-	$(PY) -m jaxlm.train
+	$(PY) -m jaxlm.train 'data.test=[tfds:jaxlm_chatterbot:test, tfds:jaxlm_chitchat:test]'
 
 test: $(STAMP)
 	$(PY) -m ruff check jaxlm tests scripts

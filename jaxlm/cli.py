@@ -29,6 +29,7 @@ COMMANDS = {
     "train": Command("jaxlm.train.cli:main", "fine-tune a model: a YAML preset plus dotted.key=value overrides"),
     "generate": Command("jaxlm.sampling.cli:main", "generate text from prompts with an HF folder or .gguf file"),
     "convert": Command("jaxlm.convert:main", "convert a .gguf file, HF folder or run to an HF folder or .gguf file"),
+    "eval": Command("jaxlm.eval.cli:main", "score a model on data: loss, generation, entity and class metrics"),
     "audit": Command("jaxlm.audit.cli:main", "audit a training data file: duplicates, contamination, bias, ..."),
     "synth": Command("jaxlm.synth.cli:main", "make SFT data with a model: self-instruct, grounded, back-translate"),
 }

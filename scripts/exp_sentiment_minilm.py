@@ -34,7 +34,7 @@ def main(overrides: list[str]) -> None:
     engine = build_engine(result.model, cfg)
     true, predicted = [], []
     for batch in pipeline:
-        _, _, prediction = engine.evaluate(batch)
+        _, _, _, prediction = engine.evaluate(batch)
         keep = batch["labels"] != -100
         true += batch["labels"][keep].tolist()
         predicted += np.asarray(prediction)[keep].tolist()

@@ -140,7 +140,7 @@ def test_a_tiny_bert_learns_topics_and_its_scores_are_what_sklearn_gives_the_exp
 
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(cfg.output_dir, "hf")).eval()
     assert [hf.config.id2label[i] for i in range(3)] == ["pets", "places", "weather"]
-    _, evaluation = build_pipelines(cfg, result.tokenizer, ["pets", "places", "weather"])
+    _, evaluation, _ = build_pipelines(cfg, result.tokenizer, ["pets", "places", "weather"])
     true, predicted = [], []
     for batch in first_batches(evaluation, cfg.eval.steps):
         real = batch["labels"] != -100

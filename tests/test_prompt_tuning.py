@@ -104,6 +104,28 @@ def test_a_prompt_tuning_run_writes_a_peft_adapter_and_keeps_the_base_weights(ll
     for (name, theirs), (_, ours) in zip(base.state_dict().items(), exported.state_dict().items()):
         assert torch.equal(theirs, ours), name
 
+    # jaxlm eval on the run folder puts its adapter on hf/ (the base weights): the loss is PEFT's.
+    from peft import PeftModel
+
+    from jaxlm.eval.cli import main as eval_main
+
+    text = cfg.data.train[0].path
+    assert eval_main(["--model", cfg.output_dir, "--data", text, "--task", "causal_lm", "--no-general",
+                      "--no-progress", "--out", str(tmp_path / "eval")]) == 0
+    result = json.load(open(tmp_path / "eval" / "eval.json"))
+    assert result["adapter"] == adapter
+    peft_model = PeftModel.from_pretrained(base, adapter).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(llama_dir)
+    nll = count = 0.0
+    for name in sorted(os.listdir(text)):
+        ids = tokenizer(open(os.path.join(text, name)).read())["input_ids"] + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = peft_model(input_ids=torch.tensor([ids])).logits[0, 4:-1]  # after the 4 virtual tokens
+        nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+        count += len(ids) - 1
+    assert result["scores"]["tokens"] == count
+    assert result["scores"]["loss"] == pytest.approx(nll / count, rel=1e-4)
+
 
 @pytest.mark.parametrize("override, message", [
     ("data.pack=true", "needs data.pack=false"),

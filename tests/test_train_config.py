@@ -97,6 +97,8 @@ def test_cli_help_lists_every_key_with_its_default(capsys):
     ("data.train=[{path: a.jsonl, format: csv}]", r"data.train\[0\].format='csv' is not one of auto"),
     ("data.on_error=ignore", r"data.on_error='ignore' is not one of raise, skip"),
     ("eval.every=-1", r"eval.every must be >= 0, got -1"),
+    ("eval.test_steps=-1", r"eval.test_steps must be >= 0, got -1"),
+    ("data.test=[{path: t.jsonl, weight: -1}]", r"data.test\[0\].weight must be >= 0, got -1"),
     ("mesh.fsdp=0", r"mesh.fsdp must be >= 1, got 0"),
     ("mesh.data=0", r"mesh.data must be >= 1, or -1"),
     ("model.lora.targets=[]", r"model.lora.targets is empty"),
@@ -140,6 +142,7 @@ def test_early_stopping_needs_evaluation_data():
     (["train.batch_size=4"], 8, r"4 sequences per micro-batch must be divisible by the 8 devices"),
     (["model.path=nowhere/model.gguf"], 1, r"model.path='nowhere/model.gguf': no such model folder"),
     (["data.eval=[nowhere.jsonl]"], 1, r"data.eval\[0\].path='nowhere.jsonl': no such file or folder"),
+    (["data.test=[nowhere.jsonl]"], 1, r"data.test\[0\].path='nowhere.jsonl': no such file or folder"),
 ])
 def test_the_environment_check_names_the_key(overrides, devices, message):
     cfg = load_config(None, overrides)

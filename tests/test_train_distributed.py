@@ -31,7 +31,8 @@ def overrides(model_dir, text_dir, out_dir, *extra):
     return [
         f"model.path={model_dir}", "task=causal_lm", f"output_dir={out_dir}", f"train.steps={STEPS}",
         "train.batch_size=4", "train.seq_len=32", "train.learning_rate=0.005", "train.warmup_steps=2",
-        "train.log_every=1", "eval.every=4", "eval.steps=0", "eval.sample_prompts=0", "checkpoint.every=2",
+        "train.log_every=1", "eval.every=4", "eval.steps=0", "eval.sample_prompts=0", "eval.general_prompts=false",
+        "checkpoint.every=2",
         "checkpoint.keep=2", "model.lora.rank=4", "data.shuffle_buffer=16",
         f"data.train=[{{path: {text_dir}/a, weight: 1}}, {{path: {text_dir}/b, weight: 0.5}}]",
         f"data.eval=[{{path: {text_dir}/c}}]",  # 3 documents: the shards differ in eval batches
@@ -113,7 +114,7 @@ def reference_run(args: list[str]) -> None:
                                                 batch_size=cfg.train.batch_size // 2, seed=cfg.train.seed,
                                                 split=split, shard_index=i, shard_count=2) for i in range(2)])
 
-        return shards("train"), shards("eval")
+        return shards("train"), shards("eval"), None  # no data.test
 
     run.build_pipelines = build_pipelines
     loop.train(load_config(None, args), progress=False)

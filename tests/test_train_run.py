@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+import jaxlm.eval
 from jaxlm.train import TrainingError, train
 from jaxlm.train.__main__ import main
 from jaxlm.train.checkpointing import Checkpointer
@@ -31,7 +32,7 @@ def lora_sft_run(files, tmp_path_factory):
     cfg = tiny_config(tmp, files["llama"], "sft", [files["sft"]], "model.lora.rank=4", "model.lora.alpha=8",
                       "train.steps=12", "eval.every=4", "checkpoint.every=4", "checkpoint.keep=1",
                       "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02",
-                      "export.gguf=f32")
+                      "export.gguf=f32", f"data.test=[{files['sft']}]", "eval.test_steps=3")
     return cfg, train(cfg, progress=False)
 
 
@@ -69,7 +70,8 @@ def test_run_writes_tensorboard_plot_samples_and_hf_export(lora_sft_run):
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
     assert os.path.getsize(os.path.join(out, "loss_curve.png")) > 1000
     samples = json.load(open(os.path.join(out, "samples.json")))
-    assert len(samples) == 2 and all(s["before"] is not None and s["after"] is not None for s in samples)
+    assert len(samples["prompts"]) == 2
+    assert all(s["before"] is not None and s["after"] is not None for s in samples["prompts"] + samples["general"])
     # hf/ holds the merged model: transformers loads it and agrees with the trained jaxlm model.
     hf = transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "hf")).eval()
     ids = np.array([[5, 17, 33, 9, 60, 2]], np.int32)
@@ -86,6 +88,37 @@ def test_export_gguf_writes_the_merged_model_beside_hf(lora_sft_run):
     gguf_model, _ = jaxlm.load_pretrained(os.path.join(cfg.output_dir, "model.gguf"))
     ids = np.array([[5, 17, 33, 9, 60, 2]], np.int32)
     np.testing.assert_allclose(np.asarray(gguf_model(ids)), np.asarray(result.model(ids)), atol=2e-4)
+
+
+def test_samples_score_the_answers_and_the_general_prompts_before_and_after(lora_sft_run):
+    cfg, result = lora_sft_run
+    samples = json.load(open(os.path.join(cfg.output_dir, "samples.json")))
+    assert samples["step"] == {"before": 0, "after": result.step}
+    general = json.load(open(os.path.join(os.path.dirname(jaxlm.eval.__file__), "general_prompts.json")))
+    assert [g["prompt"] for g in samples["general"]] == general
+    for side in ("before", "after"):
+        assert {"rouge_l", "bleu", "chrf", "exact_match"} <= set(samples["scores"][side]["answers"])
+        assert {"repeat_4", "looping", "hit_token_limit", "distinct_1", "distinct_2"} <= set(
+            samples["scores"][side]["general"])
+    markdown = open(os.path.join(cfg.output_dir, "samples.md")).read()
+    assert "| general | looping answers (rep-4 >= 0.5) |" in markdown and general[0] in markdown
+    test = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    losses = {line["score"]: line for line in samples["losses"]}
+    assert losses["data.test loss"] == {"score": "data.test loss", "before": test["before"]["loss"],
+                                        "after": test["after"]["loss"]}
+    assert losses["data.eval loss"]["after"] == result.eval_losses[-1][1]
+    assert f"| held-out | data.test loss | {test['before']['loss']:.3f} | {test['after']['loss']:.3f} |" in markdown
+
+
+def test_the_test_split_is_scored_before_and_after_training(lora_sft_run):
+    cfg, result = lora_sft_run
+    scores = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    assert scores["steps"] == {"before": 0, "after": result.step}
+    before, after = scores["before"], scores["after"]
+    assert after["loss"] < before["loss"] - 0.5 and after["token_accuracy"] > before["token_accuracy"]
+    assert after["perplexity"] == pytest.approx(np.exp(after["loss"]), rel=1e-6)
+    assert before["tokens"] == after["tokens"] > 0  # the same test batches both times
+    assert {"rouge_l", "bleu", "chrf", "exact_match"} <= set(after["answers"]) and "general" in after
 
 
 def test_checkpoints_keep_the_latest_and_the_best(lora_sft_run):
@@ -112,13 +145,15 @@ def test_causal_lm_on_text_files_packs_documents_and_learns(files, tmp_path):
 
 def test_ner_trains_a_bert_tagger_and_reports_entity_scores(files, tmp_path):
     cfg = tiny_config(tmp_path, files["bert"], "token_classification", [files["conll"]], "train.steps=16",
-                      "eval.every=8", "train.learning_rate=0.005", "data.pack=false")
+                      "eval.every=8", "train.learning_rate=0.005", "data.pack=false", f"data.test=[{files['conll']}]")
     result = train(cfg, progress=False)
     rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
     final = [r for r in rows if "eval_f1" in r][-1]
     assert final["eval_f1"] > 0.5 and result.eval_losses[-1][1] < result.eval_losses[0][1]
     report = open(os.path.join(cfg.output_dir, "ner_report.txt")).read()
     assert "person" in report and "loc" in report and "f1-score" in report
+    test = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    assert test["after"]["f1"] > test["before"]["f1"] and "B-person" in test["after"]["tag_report"]
     hf = transformers.AutoModelForTokenClassification.from_pretrained(os.path.join(cfg.output_dir, "hf"))
     assert sorted(hf.config.id2label.values()) == ["B-loc", "B-person", "O"]
 

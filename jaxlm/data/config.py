@@ -155,10 +155,12 @@ class DataConfig:
     training records (chosen by a hash of their content) for evaluation.
     ``max_record_chars``: a longer record is split (causal-LM text) or truncated, counted and
     warned; tokenizing multi-megabyte records every epoch costs seconds and gigabytes each time.
+    ``test``: sources scored once before and once after training (never during it).
     """
 
     train: list[SourceConfig] = dataclasses.field(default_factory=list)
     eval: list[SourceConfig] = dataclasses.field(default_factory=list)
+    test: list[SourceConfig] = dataclasses.field(default_factory=list)
     mixing: str = "static"
     temperature: float = 2.0
     on_error: str = "raise"
@@ -178,11 +180,13 @@ class DataConfig:
                      sources=f"{key}.train")
         if self.mixing == "bandit":
             self.bandit.validate(f"{key}.bandit", len(self.train))
-        if self.eval:  # evaluation interleaves its sources by weight
-            check_mixing("static", [s.weight for s in self.eval], self.temperature, sources=f"{key}.eval")
+        for split in ("eval", "test"):  # evaluation interleaves its sources by weight
+            if getattr(self, split):
+                check_mixing("static", [s.weight for s in getattr(self, split)], self.temperature,
+                             sources=f"{key}.{split}")
         if self.on_error not in ON_ERROR:
             raise ConfigError(f"{key}.on_error={self.on_error!r} is not one of {', '.join(ON_ERROR)}")
-        for split in ("train", "eval"):
+        for split in ("train", "eval", "test"):
             for i, source in enumerate(getattr(self, split)):
                 if not source.path:
                     raise ConfigError(f"{key}.{split}[{i}].path is empty")

@@ -335,7 +335,7 @@ class Pipeline:
 
 def build_from_config(config: DataConfig, tokenizer, *, task: str, seq_len: int, batch_size: int,
                       seed: int, split: str = "train", **kwargs) -> "Pipeline | None":
-    """The train or eval pipeline a :class:`DataConfig` describes (None: no eval data)."""
+    """The train, eval or test pipeline a :class:`DataConfig` describes (None: no such data)."""
     common = dict(task=task, seq_len=seq_len, batch_size=batch_size, seed=seed, pack=config.pack,
                   on_error=config.on_error, tfds_data_dir=config.tfds_data_dir or None,
                   max_record_chars=config.max_record_chars, **kwargs)
@@ -345,8 +345,10 @@ def build_from_config(config: DataConfig, tokenizer, *, task: str, seq_len: int,
                               temperature=config.temperature, augment=config.augment,
                               shuffle_buffer=config.shuffle_buffer, eval_fraction=held_out,
                               split="train" if held_out else "all", **common)
+    if split == "test":
+        return build_pipeline(config.test, tokenizer, repeat=False, **common) if config.test else None
     if split != "eval":
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        raise ValueError(f"split must be 'train', 'eval' or 'test', got {split!r}")
     if config.eval:
         return build_pipeline(config.eval, tokenizer, repeat=False, **common)
     if config.eval_fraction > 0:

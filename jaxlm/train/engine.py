@@ -94,7 +94,7 @@ class Engine:
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
     train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
-    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, predictions)
+    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
     schedule: object
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 

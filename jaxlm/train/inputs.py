@@ -109,7 +109,8 @@ def load_tokenizer(cfg: Config):
 
 
 def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None):
-    """(train pipeline, eval pipeline or None). Batches are sized for one optimizer step."""
+    """(train pipeline, eval pipeline or None, test pipeline or None). Train batches are sized for one
+    optimizer step, eval and test batches for one micro-batch."""
     from jaxlm.data import build_from_config
 
     common = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
@@ -122,7 +123,8 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
         common["label_names"] = train.label_names
     micro = cfg.train.batch_size // cfg.train.grad_accum
     evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
-    return train, evaluation
+    test = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="test", **common)
+    return train, evaluation, test
 
 
 def padded_to(batches: list[dict], count: int) -> list[dict]:
@@ -146,32 +148,22 @@ def first_batches(pipeline, count: int) -> list[dict]:
 
 
 def held_out_prompts(data: DataConfig, count: int) -> list[dict]:
-    """Up to `count` held-out conversations: {"messages": prompt turns, "reference": the answer}."""
+    """Up to `count` held-out conversations (from data.test, else data.eval, else the held-out part of
+    data.train): {"messages": prompt turns, "reference": the answer}."""
     from jaxlm.data.sources import Selection, selected_records
+    from jaxlm.eval.prompts import prompt_of
 
     if count <= 0:
         return []
-    sources = data.eval or data.train
-    selection = Selection(eval_fraction=data.eval_fraction, split="all" if data.eval else "eval")
+    sources = data.test or data.eval or data.train
+    selection = Selection(eval_fraction=data.eval_fraction, split="all" if data.test or data.eval else "eval")
     per_source = -(-count // len(sources))  # a few from each source
     out = []
     for source in sources:
         records = selected_records(source, selection, on_error="skip", tfds_data_dir=data.tfds_data_dir or None)
-        prompts = (p for p in map(_prompt_of, records) if p)
+        prompts = (p for p in map(prompt_of, records) if p)
         out.extend(itertools.islice(prompts, per_source))
     return out[:count]
-
-
-def _prompt_of(record) -> dict | None:
-    if record.kind == "messages":
-        messages = record.data["messages"]
-        for i, m in enumerate(messages):
-            if m["role"] == "assistant" and i > 0:
-                return {"messages": messages[:i], "reference": m["content"]}
-    if record.kind == "prompt_completion":
-        return {"messages": [{"role": "user", "content": record.data["prompt"]}],
-                "reference": record.data["completion"]}
-    return None
 
 
 def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
@@ -179,7 +171,7 @@ def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png", "mixing": "mixing.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
-        "gguf": "model.gguf",
+        "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png", "gguf": "model.gguf",
     }.items()}
     if checkpoint_dir:
         paths["checkpoints"] = checkpoint_dir

@@ -4,14 +4,16 @@ A run, one named function per part:
 
     run = prepare(cfg)              model, tokenizer, data pipelines, engine (sharded state and compiled
                                     steps), checkpointer, logger (run.py)
-    state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 and a first eval
+    state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 with a first
+                                    eval and the data.test scores before training
     run_steps(run, state)           dispatches steps asynchronously; their metrics stay on device until
         at_sync_point(...)          every `train.log_every` steps, and at evaluations and checkpoints:
             sync                    the interval's metrics as host rows; stops on a non-finite loss
             record_eval             eval loss (and entity scores) on the same eval batches each time
             hook.on_sync            learn from the rows (`SyncHook`, run.py)
             log, save, stop         metrics rows, a checkpoint when due or best, early stopping
-    finish(run, state)              NER report, sample answers, loss curve, HF export -> TrainResult
+    finish(run, state)              NER report, sample answers and test scores (before/after), loss curve,
+                                    HF export -> TrainResult
 
 `Run` (run.py) is what `prepare` built; `LoopState` is all that changes as the loop runs, and
 `LoopState.saved()` is the part a checkpoint keeps. A checkpoint is the train state plus the JSON that
@@ -36,15 +38,25 @@ import time
 from typing import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 
 from jaxlm.errors import Stopped
-from jaxlm.train import distributed, report
+from jaxlm.eval.scoring import headline, score_batches
+from jaxlm.train import distributed
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
-from jaxlm.train.run import Run, SyncHook, checkpoint_items, prepare, resume, sample_after, write_outputs
+from jaxlm.train.run import (
+    Run,
+    SyncHook,
+    checkpoint_items,
+    prepare,
+    resume,
+    sample_after,
+    score_test,
+    write_outputs,
+    write_test_before,
+)
 
 
 class TrainingError(Stopped):
@@ -104,6 +116,10 @@ def start(run: Run) -> LoopState:
     state = LoopState()
     if run.eval_batches:
         record_eval(run, state)
+    if run.test_batches:
+        scores = score_test(run)  # every process takes part; process 0 writes
+        if run.writer:
+            write_test_before(run, scores)
     return state
 
 
@@ -246,23 +262,10 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
 
 
 def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and entity precision/recall/F1 (token classification) or accuracy and macro-F1
-    (classification)}, the seqeval or per-class report, or None)."""
-    sums, counts, labels, preds = [], [], [], []
-    for b in batches:
-        loss_sum, count, pred = engine.evaluate(b)
-        sums.append(loss_sum), counts.append(count)
-        if pred is not None:
-            labels.append(b["labels"]), preds.append(pred)
-    out = {"eval_loss": float(np.sum(jax.device_get(sums)) / max(np.sum(jax.device_get(counts)), 1.0))}
-    if not preds:
-        return out, None
-    labels, preds = distributed.gather_rows(labels), distributed.host_copy(preds)  # every process's rows
-    if engine.cfg.task == "classification":
-        summary, text = report.classification_report(labels, preds, eval_data.label_names)
-    else:
-        summary, text = report.ner_report(*report.ner_tags(labels, preds, eval_data.label_names))
-    return {**out, **summary}, text
+    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, the seqeval (NER) or per-class
+    (classification) report, or None)."""
+    scores, _ = score_batches(engine.evaluate, batches, engine.cfg.task, getattr(eval_data, "label_names", None))
+    return headline(scores, "eval_"), scores.get("entity_report") or scores.get("report_text")
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -272,9 +275,12 @@ def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     run.engine.update_model(run.model)
     if jax.process_count() > 1:  # a whole copy on every host, so that process 0 generates and exports alone
         nnx.update(run.model, distributed.host_copy(nnx.state(run.model)))
+    done = state.stop_reason != "already_complete"
+    test_after = score_test(run) if done and run.test_batches else None  # every process takes part
     if run.writer:
-        after = sample_after(run) if state.stop_reason != "already_complete" else None
-        write_outputs(run, state.ner_text, after, export=export)
+        after = sample_after(run) if done else None
+        write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step,
+                      eval_losses=state.eval_losses)
     distributed.barrier("outputs")  # the other processes end when process 0 has written
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

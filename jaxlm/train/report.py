@@ -1,78 +1,118 @@
-"""What a finished run leaves for people: sample answers, the NER or classification report, the exported model."""
+"""What a finished run leaves for people: answers before and after training with their scores, the
+exported model.
+
+The same answers are scored at step 0 and at the end, with the scores `jaxlm eval` reports
+(jaxlm.eval.metrics): held-out questions against their reference answers, and a fixed set of
+general prompts outside the training data for degeneration (a fine-tune that loops or runs to the
+token limit has broken the model even when its held-out loss improved).
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import numpy as np
-
-from jaxlm.sampling import generate
-from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.eval import metrics
+from jaxlm.eval.answers import answer, general_prompts
 
 
-def generate_answers(model, tokenizer, prompts: list[dict], max_new_tokens: int) -> list[str]:
-    """Greedy answers to chat prompts with jaxlm's sampler."""
-    if not prompts:
-        return []
-    from jaxlm.models.lora import has_lora, merge_lora
+def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, *, general: bool) -> dict:
+    """Greedy answers to the held-out `prompts` (and the general prompts) in one batch, with their scores:
+    {"answers", "finish_reasons", "general": [{"prompt", "answer", "finish_reason"}], "scores"}."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    extra = general_prompts() if general else []
+    asked = [p["messages"] for p in prompts] + [[{"role": "user", "content": g}] if chat else g for g in extra]
+    got = answer(model, tokenizer, asked, max_new_tokens)
+    n = len(prompts)
+    texts, reasons = got.texts[:n], got.finish_reasons[:n]
+    scores = {}
+    if prompts:
+        scores["answers"] = {**metrics.generation_scores(texts, [p["reference"] for p in prompts]),
+                             **metrics.degeneration_scores(texts, reasons)}
+    if extra:
+        scores["general"] = metrics.degeneration_scores(got.texts[n:], got.finish_reasons[n:])
+    return {"answers": texts, "finish_reasons": reasons, "scores": scores,
+            "general": [{"prompt": g, "answer": a, "finish_reason": r}
+                        for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:])]}
 
-    model = merge_lora(model) if has_lora(model) else model
-    result = generate(model, tokenizer, [p["messages"] for p in prompts],
-                      max_new_tokens=max_new_tokens, temperature=0.0)
-    return [t.strip() for t in result.texts]
 
-
-def write_samples(path: str, prompts: list[dict], before: list[str] | None, after: list[str] | None) -> None:
-    rows = []
-    for i, p in enumerate(prompts):
-        rows.append({"prompt": p["messages"][-1]["content"], "reference": p["reference"],
-                     "before": before[i] if before else None, "after": after[i] if after else None})
+def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None,
+                  losses: list[tuple[str, float, float]] = ()) -> None:
+    """samples.json (everything) and samples.md (a scores table, then each answer before and after).
+    `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers."""
+    sides = {"before": before or {}, "after": after or {}}
+    rows = [{"prompt": p["messages"][-1]["content"], "reference": p["reference"],
+             **{side: s["answers"][i] if s else None for side, s in sides.items()}} for i, p in enumerate(prompts)]
+    general = _general_rows(sides)
+    scores = {side: s.get("scores") for side, s in sides.items()}
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=2, ensure_ascii=False)
+        json.dump({"step": {"before": 0, "after": step}, "scores": scores, "prompts": rows, "general": general,
+                   "losses": [{"score": k, "before": b, "after": a} for k, b, a in losses]},
+                  f, indent=2, ensure_ascii=False)
     with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(f"### {r['prompt']}\n\n- reference: {r['reference']}\n- before: {r['before']}\n"
-                    f"- after: {r['after']}\n\n")
+        f.write(_markdown(rows, general, scores, step, losses))
 
 
-def ner_report(true_tags: list[list[str]], predicted_tags: list[list[str]]) -> tuple[dict, str]:
-    """Entity-level precision/recall/F1 per type (seqeval, strict BIO span matching)."""
-    from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
-
-    kwargs = dict(zero_division=0)
-    summary = {"eval_precision": precision_score(true_tags, predicted_tags, **kwargs),
-               "eval_recall": recall_score(true_tags, predicted_tags, **kwargs),
-               "eval_f1": f1_score(true_tags, predicted_tags, **kwargs)}
-    return summary, classification_report(true_tags, predicted_tags, digits=3, **kwargs)
-
-
-def ner_tags(labels: list[np.ndarray], predictions: list[np.ndarray], label_names: list[str]):
-    from jaxlm.data.encode import word_tags
-
-    true_tags, predicted_tags = [], []
-    for lab, pred in zip(labels, predictions):
-        t, p = word_tags(lab, pred, label_names)
-        true_tags += t
-        predicted_tags += p
-    return true_tags, predicted_tags
+def read_samples(path: str) -> dict | None:
+    """The step-0 side of samples.json, as `sample` returned it (for a resumed run's report)."""
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or not saved.get("scores", {}).get("before"):
+        return None
+    return {"answers": [r["before"] for r in saved["prompts"]], "scores": saved["scores"]["before"],
+            "general": [{"prompt": g["prompt"], "answer": g["before"], "finish_reason": g["before_finish"]}
+                        for g in saved["general"]]}
 
 
-def classification_report(labels: list[np.ndarray], predictions: list[np.ndarray],
-                          label_names: list[str]) -> tuple[dict, str]:
-    """Accuracy and macro-F1 over every class (scikit-learn), and the per-class report; rows labelled -100
-    (padding of the last eval batch) do not count."""
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.metrics import classification_report as per_class
+def _general_rows(sides: dict) -> list[dict]:
+    prompts = next((s["general"] for s in sides.values() if s.get("general")), [])
+    rows = []
+    for i, g in enumerate(prompts):
+        row = {"prompt": g["prompt"]}
+        for side, s in sides.items():
+            entry = s["general"][i] if s.get("general") else None
+            row[side] = entry["answer"] if entry else None
+            row[f"{side}_finish"] = entry["finish_reason"] if entry else None
+        rows.append(row)
+    return rows
 
-    true, predicted = np.concatenate(labels), np.concatenate(predictions)
-    keep = true != IGNORE_LABEL
-    true, predicted = true[keep], predicted[keep]
-    classes = list(range(len(label_names)))
-    summary = {"eval_accuracy": float(accuracy_score(true, predicted)),
-               "eval_macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0))}
-    text = per_class(true, predicted, labels=classes, target_names=label_names, digits=3, zero_division=0)
-    return summary, text
+
+SCORE_LINES = (  # (group, key, what it means) for the table of samples.md
+    ("answers", "rouge_l", "ROUGE-L F1 vs reference"), ("answers", "bleu", "BLEU"), ("answers", "chrf", "chrF"),
+    ("answers", "exact_match", "exact match"), ("answers", "repeat_4", "repeated 4-grams"),
+    ("answers", "hit_token_limit", "answers cut at the token limit"),
+    ("general", "repeat_4", "repeated 4-grams (seq-rep-4)"), ("general", "looping", "looping answers (rep-4 >= 0.5)"),
+    ("general", "hit_token_limit", "answers cut at the token limit"), ("general", "distinct_1", "distinct-1"),
+    ("general", "distinct_2", "distinct-2"), ("general", "mean_words", "mean words per answer"),
+)
+
+
+def _markdown(rows, general, scores, step, losses=()) -> str:
+    out = ["# Answers before and after training\n",
+           f"Greedy answers at step 0 and at step {step if step is not None else '(not finished)'}. "
+           "*Held-out* questions are scored against their reference answers; *general* prompts (outside the "
+           "training data, `jaxlm/eval/general_prompts.json`) check that the model still answers at all.\n",
+           "| prompts | score | before | after |", "|---|---|---|---|"]
+    out += [f"| held-out | {what} | {b:.3f} | {a:.3f} |" for what, b, a in losses]
+    for group, key, label in SCORE_LINES:
+        values = [(scores.get(side) or {}).get(group, {}).get(key) for side in ("before", "after")]
+        if any(v is not None for v in values):
+            out.append(f"| {'held-out' if group == 'answers' else 'general'} | {label} | "
+                       + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |")
+    out.append("\n## Held-out questions\n")
+    for r in rows:
+        out.append(f"### {r['prompt']}\n\n- reference: {r['reference']}\n- before: {r['before']}\n"
+                   f"- after: {r['after']}\n")
+    if general:
+        out.append("## General prompts\n")
+        for g in general:
+            marks = {side: " *(token limit)*" if g[f"{side}_finish"] == "length" else ""
+                     for side in ("before", "after")}
+            out.append(f"### {g['prompt']}\n\n- before: {g['before']}{marks['before']}\n"
+                       f"- after: {g['after']}{marks['after']}\n")
+    return "\n".join(out) + "\n"
 
 
 def export(model, tokenizer, paths: dict, *, base_model: str, trainable, gguf_type: str = "") -> None:

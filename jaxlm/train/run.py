@@ -67,12 +67,14 @@ class Run:
     train_data: object  # a jaxlm.data Pipeline
     eval_data: object | None
     eval_batches: list[dict]  # the same batches at every evaluation
+    test_data: object | None
+    test_batches: list[dict]  # data.test: scored before training and after
     engine: Engine
     checkpointer: Checkpointer
     resume_step: int | None  # the latest checkpoint's step; None for a fresh start
     logger: MetricsLogger
     prompts: list[dict]  # SFT: held-out prompts answered before and after training
-    before: list[str] | None  # their answers before training (None when resumed)
+    before: dict | None  # their answers (and the general prompts') at step 0, scored (None when resumed)
     hooks: tuple[SyncHook, ...]
     writer: bool  # this process writes the files a person reads (process 0 of a multi-process run)
 
@@ -90,13 +92,16 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     if writer:
         write_config(cfg, paths)
     started = time.perf_counter()
-    model, tokenizer, train_data, eval_data = load_inputs(cfg)
+    model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
     eval_batches = first_batches(eval_data, cfg.eval.steps)
     # every process takes part in each evaluation step, so all evaluate as many batches (shards differ in size)
     eval_batches = padded_to(eval_batches, distributed.common_count(len(eval_batches)))
+    test_batches = first_batches(test_data, cfg.eval.test_steps)
+    test_batches = padded_to(test_batches, distributed.common_count(len(test_batches)))
     stats = train_data.stats()
     _say(progress, f"loaded {type(model).__name__} and data in {time.perf_counter() - started:.1f}s; "
-                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}")
+                   f"records {stats['records']}, skipped {stats['skipped']}, eval batches {len(eval_batches)}"
+                   + (f", test batches {len(test_batches)}" if test_batches else ""))
 
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
@@ -109,8 +114,8 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
                    f"mesh {dict(engine.mesh.shape)}")
     logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress,
                            enabled=writer)
-    return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, engine, checkpointer,
-               resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer)
+    return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
+               checkpointer, resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer)
 
 
 def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
@@ -130,23 +135,29 @@ def write_config(cfg: Config, paths: dict) -> None:
 
 
 def load_inputs(cfg: Config):
-    """(model, tokenizer, train pipeline, eval pipeline or None)."""
+    """(model, tokenizer, train pipeline, eval pipeline or None, test pipeline or None)."""
     if cfg.task in HEADS:  # the head's labels come from the data (or model.config_overrides.id2label)
-        train_data, eval_data = build_pipelines(cfg, load_tokenizer(cfg))
+        train_data, eval_data, test_data = build_pipelines(cfg, load_tokenizer(cfg))
         model, tokenizer = load_model(cfg, train_data.label_names)
     else:
         model, tokenizer = load_model(cfg)
-        train_data, eval_data = build_pipelines(cfg, tokenizer)
-    return model, tokenizer, train_data, eval_data
+        train_data, eval_data, test_data = build_pipelines(cfg, tokenizer)
+    return model, tokenizer, train_data, eval_data, test_data
 
 
-def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> list[str] | None:
-    """The untrained model's answers to the held-out prompts, written at once (a killed run keeps them)."""
-    if not prompts:
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> dict | None:
+    """The untrained model's answers to the held-out and general prompts with their scores, written at
+    once (a killed run keeps them)."""
+    general = wants_general_check(cfg, model)
+    if not prompts and not general:
         return None
-    before = report.generate_answers(model, tokenizer, prompts, cfg.eval.sample_tokens)
-    report.write_samples(paths["samples"], prompts, before, None)
+    before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    report.write_samples(paths["samples"], prompts, before, None, step=None)
     return before
+
+
+def wants_general_check(cfg: Config, model) -> bool:
+    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and hasattr(model, "decode")
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -185,22 +196,39 @@ def checkpoint_items(run: Run, loop: dict) -> dict:
 # --- outputs -------------------------------------------------------------------------------
 
 
-def sample_after(run: Run) -> list[str] | None:
-    if not run.prompts:
+def sample_after(run: Run) -> dict | None:
+    general = wants_general_check(run.cfg, run.model)
+    if not run.prompts and not general:
         return None
-    return report.generate_answers(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens)
+    return report.sample(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens, general=general)
 
 
-def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, export: bool) -> None:
-    """The files a finished run leaves: NER report, sample answers, loss curve, the exported model."""
+def score_test(run: Run) -> dict:
+    """The model's scores on the data.test batches (jaxlm.eval.scoring), as the engine holds it now."""
+    from jaxlm.eval.scoring import score_batches
+
+    scores, _ = score_batches(run.engine.evaluate, run.test_batches, run.cfg.task,
+                              getattr(run.test_data, "label_names", None))
+    return scores
+
+
+def write_test_before(run: Run, scores: dict) -> None:
+    _write_test_metrics(run.paths, {"before": scores, "steps": {"before": 0}})
+
+
+def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, export: bool,
+                  step: int, eval_losses: Sequence[tuple[int, float]] = ()) -> None:
+    """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
     paths = run.paths
     if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
         report_path = paths["classification_report" if run.cfg.task == "classification" else "ner_report"]
         with open(report_path, "w", encoding="utf-8") as f:
             f.write(ner_text)
+    before = run.before if run.before is not None else report.read_samples(paths["samples"])
+    test = write_test_after(paths, test_after, before, after, step) if test_after is not None else None
     if after is not None:
-        before = run.before if run.before is not None else _saved_before(paths["samples"])
-        report.write_samples(paths["samples"], run.prompts, before, after)
+        report.write_samples(paths["samples"], run.prompts, before, after, step=step,
+                             losses=held_out_losses(test, eval_losses))
     if os.path.exists(paths["metrics"]):
         plot_loss_curve(paths["metrics"], paths["plot"])
         plot_mixing(paths["metrics"], paths["mixing"])
@@ -209,12 +237,42 @@ def write_outputs(run: Run, ner_text: str | None, after: list[str] | None, *, ex
                       trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 
-def _saved_before(samples_path: str) -> list[str] | None:
-    """The answers before training, as the first (interrupted) run of a resumed one wrote them."""
-    if not os.path.exists(samples_path):
-        return None
-    with open(samples_path, encoding="utf-8") as f:
-        return [r["before"] for r in json.load(f)]
+def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
+    """(what, at step 0, at the end) for samples.md: the data.test token scores, and the eval loss when it was
+    measured at step 0 (a resumed run's loop did not see it)."""
+    lines = []
+    if test and test.get("before") and test.get("after"):
+        lines += [(f"data.test {key}", test["before"][key], test["after"][key])
+                  for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "f1")
+                  if key in test["before"] and key in test["after"]]
+    if eval_losses and eval_losses[0][0] == 0:
+        lines.append(("data.eval loss", eval_losses[0][1], eval_losses[-1][1]))
+    return lines
+
+
+def write_test_after(paths: dict, scores: dict, before: dict | None, after: dict | None, step: int) -> dict:
+    """test_metrics.json: the data.test scores at step 0 (as written when training began) and now, each with
+    the scores of the answers of samples.json (held-out answers come from data.test when it is given)."""
+    saved = {}
+    if os.path.exists(paths["test_metrics"]):
+        with open(paths["test_metrics"], encoding="utf-8") as f:
+            saved = json.load(f)
+    result = {"steps": {"before": 0, "after": step}, "before": saved.get("before"), "after": scores}
+    for side, sampled in (("before", before), ("after", after)):
+        if result[side] is not None and sampled:
+            result[side] = {**result[side], **sampled["scores"]}
+    if "confusion_matrix" in scores:
+        from jaxlm.eval.metrics import plot_confusion_matrix
+
+        plot_confusion_matrix(scores["confusion_matrix"], scores["matrix_labels"], paths["test_confusion"],
+                              title=f"data.test after {step} steps")
+    _write_test_metrics(paths, result)
+    return result
+
+
+def _write_test_metrics(paths: dict, result: dict) -> None:
+    with open(paths["test_metrics"], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, ensure_ascii=False)
 
 
 def _say(enabled: bool, message: str) -> None:

@@ -118,12 +118,15 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True):
-    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, predictions)`; no dropout."""
+    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)`; no dropout.
+    `correct`: how many counted tokens (rows) the argmax gets right (token or class accuracy, summed on
+    device so every process gets the global number); `predictions`: the argmax tags or classes for
+    entity and class metrics, None for the language-model tasks."""
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-        terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed)
+        terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True)
         predictions = None if terms.class_logits is None else jnp.argmax(terms.class_logits, -1)
-        return terms.loss_sum, terms.count, predictions
+        return terms.loss_sum, terms.count, terms.correct, predictions
 
     return jax.jit(eval_step, in_shardings=shardings)

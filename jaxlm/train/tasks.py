@@ -40,30 +40,36 @@ class LossTerms(NamedTuple):
     count: jax.Array  # how many tokens (rows) count
     class_logits: jax.Array | None  # classification tasks: the logits, for the eval step's predictions
     by_source: tuple = ()  # with num_sources: (loss sums, token counts), each [num_sources] (bandit mixing)
+    correct: jax.Array | None = None  # with count_correct: how many counted tokens (rows) the argmax gets right
 
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
-               num_sources: int = 0) -> LossTerms:
+               num_sources: int = 0, count_correct: bool = False) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
     `packed=False` promises one document per row from position 0 (data.pack=false): attention then
     takes per-row lengths, which flash-attention kernels accept, instead of segment ids.
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
-    so the language-model loss is then computed unchunked."""
+    so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
+    also counts the argmax hits, for token or class accuracy."""
     if task in PREDICTS_CLASSES:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(labels == IGNORE_LABEL, 0, labels))
         by_source = source_terms(nll, weights, batch["source_id"], num_sources) if num_sources else ()
-        return LossTerms(jnp.sum(nll * weights), jnp.sum(weights), logits, by_source)
+        correct = jnp.sum((jnp.argmax(logits, -1) == labels) * weights) if count_correct else None
+        return LossTerms(jnp.sum(nll * weights), jnp.sum(weights), logits, by_source, correct)
     ids, positions, segments, virtual = prepend_virtual_tokens(
         model, batch["input_ids"], batch["positions"], batch["segment_ids"])
     documents = dict(segment_ids=segments) if packed else \
         dict(lengths=jnp.sum(segments != 0, axis=-1, dtype=jnp.int32))
     hidden = model(ids, positions=positions, return_hidden=True, **documents)[:, virtual:]
     weights = batch["loss_mask"].astype(jnp.float32)
+    if count_correct:
+        loss_sum, correct = nll_and_correct(hidden, model, batch["targets"], weights, chunk_tokens)
+        return LossTerms(loss_sum, jnp.sum(weights), None, correct=correct)
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])
         by_source = source_terms(nll, weights, batch["source_id"], num_sources)
@@ -94,18 +100,10 @@ def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
     forward pass, where d logits = softmax - one-hot is known (3 matmuls a chunk, as unchunked);
     otherwise (e.g. LoRA on the LM head) `jax.checkpoint` recomputes each chunk's logits backward.
     """
-    batch, seq = targets.shape
-    if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
+    chunks = _chunks(hidden, targets, weights, chunk_tokens)
+    if chunks is None:
         return _nll_sum(model.logits(hidden), targets, weights)
-    width = max(1, chunk_tokens // batch)
-    pad = -seq % width
-    if pad:  # padded positions carry weight 0
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
-    chunks = (seq + pad) // width
-    # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
-    split = lambda x: jnp.moveaxis(x.reshape(batch, chunks, width, *x.shape[2:]), 1, 0)  # noqa: E731
-    hidden, targets, weights = split(hidden), split(targets), split(weights)
+    hidden, targets, weights = chunks
     kernel = model.output_kernel()
     if kernel is not None:
         return _fused_cross_entropy(hidden, kernel.astype(hidden.dtype), targets, weights)
@@ -113,6 +111,38 @@ def cross_entropy(hidden, model, targets, weights, chunk_tokens: int):
     total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros((), jnp.float32),
                             (hidden, targets, weights))
     return total
+
+
+def nll_and_correct(hidden, model, targets, weights, chunk_tokens: int):
+    """(loss sum, how many counted tokens have the target as argmax), a chunk at a time as `cross_entropy`;
+    for evaluation (no gradients), so a plain scan."""
+
+    def score(h, t, w):
+        logits = model.logits(h).astype(jnp.float32)
+        return _nll_sum(logits, t, w), jnp.sum((jnp.argmax(logits, -1) == t) * w)
+
+    chunks = _chunks(hidden, targets, weights, chunk_tokens)
+    if chunks is None:
+        return score(hidden, targets, weights)
+    zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    totals, _ = jax.lax.scan(lambda acc, xs: (jax.tree.map(jnp.add, acc, score(*xs)), None), zeros, chunks)
+    return totals
+
+
+def _chunks(hidden, targets, weights, chunk_tokens: int):
+    """hidden, targets, weights as [chunks, batch, width, ...] (see `cross_entropy`); None if one chunk holds all."""
+    batch, seq = targets.shape
+    if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
+        return None
+    width = max(1, chunk_tokens // batch)
+    pad = -seq % width
+    if pad:  # padded positions carry weight 0
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+    count = (seq + pad) // width
+    # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
+    split = lambda x: jnp.moveaxis(x.reshape(batch, count, width, *x.shape[2:]), 1, 0)  # noqa: E731
+    return split(hidden), split(targets), split(weights)
 
 
 def _token_nll(logits, targets):
