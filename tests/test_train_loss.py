@@ -94,3 +94,27 @@ def test_unpacked_rows_give_the_same_loss_through_lengths(tmp_path_factory):
     loss = jax.jit(lambda p, packed: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, packed=packed)[0],
                    static_argnums=1)
     np.testing.assert_allclose(loss(params, False), loss(params, True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_sources", [0, 3])
+def test_eval_accuracy_and_the_split_by_source_agree_with_the_plain_logits(num_sources, tmp_path_factory):
+    """The eval step's chunked (loss, argmax hits) and bandit mixing's per-source split give the whole-batch numbers."""
+    model, (want, _) = model_and_reference("llama", tmp_path_factory)
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    logits = forward(model, batch).astype(jnp.float32)
+    weights = batch["loss_mask"].astype(jnp.float32)
+    if num_sources:
+        sources = jnp.asarray(np.arange(4)[:, None].repeat(16, 1) % num_sources, jnp.int32)
+        terms = jax.jit(lambda m: tasks.loss_terms("causal_lm", m, {**batch, "source_id": sources},
+                                                   num_sources=num_sources))(model)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * weights
+        for s in range(num_sources):
+            np.testing.assert_allclose(terms.by_source[0][s], jnp.sum(jnp.where(sources == s, nll, 0)), rtol=1e-5)
+            np.testing.assert_allclose(terms.by_source[1][s], jnp.sum(jnp.where(sources == s, weights, 0)))
+    else:  # every other target is the model's own argmax, so there are hits to count
+        batch["targets"] = jnp.where(jnp.arange(16) % 2 == 0, jnp.argmax(logits, -1), batch["targets"])
+        want = reference_loss(logits, batch)
+        terms = jax.jit(lambda m: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=12, count_correct=True))(model)
+        hits = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * weights)
+        assert float(terms.correct) == float(hits) and float(hits) > 0
+    np.testing.assert_allclose(terms.loss_sum, want, rtol=1e-5)
