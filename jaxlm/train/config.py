@@ -11,10 +11,8 @@ what depends on this machine (devices, input paths): a bad config never costs a 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
-import typing
 
 import yaml
 
@@ -23,6 +21,7 @@ from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
 from jaxlm.errors import ConfigError, warn
 from jaxlm.tasks import TASKS
+from jaxlm.train.overrides import build, merge, nest
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
@@ -281,78 +280,13 @@ def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: invalid YAML ({e})") from None
         if not isinstance(preset, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-        _merge(tree, preset, Config, prefix="")
+        merge(tree, preset, Config, prefix="")
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-        _merge(tree, _nest(key.strip().split("."), yaml.safe_load(text) if text else ""), Config, prefix="")
-    return _build(Config, tree, prefix="").validate()
-
-
-def _nest(keys: list[str], value):
-    return {keys[0]: _nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
-
-
-def _merge(tree: dict, update: dict, cls, prefix: str) -> None:
-    """Merge `update` into `tree` (asdict of `cls`), failing on unknown keys."""
-    hints = typing.get_type_hints(cls)
-    for key, value in update.items():
-        name = f"{prefix}{key}"
-        if key not in hints:
-            valid = [f"{prefix}{k}" for k in hints]
-            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys here: {', '.join(valid)}"
-            raise ConfigError(f"unknown config key {name!r}{hint}")
-        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
-            _merge(tree[key], value, hints[key], prefix=f"{name}.")
-        else:
-            tree[key] = value
-
-
-def _build(cls, tree: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(f"{prefix}{k}", hints[k], v) for k, v in tree.items()}
-    return cls(**kwargs)
-
-
-def _coerce(name: str, hint, value):
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return value
-        if isinstance(value, str) and hint is SourceConfig:  # a bare path is a source of weight 1
-            value = {"path": value}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        tree = dataclasses.asdict(hint(**{f.name: value[f.name] for f in dataclasses.fields(hint)
-                                          if f.name in value and f.default is dataclasses.MISSING
-                                          and f.default_factory is dataclasses.MISSING}))
-        _merge(tree, value, hint, prefix=f"{name}.")
-        return _build(hint, tree, prefix=f"{name}.")
-    if origin is list:
-        if not isinstance(value, list):
-            if args and args[0] is str and isinstance(value, str):  # `model.lora.targets=q,v`
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            else:
-                raise ConfigError(f"{name}: expected a list, got {value!r}")
-        return [_coerce(f"{name}[{i}]", args[0] if args else typing.Any, v) for i, v in enumerate(value)]
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
-    return value
+        merge(tree, nest(key.strip().split("."), yaml.safe_load(text) if text else ""), Config, prefix="")
+    return build(Config, tree, prefix="").validate()
 
 
 def to_dict(config: Config) -> dict:
