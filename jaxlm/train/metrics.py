@@ -86,9 +86,9 @@ def _pyplot():
     return plt
 
 
-def plot_loss_curve(metrics_path: str, png_path: str) -> str:
+def plot_loss_curve(rows: list[dict], png_path: str) -> str:
+    """Train and eval loss over the steps of `rows` (metrics.jsonl, as `read_metrics` returns it)."""
     plt = _pyplot()
-    rows = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))]
     evals = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -126,10 +126,9 @@ def by_source(row: dict, source_names: list[str]) -> dict:
     return row
 
 
-def plot_mixing(metrics_path: str, png_path: str) -> str | None:
+def plot_mixing(rows: list[dict], png_path: str) -> str | None:
     """Each source's sampling weight over the steps (solid) and its realised token share so far (dashed);
     None when the run logged no weights (weights are logged by bandit mixing)."""
-    rows = read_metrics(metrics_path)
     names = list(dict.fromkeys(k.split("/", 1)[1] for r in rows for k in r if k.startswith("weight/")))
     if not names:
         return None

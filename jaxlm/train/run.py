@@ -33,7 +33,7 @@ from jaxlm.train.inputs import (
     output_paths,
     padded_to,
 )
-from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing
+from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
 from jaxlm.train.state import count_params
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
@@ -230,8 +230,9 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
         report.write_samples(paths["samples"], run.prompts, before, after, step=step,
                              losses=held_out_losses(test, eval_losses))
     if os.path.exists(paths["metrics"]):
-        plot_loss_curve(paths["metrics"], paths["plot"])
-        plot_mixing(paths["metrics"], paths["mixing"])
+        rows = read_metrics(paths["metrics"])
+        plot_loss_curve(rows, paths["plot"])
+        plot_mixing(rows, paths["mixing"])
     if export:
         report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
                       trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
