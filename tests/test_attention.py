@@ -86,3 +86,25 @@ def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
     assert resolve("cudnn", compute_dtype="bfloat16", head_dim=100, platform="gpu")[0] == "xla"
     implementation, note = resolve("auto", compute_dtype="bfloat16", head_dim=64, packed=True, platform="gpu")
     assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them
+
+
+def test_cached_attention_matches_torch_over_a_cache_with_padding_and_unfilled_slots():
+    """Decoding's attention reads keys/values in the cache layout [b * kv_heads, slots, d]; slots
+    beyond the newest token and left-padding slots are masked (batch padding rows included)."""
+    q, k, v = qkv(3)
+    new = 2  # the last two tokens are the queries; the cache has 4 more slots than tokens
+    padding = np.array([[0] * 3 + [1] * 9, [1] * 12, [0] * 12], bool)  # row 2: batch padding, no real token
+    slots = T + 4
+    allowed = np.zeros((B, new, slots), bool)
+    for query in range(new):
+        allowed[:, query, :T - new + query + 1] = padding[:, :T - new + query + 1]
+    keys, values = (np.zeros((B, KV_HEADS, slots, D), np.float32) for _ in range(2))
+    keys[:, :, :T], values[:, :, :T] = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    mask = layers.Mask(dense=jnp.asarray(allowed[:, None]))
+    got = layers.cached_attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.reshape(B * KV_HEADS, slots, D)),
+                                  jnp.asarray(values.reshape(B * KV_HEADS, slots, D)), mask)
+    dense = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.transpose(0, 2, 1, 3)),
+                             jnp.asarray(values.transpose(0, 2, 1, 3)), mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(dense), atol=1e-6)  # row 2 included: no NaN
+    want = reference(q[:2, -new:], keys[:2].transpose(0, 2, 1, 3), values[:2].transpose(0, 2, 1, 3), allowed[:2])
+    np.testing.assert_allclose(np.asarray(got)[:2], want, atol=1e-5)

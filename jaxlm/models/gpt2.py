@@ -61,10 +61,11 @@ class Attention(nnx.Module):
     def __call__(self, x, mask, kv=None, index=None):
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, self.heads, self.head_dim) for y in jnp.split(self.c_attn(x), 3, axis=-1))
-        if kv is not None:
+        if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
-            k, v = kv.read()
-        out = layers.attention(q, k, v, mask, scale=self.scale)
+            out = layers.cached_attention(q, *kv.read(), mask, scale=self.scale)
+        else:
+            out = layers.attention(q, k, v, mask, scale=self.scale)
         return self.c_proj(out.reshape(b, t, -1)), kv
 
 
@@ -134,4 +135,5 @@ class GPT2LMHeadModel(nnx.Module):
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
         cfg = self.config
-        return scan.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype)
+        return scan.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype,
+                                   stacked=scan.is_stacked(self.h))

@@ -81,6 +81,31 @@ def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
                                         implementation="xla")
 
 
+def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None) -> jax.Array:
+    """Attention over a KV cache: q [b, t, heads, d]; keys, values [b * kv_heads, slots, d] (`scan.LayerCache.read`).
+
+    The same arithmetic as `attention`'s XLA path (float32 softmax, GQA heads grouped per KV head),
+    written for the cache's layout: both matmuls read the cache where it lies.
+    """
+    b, t, heads, d = q.shape
+    kv_heads = keys.shape[0] // b
+    group = heads // kv_heads
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    # [b * kv, group * t, d]: the queries that share one KV head, as the rows of one matmul
+    q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, group * t, d)
+    scores = jnp.einsum("nqd,nsd->nqs", q, keys.astype(q.dtype), preferred_element_type=jnp.float32) * scale
+    allowed = jnp.tile(mask.boolean(t, keys.shape[1]), (1, kv_heads, group, 1))  # [b, kv, group * t, slots]
+    scores = jnp.where(allowed.reshape(scores.shape), scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("nqs,nsd->nqd", probs, values.astype(q.dtype))
+    return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, heads, d)
+
+
+# What jax.nn.dot_product_attention gives masked scores: finite, so a row with no allowed slot
+# (batch padding) softmaxes to uniform weights instead of NaN.
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
 def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) -> jax.Array:
     """A fused kernel's call: causal or not, with per-row sequence lengths when rows are padded.
 

@@ -103,8 +103,9 @@ class Attention(nnx.Module):
         v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
-            k, v = kv.read()
-        out = layers.attention(q, k, v, mask)
+            out = layers.cached_attention(q, *kv.read(), mask)
+        else:
+            out = layers.attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -184,7 +185,8 @@ class LlamaForCausalLM(nnx.Module):
 
     def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
         cfg = self.config
-        return scan.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype)
+        return scan.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype,
+                                   stacked=scan.is_stacked(self.layers))
 
     def output_kernel(self):
         """The output projection as one [hidden, vocab] matrix, or None when it is not one (LoRA on lm_head)."""

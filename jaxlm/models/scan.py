@@ -67,25 +67,35 @@ def run(layers, x, call, *, remat: str = "none"):
 
 @struct.dataclass
 class KVCache:
-    """Keys and values of every layer for a fixed number of slots, one array per kind.
+    """Keys and values of every layer for a fixed number of slots.
 
     Slots are filled left to right; `valid[b, s]` says slot s of row b holds a real token (left
     padding of a batched prompt does not), and `index` is the next slot to write. Positions
     (for RoPE or learned embeddings) are passed separately, so left-padded rows keep their true
-    positions. One [layers, ...] array serves unrolled and scanned models alike; each layer
-    writes its new slots in place.
+    positions. Each layer writes its new slots in place.
+
+    Layout: [batch * kv_heads, slots, head_dim] per layer, which `layers.cached_attention` reads as
+    it lies: one matmul batch axis, then the slots. An unrolled model keeps one such array per
+    layer; a scanned one stacks them on a leading layer axis that its scan indexes. The layout is
+    XLA:CPU's due: slots before heads made it transpose every layer's whole cache at every decoding
+    step, one stacked array for unrolled layers made it copy each layer's part out, and a separate
+    batch axis (dropped by XLA when it is 1) kept the write from staying in place. Each cost tens
+    of MB of copies per step for SmolLM2 at batch 8.
     """
 
-    keys: jax.Array  # [layers, batch, slots, kv_heads, head_dim]
-    values: jax.Array
+    keys: tuple[jax.Array, ...] | jax.Array
+    values: tuple[jax.Array, ...] | jax.Array
     valid: jax.Array  # [batch, slots] bool
     index: jax.Array  # int32 scalar
 
     @classmethod
-    def create(cls, num_layers, batch, slots, kv_heads, head_dim, dtype=jnp.float32):
-        shape = (num_layers, batch, slots, kv_heads, head_dim)
-        return cls(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
-                   valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
+    def create(cls, num_layers, batch, slots, kv_heads, head_dim, dtype=jnp.float32, *, stacked: bool = False):
+        shape = (batch * kv_heads, slots, head_dim)
+        if stacked:
+            keys, values = (jnp.zeros((num_layers, *shape), dtype) for _ in range(2))
+        else:
+            keys, values = (tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)) for _ in range(2))
+        return cls(keys=keys, values=values, valid=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
 
     @property
     def num_slots(self) -> int:
@@ -94,20 +104,30 @@ class KVCache:
 
 @struct.dataclass
 class LayerCache:
-    """One layer's view of the cache: write this layer's new keys/values, read all its slots."""
+    """One layer's view of the cache: write this layer's new keys/values, read all its slots.
 
-    keys: jax.Array  # the whole [layers, ...] arrays
+    `keys`/`values` are this layer's arrays, or (in a scan) the stacked arrays and `layer` the index."""
+
+    keys: jax.Array
     values: jax.Array
-    layer: jax.Array  # int32 scalar
+    layer: jax.Array | None = None
 
     def write(self, k, v, index) -> "LayerCache":
         """New keys/values [batch, new, kv_heads, head_dim] into slots index.. of this layer."""
-        at = (self.layer, 0, index, 0, 0)
-        return self.replace(keys=jax.lax.dynamic_update_slice(self.keys, k[None].astype(self.keys.dtype), at),
-                            values=jax.lax.dynamic_update_slice(self.values, v[None].astype(self.values.dtype), at))
+
+        def put(cache, new):
+            b, n, kv_heads, d = new.shape
+            rows = new.swapaxes(1, 2).reshape(b * kv_heads, n, d).astype(cache.dtype)
+            if self.layer is None:
+                return jax.lax.dynamic_update_slice(cache, rows, (0, index, 0))
+            return jax.lax.dynamic_update_slice(cache, rows[None], (self.layer, 0, index, 0))
+
+        return self.replace(keys=put(self.keys, k), values=put(self.values, v))
 
     def read(self):
-        """(keys, values) [batch, slots, kv_heads, head_dim] of this layer."""
+        """(keys, values) [batch * kv_heads, slots, head_dim] of this layer: `layers.cached_attention`'s input."""
+        if self.layer is None:
+            return self.keys, self.values
         return self.keys[self.layer], self.values[self.layer]
 
 
@@ -132,9 +152,11 @@ def run_with_cache(layers, x, cache: KVCache, new_valid, call):
     mask = Mask(dense=cached_mask(cache, num_new))  # always XLA attention: see layers.attention
     keys, values = cache.keys, cache.values
     if not is_stacked(layers):
-        for i, layer in enumerate(layers):
-            x, kv = call(layer, x, mask, LayerCache(keys, values, jnp.int32(i)), cache.index)
-            keys, values = kv.keys, kv.values
+        written = []
+        for layer, k, v in zip(layers, keys, values, strict=True):
+            x, kv = call(layer, x, mask, LayerCache(k, v), cache.index)
+            written.append(kv)
+        keys, values = tuple(kv.keys for kv in written), tuple(kv.values for kv in written)
     else:
         graphdef, state = nnx.split(layers)
 
