@@ -11,7 +11,7 @@ import pytest
 import jaxlm
 from hf_checkpoints import VOCAB, tiny_bert, tiny_gpt2, tiny_llama
 from jaxlm.sampling import SamplingParams, loop
-from jaxlm.sampling.logits import top_k_filter, top_p_filter
+from jaxlm.sampling.logits import first_argmax, top_k_filter, top_p_filter
 
 PROMPT = [5, 17, 42, 99, 7]
 
@@ -38,6 +38,15 @@ def first_tokens(model, seeds=range(4), rows=64, **sampling):
 
 
 # --- the filters on hand-made logits ------------------------------------------------------
+
+
+def test_first_argmax_is_argmax_ties_included():
+    rng = np.random.RandomState(0)
+    scores = rng.randn(5, 1000).astype(np.float32)
+    scores[1, [7, 400]] = 10.0  # a tie: the first index wins, as with argmax
+    scores[2] = 0.0
+    scores[3, -1] = 50.0
+    np.testing.assert_array_equal(first_argmax(jnp.asarray(scores)), np.argmax(scores, axis=-1))
 
 
 def test_top_k_filter_keeps_the_k_largest_logits():

@@ -109,7 +109,7 @@ def choose_tokens(
     if program.penalty:
         scores = apply_repetition_penalty(scores, seen, knobs["penalty"])
     if program.greedy:
-        tokens = jnp.argmax(scores, axis=-1)
+        tokens = first_argmax(scores)
     else:
         scores = scores / knobs["temperature"]
         if program.top_k:
@@ -118,5 +118,19 @@ def choose_tokens(
             scores = top_p_filter(scores, knobs["top_p"])
         tokens = jax.random.categorical(key, scores, axis=-1)
     tokens = tokens.astype(jnp.int32)
-    logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, None], axis=-1)[:, 0]
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    log_total = top[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+    logprobs = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - log_total
     return tokens, logprobs
+
+
+def first_argmax(scores: jax.Array) -> jax.Array:
+    """`jnp.argmax(scores, axis=-1)` (the first index of the row maximum) for rows [batch, vocab].
+
+    As two plain reductions, a max and a min over indices: XLA:CPU vectorises those, while the
+    (value, index) reduction of argmax runs 5x slower, 1 ms per decoding step at batch 8 over
+    SmolLM2's 49,152 logits. A row holding NaN gets its last index, not argmax's NaN position."""
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    index = jax.lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
+    vocab = scores.shape[-1]
+    return jnp.minimum(jnp.min(jnp.where(scores == top, index, vocab), axis=-1), vocab - 1)
