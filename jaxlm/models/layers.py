@@ -94,8 +94,9 @@ def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None)
     # [b * kv, group * t, d]: the queries that share one KV head, as the rows of one matmul
     q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, group * t, d)
     scores = jnp.einsum("nqd,nsd->nqs", q, keys.astype(q.dtype), preferred_element_type=jnp.float32) * scale
-    allowed = jnp.tile(mask.boolean(t, keys.shape[1]), (1, kv_heads, group, 1))  # [b, kv, group * t, slots]
-    scores = jnp.where(allowed.reshape(scores.shape), scores, _MASKED)
+    allowed = jnp.tile(mask.boolean(t, keys.shape[1]), (1, 1, group, 1))  # [b or 1, 1, group * t, slots]
+    allowed = jnp.broadcast_to(allowed, (b, kv_heads, *allowed.shape[2:])).reshape(scores.shape)
+    scores = jnp.where(allowed, scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     out = jnp.einsum("nqs,nsd->nqd", probs, values.astype(q.dtype))
     return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, heads, d)
