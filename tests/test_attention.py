@@ -100,11 +100,16 @@ def test_cached_attention_matches_torch_over_a_cache_with_padding_and_unfilled_s
         allowed[:, query, :T - new + query + 1] = padding[:, :T - new + query + 1]
     keys, values = (np.zeros((B, KV_HEADS, slots, D), np.float32) for _ in range(2))
     keys[:, :, :T], values[:, :, :T] = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    mask = layers.Mask(dense=jnp.asarray(allowed[:, None]))
-    got = layers.cached_attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.reshape(B * KV_HEADS, slots, D)),
-                                  jnp.asarray(values.reshape(B * KV_HEADS, slots, D)), mask)
-    dense = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.transpose(0, 2, 1, 3)),
-                             jnp.asarray(values.transpose(0, 2, 1, 3)), mask)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(dense), atol=1e-6)  # row 2 included: no NaN
+
+    def both_ways(mask):
+        cached = layers.cached_attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.reshape(B * KV_HEADS, slots, D)),
+                                         jnp.asarray(values.reshape(B * KV_HEADS, slots, D)), mask)
+        dense = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.transpose(0, 2, 1, 3)),
+                                 jnp.asarray(values.transpose(0, 2, 1, 3)), mask)
+        np.testing.assert_allclose(np.asarray(cached), np.asarray(dense), atol=1e-6)  # batch padding: no NaN
+        return np.asarray(cached)
+
+    got = both_ways(layers.Mask(dense=jnp.asarray(allowed[:, None])))
     want = reference(q[:2, -new:], keys[:2].transpose(0, 2, 1, 3), values[:2].transpose(0, 2, 1, 3), allowed[:2])
-    np.testing.assert_allclose(np.asarray(got)[:2], want, atol=1e-5)
+    np.testing.assert_allclose(got[:2], want, atol=1e-5)
+    both_ways(layers.Mask(dense=jnp.asarray(allowed[1:2, None])))  # one mask row for the whole batch
