@@ -77,21 +77,25 @@ def batches(tokenizer, texts: list[str], max_tokens: int, batch: int = 8):
         yield ids, mask
 
 
-def logit_drift(reference, model, tokenizer, texts: list[str], max_tokens: int) -> tuple[float, float, int]:
-    """(mean |logit difference|, share of tokens whose top-1 stays, tokens) of `model` against `reference`."""
-    run = {}
-    for name, m in (("reference", reference), ("model", model)):
+def logit_drift(reference, models: dict, tokenizer, texts: list[str], max_tokens: int) -> dict:
+    """name -> (mean |logit difference|, share of tokens whose top-1 stays, tokens) of each model against
+    `reference`, whose logits are computed once per batch."""
+    def jitted(m):
         graphdef, state = nnx.split(m)
-        run[name] = (jax.jit(lambda s, ids, mask, g=graphdef: nnx.merge(g, s)(ids, attention_mask=mask)), state)
-    total, same, count = 0.0, 0, 0
+        forward = jax.jit(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, attention_mask=mask))
+        return lambda ids, mask: np.asarray(forward(state, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
+
+    run_reference, runs = jitted(reference), {name: jitted(m) for name, m in models.items()}
+    sums = {name: [0.0, 0] for name in models}
+    count = 0
     for ids, mask in batches(tokenizer, texts, max_tokens):
-        ref, got = (np.asarray(f(state, jnp.asarray(ids), jnp.asarray(mask)), np.float32)
-                    for f, state in run.values())
-        real = mask.astype(bool)
-        total += float(np.abs(got - ref).mean(-1)[real].sum())
-        same += int((got.argmax(-1) == ref.argmax(-1))[real].sum())
+        ref, real = run_reference(ids, mask), mask.astype(bool)
+        for name, run in runs.items():
+            got = run(ids, mask)
+            sums[name][0] += float(np.abs(got - ref).mean(-1)[real].sum())
+            sums[name][1] += int((got.argmax(-1) == ref.argmax(-1))[real].sum())
         count += int(real.sum())
-    return total / count, same / count, count
+    return {name: (total / count, same / count, count) for name, (total, same) in sums.items()}
 
 
 def bfloat16_weights(model):
@@ -147,12 +151,11 @@ def main():
             print(f"  {near_tie(model, tokenizer, prompt, ours, theirs)}")
     float_activations, _ = jaxlm.load_pretrained(args.model)
     quantize_int8(float_activations, activations="float")
-    references = {"int8": int8, "int8, float activations": float_activations,
+    variants = {"int8": int8, "int8, float activations": float_activations,
                   "bfloat16 weights": bfloat16_weights(model)}
-    for name, m in references.items():
-        drift, top1, tokens = logit_drift(model, m, tokenizer, texts, args.max_tokens)
+    for name, (drift, top1, tokens) in logit_drift(model, variants, tokenizer, texts, args.max_tokens).items():
         print(f"{name:>24}: logits move by {drift:.4f} on average, top-1 kept for {top1 * 100:.2f}% of {tokens} tokens")
-    bf16_answers = jaxlm.generate(references["bfloat16 weights"], tokenizer, PROMPTS,
+    bf16_answers = jaxlm.generate(variants["bfloat16 weights"], tokenizer, PROMPTS,
                                   max_new_tokens=args.answer_tokens, chat=True).texts
     bf16_same = sum(first_sentence(a) == first_sentence(b) for a, b in zip(answers["float32"], bf16_answers))
     print(f"bfloat16 weights keep the first sentence in {bf16_same}/{len(PROMPTS)}")
