@@ -72,10 +72,14 @@ def apply_prompt_tuning(model, num_virtual_tokens: int, *, seed: int = 0) -> Non
 
 
 def prompt_embed(model) -> PromptTunedEmbed | None:
-    for _, module in nnx.iter_modules(model):
-        if isinstance(module, PromptTunedEmbed):
-            return module
-    return None
+    """The model's prompt-tuned token table, or None. Looked up where `add_prompt_tuning` puts it (the
+    family's token embedding), not by walking every module: generation asks at each call."""
+    path = architecture_of(model).family.token_embedding
+    if not path:
+        return None
+    parent, name = _parent(model, path)
+    embed = getattr(parent, name, None)
+    return embed if isinstance(embed, PromptTunedEmbed) else None
 
 
 def num_virtual_tokens(model) -> int:
@@ -89,7 +93,7 @@ def virtual_token_ids(model) -> list[int]:
     if embed is None:
         return []
     vocab = embed.embedding[...].shape[0]
-    return list(range(vocab, vocab + num_virtual_tokens(model)))
+    return list(range(vocab, vocab + embed.virtual_tokens[...].shape[0]))
 
 
 def prepend_virtual_tokens(model, input_ids, positions, segment_ids):
