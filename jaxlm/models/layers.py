@@ -70,8 +70,9 @@ def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
 
     `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
     (softmax in float32). "cudnn" runs cuDNN flash attention through the same function for bf16/fp16
-    inputs whose mask it takes (causal, lengths); packed rows, arbitrary padding and the KV cache take
-    the XLA path, as `resolve_attention` announces when it sets the implementation up.
+    inputs whose mask it takes (causal, lengths); packed rows and arbitrary padding take the XLA path,
+    as `resolve_attention` announces when it sets the implementation up. Decoding over a KV cache
+    runs `cached_attention`, the same arithmetic on the cache's layout.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     k, v = k.astype(q.dtype), v.astype(q.dtype)
