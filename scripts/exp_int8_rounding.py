@@ -33,7 +33,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_generate import PROMPTS  # noqa: E402
-from exp_int8_quality import first_sentence, held_out_articles, logit_drift, perplexity  # noqa: E402
+from exp_int8_quality import batches, first_sentence, logit_drift, perplexity, wiki_summaries  # noqa: E402
 
 import jaxlm  # noqa: E402
 from jaxlm import assets  # noqa: E402
@@ -93,11 +93,11 @@ def replace_matrices(model, make) -> None:
             module.matrix = new.setdefault(id(old), make(old))
 
 
-def input_moments(model, tokenizer, texts: list[str], max_tokens: int) -> list[np.ndarray]:
-    """Per int8 matrix (in `nnx.iter_modules` order), the sum of x x^T over the real tokens it reads."""
+def input_moments(model, tokenizer, texts: list[str], max_tokens: int) -> dict[int, np.ndarray]:
+    """id(int8 matrix) -> the sum of x x^T over the real tokens of the inputs x it reads."""
     matrices = [m for _, m in nnx.iter_modules(model) if isinstance(m, Int8Matrix)]
     for index, matrix in enumerate(matrices):
-        matrix.calibration_index = index
+        matrix.calibration_index = index  # survives nnx.split/merge, unlike id()
     graphdef, state = nnx.split(model)
     matmul = Int8Matrix.matmul
 
@@ -117,15 +117,10 @@ def input_moments(model, tokenizer, texts: list[str], max_tokens: int) -> list[n
             Int8Matrix.matmul = matmul
         return seen
 
-    total = [0.0] * len(matrices)
-    for start in range(0, len(texts), 8):
-        encoded = [tokenizer(t)["input_ids"][:max_tokens] for t in texts[start:start + 8]]
-        ids = np.zeros((8, max_tokens), np.int32)
-        mask = np.zeros((8, max_tokens), np.int32)
-        for row, seq in enumerate(encoded):
-            ids[row, :len(seq)], mask[row, :len(seq)] = seq, 1
+    total = {id(m): 0.0 for m in matrices}
+    for ids, mask in batches(tokenizer, texts, max_tokens):
         for index, h in moments(state, jnp.asarray(ids), jnp.asarray(mask)).items():
-            total[index] = total[index] + np.asarray(h, np.float64)
+            total[id(matrices[index])] += np.asarray(h, np.float64)
     return total
 
 
@@ -174,9 +169,9 @@ def main():
     reference, tokenizer = jaxlm.load_pretrained(args.model)
     per_row, _ = jaxlm.load_pretrained(args.model, quantize="int8")
     gptq, _ = jaxlm.load_pretrained(args.model, quantize="int8")
-    moments = input_moments(gptq, tokenizer, held_out_articles(args.calibration, split="train"), args.max_tokens)
-    for (matrix, rows), h in zip(matrices_with_rows(gptq, reference), moments):
-        matrix.weight.set_value(jnp.asarray(gptq_round(rows, h, np.asarray(matrix.scale[...]))))
+    moments = input_moments(gptq, tokenizer, wiki_summaries(args.calibration, split="train"), args.max_tokens)
+    for matrix, rows in matrices_with_rows(gptq, reference):
+        matrix.weight.set_value(jnp.asarray(gptq_round(rows, moments[id(matrix)], np.asarray(matrix.scale[...]))))
     blocks, _ = jaxlm.load_pretrained(args.model, quantize="int8")
     rows_of = {id(m): rows for m, rows in matrices_with_rows(blocks, reference)}
     replace_matrices(blocks, lambda old: BlockInt8Matrix(rows_of[id(old)]))
@@ -185,7 +180,7 @@ def main():
         if isinstance(module, (Int8Linear, Int8Embed)):
             module.activations = "float"
 
-    texts = held_out_articles(args.articles)
+    texts = wiki_summaries(args.articles)
     variants = {"per-row": per_row, "GPTQ": gptq, f"block {BLOCK}": blocks_float}
     base_ppl, tokens = perplexity(reference, tokenizer, texts, args.max_tokens)
     answers = jaxlm.generate(reference, tokenizer, PROMPTS, max_new_tokens=64, chat=True).texts
