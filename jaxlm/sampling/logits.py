@@ -118,9 +118,8 @@ def choose_tokens(
             scores = top_p_filter(scores, knobs["top_p"])
         tokens = jax.random.categorical(key, scores, axis=-1)
     tokens = tokens.astype(jnp.int32)
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    log_total = top[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
-    logprobs = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0] - log_total
+    chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
+    logprobs = chosen - jax.nn.logsumexp(logits, axis=-1)  # not a whole log_softmax for one entry per row
     return tokens, logprobs
 
 
