@@ -20,7 +20,6 @@ The last line prints block scales' speed relative to per-row. Not run by CI.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -37,6 +36,7 @@ from exp_int8_quality import batches, first_sentence, logit_drift, perplexity, w
 
 import jaxlm  # noqa: E402
 from jaxlm import assets  # noqa: E402
+from jaxlm.models.lora import _get  # noqa: E402
 from jaxlm.models.quant import DIGIT_BASE, Int8Embed, Int8Linear, Int8Matrix, Int8Weight, int8_digits  # noqa: E402
 
 BLOCK = 32
@@ -68,16 +68,12 @@ class BlockInt8Matrix(nnx.Module):
         return y.astype(x.dtype).reshape(*lead, -1)
 
 
-def _module_at(model, path: tuple):
-    return functools.reduce(lambda m, key: m[key] if isinstance(key, int) else getattr(m, key), path, model)
-
-
 def matrices_with_rows(int8_model, float_model) -> list[tuple[Int8Matrix, np.ndarray]]:
     """Each int8 matrix of `int8_model` with the float32 rows [out, in] it was rounded from."""
     parts: dict[int, tuple] = {}
     for path, module in nnx.iter_modules(int8_model):
         if isinstance(module, Int8Linear):
-            rows = np.asarray(_module_at(float_model, path).kernel[...]).T
+            rows = np.asarray(_get(float_model, path).kernel[...]).T
             parts.setdefault(id(module.matrix), (module.matrix, {}))[1][module.start] = rows
         elif isinstance(module, Int8Embed):
             parts[id(module.matrix)] = (module.matrix, {0: np.asarray(module.embedding[...])})
