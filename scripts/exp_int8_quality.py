@@ -153,7 +153,7 @@ def main():
     float_activations, _ = jaxlm.load_pretrained(args.model)
     quantize_int8(float_activations, activations="float")
     variants = {"int8": int8, "int8, float activations": float_activations,
-                  "bfloat16 weights": bfloat16_weights(model)}
+                "bfloat16 weights": bfloat16_weights(model)}
     for name, (drift, top1, tokens) in logit_drift(model, variants, tokenizer, texts, args.max_tokens).items():
         print(f"{name:>24}: logits move by {drift:.4f} on average, top-1 kept for {top1 * 100:.2f}% of {tokens} tokens")
     bf16_answers = jaxlm.generate(variants["bfloat16 weights"], tokenizer, PROMPTS,
