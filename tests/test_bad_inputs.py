@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -453,6 +454,24 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(files, tm
     line = assert_one_line(err, f"no space left on device while saving checkpoint 4 to {checkpoints}", "stopped")
     assert "the last good checkpoint (step 2) is kept" in line
     assert kept == ["2"]  # the partial folder of checkpoint 4 is gone, checkpoint 2 is whole
+
+
+def test_a_full_disk_is_not_logged_again_by_orbax_or_asyncio(caplog):
+    """The one-line report stands alone: Orbax's writer (absl) and asyncio, when the failed write's
+    gathered future is collected unread, log the same failure with a traceback; other errors still show."""
+    from jaxlm.train.checkpointing import _quiet_disk_full_in_writer_threads
+
+    _quiet_disk_full_in_writer_threads()
+    try:
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing in OCDBT database: No space left on device "
+                         "[os_error_code='28']")
+    except ValueError as error:
+        failure = (ValueError, error, error.__traceback__)
+    with caplog.at_level(logging.ERROR):
+        logging.getLogger("asyncio").error("_GatheringFuture exception was never retrieved", exc_info=failure)
+        logging.getLogger("absl").error("writing a checkpoint failed", exc_info=failure)
+        logging.getLogger("asyncio").error("an unrelated event loop error")
+    assert [r.getMessage() for r in caplog.records] == ["an unrelated event loop error"]
 
 
 def _fail_checkpoint_saves_from(step: int, monkeypatch):

@@ -148,11 +148,13 @@ _FILTER = _DiskFullFilter()
 
 
 def _quiet_disk_full_in_writer_threads() -> None:
-    """Orbax's threads log a failed write at length, and once a save fails, tensorstore's C++ threads
-    may still hand results to the closed event loop of the failed write and print each refusal."""
-    logger = logging.getLogger("absl")
-    if _FILTER not in logger.filters:
-        logger.addFilter(_FILTER)
+    """Orbax's threads log a failed write at length (and asyncio, when the failed write's gathered
+    future is collected unread, logs it again); once a save fails, tensorstore's C++ threads may still
+    hand results to the closed event loop of the failed write and print each refusal."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
     if not getattr(sys.excepthook, "drops_closed_loop_callbacks", False):
         sys.excepthook = _dropping_closed_loop_callbacks(sys.excepthook)
     if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):  # the other way C++ reports them
