@@ -389,7 +389,8 @@ def test_rope_past_its_trained_positions_warns(files):
 
 def run_jaxlm(*argv, logs, timeout=300, interrupt_when=None) -> tuple[int, str]:
     """(status, stderr) of `python -m jaxlm ARGV` from this checkout; SIGINT once `interrupt_when()` holds."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0"}  # TensorFlow's own logging on: it must hold no traceback
+    # TensorFlow's own logging on: it must hold no traceback. faulthandler: a hung run's threads, below.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "0", "PYTHONFAULTHANDLER": "1"}
     with open(logs, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "jaxlm", *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                 stderr=err)
@@ -400,6 +401,12 @@ def run_jaxlm(*argv, logs, timeout=300, interrupt_when=None) -> tuple[int, str]:
                     time.sleep(0.1)
                 proc.send_signal(signal.SIGINT)
             proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack to the log
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            with open(logs) as f:
+                pytest.fail(f"jaxlm {' '.join(argv[:1])} did not end in {timeout} s; its threads:\n{f.read()[-6000:]}")
         finally:
             proc.kill()
     with open(logs) as f:
