@@ -1,7 +1,7 @@
 """A training run's fixed parts: what `prepare` builds, how a checkpoint resumes it, what it leaves.
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
-The files a person reads are written here (`write_config`, `sample_before`, `write_outputs`) and by
+The files a person reads are written here (`write_config`, `sample_before`, `export_model`, `write_report`) and by
 `Run.logger`, by process 0 only (`Run.writer`, see distributed.py); every process runs the steps,
 evaluations and checkpoints.
 """
@@ -12,12 +12,14 @@ import dataclasses
 import json
 import os
 import time
-from typing import Protocol, Sequence
+import traceback
+from typing import Callable, Protocol, Sequence
 
 import jax
 import yaml
 from flax import nnx
 
+from jaxlm.errors import warn
 from jaxlm.train import distributed, report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
@@ -106,9 +108,10 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
     prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    before = sample_before(cfg, model, tokenizer, prompts, paths) if resume_step is None and writer else None
-
     engine = build_engine(model, cfg)
+    before = None
+    if resume_step is None and writer:
+        before = sample_before(cfg, model, tokenizer, prompts, paths, engine)
     trained = count_params(engine.state.params)
     _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
                    f"mesh {dict(engine.mesh.shape)}")
@@ -145,13 +148,20 @@ def load_inputs(cfg: Config):
     return model, tokenizer, train_data, eval_data, test_data
 
 
-def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> dict | None:
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict, engine: Engine) -> dict | None:
     """The untrained model's answers to the held-out and general prompts with their scores, written at
-    once (a killed run keeps them)."""
+    once (a killed run keeps them). One process: the model samples with the engine's parameters, on its mesh,
+    so the answers after training reuse the compiled programs; several: process 0 samples alone, on its copy."""
     general = wants_general_check(cfg, model)
     if not prompts and not general:
         return None
-    before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    own = nnx.state(model)
+    if jax.process_count() == 1:
+        engine.update_model(model)
+    try:
+        before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    finally:  # the engine's parameters are donated to the train step: the model must not hold them meanwhile
+        nnx.update(model, own)
     report.write_samples(paths["samples"], prompts, before, None, step=None)
     return before
 
@@ -216,9 +226,30 @@ def write_test_before(run: Run, scores: dict) -> None:
     _write_test_metrics(run.paths, {"before": scores, "steps": {"before": 0}})
 
 
-def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, export: bool,
-                  step: int, eval_losses: Sequence[tuple[int, float]] = ()) -> None:
-    """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
+def export_model(run: Run) -> None:
+    """hf/ (and adapter/, model.gguf): the trained model, written before anything optional."""
+    report.export(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
+                  trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
+
+
+def after_training(run: Run, what: str, work: Callable, *args, **kwargs):
+    """`work(*args, **kwargs)`, or None and a warning if it fails: the trained model is already exported, and
+    a failure in the report must not end the run without it. The traceback goes to report_error.log."""
+    try:
+        return work(*args, **kwargs)
+    except Exception as error:  # whatever went wrong here, the run's model and checkpoints are kept
+        log = run.paths["report_error"]
+        if run.writer:
+            with open(log, "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+        warn(f"the after-training {what} failed ({type(error).__name__}: {error}); the model and checkpoints "
+             f"are kept, the traceback is in {log}")
+        return None
+
+
+def write_report(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, step: int,
+                 eval_losses: Sequence[tuple[int, float]] = ()) -> None:
+    """The files a person reads after a run: NER report, sample answers, test scores, loss curve."""
     paths = run.paths
     if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
         report_path = paths["classification_report" if run.cfg.task == "classification" else "ner_report"]
@@ -233,14 +264,11 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
         rows = read_metrics(paths["metrics"])
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
-    if export:
-        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
-                      trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
     """(what, at step 0, at the end) for samples.md: the data.test token scores, and the eval loss when it was
-    measured at step 0 (a resumed run's loop did not see it)."""
+    measured at step 0 (checkpoints keep it for a resumed run)."""
     lines = []
     if test and test.get("before") and test.get("after"):
         lines += [(f"data.test {key}", test["before"][key], test["after"][key])
