@@ -98,7 +98,32 @@ def files(tmp_path_factory):
     _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
+    f.update(_round_two_files(root, f))
     return f
+
+
+def _round_two_files(root, f) -> dict:
+    """Inputs of the issue-26 rows (code execution, hangs, writers)."""
+    return {
+        "evil": _model_copy(f, "evil", lambda p: _custom_code(p, "tokenizer_config.json", f["root"])),
+        "evil_config": _model_copy(f, "evil_config", lambda p: _custom_code(p, "config.json", f["root"])),
+        "evil_class": _model_copy(f, "evil_class", lambda p: _edit_json(os.path.join(p, "tokenizer_config.json"),
+                                                                        tokenizer_class="EvilTok")),
+    }
+
+
+def _custom_code(folder, settings: str, root):
+    """A model folder whose `settings` file names a module beside it that writes PWNED when imported."""
+    _write(os.path.join(folder, "evilmod.py"), f"open({os.path.join(root, 'PWNED')!r}, 'w').write('ran')\n"
+           "from transformers import PreTrainedTokenizerFast\n"
+           "class EvilTok(PreTrainedTokenizerFast):\n    pass\n")
+    path = os.path.join(folder, settings)
+    with open(path) as f:
+        data = json.load(f)
+    data.pop("tokenizer_class", None)  # else transformers prefers its own class and never looks at auto_map
+    data["auto_map"] = {"AutoTokenizer": ["evilmod.EvilTok", None]}
+    with open(path, "w") as f:
+        json.dump(data, f)
 
 
 def _lora_adapter(folder):
@@ -246,6 +271,17 @@ CASES = [
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),
     Case("convert into a file", convert("llama", "a_file"), BAD_INPUT, "is a file; the output is a folder"),
+    # round two (issue 26): code execution, hangs, writers
+    Case("tokenizer auto_map, in generate", generate("evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code from the model folder", "error"),
+    Case("tokenizer auto_map, in train", train(model="evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("tokenizer auto_map, in convert", convert("evil", "out"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("config.json auto_map, in train", train(model="evil_config"), BAD_INPUT,
+         "config.json: 'auto_map' asks to run Python code"),
+    Case("a tokenizer class transformers does not know", generate("evil_class"), BAD_INPUT,
+         "tokenizer_class='EvilTok' is not a transformers tokenizer"),
 ]
 
 
@@ -522,6 +558,19 @@ def read_only_folder(path):
             yield path
         finally:
             os.chmod(path, 0o755)
+
+
+# --- round two (issue 26): code execution, hangs, writers, in a real process ------------------
+
+
+@pytest.mark.parametrize("stdin", [b"", b"y\n"], ids=["stdin closed", "y on stdin"])
+def test_code_in_a_model_folder_never_runs(files, tmp_path, stdin):
+    """transformers asks on stdin before importing a model folder's module: the answer must never matter."""
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "generate", "--model", files["evil"], "--prompt", "hi",
+                           "--compile-cache", "none"], cwd=ROOT, input=stdin, capture_output=True, timeout=120)
+    assert proc.returncode == BAD_INPUT, proc.stderr.decode()[-3000:]
+    assert_one_line(proc.stderr.decode(), "'auto_map' asks to run Python code", "error")
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
 
 
 # --- rows other test files hold --------------------------------------------------------------

@@ -176,7 +176,7 @@ def tokenizer(reader, path: str):
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
         folder, name = os.path.split(os.path.abspath(path))
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
     merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
