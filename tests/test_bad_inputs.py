@@ -282,6 +282,9 @@ CASES = [
          "config.json: 'auto_map' asks to run Python code"),
     Case("a tokenizer class transformers does not know", generate("evil_class"), BAD_INPUT,
          "tokenizer_class='EvilTok' is not a transformers tokenizer"),
+    Case("audit --engine ray --workers 0 (was a hang)",
+         lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--engine", "ray", "--workers", "0", "--model",
+                         "none", "--embedder", "none", "--quiet"], BAD_INPUT, "--workers: must be >= 1, got 0"),
 ]
 
 

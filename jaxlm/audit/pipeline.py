@@ -53,6 +53,8 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if unknown:
         raise AuditError(f"--remove: unknown reason(s) {unknown}; known: {sorted(REASONS)}")
     gates = [parse_gate(g) for g in config.gates]
+    if config.workers < 1:  # zero Ray actors would wait for ever for a shard to be measured
+        raise AuditError(f"--workers: must be >= 1, got {config.workers}")
     if not os.path.exists(config.data):
         raise AuditError(f"{config.data}: no such file or folder")
     os.makedirs(config.out, exist_ok=True)
