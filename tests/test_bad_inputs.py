@@ -105,11 +105,30 @@ def files(tmp_path_factory):
 def _round_two_files(root, f) -> dict:
     """Inputs of the issue-26 rows (code execution, hangs, writers)."""
     return {
+        **_lying_ggufs(root, f["llama"]),
         "evil": _model_copy(f, "evil", lambda p: _custom_code(p, "tokenizer_config.json", f["root"])),
         "evil_config": _model_copy(f, "evil_config", lambda p: _custom_code(p, "config.json", f["root"])),
         "evil_class": _model_copy(f, "evil_class", lambda p: _edit_json(os.path.join(p, "tokenizer_config.json"),
                                                                         tokenizer_class="EvilTok")),
     }
+
+
+def _lying_ggufs(root, model_folder) -> dict:
+    """The tiny Llama as GGUF files (2 blocks, 64 wide) whose metadata claims other sizes."""
+    import gguf
+
+    import jaxlm
+
+    model, tokenizer = jaxlm.load_pretrained(model_folder)
+    lies = {"gguf_5000_blocks": ("llama.block_count", 5000), "gguf_1e9_blocks": ("llama.block_count", 10**9),
+            "gguf_wide": ("llama.embedding_length", 1 << 20)}
+    found = {}
+    for name, (key, value) in lies.items():
+        path = jaxlm.export_pretrained(model, root / f"{name}.gguf", tokenizer, gguf_type="f32")
+        field = gguf.GGUFReader(path, "r+").fields[key]
+        field.parts[field.data[0]][0] = value  # in place, through the reader's writable memory map
+        found[name] = str(path)
+    return found
 
 
 def _custom_code(folder, settings: str, root):
@@ -285,6 +304,12 @@ CASES = [
     Case("audit --engine ray --workers 0 (was a hang)",
          lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--engine", "ray", "--workers", "0", "--model",
                          "none", "--embedder", "none", "--quiet"], BAD_INPUT, "--workers: must be >= 1, got 0"),
+    Case("GGUF claiming 5000 blocks, holding 2 (was a hang)", convert("gguf_5000_blocks", "out"), BAD_INPUT,
+         "GGUF metadata llama.block_count=5000, but the file holds the tensors of 2 block(s) (blk.0 to blk.1)"),
+    Case("GGUF claiming 1e9 blocks (was a hang)", train(model="gguf_1e9_blocks"), BAD_INPUT,
+         "llama.block_count=1000000000, but the file holds the tensors of 2 block(s)"),
+    Case("GGUF claiming a width its tensors do not have", convert("gguf_wide", "out"), BAD_INPUT,
+         "llama.embedding_length=1048576, but tensor 'token_embd.weight' has shape"),
 ]
 
 
