@@ -601,6 +601,24 @@ def test_code_in_a_model_folder_never_runs(files, tmp_path, stdin):
     assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
 
 
+def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writing(files, tmp_path, capfd):
+    def run(*overrides):
+        return cli.main(train("checkpoint.every=2", "eval.general_prompts=false", *overrides, data="text",
+                              task="causal_lm")(files, str(tmp_path)))
+
+    assert run("model.lora.rank=4") == 0
+    before = _snapshot(tmp_path / "run")
+    capfd.readouterr()
+    assert run("model.lora.rank=8", "train.seed=1") == BAD_INPUT  # was: config.yaml rewritten, Orbax's traceback
+    line = assert_one_line(capfd.readouterr().err, "model.lora.rank=8 (saved: 4); train.seed=1 (saved: 0)",
+                           "config error")
+    assert "config.yaml" in line and _snapshot(tmp_path / "run") == before
+    # keys that may change on a resume do not stop it (the run is complete: resumed, nothing to compile)
+    assert run("model.lora.rank=4", "train.log_every=1", "eval.every=5", "checkpoint.keep=3",
+               "train.learning_rate=1e-3") == 0
+    assert "resumed from" in capfd.readouterr().out
+
+
 # --- rows other test files hold --------------------------------------------------------------
 
 ELSEWHERE = {
