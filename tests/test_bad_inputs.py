@@ -619,6 +619,54 @@ def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writin
     assert "resumed from" in capfd.readouterr().out
 
 
+WRITERS = {  # each command that writes a folder (or file): its argv, and the path it writes
+    "train": (train(), "run"),
+    "synth": (synth("self-instruct", "--out", "{out}/s"), "s"),
+    "eval": (lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--out", f"{out}/e", "--no-general",
+                             "--no-progress"], "e"),
+    "audit": (lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--model", "none", "--embedder", "none",
+                              "--quiet"], "a"),
+    "convert": (convert("llama", "c"), "c"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_second_writer_of_a_folder_stops_at_once_naming_the_first(command, files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    argv, written = WRITERS[command]
+    with one_writer(tmp_path / written):  # the first writer, still at work
+        before = _snapshot(tmp_path)
+        started = time.perf_counter()
+        assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT
+        assert time.perf_counter() - started < 5  # refused before any model or record is read
+        line = assert_one_line(capfd.readouterr().err, f"another process (pid {os.getpid()}) is writing it", "error")
+        assert str(tmp_path / written) in line
+        assert _snapshot(tmp_path) == before  # nothing written beside the first writer's work
+    assert os.listdir(tmp_path) == [], "the lock file was left behind"
+
+
+def test_the_writer_lock_is_released_however_its_holder_ends(files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt), one_writer(out):
+        raise KeyboardInterrupt  # Ctrl-C in the first writer
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from jaxlm.outputs import one_writer\n"
+                               f"with one_writer({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert cli.main(convert("llama", "c")(files, str(tmp_path))) == BAD_INPUT
+        assert_one_line(capfd.readouterr().err, f"another process (pid {holder.pid}) is writing it", "error")
+    finally:
+        holder.kill()  # SIGKILL: no finally of its own runs, the kernel drops its lock
+        holder.wait()
+    assert cli.main(convert("llama", "c")(files, str(tmp_path))) == 0  # the stale lock file is taken over
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+
+
 # --- rows other test files hold --------------------------------------------------------------
 
 ELSEWHERE = {

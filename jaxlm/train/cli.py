@@ -7,8 +7,10 @@ and the input paths too, before a model is loaded or a record read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from jaxlm.errors import exit_codes
+from jaxlm.outputs import one_writer
 from jaxlm.train.config import describe, load_config
 
 EPILOG = """With no arguments, runs the embedded default: LoRA SFT of SmolLM2-135M-Instruct on the
@@ -63,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
 
         print(dry_run.describe(dry_run.dry_run(cfg), cfg))
         return 0
+    from jaxlm.train import distributed
     from jaxlm.train.loop import train
 
-    result = train(cfg, progress=not args.no_progress)
+    # process 0 alone writes output_dir (distributed.py), so it alone holds the lock on it
+    with one_writer(cfg.output_dir) if distributed.is_writer() else contextlib.nullcontext():
+        result = train(cfg, progress=not args.no_progress)
     print(f"{result.stop_reason} at step {result.step}; outputs in {result.output_dir}")
     return 0
