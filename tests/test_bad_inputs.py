@@ -619,6 +619,25 @@ def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writin
     assert "resumed from" in capfd.readouterr().out
 
 
+@pytest.mark.parametrize("process", [0, 1], ids=["process 0 (serves the coordinator)", "process 1"])
+def test_distributed_start_with_no_peer_says_what_it_waits_for_and_gives_up(tmp_path, process):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on (process 0 binds it, and nobody comes)
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(process), "JAXLM_DISTRIBUTED_TIMEOUT": "2"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "train", "--distributed"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # was: silent for JAX's 300 s, then abort
+    assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
+    assert time.perf_counter() - started < 60
+    assert f"waiting up to 2 s for the 2 processes at the coordinator {address} (this is process {process})" \
+        in proc.stderr.splitlines()[0]
+    assert_one_line(proc.stderr, "not all joined within 2 s", "error")
+
+
 WRITERS = {  # each command that writes a folder (or file): its argv, and the path it writes
     "train": (train(), "run"),
     "synth": (synth("self-instruct", "--out", "{out}/s"), "s"),

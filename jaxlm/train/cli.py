@@ -36,7 +36,8 @@ def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser
     parser.add_argument("--distributed", action="store_true",
                         help="one of several processes (hosts) that train together: run the same command on "
                              "each. They are found from the TPU VM, SLURM, Open MPI or Kubernetes environment, "
-                             "or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Process 0 "
+                             "or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; they wait "
+                             "JAXLM_DISTRIBUTED_TIMEOUT seconds (default 300) for each other. Process 0 "
                              "writes the outputs; checkpoint.dir must be a path every host sees")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="e.g. train.steps=100")
     return parser
