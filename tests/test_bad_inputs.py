@@ -621,11 +621,7 @@ def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writin
 
 @pytest.mark.parametrize("process", [0, 1], ids=["process 0 (serves the coordinator)", "process 1"])
 def test_distributed_start_with_no_peer_says_what_it_waits_for_and_gives_up(tmp_path, process):
-    import socket
-
-    with socket.socket() as probe:  # a port nobody listens on (process 0 binds it, and nobody comes)
-        probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    address = f"127.0.0.1:{_closed_port()}"  # nobody listens there (process 0 binds it, and nobody comes)
     env = {**os.environ, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
            "JAX_PROCESS_ID": str(process), "JAXLM_DISTRIBUTED_TIMEOUT": "2"}
     started = time.perf_counter()
@@ -636,6 +632,32 @@ def test_distributed_start_with_no_peer_says_what_it_waits_for_and_gives_up(tmp_
     assert f"waiting up to 2 s for the 2 processes at the coordinator {address} (this is process {process})" \
         in proc.stderr.splitlines()[0]
     assert_one_line(proc.stderr, "not all joined within 2 s", "error")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["synth", "audit"])
+def test_a_ray_cluster_that_does_not_answer_is_waited_for_a_bounded_time(command, files, tmp_path, capfd,
+                                                                           monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setenv("JAXLM_RAY_TIMEOUT", "1.5")
+    argv = {"synth": synth("self-instruct", "--out", "{out}/out", "--engine", "ray"),
+            "audit": lambda f, out: ["audit", f["sft"], "--out", f"{out}/out", "--engine", "ray", "--model", "none",
+                                     "--embedder", "none", "--quiet"]}[command]
+    started = time.perf_counter()
+    assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT  # was: Ray retried for minutes
+    assert time.perf_counter() - started < 30
+    err = capfd.readouterr().err
+    assert f"waiting up to 1.5 s for the cluster at RAY_ADDRESS={address}" in err
+    assert_one_line(err, f"RAY_ADDRESS={address}: no Ray cluster answered within 1.5 s", "error")
+    assert os.listdir(tmp_path) == []  # no --out to block the corrected rerun
 
 
 WRITERS = {  # each command that writes a folder (or file): its argv, and the path it writes

@@ -36,7 +36,7 @@ import traceback
 import jax
 import numpy as np
 
-from jaxlm.errors import BAD_INPUT, UserError, outcome
+from jaxlm.errors import UserError, give_up_after, outcome
 
 ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 TIMEOUT_KEY = "JAXLM_DISTRIBUTED_TIMEOUT"  # seconds to wait for every process to join (default 300, as JAX's)
@@ -101,23 +101,12 @@ _JAX_GRACE = 30  # JAX's own deadline comes this much later, so ours is the one 
 
 @contextlib.contextmanager
 def _give_up_after(timeout: int, waited: str):
-    """Says on stderr what the block waits for; ends the process with exit 2 and one `error:` line if it
-    takes longer than `timeout` seconds (it blocks in C++, where no Python exception reaches it)."""
+    """Says on stderr what the block waits for, and gives up after `timeout` seconds (exit 2)."""
     print(f"distributed: waiting up to {timeout} s for {waited} ({TIMEOUT_KEY} sets the limit)",
           file=sys.stderr, flush=True)
-
-    def give_up():
-        print(f"error: {waited}: not all joined within {timeout} s; start the same command on every process, "
-              f"check the address and port, or raise {TIMEOUT_KEY}", file=sys.stderr, flush=True)
-        os._exit(BAD_INPUT)  # no atexit: JAX's shutdown would wait for the coordinator too
-
-    timer = threading.Timer(timeout, give_up)
-    timer.daemon = True
-    timer.start()
-    try:
+    with give_up_after(timeout, f"{waited}: not all joined within {timeout} s; start the same command on every "
+                                f"process, check the address and port, or raise {TIMEOUT_KEY}"):
         yield
-    finally:
-        timer.cancel()
 
 
 def _int_env(key: str, value: str) -> int:
