@@ -17,7 +17,7 @@ import sys
 import time
 
 from jaxlm.errors import UserError, exit_codes
-from jaxlm.outputs import check_output, replacing
+from jaxlm.outputs import check_output, one_writer, replacing
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,6 +39,11 @@ def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentPars
 @exit_codes
 def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -> int:
     args = build_parser(prog).parse_args(argv)
+    with one_writer(args.out_dir):
+        return convert(args)
+
+
+def convert(args: argparse.Namespace) -> int:
     gguf = args.out_dir.endswith(".gguf")
     check_output(args.out_dir, overwrite=args.overwrite, folder=not gguf)  # before minutes of loading
 

@@ -5,6 +5,9 @@
         write into `partial`                        a temporary folder or file beside `path`
                                                     on success it takes `path`'s place; on failure it is removed
 
+    with one_writer(path):                          the whole command: a second writer of `path`
+        ...                                         fails at once, naming this process
+
 A folder is swapped in with two renames on the same filesystem (the old one is moved aside,
 then deleted); a file with one atomic `os.replace`. A failed or interrupted write leaves
 `path` as it was, plus at most a hidden `.NAME.*.partial[.EXT]` beside it.
@@ -13,6 +16,7 @@ then deleted); a file with one atomic `os.replace`. A failed or interrupted writ
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
@@ -86,3 +90,41 @@ def _remove(partial: str) -> None:
         shutil.rmtree(partial, ignore_errors=True)
     elif os.path.exists(partial):
         os.remove(partial)
+
+
+@contextlib.contextmanager
+def one_writer(path: str) -> Iterator[None]:
+    """Holds an exclusive lock on `path` (a folder or file a command writes) while the block runs.
+
+    The lock is an advisory `flock` on a hidden `.NAME.lock` beside `path`, never inside it, so it is not
+    taken for data there; it holds this process's id, which a second writer names when it raises UserError
+    (exit 2) at once. The kernel releases it when the process ends, however it ends; the file is removed on
+    the way out of the block (one that a killed process left behind is simply taken over).
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    lock = os.path.join(parent, f".{name}.lock")
+    while True:
+        handle = open(lock, "a+", encoding="utf-8")  # "a+": never truncates the holder's pid before the lock is won
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise UserError(f"{path}: another process (pid {holder}) is writing it; wait for it to finish, or "
+                            f"choose another output (the lock is {lock})") from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock)):
+                break
+        handle.close()  # the holder removed the file between our open and our lock: lock the one there now
+    try:
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)  # while still locked: whoever opens it next opens a new file
+        handle.close()

@@ -98,7 +98,51 @@ def files(tmp_path_factory):
     _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
+    f.update(_round_two_files(root, f))
     return f
+
+
+def _round_two_files(root, f) -> dict:
+    """Inputs of the issue-26 rows (code execution, hangs, writers)."""
+    return {
+        **_lying_ggufs(root, f["llama"]),
+        "evil": _model_copy(f, "evil", lambda p: _custom_code(p, "tokenizer_config.json", f["root"])),
+        "evil_config": _model_copy(f, "evil_config", lambda p: _custom_code(p, "config.json", f["root"])),
+        "evil_class": _model_copy(f, "evil_class", lambda p: _edit_json(os.path.join(p, "tokenizer_config.json"),
+                                                                        tokenizer_class="EvilTok")),
+    }
+
+
+def _lying_ggufs(root, model_folder) -> dict:
+    """The tiny Llama as GGUF files (2 blocks, 64 wide) whose metadata claims other sizes."""
+    import gguf
+
+    import jaxlm
+
+    model, tokenizer = jaxlm.load_pretrained(model_folder)
+    lies = {"gguf_5000_blocks": ("llama.block_count", 5000), "gguf_1e9_blocks": ("llama.block_count", 10**9),
+            "gguf_wide": ("llama.embedding_length", 1 << 20)}
+    found = {}
+    for name, (key, value) in lies.items():
+        path = jaxlm.export_pretrained(model, root / f"{name}.gguf", tokenizer, gguf_type="f32")
+        field = gguf.GGUFReader(path, "r+").fields[key]
+        field.parts[field.data[0]][0] = value  # in place, through the reader's writable memory map
+        found[name] = str(path)
+    return found
+
+
+def _custom_code(folder, settings: str, root):
+    """A model folder whose `settings` file names a module beside it that writes PWNED when imported."""
+    _write(os.path.join(folder, "evilmod.py"), f"open({os.path.join(root, 'PWNED')!r}, 'w').write('ran')\n"
+           "from transformers import PreTrainedTokenizerFast\n"
+           "class EvilTok(PreTrainedTokenizerFast):\n    pass\n")
+    path = os.path.join(folder, settings)
+    with open(path) as f:
+        data = json.load(f)
+    data.pop("tokenizer_class", None)  # else transformers prefers its own class and never looks at auto_map
+    data["auto_map"] = {"AutoTokenizer": ["evilmod.EvilTok", None]}
+    with open(path, "w") as f:
+        json.dump(data, f)
 
 
 def _lora_adapter(folder):
@@ -246,6 +290,26 @@ CASES = [
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),
     Case("convert into a file", convert("llama", "a_file"), BAD_INPUT, "is a file; the output is a folder"),
+    # round two (issue 26): code execution, hangs, writers
+    Case("tokenizer auto_map, in generate", generate("evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code from the model folder", "error"),
+    Case("tokenizer auto_map, in train", train(model="evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("tokenizer auto_map, in convert", convert("evil", "out"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("config.json auto_map, in train", train(model="evil_config"), BAD_INPUT,
+         "config.json: 'auto_map' asks to run Python code"),
+    Case("a tokenizer class transformers does not know", generate("evil_class"), BAD_INPUT,
+         "tokenizer_class='EvilTok' is not a transformers tokenizer"),
+    Case("audit --engine ray --workers 0 (was a hang)",
+         lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--engine", "ray", "--workers", "0", "--model",
+                         "none", "--embedder", "none", "--quiet"], BAD_INPUT, "--workers: must be >= 1, got 0"),
+    Case("GGUF claiming 5000 blocks, holding 2 (was a hang)", convert("gguf_5000_blocks", "out"), BAD_INPUT,
+         "GGUF metadata llama.block_count=5000, but the file holds the tensors of 2 block(s) (blk.0 to blk.1)"),
+    Case("GGUF claiming 1e9 blocks (was a hang)", train(model="gguf_1e9_blocks"), BAD_INPUT,
+         "llama.block_count=1000000000, but the file holds the tensors of 2 block(s)"),
+    Case("GGUF claiming a width its tensors do not have", convert("gguf_wide", "out"), BAD_INPUT,
+         "llama.embedding_length=1048576, but tensor 'token_embd.weight' has shape"),
 ]
 
 
@@ -522,6 +586,126 @@ def read_only_folder(path):
             yield path
         finally:
             os.chmod(path, 0o755)
+
+
+# --- round two (issue 26): code execution, hangs, writers, in a real process ------------------
+
+
+@pytest.mark.parametrize("stdin", [b"", b"y\n"], ids=["stdin closed", "y on stdin"])
+def test_code_in_a_model_folder_never_runs(files, tmp_path, stdin):
+    """transformers asks on stdin before importing a model folder's module: the answer must never matter."""
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "generate", "--model", files["evil"], "--prompt", "hi",
+                           "--compile-cache", "none"], cwd=ROOT, input=stdin, capture_output=True, timeout=120)
+    assert proc.returncode == BAD_INPUT, proc.stderr.decode()[-3000:]
+    assert_one_line(proc.stderr.decode(), "'auto_map' asks to run Python code", "error")
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
+
+
+def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writing(files, tmp_path, capfd):
+    def run(*overrides):
+        return cli.main(train("checkpoint.every=2", "eval.general_prompts=false", *overrides, data="text",
+                              task="causal_lm")(files, str(tmp_path)))
+
+    assert run("model.lora.rank=4") == 0
+    before = _snapshot(tmp_path / "run")
+    capfd.readouterr()
+    assert run("model.lora.rank=8", "train.seed=1") == BAD_INPUT  # was: config.yaml rewritten, Orbax's traceback
+    line = assert_one_line(capfd.readouterr().err, "model.lora.rank=8 (saved: 4); train.seed=1 (saved: 0)",
+                           "config error")
+    assert "config.yaml" in line and _snapshot(tmp_path / "run") == before
+    # keys that may change on a resume do not stop it (the run is complete: resumed, nothing to compile)
+    assert run("model.lora.rank=4", "train.log_every=1", "eval.every=5", "checkpoint.keep=3",
+               "train.learning_rate=1e-3") == 0
+    assert "resumed from" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("process", [0, 1], ids=["process 0 (serves the coordinator)", "process 1"])
+def test_distributed_start_with_no_peer_says_what_it_waits_for_and_gives_up(tmp_path, process):
+    address = f"127.0.0.1:{_closed_port()}"  # nobody listens there (process 0 binds it, and nobody comes)
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(process), "JAXLM_DISTRIBUTED_TIMEOUT": "2"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "train", "--distributed"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # was: silent for JAX's 300 s, then abort
+    assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
+    assert time.perf_counter() - started < 60
+    assert f"waiting up to 2 s for the 2 processes at the coordinator {address} (this is process {process})" \
+        in proc.stderr.splitlines()[0]
+    assert_one_line(proc.stderr, "not all joined within 2 s", "error")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["synth", "audit"])
+def test_a_ray_cluster_that_does_not_answer_is_waited_for_a_bounded_time(command, files, tmp_path, capfd,
+                                                                           monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setenv("JAXLM_RAY_TIMEOUT", "1.5")
+    argv = {"synth": synth("self-instruct", "--out", "{out}/out", "--engine", "ray"),
+            "audit": lambda f, out: ["audit", f["sft"], "--out", f"{out}/out", "--engine", "ray", "--model", "none",
+                                     "--embedder", "none", "--quiet"]}[command]
+    started = time.perf_counter()
+    assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT  # was: Ray retried for minutes
+    assert time.perf_counter() - started < 30
+    err = capfd.readouterr().err
+    assert f"waiting up to 1.5 s for the cluster at RAY_ADDRESS={address}" in err
+    assert_one_line(err, f"RAY_ADDRESS={address}: no Ray cluster answered within 1.5 s", "error")
+    assert os.listdir(tmp_path) == []  # no --out to block the corrected rerun
+
+
+WRITERS = {  # each command that writes a folder (or file): its argv, and the path it writes
+    "train": (train(), "run"),
+    "synth": (synth("self-instruct", "--out", "{out}/s"), "s"),
+    "eval": (lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--out", f"{out}/e", "--no-general",
+                             "--no-progress"], "e"),
+    "audit": (lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--model", "none", "--embedder", "none",
+                              "--quiet"], "a"),
+    "convert": (convert("llama", "c"), "c"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_second_writer_of_a_folder_stops_at_once_naming_the_first(command, files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    argv, written = WRITERS[command]
+    with one_writer(tmp_path / written):  # the first writer, still at work
+        before = _snapshot(tmp_path)
+        started = time.perf_counter()
+        assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT
+        assert time.perf_counter() - started < 5  # refused before any model or record is read
+        line = assert_one_line(capfd.readouterr().err, f"another process (pid {os.getpid()}) is writing it", "error")
+        assert str(tmp_path / written) in line
+        assert _snapshot(tmp_path) == before  # nothing written beside the first writer's work
+    assert os.listdir(tmp_path) == [], "the lock file was left behind"
+
+
+def test_the_writer_lock_is_released_however_its_holder_ends(files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt), one_writer(out):
+        raise KeyboardInterrupt  # Ctrl-C in the first writer
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from jaxlm.outputs import one_writer\n"
+                               f"with one_writer({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert cli.main(convert("llama", "c")(files, str(tmp_path))) == BAD_INPUT
+        assert_one_line(capfd.readouterr().err, f"another process (pid {holder.pid}) is writing it", "error")
+    finally:
+        holder.kill()  # SIGKILL: no finally of its own runs, the kernel drops its lock
+        holder.wait()
+    assert cli.main(convert("llama", "c")(files, str(tmp_path))) == 0  # the stale lock file is taken over
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+    assert json.load(open(out / "config.json"))["model_type"] == "llama"
 
 
 # --- rows other test files hold --------------------------------------------------------------

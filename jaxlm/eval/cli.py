@@ -11,6 +11,7 @@ import json
 import sys
 
 from jaxlm.errors import UserError, exit_codes
+from jaxlm.outputs import one_writer
 
 EPILOG = """What each task scores (eval.json "scores"; one line per example in predictions.jsonl):
   sft                   loss, perplexity and next-token accuracy on the answer tokens; greedy answers to each
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
                           seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, labels=labels, general=not args.no_general,
                           adapter=args.adapter)
-    result = run_eval(options, progress=not args.no_progress)
+    with one_writer(args.out):
+        result = run_eval(options, progress=not args.no_progress)
     print(json.dumps({"task": result["task"], "examples": result["examples"], **summary(result)}, indent=1),
           file=sys.stdout)
     print(f"wrote {args.out}/eval.json and {args.out}/predictions.jsonl", file=sys.stderr)

@@ -8,6 +8,7 @@ transposed; we undo both to get HF's layout. `gguf_export` writes the other way.
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -74,6 +75,7 @@ def hf_config(reader, path: str) -> dict:
 
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
     config = _CONFIGS[arch](get, vocab, {t.name for t in reader.tensors})
+    _check_sizes(reader, arch, config, path)
     special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
     for ours, key in special:
         if f"tokenizer.ggml.{key}" in reader.fields:
@@ -122,6 +124,48 @@ def _gpt2_config(get, vocab, names) -> dict:
 
 
 _CONFIGS = {"llama": _llama_config, "gpt2": _gpt2_config}
+
+
+def _check_sizes(reader, arch: str, config: dict, path: str) -> None:
+    """The sizes the metadata claims against the tensors the file holds, before a model of those sizes is
+    built: a file that claims 5000 blocks but holds 2 took minutes to fail, one that claims 1e9 never did."""
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}  # numpy order
+    blocks = sorted({int(m.group(1)) for name in shapes if (m := re.match(r"blk\.(\d+)\.", name))})
+    claimed = int(_field(reader, f"{arch}.block_count", path))
+    if len(blocks) != claimed or (blocks and blocks[-1] != claimed - 1):  # blk.0 .. blk.{claimed-1}, each once
+        held = f"blk.{blocks[0]} to blk.{blocks[-1]}" if blocks else "none"
+        raise CheckpointError(f"{path}: GGUF metadata {arch}.block_count={claimed}, but the file holds the "
+                              f"tensors of {len(blocks)} block(s) ({held})")
+    vocab_key = f"{arch}.vocab_size" if f"{arch}.vocab_size" in reader.fields else "tokenizer.ggml.tokens (count)"
+    for key, value, tensor, axis in _SIZES[arch](arch, vocab_key, config):
+        if tensor in shapes and shapes[tensor][axis] != value:
+            raise CheckpointError(f"{path}: GGUF metadata {key}={value}, but tensor {tensor!r} has shape "
+                                  f"{shapes[tensor]} (its size {shapes[tensor][axis]} on that axis)")
+
+
+def _llama_sizes(arch: str, vocab_key: str, c: dict) -> list[tuple[str, int, str, int]]:
+    """(metadata key, the size it gives, a tensor that has that size, on which axis in numpy order)."""
+    return [
+        (vocab_key, c["vocab_size"], "token_embd.weight", 0),
+        (f"{arch}.embedding_length", c["hidden_size"], "token_embd.weight", 1),
+        (f"{arch}.feed_forward_length", c["intermediate_size"], "blk.0.ffn_up.weight", 0),
+        (f"{arch}.attention.head_count x head size", c["num_attention_heads"] * c["head_dim"],
+         "blk.0.attn_q.weight", 0),
+        (f"{arch}.attention.head_count_kv x head size", c["num_key_value_heads"] * c["head_dim"],
+         "blk.0.attn_k.weight", 0),
+    ]
+
+
+def _gpt2_sizes(arch: str, vocab_key: str, c: dict) -> list[tuple[str, int, str, int]]:
+    return [
+        (vocab_key, c["vocab_size"], "token_embd.weight", 0),
+        (f"{arch}.embedding_length", c["n_embd"], "token_embd.weight", 1),
+        (f"{arch}.feed_forward_length", c["n_inner"], "blk.0.ffn_up.weight", 0),
+        (f"{arch}.context_length", c["n_positions"], "position_embd.weight", 0),
+    ]
+
+
+_SIZES = {"llama": _llama_sizes, "gpt2": _gpt2_sizes}
 _NAMES = {"llama": LLAMA_NAMES, "gpt2": GPT2_NAMES}
 
 
@@ -176,7 +220,7 @@ def tokenizer(reader, path: str):
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
         folder, name = os.path.split(os.path.abspath(path))
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
     merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))

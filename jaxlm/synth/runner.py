@@ -25,6 +25,10 @@ def run_synth(config: SynthConfig) -> dict:
     from jaxlm.synth.modes import MODE_CLASSES
 
     mode = MODE_CLASSES[config.mode](config)  # reads seeds / corpus / data: errors before the model loads
+    if config.engine == "ray":
+        from jaxlm.cluster import reach
+
+        reach()  # a cluster that does not answer is an error before --out holds anything
     state = RunState.open(config)
     try:
         pool, kept_instructions = _rebuild_pool(config, mode, state)

@@ -36,6 +36,7 @@ from jaxlm.train.inputs import (
     padded_to,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
+from jaxlm.train.overrides import flat
 from jaxlm.train.state import count_params
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
@@ -92,6 +93,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     check_positions(cfg)
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
+        check_same_run(cfg, paths)
         write_config(cfg, paths)
     started = time.perf_counter()
     model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
@@ -129,6 +131,43 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
 
     prior = [source.weight for source in cfg.data.train]  # where the weights start, as the pipeline's first batch
     return (BanditMixing(cfg.data.bandit, train_data.source_names, prior),)
+
+
+# Keys a rerun into a run's output_dir may change: how far it goes (train.steps extends it), what it measures
+# and logs, how often and where it saves, the optimizer's hyperparameters, and how the same computation runs on
+# this machine. Any other key changes what the checkpoints hold or mean (the model and its dtype, adapters,
+# prompt tuning, trained parameters, task and head, data and its position, batch, seed, optimizer state layout).
+RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
+             "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
+             "eval.", "checkpoint.", "mesh.", "model.attention", "model.remat", "export.")
+
+
+def check_same_run(cfg: Config, paths: dict) -> None:
+    """A rerun that would resume an output_dir's checkpoints describes the same run. config.yaml is the only
+    record of what they hold: a changed key is refused before anything is written (it was rewritten, then
+    restoring failed with Orbax's traceback), naming each key that differs."""
+    if not os.path.exists(paths["config"]) or not _holds_checkpoints(paths["checkpoints"]):
+        return
+    try:
+        with open(paths["config"], encoding="utf-8") as f:
+            saved = flat(yaml.safe_load(f) or {})
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{paths['config']}: cannot read the saved config of the run to resume ({e})") from None
+    now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))  # as YAML reads it back
+    changed = [key for key in sorted(saved.keys() & now.keys())
+               if saved[key] != now[key] and not any(key == r or r.endswith(".") and key.startswith(r)
+                                                     for r in RESUMABLE)]
+    if changed:
+        shown = "; ".join(f"{key}={now[key]!r} (saved: {saved[key]!r})" for key in changed)
+        raise ConfigError(f"{shown}: {cfg.output_dir} holds the checkpoints of a run made with the saved "
+                          f"value(s) ({paths['config']}); rerun with them to resume, or choose another output_dir")
+
+
+def _holds_checkpoints(folder: str) -> bool:
+    from etils import epath  # Orbax's paths: a local folder or gs://...
+
+    path = epath.Path(folder)
+    return path.is_dir() and any(child.name.isdigit() for child in path.iterdir())
 
 
 def write_config(cfg: Config, paths: dict) -> None:
