@@ -249,6 +249,34 @@ CASES = [
 ]
 
 
+# --- round two (issue 26): outputs, tracebacks, messages --------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def round_two_files(files):
+    """The round-two rows' inputs, added to `files`."""
+    root = files["root"]
+    files["latin1_yaml"] = _write(os.path.join(root, "latin1.yaml"), b"train:\n  steps: 3\n# caf\xe9\n")
+    files["binary_yaml"] = _write(os.path.join(root, "binary.yaml"), bytes(range(256)))
+    files["no_template"] = os.path.join(root, "no_template")  # GPT-2 and its tokenizer have no chat template
+    tiny_gpt2(files["no_template"])
+    tokenizer = llama_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(files["no_template"])
+    return files
+
+
+CASES_ROUND_TWO = [
+    Case("Latin-1 YAML config", lambda f, out: ["train", "--config", f["latin1_yaml"]], BAD_INPUT,
+         "latin1.yaml:3: not valid UTF-8 (byte 23: 0xe9)", "config error"),
+    Case("binary YAML config", lambda f, out: ["train", "--config", f["binary_yaml"]], BAD_INPUT,
+         "binary.yaml:2: not valid UTF-8 (byte 128: 0x80)", "config error"),
+    Case("--config /dev/zero (was unbounded)", lambda f, out: ["train", "--config", "/dev/zero"], BAD_INPUT,
+         "/dev/zero: over 1 MB; not a YAML config file", "config error"),
+    Case("--config a folder", lambda f, out: ["train", "--config", f["root"]], BAD_INPUT,
+         "is a folder, not a YAML config file", "config error"),
+]
+
 def _snapshot(*folders) -> dict[str, str]:
     found = {}
     for folder in folders:
@@ -272,7 +300,7 @@ def assert_one_line(err: str, case_says: str, label: str = "") -> str:
     return last
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO, ids=[c.name for c in CASES + CASES_ROUND_TWO])
 def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
     if case.setup:
         case.setup(monkeypatch)
@@ -523,6 +551,17 @@ def read_only_folder(path):
         finally:
             os.chmod(path, 0o755)
 
+
+# --- round two (issue 26): what needs more than a row ---------------------------------------
+
+
+def test_plain_text_causal_lm_without_a_chat_template_runs(files, tmp_path, capfd):
+    """Was exit 2 "'messages' records need a tokenizer with a chat_template": the default data.eval (the
+    shipped chats) was kept beside the user's own data.train."""
+    argv = train(model="no_template", data="text", task="causal_lm")(files, str(tmp_path))
+    argv.remove("data.eval=[]")
+    assert cli.main(argv) == 0, capfd.readouterr().err[-3000:]
+    assert "Traceback" not in capfd.readouterr().err
 
 # --- rows other test files hold --------------------------------------------------------------
 
