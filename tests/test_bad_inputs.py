@@ -263,7 +263,38 @@ def round_two_files(files):
     tokenizer = llama_tokenizer()
     tokenizer.chat_template = None
     tokenizer.save_pretrained(files["no_template"])
+    files["bare_gpt2"] = os.path.join(root, "bare_gpt2")  # no tokenizer files
+    tiny_gpt2(files["bare_gpt2"])
+    files["eval_done"] = os.path.join(root, "eval_done")  # an earlier evaluation's folder
+    os.makedirs(files["eval_done"])
+    for name in ("eval.json", "predictions.jsonl", "report.txt", "confusion_matrix.png"):
+        _write(os.path.join(files["eval_done"], name), f"{name} from before")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    files["two_shots"] = _write(os.path.join(root, "two_shots.jsonl"), (json.dumps(chat) + "\n") * 2)
+    files["pt_run"] = _prompt_tuning_run(os.path.join(root, "pt_run"), files["llama"])
     return files
+
+
+def _prompt_tuning_run(run, base):
+    """A prompt-tuning run's output folder: hf/ the base model, adapter/ its 4 virtual tokens."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    shutil.copytree(base, os.path.join(run, "hf"))
+    with open(os.path.join(base, "config.json")) as f:
+        hidden = json.load(f)["hidden_size"]
+    os.makedirs(os.path.join(run, "adapter"))
+    _write(os.path.join(run, "adapter", "adapter_config.json"),
+           json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4}))
+    save_file({"prompt_embeddings": np.ones((4, hidden), np.float32)},
+              os.path.join(run, "adapter", "adapter_model.safetensors"))
+    _write(os.path.join(run, "config.yaml"), "task: sft\nmodel:\n  prompt_tuning:\n    num_virtual_tokens: 4\n")
+    return run
+
+
+def evaluate(*extra):
+    return lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--max-examples", "2", "--no-general",
+                           "--no-progress", "--max-new-tokens", "2", *(e.format(out=out, **f) for e in extra)]
 
 
 CASES_ROUND_TWO = [
@@ -275,6 +306,21 @@ CASES_ROUND_TWO = [
          "/dev/zero: over 1 MB; not a YAML config file", "config error"),
     Case("--config a folder", lambda f, out: ["train", "--config", f["root"]], BAD_INPUT,
          "is a folder, not a YAML config file", "config error"),
+    Case("eval over an earlier evaluation's folder", evaluate("--out", "{eval_done}"), BAD_INPUT,
+         "eval_done: the output folder is not empty"),
+    Case("eval --few-shot past the shots file", evaluate("--out", "{out}/e", "--few-shot", "5", "--shots-from",
+                                                         "{two_shots}"), BAD_INPUT,
+         "two_shots.jsonl has only 2 record(s)"),
+    Case("convert a prompt-tuning run to GGUF (was the base model, exit 0)", convert("pt_run", "m.gguf"), BAD_INPUT,
+         "GGUF cannot carry the virtual tokens of this prompt-tuning run"),
+    Case("convert --type with a folder OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m",
+                                                                           "--type", "q8_0"], BAD_INPUT,
+         "--type q8_0: applies only to a .gguf OUT"),
+    Case("convert --dtype with a .gguf OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m.gguf",
+                                                                           "--dtype", "bfloat16"], BAD_INPUT,
+         "--dtype bfloat16: applies only to a folder OUT"),
+    Case("convert's errors name OUT, not its hidden partial file", convert("bare_gpt2", "m.gguf"), BAD_INPUT,
+         "/m.gguf: a GGUF file needs the tokenizer"),
 ]
 
 def _snapshot(*folders) -> dict[str, str]:
@@ -562,6 +608,50 @@ def test_plain_text_causal_lm_without_a_chat_template_runs(files, tmp_path, capf
     argv.remove("data.eval=[]")
     assert cli.main(argv) == 0, capfd.readouterr().err[-3000:]
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_eval_overwrite_replaces_the_folder_whole(files, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(files["eval_done"], out)
+    assert cli.main(evaluate("--out", str(out), "--overwrite")(files, str(tmp_path))) == 0
+    assert sorted(os.listdir(out)) == ["eval.json", "predictions.jsonl"]  # no report or matrix from before
+    assert json.load(open(out / "eval.json"))["task"] == "sft"
+    assert os.listdir(tmp_path) == ["eval"]  # no partial or old folder left
+
+
+def test_eval_into_a_read_only_folder_is_refused_before_any_work(files, tmp_path, capfd, monkeypatch):
+    import jaxlm.hf.load
+
+    monkeypatch.setattr(jaxlm.hf.load, "load_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with read_only_folder(tmp_path / "ro") as folder:
+        status = cli.main(evaluate("--out", f"{folder}/eval")(files, str(tmp_path)))
+    assert status == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "is not writable (read-only or no permission)", "error")
+
+
+def test_convert_a_prompt_tuning_run_to_a_folder_keeps_its_adapter(files, tmp_path, capfd):
+    out = tmp_path / "out"
+    assert cli.main(["convert", files["pt_run"], str(out)]) == 0
+    adapter = os.path.join(files["pt_run"], "adapter")
+    assert _snapshot(out / "adapter") == {str(out / "adapter" / n): h
+                                          for n, h in ((os.path.basename(p), h) for p, h in _snapshot(adapter).items())}
+    assert f"--adapter {out}/adapter" in capfd.readouterr().out
+
+
+def test_converted_outputs_have_plain_modes_and_the_models_name(files, tmp_path):
+    import gguf
+
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["convert", files["llama"], str(tmp_path / "hf")]) == 0
+        assert cli.main(["convert", files["llama"], str(tmp_path / "m.gguf")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p: os.stat(os.path.join(tmp_path, p)).st_mode & 0o777 for p in ["hf", "m.gguf", *(
+        os.path.join("hf", n) for n in os.listdir(tmp_path / "hf"))]}
+    assert modes == {p: 0o755 if p == "hf" else 0o644 for p in modes}  # was 0700 and 0600 (mkdtemp, safetensors)
+    field = gguf.GGUFReader(tmp_path / "m.gguf").fields["general.name"]
+    assert bytes(field.parts[field.data[0]]).decode() == "llama"  # was the temporary file's name
 
 # --- rows other test files hold --------------------------------------------------------------
 

@@ -220,13 +220,11 @@ class Config:
 
 def check_writable(key: str, folder: str) -> None:
     """`folder` can be created or written to (checked on the nearest part of it that exists)."""
-    existing = os.path.abspath(os.path.expanduser(folder))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{key}={folder!r}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
-        raise ConfigError(f"{key}={folder!r}: {existing} is not writable (read-only or no permission)")
+    from jaxlm.outputs import unwritable
+
+    reason = unwritable(folder)
+    if reason:
+        raise ConfigError(f"{key}={folder!r}: {reason}")
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
