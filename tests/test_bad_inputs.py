@@ -31,7 +31,7 @@ import torch
 from hf_checkpoints import tiny_gpt2
 from jaxlm import cli
 from jaxlm.errors import BAD_INPUT, INTERRUPTED, STOPPED, JaxlmWarning
-from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_llama
+from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -272,6 +272,7 @@ def round_two_files(files):
     chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
     files["two_shots"] = _write(os.path.join(root, "two_shots.jsonl"), (json.dumps(chat) + "\n") * 2)
     files["pt_run"] = _prompt_tuning_run(os.path.join(root, "pt_run"), files["llama"])
+    files["bert"] = write_tiny_bert(os.path.join(root, "bert"))
     return files
 
 
@@ -321,6 +322,12 @@ CASES_ROUND_TWO = [
          "--dtype bfloat16: applies only to a folder OUT"),
     Case("convert's errors name OUT, not its hidden partial file", convert("bare_gpt2", "m.gguf"), BAD_INPUT,
          "/m.gguf: a GGUF file needs the tokenizer"),
+    Case("synth --model a BERT folder (was a TypeError)", synth("self-instruct", "--model", "{bert}", "--out",
+                                                                "{out}/s"), BAD_INPUT,
+         "a BertModel cannot generate text; synth needs a causal LM", "synth error"),
+    Case("synth --model without a tokenizer (was a ValueError)", synth("self-instruct", "--model", "{bare_gpt2}",
+                                                                       "--out", "{out}/s"), BAD_INPUT,
+         "bare_gpt2: no tokenizer files", "synth error"),
 ]
 
 def _snapshot(*folders) -> dict[str, str]:
@@ -653,6 +660,14 @@ def test_converted_outputs_have_plain_modes_and_the_models_name(files, tmp_path)
     field = gguf.GGUFReader(tmp_path / "m.gguf").fields["general.name"]
     assert bytes(field.parts[field.data[0]]).decode() == "llama"  # was the temporary file's name
 
+
+def test_a_refused_synth_creates_nothing(files, tmp_path):
+    """A rerun with the model corrected was refused: the failed run had left data.jsonl without state.json."""
+    for model in ("bert", "bare_gpt2"):
+        assert cli.main(synth("self-instruct", "--model", f"{{{model}}}", "--out", "{out}/s")(
+            files, str(tmp_path))) == BAD_INPUT
+    assert os.listdir(tmp_path) == []
+
 # --- rows other test files hold --------------------------------------------------------------
 
 ELSEWHERE = {
@@ -671,6 +686,15 @@ ELSEWHERE = {
     "audit: missing data file": "test_audit_cli.py::test_missing_data_file_is_a_clear_error",
     "audit: failing gate, exit 3": "test_audit_cli.py::test_failing_gate_exits_3_and_says_which",
     "chat templates: every bound of the sandbox": "test_data_chat_template.py::test_hostile_templates_are_stopped",
+    # round two (issue 26)
+    "synth: a rerun of a finished run keeps summary.json's rounds":
+        "test_synth_run.py::test_a_rerun_of_a_finished_run_changes_nothing_and_keeps_its_rounds",
+    "synth: a damaged data.jsonl line or state.json on resume: file:line, exit 2":
+        "test_synth_run.py::test_a_damaged_run_folder_is_refused_in_one_line",
+    "synth: the torn tail of a killed run is dropped with a warning":
+        "test_synth_run.py::test_resume_drops_a_half_written_batch_and_a_larger_num_continues",
+    "config: own data.train does not keep the default chats as data.eval":
+        "test_train_config.py::test_own_training_data_is_not_scored_on_the_default_evaluation_chats",
 }
 
 
