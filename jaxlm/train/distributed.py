@@ -50,7 +50,7 @@ _barriers = 0
 class DistributedError(UserError):
     """The processes could not be joined; the message says what to set."""
 
-    label = "distributed"
+    label = "distributed error"
 
 
 def initialize() -> str:

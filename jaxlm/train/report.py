@@ -127,7 +127,8 @@ def export(model, tokenizer, paths: dict, *, base_model: str, trainable, gguf_ty
 
     export_pretrained(model, paths["hf"], tokenizer)
     if gguf_type:
-        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type)
+        run_name = os.path.basename(os.path.dirname(os.path.abspath(paths["gguf"])))  # not "model"
+        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type, name=run_name)
     if has_lora(model):
         save_peft_adapter(model, paths["adapter"], base_model=base_model,
                           modules_to_save=fully_trained_modules(model, trainable))
