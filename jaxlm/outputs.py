@@ -145,6 +145,7 @@ def one_writer(path: str) -> Iterator[None]:
     """
     path = os.path.abspath(os.fspath(path))
     parent, name = os.path.split(path)
+    _check_writable(path)  # the lock file is the first thing written: say why it cannot be, as the others do
     os.makedirs(parent, exist_ok=True)
     lock = os.path.join(parent, f".{name}.lock")
     while True:
