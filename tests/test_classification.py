@@ -15,10 +15,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import jaxlm
 from hf_checkpoints import padded_batch, tiny_bert, torch_logits
+from jaxlm.compute import losses
 from jaxlm.data import DataError, build_pipeline
 from jaxlm.hf.peft import save_peft_adapter
 from jaxlm.models.lora import apply_lora
-from jaxlm.train import tasks as train_tasks
 from jaxlm.train import train
 from jaxlm.train.config import ConfigError, load_config
 from jaxlm.train.inputs import build_pipelines, first_batches
@@ -55,7 +55,7 @@ def test_sequence_classifier_matches_transformers_logits_loss_and_export(tmp_pat
                   labels=torch.tensor(labels))
     np.testing.assert_allclose(np.asarray(logits), out.logits.numpy(), atol=1e-5)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels.astype(np.int32)}
-    loss_sum, count, *_ = train_tasks.loss_terms("classification", model, batch)
+    loss_sum, count, *_ = losses.loss_terms("classification", model, batch)
     assert float(loss_sum / count) == pytest.approx(out.loss.item(), abs=1e-5)  # binary = 2-way softmax, as HF
 
     jaxlm.export_pretrained(model, tmp_path / "out")

@@ -31,7 +31,7 @@ def score_batches(evaluate: Callable, batches: Iterable[dict], task: str,
 
     In a multi-process run every process calls this with its own rows of the same steps; the sums are
     global already, and each process's labels and predictions are gathered so every one scores them all."""
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
 
     outputs, labels = [], []
     for batch in batches:
@@ -68,9 +68,9 @@ def batch_evaluator(model, task: str, compute_dtype: str = "float32") -> Callabl
     the trainer's own eval step over the whole model, on every local device."""
     from flax import nnx
 
-    from jaxlm.train import sharding
-    from jaxlm.train.step import make_eval_step
-    from jaxlm.train.tasks import batch_for
+    from jaxlm.compute import sharding
+    from jaxlm.compute.losses import batch_for
+    from jaxlm.compute.step import make_eval_step
 
     mesh = sharding.make_mesh(-1, 1)
     # Every Param goes to the first group; the second ("frozen" in training) is empty.

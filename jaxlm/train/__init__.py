@@ -1,7 +1,7 @@
 """Training engine: `jaxlm train` / `python -m jaxlm.train [--config configs/NAME.yaml] [dotted.key=value ...]`.
 
 config (the one config object) -> inputs (model, LoRA, pipelines) -> state (Optax, what trains)
--> step (jitted train/eval steps) over sharding (mesh rules) -> checkpointing (Orbax, resume)
+-> jaxlm.compute's step (jitted train/eval steps) over its sharding (mesh rules) -> checkpointing (Orbax, resume)
 -> metrics / report (logs, plots, samples, NER report, export); run (prepare, resume, checkpoint
 items, outputs) -> loop (steps, sync points, early stopping); cli is the command line.
 

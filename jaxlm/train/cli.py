@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.train") -> 
     args = build_parser(prog).parse_args(argv)
     if not args.distributed:
         return run(args)
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
 
     print(distributed.initialize(), flush=True)  # before anything touches a device
     with distributed.stop_all_on_error():  # one process failing ends them all, with its reason

@@ -13,16 +13,16 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxlm.compute import losses, sharding
+from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
-from jaxlm.train import sharding, tasks
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
-from jaxlm.train.step import make_eval_step, make_train_step
 
 
 def trainable_filter(cfg: Config):
@@ -39,7 +39,7 @@ def trainable_filter(cfg: Config):
         parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
     elif adapters is None:
         parts.append(nnx.Param)
-    if cfg.task in tasks.PREDICTS_CLASSES:  # the head is new: it must learn too
+    if cfg.task in losses.PREDICTS_CLASSES:  # the head is new: it must learn too
         parts.append(nnx.All(nnx.Param, nnx.PathContains("classifier")))
     return parts[0] if len(parts) == 1 else nnx.Any(*parts)
 
@@ -100,7 +100,7 @@ class Engine:
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = tasks.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
+        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -209,6 +209,6 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     state = abstract(jax.eval_shape(lambda x: init_state(x, p.tx, seed), p.trainable), p.state_sharding)
     t = cfg.train
     shape = (t.grad_accum, t.batch_size // t.grad_accum, t.seq_len) if t.grad_accum > 1 else (t.batch_size, t.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, tasks.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
-             for k in (*tasks.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
+    batch = {k: jax.ShapeDtypeStruct(shape, losses.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
+             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch)

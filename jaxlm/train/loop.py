@@ -20,7 +20,7 @@ A run, one named function per part:
 `checkpoint_items` assembles: {"data": pipeline position, "loop": LoopState.saved(), one item per hook}.
 The host waits for the device only at sync points.
 
-Several processes (`--distributed`, see distributed.py): every process runs every step, evaluation and
+Several processes (`--distributed`, see compute/distributed.py): every process runs every step, evaluation and
 checkpoint save; the files a person reads are written only by process 0 (`Run.writer`): `Run.logger`
 (metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `write_outputs`.
 
@@ -40,9 +40,9 @@ from typing import Sequence
 import jax
 from flax import nnx
 
+from jaxlm.compute import distributed
 from jaxlm.errors import Stopped
 from jaxlm.eval.scoring import headline, score_batches
-from jaxlm.train import distributed
 from jaxlm.train.config import Config
 from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares

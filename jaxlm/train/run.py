@@ -2,7 +2,7 @@
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
 The files a person reads are written here (`write_config`, `sample_before`, `write_outputs`) and by
-`Run.logger`, by process 0 only (`Run.writer`, see distributed.py); every process runs the steps,
+`Run.logger`, by process 0 only (`Run.writer`, see compute/distributed.py); every process runs the steps,
 evaluations and checkpoints.
 """
 
@@ -18,7 +18,8 @@ import jax
 import yaml
 from flax import nnx
 
-from jaxlm.train import distributed, report
+from jaxlm.compute import distributed
+from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
