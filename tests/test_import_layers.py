@@ -5,7 +5,7 @@ Each file of a subpackage (`jaxlm/train/*.py`, ...) counts as that subpackage; e
 file (`jaxlm/errors.py`, the `jaxlm/__init__.py` face, ...) is its own node. `from pkg import x`
 is an edge to `pkg.x` where that is a module, else to `pkg` (its `__init__.py`); the parent
 packages Python runs on the way are not counted, or every file would sit in a circle with
-`jaxlm/__init__.py`.
+`jaxlm/__init__.py`. Imports under `if TYPE_CHECKING:` never run and are not counted.
 """
 
 from __future__ import annotations
@@ -33,15 +33,26 @@ def _resolve(name: str, modules: dict) -> str:
     return name
 
 
+def _imports(tree: ast.AST):
+    """Every import statement of a module, at any depth, except those under `if TYPE_CHECKING:`."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield from (n for child in node.orelse for n in _imports(ast.Module([child], [])))
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        yield from _imports(node)
+
+
 def import_edges(modules: dict[str, pathlib.Path]) -> dict[str, dict[str, str]]:
     """module -> {imported module: "file:line" of the first import of it}."""
     edges: dict[str, dict[str, str]] = {}
     for module, path in modules.items():
         out = edges.setdefault(module, {})
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in _imports(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            elif node.module and node.level == 0:
                 targets = [f"{node.module}.{alias.name}" for alias in node.names]
             else:
                 continue

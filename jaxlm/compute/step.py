@@ -11,13 +11,17 @@ the loop checks it whenever it syncs, so a bad update never reaches a checkpoint
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from jaxlm.compute import losses
-from jaxlm.train.state import TrainState
+
+if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is below it
+    from jaxlm.train.state import TrainState
 
 
 def cast_floats(tree, dtype):

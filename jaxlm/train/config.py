@@ -203,6 +203,8 @@ class Config:
     def check_environment(self, device_count: int) -> "Config":
         """What depends on this machine: the mesh and batch against `device_count`, that the model
         and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
+        from jaxlm.compute.sharding import check_micro_batch, mesh_shape
+
         mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
@@ -226,26 +228,6 @@ def check_writable(key: str, folder: str) -> None:
         raise ConfigError(f"{key}={folder!r}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
         raise ConfigError(f"{key}={folder!r}: {existing} is not writable (read-only or no permission)")
-
-
-def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
-    """(data, fsdp) sizes of the device mesh; `data=-1` takes every device fsdp leaves."""
-    if fsdp < 1 or device_count % fsdp:
-        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {device_count} available devices")
-    if data == -1:
-        data = device_count // fsdp
-    if data * fsdp != device_count:
-        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, "
-                          f"but {device_count} are available")
-    return data, fsdp
-
-
-def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
-    """Each micro-batch is split evenly over every device of the mesh."""
-    micro = batch_size // grad_accum
-    if micro % device_count:
-        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
-                          f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
 
 
 def _is_label_map(labels) -> bool:
