@@ -25,7 +25,7 @@ from jaxlm.audit.config import AuditConfig
 from jaxlm.audit.embeddings import make_embedder
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import read_items
-from jaxlm.audit.pipeline import _progress, build_indexes, build_meters, make_scorer, measure, model_path
+from jaxlm.audit.measuring import build_indexes, build_meters, make_scorer, measure, model_path, progress
 from jaxlm.data.records import MAX_KEPT_ERRORS, ReadStats, list_files
 
 
@@ -66,7 +66,7 @@ def measure_sharded(config: AuditConfig):
             path=path, max_tokens=config.perplexity_tokens, batch_size=config.perplexity_batch)
         meters = build_meters(config, *indexes, scorer=scorer, embedder=make_embedder(config.embedder))
         flags, kinds, stats = Flags(), Counter(), ReadStats()
-        bar = _progress(None, config, "audit: measuring shards", total=sum(counts))
+        bar = progress(None, config, "audit: measuring shards", total=sum(counts))
         results = pool.map(lambda actor, job: actor.measure.remote(*job), list(zip(shards, starts)))
         for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts):
             flags.merge(shard_flags)
