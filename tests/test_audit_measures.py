@@ -9,8 +9,8 @@ import sacrebleu
 from jaxlm.audit.consistency import self_bleu
 from jaxlm.audit.labels import bio_errors
 from jaxlm.audit.lexicons import Lexicon
-from jaxlm.audit.ngrams import NgramIndex, repeated_fraction
-from jaxlm.audit.text import encoding_problems, words
+from jaxlm.text.ngrams import NgramIndex, repeated_fraction
+from jaxlm.text.words import encoding_problems, words
 
 
 def test_self_bleu_equals_mean_sacrebleu_sentence_bleu_against_the_others():

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError, TemplateRefused, prefix_spans
 from jaxlm.data.encode import LMEncoder
+from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError, TemplateRefused, prefix_spans
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -144,7 +144,7 @@ def test_hostile_templates_are_stopped(name):
 
 
 def test_a_render_has_a_time_budget_too():
-    from jaxlm.data import template_sandbox
+    from jaxlm.text import template_sandbox
 
     slow = template_sandbox.compile_template("{% for i in range(100000) %}{{ i }}{% endfor %}")
     with pytest.raises(template_sandbox.OverBudget, match="more than 0.001 s"):

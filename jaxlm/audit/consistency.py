@@ -19,9 +19,9 @@ from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.ngrams import repeated_fraction
 from jaxlm.audit.reservoir import Reservoir
-from jaxlm.audit.text import encoding_problems
+from jaxlm.text.ngrams import repeated_fraction
+from jaxlm.text.words import encoding_problems
 
 REPETITION_NS = (2, 3, 4)
 FLAG_REPETITION_N = 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.ngrams import NgramIndex
+from jaxlm.text.ngrams import NgramIndex
 
 MAX_LISTED = 1000  # report.json lists this many contaminated records; the count is exact
 

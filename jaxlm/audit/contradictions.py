@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize, words
+from jaxlm.text.words import normalize, words
 
 SAME_ANSWER_JACCARD = 0.5
 

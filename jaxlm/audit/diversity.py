@@ -23,7 +23,7 @@ from datasketch import HyperLogLog
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.reservoir import Reservoir
-from jaxlm.audit.text import content_words, snippet
+from jaxlm.text.words import content_words, snippet
 
 TOP_WORDS = 1000
 MAX_SOURCES = 1000  # a "source" field with more values than this is an id, not a source

@@ -19,7 +19,7 @@ from datasketch import MinHash, MinHashLSH
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize
+from jaxlm.text.words import normalize
 
 _SIGNATURE_CHUNK = 4096  # signatures are stored in blocks to grow without copying
 

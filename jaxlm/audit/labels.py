@@ -12,7 +12,7 @@ from collections import Counter
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize
+from jaxlm.text.words import normalize
 
 MAX_LABELS = 200  # beyond this many distinct labels the field is free text, not a label
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from functools import lru_cache
 
-from jaxlm.audit.text import words
+from jaxlm.text.words import words
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 

@@ -21,8 +21,8 @@ from jaxlm.audit.flags import Flags
 from jaxlm.audit.generation import GenerationMeter
 from jaxlm.audit.items import read_items
 from jaxlm.audit.labels import LabelMeter
-from jaxlm.audit.ngrams import NgramIndex
 from jaxlm.audit.perplexity import PerplexityMeter, PerplexityScorer, default_model_path
+from jaxlm.text.ngrams import NgramIndex
 
 
 def measure(meters: list, flags: Flags, kinds: Counter, items) -> None:

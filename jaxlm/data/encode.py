@@ -11,7 +11,7 @@ per token saying whether the model is trained to predict it.
   prefixes: the span of turn i runs from the end of
   ``render(messages[:i], add_generation_prompt=True)`` to the end of
   ``render(messages[:i+1])`` (its end-of-turn token included, so the model
-  learns to stop). :class:`~jaxlm.data.chat_template.ChatTemplate` finds them
+  learns to stop). :class:`~jaxlm.text.chat_template.ChatTemplate` finds them
   in one render of the compiled template where it can (the template is
   compiled once, not per call, and every render is bounded: a template from
   a hostile model file cannot spin). Character spans become token flags
@@ -39,9 +39,9 @@ import queue
 
 import numpy as np
 
-from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError
 from jaxlm.errors import UserError
 from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError
 
 
 class _TokenizerPool:

@@ -4,7 +4,7 @@ Records travel as JSON strings (``{"kind", "data"}``) with their source id and
 their index within that source's stream (epochs included). Python runs only in
 the batched ``tf.numpy_function`` stages that need it: augmentation and the
 HF tokenizer. The tokenizer stage renders its batch's chats (one render each,
-see :mod:`jaxlm.data.chat_template`) and hands all its texts to the Rust
+see :mod:`jaxlm.text.chat_template`) and hands all its texts to the Rust
 tokenizer in one call, which runs outside the GIL on every core while other
 batches are augmented. Packing and batching stay in the TensorFlow graph.
 

@@ -224,7 +224,7 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
 
 def _chat_template(tokenizer, index: int):
     """The tokenizer's chat template, compiled once and rendered with a budget (ChatTemplateError: exit 2)."""
-    from jaxlm.data.chat_template import ChatTemplate
+    from jaxlm.text.chat_template import ChatTemplate
 
     template = ChatTemplate.from_tokenizer(tokenizer) if getattr(tokenizer, "chat_template", None) else None
     if template is None:

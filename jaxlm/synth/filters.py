@@ -13,9 +13,9 @@ import re
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from jaxlm.audit.text import content_words, normalize, words
 from jaxlm.synth.config import FilterConfig
 from jaxlm.synth.gopher import repetition_problem, symbol_problem
+from jaxlm.text.words import content_words, normalize, words
 
 # Self-Instruct's list of what a text-only model cannot do (Wang et al. 2023, section 2.3),
 # plus browsing and attachments.

@@ -20,7 +20,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from rouge_score import rouge_scorer, tokenizers
 
-from jaxlm.audit.text import words
+from jaxlm.text.words import words
 
 SHINGLE_WORDS = 5
 NUM_PERM = 128
