@@ -1,9 +1,10 @@
 """Ray, for the commands that scale out (`synth --engine ray`, `audit --engine ray`).
 
 `connect` joins the cluster named by ``RAY_ADDRESS``, or starts a local one with one CPU
-per worker. Workers get the same ``PYTHONHASHSEED`` (the driver's, else 0): the audit
-compares Python hashes computed on different workers, which is only meaningful when they
-share the seed. They also import the same ``jaxlm`` as the driver (``PYTHONPATH``).
+per worker; `Actors` is the pool of one-CPU actors that synth and audit hand their work to.
+Workers get the same ``PYTHONHASHSEED`` (the driver's, else 0): the audit compares Python
+hashes computed on different workers, which is only meaningful when they share the seed.
+They also import the same ``jaxlm`` as the driver (``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -36,3 +37,23 @@ def connect(workers: int):
     else:
         ray.init(num_cpus=workers, include_dashboard=False, **options)
     return ray, True
+
+
+class Actors:
+    """`count` Ray actors of `actor_class(*args)`, one CPU each: `map(fn, values)` hands the values to
+    whichever actor is free (`fn(actor, value)` returns the remote call) and yields the results in the
+    order of `values`; `kill()` ends the actors (the cluster stays: `connect` says who shuts it down)."""
+
+    def __init__(self, ray, actor_class, args: tuple, count: int):
+        self.ray = ray
+        worker = ray.remote(num_cpus=1)(actor_class)
+        self.actors = [worker.remote(*args) for _ in range(count)]
+
+    def map(self, fn, values):
+        from ray.util import ActorPool
+
+        return ActorPool(self.actors).map(fn, list(values))
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)

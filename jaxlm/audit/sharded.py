@@ -48,18 +48,14 @@ class _ShardWorker:
 
 def measure_sharded(config: AuditConfig):
     """(meters, flags, kinds, read stats) of DATA, measured shard by shard on Ray."""
-    from ray.util import ActorPool
-
-    from jaxlm.cluster import connect
+    from jaxlm.cluster import Actors, connect
 
     shards = list_files(config.data)  # a single file is one shard: split big files to use more workers
     path = model_path(config)  # errors about the model now, not on a worker
     ray, started = connect(config.workers)
     try:
         indexes = ray.get(ray.remote(build_indexes).remote(config))  # hashed with the workers' seed
-        worker = ray.remote(num_cpus=1)(_ShardWorker)
-        actors = [worker.remote(config, indexes) for _ in range(min(config.workers, len(shards)))]
-        pool = ActorPool(actors)
+        pool = Actors(ray, _ShardWorker, (config, indexes), min(config.workers, len(shards)))
         counts = list(pool.map(lambda actor, shard: actor.count.remote(shard), shards))
         starts = [sum(counts[:k]) for k in range(len(shards))]
         scorer = None if path is None else types.SimpleNamespace(  # what the report says of the model
@@ -67,7 +63,7 @@ def measure_sharded(config: AuditConfig):
         meters = build_meters(config, *indexes, scorer=scorer, embedder=make_embedder(config.embedder))
         flags, kinds, stats = Flags(), Counter(), ReadStats()
         bar = progress(None, config, "audit: measuring shards", total=sum(counts))
-        results = pool.map(lambda actor, job: actor.measure.remote(*job), list(zip(shards, starts)))
+        results = pool.map(lambda actor, job: actor.measure.remote(*job), zip(shards, starts))
         for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts):
             flags.merge(shard_flags)
             for meter, shard_meter in zip(meters, shard_meters):
@@ -78,8 +74,7 @@ def measure_sharded(config: AuditConfig):
             stats.errors = (stats.errors + shard_stats.errors)[:MAX_KEPT_ERRORS]
             bar.update(count)
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        pool.kill()
     finally:
         if started:
             ray.shutdown()
