@@ -9,15 +9,11 @@ Importing this package loads only the config: the loop (and with it the data sta
 TensorFlow) loads when `train`, `TrainResult` or `TrainingError` is first used.
 """
 
+from jaxlm.lazy import lazy_attributes
 from jaxlm.train.config import Config, ConfigError, load_config
 
 _LAZY = {"train": "jaxlm.train.loop", "TrainResult": "jaxlm.train.loop", "TrainingError": "jaxlm.train.loop"}
 
 __all__ = ["Config", "ConfigError", "load_config", *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxlm.train' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
