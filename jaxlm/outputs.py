@@ -13,6 +13,7 @@ then deleted); a file with one atomic `os.replace`. A failed or interrupted writ
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -86,3 +87,15 @@ def _remove(partial: str) -> None:
         shutil.rmtree(partial, ignore_errors=True)
     elif os.path.exists(partial):
         os.remove(partial)
+
+
+def plain(value):
+    """`value` as JSON writes it: a NumPy or JAX scalar as a Python number, a non-finite float as its
+    name ("nan", "inf": JSON has no literal for them); also `json.dump(..., default=plain)`."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict)):
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return value

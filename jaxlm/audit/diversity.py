@@ -23,14 +23,11 @@ from datasketch import HyperLogLog
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.reservoir import Reservoir
+from jaxlm.text.ngrams import hash32
 from jaxlm.text.words import content_words, snippet
 
 TOP_WORDS = 1000
 MAX_SOURCES = 1000  # a "source" field with more values than this is an id, not a source
-
-
-def _hash32(value) -> int:
-    return hash(value) & 0xFFFFFFFF
 
 
 class DiversityMeter:
@@ -43,7 +40,7 @@ class DiversityMeter:
         self.sample_topics = embedder is not None if sample_topics is None else sample_topics
         self.reference_vocabulary = reference_vocabulary
         self.unigrams: Counter[str] = Counter()
-        self.bigrams = HyperLogLog(p=14, hashfunc=_hash32)
+        self.bigrams = HyperLogLog(p=14, hashfunc=hash32)
         self.tokens = self.bigram_total = self.records = 0
         self.sources: Counter[str] = Counter()
         self.sample = Reservoir(topic_sample, seed)

@@ -15,11 +15,10 @@ import itertools
 import json
 import os
 
-import numpy as np
-
 from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
 from jaxlm.eval.answers import answer, general_check
+from jaxlm.outputs import plain
 from jaxlm.tasks import IGNORE_LABEL, TASKS
 
 CLASSIFICATION = "classification"
@@ -311,12 +310,6 @@ def write_results(out: str, result: dict, rows: list[dict]) -> None:
                                       os.path.join(out, "confusion_matrix.png"),
                                       title=f"{os.path.basename(result['model'].rstrip('/'))} on {result['data']}")
     with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, ensure_ascii=False, default=_plain)
+        json.dump(result, f, indent=2, ensure_ascii=False, default=plain)
     with open(os.path.join(out, "predictions.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        f.writelines(json.dumps(row, ensure_ascii=False, default=plain) + "\n" for row in rows)

@@ -15,6 +15,7 @@ from jaxlm.models import position_limit
 from jaxlm.models.prompt_tuning import virtual_token_ids
 from jaxlm.sampling import loop
 from jaxlm.sampling.logits import SamplingParams
+from jaxlm.text.messages import check_messages
 
 Message = dict  # {"role": ..., "content": ...}
 Prompt = str | Sequence[Message] | Sequence[int]
@@ -210,7 +211,10 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
             elif _is_chat(prompt):
                 if template is None:
                     template = _chat_template(tokenizer, i)
-                _check_messages(prompt, i)
+                try:
+                    check_messages(list(prompt))
+                except ValueError as e:
+                    raise ValueError(f"prompt {i}: {e}") from None
                 text = template.render(list(prompt), add_generation_prompt=True)
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
@@ -230,12 +234,6 @@ def _chat_template(tokenizer, index: int):
     if template is None:
         raise ValueError(f"prompt {index} is a chat, but the tokenizer has no chat_template")
     return template
-
-
-def _check_messages(messages, index: int) -> None:
-    for message in messages:
-        if not {"role", "content"} <= set(message):
-            raise ValueError(f"prompt {index}: chat messages need 'role' and 'content', got {sorted(message)}")
 
 
 def _is_chat(x) -> bool:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
+
+from jaxlm.outputs import plain
 
 
 class MetricsLogger:
@@ -28,7 +29,7 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: plain(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items():
@@ -53,14 +54,6 @@ class MetricsLogger:
         self.bar.close()
         self.tb.close()
         self.file.close()
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def read_metrics(path: str) -> list[dict]:
