@@ -23,6 +23,7 @@ from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
+from jaxlm.train.export import export_model
 from jaxlm.train.inputs import (
     HEADS,
     build_pipelines,
@@ -235,8 +236,8 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
     if export:
-        report.export(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
-                      trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
+        export_model(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
+                     trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
