@@ -13,7 +13,7 @@ decided here:
 * `stop_all(reason, code)`: a process that cannot go on puts the reason in the coordination
   service's key-value store; a watcher thread in every other process prints it and exits with
   the same code within about a second, instead of blocking in the next collective (measured in
-  scripts/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
+  scripts/experiments/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
   noticed by JAX's heartbeat: the others are aborted after `heartbeat_timeout_seconds` (100 s).
 * `allgather_json`, `common_count`, `host_copy`, `gather_rows`: what one process needs from all of them.
 

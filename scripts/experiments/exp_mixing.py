@@ -1,7 +1,10 @@
 """Experiment: learned data mixing (``data.mixing=bandit``) against static and temperature mixing.
 
-    nice .venv/bin/python scripts/exp_mixing.py [--steps 300] [--out runs/exp_mixing]
-                                                [--model tiny|smollm2] [--variants static,bandit,...]
+Backs the README, "Data" (`data.mixing=bandit`): final eval loss static 5.964, temperature 6.350,
+bandit 5.830, bandit with learning rate 0 5.819.
+
+    nice .venv/bin/python scripts/experiments/exp_mixing.py [--steps 300] [--out runs/exp_mixing]
+                                                            [--model tiny|smollm2] [--variants static,bandit,...]
 
 Online Data Mixing (Albalak et al., 2023) reports reaching the next-best method's final perplexity
 in 19% fewer steps. This asks the same question on the shipped data. Training sources, each of
