@@ -42,9 +42,8 @@ from flax import nnx
 
 from jaxlm.compute import distributed
 from jaxlm.errors import Stopped
-from jaxlm.eval.scoring import headline, score_batches
+from jaxlm.eval.scoring import headline
 from jaxlm.train.config import Config
-from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
 from jaxlm.train.run import (
     Run,
@@ -53,7 +52,7 @@ from jaxlm.train.run import (
     prepare,
     resume,
     sample_after,
-    score_test,
+    score,
     write_outputs,
     write_test_before,
 )
@@ -117,7 +116,7 @@ def start(run: Run) -> LoopState:
     if run.eval_batches:
         record_eval(run, state)
     if run.test_batches:
-        scores = score_test(run)  # every process takes part; process 0 writes
+        scores = score(run, "test")  # every process takes part; process 0 writes
         if run.writer:
             write_test_before(run, scores)
     return state
@@ -248,7 +247,9 @@ def patience_spent(cfg: Config, state: LoopState) -> bool:
 
 def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> dict:
     """Evaluates at `state.step`: adds the result to rows[-1] (or logs it alone) and to `state.eval_losses`."""
-    result, state.ner_text = evaluate(run.engine, run.eval_batches, run.eval_data)
+    scores = score(run, "eval")
+    result = headline(scores, "eval_")  # "eval_loss" and the task's other scalar scores
+    state.ner_text = scores.get("entity_report") or scores.get("report_text")  # seqeval or per-class report
     state.eval_losses.append((state.step, result["eval_loss"]))
     if rows is not None:
         rows[-1].update(result)
@@ -261,13 +262,6 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
     return result
 
 
-def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, the seqeval (NER) or per-class
-    (classification) report, or None)."""
-    scores, _ = score_batches(engine.evaluate, batches, engine.cfg.task, getattr(eval_data, "label_names", None))
-    return headline(scores, "eval_"), scores.get("entity_report") or scores.get("report_text")
-
-
 # --- finish --------------------------------------------------------------------------------
 
 
@@ -276,7 +270,7 @@ def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     if jax.process_count() > 1:  # a whole copy on every host, so that process 0 generates and exports alone
         nnx.update(run.model, distributed.host_copy(nnx.state(run.model)))
     done = state.stop_reason != "already_complete"
-    test_after = score_test(run) if done and run.test_batches else None  # every process takes part
+    test_after = score(run, "test") if done and run.test_batches else None  # every process takes part
     if run.writer:
         after = sample_after(run) if done else None
         write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step,

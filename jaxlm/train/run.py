@@ -205,12 +205,13 @@ def sample_after(run: Run) -> dict | None:
     return report.sample(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens, general=general)
 
 
-def score_test(run: Run) -> dict:
-    """The model's scores on the data.test batches (jaxlm.eval.scoring), as the engine holds it now."""
+def score(run: Run, split: str) -> dict:
+    """The model's scores on the data.eval or data.test batches (`split`: "eval" or "test"; the scores of
+    jaxlm.eval.scoring), as the engine holds it now. Every process takes part."""
     from jaxlm.eval.scoring import score_batches
 
-    scores, _ = score_batches(run.engine.evaluate, run.test_batches, run.cfg.task,
-                              getattr(run.test_data, "label_names", None))
+    batches, data = getattr(run, f"{split}_batches"), getattr(run, f"{split}_data")
+    scores, _ = score_batches(run.engine.evaluate, batches, run.cfg.task, getattr(data, "label_names", None))
     return scores
 
 
