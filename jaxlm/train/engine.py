@@ -125,7 +125,7 @@ class Engine:
 
 
 @dataclasses.dataclass
-class _Plan:
+class _StepSetup:
     """Everything about a run's step that needs no arrays: splits, shardings, jitted steps."""
 
     mesh: jax.sharding.Mesh
@@ -144,7 +144,7 @@ class _Plan:
     num_sources: int
 
 
-def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
+def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
@@ -174,7 +174,7 @@ def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
-    return _Plan(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
+    return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
                  train_step, eval_step, num_sources)
 
 
@@ -187,7 +187,7 @@ def _compute_dtype_like(x, dtype):
 
 
 def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
-    p = _plan(model, cfg, mesh)
+    p = _step_setup(model, cfg, mesh)
     frozen, rest = sharding.place(p.frozen, p.frozen_sharding), sharding.place(p.rest, p.rest_sharding)
     # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
     trainable = sharding.place(p.trainable, p.state_sharding.params)
@@ -200,7 +200,7 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
 def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     """The train step lowered for `cfg`'s batch on abstract arguments: no array is made, so `model`
     may come from `nnx.eval_shape`. `.compile()` it for XLA's memory and cost analyses (--dry-run)."""
-    p = _plan(model, cfg, mesh)
+    p = _step_setup(model, cfg, mesh)
 
     def abstract(tree, shardings):
         return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
