@@ -50,6 +50,7 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     import jax.numpy as jnp
 
     from jaxlm.hf.load import load_pretrained
+    from jaxlm.models.contract import is_causal_lm
 
     model_path, run_task, run_adapter = resolve_model(options.model)
     records = first_records(options.data, options.max_examples, options.tfds_data_dir)
@@ -63,7 +64,7 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
 
         load_prompt_tuning_adapter(model, adapter)  # CheckpointError: exit 2
     task = pick_task(options.task, run_task, model, records[0])
-    causal = hasattr(model, "decode")
+    causal = is_causal_lm(model)
     if options.few_shot and not (causal and task in ("sft", CLASSIFICATION)):
         raise UserError(f"--few-shot needs a generative model and task sft or classification (got {task} "
                         f"with {type(model).__name__})")
@@ -120,12 +121,13 @@ def pick_task(asked: str, run_task: str | None, model, first_record) -> str:
         return asked
     if run_task:
         return run_task
+    from jaxlm.models import architecture_of
+    from jaxlm.models.contract import is_causal_lm
+
     name = type(model).__name__
-    if name.endswith("TokenClassification"):
-        return "token_classification"
-    if name.endswith("SequenceClassification"):
-        return CLASSIFICATION
-    if not hasattr(model, "decode"):
+    if architecture_of(model).task:  # a model with a head: the task its head is for
+        return architecture_of(model).task
+    if not is_causal_lm(model):
         raise UserError(f"--task: a bare {name} has no head to evaluate; load a fine-tuned model or name the task")
     if first_record.kind in ("messages", "prompt_completion"):
         return "sft"

@@ -30,6 +30,7 @@ from flax import nnx
 from jaxlm.models.layers import Embed
 from jaxlm.models.lora import LoRALinear, _set
 from jaxlm.models.prompt_tuning import PromptTunedEmbed
+from jaxlm.models.registry import architecture_of
 
 ACTIVATIONS = ("int8", "float")
 
@@ -219,7 +220,7 @@ def _groups_reading_one_input(model, linears: dict) -> list[list[tuple]]:
 
 def _is_output_embedding(model, path: tuple) -> bool:
     """The token embedding that a tied model also uses as its output projection."""
-    return path in (("embed_tokens",), ("wte",))
+    return path == (architecture_of(model).family.token_embedding,)
 
 
 def is_quantized(model) -> bool:

@@ -4,8 +4,9 @@ A `Family` row holds every fact about a family that code outside its model file 
 its config class (which parses HF config.json and names the `model_type`), our model
 classes (each named as the HF class whose weights it loads), the HF classes that load into
 them, how HF tensor names map onto our parameters, the HF tensors to skip, the short LoRA
-target names, and where positions end. Loading, export, LoRA, PEFT and sampling ask these
-rows instead of naming families, so adding a family is a model file plus a row here.
+target names, where positions end and the task of each head. Loading, export, LoRA, PEFT,
+quantisation, prompt tuning, sampling and eval ask these rows instead of naming families, so
+adding a family is a model file plus a row here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class Family:
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
     layers: str | None = None  # attribute holding the repeated decoder layers (model.scan_layers); None: none
     token_embedding: str = ""  # our path of the input token table (prompt tuning extends it); "" = not supported
+    # Our class name -> the task its head is for (`jaxlm eval --task auto`, PEFT's task_type); a class not
+    # listed is a causal LM (its data says sft or causal_lm) or a bare encoder.
+    head_tasks: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def model_type(self) -> str:
@@ -48,6 +52,11 @@ class Architecture:
     name: str  # the HF class name, written to config.json "architectures"
     model_cls: type
     family: Family
+
+    @property
+    def task(self) -> str | None:
+        """The task this class's head is for ("token_classification", "classification"), or None."""
+        return self.family.head_tasks.get(self.name)
 
 
 class PositionLimit(NamedTuple):
@@ -120,6 +129,8 @@ BERT = Family(
     lora_names={"q": "query", "k": "key", "v": "value"},
     position_key="max_position_embeddings",
     learned_positions=True,
+    head_tasks={"BertForTokenClassification": "token_classification",
+                "BertForSequenceClassification": "classification"},
 )
 
 FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, GPT2, BERT)}

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import position_limit
+from jaxlm.models.contract import is_causal_lm
 from jaxlm.models.prompt_tuning import virtual_token_ids
 from jaxlm.sampling import loop
 from jaxlm.sampling.logits import SamplingParams
@@ -77,7 +78,7 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not hasattr(model, "decode"):
+    if not is_causal_lm(model):
         raise TypeError(f"{type(model).__name__} cannot generate: it has no KV-cache decode (not a causal LM)")
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     virtual = virtual_token_ids(model)

@@ -19,6 +19,7 @@ import yaml
 from flax import nnx
 
 from jaxlm.compute import distributed
+from jaxlm.models.contract import is_causal_lm
 from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
@@ -159,7 +160,7 @@ def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dic
 
 
 def wants_general_check(cfg: Config, model) -> bool:
-    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and hasattr(model, "decode")
+    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and is_causal_lm(model)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
