@@ -4,9 +4,9 @@ A `Family` row holds every fact about a family that code outside its model file 
 its config class (which parses HF config.json and names the `model_type`), our model
 classes (each named as the HF class whose weights it loads), the HF classes that load into
 them, how HF tensor names map onto our parameters, the HF tensors to skip, the short LoRA
-target names, where positions end and the task of each head. Loading, export, LoRA, PEFT,
-quantisation, prompt tuning, sampling and eval ask these rows instead of naming families, so
-adding a family is a model file plus a row here.
+target names, where positions end, the task of each head and the family's GGUF form. Loading,
+export (HF and GGUF), LoRA, PEFT, quantisation, prompt tuning, sampling and eval ask these rows
+instead of naming families, so adding a family is a model file (and its GGUF layout) plus a row here.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from jaxlm.models import gpt2_gguf, llama_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
-from jaxlm.models.weight_map import Row
+from jaxlm.models.weight_map import GGUFLayout, Row
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # rows compare by identity
@@ -39,6 +40,7 @@ class Family:
     # Our class name -> the task its head is for (`jaxlm eval --task auto`, PEFT's task_type); a class not
     # listed is a causal LM (its data says sft or causal_lm) or a bare encoder.
     head_tasks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    gguf: GGUFLayout | None = None  # names, layouts and metadata in a llama.cpp GGUF file; None: no GGUF form
 
     @property
     def model_type(self) -> str:
@@ -86,8 +88,10 @@ LLAMA = Family(
     learned_positions=False,
     layers="layers",
     token_embedding="embed_tokens",
+    gguf=llama_gguf.LAYOUT,
 )
 
+# Mistral's GGUF form is Llama's (llama.cpp's converter writes it so too): a GGUF "llama" file reads as Llama.
 MISTRAL = dataclasses.replace(
     LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
 )
@@ -110,6 +114,7 @@ GPT2 = Family(
     learned_positions=True,
     layers="h",
     token_embedding="wte",
+    gguf=gpt2_gguf.LAYOUT,
 )
 
 BERT = Family(
