@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from jaxlm.errors import UserError
 

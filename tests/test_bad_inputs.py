@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -147,8 +148,8 @@ class Case:
 def train(*overrides, model="llama", data="sft", task="sft"):
     """`jaxlm train` on a tiny model: a few steps, no evaluation unless asked."""
     def argv(f, out):
-        base = [f"model.path={f[model] if model in f else model}", f"task={task}", f"output_dir={out}/run",
-                f"data.train=[{f[data] if data in f else data}]", "data.eval=[]", "train.steps=2",
+        base = [f"model.path={f.get(model, model)}", f"task={task}", f"output_dir={out}/run",
+                f"data.train=[{f.get(data, data)}]", "data.eval=[]", "train.steps=2",
                 "train.batch_size=2", "train.seq_len=32", "model.lora.rank=0", "eval.sample_prompts=0"]
         return ["train", "--no-progress", *base, *(o.format(**f) for o in overrides)]
     return argv
@@ -303,7 +304,7 @@ def test_convert_overwrite_swaps_the_folder_in_whole(files, tmp_path):
     (out / "stale.txt").write_text("from before")
     assert cli.main(["convert", files["llama"], str(out), "--overwrite"]) == 0
     assert not (out / "stale.txt").exists()
-    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+    assert json.loads(Path(out / "config.json").read_text())["model_type"] == "llama"
     assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # no partial or old folder left
 
 
@@ -311,7 +312,7 @@ def test_a_failed_conversion_leaves_the_old_folder(files, tmp_path, monkeypatch,
     import jaxlm.hf.export
 
     def half_written(model, folder, *args, **kwargs):
-        open(os.path.join(folder, "model.safetensors"), "wb").write(b"half")
+        Path(os.path.join(folder, "model.safetensors")).write_bytes(b"half")
         raise OSError(28, "No space left on device", os.path.join(folder, "model.safetensors"))
 
     monkeypatch.setattr(jaxlm.hf.export, "export_pretrained", half_written)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -87,7 +88,7 @@ def test_a_lora_classifier_loads_in_peft_with_its_trained_head_and_the_same_logi
     for _, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.LoRAParam, nnx.PathContains("classifier")))):
         var.set_value(var.get_value() + 0.1 * rng.standard_normal(var.get_value().shape).astype(np.float32))
     save_peft_adapter(model, str(tmp_path / "adapter"), modules_to_save=("classifier",))
-    assert json.load(open(tmp_path / "adapter" / "adapter_config.json"))["task_type"] == "SEQ_CLS"
+    assert json.loads(Path(tmp_path / "adapter" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     base = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     ids, mask = padded_batch(seed=6)
@@ -135,7 +136,7 @@ def test_a_tiny_bert_learns_topics_and_its_scores_are_what_sklearn_gives_the_exp
     final = [r for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl")) if "eval_accuracy" in r][-1]
     assert result.eval_losses[-1][1] < result.eval_losses[0][1]
     assert final["eval_accuracy"] > 0.8  # three topics: chance is a third
-    report = open(os.path.join(cfg.output_dir, "classification_report.txt")).read()
+    report = Path(os.path.join(cfg.output_dir, "classification_report.txt")).read_text()
     assert "weather" in report and "macro avg" in report
 
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(cfg.output_dir, "hf")).eval()

@@ -64,7 +64,7 @@ def test_saved_state_survives_json_and_continues_bitwise():
         first.update(m)
     resumed = Exp3(config, [1, 1, 1])
     resumed.restore(json.loads(json.dumps(first.state())))
-    for m, want in zip(means[12:], expected[12:]):
+    for m, want in zip(means[12:], expected[12:], strict=False):
         np.testing.assert_array_equal(resumed.update(m), want)
 
 

@@ -62,7 +62,7 @@ def test_sft_tokens_and_flags_match_the_prefix_definition_on_real_chats(smollm, 
     assert encoder.chat_template.turn_suffix == "<|im_end|>"  # the one-render shortcut is in use
     documents = encoder.encode([("messages", {"messages": m}) for m in conversations])
     assert sum(len(m) for m in conversations) > 1000  # plenty of turns
-    for messages, [(ids, trained)] in zip(conversations, documents):
+    for messages, [(ids, trained)] in zip(conversations, documents, strict=False):
         expected_ids, expected_trained = prefix_definition(smollm, messages, seq_len)
         np.testing.assert_array_equal(ids, expected_ids)
         np.testing.assert_array_equal(trained, expected_trained)

@@ -62,7 +62,7 @@ class AuthenticityMeter:
                                                          "missing_words": missing},
                       severity=1.0 - support)
 
-    def merge(self, other: "AuthenticityMeter", flags: Flags) -> None:
+    def merge(self, other: AuthenticityMeter, flags: Flags) -> None:
         """Add a later shard's sums (see `sharded.py`)."""
         self.records += other.records
         self.copying_records += other.copying_records

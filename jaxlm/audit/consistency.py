@@ -57,7 +57,7 @@ class ConsistencyMeter:
             flags.add(item.index, "encoding", problems, severity=len(problems))
         self.sample.offer(" ".join(item.text.split()[:SELF_BLEU_WORDS]), item.index)
 
-    def merge(self, other: "ConsistencyMeter", flags: Flags) -> None:
+    def merge(self, other: ConsistencyMeter, flags: Flags) -> None:
         """Add a later shard's state (see `sharded.py`)."""
         self.records += other.records
         self.lengths.extend(other.lengths)

@@ -36,7 +36,7 @@ class ContaminationMeter:
             self.listed.append({"index": item.index, "ngram_share": round(share, 3),
                                 "overlaps": overlaps})
 
-    def merge(self, other: "ContaminationMeter", flags: Flags) -> None:
+    def merge(self, other: ContaminationMeter, flags: Flags) -> None:
         """Add a later shard's records (see `sharded.py`)."""
         self.records += other.records
         self.listed = (self.listed + other.listed)[:MAX_LISTED]

@@ -50,7 +50,7 @@ class DiversityMeter:
         tokens = item.words
         self.unigrams.update(tokens)
         self.tokens += len(tokens)
-        for bigram in zip(tokens, tokens[1:]):
+        for bigram in zip(tokens, tokens[1:], strict=False):
             self.bigrams.update(bigram)
         self.bigram_total += max(len(tokens) - 1, 0)
         source = item.source or "(no source field)"
@@ -59,7 +59,7 @@ class DiversityMeter:
         if self.sample_topics:
             self.sample.offer(item.text, item.index)
 
-    def merge(self, other: "DiversityMeter", flags: Flags) -> None:
+    def merge(self, other: DiversityMeter, flags: Flags) -> None:
         """Add a later shard's state (see `sharded.py`); sources are admitted in stream order."""
         self.unigrams.update(other.unigrams)
         self.bigrams.merge(other.bigrams)
@@ -135,7 +135,7 @@ class DiversityMeter:
 def _cluster_keywords(texts: list[str], labels: np.ndarray, k: int, top: int = 5) -> list[list[str]]:
     """Words frequent in a cluster and rare in the others (class-based TF-IDF)."""
     counts = [Counter() for _ in range(k)]
-    for text, label in zip(texts, labels):
+    for text, label in zip(texts, labels, strict=False):
         counts[label].update(content_words(text))
     clusters_with = Counter(w for c in counts for w in c)
     return [[w for w, _ in sorted(c.items(), key=lambda wc: -wc[1] * math.log(1 + k / clusters_with[wc[0]]))[:top]]

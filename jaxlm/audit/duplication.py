@@ -70,7 +70,7 @@ class DuplicationMeter:
                       severity=similarity)
         self._store(index, signature)
 
-    def merge(self, other: "DuplicationMeter", flags: Flags) -> None:
+    def merge(self, other: DuplicationMeter, flags: Flags) -> None:
         """Compare a later shard's sketches with everything before them, as one pass would."""
         self.records += other.records
         for index, key, hashvalues in other.sketches:

@@ -63,10 +63,10 @@ def measure_sharded(config: AuditConfig):
         meters = build_meters(config, *indexes, scorer=scorer, embedder=make_embedder(config.embedder))
         flags, kinds, stats = Flags(), Counter(), ReadStats()
         bar = progress(None, config, "audit: measuring shards", total=sum(counts))
-        results = pool.map(lambda actor, job: actor.measure.remote(*job), zip(shards, starts))
-        for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts):
+        results = pool.map(lambda actor, job: actor.measure.remote(*job), zip(shards, starts, strict=False))
+        for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts, strict=False):
             flags.merge(shard_flags)
-            for meter, shard_meter in zip(meters, shard_meters):
+            for meter, shard_meter in zip(meters, shard_meters, strict=False):
                 meter.merge(shard_meter, flags)
             kinds.update(shard_kinds)
             stats.records += shard_stats.records

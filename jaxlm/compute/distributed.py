@@ -106,10 +106,8 @@ def stop_all(reason: str, code: int):
     if _client is None:
         raise SystemExit(code)
     _stopping.set()
-    try:
+    with contextlib.suppress(Exception):  # another process stopped first: its reason stands
         _client.key_value_set(_STOP_KEY, f"{code} process {jax.process_index()}: {reason}")
-    except Exception:  # another process stopped first: its reason stands
-        pass
     _leave(code)
 
 
@@ -184,7 +182,7 @@ def allgather_json(value) -> list:
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[:len(data)] = data
     rows = multihost_utils.process_allgather(padded)
-    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths)]
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths, strict=False)]
 
 
 def common_count(count: int) -> int:

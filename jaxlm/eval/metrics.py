@@ -51,7 +51,7 @@ def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> 
     if not predictions:
         return {}
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=False)]
     return {"rouge_l": sum(rouge) / len(rouge),
             "bleu": sacrebleu.corpus_bleu(list(predictions), [list(references)]).score,
             "chrf": sacrebleu.corpus_chrf(list(predictions), [list(references)]).score,

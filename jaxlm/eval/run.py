@@ -216,9 +216,10 @@ def label_rows(task, records, pairs: list[tuple]) -> list[dict]:
     """predictions.jsonl rows for the labelling tasks: one per record (the pipeline keeps their order when
     it reads one source without packing). The LM tasks have none: their answers come separately."""
     if task == "token_classification":
-        return [{"tokens": r.data["tokens"], "true": t, "predicted": p} for r, (t, p) in zip(records, pairs)]
+        return [{"tokens": r.data["tokens"], "true": t, "predicted": p}
+                for r, (t, p) in zip(records, pairs, strict=False)]
     if task == CLASSIFICATION:
-        return [{"text": r.data["text"], "label": t, "predicted": p} for r, (t, p) in zip(records, pairs)]
+        return [{"text": r.data["text"], "label": t, "predicted": p} for r, (t, p) in zip(records, pairs, strict=False)]
     return []
 
 
@@ -241,7 +242,7 @@ def answer_records(model, tokenizer, records, shot_records, options: EvalOptions
               **metrics.degeneration_scores(got.texts, got.finish_reasons)}
     rows = [{"prompt": p["messages"][-1]["content"], "reference": p["reference"], "prediction": text,
              "finish_reason": reason, "exact_match": metrics.exact_match(text, p["reference"])}
-            for p, text, reason in zip(asked, got.texts, got.finish_reasons)]
+            for p, text, reason in zip(asked, got.texts, got.finish_reasons, strict=False)]
     return scores, rows
 
 
@@ -261,7 +262,7 @@ def classify_by_generation(model, tokenizer, records, shot_records, options: Eva
     scores = metrics.classification_scores(true, predicted, names)
     scores["unparsed"] = sum(p is None for p in parsed)
     rows = [{"text": r.data["text"], "label": t, "predicted": p, "answer": a}
-            for r, t, p, a in zip(records, true, predicted, got.texts)]
+            for r, t, p, a in zip(records, true, predicted, got.texts, strict=False)]
     return scores, rows
 
 

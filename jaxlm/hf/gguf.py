@@ -9,7 +9,7 @@ only reads the file. `gguf_export` writes the other way.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -113,7 +113,8 @@ def tokenizer(reader, path: str):
     backend.pre_tokenizer = pre_tokenizers.Sequence([*split_digits, byte_level])
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (_CONTROL, _USER_DEFINED)]
+        [AddedToken(t, special=True, normalized=False)
+         for t, k in zip(tokens, types, strict=False) if k in (_CONTROL, _USER_DEFINED)]
     )
     special = {
         f"{role}_token": tokens[int(meta(f"ggml.{key}"))]

@@ -179,7 +179,7 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
         kernels = [linears[path].kernel[...] for path in group]
         matrix = Int8Matrix(np.concatenate([np.asarray(k).T for k in kernels]))
         start = 0
-        for path, kernel in zip(group, kernels):
+        for path, kernel in zip(group, kernels, strict=False):
             _set(model, path, Int8Linear(linears[path], activations, matrix, start))
             start += kernel.shape[1]
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
@@ -237,7 +237,7 @@ def dequantize(model):
                                 rngs=nnx.Rngs(0))
             linear.kernel.set_value(kernel)
             if module.bias is not None:
-                linear.bias.set_value(module.bias[...])
+                linear.bias.set_value(module.bias[...])  # pyright: ignore[reportOptionalMemberAccess]  use_bias
             _set(out, path, linear)
         elif isinstance(module, (Int8Embed, Int8PromptTunedEmbed)):
             table = module.embedding[...]

@@ -149,7 +149,7 @@ ARCHITECTURES = {
 def architecture_for(hf_config: dict, source: str = "config.json") -> Architecture:
     """Pick the architecture for an HF config dict; errors name the offending field."""
     model_type = hf_config.get("model_type")
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type)  # pyright: ignore[reportArgumentType]  None finds no row
     if family is None:
         raise ValueError(f"{source}: unknown model_type {model_type!r}; jaxlm supports {sorted(FAMILIES)}")
     for name in hf_config.get("architectures") or []:

@@ -46,7 +46,7 @@ def dotted(path: tuple) -> str:
     return ".".join(map(str, path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pattern(template: str) -> re.Pattern:
     regex = re.escape(template)
     regex = re.sub(r"\\\{(\w+)\\\+\\\}", r"(?P<\1>.+)", regex)  # {name+}: dotted path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +112,7 @@ def generate(
     texts = None
     if tokenizer is not None:  # the stop token ends the text but is not part of it
         texts = [tokenizer.decode(ids[:-1] if reason == "stop" else ids, skip_special_tokens=True)
-                 for ids, reason in zip(token_ids, reasons)]
+                 for ids, reason in zip(token_ids, reasons, strict=False)]
     return GenerationResult(
         texts=texts,
         token_ids=token_ids,
@@ -176,7 +176,7 @@ def _emit(on_tokens, decode_state, emitted: list[int], stops: list[set[int]]) ->
     """Send each row the tokens it generated since the last call (none after its stop token)."""
     tokens, steps = jax.device_get((decode_state.tokens, decode_state.step))
     rows = [_trim(tokens[row, :steps], row_stops)[0] for row, row_stops in enumerate(stops)]
-    on_tokens([ids[done:] for ids, done in zip(rows, emitted)])
+    on_tokens([ids[done:] for ids, done in zip(rows, emitted, strict=False)])
     return [len(ids) for ids in rows]
 
 

@@ -178,7 +178,7 @@ def run(args) -> int:
     elif stream:
         stream.finish(result.texts[0])
     else:
-        for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
+        for i, (prompt, text) in enumerate(zip(prompts, result.texts, strict=False)):
             shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
             print(f"### prompt {i + 1}: {shown}\n{text}\n")
     print(_timing_line(result), file=sys.stderr)

@@ -23,7 +23,7 @@ UNSUITABLE_WORDS = frozenset("""
 image images graph graphs picture pictures photo photos file files map maps draw drawing plot
 video videos audio music flowchart diagram screenshot attached attachment browse website url
 link download upload
-""".split())
+""".split())  # noqa: SIM905  a word list reads better as text
 UNSUITABLE_PHRASES = ("go to", "click on", "look up online", "search the web", "search online")
 
 _REFUSAL = re.compile(

@@ -37,7 +37,7 @@ class RunState:
     # --- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: SynthConfig) -> "RunState":
+    def open(cls, config: SynthConfig) -> RunState:
         """A fresh state, or the state of the run already in ``config.out`` (checked to match)."""
         os.makedirs(config.out, exist_ok=True)
         state = cls(config.out, config.to_dict())
@@ -50,7 +50,7 @@ class RunState:
         for name in (DATA, REJECTED):
             with open(os.path.join(config.out, name), "ab") as f:
                 f.truncate(state.sizes[name])  # lines of a batch that never committed
-            state._files[name] = open(os.path.join(config.out, name), "a", encoding="utf-8")
+            state._files[name] = open(os.path.join(config.out, name), "a", encoding="utf-8")  # noqa: SIM115  closed by close()
         return state
 
     def _restore(self, path: str) -> None:

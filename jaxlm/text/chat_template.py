@@ -113,7 +113,7 @@ class ChatTemplate:
         self.turn_suffix = self._turn_local_suffix()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "ChatTemplate | None":
+    def from_tokenizer(cls, tokenizer) -> ChatTemplate | None:
         """The tokenizer's default chat template (None when it has none); ChatTemplateError if unusable."""
         try:
             source = tokenizer.get_chat_template()
@@ -178,7 +178,7 @@ class ChatTemplate:
         if full != self._render(messages):
             return None  # the template rewrites contents (trim, slicing, ...): sentinels shift them
         spans = []
-        for i, (message, (start, end)) in enumerate(zip(messages, contents)):
+        for i, (message, (start, end)) in enumerate(zip(messages, contents, strict=False)):
             if full[start:end] != message["content"]:
                 return None  # contents rendered out of order, or changed
             if message["role"] != "assistant":

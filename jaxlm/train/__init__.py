@@ -14,6 +14,6 @@ from jaxlm.train.config import Config, ConfigError, load_config
 
 _LAZY = {"train": "jaxlm.train.loop", "TrainResult": "jaxlm.train.loop", "TrainingError": "jaxlm.train.loop"}
 
-__all__ = ["Config", "ConfigError", "load_config", *_LAZY]
+__all__ = ["Config", "ConfigError", "load_config", "train", "TrainResult", "TrainingError"]  # pyright: ignore[reportUnsupportedDunderAll]  the last three: _LAZY
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

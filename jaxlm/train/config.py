@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 
 import yaml
 
@@ -129,7 +130,7 @@ class Config:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raises ConfigError naming the key for any value that is wrong whatever the machine and files."""
         _choice("task", self.task, TASKS)
         _choice("train.schedule", self.train.schedule, SCHEDULES)
@@ -200,7 +201,7 @@ class Config:
         if labels is not None and not _is_label_map(labels):
             raise ConfigError(f"model.config_overrides.id2label must map 0, 1, ... n-1 to label names, got {labels!r}")
 
-    def check_environment(self, device_count: int) -> "Config":
+    def check_environment(self, device_count: int) -> Config:
         """What depends on this machine: the mesh and batch against `device_count`, that the model
         and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
         from jaxlm.compute.sharding import check_micro_batch, mesh_shape
@@ -249,7 +250,7 @@ def _at_least(minimum, values: dict) -> None:
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML preset at `path`, then `dotted.key=value` overrides (YAML values)."""
     tree = dataclasses.asdict(Config())
     if path:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
+from flax.nnx import filterlib
 
 from jaxlm.compute import losses, sharding
 from jaxlm.compute.step import make_eval_step, make_train_step
@@ -34,7 +37,7 @@ def trainable_filter(cfg: Config):
     """
     m = cfg.model
     adapters = VirtualTokens if m.prompt_tuning.num_virtual_tokens > 0 else nnx.LoRAParam if m.lora.rank > 0 else None
-    parts = [adapters] if adapters is not None else []
+    parts: list[filterlib.Filter] = [adapters] if adapters is not None else []
     if m.train_only:
         parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
     elif adapters is None:
@@ -90,12 +93,13 @@ class Engine:
     state: TrainState
     frozen: nnx.State  # parameters that are not trained (the base model under LoRA)
     rest: nnx.State  # non-parameter state, e.g. dropout RNG streams
-    state_sharding: object
+    state_sharding: TrainState  # of NamedShardings: the state's layout
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
-    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
-    schedule: object
+    # jitted (state, frozen, rest, batch) -> (state, metrics), state donated; compiled by `compile`
+    train_step: jax.stages.Wrapped | jax.stages.Compiled
+    eval_step: jax.stages.Wrapped  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
+    schedule: optax.Schedule
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
@@ -114,7 +118,8 @@ class Engine:
 
     def compile(self, batch: dict) -> None:
         """Ahead-of-time compile the train step for this batch shape (separates compile time)."""
-        self.train_step = self.train_step.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
+        jitted = cast(jax.stages.Wrapped, self.train_step)
+        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
@@ -129,18 +134,18 @@ class _StepSetup:
     """Everything about a run's step that needs no arrays: splits, shardings, jitted steps."""
 
     mesh: jax.sharding.Mesh
-    tx: object
-    schedule: object
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
     trainable: nnx.State
     frozen: nnx.State
     rest: nnx.State
-    state_sharding: object
-    frozen_sharding: object
-    rest_sharding: object
+    state_sharding: TrainState  # of NamedShardings
+    frozen_sharding: nnx.State  # of NamedShardings
+    rest_sharding: nnx.State  # of NamedShardings
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    train_step: object
-    eval_step: object
+    train_step: jax.stages.Wrapped
+    eval_step: jax.stages.Wrapped
     num_sources: int
 
 

@@ -35,7 +35,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 from flax import nnx
@@ -57,6 +58,9 @@ from jaxlm.train.run import (
     write_test_before,
 )
 
+if TYPE_CHECKING:  # a type hint only: transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
+
 
 class TrainingError(Stopped):
     """The run cannot go on (e.g. a non-finite loss); the message says what to do. Exit status 3."""
@@ -71,7 +75,7 @@ class TrainResult:
     stop_reason: str  # "completed" | "early_stopping" | "already_complete"
     eval_losses: list[tuple[int, float]]
     model: nnx.Module  # trained, LoRA not merged
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase | None
     compile_seconds: float
 
 
@@ -110,7 +114,8 @@ def start(run: Run) -> LoopState:
     """The loop state at the latest checkpoint (restored into `run`), or at step 0 after a first evaluation."""
     saved = resume(run)
     if saved is not None:
-        return LoopState(step=run.resume_step, best_eval_loss=saved["best_eval_loss"],
+        return LoopState(step=run.resume_step,  # pyright: ignore[reportArgumentType]  a checkpoint has a step
+                         best_eval_loss=saved["best_eval_loss"],
                          evals_since_best=saved["evals_since_best"])
     state = LoopState()
     if run.eval_batches:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from jaxlm.eval import metrics
 from jaxlm.eval.answers import answer, general_prompts
@@ -33,11 +34,11 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, *, genera
         scores["general"] = metrics.degeneration_scores(got.texts[n:], got.finish_reasons[n:])
     return {"answers": texts, "finish_reasons": reasons, "scores": scores,
             "general": [{"prompt": g, "answer": a, "finish_reason": r}
-                        for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:])]}
+                        for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:], strict=False)]}
 
 
 def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None,
-                  losses: list[tuple[str, float, float]] = ()) -> None:
+                  losses: Sequence[tuple[str, float, float]] = ()) -> None:
     """samples.json (everything) and samples.md (a scores table, then each answer before and after).
     `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers."""
     sides = {"before": before or {}, "after": after or {}}

@@ -12,7 +12,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 import yaml
@@ -39,6 +40,11 @@ from jaxlm.train.inputs import (
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
 from jaxlm.train.state import count_params
 
+if TYPE_CHECKING:  # type hints only: the pipeline module loads TensorFlow, transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
+
+    from jaxlm.data.pipeline import Pipeline
+
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
 MIXING_HOOK = "mixing"  # the bandit mixing policy's item (jaxlm.data.bandit.BanditMixing.name)
 
@@ -54,6 +60,7 @@ class SyncHook(Protocol):
 
     def state(self) -> dict:
         """JSON-serialisable; saved with every checkpoint."""
+        ...
 
     def restore(self, state: dict) -> None:
         """Called on resume with what `state()` returned when the checkpoint was saved."""
@@ -66,11 +73,11 @@ class Run:
     cfg: Config
     paths: dict
     model: nnx.Module
-    tokenizer: object
-    train_data: object  # a jaxlm.data Pipeline
-    eval_data: object | None
+    tokenizer: PreTrainedTokenizerBase | None
+    train_data: Pipeline
+    eval_data: Pipeline | None
     eval_batches: list[dict]  # the same batches at every evaluation
-    test_data: object | None
+    test_data: Pipeline | None
     test_batches: list[dict]  # data.test: scored before training and after
     engine: Engine
     checkpointer: Checkpointer

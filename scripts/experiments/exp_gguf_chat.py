@@ -70,7 +70,7 @@ def main() -> int:
         if answers is None:
             print(f"{reader}: not installed, skipped")
             continue
-        for prompt, text in zip(PROMPTS, answers):
+        for prompt, text in zip(PROMPTS, answers, strict=False):
             print(f"{reader:>12} | {prompt} -> {text.strip()!r}", flush=True)
         first[reader] = answers[0]
     found = {reader: args.expect.lower() in text.lower() for reader, text in first.items()}

@@ -188,14 +188,14 @@ def main():
     for name, (drift, top1, _) in logit_drift(reference, variants, tokenizer, texts, args.max_tokens).items():
         ppl, _ = perplexity(variants[name], tokenizer, texts, args.max_tokens)
         got = jaxlm.generate(variants[name], tokenizer, PROMPTS, max_new_tokens=64, chat=True).texts
-        same = sum(first_sentence(a) == first_sentence(b) for a, b in zip(answers, got))
+        same = sum(first_sentence(a) == first_sentence(b) for a, b in zip(answers, got, strict=False))
         print(f"{name:>9}: logits move by {drift:.4f}, top-1 kept {top1 * 100:.2f}%, perplexity "
               f"{(ppl / base_ppl - 1) * 100:+.2f}%, first sentences {same}/{len(PROMPTS)}", flush=True)
 
     ratios = []
     for batch in (1, 8):
         speed = {name: [] for name in ("per-row", "block")}
-        for name, model in (("per-row", per_row), ("block", blocks)):
+        for _name, model in (("per-row", per_row), ("block", blocks)):
             tokens_per_second(model, tokenizer, batch)  # compiles
         for _ in range(args.repeats):  # alternating, so load from elsewhere hits both alike
             for name, model in (("per-row", per_row), ("block", blocks)):
