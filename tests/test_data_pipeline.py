@@ -242,6 +242,12 @@ def test_unknown_tag_in_eval_data_is_an_error(tmp_path, bert_tokenizer):
               label_names=["O", "B-person", "I-person"])
 
 
+def test_token_classification_of_chat_records_names_the_file_and_line(sources, bert_tokenizer):
+    chat, _, _ = sources  # was a KeyError inside a tf.data worker (seen with the default chat data.eval)
+    with pytest.raises(DataError, match=r"chat.jsonl:1: token_classification needs 'tokens' \+ 'tags' records"):
+        build([chat], bert_tokenizer, task="token_classification", repeat=False, label_names=["O", "B-person"])
+
+
 def test_tfds_sources_are_read_from_the_given_data_dir(tmp_path, smollm_tokenizer):
     package_dir("chatterbot_corpus")
     pipeline = build(["tfds:jaxlm_chatterbot:validation"], smollm_tokenizer, tfds_data_dir=str(tmp_path))

@@ -9,6 +9,7 @@ process whose pipeline yields exactly that: shard 0's batch rows, then shard 1's
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -31,11 +32,11 @@ def overrides(model_dir, text_dir, out_dir, *extra):
     return [
         f"model.path={model_dir}", "task=causal_lm", f"output_dir={out_dir}", f"train.steps={STEPS}",
         "train.batch_size=4", "train.seq_len=32", "train.learning_rate=0.005", "train.warmup_steps=2",
-        "train.log_every=1", "eval.every=4", "eval.steps=0", "eval.sample_prompts=0", "eval.general_prompts=false",
-        "checkpoint.every=2",
+        "train.log_every=1", "eval.every=4", "eval.steps=0", "eval.sample_tokens=8", "checkpoint.every=2",
         "checkpoint.keep=2", "model.lora.rank=4", "data.shuffle_buffer=16",
         f"data.train=[{{path: {text_dir}/a, weight: 1}}, {{path: {text_dir}/b, weight: 0.5}}]",
         f"data.eval=[{{path: {text_dir}/c}}]",  # 3 documents: the shards differ in eval batches
+        f"data.test=[{{path: {text_dir}/b}}]",  # scored before and after; the general prompts answered too
         *extra,
     ]
 
@@ -114,7 +115,7 @@ def reference_run(args: list[str]) -> None:
                                                 batch_size=cfg.train.batch_size // 2, seed=cfg.train.seed,
                                                 split=split, shard_index=i, shard_count=2) for i in range(2)])
 
-        return shards("train"), shards("eval"), None  # no data.test
+        return shards("train"), shards("eval"), shards("test")
 
     run.build_pipelines = build_pipelines
     loop.train(load_config(None, args), progress=False)
@@ -174,6 +175,15 @@ def test_two_processes_killed_and_resumed_reach_the_parameters_of_one_process(as
     expected_evals = [(r["step"], r["eval_loss"]) for r in reference_rows if "eval_loss" in r]
     assert [s for s, _ in evals] == [s for s, _ in expected_evals] == [0, 4, 8]
     np.testing.assert_allclose([v for _, v in evals], [v for _, v in expected_evals], rtol=1e-5)
+    # The report a person reads, as the one-process run writes it: the model exported, the same answers to
+    # the general prompts (process 0 generates alone on its whole copy), the same data.test scores.
+    assert (out / "hf" / "model.safetensors").exists()
+    assert (out / "samples.md").read_text() == (root / "reference" / "samples.md").read_text()
+    tested, expected_tests = (json.loads((d / "test_metrics.json").read_text()) for d in (out, root / "reference"))
+    assert tested["steps"] == expected_tests["steps"] == {"before": 0, "after": STEPS}
+    for side in ("before", "after"):
+        for key in ("loss", "perplexity", "token_accuracy"):
+            np.testing.assert_allclose(tested[side][key], expected_tests[side][key], rtol=1e-5, err_msg=key)
 
 
 def test_a_process_that_fails_stops_the_other_with_its_reason(assets, tmp_path):
@@ -200,5 +210,5 @@ def test_partial_coordinator_settings_are_a_one_line_error(monkeypatch, capsys):
     monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     assert main(["--distributed"]) == 2
-    assert capsys.readouterr().err == ("distributed: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+    assert capsys.readouterr().err == ("distributed error: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
                                        "JAX_PROCESS_ID or none of them (only JAX_NUM_PROCESSES is set)\n")

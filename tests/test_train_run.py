@@ -190,3 +190,24 @@ def test_skipped_lines_are_counted_in_the_metrics(files, tmp_path):
     train(cfg, progress=False, export=False)
     rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
     assert rows[-1]["skipped_records"] == 1
+
+
+def test_a_failure_in_the_after_training_report_is_a_warning_and_the_model_is_kept(files, tmp_path, monkeypatch,
+                                                                                   capfd):
+    import jaxlm.train.loop
+
+    def broken(run):
+        raise RuntimeError("the sampler broke")
+
+    monkeypatch.setattr(jaxlm.train.loop, "sample_after", broken)
+    out = tmp_path / "run"
+    status = main(["--no-progress", f"model.path={files['llama']}", "task=sft", f"output_dir={out}",
+                   f"data.train=[{files['sft']}]", "data.eval=[]", "train.steps=2", "train.batch_size=2",
+                   "train.seq_len=32", "model.lora.rank=4", "eval.sample_prompts=1", "eval.sample_tokens=2"])
+    err = capfd.readouterr().err
+    assert status == 0, err[-3000:]
+    assert ("warning: the after-training sample answers failed (RuntimeError: the sampler broke); the model and "
+            f"checkpoints are kept, the traceback is in {out}/report_error.log") in err
+    assert "Traceback" not in err and "the sampler broke" in (out / "report_error.log").read_text()
+    assert (out / "hf" / "model.safetensors").exists() and (out / "adapter" / "adapter_config.json").exists()
+    assert (out / "loss_curve.png").exists()  # the rest of the report is still written

@@ -41,8 +41,14 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if unknown:
         raise AuditError(f"--remove: unknown reason(s) {unknown}; known: {sorted(REASONS)}")
     gates = [parse_gate(g) for g in config.gates]
+    if config.workers < 1:  # zero Ray actors would wait for ever for a shard to be measured
+        raise AuditError(f"--workers: must be >= 1, got {config.workers}")
     if not os.path.exists(config.data):
         raise AuditError(f"{config.data}: no such file or folder")
+    if config.engine == "ray":
+        from jaxlm.cluster import reach
+
+        reach()  # a cluster that does not answer is an error before --out is created
     os.makedirs(config.out, exist_ok=True)
 
     if config.engine == "ray":  # indexes, models and measuring on Ray workers, one shard per file

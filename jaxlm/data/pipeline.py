@@ -168,14 +168,17 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
         changed.setdefault(change, [0, line])[0] += count
 
     for record in selected_records(config, selection, on_error=on_error, stats=read_stats, **read_kwargs):
-        if task == "classification":
-            try:
+        try:
+            if task == "classification":
                 labels.add(_class_label(record, known_labels))
-            except DataError as error:
-                if on_error == "raise":
-                    raise
-                read_stats.note_error(error)
-                continue
+            elif task == "token_classification" and record.kind != "ner":
+                raise DataError(record.path, record.line, "token_classification needs 'tokens' + 'tags' records "
+                                f"(or a CoNLL file), got {record.kind}")
+        except DataError as error:
+            if on_error == "raise":
+                raise
+            read_stats.note_error(error)
+            continue
         pieces, change = cap_length(record, **cap)
         if change:
             note(change, record.line)

@@ -18,7 +18,7 @@ import os
 from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
 from jaxlm.eval.answers import answer, general_check
-from jaxlm.outputs import plain
+from jaxlm.outputs import check_output, plain, replacing
 from jaxlm.tasks import IGNORE_LABEL, TASKS
 
 CLASSIFICATION = "classification"
@@ -43,6 +43,7 @@ class EvalOptions:
     adapter: str | None = None  # a PEFT prompt-tuning adapter folder put on the model
     general: bool = True  # the general-ability check (causal LMs)
     tfds_data_dir: str | None = None
+    overwrite: bool = False  # replace a non-empty `out` whole (else it is refused before any work)
 
 
 def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
@@ -52,6 +53,7 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     from jaxlm.hf.load import load_pretrained
     from jaxlm.models.contract import is_causal_lm
 
+    check_output(options.out, overwrite=options.overwrite, folder=True)
     model_path, run_task, run_adapter = resolve_model(options.model)
     records = first_records(options.data, options.max_examples, options.tfds_data_dir)
     shot_records = shot_source_records(options) if options.few_shot else []
@@ -81,7 +83,8 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     result["scores"] = scores
     if causal and options.general:
         result["general"] = general_check(model, tokenizer, options.max_new_tokens)
-    write_results(options.out, result, rows)
+    with replacing(options.out, overwrite=options.overwrite, folder=True) as partial:
+        write_results(partial, result, rows)  # no report or matrix of an earlier evaluation stays beside it
     return result
 
 
@@ -275,7 +278,10 @@ def shot_source_records(options: EvalOptions) -> list:
         if not options.data.startswith(TFDS_PREFIX):
             raise UserError("--few-shot: give --shots-from (the train data to draw examples from)")
         source = f"{TFDS_PREFIX}{parse_tfds_path(options.data)[0]}:train"
-    return first_records(source, 0, options.tfds_data_dir)
+    records = first_records(source, 0, options.tfds_data_dir)
+    if len(records) < options.few_shot:  # found before the model loads
+        raise UserError(f"--few-shot {options.few_shot}: {source} has only {len(records)} record(s)")
+    return records
 
 
 def _answer_in_chunks(model, tokenizer, chats, options: EvalOptions, max_new_tokens: int, progress: bool):

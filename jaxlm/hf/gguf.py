@@ -9,6 +9,7 @@ only reads the file. `gguf_export` writes the other way.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -45,6 +46,7 @@ def hf_config(reader, path: str) -> dict:
 
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
     config = layout.hf_config(get, vocab, {t.name for t in reader.tensors})
+    _check_sizes(reader, layout, config, path)
     special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
     for ours, key in special:
         if f"tokenizer.ggml.{key}" in reader.fields:
@@ -61,6 +63,24 @@ def _layout(arch: str, path: str) -> GGUFLayout:
     if arch not in layouts:
         raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported ({', '.join(layouts)})")
     return layouts[arch]
+
+
+def _check_sizes(reader, layout: GGUFLayout, config: dict, path: str) -> None:
+    """The sizes the metadata claims against the tensors the file holds, before a model of those sizes is
+    built: a file that claims 5000 blocks but holds 2 took minutes to fail, one that claims 1e9 never did."""
+    arch = layout.arch
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}  # numpy order
+    blocks = sorted({int(m.group(1)) for name in shapes if (m := re.match(r"blk\.(\d+)\.", name))})
+    claimed = int(_field(reader, f"{arch}.block_count", path))
+    if len(blocks) != claimed or (blocks and blocks[-1] != claimed - 1):  # blk.0 .. blk.{claimed-1}, each once
+        held = f"blk.{blocks[0]} to blk.{blocks[-1]}" if blocks else "none"
+        raise CheckpointError(f"{path}: GGUF metadata {arch}.block_count={claimed}, but the file holds the "
+                              f"tensors of {len(blocks)} block(s) ({held})")
+    vocab_key = f"{arch}.vocab_size" if f"{arch}.vocab_size" in reader.fields else "tokenizer.ggml.tokens (count)"
+    for key, value, tensor, axis in layout.sizes(arch, vocab_key, config):
+        if tensor in shapes and shapes[tensor][axis] != value:
+            raise CheckpointError(f"{path}: GGUF metadata {key}={value}, but tensor {tensor!r} has shape "
+                                  f"{shapes[tensor]} (its size {shapes[tensor][axis]} on that axis)")
 
 
 def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -104,7 +124,7 @@ def tokenizer(reader, path: str):
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
         folder, name = os.path.split(os.path.abspath(path))
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
     merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))

@@ -236,9 +236,48 @@ def _torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def read_tokenizer(folder: str):
+    refuse_custom_code(folder)
     files = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
     if not any(os.path.exists(os.path.join(folder, f)) for f in files):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder)
+    # trust_remote_code=False: never import Python from the folder, and never ask on stdin whether to
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+def refuse_custom_code(folder: str) -> None:
+    """Raises CheckpointError if loading `folder` would need Python code that came with it.
+
+    transformers imports the module an `auto_map` names, or a tokenizer class it does not know, from
+    the folder itself (after asking on stdin): code from a download. jaxlm runs none, so such a folder
+    is refused before transformers reads it.
+    """
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    for name in ("config.json", "tokenizer_config.json"):
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                settings = json.load(f)
+        except FileNotFoundError:
+            continue
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{path}: expected a JSON object")
+        if "auto_map" in settings:
+            raise CheckpointError(f"{path}: 'auto_map' asks to run Python code from the model folder "
+                                  f"({_named_code(settings['auto_map'])}); jaxlm never runs code that comes "
+                                  "with a model (remove 'auto_map' if the model_type is one transformers knows)")
+        tokenizer_class = settings.get("tokenizer_class")
+        if tokenizer_class is not None and (not isinstance(tokenizer_class, str)
+                                            or tokenizer_class_from_name(tokenizer_class) is None):
+            raise CheckpointError(f"{path}: tokenizer_class={tokenizer_class!r} is not a transformers tokenizer; "
+                                  "jaxlm never runs code that comes with a model")
+
+
+def _named_code(auto_map) -> str:
+    if not isinstance(auto_map, dict):
+        return repr(auto_map)
+    return ", ".join(f"{auto}: {target}" for auto, target in auto_map.items())

@@ -69,4 +69,14 @@ def to_gguf(hf: dict[str, np.ndarray], c):
             yield "output.weight", array
 
 
-LAYOUT = GGUFLayout("gpt2", NAMES, ("output.weight",), hf_config, from_gguf, write_metadata, to_gguf)
+def sizes(arch: str, vocab_key: str, c: dict) -> list[tuple[str, int, str, int]]:
+    """(metadata key, the size it gives, a tensor that has that size, on which axis in numpy order)."""
+    return [
+        (vocab_key, c["vocab_size"], "token_embd.weight", 0),
+        (f"{arch}.embedding_length", c["n_embd"], "token_embd.weight", 1),
+        (f"{arch}.feed_forward_length", c["n_inner"], "blk.0.ffn_up.weight", 0),
+        (f"{arch}.context_length", c["n_positions"], "position_embd.weight", 0),
+    ]
+
+
+LAYOUT = GGUFLayout("gpt2", NAMES, ("output.weight",), hf_config, from_gguf, write_metadata, to_gguf, sizes)

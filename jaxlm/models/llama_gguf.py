@@ -126,5 +126,18 @@ def _llama3_rope_factors(c, scaling: dict) -> np.ndarray:
     return np.asarray(factors, np.float32)
 
 
+def sizes(arch: str, vocab_key: str, c: dict) -> list[tuple[str, int, str, int]]:
+    """(metadata key, the size it gives, a tensor that has that size, on which axis in numpy order)."""
+    return [
+        (vocab_key, c["vocab_size"], "token_embd.weight", 0),
+        (f"{arch}.embedding_length", c["hidden_size"], "token_embd.weight", 1),
+        (f"{arch}.feed_forward_length", c["intermediate_size"], "blk.0.ffn_up.weight", 0),
+        (f"{arch}.attention.head_count x head size", c["num_attention_heads"] * c["head_dim"],
+         "blk.0.attn_q.weight", 0),
+        (f"{arch}.attention.head_count_kv x head size", c["num_key_value_heads"] * c["head_dim"],
+         "blk.0.attn_k.weight", 0),
+    ]
+
+
 # rope_freqs: llama.cpp's precomputed RoPE factors (we derive them from the config).
-LAYOUT = GGUFLayout("llama", NAMES, ("rope_freqs.weight",), hf_config, from_gguf, write_metadata, to_gguf)
+LAYOUT = GGUFLayout("llama", NAMES, ("rope_freqs.weight",), hf_config, from_gguf, write_metadata, to_gguf, sizes)

@@ -39,6 +39,9 @@ class GGUFLayout:
     from_gguf: Callable  # (GGUF name, array as the file lays it out, HF config dict) -> array in HF layout
     write_metadata: Callable  # (gguf.GGUFWriter, our config) -> None; UserError for what llama.cpp cannot run
     to_gguf: Callable  # ({HF name: array}, our config) -> (GGUF name, array) for every tensor, in file order
+    # (arch, vocab key, HF config dict) -> [(metadata key, the size it gives, a tensor of that size, its axis in
+    # numpy order)]: checked against the file's tensors before a model of those sizes is built
+    sizes: Callable
 
 
 def dotted(path: tuple) -> str:

@@ -7,8 +7,10 @@ XLA updates it in place. Calling `decode` again with a larger `limit` continues 
 stopped, which is how the CLI streams without any per-token Python in the loop.
 
 Programs are compiled ahead of time and kept in a small cache keyed by the model's
-graph, the sampling program and the argument shapes; `compile_seconds` reports the cost
-and `CompileStats` the hits, so tests and benchmarks can see reuse.
+graph, the sampling program and each argument's shape, dtype and placement (a program
+compiled for parameters on one device cannot take parameters sharded over a mesh, as
+they are after training on several devices); `compile_seconds` reports the cost and
+`CompileStats` the hits, so tests and benchmarks can see reuse.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ _executables: collections.OrderedDict = collections.OrderedDict()
 def _executable(jitted, graphdef, plan: Plan, *args):
     """An ahead-of-time compiled program for these static values and argument shapes (LRU cached)."""
     leaves, treedef = jax.tree.flatten(args)
-    key = (jitted, graphdef, plan, treedef, tuple((x.shape, x.dtype) for x in leaves))
+    key = (jitted, graphdef, plan, treedef, tuple(_placed_shape(x) for x in leaves))
     if key in _executables:
         STATS.hits += 1
         _executables.move_to_end(key)
@@ -147,6 +149,13 @@ def _executable(jitted, graphdef, plan: Plan, *args):
     if len(_executables) > _MAX_EXECUTABLES:
         _executables.popitem(last=False)
     return compiled, seconds
+
+
+def _placed_shape(x) -> tuple:
+    """What of an argument the compiled program depends on. Only committed arrays pin a sharding:
+    an uncommitted one (fresh from `jnp.asarray`) is moved to wherever the program wants it."""
+    sharding = x.sharding if isinstance(x, jax.Array) and x.committed else None
+    return x.shape, x.dtype, sharding
 
 
 def prefill(graphdef, plan, state, prompt_ids, prompt_mask, stop_ids, key, knobs) -> tuple[DecodeState, float]:

@@ -26,6 +26,7 @@ from jaxlm.train.overrides import build, merge, nest
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
+MAX_CONFIG_BYTES = 2**20  # a preset is a few kB; more is the wrong file
 
 
 @dataclasses.dataclass
@@ -222,13 +223,11 @@ class Config:
 
 def check_writable(key: str, folder: str) -> None:
     """`folder` can be created or written to (checked on the nearest part of it that exists)."""
-    existing = os.path.abspath(os.path.expanduser(folder))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{key}={folder!r}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
-        raise ConfigError(f"{key}={folder!r}: {existing} is not writable (read-only or no permission)")
+    from jaxlm.outputs import unwritable
+
+    reason = unwritable(folder)
+    if reason:
+        raise ConfigError(f"{key}={folder!r}: {reason}")
 
 
 def _is_label_map(labels) -> bool:
@@ -253,23 +252,47 @@ def _at_least(minimum, values: dict) -> None:
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML preset at `path`, then `dotted.key=value` overrides (YAML values)."""
     tree = dataclasses.asdict(Config())
+    given = []  # what the preset and the overrides set, in order
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                preset = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        if not isinstance(preset, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        preset = _read_preset(path)
         merge(tree, preset, Config, prefix="")
+        given.append(preset)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-        merge(tree, nest(key.strip().split("."), yaml.safe_load(text) if text else ""), Config, prefix="")
+        update = nest(key.strip().split("."), yaml.safe_load(text) if text else "")
+        merge(tree, update, Config, prefix="")
+        given.append(update)
+    data_given = [u["data"] for u in given if isinstance(u.get("data"), dict)]
+    if any("train" in d for d in data_given) and not any("eval" in d for d in data_given):
+        # The default evaluation data (the shipped chats) belongs to the default training data: other
+        # training data is not scored on it (and its data.eval_fraction would be ignored beside it).
+        tree["data"]["eval"] = []
     return build(Config, tree, prefix="").validate()
+
+
+def _read_preset(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero never ends
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML config file") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MB; not a YAML config file")
+    try:
+        preset = yaml.safe_load(raw.decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
+                          "save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return preset
 
 
 def to_dict(config: Config) -> dict:

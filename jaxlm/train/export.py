@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 
-def export_model(model, tokenizer, paths: dict, *, base_model: str, trainable, gguf_type: str = "") -> None:
+
+def write_exports(model, tokenizer, paths: dict, *, base_model: str, trainable, gguf_type: str = "") -> None:
     """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA or prompt tuning
     was used. A LoRA adapter carries every module that trained in full (`trainable` selects them: a new
     classifier, `model.train_only` layers) as PEFT `modules_to_save`. `model.gguf` (when `gguf_type` is
@@ -15,7 +17,8 @@ def export_model(model, tokenizer, paths: dict, *, base_model: str, trainable, g
 
     export_pretrained(model, paths["hf"], tokenizer)
     if gguf_type:
-        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type)
+        run_name = os.path.basename(os.path.dirname(os.path.abspath(paths["gguf"])))  # not "model"
+        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type, name=run_name)
     if has_lora(model):
         save_peft_adapter(model, paths["adapter"], base_model=base_model,
                           modules_to_save=fully_trained_modules(model, trainable))

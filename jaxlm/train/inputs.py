@@ -174,6 +174,7 @@ def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
         "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png", "gguf": "model.gguf",
+        "report_error": "report_error.log",
     }.items()}
     if checkpoint_dir:
         paths["checkpoints"] = checkpoint_dir

@@ -12,8 +12,9 @@ A run, one named function per part:
             record_eval             eval loss (and entity scores) on the same eval batches each time
             hook.on_sync            learn from the rows (`SyncHook`, run.py)
             log, save, stop         metrics rows, a checkpoint when due or best, early stopping
-    finish(run, state)              NER report, sample answers and test scores (before/after), loss curve,
-                                    HF export -> TrainResult
+    finish(run, state)              HF export first, then the report: NER report, sample answers and test
+                                    scores (before/after), loss curve -> TrainResult. A failure in the report
+                                    is a warning (traceback in report_error.log), not the loss of the model
 
 `Run` (run.py) is what `prepare` built; `LoopState` is all that changes as the loop runs, and
 `LoopState.saved()` is the part a checkpoint keeps. A checkpoint is the train state plus the JSON that
@@ -22,7 +23,8 @@ The host waits for the device only at sync points.
 
 Several processes (`--distributed`, see compute/distributed.py): every process runs every step, evaluation and
 checkpoint save; the files a person reads are written only by process 0 (`Run.writer`): `Run.logger`
-(metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `write_outputs`.
+(metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `export_model`,
+`write_report`.
 
 Seams for what comes next:
 - learning from the loss (a mixing policy that reweights sources, say): a `SyncHook` passed to `train`
@@ -49,12 +51,14 @@ from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
 from jaxlm.train.run import (
     Run,
     SyncHook,
+    after_training,
     checkpoint_items,
+    export_model,
     prepare,
     resume,
     sample_after,
     score,
-    write_outputs,
+    write_report,
     write_test_before,
 )
 
@@ -94,8 +98,11 @@ class LoopState:
     stop_reason: str = "completed"
 
     def saved(self) -> dict:
-        """What a checkpoint keeps (the early-stopping state); the rest restarts with the process."""
-        return {"best_eval_loss": self.best_eval_loss, "evals_since_best": self.evals_since_best}
+        """What a checkpoint keeps (the early-stopping state, and the step-0 eval loss that the report sets
+        beside the last one); the rest restarts with the process."""
+        first = self.eval_losses[0] if self.eval_losses and self.eval_losses[0][0] == 0 else None
+        return {"best_eval_loss": self.best_eval_loss, "evals_since_best": self.evals_since_best,
+                "first_eval_loss": first[1] if first else None}
 
 
 def train(cfg: Config, *, progress: bool = True, export: bool = True, hooks: Sequence[SyncHook] = ()) -> TrainResult:
@@ -114,9 +121,10 @@ def start(run: Run) -> LoopState:
     """The loop state at the latest checkpoint (restored into `run`), or at step 0 after a first evaluation."""
     saved = resume(run)
     if saved is not None:
+        first = saved.get("first_eval_loss")  # absent from checkpoints written before it was kept
         return LoopState(step=run.resume_step,  # pyright: ignore[reportArgumentType]  a checkpoint has a step
-                         best_eval_loss=saved["best_eval_loss"],
-                         evals_since_best=saved["evals_since_best"])
+                         best_eval_loss=saved["best_eval_loss"], evals_since_best=saved["evals_since_best"],
+                         eval_losses=[] if first is None else [(0, first)])
     state = LoopState()
     if run.eval_batches:
         record_eval(run, state)
@@ -275,11 +283,15 @@ def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
     if jax.process_count() > 1:  # a whole copy on every host, so that process 0 generates and exports alone
         nnx.update(run.model, distributed.host_copy(nnx.state(run.model)))
     done = state.stop_reason != "already_complete"
-    test_after = score(run, "test") if done and run.test_batches else None  # every process takes part
+    if run.writer and export:
+        export_model(run)  # first: nothing optional that follows can cost the trained model
+    test_after = None
+    if done and run.test_batches:  # every process takes part
+        test_after = after_training(run, "data.test scores", score, run, "test")
     if run.writer:
-        after = sample_after(run) if done else None
-        write_outputs(run, state.ner_text, after, test_after, export=export, step=state.step,
-                      eval_losses=state.eval_losses)
+        after = after_training(run, "sample answers", sample_after, run) if done else None
+        after_training(run, "report", write_report, run, state.ner_text, after, test_after, step=state.step,
+                       eval_losses=state.eval_losses)
     distributed.barrier("outputs")  # the other processes end when process 0 has written
     return TrainResult(run.cfg.output_dir, int(run.engine.state.step), state.stop_reason, state.eval_losses,
                        run.model, run.tokenizer, state.compile_seconds)

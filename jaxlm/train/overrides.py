@@ -18,6 +18,14 @@ def nest(keys: list[str], value) -> dict:
     return {keys[0]: nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": v}} -> {"a.b": v}: the inverse of `nest`."""
+    found = {}
+    for name, sub in tree.items():
+        found.update(flat(sub, f"{prefix}{name}.") if isinstance(sub, dict) else {prefix + name: sub})
+    return found
+
+
 def merge(tree: dict, update: dict, cls, prefix: str) -> None:
     """Merge `update` into `tree` (asdict of `cls`), failing on unknown keys."""
     hints = typing.get_type_hints(cls)

@@ -1,7 +1,7 @@
 """A training run's fixed parts: what `prepare` builds, how a checkpoint resumes it, what it leaves.
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
-The files a person reads are written here (`write_config`, `sample_before`, `write_outputs`) and by
+The files a person reads are written here (`write_config`, `sample_before`, `export_model`, `write_report`) and by
 `Run.logger`, by process 0 only (`Run.writer`, see compute/distributed.py); every process runs the steps,
 evaluations and checkpoints.
 """
@@ -12,7 +12,8 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import jax
@@ -20,12 +21,13 @@ import yaml
 from flax import nnx
 
 from jaxlm.compute import distributed
+from jaxlm.errors import warn
 from jaxlm.models.contract import is_causal_lm
 from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
-from jaxlm.train.export import export_model
+from jaxlm.train.export import write_exports
 from jaxlm.train.inputs import (
     HEADS,
     build_pipelines,
@@ -38,6 +40,7 @@ from jaxlm.train.inputs import (
     padded_to,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
+from jaxlm.train.overrides import flat
 from jaxlm.train.state import count_params
 
 if TYPE_CHECKING:  # type hints only: the pipeline module loads TensorFlow, transformers is slow to import
@@ -100,6 +103,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     check_positions(cfg)
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
+        check_same_run(cfg, paths)
         write_config(cfg, paths)
     started = time.perf_counter()
     model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
@@ -116,9 +120,10 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
     prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    before = sample_before(cfg, model, tokenizer, prompts, paths) if resume_step is None and writer else None
-
     engine = build_engine(model, cfg)
+    before = None
+    if resume_step is None and writer:
+        before = sample_before(cfg, model, tokenizer, prompts, paths, engine)
     trained = count_params(engine.state.params)
     _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
                    f"mesh {dict(engine.mesh.shape)}")
@@ -138,6 +143,43 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
     return (BanditMixing(cfg.data.bandit, train_data.source_names, prior),)
 
 
+# Keys a rerun into a run's output_dir may change: how far it goes (train.steps extends it), what it measures
+# and logs, how often and where it saves, the optimizer's hyperparameters, and how the same computation runs on
+# this machine. Any other key changes what the checkpoints hold or mean (the model and its dtype, adapters,
+# prompt tuning, trained parameters, task and head, data and its position, batch, seed, optimizer state layout).
+RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
+             "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
+             "eval.", "checkpoint.", "mesh.", "model.attention", "model.remat", "export.")
+
+
+def check_same_run(cfg: Config, paths: dict) -> None:
+    """A rerun that would resume an output_dir's checkpoints describes the same run. config.yaml is the only
+    record of what they hold: a changed key is refused before anything is written (it was rewritten, then
+    restoring failed with Orbax's traceback), naming each key that differs."""
+    if not os.path.exists(paths["config"]) or not _holds_checkpoints(paths["checkpoints"]):
+        return
+    try:
+        with open(paths["config"], encoding="utf-8") as f:
+            saved = flat(yaml.safe_load(f) or {})
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{paths['config']}: cannot read the saved config of the run to resume ({e})") from None
+    now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))  # as YAML reads it back
+    changed = [key for key in sorted(saved.keys() & now.keys())
+               if saved[key] != now[key] and not any(key == r or r.endswith(".") and key.startswith(r)
+                                                     for r in RESUMABLE)]
+    if changed:
+        shown = "; ".join(f"{key}={now[key]!r} (saved: {saved[key]!r})" for key in changed)
+        raise ConfigError(f"{shown}: {cfg.output_dir} holds the checkpoints of a run made with the saved "
+                          f"value(s) ({paths['config']}); rerun with them to resume, or choose another output_dir")
+
+
+def _holds_checkpoints(folder: str) -> bool:
+    from etils import epath  # Orbax's paths: a local folder or gs://...
+
+    path = epath.Path(folder)
+    return path.is_dir() and any(child.name.isdigit() for child in path.iterdir())
+
+
 def write_config(cfg: Config, paths: dict) -> None:
     os.makedirs(cfg.output_dir, exist_ok=True)
     with open(paths["config"], "w", encoding="utf-8") as f:
@@ -155,13 +197,20 @@ def load_inputs(cfg: Config):
     return model, tokenizer, train_data, eval_data, test_data
 
 
-def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict) -> dict | None:
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict, engine: Engine) -> dict | None:
     """The untrained model's answers to the held-out and general prompts with their scores, written at
-    once (a killed run keeps them)."""
+    once (a killed run keeps them). One process: the model samples with the engine's parameters, on its mesh,
+    so the answers after training reuse the compiled programs; several: process 0 samples alone, on its copy."""
     general = wants_general_check(cfg, model)
     if not prompts and not general:
         return None
-    before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    own = nnx.state(model)
+    if jax.process_count() == 1:
+        engine.update_model(model)
+    try:
+        before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
+    finally:  # the engine's parameters are donated to the train step: the model must not hold them meanwhile
+        nnx.update(model, own)
     report.write_samples(paths["samples"], prompts, before, None, step=None)
     return before
 
@@ -227,9 +276,30 @@ def write_test_before(run: Run, scores: dict) -> None:
     _write_test_metrics(run.paths, {"before": scores, "steps": {"before": 0}})
 
 
-def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, export: bool,
-                  step: int, eval_losses: Sequence[tuple[int, float]] = ()) -> None:
-    """The files a finished run leaves: NER report, sample answers, test scores, loss curve, the exported model."""
+def export_model(run: Run) -> None:
+    """hf/ (and adapter/, model.gguf): the trained model, written before anything optional."""
+    write_exports(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
+                  trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
+
+
+def after_training(run: Run, what: str, work: Callable, *args, **kwargs):
+    """`work(*args, **kwargs)`, or None and a warning if it fails: the trained model is already exported, and
+    a failure in the report must not end the run without it. The traceback goes to report_error.log."""
+    try:
+        return work(*args, **kwargs)
+    except Exception as error:  # whatever went wrong here, the run's model and checkpoints are kept
+        log = run.paths["report_error"]
+        if run.writer:
+            with open(log, "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+        warn(f"the after-training {what} failed ({type(error).__name__}: {error}); the model and checkpoints "
+             f"are kept, the traceback is in {log}")
+        return None
+
+
+def write_report(run: Run, ner_text: str | None, after: dict | None, test_after: dict | None, *, step: int,
+                 eval_losses: Sequence[tuple[int, float]] = ()) -> None:
+    """The files a person reads after a run: NER report, sample answers, test scores, loss curve."""
     paths = run.paths
     if ner_text:  # the last evaluation's seqeval (NER) or per-class (classification) report
         report_path = paths["classification_report" if run.cfg.task == "classification" else "ner_report"]
@@ -244,14 +314,11 @@ def write_outputs(run: Run, ner_text: str | None, after: dict | None, test_after
         rows = read_metrics(paths["metrics"])
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
-    if export:
-        export_model(run.model, run.tokenizer, paths, base_model=resolve_path(run.cfg.model.path),
-                     trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
     """(what, at step 0, at the end) for samples.md: the data.test token scores, and the eval loss when it was
-    measured at step 0 (a resumed run's loop did not see it)."""
+    measured at step 0 (checkpoints keep it for a resumed run)."""
     lines = []
     if test and test.get("before") and test.get("after"):
         lines += [(f"data.test {key}", test["before"][key], test["after"][key])
