@@ -1,9 +1,10 @@
 """Ray, for the commands that scale out (`synth --engine ray`, `audit --engine ray`).
 
 `connect` joins the cluster named by ``RAY_ADDRESS``, or starts a local one with one CPU
-per worker. Workers get the same ``PYTHONHASHSEED`` (the driver's, else 0): the audit
-compares Python hashes computed on different workers, which is only meaningful when they
-share the seed. They also import the same ``jaxlm`` as the driver (``PYTHONPATH``).
+per worker; `Actors` is the pool of one-CPU actors that synth and audit hand their work to.
+Workers get the same ``PYTHONHASHSEED`` (the driver's, else 0): the audit compares Python
+hashes computed on different workers, which is only meaningful when they share the seed.
+They also import the same ``jaxlm`` as the driver (``PYTHONPATH``).
 
 A cluster named by ``RAY_ADDRESS`` is waited for ``JAXLM_RAY_TIMEOUT`` seconds (default 60),
 saying so on stderr; Ray itself retries an address that does not answer for minutes. `reach`
@@ -78,3 +79,22 @@ def reach() -> float:
                                 f"or raise {TIMEOUT_KEY}") from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
+
+class Actors:
+    """`count` Ray actors of `actor_class(*args)`, one CPU each: `map(fn, values)` hands the values to
+    whichever actor is free (`fn(actor, value)` returns the remote call) and yields the results in the
+    order of `values`; `kill()` ends the actors (the cluster stays: `connect` says who shuts it down)."""
+
+    def __init__(self, ray, actor_class, args: tuple, count: int):
+        self.ray = ray
+        worker = ray.remote(num_cpus=1)(actor_class)
+        self.actors = [worker.remote(*args) for _ in range(count)]
+
+    def map(self, fn, values):
+        from ray.util import ActorPool
+
+        return ActorPool(self.actors).map(fn, list(values))
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 from jaxlm.errors import UserError
 
@@ -149,7 +150,8 @@ def one_writer(path: str) -> Iterator[None]:
     os.makedirs(parent, exist_ok=True)
     lock = os.path.join(parent, f".{name}.lock")
     while True:
-        handle = open(lock, "a+", encoding="utf-8")  # "a+": never truncates the holder's pid before the lock is won
+        # "a+": never truncates the holder's pid before the lock is won; held until the block ends
+        handle = open(lock, "a+", encoding="utf-8")  # noqa: SIM115
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -171,3 +173,15 @@ def one_writer(path: str) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(lock)  # while still locked: whoever opens it next opens a new file
         handle.close()
+
+
+def plain(value):
+    """`value` as JSON writes it: a NumPy or JAX scalar as a Python number, a non-finite float as its
+    name ("nan", "inf": JSON has no literal for them); also `json.dump(..., default=plain)`."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is not None and not isinstance(value, (str, int, float, list, tuple, dict)):
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return value

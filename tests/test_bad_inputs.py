@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,8 +192,8 @@ class Case:
 def train(*overrides, model="llama", data="sft", task="sft"):
     """`jaxlm train` on a tiny model: a few steps, no evaluation unless asked."""
     def argv(f, out):
-        base = [f"model.path={f[model] if model in f else model}", f"task={task}", f"output_dir={out}/run",
-                f"data.train=[{f[data] if data in f else data}]", "data.eval=[]", "train.steps=2",
+        base = [f"model.path={f.get(model, model)}", f"task={task}", f"output_dir={out}/run",
+                f"data.train=[{f.get(data, data)}]", "data.eval=[]", "train.steps=2",
                 "train.batch_size=2", "train.seq_len=32", "model.lora.rank=0", "eval.sample_prompts=0"]
         return ["train", "--no-progress", *base, *(o.format(**f) for o in overrides)]
     return argv
@@ -460,7 +461,7 @@ def test_convert_overwrite_swaps_the_folder_in_whole(files, tmp_path):
     (out / "stale.txt").write_text("from before")
     assert cli.main(["convert", files["llama"], str(out), "--overwrite"]) == 0
     assert not (out / "stale.txt").exists()
-    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+    assert json.loads(Path(out / "config.json").read_text())["model_type"] == "llama"
     assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # no partial or old folder left
 
 
@@ -468,7 +469,7 @@ def test_a_failed_conversion_leaves_the_old_folder(files, tmp_path, monkeypatch,
     import jaxlm.hf.export
 
     def half_written(model, folder, *args, **kwargs):
-        open(os.path.join(folder, "model.safetensors"), "wb").write(b"half")
+        Path(os.path.join(folder, "model.safetensors")).write_bytes(b"half")
         raise OSError(28, "No space left on device", os.path.join(folder, "model.safetensors"))
 
     monkeypatch.setattr(jaxlm.hf.export, "export_pretrained", half_written)
@@ -798,7 +799,7 @@ def test_the_writer_lock_is_released_however_its_holder_ends(files, tmp_path, ca
         holder.wait()
     assert cli.main(convert("llama", "c")(files, str(tmp_path))) == 0  # the stale lock file is taken over
     assert sorted(os.listdir(tmp_path)) == ["c"]
-    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+    assert json.loads(Path(out / "config.json").read_text())["model_type"] == "llama"
 
 
 # --- round two (issue 26): what needs more than a row ---------------------------------------
@@ -818,7 +819,7 @@ def test_eval_overwrite_replaces_the_folder_whole(files, tmp_path):
     shutil.copytree(files["eval_done"], out)
     assert cli.main(evaluate("--out", str(out), "--overwrite")(files, str(tmp_path))) == 0
     assert sorted(os.listdir(out)) == ["eval.json", "predictions.jsonl"]  # no report or matrix from before
-    assert json.load(open(out / "eval.json"))["task"] == "sft"
+    assert json.loads(Path(out / "eval.json").read_text())["task"] == "sft"
     assert os.listdir(tmp_path) == ["eval"]  # no partial or old folder left
 
 

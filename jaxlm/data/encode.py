@@ -11,7 +11,7 @@ per token saying whether the model is trained to predict it.
   prefixes: the span of turn i runs from the end of
   ``render(messages[:i], add_generation_prompt=True)`` to the end of
   ``render(messages[:i+1])`` (its end-of-turn token included, so the model
-  learns to stop). :class:`~jaxlm.data.chat_template.ChatTemplate` finds them
+  learns to stop). :class:`~jaxlm.text.chat_template.ChatTemplate` finds them
   in one render of the compiled template where it can (the template is
   compiled once, not per call, and every render is bounded: a template from
   a hostile model file cannot spin). Character spans become token flags
@@ -39,9 +39,9 @@ import queue
 
 import numpy as np
 
-from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError
 from jaxlm.errors import UserError
 from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError
 
 
 class _TokenizerPool:
@@ -85,7 +85,7 @@ def encode_batch(tokenizer, texts: list[str], *, add_special_tokens: bool,
         out = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
                         return_attention_mask=False)
         return [(ids[:max_length], [start for start, _ in offsets[:max_length]])
-                for ids, offsets in zip(out["input_ids"], out["offset_mapping"])]
+                for ids, offsets in zip(out["input_ids"], out["offset_mapping"], strict=False)]
     if backend.padding is not None:
         backend.no_padding()
     truncation = None if max_length is None else dict(
@@ -164,7 +164,7 @@ class LMEncoder:
                 keep = self.seq_len + 1 if self.task == "sft" and not plain else None
                 tokens = encode_batch(tokenizer, [rendered[i][0] for i in batch],
                                       add_special_tokens=plain, max_length=keep)
-                for i, (ids, starts) in zip(batch, tokens):
+                for i, (ids, starts) in zip(batch, tokens, strict=False):
                     encoded[i] = self._document(rendered[i][1], ids, starts, append_eos=plain)
         return [self._cut(ids, trained) for ids, trained in encoded]
 
@@ -265,7 +265,7 @@ def word_tags(labels: np.ndarray, predictions: np.ndarray,
     label is not -100 (its first sub-token). Rows without words are dropped.
     """
     true_tags, predicted_tags = [], []
-    for row_labels, row_predictions in zip(np.asarray(labels), np.asarray(predictions)):
+    for row_labels, row_predictions in zip(np.asarray(labels), np.asarray(predictions), strict=False):
         words = row_labels != IGNORE_LABEL
         if words.any():
             true_tags.append([label_names[i] for i in row_labels[words]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +145,10 @@ def build_model(
     if missing and init_missing_head and all(p.startswith(HEAD_MODULES) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
-        warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}")
+        warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}", stacklevel=2)
         missing = []
     if unused:
-        warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}")
+        warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}", stacklevel=2)
     if missing:
         names = ", ".join(repr(ours_to_hf(arch.family, p)[0]) for p in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -211,7 +211,7 @@ def _safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
     try:
         # framework="flax" reads bfloat16 too, which plain numpy cannot.
         with safe_open(path, framework="flax") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118  safe_open has keys(), not iteration
                 yield name, np.asarray(f.get_tensor(name))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: shard listed in the index is missing") from None

@@ -18,12 +18,12 @@ from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf
 from jaxlm.outputs import plain_mode
 
-# PEFT's task_type for each of our architectures that is not a causal LM (those are CAUSAL_LM).
-_TASK_TYPES = {"BertForTokenClassification": "TOKEN_CLS", "BertForSequenceClassification": "SEQ_CLS"}
+# PEFT's task_type for the task of an architecture's head (`Architecture.task`); a causal LM is CAUSAL_LM.
+_TASK_TYPES = {"token_classification": "TOKEN_CLS", "classification": "SEQ_CLS"}
 
 
 def _task_type(arch) -> str:
-    return "CAUSAL_LM" if arch.family.causal_lm else _TASK_TYPES.get(arch.name, "FEATURE_EXTRACTION")
+    return "CAUSAL_LM" if arch.family.causal_lm else _TASK_TYPES.get(arch.task, "FEATURE_EXTRACTION")
 
 
 def fully_trained_modules(model, trainable) -> tuple[str, ...]:

@@ -135,13 +135,14 @@ def run(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    import jaxlm
+    from jaxlm.hf.load import load_pretrained
+    from jaxlm.sampling.api import generate
 
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     # With an adapter, the virtual tokens go on before the weights turn int8 (quantize_int8 keeps them).
-    model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
-                                             quantize=None if args.adapter else args.quantize)  # exit 2
+    model, tokenizer = load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
+                                       quantize=None if args.adapter else args.quantize)  # exit 2
     if tokenizer is None:
         raise UserError(f"{args.model}: has no tokenizer files; text prompts need one")
     if args.adapter:
@@ -155,7 +156,7 @@ def run(args) -> int:
 
     stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
     try:
-        result = jaxlm.generate(
+        result = generate(
             model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
             stop_token_ids=args.stop_token_id, stop_at_eos=not args.ignore_eos, chat=args.chat,
@@ -177,7 +178,7 @@ def run(args) -> int:
     elif stream:
         stream.finish(result.texts[0])
     else:
-        for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
+        for i, (prompt, text) in enumerate(zip(prompts, result.texts, strict=False)):
             shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
             print(f"### prompt {i + 1}: {shown}\n{text}\n")
     print(_timing_line(result), file=sys.stderr)

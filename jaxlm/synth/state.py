@@ -38,7 +38,7 @@ class RunState:
     # --- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: SynthConfig) -> "RunState":
+    def open(cls, config: SynthConfig) -> RunState:
         """A fresh state, or the state of the run already in ``config.out`` (checked to match); nothing
         is written until `start`, so a run refused later (a model that cannot load) leaves --out as it was."""
         if os.path.exists(config.out) and not os.path.isdir(config.out):
@@ -63,7 +63,7 @@ class RunState:
             if torn > 0 and name == DATA:
                 warn(f"{path}: dropped the {torn} bytes of a batch that was being written when the run stopped; "
                      "that batch is generated again, identically")
-            self._files[name] = open(path, "a", encoding="utf-8")
+            self._files[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115  closed by close()
 
     def _restore(self, path: str) -> None:
         try:

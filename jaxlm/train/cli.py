@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.train") -> 
     args = build_parser(prog).parse_args(argv)
     if not args.distributed:
         return run(args)
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
 
     print(distributed.initialize(), flush=True)  # before anything touches a device
     with distributed.stop_all_on_error():  # one process failing ends them all, with its reason
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
         print(dry_run.describe(dry_run.dry_run(cfg), cfg))
         return 0
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
     from jaxlm.train.loop import train
 
     # process 0 alone writes output_dir (distributed.py), so it alone holds the lock on it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 
 import yaml
 
@@ -130,7 +131,7 @@ class Config:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raises ConfigError naming the key for any value that is wrong whatever the machine and files."""
         _choice("task", self.task, TASKS)
         _choice("train.schedule", self.train.schedule, SCHEDULES)
@@ -201,9 +202,11 @@ class Config:
         if labels is not None and not _is_label_map(labels):
             raise ConfigError(f"model.config_overrides.id2label must map 0, 1, ... n-1 to label names, got {labels!r}")
 
-    def check_environment(self, device_count: int) -> "Config":
+    def check_environment(self, device_count: int) -> Config:
         """What depends on this machine: the mesh and batch against `device_count`, that the model
         and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
+        from jaxlm.compute.sharding import check_micro_batch, mesh_shape
+
         mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
@@ -227,26 +230,6 @@ def check_writable(key: str, folder: str) -> None:
         raise ConfigError(f"{key}={folder!r}: {reason}")
 
 
-def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
-    """(data, fsdp) sizes of the device mesh; `data=-1` takes every device fsdp leaves."""
-    if fsdp < 1 or device_count % fsdp:
-        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {device_count} available devices")
-    if data == -1:
-        data = device_count // fsdp
-    if data * fsdp != device_count:
-        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, "
-                          f"but {device_count} are available")
-    return data, fsdp
-
-
-def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
-    """Each micro-batch is split evenly over every device of the mesh."""
-    micro = batch_size // grad_accum
-    if micro % device_count:
-        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
-                          f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
-
-
 def _is_label_map(labels) -> bool:
     return (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
             and sorted(int(k) if str(k).isdigit() else -1 for k in labels) == list(range(len(labels))))
@@ -266,7 +249,7 @@ def _at_least(minimum, values: dict) -> None:
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML preset at `path`, then `dotted.key=value` overrides (YAML values)."""
     tree = dataclasses.asdict(Config())
     given = []  # what the preset and the overrides set, in order

@@ -51,7 +51,7 @@ def build(cls, tree: dict, prefix: str):
 
 def coerce(name: str, hint, value):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if isinstance(value, str) and hint is SourceConfig:  # a bare path is a source of weight 1

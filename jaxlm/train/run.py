@@ -2,7 +2,7 @@
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
 The files a person reads are written here (`write_config`, `sample_before`, `export_model`, `write_report`) and by
-`Run.logger`, by process 0 only (`Run.writer`, see distributed.py); every process runs the steps,
+`Run.logger`, by process 0 only (`Run.writer`, see compute/distributed.py); every process runs the steps,
 evaluations and checkpoints.
 """
 
@@ -13,17 +13,21 @@ import json
 import os
 import time
 import traceback
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 import yaml
 from flax import nnx
 
+from jaxlm.compute import distributed
 from jaxlm.errors import warn
-from jaxlm.train import distributed, report
+from jaxlm.models.contract import is_causal_lm
+from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
+from jaxlm.train.export import write_exports
 from jaxlm.train.inputs import (
     HEADS,
     build_pipelines,
@@ -38,6 +42,11 @@ from jaxlm.train.inputs import (
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
 from jaxlm.train.overrides import flat
 from jaxlm.train.state import count_params
+
+if TYPE_CHECKING:  # type hints only: the pipeline module loads TensorFlow, transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
+
+    from jaxlm.data.pipeline import Pipeline
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
 MIXING_HOOK = "mixing"  # the bandit mixing policy's item (jaxlm.data.bandit.BanditMixing.name)
@@ -54,6 +63,7 @@ class SyncHook(Protocol):
 
     def state(self) -> dict:
         """JSON-serialisable; saved with every checkpoint."""
+        ...
 
     def restore(self, state: dict) -> None:
         """Called on resume with what `state()` returned when the checkpoint was saved."""
@@ -66,11 +76,11 @@ class Run:
     cfg: Config
     paths: dict
     model: nnx.Module
-    tokenizer: object
-    train_data: object  # a jaxlm.data Pipeline
-    eval_data: object | None
+    tokenizer: PreTrainedTokenizerBase | None
+    train_data: Pipeline
+    eval_data: Pipeline | None
     eval_batches: list[dict]  # the same batches at every evaluation
-    test_data: object | None
+    test_data: Pipeline | None
     test_batches: list[dict]  # data.test: scored before training and after
     engine: Engine
     checkpointer: Checkpointer
@@ -206,7 +216,7 @@ def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dic
 
 
 def wants_general_check(cfg: Config, model) -> bool:
-    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and hasattr(model, "decode")
+    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and is_causal_lm(model)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -252,12 +262,13 @@ def sample_after(run: Run) -> dict | None:
     return report.sample(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens, general=general)
 
 
-def score_test(run: Run) -> dict:
-    """The model's scores on the data.test batches (jaxlm.eval.scoring), as the engine holds it now."""
+def score(run: Run, split: str) -> dict:
+    """The model's scores on the data.eval or data.test batches (`split`: "eval" or "test"; the scores of
+    jaxlm.eval.scoring), as the engine holds it now. Every process takes part."""
     from jaxlm.eval.scoring import score_batches
 
-    scores, _ = score_batches(run.engine.evaluate, run.test_batches, run.cfg.task,
-                              getattr(run.test_data, "label_names", None))
+    batches, data = getattr(run, f"{split}_batches"), getattr(run, f"{split}_data")
+    scores, _ = score_batches(run.engine.evaluate, batches, run.cfg.task, getattr(data, "label_names", None))
     return scores
 
 
@@ -267,7 +278,7 @@ def write_test_before(run: Run, scores: dict) -> None:
 
 def export_model(run: Run) -> None:
     """hf/ (and adapter/, model.gguf): the trained model, written before anything optional."""
-    report.export(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
+    write_exports(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
                   trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 

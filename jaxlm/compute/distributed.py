@@ -15,7 +15,7 @@ decided here:
 * `stop_all(reason, code)`: a process that cannot go on puts the reason in the coordination
   service's key-value store; a watcher thread in every other process prints it and exits with
   the same code within about a second, instead of blocking in the next collective (measured in
-  scripts/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
+  scripts/experiments/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
   noticed by JAX's heartbeat: the others are aborted after `heartbeat_timeout_seconds` (100 s).
 * `allgather_json`, `common_count`, `host_copy`, `gather_rows`: what one process needs from all of them.
 
@@ -130,10 +130,8 @@ def stop_all(reason: str, code: int):
     if _client is None:
         raise SystemExit(code)
     _stopping.set()
-    try:
+    with contextlib.suppress(Exception):  # another process stopped first: its reason stands
         _client.key_value_set(_STOP_KEY, f"{code} process {jax.process_index()}: {reason}")
-    except Exception:  # another process stopped first: its reason stands
-        pass
     _leave(code)
 
 
@@ -208,7 +206,7 @@ def allgather_json(value) -> list:
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[:len(data)] = data
     rows = multihost_utils.process_allgather(padded)
-    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths)]
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths, strict=False)]
 
 
 def common_count(count: int) -> int:
