@@ -298,8 +298,6 @@ CASES = [
          "tokenizer_config.json: 'auto_map' asks to run Python code"),
     Case("tokenizer auto_map, in convert", convert("evil", "out"), BAD_INPUT,
          "tokenizer_config.json: 'auto_map' asks to run Python code"),
-    Case("config.json auto_map, in train", train(model="evil_config"), BAD_INPUT,
-         "config.json: 'auto_map' asks to run Python code"),
     Case("a tokenizer class transformers does not know", generate("evil_class"), BAD_INPUT,
          "tokenizer_class='EvilTok' is not a transformers tokenizer"),
     Case("audit --engine ray --workers 0 (was a hang)",
@@ -683,6 +681,16 @@ def read_only_folder(path):
 
 
 # --- round two (issue 26): code execution, hangs, writers, in a real process ------------------
+
+
+def test_an_auto_map_beside_a_tokenizer_class_transformers_knows_is_ignored_with_a_warning(files, tmp_path, capfd):
+    """Real checkpoints keep an auto_map from before transformers knew them (Phi-3's config.json): with
+    trust_remote_code=False transformers uses its own class, so the folder loads and its code never runs."""
+    status = cli.main(train(model="evil_config")(files, str(tmp_path)))
+    err = capfd.readouterr().err
+    assert status == 0, err[-3000:]
+    assert "config.json: 'auto_map' (AutoTokenizer: ['evilmod.EvilTok', None]) is ignored: jaxlm never runs" in err
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
 
 
 @pytest.mark.parametrize("stdin", [b"", b"y\n"], ids=["stdin closed", "y on stdin"])
