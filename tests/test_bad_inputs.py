@@ -356,6 +356,8 @@ CASES_ROUND_TWO = [
          BAD_INPUT, "--stop-token-id 999999: not a token of"),
     Case("generate --logprobs without --json (was ignored)", generate("llama", "--logprobs"), BAD_INPUT,
          "--logprobs needs --json"),
+    Case("generate --compile-cache a file (was no cache, silently)", generate("llama", "--compile-cache", "/dev/null"),
+         BAD_INPUT, "--compile-cache /dev/null: is a file, not a folder"),
     Case("a key given twice in a YAML preset (the last one won)", lambda f, out: ["train", "--config", f["dup_yaml"]],
          BAD_INPUT, "dup.yaml:3: 'steps' is given twice", "config error"),
     Case("output_dir= empty (was 'error: : no such file')", train("output_dir="), BAD_INPUT, "output_dir is empty",

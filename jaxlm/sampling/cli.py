@@ -143,6 +143,8 @@ def run(args) -> int:
     for option, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{option} must be >= 1, got {value}")
+    if args.compile_cache != "none" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
+        raise UserError(f"--compile-cache {args.compile_cache}: is a file, not a folder (or 'none')")  # JAX is silent
     if args.logprobs and not args.json:  # they are printed only in the JSON lines
         raise UserError("--logprobs needs --json (the log-probs are written only in the JSON output)")
 
