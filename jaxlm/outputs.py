@@ -28,6 +28,11 @@ from jaxlm.errors import UserError
 
 def check_output(path: str, *, overwrite: bool, folder: bool) -> None:
     """Raises UserError (exit 2) if writing `path` would lose something without `overwrite`, or cannot work."""
+    if not os.fspath(path).strip():  # "" is the current folder to abspath: --overwrite would swap it out
+        raise UserError("the output path is empty")
+    here = os.getcwd()
+    if overwrite and os.path.commonpath([here, os.path.abspath(path)]) == os.path.abspath(path):
+        raise UserError(f"{path}: is the folder this command runs in (or holds it); --overwrite would replace it")
     if os.path.isdir(path) and not folder:
         raise UserError(f"{path}: is a folder; the output is a file")
     if os.path.exists(path) and not os.path.isdir(path) and folder:

@@ -336,6 +336,7 @@ def round_two_files(files):
     files["two_shots"] = _write(os.path.join(root, "two_shots.jsonl"), (json.dumps(chat) + "\n") * 2)
     files["pt_run"] = _prompt_tuning_run(os.path.join(root, "pt_run"), files["llama"])
     files["bert"] = write_tiny_bert(os.path.join(root, "bert"))
+    files["dup_yaml"] = _write(os.path.join(root, "dup.yaml"), "train:\n  steps: 3\n  steps: 5\n")
     return files
 
 
@@ -403,6 +404,52 @@ CASES_ROUND_TWO = [
          "distributed error", setup=lambda monkeypatch: [monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False),
                                                          monkeypatch.delenv("JAX_PROCESS_ID", raising=False),
                                                          monkeypatch.setenv("JAX_NUM_PROCESSES", "2")]),
+    # twenty more hostile cases (the first ones hung, exited 0 ignoring the option, or said "error: : ...")
+    Case("generate --prompts-file /dev/zero (was a hang)", generate("llama", "--prompts-file", "/dev/zero"),
+         BAD_INPUT, "/dev/zero: a device, not a prompts file"),
+    Case("eval --data /dev/zero (was a hang)", evaluate("--data", "/dev/zero", "--out", "{out}/e"), BAD_INPUT,
+         "/dev/zero:0: a device, not a data file", "data error"),
+    Case("audit /dev/zero (was a hang)", lambda f, out: ["audit", "/dev/zero", "--out", f"{out}/a", "--quiet"],
+         BAD_INPUT, "/dev/zero:0: a device, not a data file", "data error"),
+    Case("train on /dev/zero (was a hang)", train(data="/dev/zero"), BAD_INPUT, "/dev/zero:0: a device",
+         "data error"),
+    Case("generate --batch-size 0 (was a message about streaming)", generate("llama", "--batch-size", "0"),
+         BAD_INPUT, "--batch-size must be >= 1, got 0"),
+    Case("generate --stop-token-id past the vocabulary (was ignored)", generate("llama", "--stop-token-id", "999999"),
+         BAD_INPUT, "--stop-token-id 999999: not a token of"),
+    Case("generate --logprobs without --json (was ignored)", generate("llama", "--logprobs"), BAD_INPUT,
+         "--logprobs needs --json"),
+    Case("generate --compile-cache a file (was no cache, silently)", generate("llama", "--compile-cache", "/dev/null"),
+         BAD_INPUT, "--compile-cache /dev/null: is a file, not a folder"),
+    Case("a key given twice in a YAML preset (the last one won)", lambda f, out: ["train", "--config", f["dup_yaml"]],
+         BAD_INPUT, "dup.yaml:3: 'steps' is given twice", "config error"),
+    Case("output_dir= empty (was 'error: : no such file')", train("output_dir="), BAD_INPUT, "output_dir is empty",
+         "config error"),
+    Case("eval --data '' (was 'error: : no such file')", evaluate("--data", "", "--out", "{out}/e"), BAD_INPUT,
+         "--data is empty"),
+    Case("eval --out '' --overwrite", evaluate("--out", "", "--overwrite"), BAD_INPUT, "the output path is empty"),
+    Case("synth --out '' (was 'error: : no such file')", synth("self-instruct", "--out", ""), BAD_INPUT,
+         "--out is empty", "synth error"),
+    Case("synth --filter max_perplexity=nan (was a filter that kept everything)",
+         synth("self-instruct", "--filter", "max_perplexity=nan", "--out", "{out}/s"), BAD_INPUT,
+         "--filter max_perplexity: 'nan' is not a number", "synth error"),
+    Case("synth --out /dev/null", synth("self-instruct", "--out", "/dev/null"), BAD_INPUT,
+         "/dev/null: is a file; the output is a folder", "synth error"),
+    Case("eval --out /dev/null", evaluate("--out", "/dev/null"), BAD_INPUT, "/dev/null: is a file"),
+    Case("generate --prompts-file a folder", generate("llama", "--prompts-file", "{root}"), BAD_INPUT,
+         "is a directory"),
+    Case("generate --max-new-tokens 0", generate("llama", "--max-new-tokens", "0"), BAD_INPUT,
+         "--max-new-tokens must be >= 1, got 0"),
+    Case("generate --top-p 1.5", generate("llama", "--top-p", "1.5"), BAD_INPUT, "top_p must be in (0, 1]"),
+    Case("generate an empty prompt", generate("llama", "--prompt", ""), BAD_INPUT,
+         "prompt 1 is empty after tokenization"),
+    Case("train.learning_rate=.nan", train("train.learning_rate=.nan"), BAD_INPUT,
+         "train.learning_rate must be >= 0, got nan", "config error"),
+    Case("synth --pivot of an unknown language", synth("back-translate", "--data", "{sft}", "--pivot", "xx",
+                                                       "--out", "{out}/s"), BAD_INPUT,
+         "--pivot: unknown language 'xx'", "synth error"),
+    Case("audit --out its own input file", lambda f, out: ["audit", f["sft"], "--out", f["sft"], "--quiet"],
+         BAD_INPUT, "chat.jsonl: file exists"),
 ]
 
 def _snapshot(*folders) -> dict[str, str]:
@@ -872,6 +919,19 @@ def test_a_refused_synth_creates_nothing(files, tmp_path):
         assert cli.main(synth("self-instruct", "--model", f"{{{model}}}", "--out", "{out}/s")(
             files, str(tmp_path))) == BAD_INPUT
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_an_output_that_is_the_current_folder_is_never_swapped_out(files, tmp_path, monkeypatch, capfd, out):
+    """`jaxlm convert SRC "" --overwrite` replaced the folder it ran in with the model (abspath("") is it)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("precious")
+    monkeypatch.chdir(here)
+    before = _snapshot(tmp_path)
+    assert cli.main(["convert", files["llama"], out, "--overwrite"]) == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "the output path is empty" if not out else "--overwrite would replace it")
+    assert _snapshot(tmp_path) == before and os.listdir(tmp_path) == ["here"]
 
 # --- rows other test files hold --------------------------------------------------------------
 

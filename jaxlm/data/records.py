@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -144,10 +145,15 @@ def list_files(path: str) -> list[str]:
             found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
         if not found:
             raise DataError(path, 0, "folder holds no files")
-        return found
-    if not os.path.exists(path):
+    elif not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
-    return [path]
+    else:
+        found = [path]
+    for file in found:
+        mode = os.stat(file).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero: one endless line, read for ever
+            raise DataError(file, 0, "a device, not a data file")
+    return found
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str | DataError]]:

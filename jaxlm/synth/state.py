@@ -101,8 +101,12 @@ class RunState:
         path = os.path.join(self.out, DATA)
         if not self.sizes[DATA]:
             return
+        read = 0
         with open(path, "rb") as f:
-            for number, line in enumerate(f.read(self.sizes[DATA]).splitlines(), 1):
+            for number, line in enumerate(f, 1):
+                read += len(line)
+                if read > self.sizes[DATA]:  # the torn tail of a batch that never committed
+                    return
                 try:
                     yield json.loads(line)
                 except ValueError as e:  # UnicodeDecodeError included

@@ -149,6 +149,8 @@ class Config:
         if self.export.gguf and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("export.gguf: llama.cpp has no virtual tokens, so model.gguf would be the untrained "
                               "base model; prompt tuning's result is adapter/ (jaxlm generate --adapter)")
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir is empty: name the folder the run writes to")
         t, e = self.train, self.eval
         _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                       "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
@@ -272,6 +274,19 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
     return build(Config, tree, prefix="").validate()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: {key!r} is given twice")
+            seen.append(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_preset(path: str) -> dict:
     try:
         with open(path, "rb") as f:
@@ -283,7 +298,12 @@ def _read_preset(path: str) -> dict:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MB; not a YAML config file")
     try:
-        preset = yaml.safe_load(raw.decode("utf-8")) or {}
+        loader = _UniqueKeyLoader(raw.decode("utf-8"))
+        loader.name = path  # in its error messages
+        try:
+            preset = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
