@@ -62,6 +62,7 @@ def reach() -> float:
     except ValueError:
         raise UserError(f"{TIMEOUT_KEY}={text!r} is not a number of seconds") from None
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 address in brackets
     if not address or address == "auto" or not port.isdigit():  # Ray finds or names it: nothing to wait for here
         return timeout
     print(f"ray: waiting up to {timeout:g} s for the cluster at RAY_ADDRESS={address} ({TIMEOUT_KEY} sets the limit)",
