@@ -648,7 +648,7 @@ def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writin
     assert "config.yaml" in line and _snapshot(tmp_path / "run") == before
     # keys that may change on a resume do not stop it (the run is complete: resumed, nothing to compile)
     assert run("model.lora.rank=4", "train.log_every=1", "eval.every=5", "checkpoint.keep=3",
-               "train.learning_rate=1e-3") == 0
+               "train.learning_rate=1e-3", "train.grad_accum=2") == 0
     assert "resumed from" in capfd.readouterr().out
 
 
