@@ -60,7 +60,9 @@ def reach() -> float:
     try:
         timeout = float(text)
     except ValueError:
-        raise UserError(f"{TIMEOUT_KEY}={text!r} is not a number of seconds") from None
+        timeout = float("nan")
+    if not timeout > 0:
+        raise UserError(f"{TIMEOUT_KEY}={text!r}: expected a number of seconds > 0")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     host = host.strip("[]")  # an IPv6 address in brackets
     if not address or address == "auto" or not port.isdigit():  # Ray finds or names it: nothing to wait for here
@@ -78,4 +80,3 @@ def reach() -> float:
                                 f"({e.strerror or e}); start it, correct RAY_ADDRESS (unset: a local cluster), "
                                 f"or raise {TIMEOUT_KEY}") from None
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-
