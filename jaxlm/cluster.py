@@ -61,8 +61,11 @@ def reach() -> float:
     try:
         timeout = float(text)
     except ValueError:
-        raise UserError(f"{TIMEOUT_KEY}={text!r} is not a number of seconds") from None
+        timeout = float("nan")
+    if not timeout > 0:
+        raise UserError(f"{TIMEOUT_KEY}={text!r}: expected a number of seconds > 0")
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # an IPv6 address in brackets
     if not address or address == "auto" or not port.isdigit():  # Ray finds or names it: nothing to wait for here
         return timeout
     print(f"ray: waiting up to {timeout:g} s for the cluster at RAY_ADDRESS={address} ({TIMEOUT_KEY} sets the limit)",

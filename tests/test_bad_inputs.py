@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -559,6 +560,38 @@ def test_long_records_are_split_or_truncated_and_counted(files, tmp_path):
         assert _pipeline(files, path, "sft", max_record_chars=10_000).stats()["records"][path] == 2
 
 
+def test_long_text_is_tokenized_in_pieces_that_give_the_tokens_of_the_whole(files):
+    from jaxlm.data.encode import LMEncoder
+    from jaxlm.data.records import Record
+    from jaxlm.data.repairs import text_pieces
+
+    text = " ".join(["the cat sat on a mat", "and the dog ran to the park"] * 2000)  # 95,999 characters
+    record = Record("long.jsonl", 1, "text", {"text": text})
+    pieces = text_pieces(record)
+    assert len(pieces) == 6 and "".join(p.data["text"] for p in pieces) == text
+    encoder = LMEncoder(_llama_tokenizer(files), task="causal_lm", seq_len=10**6)  # no chunks: whole documents
+    [[(whole, _)]] = encoder.encode([("text", record.data)])
+    parts = [ids for documents in encoder.encode([("text", p.data) for p in pieces]) for ids, _ in documents]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)  # one BOS, one EOS, the same tokens between
+
+
+def test_a_10_mb_line_trains_in_seconds_and_bounded_memory(files, tmp_path, capfd):
+    import resource
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while"]
+    text = " ".join(words[i % len(words)] for i in range(2_000_000))[:10_000_000]
+    big = _write(tmp_path / "big.jsonl", json.dumps({"text": text}) + "\n")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    # was: over 5 GB and still running after a minute (64 records of 1 MB per tokenizer call)
+    assert cli.main(train("train.steps=1", "eval.general_prompts=false", data=big, task="causal_lm")(
+        files, str(tmp_path))) == 0
+    # a train row's time (its compile dominates: ~15 s on an idle 2-core machine); generous for a busy one
+    assert time.perf_counter() - started < 120
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 1_000_000  # KiB: under 1 GB more
+    assert "were split into pieces" in capfd.readouterr().err  # past data.max_record_chars: warned
+
+
 def test_ner_tags_are_read_as_iob2_and_the_repairs_counted(files, tmp_path):
     from jaxlm.data.repairs import to_iob2
 
@@ -764,7 +797,7 @@ def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writin
     assert "config.yaml" in line and _snapshot(tmp_path / "run") == before
     # keys that may change on a resume do not stop it (the run is complete: resumed, nothing to compile)
     assert run("model.lora.rank=4", "train.log_every=1", "eval.every=5", "checkpoint.keep=3",
-               "train.learning_rate=1e-3") == 0
+               "train.learning_rate=1e-3", "train.grad_accum=2") == 0
     assert "resumed from" in capfd.readouterr().out
 
 

@@ -44,7 +44,7 @@ from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, labe
 from jaxlm.data.mixing import RowMixer, mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
-from jaxlm.data.repairs import cap_length, to_iob2
+from jaxlm.data.repairs import PIECE_CHARS, cap_length, text_pieces, to_iob2
 from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
 from jaxlm.errors import warn
 from jaxlm.tasks import IGNORE_LABEL, TASKS
@@ -95,7 +95,8 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
 
     mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
-    cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm")
+    # a piece ends a chunk early: at 64 x seq_len characters (~16 chunks) that costs at most ~1/16 of a row
+    cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm", piece_chars=max(PIECE_CHARS, 64 * seq_len))
     known = label_names if task == "classification" else None
     surveys = [_survey(c, selection, on_error, read_kwargs, mentions, cap, task, known) for c in configs]
     if task == "token_classification" and label_names is None:
@@ -179,9 +180,11 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
                 raise
             read_stats.note_error(error)
             continue
-        pieces, change = cap_length(record, **cap)
+        pieces, change = cap_length(record, cap["max_chars"], split_text=cap["split_text"])
         if change:
             note(change, record.line)
+        if cap["split_text"] and record.kind == "text":
+            pieces = [part for piece in pieces for part in text_pieces(piece, cap["piece_chars"])]
         for piece in pieces:
             if piece.kind == "ner":
                 iob2, repaired = to_iob2(piece.data["tags"])

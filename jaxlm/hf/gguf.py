@@ -123,7 +123,10 @@ def tokenizer(reader, path: str):
 
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
+        from jaxlm.hf.load import refuse_custom_code
+
         folder, name = os.path.split(os.path.abspath(path))
+        refuse_custom_code(folder)  # transformers reads the folder's own config files beside the GGUF too
         return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
     merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]

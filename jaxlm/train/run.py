@@ -144,12 +144,14 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
 
 
 # Keys a rerun into a run's output_dir may change: how far it goes (train.steps extends it), what it measures
-# and logs, how often and where it saves, the optimizer's hyperparameters, and how the same computation runs on
-# this machine. Any other key changes what the checkpoints hold or mean (the model and its dtype, adapters,
-# prompt tuning, trained parameters, task and head, data and its position, batch, seed, optimizer state layout).
+# and logs (eval.*, data.eval, data.test), how often and where it saves, the optimizer's hyperparameters, and
+# how the same computation runs on this machine (mesh, micro-batches, dtypes of the compute, kernels). Any
+# other key changes what the checkpoints hold or mean (the model and its dtype, adapters, prompt tuning,
+# trained parameters, task and head, training data and its position, batch, seed, optimizer state layout).
 RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
              "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
-             "eval.", "checkpoint.", "mesh.", "model.attention", "model.remat", "export.")
+             "train.grad_accum", "eval.", "data.eval", "data.test", "checkpoint.", "mesh.", "model.attention",
+             "model.remat", "export.")
 
 
 def check_same_run(cfg: Config, paths: dict) -> None:
