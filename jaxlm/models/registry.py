@@ -18,6 +18,8 @@ from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertFor
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
+from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from jaxlm.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from jaxlm.models.weight_map import Row
 
 
@@ -83,6 +85,18 @@ MISTRAL = dataclasses.replace(
     LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
 )
 
+QWEN2 = dataclasses.replace(
+    LLAMA, config=Qwen2Config, architectures=(Qwen2ForCausalLM,), aliases={"Qwen2Model": "Qwen2ForCausalLM"}
+)
+
+QWEN3 = dataclasses.replace(
+    LLAMA,
+    config=Qwen3Config,
+    architectures=(Qwen3ForCausalLM,),
+    aliases={"Qwen3Model": "Qwen3ForCausalLM"},
+    weights=(*LLAMA.weights, Row("model.layers.{i}.self_attn.{norm}.weight", "layers.{i}.self_attn.{norm}.weight")),
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -122,7 +136,7 @@ BERT = Family(
     learned_positions=True,
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()
