@@ -47,9 +47,9 @@ def tiny_qwen2(path, *, tied=False, use_sliding_window=False, seed=0):
     return _save(transformers.Qwen2ForCausalLM, config, path, seed)
 
 
-def tiny_qwen3(path, *, tied=False, bias=False, seed=0):
+def tiny_qwen3(path, *, tied=False, bias=False, head_dim=32, seed=0):
     """head_dim 32 with 4 heads of a 64-wide model: Qwen3's head size is its own setting."""
-    config = transformers.Qwen3Config(**_DECODER, num_key_value_heads=2, head_dim=32, rope_theta=1e6,
+    config = transformers.Qwen3Config(**_DECODER, num_key_value_heads=2, head_dim=head_dim, rope_theta=1e6,
                                       tie_word_embeddings=tied, attention_bias=bias)
     return _save(transformers.Qwen3ForCausalLM, config, path, seed)
 

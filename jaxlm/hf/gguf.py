@@ -1,7 +1,8 @@
-"""Read a llama.cpp GGUF file (Llama or GPT-2) as a Hugging Face checkpoint: config, tensors, tokenizer.
+"""Read a llama.cpp GGUF file (Llama, Qwen2, Qwen3 or GPT-2) as a Hugging Face checkpoint: config, tensors, tokenizer.
 
 Quantised tensors are dequantised with the `gguf` package. llama.cpp permutes the rows
-of the Q and K projections for its interleaved RoPE and stores GPT-2's Conv1D weights
+of Llama's Q and K projections for its interleaved RoPE (not Qwen's: llama.cpp runs those with
+rotate-half RoPE, as HF does) and stores GPT-2's Conv1D weights
 transposed; we undo both to get HF's layout. `gguf_export` writes the other way.
 """
 
@@ -30,6 +31,11 @@ LLAMA_NAMES = (
     ("blk.{i}.ffn_up.{p}", "model.layers.{i}.mlp.up_proj.{p}"),
     ("blk.{i}.ffn_down.{p}", "model.layers.{i}.mlp.down_proj.{p}"),
 )
+QWEN_NAMES = (  # Qwen2's q/k/v biases are LLAMA_NAMES' {p}; Qwen3 adds its query/key norms
+    *LLAMA_NAMES,
+    ("blk.{i}.attn_q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
+    ("blk.{i}.attn_k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
+)
 GPT2_NAMES = (
     ("token_embd.weight", "transformer.wte.weight"),
     ("position_embd.weight", "transformer.wpe.weight"),
@@ -44,6 +50,7 @@ GPT2_NAMES = (
 _GPT2_TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")  # Conv1D [in, out]
 # llama.cpp's precomputed RoPE factors (we derive them from the config); GPT-2's copy of its tied head.
 IGNORED = {"llama": ("rope_freqs.weight",), "gpt2": ("output.weight",)}
+_PERMUTED_QK = ("llama",)  # the architectures whose Q/K rows llama.cpp interleaves
 
 
 def _open(path: str):
@@ -121,8 +128,18 @@ def _gpt2_config(get, vocab, names) -> dict:
     }
 
 
-_CONFIGS = {"llama": _llama_config, "gpt2": _gpt2_config}
-_NAMES = {"llama": LLAMA_NAMES, "gpt2": GPT2_NAMES}
+def _qwen_config(model_type: str, architecture: str):
+    def config(get, vocab, names) -> dict:
+        out = dict(_llama_config(get, vocab, names), model_type=model_type, architectures=[architecture])
+        out["head_dim"] = int(get("attention.key_length", out["head_dim"]))  # Qwen3's own head size
+        return out
+
+    return config
+
+
+_CONFIGS = {"llama": _llama_config, "qwen2": _qwen_config("qwen2", "Qwen2ForCausalLM"),
+            "qwen3": _qwen_config("qwen3", "Qwen3ForCausalLM"), "gpt2": _gpt2_config}
+_NAMES = {"llama": LLAMA_NAMES, "qwen2": QWEN_NAMES, "qwen3": QWEN_NAMES, "gpt2": GPT2_NAMES}
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -135,7 +152,7 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
 
     family = config["model_type"]
     for tensor in reader.tensors:
-        if tensor.name in IGNORED[family]:
+        if tensor.name in IGNORED.get(family, ()):
             continue
         hf_name = next((n for src, dst in _NAMES[family] if (n := rename(tensor.name, src, dst))), None)
         if hf_name is None:
@@ -145,9 +162,9 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
         w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
-        if ".q_proj." in hf_name:
+        if ".q_proj." in hf_name and family in _PERMUTED_QK:
             w = _unpermute(w, config["num_attention_heads"])
-        elif ".k_proj." in hf_name:
+        elif ".k_proj." in hf_name and family in _PERMUTED_QK:
             w = _unpermute(w, config["num_key_value_heads"])
         elif tensor.name.endswith(_GPT2_TRANSPOSED) and family == "gpt2":
             w = w.T

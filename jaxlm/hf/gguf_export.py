@@ -17,13 +17,14 @@ biases) and GPT-2's position table stay float32.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.hf.gguf import GPT2_NAMES, LLAMA_NAMES
+from jaxlm.hf.gguf import GPT2_NAMES, LLAMA_NAMES, QWEN_NAMES
 from jaxlm.hf.gguf_vocab import add_tokenizer
 from jaxlm.models.weight_map import rename
 
@@ -117,15 +118,15 @@ def _llama_metadata(writer, c) -> None:
         raise UserError(f"rope_scaling type {kind!r} has no GGUF form here (supported: default, linear, llama3)")
 
 
-def _llama_tensors(hf: dict[str, np.ndarray], c):
+def _llama_tensors(hf: dict[str, np.ndarray], c, names=LLAMA_NAMES, permute_qk: bool = True):
     scaling = dict(c.rope_scaling or {})
     if scaling.get("rope_type", scaling.get("type")) == "llama3":
         yield "rope_freqs.weight", _llama3_rope_factors(c, scaling)
     for hf_name, array in hf.items():
-        gguf_name = _gguf_name(hf_name, LLAMA_NAMES)
-        if ".attn_q." in gguf_name:
+        gguf_name = _gguf_name(hf_name, names)
+        if ".attn_q." in gguf_name and permute_qk:
             array = _permute(array, c.num_attention_heads)
-        elif ".attn_k." in gguf_name:
+        elif ".attn_k." in gguf_name and permute_qk:
             array = _permute(array, c.num_key_value_heads)
         yield gguf_name, array
 
@@ -188,8 +189,12 @@ def _gguf_name(hf_name: str, table) -> str:
 
 # model_type -> (llama.cpp architecture, metadata writer, tensors). Mistral (without a sliding
 # window, the only kind jaxlm runs) is Llama's computation: llama.cpp's converter writes it so too.
+# llama.cpp runs Qwen with HF's rotate-half RoPE: their Q/K rows go unpermuted.
+_qwen_tensors = functools.partial(_llama_tensors, names=QWEN_NAMES, permute_qk=False)
 _FAMILIES = {
     "llama": ("llama", _llama_metadata, _llama_tensors),
     "mistral": ("llama", _llama_metadata, _llama_tensors),
+    "qwen2": ("qwen2", _llama_metadata, _qwen_tensors),
+    "qwen3": ("qwen3", _llama_metadata, _qwen_tensors),
     "gpt2": ("gpt2", _gpt2_metadata, _gpt2_tensors),
 }
