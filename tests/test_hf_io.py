@@ -130,6 +130,13 @@ def test_qwen_sliding_window_is_refused_with_the_key_named(tmp_path, write):
         jaxlm.load_pretrained(tmp_path)
 
 
+def test_an_unsupported_rope_scaling_is_refused_at_load(tmp_path):
+    hf_checkpoints.tiny_qwen2(tmp_path)
+    _edit_config(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6})
+    with pytest.raises(CheckpointError, match=r"config.json: rope_scaling type 'yarn' is not supported"):
+        jaxlm.load_pretrained(tmp_path)
+
+
 def test_missing_tensor_is_named(tmp_path):
     tiny_llama(tmp_path)
     _rewrite_tensors(tmp_path, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))

@@ -47,7 +47,7 @@ class LlamaConfig:
         theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
         if rope and rope.get("rope_type", rope.get("type")) == "default":
             rope = None
-        return cls(
+        config = cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
@@ -66,6 +66,8 @@ class LlamaConfig:
             eos_token_id=_hashable(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
         )
+        config.inverse_frequencies  # an unsupported rope_scaling type fails at load, not at the first forward pass
+        return config
 
     def to_hf(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
