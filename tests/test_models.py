@@ -168,8 +168,9 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     assert int(cache.index) == 9
 
 
-def test_bfloat16_loading_stays_close_to_float32(tmp_path):
-    tiny_llama(tmp_path)
+@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
+    write(tmp_path)
     ids, mask = padded_batch()
     f32, _ = jaxlm.load_pretrained(tmp_path)
     bf16, _ = jaxlm.load_pretrained(tmp_path, dtype=jnp.bfloat16)
