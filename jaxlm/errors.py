@@ -16,10 +16,13 @@ the work: one `warning: ...` line on stderr under `exit_codes`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gc
+import os
 import sys
+import threading
 import warnings
 
 DONE, BAD_INPUT, STOPPED, INTERRUPTED = 0, 2, 3, 130
@@ -118,3 +121,21 @@ def outcome(error: BaseException) -> tuple[str, int] | None:
     else:
         return None
     return f"{label}: {_one_line(message)}", status
+
+
+@contextlib.contextmanager
+def give_up_after(seconds: float, message: str):
+    """Ends the process with exit 2 and `error: message` if the block outlasts `seconds`: for waits that
+    block in C++ (JAX's coordinator, Ray's connect), where no Python exception reaches them. No atexit
+    hooks run: they would wait for the same peer."""
+    def give_up():
+        print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+        os._exit(BAD_INPUT)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

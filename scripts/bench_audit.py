@@ -35,7 +35,7 @@ def chatterbot_pairs():
         category = os.path.splitext(os.path.basename(path))[0]
         for turns in corpus.get("conversations") or []:
             turns = [str(t).strip() for t in turns]
-            for prompt, completion in zip(turns, turns[1:]):
+            for prompt, completion in zip(turns, turns[1:], strict=False):
                 yield {"prompt": prompt, "completion": completion, "source": category}
 
 
@@ -45,7 +45,7 @@ def chitchat_turn_pairs():
     for key in sorted(conversations):
         turns = [" ".join(m["text"].strip() for m in run) for run in conversations[key]["messages"]]
         turns = [t for t in turns if t]
-        for prompt, completion in zip(turns, turns[1:]):
+        for prompt, completion in zip(turns, turns[1:], strict=False):
             yield {"prompt": prompt, "completion": completion, "source": "chitchat"}
 
 

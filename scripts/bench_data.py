@@ -84,7 +84,7 @@ def cpu_seconds() -> float:
 def run_pipeline(paths, weights, tokenizer, args, augment):
     from jaxlm.data import SourceConfig, build_pipeline
 
-    pipeline = build_pipeline([SourceConfig(p, weight=w) for p, w in zip(paths, weights)], tokenizer,
+    pipeline = build_pipeline([SourceConfig(p, weight=w) for p, w in zip(paths, weights, strict=False)], tokenizer,
                               task="sft", seq_len=args.seq_len, batch_size=args.batch_size, seed=0,
                               augment=augment, shard_index=0, shard_count=1)
     iterator = iter(pipeline)

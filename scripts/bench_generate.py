@@ -81,7 +81,7 @@ def bench_llama_cpp(llm, tokenizer, prompt, new_tokens):
     llm.reset()  # no reuse of the previous run's cached prompt: each run prefills
     start, prefill, count = time.perf_counter(), 0.0, 0
     for _ in llm.generate(tokens, top_k=1, temp=0.0, reset=False):  # greedy; never stops at EOS by itself
-        count += 1
+        count += 1  # noqa: SIM113  the count outlives the loop, 0 when it yields nothing
         if count == 1:
             prefill = time.perf_counter() - start
         if count == new_tokens:
@@ -132,9 +132,9 @@ def main():
     ratios, int8_ratios = [], []
     for batch in args.batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
-        sides = {"jaxlm": lambda: bench_jaxlm(model, tokenizer, prompts, args.new_tokens)}
+        sides = {"jaxlm": lambda: bench_jaxlm(model, tokenizer, prompts, args.new_tokens)}  # noqa: B023  run below
         if int8_model is not None:
-            sides["jaxlm int8"] = lambda: bench_jaxlm(int8_model, tokenizer, prompts, args.new_tokens)
+            sides["jaxlm int8"] = lambda: bench_jaxlm(int8_model, tokenizer, prompts, args.new_tokens)  # noqa: B023
         for threads in thread_counts:
             sides[f"transformers/{threads}t"] = functools.partial(
                 bench_torch, torch_model, torch_tokenizer, prompts, args.new_tokens, threads)
@@ -164,9 +164,10 @@ def main():
             best = "jaxlm int8" if "jaxlm int8" in rates else "jaxlm"
             print(f"batch {batch} ratio {best} / {name}: {rates[best] / rates[name]:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
-    print("ratios: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, ratios)))
+    print("ratios: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, ratios, strict=False)))
     if int8_ratios:
-        print("int8 / float32: " + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, int8_ratios)))
+        print("int8 / float32: "
+              + ", ".join(f"batch {b}: {r:.2f}x" for b, r in zip(args.batches, int8_ratios, strict=False)))
 
 
 if __name__ == "__main__":

@@ -260,7 +260,7 @@ def check_cudnn_attention(kernel: str = "cudnn") -> str:
         (loss_x, grads_x), (loss_k, grads_k) = step(q, k, v, False), step(q, k, v, True)
         error = abs(float(loss_k) - float(loss_x)) / max(abs(float(loss_x)), 1e-6)
         grad_error = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - c.astype(jnp.float32))))
-                         for a, c in zip(grads_x, grads_k))
+                         for a, c in zip(grads_x, grads_k, strict=False))
         ok = error < 0.02 and grad_error < 0.5
         verdict = "ok" if ok else "MISMATCH"
         lines.append(f"{name}: loss rel. diff {error:.4f}, max gradient diff {grad_error:.3f} {verdict}")

@@ -108,7 +108,7 @@ def left_padded_batch(seed=0, batch=3, length=11):
     positions transformers must be given for it (it counts positions from the first column otherwise)."""
     ids, mask = padded_batch(seed, batch, length)
     shifts = length - mask.sum(1)
-    ids, mask = (np.stack([np.roll(row, s) for row, s in zip(a, shifts)]) for a in (ids, mask))
+    ids, mask = (np.stack([np.roll(row, s) for row, s in zip(a, shifts, strict=True)]) for a in (ids, mask))
     return ids, mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
 
 

@@ -9,8 +9,8 @@ import sacrebleu
 from jaxlm.audit.consistency import self_bleu
 from jaxlm.audit.labels import bio_errors
 from jaxlm.audit.lexicons import Lexicon
-from jaxlm.audit.ngrams import NgramIndex, repeated_fraction
-from jaxlm.audit.text import encoding_problems, words
+from jaxlm.text.ngrams import NgramIndex, repeated_fraction
+from jaxlm.text.words import encoding_problems, words
 
 
 def test_self_bleu_equals_mean_sacrebleu_sentence_bleu_against_the_others():
@@ -36,18 +36,18 @@ def test_lexicon_prefers_the_longest_term_and_does_not_overlap():
 
 def test_ngram_index_matches_long_spans_and_whole_short_documents():
     index = NgramIndex(n=8)
-    index.add("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10".split(), ("eval", 0))
-    index.add("alpha beta gamma delta epsilon zeta".split(), ("eval", 1))  # 6 words: matched whole
-    index.add("how are you today".split(), ("eval", 2))  # under 6 words: a common phrase, not indexed
-    assert index.matches("x w2 w3 w4 w5 w6 w7 w8 w9 y".split())[1] == [("eval", 0)]
-    assert index.matches("x w2 w3 w4 w5 w6 w7 w8 y".split())[1] == []
-    assert index.matches("x alpha beta gamma delta epsilon zeta y".split())[1] == [("eval", 1)]
-    assert index.matches("how are you today".split())[1] == []
+    index.add("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10".split(), ("eval", 0))  # noqa: SIM905  a sentence reads better than its list of words
+    index.add("alpha beta gamma delta epsilon zeta".split(), ("eval", 1))  # noqa: SIM905  6 words: matched whole
+    index.add("how are you today".split(), ("eval", 2))  # noqa: SIM905  under 6 words: a common phrase
+    assert index.matches("x w2 w3 w4 w5 w6 w7 w8 w9 y".split())[1] == [("eval", 0)]  # noqa: SIM905  a sentence reads better than its list of words
+    assert index.matches("x w2 w3 w4 w5 w6 w7 w8 y".split())[1] == []  # noqa: SIM905  a sentence reads better than its list of words
+    assert index.matches("x alpha beta gamma delta epsilon zeta y".split())[1] == [("eval", 1)]  # noqa: SIM905  a sentence reads better than its list of words
+    assert index.matches("how are you today".split())[1] == []  # noqa: SIM905  a sentence reads better than its list of words
 
 
 def test_repeated_fraction_counts_repeats_of_earlier_ngrams():
-    assert repeated_fraction("a b c a b c".split(), 3) == pytest.approx(1 / 4)
-    assert repeated_fraction("a b".split(), 3) == 0.0
+    assert repeated_fraction("a b c a b c".split(), 3) == pytest.approx(1 / 4)  # noqa: SIM905  a sentence reads better than its list of words
+    assert repeated_fraction("a b".split(), 3) == 0.0  # noqa: SIM905  a sentence reads better than its list of words
 
 
 @pytest.mark.parametrize("text, problem", [("caf\ufffd", "replacement_char"), ("CafÃ©", "mojibake"),

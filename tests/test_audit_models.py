@@ -69,7 +69,7 @@ def test_perplexity_matches_the_pytorch_model(ka_lm):
     path, torch_model, tokenizer = ka_lm
     texts = ["ka lo ka ka mi", "ru ka", "ka ka ka ka ka ka ka so"]
     ours = PerplexityScorer(path, batch_size=4).score(texts)  # batched and padded together
-    for text, value in zip(texts, ours):
+    for text, value in zip(texts, ours, strict=False):
         ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer(text)["input_ids"]])  # no <|endoftext|> here
         with torch.no_grad():
             expected = torch.exp(torch_model(ids, labels=ids).loss).item()

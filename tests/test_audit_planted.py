@@ -102,8 +102,8 @@ def audited(tmp_path_factory):
         references=[_write_jsonl(tmp / "reference.jsonl", references)],
         model=None, embedder="tfidf", progress=False)
     result = run_audit(config)
-    flagged = [json.loads(line) for line in open(tmp / "out" / "flagged.jsonl")]
-    clean = [json.loads(line) for line in open(tmp / "out" / "clean.jsonl")]
+    with open(tmp / "out" / "flagged.jsonl") as f, open(tmp / "out" / "clean.jsonl") as c:
+        flagged, clean = [json.loads(line) for line in f], [json.loads(line) for line in c]
     return {"records": records, "expected": expected, "result": result, "flagged": flagged,
             "clean": clean}
 
@@ -182,8 +182,8 @@ def test_remove_none_keeps_every_record(tmp_path):
     out = tmp_path / "out"
     run_audit(AuditConfig(_write_jsonl(tmp_path / "d.jsonl", records), out=str(out), model=None,
                           embedder=None, remove=(), progress=False))
-    assert len(open(out / "clean.jsonl").readlines()) == 2
-    assert len(open(out / "flagged.jsonl").readlines()) == 1
+    with open(out / "clean.jsonl") as clean, open(out / "flagged.jsonl") as flagged:
+        assert (len(clean.readlines()), len(flagged.readlines())) == (2, 1)
 
 
 def test_ner_conll_files_are_audited_like_jsonl(tmp_path):

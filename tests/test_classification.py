@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +16,10 @@ from sklearn.metrics import accuracy_score, f1_score
 
 import jaxlm
 from hf_checkpoints import padded_batch, tiny_bert, torch_logits
+from jaxlm.compute import losses
 from jaxlm.data import DataError, build_pipeline
 from jaxlm.hf.peft import save_peft_adapter
 from jaxlm.models.lora import apply_lora
-from jaxlm.train import tasks as train_tasks
 from jaxlm.train import train
 from jaxlm.train.config import ConfigError, load_config
 from jaxlm.train.inputs import build_pipelines, first_batches
@@ -55,7 +56,7 @@ def test_sequence_classifier_matches_transformers_logits_loss_and_export(tmp_pat
                   labels=torch.tensor(labels))
     np.testing.assert_allclose(np.asarray(logits), out.logits.numpy(), atol=1e-5)
     batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels.astype(np.int32)}
-    loss_sum, count, *_ = train_tasks.loss_terms("classification", model, batch)
+    loss_sum, count, *_ = losses.loss_terms("classification", model, batch)
     assert float(loss_sum / count) == pytest.approx(out.loss.item(), abs=1e-5)  # binary = 2-way softmax, as HF
 
     jaxlm.export_pretrained(model, tmp_path / "out")
@@ -87,7 +88,7 @@ def test_a_lora_classifier_loads_in_peft_with_its_trained_head_and_the_same_logi
     for _, var in nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.LoRAParam, nnx.PathContains("classifier")))):
         var.set_value(var.get_value() + 0.1 * rng.standard_normal(var.get_value().shape).astype(np.float32))
     save_peft_adapter(model, str(tmp_path / "adapter"), modules_to_save=("classifier",))
-    assert json.load(open(tmp_path / "adapter" / "adapter_config.json"))["task_type"] == "SEQ_CLS"
+    assert json.loads(Path(tmp_path / "adapter" / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
     base = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", num_labels=3)
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
     ids, mask = padded_batch(seed=6)
@@ -135,7 +136,7 @@ def test_a_tiny_bert_learns_topics_and_its_scores_are_what_sklearn_gives_the_exp
     final = [r for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl")) if "eval_accuracy" in r][-1]
     assert result.eval_losses[-1][1] < result.eval_losses[0][1]
     assert final["eval_accuracy"] > 0.8  # three topics: chance is a third
-    report = open(os.path.join(cfg.output_dir, "classification_report.txt")).read()
+    report = Path(os.path.join(cfg.output_dir, "classification_report.txt")).read_text()
     assert "weather" in report and "macro avg" in report
 
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(os.path.join(cfg.output_dir, "hf")).eval()

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError, TemplateRefused, prefix_spans
 from jaxlm.data.encode import LMEncoder
+from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError, TemplateRefused, prefix_spans
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
@@ -62,7 +62,7 @@ def test_sft_tokens_and_flags_match_the_prefix_definition_on_real_chats(smollm, 
     assert encoder.chat_template.turn_suffix == "<|im_end|>"  # the one-render shortcut is in use
     documents = encoder.encode([("messages", {"messages": m}) for m in conversations])
     assert sum(len(m) for m in conversations) > 1000  # plenty of turns
-    for messages, [(ids, trained)] in zip(conversations, documents):
+    for messages, [(ids, trained)] in zip(conversations, documents, strict=False):
         expected_ids, expected_trained = prefix_definition(smollm, messages, seq_len)
         np.testing.assert_array_equal(ids, expected_ids)
         np.testing.assert_array_equal(trained, expected_trained)
@@ -144,7 +144,7 @@ def test_hostile_templates_are_stopped(name):
 
 
 def test_a_render_has_a_time_budget_too():
-    from jaxlm.data import template_sandbox
+    from jaxlm.text import template_sandbox
 
     slow = template_sandbox.compile_template("{% for i in range(100000) %}{{ i }}{% endfor %}")
     with pytest.raises(template_sandbox.OverBudget, match="more than 0.001 s"):

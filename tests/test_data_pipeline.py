@@ -98,13 +98,13 @@ def test_long_documents_are_chunked_for_causal_lm(tmp_path, smollm_tokenizer):
 def test_realised_example_shares_match_requested_weights(tmp_path, smollm_tokenizer):
     paths = [jsonl(tmp_path / f"s{k}.jsonl", [{"text": f"s{k} {i}"} for i in range(20)]) for k in range(3)]
     weights = [0.5, 0.3, 0.2]
-    pipeline = build([SourceConfig(p, weight=w) for p, w in zip(paths, weights)], smollm_tokenizer,
+    pipeline = build([SourceConfig(p, weight=w) for p, w in zip(paths, weights, strict=False)], smollm_tokenizer,
                      task="causal_lm", seq_len=128, batch_size=32)
     iterator = iter(pipeline)
     while sum(pipeline.stats()["examples"].values()) < 10_000:
         next(iterator)
     stats = pipeline.stats()
-    for path, weight in zip(paths, weights):
+    for path, weight in zip(paths, weights, strict=False):
         assert stats["example_share"][path] == pytest.approx(weight, abs=0.02)
     assert sum(stats["token_share"].values()) == pytest.approx(1.0)
 
@@ -128,7 +128,7 @@ def test_resumed_pipeline_continues_with_exactly_the_next_batches(sources, smoll
     state = json.loads(json.dumps(first.get_state()))  # must survive JSON
     resumed = build(sources, smollm_tokenizer)
     resumed.set_state(state)
-    for expected, actual in zip(uninterrupted[4:], take(resumed, 3)):
+    for expected, actual in zip(uninterrupted[4:], take(resumed, 3), strict=False):
         for key in LM_KEYS:
             np.testing.assert_array_equal(expected[key], actual[key])
 
@@ -161,7 +161,7 @@ def test_bandit_weights_apply_from_the_batch_they_name_and_a_resume_replays_them
     state = json.loads(json.dumps(stopped.get_state()))  # must survive JSON
     resumed, _ = bandit_batches(sources, smollm_tokenizer, until=6, state=state)
     assert len(first) == 4 and len(resumed) == 2
-    for expected, actual in zip(straight, first + resumed):
+    for expected, actual in zip(straight, first + resumed, strict=False):
         for key in LM_KEYS:
             np.testing.assert_array_equal(expected[key], actual[key])
 
@@ -240,6 +240,12 @@ def test_unknown_tag_in_eval_data_is_an_error(tmp_path, bert_tokenizer):
     with pytest.raises(DataError, match="eval.conll:1: unknown tag 'B-animal'"):
         build([str(path)], bert_tokenizer, task="token_classification", repeat=False,
               label_names=["O", "B-person", "I-person"])
+
+
+def test_token_classification_of_chat_records_names_the_file_and_line(sources, bert_tokenizer):
+    chat, _, _ = sources  # was a KeyError inside a tf.data worker (seen with the default chat data.eval)
+    with pytest.raises(DataError, match=r"chat.jsonl:1: token_classification needs 'tokens' \+ 'tags' records"):
+        build([chat], bert_tokenizer, task="token_classification", repeat=False, label_names=["O", "B-person"])
 
 
 def test_tfds_sources_are_read_from_the_given_data_dir(tmp_path, smollm_tokenizer):

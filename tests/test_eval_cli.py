@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_classification_by_generation_with_few_shot_examples(files, tmp_path):
     assert scores["accuracy"] == pytest.approx(sklearn.metrics.accuracy_score(true, predicted))
     assert scores["unparsed"] == predicted.count("(no label)")
     assert set(true) == {"bad", "good"}
-    assert open(tmp_path / "out" / "confusion_matrix.png", "rb").read(4) == b"\x89PNG"
+    assert Path(tmp_path / "out" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_sequence_classifier_is_scored_from_its_logits_as_transformers_computes_them(files, tmp_path):

@@ -20,7 +20,7 @@ REFERENCES = ["A cat was sitting on the mat.", "Hello there", "The capital of Fr
 def test_generation_scores_are_rouge_score_and_sacrebleu():
     scores = metrics.generation_scores(PREDICTIONS, REFERENCES)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(PREDICTIONS, REFERENCES)])
+    rouge = np.mean([scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(PREDICTIONS, REFERENCES, strict=False)])
     assert scores["rouge_l"] == pytest.approx(rouge)
     assert scores["bleu"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score)
     assert scores["chrf"] == pytest.approx(sacrebleu.corpus_chrf(PREDICTIONS, [REFERENCES]).score)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ def test_export_round_trip_gives_transformers_the_same_logits(tmp_path, family):
 def test_export_writes_tokenizer_and_bfloat16_weights(tmp_path, minilm_dir):
     model, tokenizer = jaxlm.load_pretrained(minilm_dir)
     jaxlm.export_pretrained(model, tmp_path, tokenizer, dtype=jnp.bfloat16)
-    assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
+    assert json.loads(Path(tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
     reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded("Hello world").input_ids == tokenizer("Hello world").input_ids
     back, _ = jaxlm.load_pretrained(tmp_path)
@@ -92,9 +93,9 @@ def test_loads_sharded_safetensors(tmp_path):
 
 def _edit_config(folder, **changes):
     path = os.path.join(folder, "config.json")
-    config = json.load(open(path))
+    config = json.loads(Path(path).read_text())
     config.update(changes)
-    json.dump(config, open(path, "w"))
+    Path(path).write_text(json.dumps(config))
 
 
 def _rewrite_tensors(folder, edit):

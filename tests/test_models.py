@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import chex
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +23,8 @@ from hf_checkpoints import (
     tiny_qwen3,
     torch_logits,
 )
+from jaxlm.models import ARCHITECTURES
+from jaxlm.models.contract import CausalLM, is_causal_lm
 
 LLAMA_VARIANTS = {
     "gqa_untied": dict(kv_heads=2),
@@ -182,3 +186,22 @@ def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
     err = np.abs(np.asarray(out16, np.float32)[real] - out32[real])
     assert err.max() < 0.05 * np.abs(out32[real]).max()
     assert (np.asarray(out16, np.float32)[real].argmax(-1) == out32[real].argmax(-1)).mean() > 0.9
+
+
+def test_the_registry_row_says_which_classes_keep_the_causal_lm_contract():
+    methods = ["__call__", *(name for name, value in vars(CausalLM).items()
+                             if inspect.isfunction(value) and not name.startswith("_"))]
+    assert {"decode", "init_cache", "logits"} <= set(methods)
+    for arch in ARCHITECTURES.values():
+        keeps = all(callable(getattr(arch.model_cls, name, None)) for name in methods)
+        assert keeps == arch.family.causal_lm, arch.name
+
+
+def test_callers_ask_the_row_whether_a_model_generates(tmp_path):
+    tiny_gpt2(tmp_path / "gpt2")
+    tiny_bert(tmp_path / "bert")
+    gpt2, _ = jaxlm.load_pretrained(tmp_path / "gpt2")
+    bert, _ = jaxlm.load_pretrained(tmp_path / "bert")
+    assert is_causal_lm(gpt2) and isinstance(gpt2, CausalLM)
+    assert not is_causal_lm(bert) and not isinstance(bert, CausalLM)
+    assert not is_causal_lm(object())

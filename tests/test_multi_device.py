@@ -123,7 +123,7 @@ def assert_close_tree(got, expected, path="") -> None:
             assert_close_tree(got[key], expected[key], f"{path}.{key}")
     elif isinstance(expected, list):
         assert isinstance(got, list) and len(got) == len(expected), path
-        for i, (g, e) in enumerate(zip(got, expected)):
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
             assert_close_tree(g, e, f"{path}[{i}]")
     elif isinstance(expected, float):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=path)

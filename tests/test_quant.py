@@ -105,7 +105,8 @@ def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny
     prompts = [[5, 9, 31, 7], [11, 3, 200]]
     result = jaxlm.generate(int8, None, prompts, max_new_tokens=6, stop_at_eos=False)
     assert [len(t) for t in result.token_ids] == [6, 6]
-    for prompt, tokens in zip(prompts, result.token_ids):  # the cached decode agrees with a full forward pass
+    # the cached decode agrees with a full forward pass
+    for prompt, tokens in zip(prompts, result.token_ids, strict=False):
         logits = _logits(int8, [prompt + tokens[:-1]])[0, len(prompt) - 1:]
         assert logits.argmax(-1).tolist() == tokens
 

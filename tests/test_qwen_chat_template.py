@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from jaxlm.data.chat_template import ChatTemplate, NotPrefixStable
-from jaxlm.data.template_sandbox import compile_template, render_bounded
+from jaxlm.text.chat_template import ChatTemplate, NotPrefixStable
+from jaxlm.text.template_sandbox import compile_template, render_bounded
 
 QWEN3_STYLE = """\
 {%- if tools %}

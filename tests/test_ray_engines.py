@@ -65,7 +65,7 @@ def _assert_same(a, b, path="report"):
             _assert_same(a[key], b[key], f"{path}.{key}")
     elif isinstance(a, list) and isinstance(b, list):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             _assert_same(x, y, f"{path}[{i}]")
     elif isinstance(a, float) and isinstance(b, float):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12), path

@@ -138,7 +138,8 @@ def test_each_row_stops_at_its_own_stop_ids(model):
     free = jaxlm.generate(model, None, prompts, max_new_tokens=10, stop_at_eos=False).token_ids
     stops = [[free[0][2]], [free[1][5]]]
     stopped = jaxlm.generate(model, None, prompts, max_new_tokens=10, stop_at_eos=False, stop_token_ids=stops)
-    first = [row.index(s[0]) for row, s in zip(free, stops)]  # the stop token may occur earlier than chosen
+    # the stop token may occur earlier than chosen
+    first = [row.index(s[0]) for row, s in zip(free, stops, strict=False)]
     assert stopped.token_ids == [free[0][: first[0] + 1], free[1][: first[1] + 1]]
     assert stopped.finish_reasons == ["stop", "stop"]
 

@@ -14,12 +14,12 @@ from safetensors.numpy import load_file
 
 import jaxlm
 from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.execution import configure, is_stacked
 from jaxlm.models.lora import apply_lora, has_lora, merge_lora
 from jaxlm.models.prompt_tuning import VirtualTokens, apply_prompt_tuning, prepend_virtual_tokens
 from jaxlm.models.weight_map import dotted
-from jaxlm.train import sharding, tasks
 from jaxlm.train.config import ConfigError, load_config
 from jaxlm.train.engine import build_engine, trainable_filter
 from jaxlm.train.inputs import prepare_model
@@ -185,7 +185,7 @@ def test_prompt_tuning_with_stacked_layers_and_chunked_loss_matches_the_plain_lo
 
     want, want_grads = value_and_grad(False, plain)
     for packed in (True, False):  # segment ids, or per-row lengths (the flash-attention path)
-        chunked = lambda m, packed=packed: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=24,  # noqa: E731
+        chunked = lambda m, packed=packed: losses.loss_terms("causal_lm", m, batch, chunk_tokens=24,  # noqa: E731
                                                              packed=packed)[0]
         got, got_grads = value_and_grad(True, chunked)
         np.testing.assert_allclose(got, want, rtol=1e-5)

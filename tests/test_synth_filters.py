@@ -144,7 +144,7 @@ def test_filter_settings_convert_types_and_name_bad_keys():
 def test_novelty_matches_brute_force_rouge_score():
     """The pruned search rejects exactly what comparing with every kept instruction rejects."""
     rng = random.Random(0)
-    words = "write name list explain the a of river city three five short poem story about".split()
+    words = "write name list explain the a of river city three five short poem story about".split()  # noqa: SIM905
     pool = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(60)]
     queries = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(60)] + pool[:5]
     index = NoveltyIndex(0.7)

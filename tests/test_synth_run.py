@@ -6,6 +6,7 @@ resumed), not about the quality of the data.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def test_a_killed_run_resumes_with_no_duplicates_and_no_losses(assets, reference
         assert without_timing(lines(out / name)) == without_timing(lines(reference_run / name))
 
 
-def test_resume_drops_a_half_written_batch_and_a_larger_num_continues(assets, reference_run, tmp_path):
+def test_resume_drops_a_half_written_batch_and_a_larger_num_continues(assets, reference_run, tmp_path, capsys):
     out = tmp_path / "grown"
     out.mkdir()
     for name in ("data.jsonl", "rejected.jsonl", "state.json"):
@@ -123,9 +124,39 @@ def test_resume_drops_a_half_written_batch_and_a_larger_num_continues(assets, re
     with open(out / "data.jsonl", "a") as f:
         f.write('{"messages": [{"role": "user", "content": "half a batch')  # died mid-write
     assert main(self_instruct_args(assets, out, "--num", "8")) == 0
+    assert "dropped the 55 bytes of a batch that was being written" in capsys.readouterr().err
     kept = without_timing(lines(out / "data.jsonl"))
     assert len(kept) == 8
     assert kept[:6] == without_timing(lines(reference_run / "data.jsonl"))
+
+
+def test_a_rerun_of_a_finished_run_changes_nothing_and_keeps_its_rounds(assets, reference_run, tmp_path):
+    out = tmp_path / "finished"
+    shutil.copytree(reference_run, out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"]
+    assert main(self_instruct_args(assets, out)) == 0
+    assert json.loads((out / "summary.json").read_text())["rounds"] == summary["rounds"]  # was []
+    assert (out / "data.jsonl").read_bytes() == (reference_run / "data.jsonl").read_bytes()
+
+
+def _damaged_copy(reference_run, out, name, damage):
+    shutil.copytree(reference_run, out)
+    (out / name).write_bytes(damage((out / name).read_bytes()))
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("data.jsonl", lambda b: b.replace(b'\n{"', b'\n["', 1), "data.jsonl:2: not a JSON record"),  # line 2 of 6
+    ("state.json", lambda b: b[:-30], "state.json: not a readable run state"),
+    ("state.json", lambda b: b.replace(b'"sizes"', b'"sizez"'), "state.json: not a readable run state"),
+    ("data.jsonl", lambda b: b[:-30], "data.jsonl: shorter (")])  # cut inside what state.json counts
+def test_a_damaged_run_folder_is_refused_in_one_line(assets, reference_run, tmp_path, capsys, name, damage, message):
+    """Was a JSONDecodeError or KeyError traceback. The run's own torn write (a line after what state.json
+    counts) is the other case: dropped with a warning and generated again (above)."""
+    _damaged_copy(reference_run, tmp_path / "damaged", name, damage)
+    assert main(self_instruct_args(assets, tmp_path / "damaged")) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and message in error and error.startswith("synth error: "), error
 
 
 def test_resuming_with_other_options_is_refused_naming_the_option(assets, reference_run, tmp_path, capsys):

@@ -39,6 +39,17 @@ def test_dotted_overrides_are_parsed_as_yaml_values():
     assert cfg.checkpoint.async_save is False
 
 
+def test_own_training_data_is_not_scored_on_the_default_evaluation_chats(tmp_path):
+    """The default data.eval (the shipped chats) goes with the default data.train: beside other training data
+    it failed a plain-text run whose tokenizer has no chat template, and hid data.eval_fraction."""
+    assert load_config(None, ["data.train=[a.txt]"]).data.eval == []
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("data:\n  train: [a.txt]\n  eval_fraction: 0.1\n")
+    assert load_config(str(preset)).data.eval == []
+    assert [s.path for s in load_config(str(preset), ["data.eval=[b.txt]"]).data.eval] == ["b.txt"]
+    assert load_config(None, ["train.steps=3"]).data.eval == Config().data.eval
+
+
 def test_unknown_key_names_the_closest_valid_one():
     expected = r"unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"
     with pytest.raises(ConfigError, match=expected):

@@ -62,7 +62,7 @@ def launch_pair(args: list[str], log_dir: Path, cache: Path) -> list[subprocess.
     for i in range(2):
         env = env_for(2, cache, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                       JAX_PROCESS_ID=str(i))
-        log = open(log_dir / f"process{i}.log", "w")
+        log = open(log_dir / f"process{i}.log", "w")  # noqa: SIM115  the child writes to it until it ends
         procs.append(subprocess.Popen([sys.executable, "-m", "jaxlm.train", "--distributed", "--no-progress", *args],
                                       env=env, cwd=TESTS.parent, stdout=log, stderr=subprocess.STDOUT, text=True))
     return procs
@@ -136,7 +136,7 @@ def test_two_processes_killed_and_resumed_reach_the_parameters_of_one_process(as
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(TESTS)!r}); "
          "from test_train_distributed import reference_run; reference_run(sys.argv[1:])",
          *overrides(model_dir, text_dir, root / "reference")],
-        env=env_for(4, root / "xla-cache"), cwd=TESTS.parent, stdout=open(root / "reference.log", "w"),
+        env=env_for(4, root / "xla-cache"), cwd=TESTS.parent, stdout=open(root / "reference.log", "w"),  # noqa: SIM115  for the child
         stderr=subprocess.STDOUT)
 
     out = root / "pair"
@@ -210,5 +210,5 @@ def test_partial_coordinator_settings_are_a_one_line_error(monkeypatch, capsys):
     monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
     monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
     assert main(["--distributed"]) == 2
-    assert capsys.readouterr().err == ("distributed: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+    assert capsys.readouterr().err == ("distributed error: set all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
                                        "JAX_PROCESS_ID or none of them (only JAX_NUM_PROCESSES is set)\n")

@@ -66,7 +66,8 @@ def test_early_stopping_stops_when_the_eval_loss_rises_and_keeps_the_best_checkp
         assert ckpt.all_steps() == [best, result.step] and ckpt.best_step() == best
         assert ckpt.manager.metrics(best)["eval_loss"] == pytest.approx(evals[best])
         loop = ckpt.manager.restore(best, args=ocp.args.Composite(loop=ocp.args.JsonRestore())).loop
-        assert loop["loop"] == {"best_eval_loss": pytest.approx(evals[best]), "evals_since_best": 0}
+        assert loop["loop"] == {"best_eval_loss": pytest.approx(evals[best]), "evals_since_best": 0,
+                                "first_eval_loss": pytest.approx(evals[0])}
     finally:
         ckpt.close()
 

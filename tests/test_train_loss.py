@@ -12,8 +12,8 @@ from flax import nnx
 
 import jaxlm
 from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from jaxlm.compute import losses
 from jaxlm.models.lora import apply_lora
-from jaxlm.train import tasks
 
 
 def lm_batch(batch=4, seq=16, seed=0):
@@ -66,7 +66,7 @@ def model_and_reference(family, tmp_path_factory):
 def test_chunked_loss_and_gradients_equal_the_plain_loss(family, chunk_tokens, tmp_path_factory):
     model, (want, want_grads) = model_and_reference(family, tmp_path_factory)
     batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
-    chunked = lambda m: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=chunk_tokens)[0]  # noqa: E731
+    chunked = lambda m: losses.loss_terms("causal_lm", m, batch, chunk_tokens=chunk_tokens)[0]  # noqa: E731
     got, got_grads = value_and_grad(chunked, model)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     chex.assert_trees_all_close(got_grads, want_grads, atol=1e-5, rtol=1e-4)
@@ -76,7 +76,7 @@ def test_chunked_loss_never_holds_whole_batch_logits(tmp_path_factory):
     model, _ = model_and_reference("llama", tmp_path_factory)
     batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
     graphdef, params = nnx.split(model, nnx.Param)
-    loss = lambda p: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, chunk_tokens=32)[0]  # noqa: E731
+    loss = lambda p: losses.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, chunk_tokens=32)[0]  # noqa: E731
     text = jax.jit(jax.value_and_grad(loss)).lower(params).as_text()
     assert f"4x16x{VOCAB}x" not in text, "a [batch, seq, vocab] array exists: the loss is not chunked"
     assert f"4x8x{VOCAB}xf32" in text  # one chunk: every row, 8 positions
@@ -91,7 +91,7 @@ def test_unpacked_rows_give_the_same_loss_through_lengths(tmp_path_factory):
     batch["positions"] = jnp.broadcast_to(jnp.arange(16), (4, 16))
     batch["loss_mask"] = batch["segment_ids"].astype(jnp.float32)
     graphdef, params = nnx.split(model, nnx.Param)
-    loss = jax.jit(lambda p, packed: tasks.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, packed=packed)[0],
+    loss = jax.jit(lambda p, packed: losses.loss_terms("causal_lm", nnx.merge(graphdef, p), batch, packed=packed)[0],
                    static_argnums=1)
     np.testing.assert_allclose(loss(params, False), loss(params, True), rtol=1e-6)
 
@@ -105,7 +105,7 @@ def test_eval_accuracy_and_the_split_by_source_agree_with_the_plain_logits(num_s
     weights = batch["loss_mask"].astype(jnp.float32)
     if num_sources:
         sources = jnp.asarray(np.arange(4)[:, None].repeat(16, 1) % num_sources, jnp.int32)
-        terms = jax.jit(lambda m: tasks.loss_terms("causal_lm", m, {**batch, "source_id": sources},
+        terms = jax.jit(lambda m: losses.loss_terms("causal_lm", m, {**batch, "source_id": sources},
                                                    num_sources=num_sources))(model)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]) * weights
         for s in range(num_sources):
@@ -114,7 +114,7 @@ def test_eval_accuracy_and_the_split_by_source_agree_with_the_plain_logits(num_s
     else:  # every other target is the model's own argmax, so there are hits to count
         batch["targets"] = jnp.where(jnp.arange(16) % 2 == 0, jnp.argmax(logits, -1), batch["targets"])
         want = reference_loss(logits, batch)
-        terms = jax.jit(lambda m: tasks.loss_terms("causal_lm", m, batch, chunk_tokens=12, count_correct=True))(model)
+        terms = jax.jit(lambda m: losses.loss_terms("causal_lm", m, batch, chunk_tokens=12, count_correct=True))(model)
         hits = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * weights)
         assert float(terms.correct) == float(hits) and float(hits) > 0
     np.testing.assert_allclose(terms.loss_sum, want, rtol=1e-5)

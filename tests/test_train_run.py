@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_run_writes_tensorboard_plot_samples_and_hf_export(lora_sft_run):
     out = cfg.output_dir
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(out, "tensorboard")))
     assert os.path.getsize(os.path.join(out, "loss_curve.png")) > 1000
-    samples = json.load(open(os.path.join(out, "samples.json")))
+    samples = json.loads(Path(os.path.join(out, "samples.json")).read_text())
     assert len(samples["prompts"]) == 2
     assert all(s["before"] is not None and s["after"] is not None for s in samples["prompts"] + samples["general"])
     # hf/ holds the merged model: transformers loads it and agrees with the trained jaxlm model.
@@ -92,17 +93,17 @@ def test_export_gguf_writes_the_merged_model_beside_hf(lora_sft_run):
 
 def test_samples_score_the_answers_and_the_general_prompts_before_and_after(lora_sft_run):
     cfg, result = lora_sft_run
-    samples = json.load(open(os.path.join(cfg.output_dir, "samples.json")))
+    samples = json.loads(Path(os.path.join(cfg.output_dir, "samples.json")).read_text())
     assert samples["step"] == {"before": 0, "after": result.step}
-    general = json.load(open(os.path.join(os.path.dirname(jaxlm.eval.__file__), "general_prompts.json")))
+    general = json.loads(Path(os.path.join(os.path.dirname(jaxlm.eval.__file__), "general_prompts.json")).read_text())
     assert [g["prompt"] for g in samples["general"]] == general
     for side in ("before", "after"):
         assert {"rouge_l", "bleu", "chrf", "exact_match"} <= set(samples["scores"][side]["answers"])
         assert {"repeat_4", "looping", "hit_token_limit", "distinct_1", "distinct_2"} <= set(
             samples["scores"][side]["general"])
-    markdown = open(os.path.join(cfg.output_dir, "samples.md")).read()
+    markdown = Path(os.path.join(cfg.output_dir, "samples.md")).read_text()
     assert "| general | looping answers (rep-4 >= 0.5) |" in markdown and general[0] in markdown
-    test = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    test = json.loads(Path(os.path.join(cfg.output_dir, "test_metrics.json")).read_text())
     losses = {line["score"]: line for line in samples["losses"]}
     assert losses["data.test loss"] == {"score": "data.test loss", "before": test["before"]["loss"],
                                         "after": test["after"]["loss"]}
@@ -112,7 +113,7 @@ def test_samples_score_the_answers_and_the_general_prompts_before_and_after(lora
 
 def test_the_test_split_is_scored_before_and_after_training(lora_sft_run):
     cfg, result = lora_sft_run
-    scores = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    scores = json.loads(Path(os.path.join(cfg.output_dir, "test_metrics.json")).read_text())
     assert scores["steps"] == {"before": 0, "after": result.step}
     before, after = scores["before"], scores["after"]
     assert after["loss"] < before["loss"] - 0.5 and after["token_accuracy"] > before["token_accuracy"]
@@ -150,9 +151,9 @@ def test_ner_trains_a_bert_tagger_and_reports_entity_scores(files, tmp_path):
     rows = read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl"))
     final = [r for r in rows if "eval_f1" in r][-1]
     assert final["eval_f1"] > 0.5 and result.eval_losses[-1][1] < result.eval_losses[0][1]
-    report = open(os.path.join(cfg.output_dir, "ner_report.txt")).read()
+    report = Path(os.path.join(cfg.output_dir, "ner_report.txt")).read_text()
     assert "person" in report and "loc" in report and "f1-score" in report
-    test = json.load(open(os.path.join(cfg.output_dir, "test_metrics.json")))
+    test = json.loads(Path(os.path.join(cfg.output_dir, "test_metrics.json")).read_text())
     assert test["after"]["f1"] > test["before"]["f1"] and "B-person" in test["after"]["tag_report"]
     hf = transformers.AutoModelForTokenClassification.from_pretrained(os.path.join(cfg.output_dir, "hf"))
     assert sorted(hf.config.id2label.values()) == ["B-loc", "B-person", "O"]

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm.train.sharding import param_spec
+from jaxlm.compute.sharding import param_spec
 from train_helpers import write_tiny_llama
 
 SCRIPT = r"""

@@ -12,7 +12,7 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = ("the cat sat on a mat and the dog ran to the park while birds sang songs about rain sun "
+WORDS = ("the cat sat on a mat and the dog ran to the park while birds sang songs about rain sun "  # noqa: SIM905
          "what is your name my name is bob how are you i am fine thanks hello hi there good day").split()
 
 

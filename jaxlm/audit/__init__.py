@@ -10,13 +10,11 @@ The report's keys are documented in `jaxlm/audit/REPORT.md`.
 
 from jaxlm.audit.config import AuditConfig, AuditError
 from jaxlm.audit.flags import DEFAULT_REMOVE, REASONS
+from jaxlm.lazy import lazy_attributes
 
+# Loaded on first use: the measures pull in datasketch, sacrebleu, matplotlib.
+_LAZY = {"run_audit": "jaxlm.audit.pipeline", "AuditResult": "jaxlm.audit.pipeline"}
 
-def run_audit(config: AuditConfig):
-    """Run the audit (imported lazily: the measures pull in datasketch, sacrebleu, matplotlib)."""
-    from jaxlm.audit.pipeline import run_audit as run
+__all__ = ["AuditConfig", "AuditError", "DEFAULT_REMOVE", "REASONS", *_LAZY]
 
-    return run(config)
-
-
-__all__ = ["AuditConfig", "AuditError", "DEFAULT_REMOVE", "REASONS", "run_audit"]
+__getattr__ = lazy_attributes(__name__, _LAZY)

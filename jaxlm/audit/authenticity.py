@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.ngrams import NgramIndex
-from jaxlm.audit.text import content_words, words
+from jaxlm.text.ngrams import NgramIndex
+from jaxlm.text.words import content_words, words
 
 UNSUPPORTED_BELOW = 0.5  # support share under which a grounded answer is flagged
 
@@ -62,7 +62,7 @@ class AuthenticityMeter:
                                                          "missing_words": missing},
                       severity=1.0 - support)
 
-    def merge(self, other: "AuthenticityMeter", flags: Flags) -> None:
+    def merge(self, other: AuthenticityMeter, flags: Flags) -> None:
         """Add a later shard's sums (see `sharded.py`)."""
         self.records += other.records
         self.copying_records += other.copying_records

@@ -87,7 +87,7 @@ class BiasMeter:
             self.profane_terms.update(terms)
             flags.add(item.index, "toxicity", terms, severity=len(hits))
 
-    def merge(self, other: "BiasMeter", flags: Flags) -> None:
+    def merge(self, other: BiasMeter, flags: Flags) -> None:
         """Add a later shard's counts (see `sharded.py`)."""
         self.records += other.records
         self.words += other.words

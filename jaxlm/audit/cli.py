@@ -14,6 +14,7 @@ import os
 from jaxlm.audit.config import AuditConfig
 from jaxlm.audit.flags import REASONS
 from jaxlm.errors import Stopped, exit_codes
+from jaxlm.outputs import one_writer
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(AuditConfig) if f.default is not dataclasses.MISSING}
 
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.audit") -> 
     args = build_parser(prog).parse_args(argv)
     from jaxlm.audit.pipeline import run_audit  # heavy imports after --help
 
-    result = run_audit(config_from_args(args))  # AuditError, DataError, CheckpointError: exit 2
+    with one_writer(args.out):
+        result = run_audit(config_from_args(args))  # AuditError, DataError, CheckpointError: exit 2
     summary = result.report["flags"]
     print(f"audited {result.report['input']['records']} records: {summary['flagged_records']} flagged, "
           f"{summary['removed_records']} removed; report: {os.path.join(args.out, 'report.html')}")

@@ -19,9 +19,9 @@ from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.ngrams import repeated_fraction
 from jaxlm.audit.reservoir import Reservoir
-from jaxlm.audit.text import encoding_problems
+from jaxlm.text.ngrams import repeated_fraction
+from jaxlm.text.words import encoding_problems
 
 REPETITION_NS = (2, 3, 4)
 FLAG_REPETITION_N = 3
@@ -57,7 +57,7 @@ class ConsistencyMeter:
             flags.add(item.index, "encoding", problems, severity=len(problems))
         self.sample.offer(" ".join(item.text.split()[:SELF_BLEU_WORDS]), item.index)
 
-    def merge(self, other: "ConsistencyMeter", flags: Flags) -> None:
+    def merge(self, other: ConsistencyMeter, flags: Flags) -> None:
         """Add a later shard's state (see `sharded.py`)."""
         self.records += other.records
         self.lengths.extend(other.lengths)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.ngrams import NgramIndex
+from jaxlm.text.ngrams import NgramIndex
 
 MAX_LISTED = 1000  # report.json lists this many contaminated records; the count is exact
 
@@ -36,7 +36,7 @@ class ContaminationMeter:
             self.listed.append({"index": item.index, "ngram_share": round(share, 3),
                                 "overlaps": overlaps})
 
-    def merge(self, other: "ContaminationMeter", flags: Flags) -> None:
+    def merge(self, other: ContaminationMeter, flags: Flags) -> None:
         """Add a later shard's records (see `sharded.py`)."""
         self.records += other.records
         self.listed = (self.listed + other.listed)[:MAX_LISTED]

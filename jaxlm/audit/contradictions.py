@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize, words
+from jaxlm.text.words import normalize, words
 
 SAME_ANSWER_JACCARD = 0.5
 
@@ -37,7 +37,7 @@ class ContradictionMeter:
         if answer != first[1]:
             self._answers_differ.add(prompt)
 
-    def merge(self, other: "ContradictionMeter", flags: Flags) -> None:
+    def merge(self, other: ContradictionMeter, flags: Flags) -> None:
         """Add a later shard's prompts (see `sharded.py`); exact: a prompt's answers differ when
         the shard's first answer differs from the earlier first one, or the shard's answers do."""
         for prompt, (first, answer) in other._first.items():

@@ -23,14 +23,11 @@ from datasketch import HyperLogLog
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
 from jaxlm.audit.reservoir import Reservoir
-from jaxlm.audit.text import content_words, snippet
+from jaxlm.text.ngrams import hash32
+from jaxlm.text.words import content_words, snippet
 
 TOP_WORDS = 1000
 MAX_SOURCES = 1000  # a "source" field with more values than this is an id, not a source
-
-
-def _hash32(value) -> int:
-    return hash(value) & 0xFFFFFFFF
 
 
 class DiversityMeter:
@@ -43,7 +40,7 @@ class DiversityMeter:
         self.sample_topics = embedder is not None if sample_topics is None else sample_topics
         self.reference_vocabulary = reference_vocabulary
         self.unigrams: Counter[str] = Counter()
-        self.bigrams = HyperLogLog(p=14, hashfunc=_hash32)
+        self.bigrams = HyperLogLog(p=14, hashfunc=hash32)
         self.tokens = self.bigram_total = self.records = 0
         self.sources: Counter[str] = Counter()
         self.sample = Reservoir(topic_sample, seed)
@@ -53,7 +50,7 @@ class DiversityMeter:
         tokens = item.words
         self.unigrams.update(tokens)
         self.tokens += len(tokens)
-        for bigram in zip(tokens, tokens[1:]):
+        for bigram in zip(tokens, tokens[1:], strict=False):
             self.bigrams.update(bigram)
         self.bigram_total += max(len(tokens) - 1, 0)
         source = item.source or "(no source field)"
@@ -62,7 +59,7 @@ class DiversityMeter:
         if self.sample_topics:
             self.sample.offer(item.text, item.index)
 
-    def merge(self, other: "DiversityMeter", flags: Flags) -> None:
+    def merge(self, other: DiversityMeter, flags: Flags) -> None:
         """Add a later shard's state (see `sharded.py`); sources are admitted in stream order."""
         self.unigrams.update(other.unigrams)
         self.bigrams.merge(other.bigrams)
@@ -138,7 +135,7 @@ class DiversityMeter:
 def _cluster_keywords(texts: list[str], labels: np.ndarray, k: int, top: int = 5) -> list[list[str]]:
     """Words frequent in a cluster and rare in the others (class-based TF-IDF)."""
     counts = [Counter() for _ in range(k)]
-    for text, label in zip(texts, labels):
+    for text, label in zip(texts, labels, strict=False):
         counts[label].update(content_words(text))
     clusters_with = Counter(w for c in counts for w in c)
     return [[w for w, _ in sorted(c.items(), key=lambda wc: -wc[1] * math.log(1 + k / clusters_with[wc[0]]))[:top]]

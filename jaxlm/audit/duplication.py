@@ -19,15 +19,10 @@ from datasketch import MinHash, MinHashLSH
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize
+from jaxlm.text.ngrams import hash32
+from jaxlm.text.words import normalize
 
 _SIGNATURE_CHUNK = 4096  # signatures are stored in blocks to grow without copying
-
-
-def _hash32(shingle: str) -> int:
-    # Python's string hash (SipHash) is several times faster than datasketch's default SHA-1;
-    # its per-process salt is harmless because signatures are only compared within one run.
-    return hash(shingle) & 0xFFFFFFFF
 
 
 class DuplicationMeter:
@@ -38,7 +33,7 @@ class DuplicationMeter:
         # Candidates are verified below, so false positives only cost time: weight the band
         # choice towards recall (pairs at the threshold are found ~87% of the time, not ~40%).
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9), hashfunc=hash)
-        self._template = MinHash(num_perm=num_perm, hashfunc=_hash32)  # permutations drawn once
+        self._template = MinHash(num_perm=num_perm, hashfunc=hash32)  # permutations drawn once
         self._first_with_text: dict[int, int] = {}
         self._exact_group_size: Counter[int] = Counter()  # first index -> copies incl. itself
         self._near_parent: dict[int, int] = {}  # union-find over near-duplicate pairs
@@ -75,7 +70,7 @@ class DuplicationMeter:
                       severity=similarity)
         self._store(index, signature)
 
-    def merge(self, other: "DuplicationMeter", flags: Flags) -> None:
+    def merge(self, other: DuplicationMeter, flags: Flags) -> None:
         """Compare a later shard's sketches with everything before them, as one pass would."""
         self.records += other.records
         for index, key, hashvalues in other.sketches:
@@ -91,7 +86,7 @@ class DuplicationMeter:
         n = min(self.shingle_words, len(tokens))
         shingles = {" ".join(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
         signature = MinHash(num_perm=self.num_perm, permutations=self._template.permutations,
-                            scheme=self._template.scheme, hashfunc=_hash32)
+                            scheme=self._template.scheme, hashfunc=hash32)
         signature.update_batch(list(shingles))
         return signature
 

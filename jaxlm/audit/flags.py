@@ -62,7 +62,7 @@ class Flags:
         elif entry > worst[0]:
             heapq.heapreplace(worst, entry)
 
-    def merge(self, other: "Flags") -> None:
+    def merge(self, other: Flags) -> None:
         """Add the flags of a later shard (see `sharded.py`): the same as having added them here."""
         for index, reasons in other.by_index.items():
             mine = self.by_index.setdefault(index, {})

@@ -81,7 +81,7 @@ class GenerationMeter:
             self.with_attempts += 1
             self.attempts += attempts
 
-    def merge(self, other: "GenerationMeter", flags: Flags) -> None:
+    def merge(self, other: GenerationMeter, flags: Flags) -> None:
         """Add a later shard's totals (see `sharded.py`)."""
         self.records += other.records
         for mine, theirs in [(self.all, other.all)] + [(self.by_model[m], t) for m, t in other.by_model.items()]:

@@ -12,7 +12,7 @@ import json
 from jaxlm.audit import plots
 from jaxlm.audit.bias import SCREEN_NOTE
 from jaxlm.audit.flags import REASONS, Flags
-from jaxlm.audit.text import snippet
+from jaxlm.text.words import snippet
 
 # Which flag reasons are shown under which section.
 SECTION_REASONS = {

@@ -12,8 +12,8 @@ import functools
 import os
 from collections.abc import Iterator
 
-from jaxlm.audit.text import words
 from jaxlm.data.records import ReadStats, Record, read_records
+from jaxlm.text.words import words
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections import Counter
 
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import AuditItem
-from jaxlm.audit.text import normalize
+from jaxlm.text.words import normalize
 
 MAX_LABELS = 200  # beyond this many distinct labels the field is free text, not a label
 
@@ -67,7 +67,7 @@ class LabelMeter:
         flags.add(first_index, "label_conflict", detail)
         flags.add(index, "label_conflict", detail, severity=1.0)
 
-    def merge(self, other: "LabelMeter", flags: Flags) -> None:
+    def merge(self, other: LabelMeter, flags: Flags) -> None:
         """Add a later shard's counts and compare its inputs with all earlier ones (see `sharded.py`)."""
         self.labelled += other.labelled
         for label, count in other.label_counts.items():  # admitted in stream order, as one pass does

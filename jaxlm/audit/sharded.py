@@ -25,7 +25,7 @@ from jaxlm.audit.config import AuditConfig
 from jaxlm.audit.embeddings import make_embedder
 from jaxlm.audit.flags import Flags
 from jaxlm.audit.items import read_items
-from jaxlm.audit.pipeline import _progress, build_indexes, build_meters, make_scorer, measure, model_path
+from jaxlm.audit.measuring import build_indexes, build_meters, make_scorer, measure, model_path, progress
 from jaxlm.data.records import MAX_KEPT_ERRORS, ReadStats, list_files
 
 
@@ -48,29 +48,25 @@ class _ShardWorker:
 
 def measure_sharded(config: AuditConfig):
     """(meters, flags, kinds, read stats) of DATA, measured shard by shard on Ray."""
-    from ray.util import ActorPool
-
-    from jaxlm.cluster import connect
+    from jaxlm.cluster import Actors, connect
 
     shards = list_files(config.data)  # a single file is one shard: split big files to use more workers
     path = model_path(config)  # errors about the model now, not on a worker
     ray, started = connect(config.workers)
     try:
         indexes = ray.get(ray.remote(build_indexes).remote(config))  # hashed with the workers' seed
-        worker = ray.remote(num_cpus=1)(_ShardWorker)
-        actors = [worker.remote(config, indexes) for _ in range(min(config.workers, len(shards)))]
-        pool = ActorPool(actors)
+        pool = Actors(ray, _ShardWorker, (config, indexes), min(config.workers, len(shards)))
         counts = list(pool.map(lambda actor, shard: actor.count.remote(shard), shards))
         starts = [sum(counts[:k]) for k in range(len(shards))]
         scorer = None if path is None else types.SimpleNamespace(  # what the report says of the model
             path=path, max_tokens=config.perplexity_tokens, batch_size=config.perplexity_batch)
         meters = build_meters(config, *indexes, scorer=scorer, embedder=make_embedder(config.embedder))
         flags, kinds, stats = Flags(), Counter(), ReadStats()
-        bar = _progress(None, config, "audit: measuring shards", total=sum(counts))
-        results = pool.map(lambda actor, job: actor.measure.remote(*job), list(zip(shards, starts)))
-        for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts):
+        bar = progress(None, config, "audit: measuring shards", total=sum(counts))
+        results = pool.map(lambda actor, job: actor.measure.remote(*job), zip(shards, starts, strict=False))
+        for (shard_meters, shard_flags, shard_kinds, shard_stats), count in zip(results, counts, strict=False):
             flags.merge(shard_flags)
-            for meter, shard_meter in zip(meters, shard_meters):
+            for meter, shard_meter in zip(meters, shard_meters, strict=False):
                 meter.merge(shard_meter, flags)
             kinds.update(shard_kinds)
             stats.records += shard_stats.records
@@ -78,8 +74,7 @@ def measure_sharded(config: AuditConfig):
             stats.errors = (stats.errors + shard_stats.errors)[:MAX_KEPT_ERRORS]
             bar.update(count)
         bar.close()
-        for actor in actors:
-            ray.kill(actor)
+        pool.kill()
     finally:
         if started:
             ray.shutdown()

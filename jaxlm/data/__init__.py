@@ -9,6 +9,7 @@ record readers are plain Python. The tf.data pipeline (``build_pipeline``,
 
 from jaxlm.data.config import AugmentConfig, DataConfig, SourceConfig
 from jaxlm.data.records import DataError, ReadStats, Record, read_records
+from jaxlm.lazy import lazy_attributes
 
 _LAZY = {
     "build_pipeline": "jaxlm.data.pipeline",
@@ -22,9 +23,4 @@ __all__ = [
     *_LAZY,
 ]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'jaxlm.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -112,7 +112,8 @@ class BanditMixing:
                 mean = np.where(self.tokens > 0, self.loss_sums / self.tokens, np.nan)
             data.set_weights(self.policy.update(mean), from_batch=step)  # the batch of step + 1
             self.loss_sums[:], self.tokens[:] = 0.0, 0.0
-        rows[-1].update({f"weight/{name}": float(w) for name, w in zip(self.source_names, data.requested_shares)})
+        rows[-1].update({f"weight/{name}": float(w)
+                         for name, w in zip(self.source_names, data.requested_shares, strict=False)})
 
     def state(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "sources": self.source_names,

@@ -75,7 +75,7 @@ class _ShippedCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         splits = assign_splits([self.dedup_key(e) for e in examples],
                                groups=[self.group_key(e) for e in examples])
         return {name: self._generate_examples([(i, e) for i, (e, s) in
-                                               enumerate(zip(examples, splits)) if s == name])
+                                               enumerate(zip(examples, splits, strict=False)) if s == name])
                 for name in ("train", "validation", "test")}
 
     def _generate_examples(self, examples):

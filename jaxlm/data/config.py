@@ -82,7 +82,7 @@ class BanditConfig:
                 raise MixingConfigError(f"{key}.{name}={value!r} is not one of {', '.join(allowed)}")
         if not self.learning_rate >= 0:
             raise MixingConfigError(f"{key}.learning_rate must be >= 0, got {self.learning_rate}")
-        if not (0 <= self.floor and self.floor * arms < 1):
+        if not (self.floor >= 0 and self.floor * arms < 1):
             raise MixingConfigError(f"{key}.floor={self.floor} must be >= 0 and below 1/{arms} "
                                     f"(one over the number of sources), or no weight is left to learn")
         if not self.update_every >= 1:
@@ -172,7 +172,7 @@ class DataConfig:
     tfds_data_dir: str = ""  # "" = TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     max_record_chars: int = MAX_RECORD_CHARS  # 0 = no limit
 
-    def validate(self, key: str = "data") -> "DataConfig":
+    def validate(self, key: str = "data") -> DataConfig:
         """Raises ConfigError naming ``{key}.field`` for any value that is wrong without reading a file."""
         if not self.train:
             raise ConfigError(f"{key}.train is empty: give at least one source (path and weight)")

@@ -25,7 +25,7 @@ _SHINGLE = 4
 _MAX_SHINGLED_CHARS = 2000  # long documents: the opening is enough to spot copies
 
 
-def normalize(text: str) -> str:
+def word_key(text: str) -> str:
     """The comparison form of a text: lower case, words separated by one space."""
     return " ".join(re.findall(r"\w+", text.lower()))
 
@@ -48,7 +48,7 @@ def assign_splits(keys: list[str], *, groups: list[str] | None = None,
     ``groups`` (optional, one per key): keys sharing a group always share a
     split, e.g. every answer to the same question.
     """
-    normalized = [normalize(k) for k in keys]
+    normalized = [word_key(k) for k in keys]
     first_index: dict[str, int] = {}
     for i, key in enumerate(normalized):
         first_index.setdefault(key, i)
@@ -72,7 +72,7 @@ def assign_splits(keys: list[str], *, groups: list[str] | None = None,
     if groups is not None:
         first_of_group: dict[str, int] = {}
         for i in unique:
-            union(i, first_of_group.setdefault(normalize(groups[i]), i))
+            union(i, first_of_group.setdefault(word_key(groups[i]), i))
 
     group_key: dict[int, str] = {}
     for i in unique:

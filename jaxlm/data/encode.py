@@ -4,14 +4,15 @@ Causal LM / SFT: each record becomes a document of token ids plus a 0/1 flag
 per token saying whether the model is trained to predict it.
 
 * ``text``: tokens of the text (with the tokenizer's own special tokens) + EOS;
-  every token is trained.
+  every token is trained. A long causal-LM text comes as pieces (``repairs.text_pieces``):
+  the special tokens go where the text starts, the EOS where it ends.
 * ``messages``: rendered with the tokenizer's chat template. For SFT only the
   assistant turns are trained. Templates such as SmolLM2's have no
   ``{% generation %}`` markers, so the assistant spans are defined by
   prefixes: the span of turn i runs from the end of
   ``render(messages[:i], add_generation_prompt=True)`` to the end of
   ``render(messages[:i+1])`` (its end-of-turn token included, so the model
-  learns to stop). :class:`~jaxlm.data.chat_template.ChatTemplate` finds them
+  learns to stop). :class:`~jaxlm.text.chat_template.ChatTemplate` finds them
   in one render of the compiled template where it can (the template is
   compiled once, not per call, and every render is bounded: a template from
   a hostile model file cannot spin). Character spans become token flags
@@ -39,9 +40,10 @@ import queue
 
 import numpy as np
 
-from jaxlm.data.chat_template import ChatTemplate, ChatTemplateError
+from jaxlm.data.repairs import CONTINUED, CONTINUES
 from jaxlm.errors import UserError
 from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError
 
 
 class _TokenizerPool:
@@ -85,7 +87,7 @@ def encode_batch(tokenizer, texts: list[str], *, add_special_tokens: bool,
         out = tokenizer(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
                         return_attention_mask=False)
         return [(ids[:max_length], [start for start, _ in offsets[:max_length]])
-                for ids, offsets in zip(out["input_ids"], out["offset_mapping"])]
+                for ids, offsets in zip(out["input_ids"], out["offset_mapping"], strict=False)]
     if backend.padding is not None:
         backend.no_padding()
     truncation = None if max_length is None else dict(
@@ -153,19 +155,24 @@ class LMEncoder:
         """
         with self._tokenizers.borrow() as tokenizer:
             rendered = [self.render(kind, data) for kind, data in records]
+            # plain text gets the tokenizer's special tokens and an EOS; a piece of a longer text
+            # (repairs.text_pieces) only where that text starts and ends
+            pairs = list(zip(rendered, records, strict=True))
+            special = [plain and not data.get(CONTINUED) for (_, _, plain), (_, data) in pairs]
+            eos = [plain and not data.get(CONTINUES) for (_, _, plain), (_, data) in pairs]
             encoded: list = [None] * len(rendered)
-            for plain in (True, False):  # plain text gets the tokenizer's special tokens
-                batch = [i for i, r in enumerate(rendered) if r[2] == plain]
+            for with_special in (True, False):
+                batch = [i for i, s in enumerate(special) if s == with_special]
                 if not batch:
                     continue
                 # SFT keeps the first seq_len + 1 tokens (see _cut): let the tokenizer drop the rest
                 # before they become Python objects. Not where special tokens are added, since
                 # truncation would keep room for them.
-                keep = self.seq_len + 1 if self.task == "sft" and not plain else None
+                keep = self.seq_len + 1 if self.task == "sft" and not with_special else None
                 tokens = encode_batch(tokenizer, [rendered[i][0] for i in batch],
-                                      add_special_tokens=plain, max_length=keep)
-                for i, (ids, starts) in zip(batch, tokens):
-                    encoded[i] = self._document(rendered[i][1], ids, starts, append_eos=plain)
+                                      add_special_tokens=with_special, max_length=keep)
+                for i, (ids, starts) in zip(batch, tokens, strict=True):
+                    encoded[i] = self._document(rendered[i][1], ids, starts, append_eos=eos[i])
         return [self._cut(ids, trained) for ids, trained in encoded]
 
     def _document(self, spans, ids, starts, *, append_eos: bool):
@@ -265,7 +272,7 @@ def word_tags(labels: np.ndarray, predictions: np.ndarray,
     label is not -100 (its first sub-token). Rows without words are dropped.
     """
     true_tags, predicted_tags = [], []
-    for row_labels, row_predictions in zip(np.asarray(labels), np.asarray(predictions)):
+    for row_labels, row_predictions in zip(np.asarray(labels), np.asarray(predictions), strict=False):
         words = row_labels != IGNORE_LABEL
         if words.any():
             true_tags.append([label_names[i] for i in row_labels[words]])

@@ -90,7 +90,7 @@ class RowMixer:
     def batches(self):
         """Batches from the current position on (an endless generator)."""
         chunks = [s.skip(int(n)).batch(self._batch_size).as_numpy_iterator()
-                  for s, n in zip(self._streams, self.rows)]
+                  for s, n in zip(self._streams, self.rows, strict=False)]
         buffers: list[list[dict]] = [[] for _ in self._streams]
         while True:
             sources = draw_sources(self.weights_for(self.drawn), self._batch_size, seed=self._seed,

@@ -35,7 +35,7 @@ class Segment:
 def segments(tokens: list[str], tags: list[str]) -> list[Segment]:
     """Cuts a sentence into mentions and O tokens; a stray I-X opens a mention."""
     result: list[Segment] = []
-    for token, tag in zip(tokens, tags):
+    for token, tag in zip(tokens, tags, strict=False):
         prefix, _, entity = tag.partition("-")
         if prefix == "I" and result and result[-1].entity == entity:
             result[-1].tokens.append(token)
@@ -67,7 +67,7 @@ class MentionPool:
                 self.by_type.setdefault(segment.entity, []).append(key[1])
 
     @classmethod
-    def from_sentences(cls, sentences: Iterable[tuple[list[str], list[str]]]) -> "MentionPool":
+    def from_sentences(cls, sentences: Iterable[tuple[list[str], list[str]]]) -> MentionPool:
         pool = cls()
         for tokens, tags in sentences:
             pool.add(tokens, tags)

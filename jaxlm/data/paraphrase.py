@@ -16,7 +16,7 @@ Usage::
 
     from jaxlm.data.paraphrase import paraphrase_file
     model, tokenizer = jaxlm.load_pretrained(...)
-    paraphrase_file("train.jsonl", "train.paraphrased.jsonl", model, tokenizer,
+    paraphrase_file("train.jsonl", "train.paraphrased.jsonl", model, tokenizer, generate=jaxlm.generate,
                     model_name="SmolLM2-135M-Instruct", temperature=0.7, seed=0)
 """
 
@@ -70,19 +70,16 @@ def _texts(result) -> list[str]:
     return list(result.texts if hasattr(result, "texts") else result)
 
 
-def paraphrase_file(in_path: str, out_path: str, model, tokenizer, *, max_new_tokens: int = 128,
-                    temperature: float = 0.7, seed: int = 0, batch_size: int = 16,
-                    model_name: str = "", generate: Callable | None = None,
-                    fields: dict | None = None) -> int:
+def paraphrase_file(in_path: str, out_path: str, model, tokenizer, *, generate: Callable,
+                    max_new_tokens: int = 128, temperature: float = 0.7, seed: int = 0, batch_size: int = 16,
+                    model_name: str = "", fields: dict | None = None) -> int:
     """Writes paraphrased copies of ``in_path``'s records to ``out_path``; returns the count.
 
-    ``generate`` defaults to ``jaxlm.generate(model, tokenizer, prompts,
-    max_new_tokens=, temperature=, seed=)``, whose result has ``.texts`` (a plain
-    list of strings is accepted too); tests pass a stand-in.
+    ``generate`` is ``jaxlm.generate(model, tokenizer, prompts, max_new_tokens=, temperature=,
+    seed=)`` or a stand-in (tests), whose result has ``.texts`` (a plain list of strings is accepted
+    too); it is passed in because the data package sits below the sampler.
     Batch ``k`` is generated with seed ``seed + k`` so reruns reproduce the file.
     """
-    if generate is None:
-        from jaxlm import generate  # built by the sampling engineer; imported late on purpose
     records = [r for r in read_records(in_path, fields=fields) if inputs_of(r)]
     jobs = [(r, text) for r in records for text in inputs_of(r)]
     outputs: list[str] = []

@@ -44,7 +44,7 @@ from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, labe
 from jaxlm.data.mixing import RowMixer, mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
 from jaxlm.data.records import DataError, ReadStats
-from jaxlm.data.repairs import cap_length, to_iob2
+from jaxlm.data.repairs import PIECE_CHARS, cap_length, text_pieces, to_iob2
 from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
 from jaxlm.errors import warn
 from jaxlm.tasks import IGNORE_LABEL, TASKS
@@ -70,7 +70,7 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
                    shard_index: int | None = None, shard_count: int | None = None,
                    label_names: list[str] | None = None, shuffle_buffer: int = 10_000,
                    eval_fraction: float = 0.0, split: str = "all",
-                   tfds_data_dir: str | None = None, max_record_chars: int = MAX_RECORD_CHARS) -> "Pipeline":
+                   tfds_data_dir: str | None = None, max_record_chars: int = MAX_RECORD_CHARS) -> Pipeline:
     """A :class:`Pipeline` over ``sources`` (SourceConfigs, paths or dicts).
 
     ``repeat=False`` gives a finite pass (for evaluation): every record once,
@@ -95,7 +95,8 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     read_kwargs = dict(allowed_tags=allowed, tfds_data_dir=tfds_data_dir)
 
     mentions = MentionPool()  # entity mentions of all sources, for NER augmentation
-    cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm")
+    # a piece ends a chunk early: at 64 x seq_len characters (~16 chunks) that costs at most ~1/16 of a row
+    cap = dict(max_chars=max_record_chars, split_text=task == "causal_lm", piece_chars=max(PIECE_CHARS, 64 * seq_len))
     known = label_names if task == "classification" else None
     surveys = [_survey(c, selection, on_error, read_kwargs, mentions, cap, task, known) for c in configs]
     if task == "token_classification" and label_names is None:
@@ -144,7 +145,7 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
     mixer = None
     if mixing == "bandit" and repeat:
         streams = [rows_of(d, [survey]).prefetch(tf.data.AUTOTUNE).with_options(options)
-                   for d, survey in zip(per_source, surveys)]
+                   for d, survey in zip(per_source, surveys, strict=False)]
         mixer = RowMixer(streams, weights, seed=seed, shard_index=shard_index, batch_size=batch_size)
         dataset = None
     else:
@@ -179,9 +180,11 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
                 raise
             read_stats.note_error(error)
             continue
-        pieces, change = cap_length(record, **cap)
+        pieces, change = cap_length(record, cap["max_chars"], split_text=cap["split_text"])
         if change:
             note(change, record.line)
+        if cap["split_text"] and record.kind == "text":
+            pieces = [part for piece in pieces for part in text_pieces(piece, cap["piece_chars"])]
         for piece in pieces:
             if piece.kind == "ner":
                 iob2, repaired = to_iob2(piece.data["tags"])
@@ -316,7 +319,7 @@ class Pipeline:
         """Skipped records and realised per-source shares (the trainer logs these)."""
         def shares(counts):
             total = counts.sum()
-            return {n: float(c / total) if total else 0.0 for n, c in zip(self.source_names, counts)}
+            return {n: float(c / total) if total else 0.0 for n, c in zip(self.source_names, counts, strict=False)}
 
         return {
             "batches": self._batches,
@@ -324,9 +327,9 @@ class Pipeline:
             "errors": [e for s in self._surveys for e in s.read_stats.errors],
             "records": {s.name: len(s.records) for s in self._surveys},
             "changed": {s.name: {k: count for k, (count, _) in s.changed.items()} for s in self._surveys if s.changed},
-            "requested_share": dict(zip(self.source_names, self.requested_shares.tolist())),
-            "examples": dict(zip(self.source_names, self._examples.tolist())),
-            "tokens": dict(zip(self.source_names, self._tokens.tolist())),
+            "requested_share": dict(zip(self.source_names, self.requested_shares.tolist(), strict=False)),
+            "examples": dict(zip(self.source_names, self._examples.tolist(), strict=False)),
+            "tokens": dict(zip(self.source_names, self._tokens.tolist(), strict=False)),
             "example_share": shares(self._examples),
             "token_share": shares(self._tokens),
         }
@@ -337,7 +340,7 @@ class Pipeline:
 
 
 def build_from_config(config: DataConfig, tokenizer, *, task: str, seq_len: int, batch_size: int,
-                      seed: int, split: str = "train", **kwargs) -> "Pipeline | None":
+                      seed: int, split: str = "train", **kwargs) -> Pipeline | None:
     """The train, eval or test pipeline a :class:`DataConfig` describes (None: no such data)."""
     common = dict(task=task, seq_len=seq_len, batch_size=batch_size, seed=seed, pack=config.pack,
                   on_error=config.on_error, tfds_data_dir=config.tfds_data_dir or None,

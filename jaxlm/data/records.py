@@ -29,10 +29,12 @@ import dataclasses
 import json
 import os
 import re
+import stat
 from collections.abc import Collection, Iterator
 from typing import Any
 
 from jaxlm.errors import UserError
+from jaxlm.text.messages import check_messages
 
 RECORD_KINDS = ("messages", "prompt_completion", "text", "ner")
 FORMATS = ("auto", "jsonl", "text", "conll")
@@ -143,10 +145,15 @@ def list_files(path: str) -> list[str]:
             found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
         if not found:
             raise DataError(path, 0, "folder holds no files")
-        return found
-    if not os.path.exists(path):
+    elif not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file or folder")
-    return [path]
+    else:
+        found = [path]
+    for file in found:
+        mode = os.stat(file).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):  # /dev/zero: one endless line, read for ever
+            raise DataError(file, 0, "a device, not a data file")
+    return found
 
 
 def _decoded_lines(path: str) -> Iterator[tuple[int, str | DataError]]:
@@ -195,7 +202,7 @@ def normalize_json(obj: Any, fields: dict[str, str] | None = None) -> tuple[str,
                     ("messages", "prompt", "completion", "text", "tokens", "tags")}
     data = {renamed_from.get(key, key): value for key, value in obj.items()}
     if "messages" in data:
-        _check_messages(data["messages"])
+        check_messages(data["messages"])
         return "messages", data
     if "prompt" in data or "completion" in data:
         for name in ("prompt", "completion"):
@@ -217,15 +224,6 @@ def _check_string(data: dict, name: str, fields: dict) -> None:
     if not isinstance(data[name], str):
         raise ValueError(f"field {fields.get(name, name)!r} must be a string, "
                          f"got {type(data[name]).__name__}")
-
-
-def _check_messages(messages: Any) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("field 'messages' must be a non-empty list")
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            raise ValueError(f"messages[{i}] must be an object with string 'role' and 'content'")
 
 
 def check_ner(tokens: Any, tags: Any, allowed_tags: Collection[str] | None = None) -> None:

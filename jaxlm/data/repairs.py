@@ -66,6 +66,28 @@ def _content_length(record: Record) -> int:
     return sum(map(len, data["tokens"]))
 
 
+# Causal-LM text is tokenized in pieces of at most this many characters. tf.data hands the tokenizer a fixed
+# number of records per call (stages.PYTHON_BATCH), so a record's length is the work of a call: one 10 MB
+# line in 1 MB pieces made each call tokenize 64 MB and pack 20M tokens, minutes and gigabytes before the
+# first batch of a few hundred tokens.
+PIECE_CHARS = 16_384
+CONTINUED, CONTINUES = "_continued", "_continues"  # a piece's place in its text: not first, not last
+
+
+def text_pieces(record: Record, size: int = PIECE_CHARS) -> list[Record]:
+    """A causal-LM ``text`` record as consecutive pieces of at most ``size`` characters that tokenize as the
+    whole would: only the first gets the tokenizer's leading special tokens, only the last the EOS (flags
+    CONTINUED, CONTINUES; see encode.LMEncoder). Not a change to the data, so not counted: the tokens are
+    the same, cut before a whitespace, except that a chunk of seq_len tokens also ends where a piece does."""
+    text = record.data["text"]
+    if len(text) <= size:
+        return [record]
+    parts = list(_pieces(text, size))
+    return [dataclasses.replace(record, data={**record.data, "text": part, CONTINUED: k > 0,
+                                              CONTINUES: k < len(parts) - 1})
+            for k, part in enumerate(parts)]
+
+
 def _pieces(text: str, size: int) -> Iterator[str]:
     start = 0
     while start < len(text):

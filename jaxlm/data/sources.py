@@ -127,7 +127,7 @@ def _value(value):
     if isinstance(value, dict):
         # tfds gives Sequence({"role", "content"}) as {"role": array, "content": array}.
         columns = {k: _value(v) for k, v in value.items()}
-        return [dict(zip(columns, row)) for row in zip(*columns.values())]
+        return [dict(zip(columns, row, strict=False)) for row in zip(*columns.values(), strict=False)]
     if isinstance(value, np.ndarray):
         return [_value(v) for v in value] if value.ndim else _value(value.item())
     if isinstance(value, np.generic):

@@ -4,7 +4,7 @@ Records travel as JSON strings (``{"kind", "data"}``) with their source id and
 their index within that source's stream (epochs included). Python runs only in
 the batched ``tf.numpy_function`` stages that need it: augmentation and the
 HF tokenizer. The tokenizer stage renders its batch's chats (one render each,
-see :mod:`jaxlm.data.chat_template`) and hands all its texts to the Rust
+see :mod:`jaxlm.text.chat_template`) and hands all its texts to the Rust
 tokenizer in one call, which runs outside the GIL on every core while other
 batches are augmented. Packing and batching stay in the TensorFlow graph.
 
@@ -96,7 +96,7 @@ def augment(dataset: tf.data.Dataset, augmenter: Augmenter,
 
     def augment_batch(records, source_ids, indices):
         out = []
-        for (kind, data), source_id, index in zip(_records(records), source_ids, indices):
+        for (kind, data), source_id, index in zip(_records(records), source_ids, indices, strict=False):
             rng = augmenter.rng_for(int(source_id), int(index))
             if kind == "ner" and ner_augmenter is not None:
                 tokens, tags = ner_augmenter.augment(data["tokens"], data["tags"], rng)
@@ -125,7 +125,7 @@ def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder, faults: Fault
     def encode_batch(records, source_ids):
         ids, trained, lengths, sources = [], [], [], []
         examples = 0
-        for documents, source_id in zip(encoder.encode(_records(records)), source_ids):
+        for documents, source_id in zip(encoder.encode(_records(records)), source_ids, strict=False):
             for document_ids, document_trained in documents:
                 ids.append(document_ids)
                 trained.append(document_trained)
@@ -169,7 +169,7 @@ def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder | ClassificationEn
     def stage(batch):
         *arrays, failed = tf.numpy_function(_guarded(encode_batch, faults, empty), [batch["record"]],
                                             [tf.int32] * len(keys) + [tf.bool], stateful=False)
-        row = dict(zip(keys, arrays))
+        row = dict(zip(keys, arrays, strict=False))
         for key, value in row.items():
             value.set_shape([None, encoder.seq_len] if encoder.ROW_SHAPES[key] == "seq" else [None])
         failed.set_shape([])

@@ -53,9 +53,9 @@ class WordNetSynonyms(SynonymSource):
                     synset_count = int(fields[2])
                     offsets = fields[-synset_count:]
                     self._offsets.setdefault(fields[0], []).extend((pos, int(o)) for o in offsets)
-        self._data = {pos: open(os.path.join(folder, f"data.{pos}"), "rb") for pos in _WORDNET_POS}
+        self._data = {pos: open(os.path.join(folder, f"data.{pos}"), "rb") for pos in _WORDNET_POS}  # noqa: SIM115  read for the object's life
 
-    @functools.lru_cache(maxsize=50_000)
+    @functools.lru_cache(maxsize=50_000)  # noqa: B019  one lookup object per process, kept to the end
     def _lookup(self, word: str) -> list[str]:
         found: dict[str, None] = {}  # ordered set: results must not depend on hash order
         for pos, offset in self._offsets.get(word, []):
@@ -79,9 +79,9 @@ class MythesSynonyms(SynonymSource):
             for line in f:
                 word, _, offset = line.rstrip("\n").rpartition("|")
                 self._offsets[word.lower()] = int(offset)
-        self._data = open(dat_path, "rb")
+        self._data = open(dat_path, "rb")  # noqa: SIM115  read for the object's life
 
-    @functools.lru_cache(maxsize=50_000)
+    @functools.lru_cache(maxsize=50_000)  # noqa: B019  one lookup object per process, kept to the end
     def _lookup(self, word: str) -> list[str]:
         if word not in self._offsets:
             return []

@@ -51,4 +51,4 @@ def general_check(model, tokenizer, max_new_tokens: int) -> dict:
     got = answer(model, tokenizer, asked, max_new_tokens)
     return {"scores": metrics.degeneration_scores(got.texts, got.finish_reasons),
             "answers": [{"prompt": p, "answer": a, "finish_reason": r}
-                        for p, a, r in zip(prompts, got.texts, got.finish_reasons)]}
+                        for p, a, r in zip(prompts, got.texts, got.finish_reasons, strict=False)]}

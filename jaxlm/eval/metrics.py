@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from jaxlm.audit.ngrams import repeated_fraction
-from jaxlm.audit.text import normalize, words
+from jaxlm.text.ngrams import repeated_fraction
+from jaxlm.text.words import normalize, words
 
 # An answer whose 4-grams repeat this much is looping ("a man who is a man who is ..."): seq-rep-4,
 # Welleck et al. 2019, "Neural text generation with unlikelihood training".
@@ -51,7 +51,7 @@ def generation_scores(predictions: Sequence[str], references: Sequence[str]) -> 
     if not predictions:
         return {}
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=False)]
     return {"rouge_l": sum(rouge) / len(rouge),
             "bleu": sacrebleu.corpus_bleu(list(predictions), [list(references)]).score,
             "chrf": sacrebleu.corpus_chrf(list(predictions), [list(references)]).score,

@@ -12,6 +12,8 @@ import random
 import re
 from collections.abc import Sequence
 
+from jaxlm.errors import UserError
+
 Message = dict  # {"role": ..., "content": ...}
 
 
@@ -32,7 +34,8 @@ def prompt_of(record) -> dict | None:
 def draw_shots(examples: Sequence, k: int, seed: int) -> list:
     """`k` examples drawn without replacement with `seed` (the same ones on every run)."""
     if k > len(examples):
-        raise ValueError(f"{k} few-shot examples asked for, but the shot source has only {len(examples)}")
+        raise UserError(f"--few-shot {k}: the shot source has only {len(examples)} usable example(s) "
+                        "(a question with its answer); lower --few-shot or give a larger --shots-from")
     return random.Random(seed).sample(list(examples), k)
 
 

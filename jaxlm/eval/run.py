@@ -15,11 +15,10 @@ import itertools
 import json
 import os
 
-import numpy as np
-
 from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
 from jaxlm.eval.answers import answer, general_check
+from jaxlm.outputs import check_output, plain, replacing
 from jaxlm.tasks import IGNORE_LABEL, TASKS
 
 CLASSIFICATION = "classification"
@@ -44,6 +43,7 @@ class EvalOptions:
     adapter: str | None = None  # a PEFT prompt-tuning adapter folder put on the model
     general: bool = True  # the general-ability check (causal LMs)
     tfds_data_dir: str | None = None
+    overwrite: bool = False  # replace a non-empty `out` whole (else it is refused before any work)
 
 
 def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
@@ -51,7 +51,9 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     import jax.numpy as jnp
 
     from jaxlm.hf.load import load_pretrained
+    from jaxlm.models.contract import is_causal_lm
 
+    check_output(options.out, overwrite=options.overwrite, folder=True)
     model_path, run_task, run_adapter = resolve_model(options.model)
     records = first_records(options.data, options.max_examples, options.tfds_data_dir)
     shot_records = shot_source_records(options) if options.few_shot else []
@@ -64,7 +66,7 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
 
         load_prompt_tuning_adapter(model, adapter)  # CheckpointError: exit 2
     task = pick_task(options.task, run_task, model, records[0])
-    causal = hasattr(model, "decode")
+    causal = is_causal_lm(model)
     if options.few_shot and not (causal and task in ("sft", CLASSIFICATION)):
         raise UserError(f"--few-shot needs a generative model and task sft or classification (got {task} "
                         f"with {type(model).__name__})")
@@ -81,7 +83,8 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     result["scores"] = scores
     if causal and options.general:
         result["general"] = general_check(model, tokenizer, options.max_new_tokens)
-    write_results(options.out, result, rows)
+    with replacing(options.out, overwrite=options.overwrite, folder=True) as partial:
+        write_results(partial, result, rows)  # no report or matrix of an earlier evaluation stays beside it
     return result
 
 
@@ -121,12 +124,13 @@ def pick_task(asked: str, run_task: str | None, model, first_record) -> str:
         return asked
     if run_task:
         return run_task
+    from jaxlm.models import architecture_of
+    from jaxlm.models.contract import is_causal_lm
+
     name = type(model).__name__
-    if name.endswith("TokenClassification"):
-        return "token_classification"
-    if name.endswith("SequenceClassification"):
-        return CLASSIFICATION
-    if not hasattr(model, "decode"):
+    if architecture_of(model).task:  # a model with a head: the task its head is for
+        return architecture_of(model).task
+    if not is_causal_lm(model):
         raise UserError(f"--task: a bare {name} has no head to evaluate; load a fine-tuned model or name the task")
     if first_record.kind in ("messages", "prompt_completion"):
         return "sft"
@@ -215,9 +219,10 @@ def label_rows(task, records, pairs: list[tuple]) -> list[dict]:
     """predictions.jsonl rows for the labelling tasks: one per record (the pipeline keeps their order when
     it reads one source without packing). The LM tasks have none: their answers come separately."""
     if task == "token_classification":
-        return [{"tokens": r.data["tokens"], "true": t, "predicted": p} for r, (t, p) in zip(records, pairs)]
+        return [{"tokens": r.data["tokens"], "true": t, "predicted": p}
+                for r, (t, p) in zip(records, pairs, strict=False)]
     if task == CLASSIFICATION:
-        return [{"text": r.data["text"], "label": t, "predicted": p} for r, (t, p) in zip(records, pairs)]
+        return [{"text": r.data["text"], "label": t, "predicted": p} for r, (t, p) in zip(records, pairs, strict=False)]
     return []
 
 
@@ -240,7 +245,7 @@ def answer_records(model, tokenizer, records, shot_records, options: EvalOptions
               **metrics.degeneration_scores(got.texts, got.finish_reasons)}
     rows = [{"prompt": p["messages"][-1]["content"], "reference": p["reference"], "prediction": text,
              "finish_reason": reason, "exact_match": metrics.exact_match(text, p["reference"])}
-            for p, text, reason in zip(asked, got.texts, got.finish_reasons)]
+            for p, text, reason in zip(asked, got.texts, got.finish_reasons, strict=False)]
     return scores, rows
 
 
@@ -260,7 +265,7 @@ def classify_by_generation(model, tokenizer, records, shot_records, options: Eva
     scores = metrics.classification_scores(true, predicted, names)
     scores["unparsed"] = sum(p is None for p in parsed)
     rows = [{"text": r.data["text"], "label": t, "predicted": p, "answer": a}
-            for r, t, p, a in zip(records, true, predicted, got.texts)]
+            for r, t, p, a in zip(records, true, predicted, got.texts, strict=False)]
     return scores, rows
 
 
@@ -273,7 +278,10 @@ def shot_source_records(options: EvalOptions) -> list:
         if not options.data.startswith(TFDS_PREFIX):
             raise UserError("--few-shot: give --shots-from (the train data to draw examples from)")
         source = f"{TFDS_PREFIX}{parse_tfds_path(options.data)[0]}:train"
-    return first_records(source, 0, options.tfds_data_dir)
+    records = first_records(source, 0, options.tfds_data_dir)
+    if len(records) < options.few_shot:  # found before the model loads
+        raise UserError(f"--few-shot {options.few_shot}: {source} has only {len(records)} record(s)")
+    return records
 
 
 def _answer_in_chunks(model, tokenizer, chats, options: EvalOptions, max_new_tokens: int, progress: bool):
@@ -311,12 +319,6 @@ def write_results(out: str, result: dict, rows: list[dict]) -> None:
                                       os.path.join(out, "confusion_matrix.png"),
                                       title=f"{os.path.basename(result['model'].rstrip('/'))} on {result['data']}")
     with open(os.path.join(out, "eval.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, ensure_ascii=False, default=_plain)
+        json.dump(result, f, indent=2, ensure_ascii=False, default=plain)
     with open(os.path.join(out, "predictions.jsonl"), "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False, default=_plain) + "\n" for row in rows)
-
-
-def _plain(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+        f.writelines(json.dumps(row, ensure_ascii=False, default=plain) + "\n" for row in rows)

@@ -31,7 +31,7 @@ def score_batches(evaluate: Callable, batches: Iterable[dict], task: str,
 
     In a multi-process run every process calls this with its own rows of the same steps; the sums are
     global already, and each process's labels and predictions are gathered so every one scores them all."""
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
 
     outputs, labels = [], []
     for batch in batches:
@@ -49,16 +49,17 @@ def score_batches(evaluate: Callable, batches: Iterable[dict], task: str,
         from jaxlm.data.encode import word_tags
 
         true_tags, predicted_tags = [], []
-        for t, p in zip(labels, predictions):
+        for t, p in zip(labels, predictions, strict=False):
             t, p = word_tags(t, p, label_names)
             true_tags += t
             predicted_tags += p
-        return {**scores, **metrics.ner_scores(true_tags, predicted_tags)}, list(zip(true_tags, predicted_tags))
+        pairs = list(zip(true_tags, predicted_tags, strict=False))
+        return {**scores, **metrics.ner_scores(true_tags, predicted_tags)}, pairs
     if task == "classification":
         labels = np.concatenate([t.reshape(-1) for t in labels]) if labels else np.zeros(0, int)
         guesses = np.concatenate([p.reshape(-1) for p in predictions]) if labels.size else np.zeros(0, int)
         real = labels != IGNORE_LABEL  # the padding rows of a short last batch
-        pairs = [(label_names[t], label_names[p]) for t, p in zip(labels[real], guesses[real])]
+        pairs = [(label_names[t], label_names[p]) for t, p in zip(labels[real], guesses[real], strict=False)]
         return {**scores, **metrics.classification_scores(labels[real], guesses[real], label_names)}, pairs
     raise ValueError(f"no scores for task {task!r}")
 
@@ -68,9 +69,9 @@ def batch_evaluator(model, task: str, compute_dtype: str = "float32") -> Callabl
     the trainer's own eval step over the whole model, on every local device."""
     from flax import nnx
 
-    from jaxlm.train import sharding
-    from jaxlm.train.step import make_eval_step
-    from jaxlm.train.tasks import batch_for
+    from jaxlm.compute import sharding
+    from jaxlm.compute.losses import batch_for
+    from jaxlm.compute.step import make_eval_step
 
     mesh = sharding.make_mesh(-1, 1)
     # Every Param goes to the first group; the second ("frozen" in training) is empty.

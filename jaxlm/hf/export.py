@@ -17,6 +17,7 @@ from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.prompt_tuning import num_virtual_tokens
 from jaxlm.models.quant import dequantize, is_quantized
 from jaxlm.models.weight_map import dotted, ours_to_hf
+from jaxlm.outputs import plain_mode
 
 _DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
 
@@ -37,12 +38,14 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     return out
 
 
-def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, gguf_type: str = "f16") -> str:
+def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, gguf_type: str = "f16",
+                      name: str | None = None) -> str:
     """Write config.json, model.safetensors (and tokenizer files with its chat template) to `out_dir`.
 
     `dtype` (e.g. jnp.bfloat16) converts the saved weights; by default they keep the model's dtype.
     An `out_dir` ending in ".gguf" writes one GGUF file instead (llama.cpp, Ollama), its matrices
-    in `gguf_type`: "f32", "f16" or "q8_0" (see `jaxlm.hf.gguf_export`).
+    in `gguf_type`: "f32", "f16" or "q8_0" (see `jaxlm.hf.gguf_export`), and `name` as its general.name
+    (default: the file's name).
     """
     from safetensors.flax import save_file
 
@@ -52,7 +55,8 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
             raise UserError(f"{out_dir}: llama.cpp has no virtual tokens; export the base model without the "
                             "prompt-tuning adapter (its adapter folder runs with jaxlm generate --adapter)")
         model_type = architecture_of(model).family.model_type
-        return write_gguf(out_dir, hf_state_dict(model), model.config, model_type, tokenizer, gguf_type)
+        return write_gguf(out_dir, hf_state_dict(model), model.config, model_type, tokenizer, gguf_type,
+                          name=name)
     os.makedirs(out_dir, exist_ok=True)
     arch = architecture_of(model)
     tensors = hf_state_dict(model)
@@ -62,6 +66,7 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
     tensors = {k: jnp.asarray(np.ascontiguousarray(np.asarray(v))) for k, v in tensors.items()}
     saved_dtype = next(iter(tensors.values())).dtype
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    plain_mode(os.path.join(out_dir, "model.safetensors"))  # safetensors writes it 0600
 
     config = model.config.to_hf()
     config.update(architectures=[arch.name], dtype=_DTYPE_NAMES.get(jnp.dtype(saved_dtype), "float32"))

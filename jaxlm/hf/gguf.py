@@ -1,56 +1,22 @@
-"""Read a llama.cpp GGUF file (Llama, Qwen2, Qwen3 or GPT-2) as a Hugging Face checkpoint: config, tensors, tokenizer.
+"""Read a llama.cpp GGUF file as a Hugging Face checkpoint: config, tensors, tokenizer.
 
-Quantised tensors are dequantised with the `gguf` package. llama.cpp permutes the rows
-of Llama's Q and K projections for its interleaved RoPE (not Qwen's: llama.cpp runs those with
-rotate-half RoPE, as HF does) and stores GPT-2's Conv1D weights
-transposed; we undo both to get HF's layout. `gguf_export` writes the other way.
+Quantised tensors are dequantised with the `gguf` package. What differs by family (tensor names,
+metadata keys, llama.cpp's own layouts such as permuted Q/K rows or transposed Conv1D weights) is
+the family's registry row (`Family.gguf`, see models/weight_map.py's `GGUFLayout`); this module
+only reads the file. `gguf_export` writes the other way.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator
+import re
+from collections.abc import Iterator
 
 import numpy as np
 
 from jaxlm.hf.errors import CheckpointError
-from jaxlm.models.weight_map import rename
-
-# GGUF tensor name -> HF tensor name ({p} is "weight" or "bias"), per architecture.
-LLAMA_NAMES = (
-    ("token_embd.weight", "model.embed_tokens.weight"),
-    ("output_norm.weight", "model.norm.weight"),
-    ("output.weight", "lm_head.weight"),
-    ("blk.{i}.attn_norm.weight", "model.layers.{i}.input_layernorm.weight"),
-    ("blk.{i}.ffn_norm.weight", "model.layers.{i}.post_attention_layernorm.weight"),
-    ("blk.{i}.attn_q.{p}", "model.layers.{i}.self_attn.q_proj.{p}"),
-    ("blk.{i}.attn_k.{p}", "model.layers.{i}.self_attn.k_proj.{p}"),
-    ("blk.{i}.attn_v.{p}", "model.layers.{i}.self_attn.v_proj.{p}"),
-    ("blk.{i}.attn_output.{p}", "model.layers.{i}.self_attn.o_proj.{p}"),
-    ("blk.{i}.ffn_gate.{p}", "model.layers.{i}.mlp.gate_proj.{p}"),
-    ("blk.{i}.ffn_up.{p}", "model.layers.{i}.mlp.up_proj.{p}"),
-    ("blk.{i}.ffn_down.{p}", "model.layers.{i}.mlp.down_proj.{p}"),
-)
-QWEN_NAMES = (  # Qwen2's q/k/v biases are LLAMA_NAMES' {p}; Qwen3 adds its query/key norms
-    *LLAMA_NAMES,
-    ("blk.{i}.attn_q_norm.weight", "model.layers.{i}.self_attn.q_norm.weight"),
-    ("blk.{i}.attn_k_norm.weight", "model.layers.{i}.self_attn.k_norm.weight"),
-)
-GPT2_NAMES = (
-    ("token_embd.weight", "transformer.wte.weight"),
-    ("position_embd.weight", "transformer.wpe.weight"),
-    ("output_norm.{p}", "transformer.ln_f.{p}"),
-    ("blk.{i}.attn_norm.{p}", "transformer.h.{i}.ln_1.{p}"),
-    ("blk.{i}.attn_qkv.{p}", "transformer.h.{i}.attn.c_attn.{p}"),
-    ("blk.{i}.attn_output.{p}", "transformer.h.{i}.attn.c_proj.{p}"),
-    ("blk.{i}.ffn_norm.{p}", "transformer.h.{i}.ln_2.{p}"),
-    ("blk.{i}.ffn_up.{p}", "transformer.h.{i}.mlp.c_fc.{p}"),
-    ("blk.{i}.ffn_down.{p}", "transformer.h.{i}.mlp.c_proj.{p}"),
-)
-_GPT2_TRANSPOSED = ("attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight")  # Conv1D [in, out]
-# llama.cpp's precomputed RoPE factors (we derive them from the config); GPT-2's copy of its tied head.
-IGNORED = {"llama": ("rope_freqs.weight",), "gpt2": ("output.weight",)}
-_PERMUTED_QK = ("llama",)  # the architectures whose Q/K rows llama.cpp interleaves
+from jaxlm.models.registry import FAMILIES
+from jaxlm.models.weight_map import GGUFLayout, rename
 
 
 def _open(path: str):
@@ -73,14 +39,14 @@ def _field(reader, key: str, path: str, default=None):
 
 def hf_config(reader, path: str) -> dict:
     arch = _field(reader, "general.architecture", path)
-    if arch not in _CONFIGS:
-        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported ({', '.join(_CONFIGS)})")
+    layout = _layout(arch, path)
 
     def get(key, default=None):
         return _field(reader, f"{arch}.{key}", path, default)
 
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
-    config = _CONFIGS[arch](get, vocab, {t.name for t in reader.tensors})
+    config = layout.hf_config(get, vocab, {t.name for t in reader.tensors})
+    _check_sizes(reader, layout, config, path)
     special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
     for ours, key in special:
         if f"tokenizer.ggml.{key}" in reader.fields:
@@ -88,73 +54,44 @@ def hf_config(reader, path: str) -> dict:
     return config
 
 
-def _llama_config(get, vocab, names) -> dict:
-    heads = int(get("attention.head_count"))
-    hidden = int(get("embedding_length"))
-    config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": int(get("vocab_size", vocab)),
-        "hidden_size": hidden,
-        "intermediate_size": int(get("feed_forward_length")),
-        "num_hidden_layers": int(get("block_count")),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-        "head_dim": int(get("rope.dimension_count", hidden // heads)),
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
-        "max_position_embeddings": int(get("context_length", 2048)),
-        "tie_word_embeddings": "output.weight" not in names,
-        "attention_bias": "blk.0.attn_q.bias" in names,
-        "mlp_bias": "blk.0.ffn_up.bias" in names,
-    }
-    if get("rope.scaling.type", "none") == "linear":
-        config["rope_scaling"] = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
-    return config
+def _layout(arch: str, path: str) -> GGUFLayout:
+    """The GGUF layout of the first family whose row has llama.cpp architecture `arch`."""
+    layouts = {}
+    for family in FAMILIES.values():
+        if family.gguf is not None:
+            layouts.setdefault(family.gguf.arch, family.gguf)
+    if arch not in layouts:
+        raise CheckpointError(f"{path}: GGUF architecture {arch!r} is not supported ({', '.join(layouts)})")
+    return layouts[arch]
 
 
-def _gpt2_config(get, vocab, names) -> dict:
-    del names
-    return {
-        "model_type": "gpt2",
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": vocab,
-        "n_embd": int(get("embedding_length")),
-        "n_inner": int(get("feed_forward_length")),
-        "n_layer": int(get("block_count")),
-        "n_head": int(get("attention.head_count")),
-        "n_positions": int(get("context_length")),
-        "layer_norm_epsilon": float(get("attention.layer_norm_epsilon")),
-    }
-
-
-def _qwen_config(model_type: str, architecture: str):
-    def config(get, vocab, names) -> dict:
-        out = dict(_llama_config(get, vocab, names), model_type=model_type, architectures=[architecture])
-        out["head_dim"] = int(get("attention.key_length", out["head_dim"]))  # Qwen3's own head size
-        return out
-
-    return config
-
-
-_CONFIGS = {"llama": _llama_config, "qwen2": _qwen_config("qwen2", "Qwen2ForCausalLM"),
-            "qwen3": _qwen_config("qwen3", "Qwen3ForCausalLM"), "gpt2": _gpt2_config}
-_NAMES = {"llama": LLAMA_NAMES, "qwen2": QWEN_NAMES, "qwen3": QWEN_NAMES, "gpt2": GPT2_NAMES}
-
-
-def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
-    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+def _check_sizes(reader, layout: GGUFLayout, config: dict, path: str) -> None:
+    """The sizes the metadata claims against the tensors the file holds, before a model of those sizes is
+    built: a file that claims 5000 blocks but holds 2 took minutes to fail, one that claims 1e9 never did."""
+    arch = layout.arch
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}  # numpy order
+    blocks = sorted({int(m.group(1)) for name in shapes if (m := re.match(r"blk\.(\d+)\.", name))})
+    claimed = int(_field(reader, f"{arch}.block_count", path))
+    if len(blocks) != claimed or (blocks and blocks[-1] != claimed - 1):  # blk.0 .. blk.{claimed-1}, each once
+        held = f"blk.{blocks[0]} to blk.{blocks[-1]}" if blocks else "none"
+        raise CheckpointError(f"{path}: GGUF metadata {arch}.block_count={claimed}, but the file holds the "
+                              f"tensors of {len(blocks)} block(s) ({held})")
+    vocab_key = f"{arch}.vocab_size" if f"{arch}.vocab_size" in reader.fields else "tokenizer.ggml.tokens (count)"
+    for key, value, tensor, axis in layout.sizes(arch, vocab_key, config):
+        if tensor in shapes and shapes[tensor][axis] != value:
+            raise CheckpointError(f"{path}: GGUF metadata {key}={value}, but tensor {tensor!r} has shape "
+                                  f"{shapes[tensor]} (its size {shapes[tensor][axis]} on that axis)")
 
 
 def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, float32 array) for every tensor, dequantised and in HF layout."""
     from gguf.quants import dequantize
 
-    family = config["model_type"]
+    layout = FAMILIES[config["model_type"]].gguf
     for tensor in reader.tensors:
-        if tensor.name in IGNORED.get(family, ()):
+        if tensor.name in layout.ignored:
             continue
-        hf_name = next((n for src, dst in _NAMES[family] if (n := rename(tensor.name, src, dst))), None)
+        hf_name = next((n for src, dst in layout.names if (n := rename(tensor.name, src, dst))), None)
         if hf_name is None:
             raise CheckpointError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
         try:
@@ -162,13 +99,7 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
         w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
-        if ".q_proj." in hf_name and family in _PERMUTED_QK:
-            w = _unpermute(w, config["num_attention_heads"])
-        elif ".k_proj." in hf_name and family in _PERMUTED_QK:
-            w = _unpermute(w, config["num_key_value_heads"])
-        elif tensor.name.endswith(_GPT2_TRANSPOSED) and family == "gpt2":
-            w = w.T
-        yield hf_name, w
+        yield hf_name, layout.from_gguf(tensor.name, w, config)
 
 
 # llama.cpp pre-tokenizer names whose HF equivalent is byte-level BPE, plus SmolLM's digit split.
@@ -192,8 +123,11 @@ def tokenizer(reader, path: str):
 
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
+        from jaxlm.hf.load import refuse_custom_code
+
         folder, name = os.path.split(os.path.abspath(path))
-        return AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        refuse_custom_code(folder)  # transformers reads the folder's own config files beside the GGUF too
+        return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
     tokens, types = meta("ggml.tokens"), meta("ggml.token_type", [])
     merges = [tuple(m.split(" ", 1)) for m in meta("ggml.merges", [])]
     backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
@@ -202,7 +136,8 @@ def tokenizer(reader, path: str):
     backend.pre_tokenizer = pre_tokenizers.Sequence([*split_digits, byte_level])
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(
-        [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types) if k in (_CONTROL, _USER_DEFINED)]
+        [AddedToken(t, special=True, normalized=False)
+         for t, k in zip(tokens, types, strict=False) if k in (_CONTROL, _USER_DEFINED)]
     )
     special = {
         f"{role}_token": tokens[int(meta(f"ggml.{key}"))]

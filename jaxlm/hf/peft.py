@@ -16,13 +16,14 @@ from jaxlm.models.execution import unrolled
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf
+from jaxlm.outputs import plain_mode
 
-# PEFT's task_type for each of our architectures that is not a causal LM (those are CAUSAL_LM).
-_TASK_TYPES = {"BertForTokenClassification": "TOKEN_CLS", "BertForSequenceClassification": "SEQ_CLS"}
+# PEFT's task_type for the task of an architecture's head (`Architecture.task`); a causal LM is CAUSAL_LM.
+_TASK_TYPES = {"token_classification": "TOKEN_CLS", "classification": "SEQ_CLS"}
 
 
 def _task_type(arch) -> str:
-    return "CAUSAL_LM" if arch.family.causal_lm else _TASK_TYPES.get(arch.name, "FEATURE_EXTRACTION")
+    return "CAUSAL_LM" if arch.family.causal_lm else _TASK_TYPES.get(arch.task, "FEATURE_EXTRACTION")
 
 
 def fully_trained_modules(model, trainable) -> tuple[str, ...]:
@@ -151,5 +152,6 @@ def _write_adapter(out_dir: str, tensors: dict, config: dict) -> None:
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
               os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
+    plain_mode(os.path.join(out_dir, "adapter_model.safetensors"))  # safetensors writes it 0600
     with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)

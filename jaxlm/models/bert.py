@@ -29,7 +29,7 @@ class BertConfig:
     model_type = "bert"
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "BertConfig":
+    def from_hf(cls, hf: dict[str, Any]) -> BertConfig:
         if hf.get("hidden_act", "gelu") not in layers.ACTIVATIONS:
             raise ValueError(f"config.json: hidden_act={hf['hidden_act']!r} is not supported")
         if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -207,4 +207,4 @@ class BertForSequenceClassification(_Classifier):
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(self.bert.pooler(hidden)))
+        return self.classifier(self.dropout(self.bert.pooler(hidden)))  # pyright: ignore[reportOptionalCall]  built with pooler=True

@@ -35,9 +35,9 @@ def configure(model, *, attention: str = "xla", remat: str = "none", scan_layers
                          "to scan or rematerialise (supported: the causal LM families)")
     for _, module in nnx.iter_modules(model):
         if hasattr(module, "attention_kernel"):
-            module.attention_kernel = attention
+            module.attention_kernel = attention  # pyright: ignore[reportAttributeAccessIssue]  the families' own
         if hasattr(module, "remat"):
-            module.remat = remat
+            module.remat = remat  # pyright: ignore[reportAttributeAccessIssue]  the families' own
     if name is not None and scan_layers != is_stacked(model):
         layers = getattr(model, name)
         setattr(model, name, scan.stack(layers) if scan_layers else scan.unstack(layers))
@@ -50,5 +50,6 @@ def unrolled(model):
         return model
     copy = nnx.clone(model)
     name = _layers_attribute(copy)
+    assert name is not None  # a stacked model has its stack
     setattr(copy, name, scan.unstack(getattr(copy, name)))
     return copy

@@ -32,7 +32,7 @@ class GPT2Config:
     tie_word_embeddings = True
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "GPT2Config":
+    def from_hf(cls, hf: dict[str, Any]) -> GPT2Config:
         if hf.get("activation_function", "gelu_new") not in layers.ACTIVATIONS:
             raise ValueError(f"config.json: activation_function={hf['activation_function']!r} is not supported")
         if hf.get("tie_word_embeddings", True) is False:
@@ -63,7 +63,8 @@ class Attention(nnx.Module):
         q, k, v = (y.reshape(b, t, self.heads, self.head_dim) for y in jnp.split(self.c_attn(x), 3, axis=-1))
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
-            out = layers.cached_attention(q, *kv.read(), mask, scale=self.scale)
+            keys, values = kv.read()
+            out = layers.cached_attention(q, keys, values, mask, scale=self.scale)
         else:
             out = layers.attention(q, k, v, mask, scale=self.scale)
         return self.c_proj(out.reshape(b, t, -1)), kv

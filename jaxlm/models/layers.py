@@ -116,8 +116,10 @@ def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) 
     1). `implementation="xla"` runs the same call on XLA (how the tests check it on a CPU).
     """
     lengths = {} if mask.lengths is None else dict(query_seq_lengths=mask.lengths, key_value_seq_lengths=mask.lengths)
-    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=mask.causal, implementation=implementation,
-                                        **lengths)
+    return jax.nn.dot_product_attention(  # pyright: ignore[reportCallIssue, reportArgumentType]  see below
+        q, k, v, scale=scale, is_causal=mask.causal,
+        implementation=implementation,  # pyright: ignore[reportArgumentType]  "xla" or "cudnn", checked by configure
+        **lengths)  # pyright: ignore[reportArgumentType]  two length arrays or nothing: the stubs take any key
 
 
 def fan_out(projections, x) -> list[jax.Array]:
@@ -131,7 +133,7 @@ def fan_out(projections, x) -> list[jax.Array]:
         return [p(x) for p in projections]
     a = jnp.concatenate([p.lora_a[...].astype(x.dtype) for p in adapted], axis=-1)
     ranks = [p.lora_a.get_value().shape[-1] for p in adapted]
-    down = dict(zip(map(id, adapted), jnp.split(x @ a, list(itertools.accumulate(ranks))[:-1], axis=-1)))
+    down = dict(zip(map(id, adapted), jnp.split(x @ a, list(itertools.accumulate(ranks))[:-1], axis=-1), strict=False))
     return [p(x, down=down[id(p)]) if id(p) in down else p(x) for p in projections]
 
 
@@ -165,7 +167,8 @@ def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: b
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> jax.Array:
     """Inverse frequencies [head_dim // 2], with the HF `rope_scaling` variants Llama uses."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
+    scaling = scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv_freq
     if kind == "linear":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ class LlamaConfig:
     attention_bias: bool = False
     mlp_bias: bool = False
     bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
+    eos_token_id: int | tuple[int, ...] | None = None  # a list in config.json: a tuple keeps the config hashable
     pad_token_id: int | None = None
 
     model_type = "llama"
@@ -38,7 +38,7 @@ class LlamaConfig:
     qk_norm = False  # an RMSNorm over each query and key head before RoPE (Qwen3)
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "LlamaConfig":
+    def from_hf(cls, hf: dict[str, Any]) -> Self:
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"config.json: hidden_act={act!r}; the Llama family here supports 'silu'")
@@ -66,7 +66,7 @@ class LlamaConfig:
             eos_token_id=_hashable(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
         )
-        config.inverse_frequencies  # an unsupported rope_scaling type fails at load, not at the first forward pass
+        _ = config.inverse_frequencies  # an unsupported rope_scaling type fails at load, not at the first forward pass
         return config
 
     def to_hf(self) -> dict[str, Any]:
@@ -114,7 +114,8 @@ class Attention(nnx.Module):
         v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
-            out = layers.cached_attention(q, *kv.read(), mask)
+            keys, values = kv.read()
+            out = layers.cached_attention(q, keys, values, mask)
         else:
             out = layers.attention(q, k, v, mask)
         return self.o_proj(out.reshape(b, t, -1)), kv

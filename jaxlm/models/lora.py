@@ -109,10 +109,10 @@ def merge_lora(model):
             )
             linear.kernel.set_value(kernel)
             if module.bias is not None:
-                linear.bias.set_value(module.bias[...])
+                linear.bias.set_value(module.bias[...])  # pyright: ignore[reportOptionalMemberAccess]  use_bias
             for new, old in ((linear.kernel, module.kernel), (linear.bias, module.bias)):
                 if old is not None and LAYER_AXIS in old.get_metadata():
-                    new.set_metadata(LAYER_AXIS, old.get_metadata(LAYER_AXIS))
+                    new.set_metadata(LAYER_AXIS, old.get_metadata(LAYER_AXIS))  # pyright: ignore[reportOptionalMemberAccess]
             _set(merged, path, linear)
     return merged
 

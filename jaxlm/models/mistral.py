@@ -6,7 +6,7 @@ shorter than its positions is refused, rather than computed differently from tra
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 
@@ -15,7 +15,7 @@ class MistralConfig(LlamaConfig):
     model_type = "mistral"
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> "MistralConfig":
+    def from_hf(cls, hf: dict[str, Any]) -> Self:
         window, positions = hf.get("sliding_window"), hf.get("max_position_embeddings", 2048)
         if window is not None and window < positions:
             raise ValueError(

@@ -30,6 +30,7 @@ from flax import nnx
 from jaxlm.models.layers import Embed
 from jaxlm.models.lora import LoRALinear, _set
 from jaxlm.models.prompt_tuning import PromptTunedEmbed
+from jaxlm.models.registry import architecture_of
 
 ACTIVATIONS = ("int8", "float")
 
@@ -178,7 +179,7 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
         kernels = [linears[path].kernel[...] for path in group]
         matrix = Int8Matrix(np.concatenate([np.asarray(k).T for k in kernels]))
         start = 0
-        for path, kernel in zip(group, kernels):
+        for path, kernel in zip(group, kernels, strict=False):
             _set(model, path, Int8Linear(linears[path], activations, matrix, start))
             start += kernel.shape[1]
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
@@ -219,7 +220,7 @@ def _groups_reading_one_input(model, linears: dict) -> list[list[tuple]]:
 
 def _is_output_embedding(model, path: tuple) -> bool:
     """The token embedding that a tied model also uses as its output projection."""
-    return path in (("embed_tokens",), ("wte",))
+    return path == (architecture_of(model).family.token_embedding,)
 
 
 def is_quantized(model) -> bool:
@@ -236,7 +237,7 @@ def dequantize(model):
                                 rngs=nnx.Rngs(0))
             linear.kernel.set_value(kernel)
             if module.bias is not None:
-                linear.bias.set_value(module.bias[...])
+                linear.bias.set_value(module.bias[...])  # pyright: ignore[reportOptionalMemberAccess]  use_bias
             _set(out, path, linear)
         elif isinstance(module, (Int8Embed, Int8PromptTunedEmbed)):
             table = module.embedding[...]

@@ -4,8 +4,9 @@ A `Family` row holds every fact about a family that code outside its model file 
 its config class (which parses HF config.json and names the `model_type`), our model
 classes (each named as the HF class whose weights it loads), the HF classes that load into
 them, how HF tensor names map onto our parameters, the HF tensors to skip, the short LoRA
-target names, and where positions end. Loading, export, LoRA, PEFT and sampling ask these
-rows instead of naming families, so adding a family is a model file plus a row here.
+target names, where positions end, the task of each head and the family's GGUF form. Loading,
+export (HF and GGUF), LoRA, PEFT, quantisation, prompt tuning, sampling and eval ask these rows
+instead of naming families, so adding a family is a model file (and its GGUF layout) plus a row here.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from jaxlm.models import gpt2_gguf, llama_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from jaxlm.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
-from jaxlm.models.weight_map import Row
+from jaxlm.models.weight_map import GGUFLayout, Row
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # rows compare by identity
@@ -37,6 +39,10 @@ class Family:
     learned_positions: bool  # True: a learned table ends there; False: RoPE, which only degrades past it
     layers: str | None = None  # attribute holding the repeated decoder layers (model.scan_layers); None: none
     token_embedding: str = ""  # our path of the input token table (prompt tuning extends it); "" = not supported
+    # Our class name -> the task its head is for (`jaxlm eval --task auto`, PEFT's task_type); a class not
+    # listed is a causal LM (its data says sft or causal_lm) or a bare encoder.
+    head_tasks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    gguf: GGUFLayout | None = None  # names, layouts and metadata in a llama.cpp GGUF file; None: no GGUF form
 
     @property
     def model_type(self) -> str:
@@ -50,6 +56,11 @@ class Architecture:
     name: str  # the HF class name, written to config.json "architectures"
     model_cls: type
     family: Family
+
+    @property
+    def task(self) -> str | None:
+        """The task this class's head is for ("token_classification", "classification"), or None."""
+        return self.family.head_tasks.get(self.name)
 
 
 class PositionLimit(NamedTuple):
@@ -79,14 +90,21 @@ LLAMA = Family(
     learned_positions=False,
     layers="layers",
     token_embedding="embed_tokens",
+    gguf=llama_gguf.LAYOUT,
 )
 
+# Mistral's GGUF form is Llama's (llama.cpp's converter writes it so too): a GGUF "llama" file reads as Llama.
 MISTRAL = dataclasses.replace(
     LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
 )
 
+# Qwen is Llama's computation with q/k/v biases (Qwen2) or query/key norms (Qwen3), and GGUF files of its own.
 QWEN2 = dataclasses.replace(
-    LLAMA, config=Qwen2Config, architectures=(Qwen2ForCausalLM,), aliases={"Qwen2Model": "Qwen2ForCausalLM"}
+    LLAMA,
+    config=Qwen2Config,
+    architectures=(Qwen2ForCausalLM,),
+    aliases={"Qwen2Model": "Qwen2ForCausalLM"},
+    gguf=qwen_gguf.QWEN2,
 )
 
 QWEN3 = dataclasses.replace(
@@ -95,6 +113,7 @@ QWEN3 = dataclasses.replace(
     architectures=(Qwen3ForCausalLM,),
     aliases={"Qwen3Model": "Qwen3ForCausalLM"},
     weights=(*LLAMA.weights, Row("model.layers.{i}.self_attn.{norm}.weight", "layers.{i}.self_attn.{norm}.weight")),
+    gguf=qwen_gguf.QWEN3,
 )
 
 GPT2 = Family(
@@ -115,6 +134,7 @@ GPT2 = Family(
     learned_positions=True,
     layers="h",
     token_embedding="wte",
+    gguf=gpt2_gguf.LAYOUT,
 )
 
 BERT = Family(
@@ -134,6 +154,8 @@ BERT = Family(
     lora_names={"q": "query", "k": "key", "v": "value"},
     position_key="max_position_embeddings",
     learned_positions=True,
+    head_tasks={"BertForTokenClassification": "token_classification",
+                "BertForSequenceClassification": "classification"},
 )
 
 FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GPT2, BERT)}
@@ -147,7 +169,7 @@ ARCHITECTURES = {
 def architecture_for(hf_config: dict, source: str = "config.json") -> Architecture:
     """Pick the architecture for an HF config dict; errors name the offending field."""
     model_type = hf_config.get("model_type")
-    family = FAMILIES.get(model_type)
+    family = FAMILIES.get(model_type)  # pyright: ignore[reportArgumentType]  None finds no row
     if family is None:
         raise ValueError(f"{source}: unknown model_type {model_type!r}; jaxlm supports {sorted(FAMILIES)}")
     for name in hf_config.get("architectures") or []:

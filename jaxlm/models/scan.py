@@ -11,6 +11,8 @@ layer keeps for the backward pass instead of recomputing it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -47,7 +49,7 @@ def run(layers, x, call, *, remat: str = "none"):
         for layer in layers:
             if checkpointed:  # the layer's variables enter as arguments, so the backward recomputes from them
                 graphdef, state = nnx.split(layer)
-                x = jax.checkpoint(lambda s, y: call(nnx.merge(graphdef, s), y), policy=policy)(state, x)
+                x = jax.checkpoint(lambda s, y: call(nnx.merge(graphdef, s), y), policy=policy)(state, x)  # noqa: B023  called here
             else:
                 x = call(layer, x)
         return x
@@ -112,7 +114,7 @@ class LayerCache:
     values: jax.Array
     layer: jax.Array | None = None
 
-    def write(self, k, v, index) -> "LayerCache":
+    def write(self, k, v, index) -> LayerCache:
         """New keys/values [batch, new, kv_heads, head_dim] into slots index.. of this layer."""
 
         def put(cache, new):
@@ -122,9 +124,9 @@ class LayerCache:
                 return jax.lax.dynamic_update_slice(cache, rows, (0, index, 0))
             return jax.lax.dynamic_update_slice(cache, rows[None], (self.layer, 0, index, 0))
 
-        return self.replace(keys=put(self.keys, k), values=put(self.values, v))
+        return dataclasses.replace(self, keys=put(self.keys, k), values=put(self.values, v))
 
-    def read(self):
+    def read(self) -> tuple[jax.Array, jax.Array]:
         """(keys, values) [batch * kv_heads, slots, head_dim] of this layer: `layers.cached_attention`'s input."""
         if self.layer is None:
             return self.keys, self.values
@@ -148,7 +150,7 @@ def run_with_cache(layers, x, cache: KVCache, new_valid, call):
     num_new = x.shape[1]
     new_valid = jnp.ones(x.shape[:2], bool) if new_valid is None else new_valid.astype(bool)
     # Mark the new slots before the layers run, so the new tokens see themselves.
-    cache = cache.replace(valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index)))
+    cache = dataclasses.replace(cache, valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index)))
     mask = Mask(dense=cached_mask(cache, num_new))  # for layers.cached_attention
     keys, values = cache.keys, cache.values
     if not is_stacked(layers):
@@ -166,8 +168,9 @@ def run_with_cache(layers, x, cache: KVCache, new_valid, call):
             y, kv = call(nnx.merge(graphdef, layer_state), y, mask, LayerCache(k, v, i), cache.index)
             return (y, kv.keys, kv.values), None
 
-        (x, keys, values), _ = jax.lax.scan(body, (x, keys, values), (state, jnp.arange(keys.shape[0])))
-    return x, cache.replace(keys=keys, values=values, index=cache.index + num_new)
+        layer_count = keys.shape[0]  # pyright: ignore[reportAttributeAccessIssue]  stacked: one array, not a tuple
+        (x, keys, values), _ = jax.lax.scan(body, (x, keys, values), (state, jnp.arange(layer_count)))
+    return x, dataclasses.replace(cache, keys=keys, values=values, index=cache.index + num_new)
 
 
 # --- stacking and unstacking -------------------------------------------------------------

@@ -9,9 +9,13 @@ parameter exists wins. HF `nn.Linear` stores weights as [out, in] and `nnx.Linea
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
+
+from jaxlm.errors import UserError
 
 if TYPE_CHECKING:  # for type hints only: registry.py builds its rows from Row, so it imports this module
     from jaxlm.models.registry import Family
@@ -23,12 +27,29 @@ class Row(NamedTuple):
     transpose: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class GGUFLayout:
+    """A family's form in a llama.cpp GGUF file (`Family.gguf`): hf/gguf.py reads it, hf/gguf_export.py
+    writes it; the functions live beside the family's model file (e.g. models/llama_gguf.py)."""
+
+    arch: str  # llama.cpp's architecture name: `general.architecture` and the metadata keys' prefix
+    names: tuple[tuple[str, str], ...]  # (GGUF tensor template, HF tensor template); {p}: weight or bias
+    ignored: tuple[str, ...]  # GGUF tensors with no HF tensor, skipped when reading
+    hf_config: Callable  # (get(key, default=None), vocab size, GGUF tensor names) -> HF config.json dict
+    from_gguf: Callable  # (GGUF name, array as the file lays it out, HF config dict) -> array in HF layout
+    write_metadata: Callable  # (gguf.GGUFWriter, our config) -> None; UserError for what llama.cpp cannot run
+    to_gguf: Callable  # ({HF name: array}, our config) -> (GGUF name, array) for every tensor, in file order
+    # (arch, vocab key, HF config dict) -> [(metadata key, the size it gives, a tensor of that size, its axis in
+    # numpy order)]: checked against the file's tensors before a model of those sizes is built
+    sizes: Callable
+
+
 def dotted(path: tuple) -> str:
     """An nnx state path such as ('layers', 0, 'mlp') as the dotted name the tables use."""
     return ".".join(map(str, path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pattern(template: str) -> re.Pattern:
     regex = re.escape(template)
     regex = re.sub(r"\\\{(\w+)\\\+\\\}", r"(?P<\1>.+)", regex)  # {name+}: dotted path
@@ -78,3 +99,12 @@ def ours_to_hf(family: Family, path: str) -> tuple[str, bool]:
 
 def is_ignored(family: Family, hf_name: str) -> bool:
     return any(re.match(p, hf_name) for p in family.ignored)
+
+
+def gguf_name(hf_name: str, table: tuple[tuple[str, str], ...]) -> str:
+    """The GGUF name of an HF tensor, from a `GGUFLayout.names` table."""
+    for gguf_template, hf_template in table:
+        found = rename(hf_name, hf_template, gguf_template)
+        if found:
+            return found
+    raise UserError(f"tensor {hf_name!r} has no GGUF name")

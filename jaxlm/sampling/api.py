@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +12,11 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models import position_limit
+from jaxlm.models.contract import is_causal_lm
 from jaxlm.models.prompt_tuning import virtual_token_ids
 from jaxlm.sampling import loop
 from jaxlm.sampling.logits import SamplingParams
+from jaxlm.text.messages import check_messages
 
 Message = dict  # {"role": ..., "content": ...}
 Prompt = str | Sequence[Message] | Sequence[int]
@@ -76,7 +78,7 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not hasattr(model, "decode"):
+    if not is_causal_lm(model):
         raise TypeError(f"{type(model).__name__} cannot generate: it has no KV-cache decode (not a causal LM)")
     params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
     virtual = virtual_token_ids(model)
@@ -110,7 +112,7 @@ def generate(
     texts = None
     if tokenizer is not None:  # the stop token ends the text but is not part of it
         texts = [tokenizer.decode(ids[:-1] if reason == "stop" else ids, skip_special_tokens=True)
-                 for ids, reason in zip(token_ids, reasons)]
+                 for ids, reason in zip(token_ids, reasons, strict=False)]
     return GenerationResult(
         texts=texts,
         token_ids=token_ids,
@@ -174,7 +176,7 @@ def _emit(on_tokens, decode_state, emitted: list[int], stops: list[set[int]]) ->
     """Send each row the tokens it generated since the last call (none after its stop token)."""
     tokens, steps = jax.device_get((decode_state.tokens, decode_state.step))
     rows = [_trim(tokens[row, :steps], row_stops)[0] for row, row_stops in enumerate(stops)]
-    on_tokens([ids[done:] for ids, done in zip(rows, emitted)])
+    on_tokens([ids[done:] for ids, done in zip(rows, emitted, strict=False)])
     return [len(ids) for ids in rows]
 
 
@@ -210,7 +212,10 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
             elif _is_chat(prompt):
                 if template is None:
                     template = _chat_template(tokenizer, i)
-                _check_messages(prompt, i)
+                try:
+                    check_messages(list(prompt))
+                except ValueError as e:
+                    raise ValueError(f"prompt {i}: {e}") from None
                 text = template.render(list(prompt), add_generation_prompt=True)
                 ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             else:
@@ -224,18 +229,12 @@ def encode_prompts(tokenizer, prompts, *, chat: bool = False) -> list[list[int]]
 
 def _chat_template(tokenizer, index: int):
     """The tokenizer's chat template, compiled once and rendered with a budget (ChatTemplateError: exit 2)."""
-    from jaxlm.data.chat_template import ChatTemplate
+    from jaxlm.text.chat_template import ChatTemplate
 
     template = ChatTemplate.from_tokenizer(tokenizer) if getattr(tokenizer, "chat_template", None) else None
     if template is None:
         raise ValueError(f"prompt {index} is a chat, but the tokenizer has no chat_template")
     return template
-
-
-def _check_messages(messages, index: int) -> None:
-    for message in messages:
-        if not {"role", "content"} <= set(message):
-            raise ValueError(f"prompt {index}: chat messages need 'role' and 'content', got {sorted(message)}")
 
 
 def _is_chat(x) -> bool:

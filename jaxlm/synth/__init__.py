@@ -9,13 +9,12 @@ Modules: `config` (options, filter names), `self_instruct` / `grounded` / `back_
 (local or Ray), `runner` (the run), `cli`.
 """
 
+from jaxlm.lazy import lazy_attributes
 from jaxlm.synth.config import FilterConfig, SynthConfig, SynthError
 
+# Loaded on first use: the runner pulls in the model, the sampler and the filters.
+_LAZY = {"run_synth": "jaxlm.synth.runner"}
 
-def run_synth(config: SynthConfig) -> dict:
-    from jaxlm.synth.runner import run_synth as run
+__all__ = ["SynthConfig", "FilterConfig", "SynthError", *_LAZY]
 
-    return run(config)
-
-
-__all__ = ["SynthConfig", "FilterConfig", "SynthError", "run_synth"]
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -10,6 +10,7 @@ import os
 import sys
 
 from jaxlm.errors import exit_codes
+from jaxlm.outputs import one_writer
 from jaxlm.synth.config import DEFAULT_CORPUS, LANGUAGES, FilterConfig, SynthConfig, describe_filters, set_filter
 
 _DESCRIPTION = """\
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.synth") -> 
     args = build_parser(prog).parse_args(argv)
     from jaxlm.synth.runner import run_synth  # heavy imports after --help
 
-    summary = run_synth(config_from_args(args))  # SynthError, DataError, CheckpointError: exit 2
+    with one_writer(args.out):
+        summary = run_synth(config_from_args(args))  # SynthError, DataError, CheckpointError: exit 2
     print(f"kept {summary['kept']} of {summary['generated']} generated "
           f"({100 * summary['acceptance_rate']:.0f}%); {summary['new_tokens']} new tokens"
           + (f" at {summary['new_tokens_per_s']:.0f} tokens/s" if summary["new_tokens_per_s"] else "")

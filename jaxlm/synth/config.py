@@ -121,6 +121,8 @@ def validate(config: SynthConfig) -> None:
         raise SynthError(f"--quantize: expected int8 (or nothing), got {config.quantize!r}")
     if config.engine not in ENGINES:
         raise SynthError(f"--engine: expected one of {', '.join(ENGINES)}, got {config.engine!r}")
+    if not config.out.strip():
+        raise SynthError("--out is empty: name the output folder")
     for name in ("num", "batch_size", "max_new_tokens", "instruction_tokens", "workers", "rounds",
                  "examples_per_prompt", "passage_words"):
         if getattr(config, name) < 1:
@@ -171,6 +173,8 @@ def set_filter(filters: FilterConfig, assignment: str) -> None:
             value = float(text)
     except ValueError:
         raise SynthError(f"--filter {key}: {text!r} is not a number") from None
+    if value != value:  # NaN: every comparison with it is false, so the filter would silently keep everything
+        raise SynthError(f"--filter {key}: {text!r} is not a number")
     setattr(filters, key, value)
 
 

@@ -48,21 +48,16 @@ class _Worker:
 
 class RayEngine:
     def __init__(self, config: SynthConfig):
-        from jaxlm.cluster import connect
+        from jaxlm.cluster import Actors, connect
 
         self.ray, self._started = connect(config.workers)
-        worker = self.ray.remote(num_cpus=1)(_Worker)
-        self.actors = [worker.remote(config) for _ in range(config.workers)]
+        self.actors = Actors(self.ray, _Worker, (config,), config.workers)
 
     def map(self, batches: Iterable[Batch]) -> Iterator[list[Candidate]]:
-        from ray.util import ActorPool
-
-        pool = ActorPool(self.actors)
-        yield from pool.map(lambda actor, batch: actor.run.remote(batch), list(batches))
+        yield from self.actors.map(lambda actor, batch: actor.run.remote(batch), batches)
 
     def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
+        self.actors.kill()
         if self._started:
             self.ray.shutdown()
 

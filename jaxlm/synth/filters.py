@@ -13,9 +13,9 @@ import re
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from jaxlm.audit.text import content_words, normalize, words
 from jaxlm.synth.config import FilterConfig
 from jaxlm.synth.gopher import repetition_problem, symbol_problem
+from jaxlm.text.words import content_words, normalize, words
 
 # Self-Instruct's list of what a text-only model cannot do (Wang et al. 2023, section 2.3),
 # plus browsing and attachments.
@@ -23,7 +23,7 @@ UNSUITABLE_WORDS = frozenset("""
 image images graph graphs picture pictures photo photos file files map maps draw drawing plot
 video videos audio music flowchart diagram screenshot attached attachment browse website url
 link download upload
-""".split())
+""".split())  # noqa: SIM905  a word list reads better as text
 UNSUITABLE_PHRASES = ("go to", "click on", "look up online", "search the web", "search online")
 
 _REFUSAL = re.compile(

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from jaxlm import assets
+from jaxlm.synth.config import SynthError
 
 
 @dataclasses.dataclass
@@ -50,7 +51,10 @@ class Generator:
         self.name = os.path.basename(os.path.normpath(self.path))
         self.model, self.tokenizer = load_pretrained(self.path, quantize=quantize)
         if self.tokenizer is None:
-            raise ValueError(f"{self.path}: the model has no tokenizer")
+            raise SynthError(f"--model {model}: the model has no tokenizer")
+        if not hasattr(self.model, "decode"):
+            raise SynthError(f"--model {model}: a {type(self.model).__name__} cannot generate text; synth needs "
+                             "a causal LM")
         vocabulary = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         self._line_ends = [i for i, piece in enumerate(vocabulary) if "\n" in piece]
 

@@ -156,9 +156,9 @@ class Grounded:
             outputs = generator([[{"role": "user", "content": users[i]}] for i in to_answer],
                                 max_new_tokens=config.max_new_tokens,
                                 seed=derive_seed(config.seed, batch.number, 1), **sample)
-            answers = dict(zip(to_answer, outputs))
+            answers = dict(zip(to_answer, outputs, strict=False))
         candidates = []
-        for i, (job, question) in enumerate(zip(batch.jobs, questions)):
+        for i, (job, question) in enumerate(zip(batch.jobs, questions, strict=False)):
             answer, outputs, scores, rejected = answers.get(i), [question], {}, problems[i]
             if answer is not None:
                 outputs.append(answer)

@@ -20,7 +20,7 @@ import numpy as np
 from datasketch import MinHash, MinHashLSH
 from rouge_score import rouge_scorer, tokenizers
 
-from jaxlm.audit.text import words
+from jaxlm.text.words import words
 
 SHINGLE_WORDS = 5
 NUM_PERM = 128
@@ -64,7 +64,7 @@ class NoveltyIndex:
         if not tokens:
             return 0.0
         counts, best = Counter(tokens), 0.0
-        for kept, kept_counts in zip(self._texts, self._counts):
+        for kept, kept_counts in zip(self._texts, self._counts, strict=False):
             size = sum(kept_counts.values())
             shared = sum((counts & kept_counts).values())
             if 2 * shared / (len(tokens) + size) < max(self.threshold, best) or size == 0:

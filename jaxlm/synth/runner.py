@@ -12,6 +12,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from jaxlm.errors import UserError
 from jaxlm.synth.config import SynthConfig, SynthError, validate
 from jaxlm.synth.novelty import Pool
 from jaxlm.synth.state import RunState
@@ -25,21 +26,25 @@ def run_synth(config: SynthConfig) -> dict:
     from jaxlm.synth.modes import MODE_CLASSES
 
     mode = MODE_CLASSES[config.mode](config)  # reads seeds / corpus / data: errors before the model loads
-    state = RunState.open(config)
+    if config.engine == "ray":
+        from jaxlm.cluster import reach
+
+        reach()  # a cluster that does not answer is an error before --out holds anything
+    state = RunState.open(config)  # the run already in --out, checked; nothing is written yet
+    pool, kept_instructions = _rebuild_pool(config, mode, state)
+    engine = make_engine(config) if state.kept < config.num else None  # a model that cannot load: --out untouched
     try:
-        pool, kept_instructions = _rebuild_pool(config, mode, state)
-        if state.kept < config.num:
-            engine = make_engine(config)
-            try:
-                _generate(config, mode, state, engine, pool, kept_instructions)
-            finally:
-                engine.close()
+        state.start()
+        if engine is not None:
+            _generate(config, mode, state, engine, pool, kept_instructions)
         return state.summary(state.kept >= config.num, {
             "model": os.path.basename(os.path.normpath(_model_path(config.model))),
             "engine": config.engine, "workers": config.workers if config.engine == "ray" else 1,
             "out": config.out})
     finally:
         state.close()
+        if engine is not None:
+            engine.close()
 
 
 def _model_path(spec: str) -> str:
@@ -57,6 +62,21 @@ def _check_model(spec: str) -> None:
         raise SynthError(f"--model {spec}: {e}") from None
     if not os.path.exists(path):
         raise SynthError(f"--model {spec}: no such model folder or .gguf file")
+    if os.path.isdir(path):  # from its small files, before anything is written or loaded
+        from jaxlm.hf.load import read_config, read_tokenizer
+        from jaxlm.models import architecture_for
+
+        try:
+            arch = architecture_for(read_config(path), os.path.join(path, "config.json"))
+        except UserError:
+            raise
+        except ValueError as e:  # an unknown model_type
+            raise SynthError(f"--model {spec}: {e}") from None
+        if not arch.family.causal_lm:
+            raise SynthError(f"--model {spec}: a {arch.name} cannot generate text; synth needs a causal LM")
+        if read_tokenizer(path) is None:
+            raise SynthError(f"--model {spec}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...) "
+                             "beside the weights")
 
 
 def _rebuild_pool(config: SynthConfig, mode, state: RunState) -> tuple[Pool, list[str]]:

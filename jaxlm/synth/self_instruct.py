@@ -120,9 +120,9 @@ class SelfInstruct:
             chats = [[{"role": "user", "content": proposals[i].text}] for i in to_answer]
             outputs = generator(chats, max_new_tokens=config.max_new_tokens,
                                 seed=derive_seed(config.seed, batch.number, 1), **sample)
-            answers = dict(zip(to_answer, outputs))
+            answers = dict(zip(to_answer, outputs, strict=False))
         candidates = []
-        for i, (job, proposal) in enumerate(zip(batch.jobs, proposals)):
+        for i, (job, proposal) in enumerate(zip(batch.jobs, proposals, strict=False)):
             answer, outputs, scores = answers.get(i), [proposal], {}
             rejected = problems[i]
             if answer is not None:

@@ -14,6 +14,7 @@ import json
 import os
 from collections import Counter
 
+from jaxlm.errors import warn
 from jaxlm.synth.config import FILTERS, RESUMABLE_CHANGES, SynthConfig, SynthError
 
 DATA, REJECTED, STATE, SUMMARY = "data.jsonl", "rejected.jsonl", "state.json", "summary.json"
@@ -37,9 +38,11 @@ class RunState:
     # --- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, config: SynthConfig) -> "RunState":
-        """A fresh state, or the state of the run already in ``config.out`` (checked to match)."""
-        os.makedirs(config.out, exist_ok=True)
+    def open(cls, config: SynthConfig) -> RunState:
+        """A fresh state, or the state of the run already in ``config.out`` (checked to match); nothing
+        is written until `start`, so a run refused later (a model that cannot load) leaves --out as it was."""
+        if os.path.exists(config.out) and not os.path.isdir(config.out):
+            raise SynthError(f"--out {config.out}: is a file; the output is a folder")
         state = cls(config.out, config.to_dict())
         path = os.path.join(config.out, STATE)
         if os.path.exists(path):
@@ -47,26 +50,45 @@ class RunState:
         elif any(os.path.exists(os.path.join(config.out, name)) for name in (DATA, REJECTED)):
             raise SynthError(f"{config.out}: holds {DATA} but no {STATE}; not a run that can resume "
                              "(use an empty --out)")
-        for name in (DATA, REJECTED):
-            with open(os.path.join(config.out, name), "ab") as f:
-                f.truncate(state.sizes[name])  # lines of a batch that never committed
-            state._files[name] = open(os.path.join(config.out, name), "a", encoding="utf-8")
         return state
 
+    def start(self) -> None:
+        """Create --out and open the two files for appending, without the lines of a batch that never committed."""
+        os.makedirs(self.out, exist_ok=True)
+        for name in (DATA, REJECTED):
+            path = os.path.join(self.out, name)
+            with open(path, "ab") as f:
+                torn = f.tell() - self.sizes[name]
+                f.truncate(self.sizes[name])
+            if torn > 0 and name == DATA:
+                warn(f"{path}: dropped the {torn} bytes of a batch that was being written when the run stopped; "
+                     "that batch is generated again, identically")
+            self._files[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115  closed by close()
+
     def _restore(self, path: str) -> None:
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if saved.get("version") != VERSION:
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:  # it is replaced whole, never torn: edited or damaged
+            raise SynthError(f"{path}: not a readable run state ({e}); use an empty --out") from None
+        if not isinstance(saved, dict) or saved.get("version") != VERSION:
             raise SynthError(f"{path}: written by another version of jaxlm.synth (use an empty --out)")
-        old, new = _flat(saved["config"]), _flat(json.loads(json.dumps(self.config)))
-        for key in sorted(set(old) | set(new)):
-            if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
-                raise SynthError(f"{path}: this folder holds a run made with {key}={old.get(key)!r}, not "
-                                 f"{new.get(key)!r}; rerun with the same options to resume, or use another --out")
-        for key in ("batches_done", "generated", "kept", "since_kept", "new_tokens", "prompt_tokens",
-                    "generation_seconds", "wall_seconds", "round", "rounds", "sizes"):
-            setattr(self, key, saved[key])
-        self.rejected = Counter(saved["rejected"])
+        try:
+            old, new = _flat(saved["config"]), _flat(json.loads(json.dumps(self.config)))
+            for key in sorted(set(old) | set(new)):
+                if key not in RESUMABLE_CHANGES and old.get(key) != new.get(key):
+                    raise SynthError(f"{path}: this folder holds a run made with {key}={old.get(key)!r}, not "
+                                     f"{new.get(key)!r}; rerun with the same options to resume, or use another --out")
+            for key in ("batches_done", "generated", "kept", "since_kept", "new_tokens", "prompt_tokens",
+                        "generation_seconds", "wall_seconds", "round", "rounds", "sizes"):
+                setattr(self, key, saved[key])
+            self.rejected = Counter(saved["rejected"])
+            sizes = {name: int(self.sizes[name]) for name in (DATA, REJECTED)}
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            if isinstance(e, SynthError):
+                raise
+            raise SynthError(f"{path}: not a readable run state (missing or odd {e}); use an empty --out") from None
+        self.sizes = sizes
         for name, size in self.sizes.items():
             file = os.path.join(self.out, name)
             actual = os.path.getsize(file) if os.path.exists(file) else 0
@@ -75,10 +97,21 @@ class RunState:
                                  f"records ({size}); the folder was edited, use an empty --out")
 
     def kept_records(self):
-        """The records kept so far, in order (read back from data.jsonl)."""
-        with open(os.path.join(self.out, DATA), encoding="utf-8") as f:
-            for line in f:
-                yield json.loads(line)
+        """The records kept so far, in order (read back from the committed part of data.jsonl)."""
+        path = os.path.join(self.out, DATA)
+        if not self.sizes[DATA]:
+            return
+        read = 0
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                read += len(line)
+                if read > self.sizes[DATA]:  # the torn tail of a batch that never committed
+                    return
+                try:
+                    yield json.loads(line)
+                except ValueError as e:  # UnicodeDecodeError included
+                    raise SynthError(f"{path}:{number}: not a JSON record ({e}); the folder was edited, "
+                                     "use an empty --out") from None
 
     # --- committing ---------------------------------------------------------------------
 
@@ -103,11 +136,13 @@ class RunState:
         self._write(STATE, self._saved())
 
     def end_round(self) -> None:
-        """Note the finished round's figures (in state.json with the next commit)."""
+        """Note the finished round's figures in state.json (the last round has no commit after it: a rerun of
+        the finished run would lose it)."""
         if self.round is not None and all(r["round"] != self.round["number"] for r in self.rounds):
             self.rounds.append({"round": self.round["number"],
                                 "generated": self.generated - self.round["generated_at_start"],
                                 "kept": self.kept - self.round["kept_at_start"]})
+            self._write(STATE, self._saved())
 
     def _saved(self) -> dict:
         return {"version": VERSION, "config": self.config, "batches_done": self.batches_done,

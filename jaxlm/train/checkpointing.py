@@ -79,7 +79,7 @@ class Checkpointer:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), loop=ocp.args.JsonRestore())
         )
-        return restored.state, restored.loop
+        return restored.state, restored.loop  # pyright: ignore[reportAttributeAccessIssue]  Composite's items
 
     def wait(self) -> None:
         """Until every asynchronous save is on disk."""

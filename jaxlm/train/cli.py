@@ -7,8 +7,10 @@ and the input paths too, before a model is loaded or a record read.
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 from jaxlm.errors import exit_codes
+from jaxlm.outputs import one_writer
 from jaxlm.train.config import describe, load_config
 
 EPILOG = """With no arguments, runs the embedded default: LoRA SFT of SmolLM2-135M-Instruct on the
@@ -34,7 +36,8 @@ def build_parser(prog: str = "python -m jaxlm.train") -> argparse.ArgumentParser
     parser.add_argument("--distributed", action="store_true",
                         help="one of several processes (hosts) that train together: run the same command on "
                              "each. They are found from the TPU VM, SLURM, Open MPI or Kubernetes environment, "
-                             "or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID. Process 0 "
+                             "or from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; they wait "
+                             "JAXLM_DISTRIBUTED_TIMEOUT seconds (default 300) for each other. Process 0 "
                              "writes the outputs; checkpoint.dir must be a path every host sees")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="e.g. train.steps=100")
     return parser
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.train") -> 
     args = build_parser(prog).parse_args(argv)
     if not args.distributed:
         return run(args)
-    from jaxlm.train import distributed
+    from jaxlm.compute import distributed
 
     print(distributed.initialize(), flush=True)  # before anything touches a device
     with distributed.stop_all_on_error():  # one process failing ends them all, with its reason
@@ -63,8 +66,11 @@ def run(args: argparse.Namespace) -> int:
 
         print(dry_run.describe(dry_run.dry_run(cfg), cfg))
         return 0
+    from jaxlm.compute import distributed
     from jaxlm.train.loop import train
 
-    result = train(cfg, progress=not args.no_progress)
+    # process 0 alone writes output_dir (distributed.py), so it alone holds the lock on it
+    with one_writer(cfg.output_dir) if distributed.is_writer() else contextlib.nullcontext():
+        result = train(cfg, progress=not args.no_progress)
     print(f"{result.stop_reason} at step {result.step}; outputs in {result.output_dir}")
     return 0

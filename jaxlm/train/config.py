@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Sequence
 
 import yaml
 
@@ -25,6 +26,7 @@ from jaxlm.train.overrides import build, merge, nest
 
 SCHEDULES = ("cosine", "linear", "constant")
 DTYPES = ("float32", "bfloat16")
+MAX_CONFIG_BYTES = 2**20  # a preset is a few kB; more is the wrong file
 
 
 @dataclasses.dataclass
@@ -129,7 +131,7 @@ class Config:
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
-    def validate(self) -> "Config":
+    def validate(self) -> Config:
         """Raises ConfigError naming the key for any value that is wrong whatever the machine and files."""
         _choice("task", self.task, TASKS)
         _choice("train.schedule", self.train.schedule, SCHEDULES)
@@ -147,6 +149,8 @@ class Config:
         if self.export.gguf and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("export.gguf: llama.cpp has no virtual tokens, so model.gguf would be the untrained "
                               "base model; prompt tuning's result is adapter/ (jaxlm generate --adapter)")
+        if not self.output_dir.strip():
+            raise ConfigError("output_dir is empty: name the folder the run writes to")
         t, e = self.train, self.eval
         _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                       "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
@@ -200,9 +204,11 @@ class Config:
         if labels is not None and not _is_label_map(labels):
             raise ConfigError(f"model.config_overrides.id2label must map 0, 1, ... n-1 to label names, got {labels!r}")
 
-    def check_environment(self, device_count: int) -> "Config":
+    def check_environment(self, device_count: int) -> Config:
         """What depends on this machine: the mesh and batch against `device_count`, that the model
         and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
+        from jaxlm.compute.sharding import check_micro_batch, mesh_shape
+
         mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
@@ -219,33 +225,11 @@ class Config:
 
 def check_writable(key: str, folder: str) -> None:
     """`folder` can be created or written to (checked on the nearest part of it that exists)."""
-    existing = os.path.abspath(os.path.expanduser(folder))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise ConfigError(f"{key}={folder!r}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):  # also EROFS: a read-only mount
-        raise ConfigError(f"{key}={folder!r}: {existing} is not writable (read-only or no permission)")
+    from jaxlm.outputs import unwritable
 
-
-def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
-    """(data, fsdp) sizes of the device mesh; `data=-1` takes every device fsdp leaves."""
-    if fsdp < 1 or device_count % fsdp:
-        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {device_count} available devices")
-    if data == -1:
-        data = device_count // fsdp
-    if data * fsdp != device_count:
-        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, "
-                          f"but {device_count} are available")
-    return data, fsdp
-
-
-def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
-    """Each micro-batch is split evenly over every device of the mesh."""
-    micro = batch_size // grad_accum
-    if micro % device_count:
-        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
-                          f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
+    reason = unwritable(folder)
+    if reason:
+        raise ConfigError(f"{key}={folder!r}: {reason}")
 
 
 def _is_label_map(labels) -> bool:
@@ -267,26 +251,68 @@ def _at_least(minimum, values: dict) -> None:
 # --- loading -----------------------------------------------------------------------------
 
 
-def load_config(path: str | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults, then the YAML preset at `path`, then `dotted.key=value` overrides (YAML values)."""
     tree = dataclasses.asdict(Config())
+    given = []  # what the preset and the overrides set, in order
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                preset = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({e})") from None
-        if not isinstance(preset, dict):
-            raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+        preset = _read_preset(path)
         merge(tree, preset, Config, prefix="")
+        given.append(preset)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form dotted.key=value")
-        merge(tree, nest(key.strip().split("."), yaml.safe_load(text) if text else ""), Config, prefix="")
+        update = nest(key.strip().split("."), yaml.safe_load(text) if text else "")
+        merge(tree, update, Config, prefix="")
+        given.append(update)
+    data_given = [u["data"] for u in given if isinstance(u.get("data"), dict)]
+    if any("train" in d for d in data_given) and not any("eval" in d for d in data_given):
+        # The default evaluation data (the shipped chats) belongs to the default training data: other
+        # training data is not scored on it (and its data.eval_fraction would be ignored beside it).
+        tree["data"]["eval"] = []
     return build(Config, tree, prefix="").validate()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = []
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{self.name}:{key_node.start_mark.line + 1}: {key!r} is given twice")
+            seen.append(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_preset(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero never ends
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a YAML config file") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: over {MAX_CONFIG_BYTES // 2**20} MB; not a YAML config file")
+    try:
+        loader = _UniqueKeyLoader(raw.decode("utf-8"))
+        loader.name = path  # in its error messages
+        try:
+            preset = loader.get_single_data() or {}
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: {raw[e.start]:#04x}); "
+                          "save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from None
+    if not isinstance(preset, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return preset
 
 
 def to_dict(config: Config) -> dict:

@@ -64,6 +64,7 @@ def dry_run(cfg: Config) -> dict:
     compiled = lower_train_step(model, cfg).compile()
     seconds = time.perf_counter() - began
     memory = compiled.memory_analysis()
+    assert memory is not None  # XLA's CPU, GPU and TPU backends all report it
     cost = compiled.cost_analysis()
     if cfg.model.scan_layers:  # XLA counts a loop body once: count FLOPs on the unrolled twin (lowered only)
         twin = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))

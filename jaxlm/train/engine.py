@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
+from flax.nnx import filterlib
 
+from jaxlm.compute import losses, sharding
+from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
-from jaxlm.train import sharding, tasks
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
-from jaxlm.train.step import make_eval_step, make_train_step
 
 
 def trainable_filter(cfg: Config):
@@ -34,12 +37,12 @@ def trainable_filter(cfg: Config):
     """
     m = cfg.model
     adapters = VirtualTokens if m.prompt_tuning.num_virtual_tokens > 0 else nnx.LoRAParam if m.lora.rank > 0 else None
-    parts = [adapters] if adapters is not None else []
+    parts: list[filterlib.Filter] = [adapters] if adapters is not None else []
     if m.train_only:
         parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
     elif adapters is None:
         parts.append(nnx.Param)
-    if cfg.task in tasks.PREDICTS_CLASSES:  # the head is new: it must learn too
+    if cfg.task in losses.PREDICTS_CLASSES:  # the head is new: it must learn too
         parts.append(nnx.All(nnx.Param, nnx.PathContains("classifier")))
     return parts[0] if len(parts) == 1 else nnx.Any(*parts)
 
@@ -90,17 +93,18 @@ class Engine:
     state: TrainState
     frozen: nnx.State  # parameters that are not trained (the base model under LoRA)
     rest: nnx.State  # non-parameter state, e.g. dropout RNG streams
-    state_sharding: object
+    state_sharding: TrainState  # of NamedShardings: the state's layout
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    train_step: object  # jitted (state, frozen, rest, batch) -> (state, metrics); state donated
-    eval_step: object  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
-    schedule: object
+    # jitted (state, frozen, rest, batch) -> (state, metrics), state donated; compiled by `compile`
+    train_step: jax.stages.Wrapped | jax.stages.Compiled
+    eval_step: jax.stages.Wrapped  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
+    schedule: optax.Schedule
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = tasks.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
+        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -114,7 +118,8 @@ class Engine:
 
     def compile(self, batch: dict) -> None:
         """Ahead-of-time compile the train step for this batch shape (separates compile time)."""
-        self.train_step = self.train_step.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
+        jitted = cast(jax.stages.Wrapped, self.train_step)
+        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
@@ -125,26 +130,26 @@ class Engine:
 
 
 @dataclasses.dataclass
-class _Plan:
+class _StepSetup:
     """Everything about a run's step that needs no arrays: splits, shardings, jitted steps."""
 
     mesh: jax.sharding.Mesh
-    tx: object
-    schedule: object
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
     trainable: nnx.State
     frozen: nnx.State
     rest: nnx.State
-    state_sharding: object
-    frozen_sharding: object
-    rest_sharding: object
+    state_sharding: TrainState  # of NamedShardings
+    frozen_sharding: nnx.State  # of NamedShardings
+    rest_sharding: nnx.State  # of NamedShardings
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    train_step: object
-    eval_step: object
+    train_step: jax.stages.Wrapped
+    eval_step: jax.stages.Wrapped
     num_sources: int
 
 
-def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
+def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
@@ -174,7 +179,7 @@ def _plan(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _Plan:
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
     # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
-    return _Plan(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
+    return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
                  train_step, eval_step, num_sources)
 
 
@@ -187,7 +192,7 @@ def _compute_dtype_like(x, dtype):
 
 
 def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
-    p = _plan(model, cfg, mesh)
+    p = _step_setup(model, cfg, mesh)
     frozen, rest = sharding.place(p.frozen, p.frozen_sharding), sharding.place(p.rest, p.rest_sharding)
     # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
     trainable = sharding.place(p.trainable, p.state_sharding.params)
@@ -200,7 +205,7 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
 def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     """The train step lowered for `cfg`'s batch on abstract arguments: no array is made, so `model`
     may come from `nnx.eval_shape`. `.compile()` it for XLA's memory and cost analyses (--dry-run)."""
-    p = _plan(model, cfg, mesh)
+    p = _step_setup(model, cfg, mesh)
 
     def abstract(tree, shardings):
         return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
@@ -209,6 +214,6 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     state = abstract(jax.eval_shape(lambda x: init_state(x, p.tx, seed), p.trainable), p.state_sharding)
     t = cfg.train
     shape = (t.grad_accum, t.batch_size // t.grad_accum, t.seq_len) if t.grad_accum > 1 else (t.batch_size, t.seq_len)
-    batch = {k: jax.ShapeDtypeStruct(shape, tasks.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
-             for k in (*tasks.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
+    batch = {k: jax.ShapeDtypeStruct(shape, losses.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
+             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ def head_for(cfg: Config, label_names: list[str] | None) -> dict:
     `label_names` on the encoder."""
     overrides, architecture = dict(cfg.model.config_overrides), HEADS.get(cfg.task)
     if architecture:
+        assert label_names is not None  # a labelled task's head is made for its labels
         overrides.update(id2label={str(i): name for i, name in enumerate(label_names)},
                          label2id={name: i for i, name in enumerate(label_names)})
         if cfg.task == "classification":  # softmax cross-entropy, also for two labels (HF's default for ints)
@@ -113,7 +115,7 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
     optimizer step, eval and test batches for one micro-batch."""
     from jaxlm.data import build_from_config
 
-    common = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
+    common: dict[str, Any] = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
     processes = jax.process_count()  # each process reads its shard and makes its rows of each batch
     if cfg.task in HEADS:
         common["label_names"] = label_names or configured_labels(cfg)

@@ -21,7 +21,7 @@ A run, one named function per part:
 `checkpoint_items` assembles: {"data": pipeline position, "loop": LoopState.saved(), one item per hook}.
 The host waits for the device only at sync points.
 
-Several processes (`--distributed`, see distributed.py): every process runs every step, evaluation and
+Several processes (`--distributed`, see compute/distributed.py): every process runs every step, evaluation and
 checkpoint save; the files a person reads are written only by process 0 (`Run.writer`): `Run.logger`
 (metrics.jsonl, TensorBoard, the progress bar) and run.py's `write_config`, `sample_before`, `export_model`,
 `write_report`.
@@ -37,16 +37,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import jax
 from flax import nnx
 
+from jaxlm.compute import distributed
 from jaxlm.errors import Stopped
-from jaxlm.eval.scoring import headline, score_batches
-from jaxlm.train import distributed
+from jaxlm.eval.scoring import headline
 from jaxlm.train.config import Config
-from jaxlm.train.engine import Engine
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
 from jaxlm.train.run import (
     Run,
@@ -57,10 +57,13 @@ from jaxlm.train.run import (
     prepare,
     resume,
     sample_after,
-    score_test,
+    score,
     write_report,
     write_test_before,
 )
+
+if TYPE_CHECKING:  # a type hint only: transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
 
 
 class TrainingError(Stopped):
@@ -76,7 +79,7 @@ class TrainResult:
     stop_reason: str  # "completed" | "early_stopping" | "already_complete"
     eval_losses: list[tuple[int, float]]
     model: nnx.Module  # trained, LoRA not merged
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase | None
     compile_seconds: float
 
 
@@ -119,13 +122,14 @@ def start(run: Run) -> LoopState:
     saved = resume(run)
     if saved is not None:
         first = saved.get("first_eval_loss")  # absent from checkpoints written before it was kept
-        return LoopState(step=run.resume_step, best_eval_loss=saved["best_eval_loss"],
-                         evals_since_best=saved["evals_since_best"], eval_losses=[] if first is None else [(0, first)])
+        return LoopState(step=run.resume_step,  # pyright: ignore[reportArgumentType]  a checkpoint has a step
+                         best_eval_loss=saved["best_eval_loss"], evals_since_best=saved["evals_since_best"],
+                         eval_losses=[] if first is None else [(0, first)])
     state = LoopState()
     if run.eval_batches:
         record_eval(run, state)
     if run.test_batches:
-        scores = score_test(run)  # every process takes part; process 0 writes
+        scores = score(run, "test")  # every process takes part; process 0 writes
         if run.writer:
             write_test_before(run, scores)
     return state
@@ -256,7 +260,9 @@ def patience_spent(cfg: Config, state: LoopState) -> bool:
 
 def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> dict:
     """Evaluates at `state.step`: adds the result to rows[-1] (or logs it alone) and to `state.eval_losses`."""
-    result, state.ner_text = evaluate(run.engine, run.eval_batches, run.eval_data)
+    scores = score(run, "eval")
+    result = headline(scores, "eval_")  # "eval_loss" and the task's other scalar scores
+    state.ner_text = scores.get("entity_report") or scores.get("report_text")  # seqeval or per-class report
     state.eval_losses.append((state.step, result["eval_loss"]))
     if rows is not None:
         rows[-1].update(result)
@@ -267,13 +273,6 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
                      + (f", accuracy {result['eval_accuracy']:.3f}, macro-F1 {result['eval_macro_f1']:.3f}"
                         if "eval_accuracy" in result else ""))
     return result
-
-
-def evaluate(engine: Engine, batches: list[dict], eval_data) -> tuple[dict, str | None]:
-    """({"eval_loss", and the task's other scalar scores (jaxlm.eval.scoring)}, the seqeval (NER) or per-class
-    (classification) report, or None)."""
-    scores, _ = score_batches(engine.evaluate, batches, engine.cfg.task, getattr(eval_data, "label_names", None))
-    return headline(scores, "eval_"), scores.get("entity_report") or scores.get("report_text")
 
 
 # --- finish --------------------------------------------------------------------------------
@@ -288,7 +287,7 @@ def finish(run: Run, state: LoopState, *, export: bool) -> TrainResult:
         export_model(run)  # first: nothing optional that follows can cost the trained model
     test_after = None
     if done and run.test_batches:  # every process takes part
-        test_after = after_training(run, "data.test scores", score_test, run)
+        test_after = after_training(run, "data.test scores", score, run, "test")
     if run.writer:
         after = after_training(run, "sample answers", sample_after, run) if done else None
         after_training(run, "report", write_report, run, state.ner_text, after, test_after, step=state.step,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import math
 import os
+
+from jaxlm.outputs import plain
 
 
 class MetricsLogger:
@@ -20,7 +21,7 @@ class MetricsLogger:
 
         self.path = os.path.join(output_dir, "metrics.jsonl")
         truncate_after(self.path, start_step)  # a resumed run rewrites what followed its checkpoint
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  appended to until close()
         self.tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                         dynamic_ncols=True, disable=not progress)
@@ -28,7 +29,7 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: plain(v) for k, v in metrics.items()}}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         for key, value in record.items():
@@ -53,14 +54,6 @@ class MetricsLogger:
         self.bar.close()
         self.tb.close()
         self.file.close()
-
-
-def _plain(value):
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -93,9 +86,9 @@ def plot_loss_curve(rows: list[dict], png_path: str) -> str:
     evals = [(r["step"], r["eval_loss"]) for r in rows if isinstance(r.get("eval_loss"), (int, float))]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot(*zip(*train), label="train loss", lw=1)
+        ax.plot(*zip(*train, strict=False), label="train loss", lw=1)
     if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
+        ax.plot(*zip(*evals, strict=False), "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -119,7 +112,7 @@ def by_source(row: dict, source_names: list[str]) -> dict:
     sums, tokens = row.pop("source_loss_sum", None), row.pop("source_tokens", None)
     if sums is None:
         return row
-    for name, loss_sum, count in zip(source_names, sums.tolist(), tokens.tolist()):
+    for name, loss_sum, count in zip(source_names, sums.tolist(), tokens.tolist(), strict=False):
         row[f"train_tokens/{name}"] = count
         if count > 0:
             row[f"train_loss/{name}"] = loss_sum / count
@@ -139,7 +132,7 @@ def plot_mixing(rows: list[dict], png_path: str) -> str | None:
         for key, style, label in ((f"weight/{name}", "-", name), (f"share/tokens/{name}", "--", None)):
             points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if points:
-                ax.plot(*zip(*points), style, color=color, label=label, lw=1.2)
+                ax.plot(*zip(*points, strict=False), style, color=color, label=label, lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel("sampling weight (dashed: realised token share)")
     ax.set_ylim(0, 1)

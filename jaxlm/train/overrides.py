@@ -18,6 +18,14 @@ def nest(keys: list[str], value) -> dict:
     return {keys[0]: nest(keys[1:], value)} if len(keys) > 1 else {keys[0]: value}
 
 
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": v}} -> {"a.b": v}: the inverse of `nest`."""
+    found = {}
+    for name, sub in tree.items():
+        found.update(flat(sub, f"{prefix}{name}.") if isinstance(sub, dict) else {prefix + name: sub})
+    return found
+
+
 def merge(tree: dict, update: dict, cls, prefix: str) -> None:
     """Merge `update` into `tree` (asdict of `cls`), failing on unknown keys."""
     hints = typing.get_type_hints(cls)
@@ -43,7 +51,7 @@ def build(cls, tree: dict, prefix: str):
 
 def coerce(name: str, hint, value):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
         if isinstance(value, str) and hint is SourceConfig:  # a bare path is a source of weight 1

@@ -1,5 +1,5 @@
-"""What a finished run leaves for people: answers before and after training with their scores, the
-exported model.
+"""What a finished run leaves for people: answers before and after training with their scores
+(the exported model: export.py).
 
 The same answers are scored at step 0 and at the end, with the scores `jaxlm eval` reports
 (jaxlm.eval.metrics): held-out questions against their reference answers, and a fixed set of
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 from jaxlm.eval import metrics
 from jaxlm.eval.answers import answer, general_prompts
@@ -33,11 +34,11 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, *, genera
         scores["general"] = metrics.degeneration_scores(got.texts[n:], got.finish_reasons[n:])
     return {"answers": texts, "finish_reasons": reasons, "scores": scores,
             "general": [{"prompt": g, "answer": a, "finish_reason": r}
-                        for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:])]}
+                        for g, a, r in zip(extra, got.texts[n:], got.finish_reasons[n:], strict=False)]}
 
 
 def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None,
-                  losses: list[tuple[str, float, float]] = ()) -> None:
+                  losses: Sequence[tuple[str, float, float]] = ()) -> None:
     """samples.json (everything) and samples.md (a scores table, then each answer before and after).
     `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers."""
     sides = {"before": before or {}, "after": after or {}}
@@ -113,23 +114,3 @@ def _markdown(rows, general, scores, step, losses=()) -> str:
             out.append(f"### {g['prompt']}\n\n- before: {g['before']}{marks['before']}\n"
                        f"- after: {g['after']}{marks['after']}\n")
     return "\n".join(out) + "\n"
-
-
-def export(model, tokenizer, paths: dict, *, base_model: str, trainable, gguf_type: str = "") -> None:
-    """`hf/`: the merged model transformers loads; `adapter/`: the PEFT adapter when LoRA or prompt tuning
-    was used. A LoRA adapter carries every module that trained in full (`trainable` selects them: a new
-    classifier, `model.train_only` layers) as PEFT `modules_to_save`. `model.gguf` (when `gguf_type` is
-    set): the merged model for llama.cpp and Ollama."""
-    from jaxlm.hf.export import export_pretrained
-    from jaxlm.hf.peft import fully_trained_modules, save_peft_adapter, save_prompt_tuning_adapter
-    from jaxlm.models.lora import has_lora
-    from jaxlm.models.prompt_tuning import num_virtual_tokens
-
-    export_pretrained(model, paths["hf"], tokenizer)
-    if gguf_type:
-        export_pretrained(model, paths["gguf"], tokenizer, gguf_type=gguf_type)
-    if has_lora(model):
-        save_peft_adapter(model, paths["adapter"], base_model=base_model,
-                          modules_to_save=fully_trained_modules(model, trainable))
-    elif num_virtual_tokens(model):
-        save_prompt_tuning_adapter(model, paths["adapter"], base_model=base_model)

@@ -2,7 +2,7 @@
 
 `loop.py` tells the story and drives the steps; this module sets them up and winds them down.
 The files a person reads are written here (`write_config`, `sample_before`, `export_model`, `write_report`) and by
-`Run.logger`, by process 0 only (`Run.writer`, see distributed.py); every process runs the steps,
+`Run.logger`, by process 0 only (`Run.writer`, see compute/distributed.py); every process runs the steps,
 evaluations and checkpoints.
 """
 
@@ -13,17 +13,21 @@ import json
 import os
 import time
 import traceback
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import jax
 import yaml
 from flax import nnx
 
+from jaxlm.compute import distributed
 from jaxlm.errors import warn
-from jaxlm.train import distributed, report
+from jaxlm.models.contract import is_causal_lm
+from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
+from jaxlm.train.export import write_exports
 from jaxlm.train.inputs import (
     HEADS,
     build_pipelines,
@@ -36,7 +40,13 @@ from jaxlm.train.inputs import (
     padded_to,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
+from jaxlm.train.overrides import flat
 from jaxlm.train.state import count_params
+
+if TYPE_CHECKING:  # type hints only: the pipeline module loads TensorFlow, transformers is slow to import
+    from transformers import PreTrainedTokenizerBase
+
+    from jaxlm.data.pipeline import Pipeline
 
 CHECKPOINT_ITEMS = ("data", "loop")  # the JSON beside the train state; hooks add theirs by name
 MIXING_HOOK = "mixing"  # the bandit mixing policy's item (jaxlm.data.bandit.BanditMixing.name)
@@ -53,6 +63,7 @@ class SyncHook(Protocol):
 
     def state(self) -> dict:
         """JSON-serialisable; saved with every checkpoint."""
+        ...
 
     def restore(self, state: dict) -> None:
         """Called on resume with what `state()` returned when the checkpoint was saved."""
@@ -65,11 +76,11 @@ class Run:
     cfg: Config
     paths: dict
     model: nnx.Module
-    tokenizer: object
-    train_data: object  # a jaxlm.data Pipeline
-    eval_data: object | None
+    tokenizer: PreTrainedTokenizerBase | None
+    train_data: Pipeline
+    eval_data: Pipeline | None
     eval_batches: list[dict]  # the same batches at every evaluation
-    test_data: object | None
+    test_data: Pipeline | None
     test_batches: list[dict]  # data.test: scored before training and after
     engine: Engine
     checkpointer: Checkpointer
@@ -92,6 +103,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     check_positions(cfg)
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
+        check_same_run(cfg, paths)
         write_config(cfg, paths)
     started = time.perf_counter()
     model, tokenizer, train_data, eval_data, test_data = load_inputs(cfg)
@@ -131,6 +143,45 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
     return (BanditMixing(cfg.data.bandit, train_data.source_names, prior),)
 
 
+# Keys a rerun into a run's output_dir may change: how far it goes (train.steps extends it), what it measures
+# and logs (eval.*, data.eval, data.test), how often and where it saves, the optimizer's hyperparameters, and
+# how the same computation runs on this machine (mesh, micro-batches, dtypes of the compute, kernels). Any
+# other key changes what the checkpoints hold or mean (the model and its dtype, adapters, prompt tuning,
+# trained parameters, task and head, training data and its position, batch, seed, optimizer state layout).
+RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
+             "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
+             "train.grad_accum", "eval.", "data.eval", "data.test", "checkpoint.", "mesh.", "model.attention",
+             "model.remat", "export.")
+
+
+def check_same_run(cfg: Config, paths: dict) -> None:
+    """A rerun that would resume an output_dir's checkpoints describes the same run. config.yaml is the only
+    record of what they hold: a changed key is refused before anything is written (it was rewritten, then
+    restoring failed with Orbax's traceback), naming each key that differs."""
+    if not os.path.exists(paths["config"]) or not _holds_checkpoints(paths["checkpoints"]):
+        return
+    try:
+        with open(paths["config"], encoding="utf-8") as f:
+            saved = flat(yaml.safe_load(f) or {})
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{paths['config']}: cannot read the saved config of the run to resume ({e})") from None
+    now = flat(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))  # as YAML reads it back
+    changed = [key for key in sorted(saved.keys() & now.keys())
+               if saved[key] != now[key] and not any(key == r or r.endswith(".") and key.startswith(r)
+                                                     for r in RESUMABLE)]
+    if changed:
+        shown = "; ".join(f"{key}={now[key]!r} (saved: {saved[key]!r})" for key in changed)
+        raise ConfigError(f"{shown}: {cfg.output_dir} holds the checkpoints of a run made with the saved "
+                          f"value(s) ({paths['config']}); rerun with them to resume, or choose another output_dir")
+
+
+def _holds_checkpoints(folder: str) -> bool:
+    from etils import epath  # Orbax's paths: a local folder or gs://...
+
+    path = epath.Path(folder)
+    return path.is_dir() and any(child.name.isdigit() for child in path.iterdir())
+
+
 def write_config(cfg: Config, paths: dict) -> None:
     os.makedirs(cfg.output_dir, exist_ok=True)
     with open(paths["config"], "w", encoding="utf-8") as f:
@@ -167,7 +218,7 @@ def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dic
 
 
 def wants_general_check(cfg: Config, model) -> bool:
-    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and hasattr(model, "decode")
+    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and is_causal_lm(model)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -213,12 +264,13 @@ def sample_after(run: Run) -> dict | None:
     return report.sample(run.model, run.tokenizer, run.prompts, run.cfg.eval.sample_tokens, general=general)
 
 
-def score_test(run: Run) -> dict:
-    """The model's scores on the data.test batches (jaxlm.eval.scoring), as the engine holds it now."""
+def score(run: Run, split: str) -> dict:
+    """The model's scores on the data.eval or data.test batches (`split`: "eval" or "test"; the scores of
+    jaxlm.eval.scoring), as the engine holds it now. Every process takes part."""
     from jaxlm.eval.scoring import score_batches
 
-    scores, _ = score_batches(run.engine.evaluate, run.test_batches, run.cfg.task,
-                              getattr(run.test_data, "label_names", None))
+    batches, data = getattr(run, f"{split}_batches"), getattr(run, f"{split}_data")
+    scores, _ = score_batches(run.engine.evaluate, batches, run.cfg.task, getattr(data, "label_names", None))
     return scores
 
 
@@ -228,7 +280,7 @@ def write_test_before(run: Run, scores: dict) -> None:
 
 def export_model(run: Run) -> None:
     """hf/ (and adapter/, model.gguf): the trained model, written before anything optional."""
-    report.export(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
+    write_exports(run.model, run.tokenizer, run.paths, base_model=resolve_path(run.cfg.model.path),
                   trainable=trainable_filter(run.cfg), gguf_type=run.cfg.export.gguf)
 
 

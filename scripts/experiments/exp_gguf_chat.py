@@ -1,7 +1,10 @@
 """Experiment: does a GGUF that jaxlm wrote still chat? Greedy answers from transformers' GGUF loader.
 
+Backs the README, "GGUF for llama.cpp, Ollama and LM Studio": the default `make train` run
+converted to q8_0 answers "Paris" in transformers' GGUF loader, jaxlm and llama.cpp.
+
     .venv/bin/python -m jaxlm.train export.gguf=q8_0          # writes runs/smollm2-lora-sft/model.gguf
-    .venv/bin/python scripts/exp_gguf_chat.py runs/smollm2-lora-sft/model.gguf [--expect Paris]
+    .venv/bin/python scripts/experiments/exp_gguf_chat.py runs/smollm2-lora-sft/model.gguf [--expect Paris]
 
 Reads the file as a stranger would: transformers builds the model and the tokenizer (chat template
 included) from the GGUF alone. The same prompts also run in jaxlm, on the file read back, and in
@@ -67,7 +70,7 @@ def main() -> int:
         if answers is None:
             print(f"{reader}: not installed, skipped")
             continue
-        for prompt, text in zip(PROMPTS, answers):
+        for prompt, text in zip(PROMPTS, answers, strict=False):
             print(f"{reader:>12} | {prompt} -> {text.strip()!r}", flush=True)
         first[reader] = answers[0]
     found = {reader: args.expect.lower() in text.lower() for reader, text in first.items()}

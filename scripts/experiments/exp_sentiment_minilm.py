@@ -1,6 +1,9 @@
 """MiniLM sentiment: train the `configs/sentiment_minilm.yaml` preset, then score the whole test split.
 
-    .venv/bin/python scripts/exp_sentiment_minilm.py [dotted.key=value ...]
+Backs the header of `configs/sentiment_minilm.yaml`: accuracy 0.748, macro-F1 0.725 on the test
+split (majority class 0.421), and the README's "the fine-tuned MiniLM preset is the one to use".
+
+    .venv/bin/python scripts/experiments/exp_sentiment_minilm.py [dotted.key=value ...]
 
 Prints accuracy and macro-F1 (scikit-learn) on `tfds:jaxlm_sentiment:test` for the trained model and,
 side by side, the majority-class baseline, plus the per-class report. Not a test: it takes minutes.

@@ -6,14 +6,16 @@ decided here:
 
 * `initialize()` joins the processes (`jax.distributed.initialize`) before any device is used:
   from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID when they are set,
-  otherwise as JAX detects the cluster (TPU VM metadata, SLURM, Open MPI, Kubernetes).
+  otherwise as JAX detects the cluster (TPU VM metadata, SLURM, Open MPI, Kubernetes). It says
+  on stderr what it waits for, and gives up after JAXLM_DISTRIBUTED_TIMEOUT seconds (default 300)
+  with exit 2: JAX's own timeout aborts the process with a C++ stack trace instead.
 * `is_writer()`: process 0 alone writes metrics, TensorBoard, plots, samples, the NER report
   and the exported model. Orbax checkpoints are written by every process (its own shards) to
   one path, which several hosts must share (a gs:// bucket or a shared file system).
 * `stop_all(reason, code)`: a process that cannot go on puts the reason in the coordination
   service's key-value store; a watcher thread in every other process prints it and exits with
   the same code within about a second, instead of blocking in the next collective (measured in
-  scripts/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
+  scripts/experiments/exp_multiprocess.py). A process that dies without a word (SIGKILL, out of memory) is
   noticed by JAX's heartbeat: the others are aborted after `heartbeat_timeout_seconds` (100 s).
 * `allgather_json`, `common_count`, `host_copy`, `gather_rows`: what one process needs from all of them.
 
@@ -34,9 +36,10 @@ import traceback
 import jax
 import numpy as np
 
-from jaxlm.errors import UserError, outcome
+from jaxlm.errors import UserError, give_up_after, outcome
 
 ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+TIMEOUT_KEY = "JAXLM_DISTRIBUTED_TIMEOUT"  # seconds to wait for every process to join (default 300, as JAX's)
 _STOP_KEY = "jaxlm/stop"  # value: "<exit code> <reason>"
 _LEFT_KEY = "jaxlm/left"  # how many processes have left after a stop
 _client = None  # jax's distributed runtime client, once initialized
@@ -47,7 +50,7 @@ _barriers = 0
 class DistributedError(UserError):
     """The processes could not be joined; the message says what to set."""
 
-    label = "distributed"
+    label = "distributed error"
 
 
 def initialize() -> str:
@@ -58,13 +61,21 @@ def initialize() -> str:
     if given and len(given) < len(ENV_KEYS):
         raise DistributedError(f"set all of {', '.join(ENV_KEYS)} or none of them "
                                f"(only {', '.join(given)} is set)")
+    timeout = _int_env(TIMEOUT_KEY, os.environ.get(TIMEOUT_KEY, "300"))
+    if timeout < 1:
+        raise DistributedError(f"{TIMEOUT_KEY}={timeout}: must be >= 1 (seconds)")
     try:
         if given:
             count, index = (_int_env(key, values[key]) for key in ENV_KEYS[1:])
-            jax.distributed.initialize(values["JAX_COORDINATOR_ADDRESS"], count, index)
+            waited = f"the {count} processes at the coordinator {values['JAX_COORDINATOR_ADDRESS']} " \
+                     f"(this is process {index})"
+            with _give_up_after(timeout, waited):
+                jax.distributed.initialize(values["JAX_COORDINATOR_ADDRESS"], count, index,
+                                           initialization_timeout=timeout + _JAX_GRACE)
             how = "from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID"
         else:
-            jax.distributed.initialize()
+            with _give_up_after(timeout, "the processes the cluster environment names"):
+                jax.distributed.initialize(initialization_timeout=timeout + _JAX_GRACE)
             how = "detected from the cluster environment"
     except DistributedError:
         raise
@@ -83,6 +94,19 @@ def initialize() -> str:
     atexit.register(lambda: (_stopping.set(), watcher.join(timeout=5)))
     return (f"distributed ({how}): process {jax.process_index()} of {jax.process_count()}, "
             f"{jax.local_device_count()} of {jax.device_count()} devices here")
+
+
+_JAX_GRACE = 30  # JAX's own deadline comes this much later, so ours is the one that ends the wait
+
+
+@contextlib.contextmanager
+def _give_up_after(timeout: int, waited: str):
+    """Says on stderr what the block waits for, and gives up after `timeout` seconds (exit 2)."""
+    print(f"distributed: waiting up to {timeout} s for {waited} ({TIMEOUT_KEY} sets the limit)",
+          file=sys.stderr, flush=True)
+    with give_up_after(timeout, f"{waited}: not all joined within {timeout} s; start the same command on every "
+                                f"process, check the address and port, or raise {TIMEOUT_KEY}"):
+        yield
 
 
 def _int_env(key: str, value: str) -> int:
@@ -106,10 +130,8 @@ def stop_all(reason: str, code: int):
     if _client is None:
         raise SystemExit(code)
     _stopping.set()
-    try:
+    with contextlib.suppress(Exception):  # another process stopped first: its reason stands
         _client.key_value_set(_STOP_KEY, f"{code} process {jax.process_index()}: {reason}")
-    except Exception:  # another process stopped first: its reason stands
-        pass
     _leave(code)
 
 
@@ -184,7 +206,7 @@ def allgather_json(value) -> list:
     padded = np.zeros(int(lengths.max()), np.uint8)
     padded[:len(data)] = data
     rows = multihost_utils.process_allgather(padded)
-    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths)]
+    return [json.loads(bytes(row[:n])) for row, n in zip(rows, lengths, strict=False)]
 
 
 def common_count(count: int) -> int:

@@ -1,7 +1,10 @@
 """Experiment: learned data mixing (``data.mixing=bandit``) against static and temperature mixing.
 
-    nice .venv/bin/python scripts/exp_mixing.py [--steps 300] [--out runs/exp_mixing]
-                                                [--model tiny|smollm2] [--variants static,bandit,...]
+Backs the README, "Data" (`data.mixing=bandit`): final eval loss static 5.964, temperature 6.350,
+bandit 5.830, bandit with learning rate 0 5.819.
+
+    nice .venv/bin/python scripts/experiments/exp_mixing.py [--steps 300] [--out runs/exp_mixing]
+                                                            [--model tiny|smollm2] [--variants static,bandit,...]
 
 Online Data Mixing (Albalak et al., 2023) reports reaching the next-best method's final perplexity
 in 19% fewer steps. This asks the same question on the shipped data. Training sources, each of
@@ -133,14 +136,14 @@ def plot(results: dict, out_png: str) -> None:
     fig, axes = plt.subplots(1, 1 + len(bandits), figsize=(5 * (1 + len(bandits)), 4))
     axes = list(axes) if bandits else [axes]
     for variant, result in results.items():
-        steps, losses = zip(*result["eval_curve"])
+        steps, losses = zip(*result["eval_curve"], strict=False)
         axes[0].plot(steps, losses, "o-", ms=3, label=variant)
     axes[0].set(xlabel="step", ylabel="held-out eval loss (chatterbot + chit-chat)", title="eval loss")
     axes[0].grid(alpha=0.3)
     axes[0].legend()
-    for ax, variant in zip(axes[1:], bandits):
+    for ax, variant in zip(axes[1:], bandits, strict=False):
         for name, points in results[variant]["weights"].items():
-            ax.plot(*zip(*points), label=name)
+            ax.plot(*zip(*points, strict=False), label=name)
         ax.set(xlabel="step", ylabel="sampling weight", title=f"{variant} weights", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

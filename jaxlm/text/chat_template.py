@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import jinja2
 
-from jaxlm.data.template_sandbox import OverBudget, compile_template, render_bounded
 from jaxlm.errors import UserError
+from jaxlm.text.template_sandbox import OverBudget, compile_template, render_bounded
 
 Spans = list[tuple[int, int]]
 
@@ -50,7 +50,7 @@ _PROBES = (  # conversations the turn-local shortcut must reproduce exactly, see
 
 class ChatTemplateError(UserError):
     """A chat template that cannot be used: a syntax error, something the sandbox forbids, a render
-    past its budget (see :mod:`jaxlm.data.template_sandbox`). The message names the template's file."""
+    past its budget (see :mod:`jaxlm.text.template_sandbox`). The message names the template's file."""
 
     label = "chat template error"
 
@@ -97,7 +97,7 @@ class ChatTemplate:
     Thread-safe (a compiled jinja2 template is). ``turn_suffix`` is the
     end-of-turn text after an assistant content when the template is
     turn-local, else None (every conversation then takes the prefix path).
-    Every render is bounded (:mod:`jaxlm.data.template_sandbox`); what goes
+    Every render is bounded (:mod:`jaxlm.text.template_sandbox`); what goes
     wrong is a :class:`ChatTemplateError` naming ``origin`` (the model file).
     A template that spins or is forbidden usually fails here, on the probes.
     """
@@ -113,7 +113,7 @@ class ChatTemplate:
         self.turn_suffix = self._turn_local_suffix()
 
     @classmethod
-    def from_tokenizer(cls, tokenizer) -> "ChatTemplate | None":
+    def from_tokenizer(cls, tokenizer) -> ChatTemplate | None:
         """The tokenizer's default chat template (None when it has none); ChatTemplateError if unusable."""
         try:
             source = tokenizer.get_chat_template()
@@ -178,7 +178,7 @@ class ChatTemplate:
         if full != self._render(messages):
             return None  # the template rewrites contents (trim, slicing, ...): sentinels shift them
         spans = []
-        for i, (message, (start, end)) in enumerate(zip(messages, contents)):
+        for i, (message, (start, end)) in enumerate(zip(messages, contents, strict=False)):
             if full[start:end] != message["content"]:
                 return None  # contents rendered out of order, or changed
             if message["role"] != "assistant":

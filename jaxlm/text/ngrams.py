@@ -15,6 +15,13 @@ from collections.abc import Sequence
 MIN_SPAN_WORDS = 6
 
 
+def hash32(value) -> int:
+    """A 32-bit hash for datasketch's sketches. Python's hash (SipHash for strings) is several times
+    faster than datasketch's default SHA-1; its per-process salt is harmless because sketches are only
+    compared within one run (or across workers that share PYTHONHASHSEED, see jaxlm.cluster)."""
+    return hash(value) & 0xFFFFFFFF
+
+
 def ngram_hashes(tokens: Sequence[str], n: int) -> list[int]:
     """Hash of every contiguous ``n``-word span of ``tokens`` (empty when shorter)."""
     return [hash(tuple(tokens[i:i + n])) for i in range(len(tokens) - n + 1)]

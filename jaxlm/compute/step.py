@@ -11,13 +11,17 @@ the loop checks it whenever it syncs, so a bad update never reaches a checkpoint
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxlm.train import tasks
-from jaxlm.train.state import TrainState
+from jaxlm.compute import losses
+
+if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is below it
+    from jaxlm.train.state import TrainState
 
 
 def cast_floats(tree, dtype):
@@ -44,7 +48,7 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
             nnx.reseed(model, dropout=key)
 
         def loss(model):
-            terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
+            terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
                                      num_sources=num_sources)
             return terms.loss_sum, (terms.count, terms.by_source)
 
@@ -62,7 +66,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, seq].
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
-    `packed=False` promises one document per row (see `tasks.loss_terms`).
+    `packed=False` promises one document per row (see `losses.loss_terms`).
     With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
     source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing.
     """
@@ -125,7 +129,7 @@ def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, 
 
     def eval_step(params, frozen, rest, batch):
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-        terms = tasks.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True)
+        terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True)
         predictions = None if terms.class_logits is None else jnp.argmax(terms.class_logits, -1)
         return terms.loss_sum, terms.count, terms.correct, predictions
 

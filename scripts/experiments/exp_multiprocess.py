@@ -1,6 +1,9 @@
 """Experiment: what JAX's multi-process runtime does on one CPU machine (not run by CI).
 
-    python scripts/exp_multiprocess.py
+Backs `jaxlm/compute/distributed.py` (`stop_all`: the other processes exit within about a second)
+and the README's "Past one host" on one machine.
+
+    python scripts/experiments/exp_multiprocess.py
 
 Starts two processes on localhost, each with 2 host-platform CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=2) and JAX's gloo CPU collectives

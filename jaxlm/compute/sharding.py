@@ -19,8 +19,8 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxlm.errors import ConfigError
 from jaxlm.models.scan import LAYER_AXIS
-from jaxlm.train.config import check_micro_batch, mesh_shape
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -87,3 +87,23 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
     check_micro_batch(batch_size, grad_accum, mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
+    """(data, fsdp) sizes of the device mesh; `data=-1` takes every device fsdp leaves."""
+    if fsdp < 1 or device_count % fsdp:
+        raise ConfigError(f"mesh.fsdp={fsdp} must divide the {device_count} available devices")
+    if data == -1:
+        data = device_count // fsdp
+    if data * fsdp != device_count:
+        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, "
+                          f"but {device_count} are available")
+    return data, fsdp
+
+
+def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
+    """Each micro-batch is split evenly over every device of the mesh."""
+    micro = batch_size // grad_accum
+    if micro % device_count:
+        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
+                          f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp)")
