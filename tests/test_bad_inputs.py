@@ -592,6 +592,20 @@ def test_a_10_mb_line_trains_in_seconds_and_bounded_memory(files, tmp_path, capf
     assert "were split into pieces" in capfd.readouterr().err  # past data.max_record_chars: warned
 
 
+def test_a_10_mb_chat_gives_its_first_batches_in_seconds(files, tmp_path):
+    text = " ".join(["the cat sat on a mat"] * 500_000)  # 10,499,999 characters
+    chat = [{"role": "user", "content": text[:5_000_000]}, {"role": "assistant", "content": text[5_000_000:]}]
+    path = _write(tmp_path / "big_chat.jsonl", json.dumps({"messages": chat}) + "\n")
+    started = time.perf_counter()
+    with pytest.warns(JaxlmWarning, match="truncated"):  # past data.max_record_chars
+        batches = iter(_pipeline(files, path, "sft"))
+    first, _ = next(batches), next(batches)  # was: minutes (64 copies of 1 MB per tokenizer call)
+    assert time.perf_counter() - started < 30
+    whole = _pipeline(files, _write(tmp_path / "chat.jsonl", json.dumps({"messages": [
+        {"role": "user", "content": text[:4000]}, {"role": "assistant", "content": "hi"}]}) + "\n"), "sft")
+    np.testing.assert_array_equal(first["input_ids"][0], next(iter(whole))["input_ids"][0])  # the same 32 tokens
+
+
 def test_ner_tags_are_read_as_iob2_and_the_repairs_counted(files, tmp_path):
     from jaxlm.data.repairs import to_iob2
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxlm.hf.errors import CheckpointError
+from jaxlm.hf.model_code import refuse_custom_code
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.weight_map import GGUFLayout, rename
 
@@ -123,8 +124,6 @@ def tokenizer(reader, path: str):
 
     pre = meta("ggml.pre", "default")
     if meta("ggml.model") != "gpt2" or pre not in _BYTE_LEVEL_PRE:
-        from jaxlm.hf.load import refuse_custom_code
-
         folder, name = os.path.split(os.path.abspath(path))
         refuse_custom_code(folder)  # transformers reads the folder's own config files beside the GGUF too
         return AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)

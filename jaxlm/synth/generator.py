@@ -52,7 +52,9 @@ class Generator:
         self.model, self.tokenizer = load_pretrained(self.path, quantize=quantize)
         if self.tokenizer is None:
             raise SynthError(f"--model {model}: the model has no tokenizer")
-        if not hasattr(self.model, "decode"):
+        from jaxlm.models.contract import is_causal_lm
+
+        if not is_causal_lm(self.model):
             raise SynthError(f"--model {model}: a {type(self.model).__name__} cannot generate text; synth needs "
                              "a causal LM")
         vocabulary = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
