@@ -9,7 +9,7 @@ import transformers
 VOCAB = 320
 
 
-# Shapes shared by the Llama-architecture families (Llama, Mistral).
+# Shapes shared by the Llama-architecture families (Llama, Mistral, Qwen2, Qwen3).
 _DECODER = dict(
     vocab_size=VOCAB,
     hidden_size=64,
@@ -39,6 +39,19 @@ def tiny_llama(path, *, tied=False, kv_heads=2, bias=False, rope_scaling=None, s
 def tiny_mistral(path, *, sliding_window=None, seed=0):
     config = transformers.MistralConfig(**_DECODER, num_key_value_heads=2, sliding_window=sliding_window)
     return _save(transformers.MistralForCausalLM, config, path, seed)
+
+
+def tiny_qwen2(path, *, tied=False, use_sliding_window=False, seed=0):
+    config = transformers.Qwen2Config(**_DECODER, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=tied,
+                                      use_sliding_window=use_sliding_window, sliding_window=16, max_window_layers=1)
+    return _save(transformers.Qwen2ForCausalLM, config, path, seed)
+
+
+def tiny_qwen3(path, *, tied=False, bias=False, head_dim=32, seed=0):
+    """head_dim 32 with 4 heads of a 64-wide model: Qwen3's head size is its own setting."""
+    config = transformers.Qwen3Config(**_DECODER, num_key_value_heads=2, head_dim=head_dim, rope_theta=1e6,
+                                      tie_word_embeddings=tied, attention_bias=bias)
+    return _save(transformers.Qwen3ForCausalLM, config, path, seed)
 
 
 def tiny_gpt2(path, seed=0):
@@ -88,6 +101,15 @@ def padded_batch(seed=0, batch=3, length=11):
         mask[row, length - 2 * row :] = 0
     ids[mask == 0] = 0
     return ids, mask
+
+
+def left_padded_batch(seed=0, batch=3, length=11):
+    """`padded_batch` with each row's padding moved to the front (batched generation's layout), and the
+    positions transformers must be given for it (it counts positions from the first column otherwise)."""
+    ids, mask = padded_batch(seed, batch, length)
+    shifts = length - mask.sum(1)
+    ids, mask = (np.stack([np.roll(row, s) for row, s in zip(a, shifts, strict=True)]) for a in (ids, mask))
+    return ids, mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
 
 
 def torch_logits(model, ids, mask, **kwargs):

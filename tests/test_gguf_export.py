@@ -14,7 +14,7 @@ from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, torch_logits
+from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3, torch_logits
 
 CHATML = ("{% for message in messages %}"
           "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}{% endfor %}"
@@ -182,6 +182,32 @@ def test_unsupported_models_and_tokenizers_are_refused(llama, tmp_path, minilm_d
     with pytest.raises(ValueError, match="GGUF export supports"):
         jaxlm.export_pretrained(bert, tmp_path / "c.gguf", bert_tokenizer)
     assert not any(p.suffix == ".gguf" for p in tmp_path.iterdir())
+
+
+# llama.cpp's architecture name, a tensor only that family has, and what transformers' GGUF loader
+# must be told: it does not read Qwen3's head size (attention.key_length) and assumes 128, the
+# head size of every released Qwen3, so this 32-wide one is passed explicitly.
+QWEN_GGUF = {"qwen2": (tiny_qwen2, "blk.1.attn_v.bias", {}),
+             "qwen3": (tiny_qwen3, "blk.1.attn_k_norm.weight", {"head_dim": 32})}
+
+
+@pytest.mark.parametrize("family", sorted(QWEN_GGUF))
+def test_qwen_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits(tmp_path, family):
+    write, own_tensor, transformers_needs = QWEN_GGUF[family]
+    write(tmp_path / "hf")
+    model, _ = jaxlm.load_pretrained(tmp_path / "hf")
+    path = jaxlm.export_pretrained(model, tmp_path / "m.gguf", byte_level_tokenizer(False), gguf_type="f32")
+    reader = gguf.GGUFReader(path)
+    assert reader.fields["general.architecture"].contents() == family
+    assert own_tensor in {t.name for t in reader.tensors}
+    ids, mask = padded_batch(seed=6)
+    real = mask.astype(bool)
+    ours = _logits(model, ids, mask)
+    back, _ = jaxlm.load_pretrained(path)
+    assert type(back) is type(model)
+    np.testing.assert_array_equal(_logits(back, ids, mask)[real], ours[real])
+    theirs = torch_logits(_transformers(path, **transformers_needs), ids, mask)
+    assert np.abs(ours[real] - theirs[real]).max() <= TOLERANCE["f32"]
 
 
 @pytest.mark.slow

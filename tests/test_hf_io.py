@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from safetensors.numpy import load_file
 
+import hf_checkpoints
 import jaxlm
 from hf_checkpoints import padded_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_mistral, torch_logits
 from jaxlm.hf import CheckpointError
 
 WRITERS = {"llama": tiny_llama, "llama_tied": lambda p: tiny_llama(p, tied=True), "mistral": tiny_mistral,
+           "qwen2": hf_checkpoints.tiny_qwen2,
+           "qwen3_tied_bias": lambda p: hf_checkpoints.tiny_qwen3(p, tied=True, bias=True),
            "gpt2": tiny_gpt2, "bert": tiny_bert, "bert_tagger": lambda p: tiny_bert(p, num_labels=4)}
 AUTO = {"bert": transformers.AutoModel, "bert_tagger": transformers.AutoModelForTokenClassification}
 
@@ -31,6 +35,10 @@ def test_export_round_trip_gives_transformers_the_same_logits(tmp_path, family):
         tmp_path / "out", output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"], info
+    original, exported = (load_file(tmp_path / folder / "model.safetensors") for folder in ("src", "out"))
+    assert sorted(exported) == sorted(original)
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
     ids, mask = padded_batch(seed=7)
     ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     theirs = torch_logits(reloaded.eval(), ids, mask)
@@ -109,6 +117,24 @@ def test_unknown_model_type_is_named(tmp_path):
 def test_mistral_sliding_window_is_refused_not_ignored(tmp_path):
     tiny_mistral(tmp_path, sliding_window=16)
     with pytest.raises(ValueError, match=r"config.json: sliding_window=16 is shorter than max_position_embeddings=256"):
+        jaxlm.load_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("write", [hf_checkpoints.tiny_qwen2, hf_checkpoints.tiny_qwen3], ids=["qwen2", "qwen3"])
+def test_qwen_sliding_window_is_refused_with_the_key_named(tmp_path, write):
+    write(tmp_path)
+    _edit_config(tmp_path, use_sliding_window=True)
+    with pytest.raises(CheckpointError, match=r"config.json: use_sliding_window=true; sliding-window attention"):
+        jaxlm.load_pretrained(tmp_path)
+    _edit_config(tmp_path, use_sliding_window=False, layer_types=["full_attention", "sliding_attention"])
+    with pytest.raises(CheckpointError, match=r"config.json: layer_types has 'sliding_attention'"):
+        jaxlm.load_pretrained(tmp_path)
+
+
+def test_an_unsupported_rope_scaling_is_refused_at_load(tmp_path):
+    hf_checkpoints.tiny_qwen2(tmp_path)
+    _edit_config(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6})
+    with pytest.raises(CheckpointError, match=r"config.json: rope_scaling type 'yarn' is not supported"):
         jaxlm.load_pretrained(tmp_path)
 
 

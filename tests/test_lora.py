@@ -9,6 +9,7 @@ import transformers
 from flax import nnx
 
 import jaxlm
+from hf_checkpoints import tiny_qwen2, tiny_qwen3
 from jaxlm.hf.peft import save_peft_adapter
 from jaxlm.models.lora import apply_lora, has_lora, merge_lora
 from train_helpers import write_tiny_llama
@@ -22,10 +23,14 @@ def trained_lora(tmp_path_factory):
     base = write_tiny_llama(tmp_path_factory.mktemp("lora") / "base")
     model, tokenizer = jaxlm.load_pretrained(base)
     apply_lora(model, ["q", "v", "down"], rank=4, alpha=8.0, seed=1)
+    _as_if_trained(model)
+    return base, model, tokenizer
+
+
+def _as_if_trained(model):
     rng = np.random.RandomState(0)
     for _, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
         var.set_value(var.get_value() + 0.05 * rng.standard_normal(var.get_value().shape).astype(np.float32))
-    return base, model, tokenizer
 
 
 def test_merged_model_computes_what_the_adapted_model_computes(trained_lora):
@@ -64,3 +69,22 @@ def test_peft_loads_the_adapter_onto_the_hf_base_with_the_merged_logits(trained_
     assert np.abs(via_peft - plain).max() > 1e-3, "the adapter must change the logits"
     np.testing.assert_allclose(via_peft, via_merge, atol=1e-4)
     np.testing.assert_allclose(via_merge, np.asarray(model(IDS)), atol=1e-4)
+
+
+@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3], ids=["qwen2", "qwen3"])
+def test_peft_loads_an_adapter_on_every_short_target_of_a_llama_architecture_family(tmp_path, write):
+    from peft import PeftModel
+
+    base = tmp_path / "base"
+    write(base)
+    model, _ = jaxlm.load_pretrained(base)
+    assert apply_lora(model, ["q", "k", "v", "o", "gate", "up", "down"], rank=4, alpha=8.0, seed=1) == 14
+    _as_if_trained(model)
+    save_peft_adapter(model, str(tmp_path / "adapter"), base_model=str(base))
+    plain = transformers.AutoModelForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        ids = torch.tensor(IDS, dtype=torch.long)
+        without = plain(ids).logits.numpy()
+        via_peft = PeftModel.from_pretrained(plain, str(tmp_path / "adapter")).eval()(ids).logits.numpy()
+    assert np.abs(via_peft - without).max() > 1e-3, "the adapter must change the logits"
+    np.testing.assert_allclose(via_peft, np.asarray(model(IDS)), atol=1e-4)

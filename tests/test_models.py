@@ -8,9 +8,21 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, padded_batch, tiny_bert, tiny_gpt2, tiny_llama, tiny_mistral, torch_logits
+from hf_checkpoints import (
+    VOCAB,
+    left_padded_batch,
+    padded_batch,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mistral,
+    tiny_qwen2,
+    tiny_qwen3,
+    torch_logits,
+)
 from jaxlm.models import ARCHITECTURES
 from jaxlm.models.contract import CausalLM, is_causal_lm
 
@@ -56,6 +68,27 @@ def test_mistral_logits_match_transformers(tmp_path):
     _close_on_real_tokens(logits, torch_logits(ref_model, ids, mask), mask, atol=1e-4)
 
 
+# Llama-architecture families with grouped-query attention, each with its own parts set randomly by the writer.
+DECODER_VARIANTS = {
+    "qwen2": (tiny_qwen2, {}, "Qwen2ForCausalLM"),
+    "qwen2_tied": (tiny_qwen2, dict(tied=True), "Qwen2ForCausalLM"),
+    "qwen3": (tiny_qwen3, {}, "Qwen3ForCausalLM"),
+    "qwen3_tied_bias": (tiny_qwen3, dict(tied=True, bias=True), "Qwen3ForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(DECODER_VARIANTS))
+def test_decoder_family_logits_match_transformers_on_a_left_padded_batch(tmp_path, variant):
+    write, options, architecture = DECODER_VARIANTS[variant]
+    ref_model = write(tmp_path, **options)
+    ids, mask, positions = left_padded_batch(seed=5)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    assert type(model).__name__ == architecture
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    ref = torch_logits(ref_model, ids, mask, position_ids=torch.tensor(positions, dtype=torch.long))
+    _close_on_real_tokens(logits, ref, mask, atol=1e-4)
+
+
 def test_gpt2_logits_match_transformers(tmp_path):
     ref_model = tiny_gpt2(tmp_path)
     ids, mask = padded_batch(seed=1)
@@ -72,8 +105,6 @@ def test_bert_hidden_states_match_transformers(tmp_path):
     model, _ = jaxlm.load_pretrained(tmp_path)
     hidden = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     chex.assert_shape(hidden, (*ids.shape, 64))
-    import torch
-
     ref = torch_logits(ref_model, ids, mask, token_type_ids=torch.tensor(types, dtype=torch.long))
     _close_on_real_tokens(hidden, ref, mask, atol=1e-4)
 
@@ -119,9 +150,9 @@ def test_packed_documents_do_not_attend_across_segments(tmp_path, family):
     np.testing.assert_allclose(logits[0, 7:12], alone_b, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3"])
 def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
-    (tiny_llama if family == "llama" else tiny_gpt2)(tmp_path)
+    {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen3": tiny_qwen3}[family](tmp_path)
     model, _ = jaxlm.load_pretrained(tmp_path)
     ids = np.random.RandomState(6).randint(3, VOCAB, (2, 9)).astype(np.int32)
     mask = np.ones_like(ids)
@@ -141,8 +172,9 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     assert int(cache.index) == 9
 
 
-def test_bfloat16_loading_stays_close_to_float32(tmp_path):
-    tiny_llama(tmp_path)
+@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
+    write(tmp_path)
     ids, mask = padded_batch()
     f32, _ = jaxlm.load_pretrained(tmp_path)
     bf16, _ = jaxlm.load_pretrained(tmp_path, dtype=jnp.bfloat16)

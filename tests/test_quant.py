@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama
+from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
 from jaxlm.models.quant import (
     DIGIT_BASE,
     Int8Embed,
@@ -70,16 +70,21 @@ def tiny_models(tmp_path_factory):
     tiny_llama(root / "tied", tied=True)
     tiny_llama(root / "bias", bias=True)
     tiny_gpt2(root / "gpt2")
+    tiny_qwen2(root / "qwen2")  # q/k/v biases, untied
+    tiny_qwen3(root / "qwen3", tied=True)  # query/key norms
     return root
 
 
-@pytest.mark.parametrize("name", ["tied", "bias", "gpt2"])
+TIED = {"tied", "gpt2", "qwen3"}
+
+
+@pytest.mark.parametrize("name", ["tied", "bias", "gpt2", "qwen2", "qwen3"])
 def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models, name):
     model, _ = jaxlm.load_pretrained(tiny_models / name)
     int8, _ = jaxlm.load_pretrained(tiny_models / name, quantize="int8")
     modules = [m for _, m in nnx.iter_modules(int8)]
     assert not any(type(m) is nnx.Linear for m in modules)
-    assert any(isinstance(m, Int8Embed) for m in modules) == (name != "bias")  # the tied head goes int8 too
+    assert any(isinstance(m, Int8Embed) for m in modules) == (name in TIED)  # the tied head goes int8 too
     ids, mask = padded_batch(seed=2)
     real = mask.astype(bool)
     ours, ref = _logits(int8, ids, mask), _logits(model, ids, mask)
@@ -89,13 +94,14 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
     # digits); a tied embedding comes back as the float table its lookups always used.
     back = dequantize(int8)
     assert not any(isinstance(m, (Int8Linear, Int8Embed)) for _, m in nnx.iter_modules(back))
-    if name == "bias":
+    if name not in TIED:
         dequantized = _logits(back, ids, mask)
         assert np.abs(dequantized[real] - ours[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 
 
-def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny_models):
-    int8, _ = jaxlm.load_pretrained(tiny_models / "tied", quantize="int8")
+@pytest.mark.parametrize("name", ["tied", "qwen2", "qwen3"])
+def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny_models, name):
+    int8, _ = jaxlm.load_pretrained(tiny_models / name, quantize="int8")
     prompts = [[5, 9, 31, 7], [11, 3, 200]]
     result = jaxlm.generate(int8, None, prompts, max_new_tokens=6, stop_at_eos=False)
     assert [len(t) for t in result.token_ids] == [6, 6]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
 
 NEW_TOKENS = 12
 
@@ -62,6 +62,15 @@ def test_gpt2_greedy_batch_with_left_padding_matches_transformers(tmp_path):
     reference = tiny_gpt2(tmp_path)
     model, _ = jaxlm.load_pretrained(tmp_path)
     prompts = random_prompts([4, 10, 7], seed=1)
+    ours = jaxlm.generate(model, None, prompts, max_new_tokens=NEW_TOKENS)
+    assert ours.token_ids == transformers_generate(reference, prompts, max_new_tokens=NEW_TOKENS)
+
+
+@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3], ids=["qwen2", "qwen3"])
+def test_llama_architecture_families_greedy_batch_matches_transformers(tmp_path, write):
+    reference = write(tmp_path, tied=True)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    prompts = random_prompts([7, 2, 10], seed=4)
     ours = jaxlm.generate(model, None, prompts, max_new_tokens=NEW_TOKENS)
     assert ours.token_ids == transformers_generate(reference, prompts, max_new_tokens=NEW_TOKENS)
 

@@ -211,3 +211,23 @@ def test_a_failure_in_the_after_training_report_is_a_warning_and_the_model_is_ke
     assert "Traceback" not in err and "the sampler broke" in (out / "report_error.log").read_text()
     assert (out / "hf" / "model.safetensors").exists() and (out / "adapter" / "adapter_config.json").exists()
     assert (out / "loss_curve.png").exists()  # the rest of the report is still written
+
+
+def test_jaxlm_train_runs_a_qwen3_folder_with_stacked_layers_and_exports_it(files, tmp_path):
+    """The first thing a Qwen user tries: `jaxlm train model.path=QWEN3_FOLDER` (it once stopped at model_type)."""
+    from hf_checkpoints import tiny_qwen3
+    from train_helpers import llama_tokenizer
+
+    folder = tmp_path / "qwen3"
+    tiny_qwen3(folder, tied=True)
+    llama_tokenizer().save_pretrained(folder)
+    out = tmp_path / "run"
+    status = main(["--no-progress", f"model.path={folder}", "task=sft", f"output_dir={out}",
+                   f"data.train=[{files['sft']}]", "data.eval_fraction=0.25", "train.steps=4", "train.batch_size=4",
+                   "train.seq_len=32", "train.warmup_steps=0", "eval.every=2", "eval.steps=1", "eval.sample_prompts=0",
+                   "checkpoint.every=4", "model.lora.rank=4", "model.scan_layers=true", "model.remat=full"])
+    assert status == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    steps = {r["step"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
+    assert steps == {1, 2, 3, 4}, steps

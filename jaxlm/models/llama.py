@@ -33,6 +33,9 @@ class LlamaConfig:
     pad_token_id: int | None = None
 
     model_type = "llama"
+    # Facts of a family rather than fields of its config.json, which subclasses override:
+    output_bias = None  # o_proj's bias: None follows attention_bias; False never (Qwen2 biases only q/k/v)
+    qk_norm = False  # an RMSNorm over each query and key head before RoPE (Qwen3)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Self:
@@ -44,7 +47,7 @@ class LlamaConfig:
         theta = hf.get("rope_theta") or (rope or {}).get("rope_theta", 10000.0)
         if rope and rope.get("rope_type", rope.get("type")) == "default":
             rope = None
-        return cls(
+        config = cls(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
@@ -63,6 +66,8 @@ class LlamaConfig:
             eos_token_id=_hashable(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
         )
+        _ = config.inverse_frequencies  # an unsupported rope_scaling type fails at load, not at the first forward pass
+        return config
 
     def to_hf(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -92,14 +97,20 @@ class Attention(nnx.Module):
         self.q_proj = layers.linear(rngs, d, h * cfg.head_dim, **options)
         self.k_proj = layers.linear(rngs, d, kv * cfg.head_dim, **options)
         self.v_proj = layers.linear(rngs, d, kv * cfg.head_dim, **options)
-        self.o_proj = layers.linear(rngs, h * cfg.head_dim, d, **options)
-        self.heads, self.kv_heads, self.head_dim = h, kv, cfg.head_dim
+        o_bias = cfg.attention_bias if cfg.output_bias is None else cfg.output_bias
+        self.o_proj = layers.linear(rngs, h * cfg.head_dim, d, **dict(options, bias=o_bias))
+        if cfg.qk_norm:
+            self.q_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
+            self.k_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.heads, self.kv_heads, self.head_dim, self.qk_norm = h, kv, cfg.head_dim, cfg.qk_norm
 
     def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv=None, index=None):
         b, t, _ = x.shape
         q, k, v = layers.fan_out((self.q_proj, self.k_proj, self.v_proj), x)
-        q = layers.apply_rope(q.reshape(b, t, self.heads, self.head_dim), positions, inv_freq)
-        k = layers.apply_rope(k.reshape(b, t, self.kv_heads, self.head_dim), positions, inv_freq)
+        q, k = q.reshape(b, t, self.heads, self.head_dim), k.reshape(b, t, self.kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = layers.apply_rope(q, positions, inv_freq), layers.apply_rope(k, positions, inv_freq)
         v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)

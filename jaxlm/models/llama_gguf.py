@@ -87,15 +87,17 @@ def write_metadata(writer, c) -> None:
         raise UserError(f"rope_scaling type {kind!r} has no GGUF form here (supported: default, linear, llama3)")
 
 
-def to_gguf(hf: dict[str, np.ndarray], c):
+def to_gguf(hf: dict[str, np.ndarray], c, names=NAMES, permute_qk: bool = True):
+    """`names` and `permute_qk`: for the families that are Llama's computation under other GGUF names
+    (models/qwen_gguf.py, whose Q and K rows llama.cpp takes in HF's order)."""
     scaling = dict(c.rope_scaling or {})
     if scaling.get("rope_type", scaling.get("type")) == "llama3":
         yield "rope_freqs.weight", _llama3_rope_factors(c, scaling)
     for hf_name, array in hf.items():
-        name = gguf_name(hf_name, NAMES)
-        if ".attn_q." in name:
+        name = gguf_name(hf_name, names)
+        if ".attn_q." in name and permute_qk:
             array = _permute(array, c.num_attention_heads)
-        elif ".attn_k." in name:
+        elif ".attn_k." in name and permute_qk:
             array = _permute(array, c.num_key_value_heads)
         yield name, array
 

@@ -15,11 +15,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models import gpt2_gguf, llama_gguf
+from jaxlm.models import gpt2_gguf, llama_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
+from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from jaxlm.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from jaxlm.models.weight_map import GGUFLayout, Row
 
 
@@ -96,6 +98,24 @@ MISTRAL = dataclasses.replace(
     LLAMA, config=MistralConfig, architectures=(MistralForCausalLM,), aliases={"MistralModel": "MistralForCausalLM"}
 )
 
+# Qwen is Llama's computation with q/k/v biases (Qwen2) or query/key norms (Qwen3), and GGUF files of its own.
+QWEN2 = dataclasses.replace(
+    LLAMA,
+    config=Qwen2Config,
+    architectures=(Qwen2ForCausalLM,),
+    aliases={"Qwen2Model": "Qwen2ForCausalLM"},
+    gguf=qwen_gguf.QWEN2,
+)
+
+QWEN3 = dataclasses.replace(
+    LLAMA,
+    config=Qwen3Config,
+    architectures=(Qwen3ForCausalLM,),
+    aliases={"Qwen3Model": "Qwen3ForCausalLM"},
+    weights=(*LLAMA.weights, Row("model.layers.{i}.self_attn.{norm}.weight", "layers.{i}.self_attn.{norm}.weight")),
+    gguf=qwen_gguf.QWEN3,
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -138,7 +158,7 @@ BERT = Family(
                 "BertForSequenceClassification": "classification"},
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()
