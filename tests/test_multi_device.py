@@ -21,7 +21,6 @@ from synth_helpers import tiny_synth_model
 from train_helpers import write_sft_jsonl, write_tiny_llama
 
 TESTS = Path(__file__).resolve().parent
-pytestmark = pytest.mark.xdist_group("multi_device")  # one worker builds the runs once for every test here
 
 # Short but otherwise default: every eval and report setting keeps its default value.
 TRAIN = ["train.steps=4", "train.batch_size=4", "train.seq_len=32", "eval.every=2", "eval.steps=1",
@@ -73,7 +72,7 @@ def run_commands(assets_json: str, out: str, names_json: str) -> None:
 
 
 def launch(devices: int, assets: dict, out: Path, names: list[str]) -> subprocess.Popen:
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                TF_CPP_MIN_LOG_LEVEL="3")
@@ -83,20 +82,32 @@ def launch(devices: int, assets: dict, out: Path, names: list[str]) -> subproces
                             cwd=TESTS.parent, stdout=open(out / "log.txt", "w"), stderr=subprocess.STDOUT)
 
 
-@pytest.fixture(scope="session")  # not "module": a worker that runs another module's test between two of these
-def runs(tmp_path_factory):  # would tear a module fixture down and run both processes again
-    root = tmp_path_factory.mktemp("multi_device")
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """The two processes' results, made once per test run: pytest-xdist may hand these tests to both of its
+    workers (seen: the xdist_group mark did not keep them together), so the first worker makes the runs in a
+    folder that all workers share, under a lock, and the others read them."""
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent / "multi_device"  # shared by the workers of one run
+    with open(f"{root}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / "done").exists():
+            _make_runs(root)
+            (root / "done").write_text("")
+    return {devices: {"dir": root / name, **json.loads((root / name / "status.json").read_text())}
+            for devices, name in ((4, "four"), (1, "one"))}
+
+
+def _make_runs(root: Path) -> None:
+    root.mkdir(exist_ok=True)
     assets = {"llama": write_tiny_llama(root / "llama"), "sft": write_sft_jsonl(root / "chat.jsonl"),
               "test": write_sft_jsonl(root / "test.jsonl", n=8), "synth_model": tiny_synth_model(root / "synth_model")}
     everything = list(commands(assets, "").keys())
-    procs = {4: launch(4, assets, root / "four", everything),
-             1: launch(1, assets, root / "one", [n for n in everything if n != "synth"])}
-    found = {}
-    for devices, proc in procs.items():
-        folder = root / ("four" if devices == 4 else "one")
-        assert proc.wait(timeout=900) == 0, (folder / "log.txt").read_text()[-5000:]
-        found[devices] = {"dir": folder, **json.loads((folder / "status.json").read_text())}
-    return found
+    procs = {"four": launch(4, assets, root / "four", everything),
+             "one": launch(1, assets, root / "one", [n for n in everything if n != "synth"])}
+    for name, proc in procs.items():
+        assert proc.wait(timeout=900) == 0, (root / name / "log.txt").read_text()[-5000:]
 
 
 def exited_0(runs, name: str) -> None:
