@@ -31,8 +31,11 @@ def reference(q, k, v, allowed):
     return out.transpose(1, 2).numpy()
 
 
-def allowed_by(ids, causal=True):
+def allowed_by(ids, causal=True, window=None):
+    """transformers' rule for a sliding window: query q sees key k when q - window < k (indices in the row)."""
     same = ids[:, :, None] == ids[:, None, :]
+    if window is not None:
+        same = same & (np.arange(T)[None, :] > np.arange(T)[:, None] - window)
     return same & np.tril(np.ones((T, T), bool)) if causal else same
 
 
@@ -41,24 +44,29 @@ def assert_close_where_real(got, want, ids):
     np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("ids", [PACKED, ONE_DOCUMENT], ids=["packed", "one_document"])
-def test_xla_path_matches_torch_with_segments_padding_and_gqa(ids):
+@pytest.mark.parametrize("ids, window", [(PACKED, None), (ONE_DOCUMENT, None), (PACKED, 3)],
+                         ids=["packed", "one_document", "packed_sliding_window"])
+def test_xla_path_matches_torch_with_segments_padding_and_gqa(ids, window):
     q, k, v = qkv()
-    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(segment_ids=jnp.asarray(ids)))
-    assert_close_where_real(got, reference(q, k, v, allowed_by(ids)), ids)
+    mask = layers.Mask(segment_ids=jnp.asarray(ids), window=window)
+    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
+    assert_close_where_real(got, reference(q, k, v, allowed_by(ids, window=window)), ids)
 
 
-@pytest.mark.parametrize("ids, causal", [(ONE_DOCUMENT, True), (ONE_DOCUMENT, False), (None, True)],
-                         ids=["sequence_lengths", "sequence_lengths_bidirectional", "causal_only"])
-def test_kernel_path_arguments_match_torch(ids, causal):
-    """The cuDNN call (per-row lengths for one document per row), run on XLA here; and the mask it stands for."""
+@pytest.mark.parametrize("ids, causal, window", [(ONE_DOCUMENT, True, None), (ONE_DOCUMENT, False, None),
+                                                 (None, True, None), (ONE_DOCUMENT, True, 4)],
+                         ids=["sequence_lengths", "sequence_lengths_bidirectional", "causal_only", "sliding_window"])
+def test_kernel_path_arguments_match_torch(ids, causal, window):
+    """The cuDNN call (per-row lengths for one document per row, a static window), run on XLA here; and
+    the mask it stands for."""
     q, k, v = qkv(1)
     lengths = None if ids is None else jnp.asarray((ids != 0).sum(1), jnp.int32)
-    mask = layers.Mask(lengths=lengths, causal=causal)
+    mask = layers.Mask(lengths=lengths, causal=causal, window=window)
+    assert mask.kernel_ready
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
     kernel = layers.kernel_attention(q, k, v, mask, scale=D**-0.5, implementation="xla")
     ids = np.ones((B, T), np.int32) if ids is None else ids
-    want = reference(np.asarray(q), np.asarray(k), np.asarray(v), allowed_by(ids, causal))
+    want = reference(np.asarray(q), np.asarray(k), np.asarray(v), allowed_by(ids, causal, window))
     assert_close_where_real(kernel, want, ids)
     assert_close_where_real(layers.attention(q, k, v, mask), want, ids)  # the XLA path on the same mask
 

@@ -74,6 +74,7 @@ DECODER_VARIANTS = {
     "qwen2_tied": (tiny_qwen2, dict(tied=True), "Qwen2ForCausalLM"),
     "qwen3": (tiny_qwen3, {}, "Qwen3ForCausalLM"),
     "qwen3_tied_bias": (tiny_qwen3, dict(tied=True, bias=True), "Qwen3ForCausalLM"),
+    "mistral_window": (tiny_mistral, dict(sliding_window=4), "MistralForCausalLM"),  # rows of 11: past the window
 }
 
 
@@ -150,9 +151,13 @@ def test_packed_documents_do_not_attend_across_segments(tmp_path, family):
     np.testing.assert_allclose(logits[0, 7:12], alone_b, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen3"])
+CACHE_WRITERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen3": tiny_qwen3,
+                 "mistral_window": lambda path: tiny_mistral(path, sliding_window=4)}
+
+
+@pytest.mark.parametrize("family", sorted(CACHE_WRITERS))
 def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
-    {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen3": tiny_qwen3}[family](tmp_path)
+    CACHE_WRITERS[family](tmp_path)
     model, _ = jaxlm.load_pretrained(tmp_path)
     ids = np.random.RandomState(6).randint(3, VOCAB, (2, 9)).astype(np.int32)
     mask = np.ones_like(ids)

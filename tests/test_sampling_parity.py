@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
 
 NEW_TOKENS = 12
 
@@ -66,9 +66,14 @@ def test_gpt2_greedy_batch_with_left_padding_matches_transformers(tmp_path):
     assert ours.token_ids == transformers_generate(reference, prompts, max_new_tokens=NEW_TOKENS)
 
 
-@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3], ids=["qwen2", "qwen3"])
-def test_llama_architecture_families_greedy_batch_matches_transformers(tmp_path, write):
-    reference = write(tmp_path, tied=True)
+# Sliding windows of 4 tokens: prompts and generations run past them.
+FAMILIES = {"qwen2": lambda path: tiny_qwen2(path, tied=True), "qwen3": lambda path: tiny_qwen3(path, tied=True),
+            "mistral_window": lambda path: tiny_mistral(path, sliding_window=4)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_llama_architecture_families_greedy_batch_matches_transformers(tmp_path, family):
+    reference = FAMILIES[family](tmp_path)
     model, _ = jaxlm.load_pretrained(tmp_path)
     prompts = random_prompts([7, 2, 10], seed=4)
     ours = jaxlm.generate(model, None, prompts, max_new_tokens=NEW_TOKENS)

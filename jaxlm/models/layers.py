@@ -26,14 +26,21 @@ class Mask:
     sequence from position 0, then padding: what cuDNN takes), `segment_ids` [batch, seq] (packed
     documents, 0 = padding) or `padding` [batch, seq] (1 = real token, anywhere). With segment ids
     or padding a query sees the keys of its own segment (padding counts as one more segment, so no
-    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots].
-    `implementation` picks the kernel (see `attention`).
+    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots] and
+    `offset`, the slot of its first query. `implementation` picks the kernel (see `attention`).
+
+    `window` adds a sliding window, transformers' rule: the query at index q sees the key at index k
+    only when q - window < k, where an index is the place in the padded row (or the cache slot), as
+    transformers counts with left padding. A Python int is static and fused kernels take it; an array
+    (a per-layer window scanned with stacked layers) is built into the boolean mask.
     """
 
     lengths: jax.Array | None = None
     segment_ids: jax.Array | None = None
     padding: jax.Array | None = None
     dense: jax.Array | None = None
+    window: jax.Array | int | None = None
+    offset: jax.Array | int = 0
     causal: bool = struct.field(pytree_node=False, default=True)
     implementation: str = struct.field(pytree_node=False, default="xla")
 
@@ -46,8 +53,13 @@ class Mask:
 
     def boolean(self, q_len: int, k_len: int) -> jax.Array:
         """The mask as booleans [batch or 1, 1, q, k]."""
-        if self.dense is not None:
-            return self.dense
+        mask = self.dense if self.dense is not None else self._undecoded(q_len, k_len)
+        if self.window is not None:
+            query = self.offset + jnp.arange(q_len)
+            mask = mask & (jnp.arange(k_len)[None, :] > query[:, None] - self.window)
+        return mask
+
+    def _undecoded(self, q_len: int, k_len: int) -> jax.Array:
         mask = jnp.ones((1, 1, q_len, k_len), bool)
         if self.causal:
             mask = jnp.tril(mask)
@@ -61,28 +73,37 @@ class Mask:
 
     @property
     def kernel_ready(self) -> bool:
-        """Whether a fused kernel can take this mask as it is (causal, and/or lengths)."""
-        return self.dense is None and self.segment_ids is None and self.padding is None
+        """Whether a fused kernel can take this mask as it is (causal, lengths, a static window)."""
+        return (self.dense is None and self.segment_ids is None and self.padding is None
+                and (self.window is None or isinstance(self.window, int)))
 
 
-def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
+def attention(q, k, v, mask: Mask, *, scale: float | None = None, softcap: float | None = None) -> jax.Array:
     """The one attention of every family: q [b, t, heads, d]; k, v [b, s, kv_heads, d] (GQA when fewer).
 
     `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
     (softmax in float32). "cudnn" runs cuDNN flash attention through the same function for bf16/fp16
-    inputs whose mask it takes (causal, lengths); packed rows and arbitrary padding take the XLA path,
-    as `resolve_attention` announces when it sets the implementation up. Decoding over a KV cache
-    runs `cached_attention`, the same arithmetic on the cache's layout.
+    inputs whose mask it takes (causal, lengths, a static window); packed rows and arbitrary padding
+    take the XLA path, as `resolve_attention` announces when it sets the implementation up. Decoding
+    over a KV cache runs `cached_attention`, the same arithmetic on the cache's layout.
+
+    `softcap` (Gemma 2) bounds the scores by softcap * tanh(scores / softcap) before the mask, which
+    jax.nn.dot_product_attention cannot do: `cached_attention` computes the scores itself then.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     k, v = k.astype(q.dtype), v.astype(q.dtype)
+    if softcap is not None:
+        b, s, kv_heads, d = k.shape
+        keys, values = (x.swapaxes(1, 2).reshape(b * kv_heads, s, d) for x in (k, v))  # the cache's layout
+        return cached_attention(q, keys, values, mask, scale=scale, softcap=softcap)
     if mask.implementation == "cudnn" and mask.kernel_ready and q.dtype in (jnp.bfloat16, jnp.float16):
         return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn")
     return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
                                         implementation="xla")
 
 
-def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None) -> jax.Array:
+def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None,
+                     softcap: float | None = None) -> jax.Array:
     """Attention over a KV cache: q [b, t, heads, d]; keys, values [b * kv_heads, slots, d] (`scan.LayerCache.read`).
 
     The same arithmetic as `attention`'s XLA path (float32 softmax, GQA heads grouped per KV head),
@@ -95,6 +116,8 @@ def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None)
     # [b * kv, group * t, d]: the queries that share one KV head, as the rows of one matmul
     q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, group * t, d)
     scores = jnp.einsum("nqd,nsd->nqs", q, keys.astype(q.dtype), preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
     allowed = jnp.tile(mask.boolean(t, keys.shape[1]), (1, 1, group, 1))  # [b or 1, 1, group * t, slots]
     allowed = jnp.broadcast_to(allowed, (b, kv_heads, *allowed.shape[2:])).reshape(scores.shape)
     scores = jnp.where(allowed, scores, _MASKED)
@@ -109,15 +132,17 @@ _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def kernel_attention(q, k, v, mask: Mask, *, scale: float, implementation: str) -> jax.Array:
-    """A fused kernel's call: causal or not, with per-row sequence lengths when rows are padded.
+    """A fused kernel's call: causal or not, with per-row sequence lengths when rows are padded, and
+    a static sliding window (`Mask.window`) as the kernel's (window - 1 keys back, none ahead).
 
     jax.nn.dot_product_attention's cuDNN path takes padding only as lengths, and packed documents
     not at all (no segment ids; a mask becomes a bias whose gradient cuDNN computes only for batch
     1). `implementation="xla"` runs the same call on XLA (how the tests check it on a CPU).
     """
     lengths = {} if mask.lengths is None else dict(query_seq_lengths=mask.lengths, key_value_seq_lengths=mask.lengths)
+    window = None if mask.window is None else (int(mask.window) - 1, 0)
     return jax.nn.dot_product_attention(  # pyright: ignore[reportCallIssue, reportArgumentType]  see below
-        q, k, v, scale=scale, is_causal=mask.causal,
+        q, k, v, scale=scale, is_causal=mask.causal, local_window_size=window,
         implementation=implementation,  # pyright: ignore[reportArgumentType]  "xla" or "cudnn", checked by configure
         **lengths)  # pyright: ignore[reportArgumentType]  two length arrays or nothing: the stubs take any key
 
@@ -138,10 +163,11 @@ def fan_out(projections, x) -> list[jax.Array]:
 
 
 def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: bool = False,
-                      platform: str | None = None):
+                      softcap: float | None = None, platform: str | None = None):
     """(implementation, note): `auto` means cuDNN on an NVIDIA GPU and XLA elsewhere; a request the
     kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once).
-    `packed`: training rows hold several documents (segment ids), which only XLA attention takes."""
+    `packed`: training rows hold several documents (segment ids), which only XLA attention takes.
+    `softcap`: the model caps its attention scores (Gemma 2), which no fused kernel here does."""
     if requested not in ATTENTION:
         raise ValueError(f"model.attention={requested!r} is not one of {', '.join(ATTENTION)}")
     platform = platform or jax.devices()[0].platform
@@ -154,6 +180,9 @@ def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: b
                        "using XLA attention (set train.compute_dtype=bfloat16)")
     if head_dim % 8 or head_dim > 256:
         return "xla", f"cuDNN flash attention needs head_dim <= 256 and a multiple of 8, not {head_dim}: using XLA"
+    if softcap is not None:
+        return "xla", (f"attention-logit soft-capping ({softcap}) is not in cuDNN flash attention: XLA attention, "
+                       "which keeps [batch, heads, seq, seq] scores")
     if packed:
         return "xla", ("packed rows (data.pack=true) need segment ids, which jax.nn.dot_product_attention's cuDNN "
                        "path does not take: XLA attention, which keeps [batch, heads, seq, seq] scores; set "
@@ -216,15 +245,20 @@ def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> j
 
 
 class RMSNorm(nnx.Module):
-    """Llama's RMSNorm: normalise in float32, scale in the input dtype."""
+    """Llama's RMSNorm: normalise in float32, scale in the input dtype.
 
-    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32):
-        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
-        self.eps = eps
+    `offset` is Gemma's form: the weight is stored as an offset from 1 (it scales by 1 + weight) and
+    scales in float32 before the cast, as transformers' Gemma2RMSNorm/Gemma3RMSNorm do."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32, offset: bool = False):
+        self.weight = nnx.Param((jnp.zeros if offset else jnp.ones)((dim,), param_dtype))
+        self.eps, self.offset = eps, offset
 
     def __call__(self, x):
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
         return self.weight[...] * normed.astype(x.dtype)
 
 

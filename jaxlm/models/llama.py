@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Self
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -31,11 +30,14 @@ class LlamaConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None  # a list in config.json: a tuple keeps the config hashable
     pad_token_id: int | None = None
+    sliding_window: int | None = None  # every layer's window (Mistral v0.1): see layers.Mask
+    hidden_act: str = "silu"  # the MLP's gate activation, by its HF name (layers.ACTIVATIONS)
 
     model_type = "llama"
     # Facts of a family rather than fields of its config.json, which subclasses override:
     output_bias = None  # o_proj's bias: None follows attention_bias; False never (Qwen2 biases only q/k/v)
     qk_norm = False  # an RMSNorm over each query and key head before RoPE (Qwen3)
+    norm_offset = False  # RMSNorms scale by 1 + weight (Gemma; see layers.RMSNorm)
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Self:
@@ -71,7 +73,9 @@ class LlamaConfig:
 
     def to_hf(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out.update(model_type=self.model_type, hidden_act="silu")
+        out.update(model_type=self.model_type)
+        if out["sliding_window"] is None:
+            del out["sliding_window"]
         if out["rope_scaling"] is None:
             del out["rope_scaling"]
         else:
@@ -84,6 +88,10 @@ class LlamaConfig:
     def inverse_frequencies(self):
         scaling = dict(self.rope_scaling) if self.rope_scaling else None
         return layers.rope_inverse_frequencies(self.head_dim, self.rope_theta, scaling)
+
+
+def _norm(cfg: LlamaConfig, dim: int, param_dtype) -> layers.RMSNorm:
+    return layers.RMSNorm(dim, cfg.rms_norm_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
 
 
 def _hashable(value):
@@ -100,12 +108,20 @@ class Attention(nnx.Module):
         o_bias = cfg.attention_bias if cfg.output_bias is None else cfg.output_bias
         self.o_proj = layers.linear(rngs, h * cfg.head_dim, d, **dict(options, bias=o_bias))
         if cfg.qk_norm:
-            self.q_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
-            self.k_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
+            self.q_norm = _norm(cfg, cfg.head_dim, param_dtype)
+            self.k_norm = _norm(cfg, cfg.head_dim, param_dtype)
         self.heads, self.kv_heads, self.head_dim, self.qk_norm = h, kv, cfg.head_dim, cfg.qk_norm
+        self.window = cfg.sliding_window
+        self.scale: float | None = None  # None: head_dim ** -0.5
+        self.softcap: float | None = None  # attention-logit soft-capping (layers.attention)
+
+    def layer_view(self, mask: layers.Mask, inv_freq):
+        """The mask and RoPE frequencies this layer attends with: the model's, and the family's window."""
+        return (mask if self.window is None else dataclasses.replace(mask, window=self.window)), inv_freq
 
     def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv=None, index=None):
         b, t, _ = x.shape
+        mask, inv_freq = self.layer_view(mask, inv_freq)
         q, k, v = layers.fan_out((self.q_proj, self.k_proj, self.v_proj), x)
         q, k = q.reshape(b, t, self.heads, self.head_dim), k.reshape(b, t, self.kv_heads, self.head_dim)
         if self.qk_norm:
@@ -115,9 +131,9 @@ class Attention(nnx.Module):
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
             keys, values = kv.read()
-            out = layers.cached_attention(q, keys, values, mask)
+            out = layers.cached_attention(q, keys, values, mask, scale=self.scale, softcap=self.softcap)
         else:
-            out = layers.attention(q, k, v, mask)
+            out = layers.attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
         return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -128,17 +144,18 @@ class MLP(nnx.Module):
         self.gate_proj = layers.linear(rngs, d, f, **options)
         self.up_proj = layers.linear(rngs, d, f, **options)
         self.down_proj = layers.linear(rngs, f, d, **options)
+        self.activation = cfg.hidden_act
 
     def __call__(self, x):
         gate, up = layers.fan_out((self.gate_proj, self.up_proj), x)
-        return self.down_proj(jax.nn.silu(gate) * up)
+        return self.down_proj(layers.ACTIVATIONS[self.activation](gate) * up)
 
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.input_layernorm = _norm(cfg, cfg.hidden_size, param_dtype)
         self.self_attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
-        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.post_attention_layernorm = _norm(cfg, cfg.hidden_size, param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
@@ -157,12 +174,21 @@ class LlamaForCausalLM(nnx.Module):
         self.config = cfg
         self.attention_kernel, self.remat = "xla", "none"
         self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
-        self.layers = nnx.List(
-            [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)]
-        )
-        self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.layers = nnx.List([self.decoder_layer(cfg, i, rngs=rngs, param_dtype=param_dtype)
+                                for i in range(cfg.num_hidden_layers)])
+        self.norm = _norm(cfg, cfg.hidden_size, param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
+
+    @staticmethod
+    def decoder_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
+        """Layer `index` (a family whose layers differ by index, as Gemma's, overrides this)."""
+        del index
+        return DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype)
+
+    def embed(self, input_ids):
+        """Input embeddings [batch, seq, hidden] of token ids."""
+        return self.embed_tokens(input_ids)
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
                  return_hidden=False):
@@ -176,7 +202,7 @@ class LlamaForCausalLM(nnx.Module):
         mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
                            implementation=self.attention_kernel)
         inv_freq = self.config.inverse_frequencies
-        x = scan.run(self.layers, self.embed_tokens(input_ids),
+        x = scan.run(self.layers, self.embed(input_ids),
                      lambda layer, y: layer(y, positions, mask, inv_freq)[0], remat=self.remat)
         hidden = self.norm(x)
         return hidden if return_hidden else self.logits(hidden)
@@ -188,7 +214,7 @@ class LlamaForCausalLM(nnx.Module):
         inv_freq = self.config.inverse_frequencies
         x, cache = scan.run_with_cache(
             self.layers,
-            self.embed_tokens(input_ids),
+            self.embed(input_ids),
             cache,
             new_valid,
             lambda layer, x, mask, kv, index: layer(x, positions, mask, inv_freq, kv, index),

@@ -1,11 +1,12 @@
-"""Mistral (7B v0.2 and later, Nemo, ...): Llama's architecture under its own `model_type`.
+"""Mistral (7B v0.1/v0.2 and later, Nemo, ...): Llama's architecture under its own `model_type`.
 
-Mistral 7B v0.1's sliding-window attention is not implemented: a config whose window is
-shorter than its positions is refused, rather than computed differently from transformers.
+Mistral 7B v0.1 attends over a sliding window (`sliding_window`, 4096 tokens) on every layer:
+`layers.Mask.window`, as transformers applies it (later versions set it to null).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Self
 
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
@@ -16,16 +17,13 @@ class MistralConfig(LlamaConfig):
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> Self:
-        window, positions = hf.get("sliding_window"), hf.get("max_position_embeddings", 2048)
-        if window is not None and window < positions:
-            raise ValueError(
-                f"config.json: sliding_window={window} is shorter than max_position_embeddings={positions}; "
-                "sliding-window attention is not supported"
-            )
-        return super().from_hf(hf)
+        window = hf.get("sliding_window")
+        if window is not None and (not isinstance(window, int) or window < 1):
+            raise ValueError(f"config.json: sliding_window={window!r}; expected a positive number of tokens or null")
+        return dataclasses.replace(super().from_hf(hf), sliding_window=window)
 
     def to_hf(self) -> dict[str, Any]:
-        return dict(super().to_hf(), sliding_window=None)  # transformers' default is a 4096-token window
+        return dict(super().to_hf(), sliding_window=self.sliding_window)  # transformers' default is 4096, not none
 
 
 class MistralForCausalLM(LlamaForCausalLM):

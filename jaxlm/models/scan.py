@@ -151,7 +151,7 @@ def run_with_cache(layers, x, cache: KVCache, new_valid, call):
     new_valid = jnp.ones(x.shape[:2], bool) if new_valid is None else new_valid.astype(bool)
     # Mark the new slots before the layers run, so the new tokens see themselves.
     cache = dataclasses.replace(cache, valid=jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index)))
-    mask = Mask(dense=cached_mask(cache, num_new))  # for layers.cached_attention
+    mask = Mask(dense=cached_mask(cache, num_new), offset=cache.index)  # for layers.cached_attention
     keys, values = cache.keys, cache.values
     if not is_stacked(layers):
         written = []
