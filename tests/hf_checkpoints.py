@@ -54,6 +54,27 @@ def tiny_qwen3(path, *, tied=False, bias=False, head_dim=32, seed=0):
     return _save(transformers.Qwen3ForCausalLM, config, path, seed)
 
 
+# Gemma: a window of 4 tokens (sequences in the tests run past it), grouped-query attention, a query scale
+# other than head_dim ** -0.5; small soft-caps (Gemma 2) so that the caps really bend these small scores.
+_GEMMA = dict(_DECODER, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+              bos_token_id=2, eos_token_id=1)
+
+
+def tiny_gemma2(path, *, seed=0):
+    """Layer 0 slides, layer 1 is global (Gemma 2's alternation); tied embeddings, as released."""
+    config = transformers.Gemma2Config(**_GEMMA, attn_logit_softcapping=0.1, final_logit_softcapping=0.3)
+    return _save(transformers.Gemma2ForCausalLM, config, path, seed)
+
+
+def tiny_gemma3(path, *, seed=0):
+    """Local, global, local layers: the local RoPE base and the global linear scaling both matter."""
+    config = transformers.Gemma3TextConfig(
+        **dict(_GEMMA, num_hidden_layers=3), layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
+    return _save(transformers.Gemma3ForCausalLM, config, path, seed)
+
+
 def tiny_gpt2(path, seed=0):
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2

@@ -16,6 +16,8 @@ from hf_checkpoints import (
     left_padded_batch,
     padded_batch,
     tiny_bert,
+    tiny_gemma2,
+    tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
     tiny_mistral,
@@ -75,6 +77,8 @@ DECODER_VARIANTS = {
     "qwen3": (tiny_qwen3, {}, "Qwen3ForCausalLM"),
     "qwen3_tied_bias": (tiny_qwen3, dict(tied=True, bias=True), "Qwen3ForCausalLM"),
     "mistral_window": (tiny_mistral, dict(sliding_window=4), "MistralForCausalLM"),  # rows of 11: past the window
+    "gemma2": (tiny_gemma2, {}, "Gemma2ForCausalLM"),  # windows of 4 on alternate layers, soft-caps
+    "gemma3": (tiny_gemma3, {}, "Gemma3ForCausalLM"),  # local and global RoPE, q/k norms
 }
 
 
@@ -152,7 +156,8 @@ def test_packed_documents_do_not_attend_across_segments(tmp_path, family):
 
 
 CACHE_WRITERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "qwen3": tiny_qwen3,
-                 "mistral_window": lambda path: tiny_mistral(path, sliding_window=4)}
+                 "mistral_window": lambda path: tiny_mistral(path, sliding_window=4),
+                 "gemma3": tiny_gemma3}
 
 
 @pytest.mark.parametrize("family", sorted(CACHE_WRITERS))
@@ -177,7 +182,7 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     assert int(cache.index) == 9
 
 
-@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3, tiny_gemma3], ids=["llama", "qwen3", "gemma3"])
 def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
     write(tmp_path)
     ids, mask = padded_batch()

@@ -69,7 +69,8 @@ def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtyp
     plain_mode(os.path.join(out_dir, "model.safetensors"))  # safetensors writes it 0600
 
     config = model.config.to_hf()
-    config.update(architectures=[arch.name], dtype=_DTYPE_NAMES.get(jnp.dtype(saved_dtype), "float32"))
+    config.setdefault("architectures", [arch.name])  # a config may export as another class (a vision model's text)
+    config["dtype"] = _DTYPE_NAMES.get(jnp.dtype(saved_dtype), "float32")
     if getattr(model.config, "tie_word_embeddings", None) is not None:
         config["tie_word_embeddings"] = model.config.tie_word_embeddings
     _write_json(os.path.join(out_dir, "config.json"), config)

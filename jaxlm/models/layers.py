@@ -244,6 +244,12 @@ def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> j
 # --- norms, embeddings, activations, linear layers ---------------------------------------
 
 
+class LayerConstant(nnx.Variable):
+    """A fact of one decoder layer held as data, not a parameter (never trained or exported): what
+    differs between layers (Gemma's window and RoPE frequencies) then stacks with the parameters,
+    so such layers still share one compiled layer under `scan.stack`."""
+
+
 class RMSNorm(nnx.Module):
     """Llama's RMSNorm: normalise in float32, scale in the input dtype.
 

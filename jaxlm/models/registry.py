@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 from jaxlm.models import gpt2_gguf, llama_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
+from jaxlm.models.gemma2 import Gemma2Config, Gemma2ForCausalLM
+from jaxlm.models.gemma3 import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
@@ -116,6 +118,40 @@ QWEN3 = dataclasses.replace(
     gguf=qwen_gguf.QWEN3,
 )
 
+# Gemma is Llama's tensors under the same names, with two more norms a layer (the `{norm}` of Llama's rows).
+GEMMA2 = dataclasses.replace(
+    LLAMA,
+    config=Gemma2Config,
+    architectures=(Gemma2ForCausalLM,),
+    aliases={"Gemma2Model": "Gemma2ForCausalLM"},
+    gguf=None,
+)
+
+GEMMA3 = dataclasses.replace(
+    QWEN3,
+    config=Gemma3TextConfig,
+    architectures=(Gemma3ForCausalLM,),
+    aliases={"Gemma3TextModel": "Gemma3ForCausalLM"},
+    gguf=None,
+)
+
+# The language model inside a vision checkpoint, under transformers 5's names (model.language_model.) and
+# earlier ones (language_model.model.); export writes the text names, as a gemma3_text folder.
+GEMMA3_VISION = dataclasses.replace(
+    GEMMA3,
+    config=Gemma3Config,
+    architectures=(Gemma3ForConditionalGeneration,),
+    aliases={},
+    weights=(
+        *GEMMA3.weights,
+        *(Row(outer + row.hf.removeprefix("model."), row.ours, row.transpose)
+          for row in GEMMA3.weights if row.hf.startswith("model.")
+          for outer in ("model.language_model.", "language_model.model.")),
+        Row("language_model.lm_head.weight", "lm_head.kernel", transpose=True),
+    ),
+    ignored=(*GEMMA3.ignored, r"^(model\.)?(vision_tower|multi_modal_projector)\."),
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -158,7 +194,7 @@ BERT = Family(
                 "BertForSequenceClassification": "classification"},
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA2, GEMMA3, GEMMA3_VISION, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()
