@@ -23,6 +23,7 @@ WRITERS = {"llama": tiny_llama, "llama_tied": lambda p: tiny_llama(p, tied=True)
            "mistral_window": lambda p: tiny_mistral(p, sliding_window=4),
            "qwen2": hf_checkpoints.tiny_qwen2,
            "qwen3_tied_bias": lambda p: hf_checkpoints.tiny_qwen3(p, tied=True, bias=True),
+           "gemma2": hf_checkpoints.tiny_gemma2, "gemma3": hf_checkpoints.tiny_gemma3,
            "gpt2": tiny_gpt2, "bert": tiny_bert, "bert_tagger": lambda p: tiny_bert(p, num_labels=4)}
 AUTO = {"bert": transformers.AutoModel, "bert_tagger": transformers.AutoModelForTokenClassification}
 

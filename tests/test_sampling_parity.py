@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
 
 NEW_TOKENS = 12
 
@@ -68,7 +68,8 @@ def test_gpt2_greedy_batch_with_left_padding_matches_transformers(tmp_path):
 
 # Sliding windows of 4 tokens: prompts and generations run past them.
 FAMILIES = {"qwen2": lambda path: tiny_qwen2(path, tied=True), "qwen3": lambda path: tiny_qwen3(path, tied=True),
-            "mistral_window": lambda path: tiny_mistral(path, sliding_window=4)}
+            "mistral_window": lambda path: tiny_mistral(path, sliding_window=4), "gemma2": tiny_gemma2,
+            "gemma3": tiny_gemma3}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.execution import configure, is_stacked
@@ -26,8 +26,9 @@ from jaxlm.train.inputs import prepare_model
 from test_train_loss import lm_batch, reference_loss
 
 LLAMA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
-TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gpt2": ["qkv"]}
-WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2}
+TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gemma2": LLAMA_TARGETS,
+           "gpt2": ["qkv"]}
+WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gemma2": tiny_gemma2, "gpt2": tiny_gpt2}
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +71,11 @@ def jitted(fn, model):
 
 def loss_logits_and_grads(model):
     """((loss, logits), parameter gradients) on lm_batch(), one jitted program."""
-    graphdef, params = nnx.split(model, nnx.Param)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # rest: Gemma's per-layer constants
     batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
 
     def loss(p):
-        m = nnx.merge(graphdef, p)
+        m = nnx.merge(graphdef, p, rest)
         logits = m(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
         return reference_loss(logits, batch), logits
 
@@ -104,7 +105,8 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
         np.testing.assert_allclose(got_grads[path], want_grad, atol=atol, rtol=1e-5, err_msg=str(path))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+# gemma2: sliding and global layers in one scanned layer; soft-capped logits on the chunked loss
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma2"])
 def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []

@@ -29,7 +29,7 @@ NO_WINDOW = 2**30
 
 @dataclasses.dataclass(frozen=True)
 class Gemma2Config(LlamaConfig):
-    query_pre_attn_scalar: float = 256.0
+    query_pre_attn_scalar: int | float = 256
     attn_logit_softcapping: float | None = 50.0
     final_logit_softcapping: float | None = 30.0
     layer_types: tuple[str, ...] = ()  # one of LAYER_TYPES per layer
@@ -62,7 +62,7 @@ class Gemma2Config(LlamaConfig):
         config = super().from_hf({**hf, "hidden_act": "silu"})  # Llama's check; Gemma's activation is set below
         return dataclasses.replace(
             config, hidden_act=act, sliding_window=window, layer_types=types,
-            query_pre_attn_scalar=float(hf["query_pre_attn_scalar"]),
+            query_pre_attn_scalar=hf["query_pre_attn_scalar"],  # an int in transformers, which checks
             attn_logit_softcapping=hf.get("attn_logit_softcapping"),
             final_logit_softcapping=hf.get("final_logit_softcapping"),
         )
