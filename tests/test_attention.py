@@ -94,6 +94,8 @@ def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
     assert resolve("cudnn", compute_dtype="bfloat16", head_dim=100, platform="gpu")[0] == "xla"
     implementation, note = resolve("auto", compute_dtype="bfloat16", head_dim=64, packed=True, platform="gpu")
     assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them
+    implementation, note = resolve("cudnn", compute_dtype="bfloat16", head_dim=64, softcap=50.0, platform="gpu")
+    assert implementation == "xla" and "soft-capping" in note  # Gemma 2: no fused kernel caps scores
 
 
 def test_cached_attention_matches_torch_over_a_cache_with_padding_and_unfilled_slots():

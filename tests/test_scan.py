@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.execution import configure, is_stacked
@@ -27,8 +27,9 @@ from test_train_loss import lm_batch, reference_loss
 
 LLAMA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
 TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gemma2": LLAMA_TARGETS,
-           "gpt2": ["qkv"]}
-WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gemma2": tiny_gemma2, "gpt2": tiny_gpt2}
+           "gemma3": LLAMA_TARGETS, "gpt2": ["qkv"]}
+WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2,
+           "gemma2": tiny_gemma2, "gemma3": tiny_gemma3}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ def loss_logits_and_grads(model):
     ("gpt2", 4, dict(scan_layers=True, remat="dots")),
     ("qwen2", 4, dict(scan_layers=True, remat="full")),
     ("qwen3", 4, dict(scan_layers=True, remat="full")),
+    ("gemma2", 4, dict(scan_layers=True, remat="full")),  # sliding and global layers in one scanned layer
 ])
 def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, lora, options):
     layers = "h" if family == "gpt2" else "layers"
@@ -105,8 +107,7 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
         np.testing.assert_allclose(got_grads[path], want_grad, atol=atol, rtol=1e-5, err_msg=str(path))
 
 
-# gemma2: sliding and global layers in one scanned layer; soft-capped logits on the chunked loss
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma2"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma3"])  # gemma3: local and global layers, one scan
 def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []

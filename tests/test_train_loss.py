@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama
+from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gpt2, tiny_llama
 from jaxlm.compute import losses
 from jaxlm.models.lora import apply_lora
 
@@ -40,8 +40,8 @@ def forward(model, batch):
 
 def value_and_grad(loss, model):
     """Jitted value and parameter gradients of loss(model) (eager NNX would be slow)."""
-    graphdef, params = nnx.split(model, nnx.Param)
-    return jax.jit(jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p))))(params)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # rest: Gemma's per-layer constants
+    return jax.jit(jax.value_and_grad(lambda p: loss(nnx.merge(graphdef, p, rest))))(params)
 
 
 _MODELS = {}
@@ -51,7 +51,7 @@ def model_and_reference(family, tmp_path_factory):
     """(model, plain loss and gradients on lm_batch()), built once per family."""
     if family not in _MODELS:
         folder = tmp_path_factory.mktemp(family)
-        (tiny_gpt2 if family == "gpt2" else tiny_llama)(folder)
+        {"gpt2": tiny_gpt2, "gemma2": tiny_gemma2}.get(family, tiny_llama)(folder)
         model = jaxlm.load_pretrained(folder)[0]
         if family == "llama-lora-head":  # the head is no longer one matrix: logits are recomputed per chunk
             apply_lora(model, ["lm_head"], 4, 8.0)
@@ -61,8 +61,9 @@ def model_and_reference(family, tmp_path_factory):
 
 
 # 12 tokens: chunks of 3 positions x 4 rows, the last one padded. GPT-2 has a tied head; LoRA on lm_head
-# makes the head more than one matrix, so its chunks are recomputed instead.
-@pytest.mark.parametrize("family, chunk_tokens", [("llama", 12), ("gpt2", 12), ("llama-lora-head", 12)])
+# makes the head more than one matrix, so its chunks are recomputed instead; so does Gemma 2's final soft-cap.
+@pytest.mark.parametrize("family, chunk_tokens", [("llama", 12), ("gpt2", 12), ("llama-lora-head", 12),
+                                                  ("gemma2", 12)])
 def test_chunked_loss_and_gradients_equal_the_plain_loss(family, chunk_tokens, tmp_path_factory):
     model, (want, want_grads) = model_and_reference(family, tmp_path_factory)
     batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}

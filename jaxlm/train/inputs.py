@@ -66,7 +66,8 @@ def prepare_model(model, cfg: Config, *, say=print):
         apply_prompt_tuning(model, cfg.model.prompt_tuning.num_virtual_tokens, seed=cfg.train.seed)
     head_dim = getattr(model.config, "head_dim", 0)
     attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim,
-                                        packed=cfg.data.pack and cfg.task not in HEADS)
+                                        packed=cfg.data.pack and cfg.task not in HEADS,
+                                        softcap=getattr(model.config, "attn_logit_softcapping", None))
     if note and say:
         say(f"attention: {note}")
     try:
