@@ -75,6 +75,15 @@ def tiny_gemma3(path, *, seed=0):
     return _save(transformers.Gemma3ForCausalLM, config, path, seed)
 
 
+def tiny_gemma3_vision(path, *, seed=0):
+    """A gemma3 checkpoint (Gemma3ForConditionalGeneration): a two-layer language model beside a tiny vision tower."""
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    config = transformers.Gemma3Config(text_config=dict(_GEMMA), vision_config=vision, mm_tokens_per_image=4,
+                                       image_token_index=300, boi_token_index=301, eoi_token_index=302)
+    return _save(transformers.Gemma3ForConditionalGeneration, config, path, seed)
+
+
 def tiny_gpt2(path, seed=0):
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2

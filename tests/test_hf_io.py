@@ -48,6 +48,23 @@ def test_export_round_trip_gives_transformers_the_same_logits(tmp_path, family):
     assert np.abs(ours[real] - theirs[real]).max() <= 1e-4
 
 
+def test_a_gemma3_vision_checkpoint_loads_its_language_model_and_exports_it_as_text(tmp_path):
+    reference = hf_checkpoints.tiny_gemma3_vision(tmp_path / "src")
+    with pytest.warns(UserWarning, match="vision tower and projector are skipped"):
+        model, _ = jaxlm.load_pretrained(tmp_path / "src")
+    assert type(model).__name__ == "Gemma3ForConditionalGeneration"
+    ids, mask, positions = hf_checkpoints.left_padded_batch(seed=8)
+    ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask.astype(bool)
+    want = torch_logits(reference, ids, mask, position_ids=torch.tensor(positions))
+    assert np.abs(ours[real] - want[real]).max() <= 1e-4
+    jaxlm.export_pretrained(model, tmp_path / "out")
+    text = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(text).__name__ == "Gemma3ForCausalLM"
+    theirs = torch_logits(text, ids, mask, position_ids=torch.tensor(positions))
+    assert np.abs(theirs[real] - want[real]).max() <= 1e-5
+
+
 def test_export_writes_tokenizer_and_bfloat16_weights(tmp_path, minilm_dir):
     model, tokenizer = jaxlm.load_pretrained(minilm_dir)
     jaxlm.export_pretrained(model, tmp_path, tokenizer, dtype=jnp.bfloat16)
