@@ -60,16 +60,18 @@ _GEMMA = dict(_DECODER, num_key_value_heads=2, head_dim=16, query_pre_attn_scala
               bos_token_id=2, eos_token_id=1)
 
 
-def tiny_gemma2(path, *, seed=0):
+def tiny_gemma2(path, *, seed=0, **overrides):
     """Layer 0 slides, layer 1 is global (Gemma 2's alternation); tied embeddings, as released."""
-    config = transformers.Gemma2Config(**_GEMMA, attn_logit_softcapping=0.1, final_logit_softcapping=0.3)
+    config = transformers.Gemma2Config(**{**_GEMMA, **overrides}, attn_logit_softcapping=0.1,
+                                       final_logit_softcapping=0.3)
     return _save(transformers.Gemma2ForCausalLM, config, path, seed)
 
 
-def tiny_gemma3(path, *, seed=0):
+def tiny_gemma3(path, *, seed=0, **overrides):
     """Local, global, local layers: the local RoPE base and the global linear scaling both matter."""
     config = transformers.Gemma3TextConfig(
-        **dict(_GEMMA, num_hidden_layers=3), layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        **{**_GEMMA, "num_hidden_layers": 3, **overrides},
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}})
     return _save(transformers.Gemma3ForCausalLM, config, path, seed)

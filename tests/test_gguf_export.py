@@ -14,7 +14,17 @@ from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3, torch_logits
+from hf_checkpoints import (
+    padded_batch,
+    tiny_gemma2,
+    tiny_gemma3,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_qwen2,
+    tiny_qwen3,
+    torch_logits,
+)
+from jaxlm.errors import UserError
 
 CHATML = ("{% for message in messages %}"
           "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}{% endfor %}"
@@ -186,14 +196,26 @@ def test_unsupported_models_and_tokenizers_are_refused(llama, tmp_path, minilm_d
 
 # llama.cpp's architecture name, a tensor only that family has, and what transformers' GGUF loader
 # must be told: it does not read Qwen3's head size (attention.key_length) and assumes 128, the
-# head size of every released Qwen3, so this 32-wide one is passed explicitly.
-QWEN_GGUF = {"qwen2": (tiny_qwen2, "blk.1.attn_v.bias", {}),
-             "qwen3": (tiny_qwen3, "blk.1.attn_k_norm.weight", {"head_dim": 32})}
+# head size of every released Qwen3, so this 32-wide one is passed explicitly. For Gemma it reads
+# neither query_pre_attn_scalar nor the soft-caps nor which layers slide nor Gemma 3's local RoPE base
+# and global scaling (it takes its defaults: the released models'). The scalar is head_dim here, as
+# llama.cpp derives it from the shape.
+_GEMMA3_ROPE = {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}
+FAMILY_GGUF = {
+    "qwen2": (tiny_qwen2, "blk.1.attn_v.bias", {}),
+    "qwen3": (tiny_qwen3, "blk.1.attn_k_norm.weight", {"head_dim": 32}),
+    "gemma2": (lambda path: tiny_gemma2(path, query_pre_attn_scalar=16), "blk.1.post_ffw_norm.weight",
+               {"query_pre_attn_scalar": 16, "attn_logit_softcapping": 0.1, "final_logit_softcapping": 0.3}),
+    "gemma3": (lambda path: tiny_gemma3(path, query_pre_attn_scalar=16), "blk.2.attn_q_norm.weight",
+               {"query_pre_attn_scalar": 16, "rope_parameters": _GEMMA3_ROPE,
+                "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}),
+}
 
 
-@pytest.mark.parametrize("family", sorted(QWEN_GGUF))
-def test_qwen_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits(tmp_path, family):
-    write, own_tensor, transformers_needs = QWEN_GGUF[family]
+@pytest.mark.parametrize("family", sorted(FAMILY_GGUF))
+def test_family_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits(tmp_path, family):
+    write, own_tensor, transformers_needs = FAMILY_GGUF[family]
     write(tmp_path / "hf")
     model, _ = jaxlm.load_pretrained(tmp_path / "hf")
     path = jaxlm.export_pretrained(model, tmp_path / "m.gguf", byte_level_tokenizer(False), gguf_type="f32")
@@ -226,3 +248,11 @@ def test_smollm2_tokenizer_metadata_matches_the_shipped_file(smollm2_gguf, tmp_p
                 "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token",
                 "tokenizer.ggml.add_space_prefix", "tokenizer.chat_template"):
         assert ours.fields[key].contents() == shipped.fields[key].contents(), key
+
+
+def test_a_gemma_attention_scale_llama_cpp_cannot_express_is_refused(tmp_path):
+    tiny_gemma2(tmp_path / "hf")  # query_pre_attn_scalar 24; llama.cpp would scale by head_dim 16
+    model, _ = jaxlm.load_pretrained(tmp_path / "hf")
+    with pytest.raises(UserError, match=r"query_pre_attn_scalar=24: llama.cpp's gemma2 scales attention by 16"):
+        jaxlm.export_pretrained(model, tmp_path / "m.gguf", byte_level_tokenizer(False))
+    assert not (tmp_path / "m.gguf").exists()

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models import gpt2_gguf, llama_gguf, qwen_gguf
+from jaxlm.models import gemma_gguf, gpt2_gguf, llama_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gemma2 import Gemma2Config, Gemma2ForCausalLM
 from jaxlm.models.gemma3 import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
@@ -124,7 +124,7 @@ GEMMA2 = dataclasses.replace(
     config=Gemma2Config,
     architectures=(Gemma2ForCausalLM,),
     aliases={"Gemma2Model": "Gemma2ForCausalLM"},
-    gguf=None,
+    gguf=gemma_gguf.GEMMA2,
 )
 
 GEMMA3 = dataclasses.replace(
@@ -132,7 +132,7 @@ GEMMA3 = dataclasses.replace(
     config=Gemma3TextConfig,
     architectures=(Gemma3ForCausalLM,),
     aliases={"Gemma3TextModel": "Gemma3ForCausalLM"},
-    gguf=None,
+    gguf=gemma_gguf.GEMMA3,
 )
 
 # The language model inside a vision checkpoint, under transformers 5's names (model.language_model.) and
