@@ -150,3 +150,26 @@ def test_a_render_has_a_time_budget_too():
     with pytest.raises(template_sandbox.OverBudget, match="more than 0.001 s"):
         template_sandbox.render_bounded(slow, template_sandbox.Budget(seconds=0.001))
     assert len(template_sandbox.render_bounded(slow)) == 488890  # within the default budget
+
+
+# Gemma 2's template as google/gemma-2-*-it ship it (Gemma 3's raises the same way on roles that do not alternate).
+GEMMA2 = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+          "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+          "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+          "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}")
+
+
+def test_gemma_template_renders_as_transformers_and_its_refusal_of_a_system_turn_is_a_chat_template_error():
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    chat = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    template = ChatTemplate(GEMMA2, {"bos_token": "<bos>"}, origin="gemma-2-2b-it")
+    want = render_jinja_template([chat], chat_template=GEMMA2, bos_token="<bos>")[0][0]
+    assert template.render(chat) == want
+    text, spans = template.assistant_spans(chat)
+    assert [text[start:end] for start, end in spans] == ["Blue.<end_of_turn>"]  # what SFT trains on
+    with pytest.raises(TemplateRefused, match=r"^gemma-2-2b-it: .*System role not supported") as refused:
+        template.assistant_spans([{"role": "system", "content": "Be brief."}, *chat])
+    assert refused.value.label == "chat template error" and "\n" not in str(refused.value)
