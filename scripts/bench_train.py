@@ -6,10 +6,12 @@
     PYTHONPATH=. python scripts/bench_train.py --suite gpu --model tiny --batch 2 --seq 64   # CPU smoke test
 
 `--model` is smollm2-135m (the shipped GGUF weights, or its shape with `--random-init`), llama-1b
-(the 1.1B TinyLlama shape: hidden 2048, 22 layers, 32 heads / 4 KV, MLP 5632, vocab 32000; always
-random), tiny (2 layers, hidden 64; random; for smoke tests) or a PATH to an HF folder / .gguf. Both
-sides train the same shapes, batch and optimizer (AdamW, float32 master weights; clip 1.0). jaxlm
-runs `build_engine`'s jitted step; PyTorch runs LlamaForCausalLM with sdpa attention (peft LoRA r16
+(the 1.1B TinyLlama shape: hidden 2048, 22 layers, 32 heads / 4 KV, MLP 5632, vocab 32000), qwen3-0.6b
+(Qwen/Qwen3-0.6B's shape), gemma3-1b (google/gemma-3-1b-pt's: 26 layers, five sliding-window layers of 512
+tokens to a global one, vocab 262144), all three always random; tiny (2 layers, hidden 64; random; for
+smoke tests) or a PATH to an HF folder / .gguf. Both sides train the same shapes, batch and optimizer
+(AdamW, float32 master weights; clip 1.0). jaxlm runs `build_engine`'s jitted step; PyTorch runs the
+family's transformers class with sdpa attention (peft LoRA r16
 on every projection for `lora`), on a GPU under torch.autocast(bfloat16) with fused AdamW, eagerly
 and (`--torch eager,compile`) with torch.compile. Each side runs in its own process, so peak memory
 is its own: device memory on a GPU (jax peak_bytes_in_use / torch max_memory_allocated), peak RSS on
@@ -34,7 +36,7 @@ import time
 
 import numpy as np
 
-# The shapes, as Hugging Face config.json fields.
+# The shapes, as Hugging Face config.json fields (Llama's unless they name their model_type).
 SHAPES = {
     "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, rms_norm_eps=1e-5, rope_theta=100000.0,
@@ -42,6 +44,16 @@ SHAPES = {
     "llama-1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                      num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5, rope_theta=10000.0,
                      max_position_embeddings=8192, tie_word_embeddings=False),
+    "qwen3-0.6b": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], vocab_size=151936, hidden_size=1024,
+                       intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                       head_dim=128, rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+                       tie_word_embeddings=True),
+    "gemma3-1b": dict(model_type="gemma3_text", architectures=["Gemma3ForCausalLM"], vocab_size=262144,
+                      hidden_size=1152, intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                      num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256, rms_norm_eps=1e-6,
+                      rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=512, sliding_window_pattern=6,
+                      hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768, tie_word_embeddings=True,
+                      attn_logit_softcapping=None, final_logit_softcapping=None),
     # A smoke-test shape: `--suite gpu --model tiny --batch 2 --seq 64` runs the whole suite on a CPU in ~5 minutes.
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=8192,
@@ -65,7 +77,7 @@ GPU_SUITE = [
 
 def hf_config(model: str, random_init: bool) -> dict:
     if model in SHAPES:
-        return dict(SHAPES[model], model_type="llama", architectures=["LlamaForCausalLM"])
+        return {"model_type": "llama", "architectures": ["LlamaForCausalLM"], **SHAPES[model]}
     from jaxlm.hf.load import read_hf_config
 
     return read_hf_config(model)
@@ -73,7 +85,7 @@ def hf_config(model: str, random_init: bool) -> dict:
 
 def weights_path(model: str, random_init: bool) -> str | None:
     """Where real weights come from, or None for a random initialisation."""
-    if random_init or model in ("llama-1b", "tiny"):
+    if random_init or (model in SHAPES and model != "smollm2-135m"):
         return None
     if model == "smollm2-135m":
         from jaxlm import assets
@@ -112,7 +124,7 @@ def run_jaxlm(case: dict) -> dict:
     from flax import nnx
 
     import jaxlm
-    from jaxlm.models import LlamaConfig, LlamaForCausalLM
+    from jaxlm.models import architecture_for
     from jaxlm.train.config import load_config
     from jaxlm.train.engine import build_engine
     from jaxlm.train.inputs import prepare_model
@@ -125,7 +137,9 @@ def run_jaxlm(case: dict) -> dict:
     if case["weights"]:
         model, _ = jaxlm.load_pretrained(case["weights"])
     else:
-        model = LlamaForCausalLM(LlamaConfig.from_hf(case["hf_config"]), rngs=nnx.Rngs(0), param_dtype=jnp.float32)
+        arch = architecture_for(case["hf_config"])
+        model = arch.model_cls(arch.family.config.from_hf(case["hf_config"]), rngs=nnx.Rngs(0),
+                               param_dtype=jnp.float32)
     n_params = count_params(nnx.state(model, nnx.Param))
     prepare_model(model, cfg, say=lambda line: print(line, file=sys.stderr))  # LoRA, attention, scan, remat
     engine = build_engine(model, cfg)
@@ -168,7 +182,8 @@ def run_torch(case: dict, compiled: bool) -> dict:
             hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
                                                                    attn_implementation="sdpa")
     else:
-        config = transformers.LlamaConfig(**{k: v for k, v in case["hf_config"].items() if k != "architectures"})
+        fields = {k: v for k, v in case["hf_config"].items() if k not in ("architectures", "model_type")}
+        config = transformers.AutoConfig.for_model(case["hf_config"]["model_type"], **fields)
         torch.manual_seed(0)
         hf = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     n_params = sum(p.numel() for p in hf.parameters())
@@ -326,8 +341,9 @@ def run_case(model, mode, b, t, torch_variants, settings, args, peak, dtype) -> 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="smollm2-135m (default) | llama-1b | tiny | PATH (HF folder or .gguf); "
-                                        "with --suite: every case uses this model instead of its own")
+    parser.add_argument("--model", help="smollm2-135m (default) | llama-1b | qwen3-0.6b | gemma3-1b | tiny | PATH "
+                                        "(HF folder or .gguf); with --suite: every case uses this model instead of "
+                                        "its own")
     parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape (no files)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every side; the best round counts")
