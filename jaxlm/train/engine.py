@@ -58,8 +58,8 @@ def _path_search(patterns: tuple[str, ...]):
         names = [dotted(path)]
         if isinstance(value, nnx.Variable) and LAYER_AXIS in value.get_metadata():
             keys = [str(k) for k in path]
-            at = next(i for i, k in enumerate(keys) if k in stacks) + 1
-            names = [".".join(keys[:at] + [str(i)] + keys[at:]) for i in range(value.get_value().shape[0])]
+            at = next(i for i, k in enumerate(keys) if k in stacks) + 1  # keys[at]: the scan.Stack's one layer
+            names = [".".join(keys[:at] + [str(i)] + keys[at + 1:]) for i in range(value.get_value().shape[0])]
         hits = [any(c.search(name) for c in compiled) for name in names]
         if any(hits) and not all(hits):
             raise ConfigError(f"model.train_only={list(patterns)} picks some layers of {dotted(path)} but not all; "

@@ -52,7 +52,8 @@ def prepare_model(model, cfg: Config, *, say=print):
     """The loaded model as the run trains it: LoRA adapters or virtual tokens as configured, then the
     attention kernel, remat policy and stacked layers of `cfg.model` (`say` gets a line when attention
     falls back)."""
-    from jaxlm.models.execution import configure
+    from jaxlm.models.contract import configure
+    from jaxlm.models.execution import Execution
     from jaxlm.models.layers import resolve_attention
     from jaxlm.models.lora import apply_lora
     from jaxlm.models.prompt_tuning import apply_prompt_tuning
@@ -70,7 +71,7 @@ def prepare_model(model, cfg: Config, *, say=print):
     if note and say:
         say(f"attention: {note}")
     try:
-        return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers))
     except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
         raise ConfigError(str(e)) from None
 
