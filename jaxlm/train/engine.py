@@ -24,6 +24,7 @@ from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
+from jaxlm.tasks import LABELLED_TASKS
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
 
@@ -42,7 +43,7 @@ def trainable_filter(cfg: Config):
         parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
     elif adapters is None:
         parts.append(nnx.Param)
-    if cfg.task in losses.PREDICTS_CLASSES:  # the head is new: it must learn too
+    if cfg.task in LABELLED_TASKS:  # the head is new: it must learn too
         parts.append(nnx.All(nnx.Param, nnx.PathContains("classifier")))
     return parts[0] if len(parts) == 1 else nnx.Any(*parts)
 
