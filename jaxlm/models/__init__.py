@@ -2,6 +2,7 @@
 
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxlm.models.kv_cache import KVCache
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
@@ -16,7 +17,6 @@ from jaxlm.models.registry import (
     architecture_of,
     position_limit,
 )
-from jaxlm.models.scan import KVCache
 
 __all__ = [
     "ARCHITECTURES", "FAMILIES", "Architecture", "Family", "PositionLimit",

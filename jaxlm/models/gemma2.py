@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers, llama
+from jaxlm.models.kv_cache import LayerCache
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
@@ -115,8 +116,8 @@ class DecoderLayer(nnx.Module):
         self.mlp = llama.MLP(cfg, rngs=rngs, param_dtype=param_dtype)
         self.post_feedforward_layernorm = norm()
 
-    def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv, index)
+    def __call__(self, x, positions, mask, inv_freq, kv: LayerCache | None = None):
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv)
         x = x + self.post_attention_layernorm(attn)
         return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), kv
 
