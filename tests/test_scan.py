@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.contract import configure, is_stacked
@@ -27,10 +27,10 @@ from jaxlm.train.inputs import prepare_model
 from test_train_loss import lm_batch, reference_loss
 
 LLAMA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
-TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gemma2": LLAMA_TARGETS,
-           "gemma3": LLAMA_TARGETS, "gpt2": ["qkv"]}
+TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gemma3": LLAMA_TARGETS,
+           "gpt2": ["qkv"]}
 WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2,
-           "gemma2": tiny_gemma2, "gemma3": tiny_gemma3}
+           "gemma3": tiny_gemma3}
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,6 @@ def loss_logits_and_grads(model):
     ("gpt2", 4, dict(scan_layers=True, remat="dots")),
     ("qwen2", 4, dict(scan_layers=True, remat="full")),
     ("qwen3", 4, dict(scan_layers=True, remat="full")),
-    ("gemma2", 4, dict(scan_layers=True, remat="full")),  # sliding and global layers in one scanned layer
 ])
 def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, lora, options):
     layers = "h" if family == "gpt2" else "layers"
@@ -108,16 +107,17 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
         np.testing.assert_allclose(got_grads[path], want_grad, atol=atol, rtol=1e-5, err_msg=str(path))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma3"])  # gemma3: local and global layers, one scan
-def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family):
+# gemma3: local and global layers in one scanned layer, rematerialised
+@pytest.mark.parametrize("family, remat", [("qwen2", "none"), ("qwen3", "none"), ("gemma3", "full")])
+def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family, remat):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []
-    for stacked in ("false", "true"):
+    for stacked, remat_then in (("false", "none"), ("true", remat)):
         cfg = load_config(None, [f"model.path={folders[family]}", "task=causal_lm", "train.batch_size=4",
                                  "train.seq_len=16", "train.steps=3", "train.warmup_steps=0",
                                  "train.learning_rate=1e-2", "model.lora.rank=4",
                                  f"model.lora.targets={','.join(LLAMA_TARGETS)}", f"model.scan_layers={stacked}",
-                                 "train.loss_chunk_tokens=16"])
+                                 "train.loss_chunk_tokens=16", f"model.remat={remat_then}"])
         model = jaxlm.load_pretrained(folders[family])[0]
         prepare_model(model, cfg)
         engine = build_engine(model, cfg)
