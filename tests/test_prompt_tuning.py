@@ -137,3 +137,23 @@ def test_prompt_tuning_refuses_what_it_cannot_do(override, message):
     base = ["model.prompt_tuning.num_virtual_tokens=8", "model.lora.rank=0", "data.pack=false"]
     with pytest.raises(ConfigError, match=message):
         load_config(None, [*base, override])
+
+
+def test_gemma_virtual_tokens_enter_unscaled_as_peft_passes_them(tmp_path):
+    """Gemma scales token embeddings by sqrt(hidden); PEFT's prompt embeddings go in as inputs_embeds, unscaled."""
+    from peft import PeftModel
+
+    from hf_checkpoints import tiny_gemma2
+
+    tiny_gemma2(tmp_path / "base")
+    model, _ = jaxlm.load_pretrained(tmp_path / "base")
+    apply_prompt_tuning(model, 4, seed=1)
+    save_prompt_tuning_adapter(model, str(tmp_path / "adapter"), base_model=str(tmp_path / "base"))
+    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
+                                           str(tmp_path / "adapter")).eval()
+    ids, positions, segments, n = prepend_virtual_tokens(model, jnp.asarray(IDS), jnp.arange(8)[None],
+                                                         jnp.ones_like(jnp.asarray(IDS)))
+    ours = np.asarray(model(ids, positions=positions, segment_ids=segments))[:, n:]
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()[:, n:]
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)

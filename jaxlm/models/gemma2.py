@@ -133,7 +133,10 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
 
     def embed(self, input_ids):
         x = self.embed_tokens(input_ids)
-        return x * jnp.asarray(self.config.hidden_size**0.5, x.dtype)  # the normalizer rounded to x's dtype, as HF
+        # The normalizer is rounded to x's dtype, as HF does. Virtual tokens (ids past the vocabulary,
+        # models/prompt_tuning.py) stay unscaled: PEFT passes its prompt embeddings as inputs_embeds.
+        scale = jnp.where(input_ids < self.config.vocab_size, self.config.hidden_size**0.5, 1.0)
+        return x * scale[..., None].astype(x.dtype)
 
     def logits(self, hidden):
         logits = super().logits(hidden)
