@@ -58,6 +58,15 @@ def test_a_gemma3_vision_checkpoint_loads_its_language_model_and_exports_it_as_t
     real = mask.astype(bool)
     want = torch_logits(reference, ids, mask, position_ids=torch.tensor(positions))
     assert np.abs(ours[real] - want[real]).max() <= 1e-4
+
+    def transformers_5_names(tensors):  # transformers 5 writes the older names; its own modules use these
+        for name in [n for n in tensors if n.startswith("language_model.model.")]:
+            tensors["model.language_model." + name.removeprefix("language_model.model.")] = tensors.pop(name)
+
+    _rewrite_tensors(tmp_path / "src", transformers_5_names)
+    with pytest.warns(UserWarning, match="vision tower"):
+        renamed, _ = jaxlm.load_pretrained(tmp_path / "src")
+    np.testing.assert_array_equal(np.asarray(renamed(jnp.asarray(ids), jnp.asarray(mask))), ours)
     jaxlm.export_pretrained(model, tmp_path / "out")
     text = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(text).__name__ == "Gemma3ForCausalLM"
