@@ -133,3 +133,13 @@ def torch_logits(model, ids, mask, **kwargs):
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), **kwargs)
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).numpy()
+
+
+def assert_same_tensors(folder, other) -> None:
+    """Both folders' model.safetensors hold the same tensor names with equal values (an export round trip)."""
+    from safetensors.numpy import load_file
+
+    original, exported = load_file(f"{folder}/model.safetensors"), load_file(f"{other}/model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
