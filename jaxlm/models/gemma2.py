@@ -128,7 +128,7 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
     config: Gemma2Config
 
     @staticmethod
-    def decoder_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
+    def make_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
         return DecoderLayer(cfg, index, rngs=rngs, param_dtype=param_dtype)
 
     def embed(self, input_ids):

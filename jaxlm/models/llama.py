@@ -170,16 +170,15 @@ class LlamaForCausalLM(nnx.Module):
                  execution: Execution = Execution()):
         self.config, self.execution = cfg, execution
         self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
-        self.layers = decoder_layers(lambda i: self.decoder_layer(cfg, i, rngs=rngs, param_dtype=param_dtype),
+        self.layers = decoder_layers(lambda i: self.make_layer(cfg, i, rngs=rngs, param_dtype=param_dtype),
                                      cfg.num_hidden_layers, execution)
         self.norm = _norm(cfg, cfg.hidden_size, param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
 
     @staticmethod
-    def decoder_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
-        """Layer `index` (a family whose layers differ by index, as Gemma's, overrides this)."""
-        del index
+    def make_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
+        """Decoder layer `index` (a variant family's model overrides this, e.g. mixture-of-experts layers)."""
         return DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype)
 
     def embed(self, input_ids):
