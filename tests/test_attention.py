@@ -98,6 +98,8 @@ def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
     assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them
     implementation, note = resolve("cudnn", compute_dtype="bfloat16", head_dim=64, softcap=50.0, platform="gpu")
     assert implementation == "xla" and "soft-capping" in note  # Gemma 2: no fused kernel caps scores
+    implementation, note = resolve("cudnn", compute_dtype="bfloat16", head_dim=64, layer_windows=True, platform="gpu")
+    assert implementation == "xla" and "windows as data" in note  # Gemma 3: per-layer windows
 
 
 def test_attention_over_a_cache_matches_torch_over_a_cache_with_padding_and_unfilled_slots():

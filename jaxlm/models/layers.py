@@ -174,11 +174,13 @@ def fan_out(projections, x) -> list[jax.Array]:
 
 
 def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: bool = False,
-                      softcap: float | None = None, platform: str | None = None):
+                      softcap: float | None = None, layer_windows: bool = False, platform: str | None = None):
     """(implementation, note): `auto` means cuDNN on an NVIDIA GPU and XLA elsewhere; a request the
     kernel cannot serve falls back to XLA, and `note` says why (for the caller to log once).
     `packed`: training rows hold several documents (segment ids), which only XLA attention takes.
-    `softcap`: the model caps its attention scores (Gemma 2), which no fused kernel here does."""
+    `softcap`: the model caps its attention scores (Gemma 2), which no fused kernel here does.
+    `layer_windows`: its layers' windows differ (Gemma's `layer_types`), so each layer holds its window as
+    data (`LayerConstant`), which the boolean mask of XLA attention takes and a fused kernel does not."""
     if requested not in ATTENTION:
         raise ValueError(f"model.attention={requested!r} is not one of {', '.join(ATTENTION)}")
     platform = platform or jax.devices()[0].platform
@@ -194,6 +196,9 @@ def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: b
     if softcap is not None:
         return "xla", (f"attention-logit soft-capping ({softcap}) is not in cuDNN flash attention: XLA attention, "
                        "which keeps [batch, heads, seq, seq] scores")
+    if layer_windows:
+        return "xla", ("sliding-window and global layers hold their windows as data (one scanned layer for both), "
+                       "which only XLA attention's mask takes: XLA attention")
     if packed:
         return "xla", ("packed rows (data.pack=true) need segment ids, which jax.nn.dot_product_attention's cuDNN "
                        "path does not take: XLA attention, which keeps [batch, heads, seq, seq] scores; set "

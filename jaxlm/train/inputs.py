@@ -70,7 +70,8 @@ def prepare_model(model, cfg: Config, *, say=print):
     head_dim = getattr(model.config, "head_dim", 0)
     attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim,
                                         packed=cfg.data.pack and cfg.task not in LABELLED_TASKS,
-                                        softcap=getattr(model.config, "attn_logit_softcapping", None))
+                                        softcap=getattr(model.config, "attn_logit_softcapping", None),
+                                        layer_windows="sliding_attention" in getattr(model.config, "layer_types", ()))
     if note and say:
         say(f"attention: {note}")
     try:
