@@ -182,7 +182,7 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     assert int(cache.index) == 9
 
 
-@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3], ids=["llama", "qwen3"])
+@pytest.mark.parametrize("write", [tiny_llama, tiny_qwen3, tiny_gemma2], ids=["llama", "qwen3", "gemma2"])
 def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
     write(tmp_path)
     ids, mask = padded_batch()
