@@ -19,6 +19,7 @@ from hf_checkpoints import (
     tiny_gpt2,
     tiny_llama,
     tiny_mistral,
+    tiny_phi3,
     tiny_qwen2,
     tiny_qwen3,
     torch_logits,
@@ -74,6 +75,11 @@ DECODER_VARIANTS = {
     "qwen2_tied": (tiny_qwen2, dict(tied=True), "Qwen2ForCausalLM"),
     "qwen3": (tiny_qwen3, {}, "Qwen3ForCausalLM"),
     "qwen3_tied_bias": (tiny_qwen3, dict(tied=True, bias=True), "Qwen3ForCausalLM"),
+    "phi3": (tiny_phi3, {}, "Phi3ForCausalLM"),
+    # the batch reaches 11 positions: within 16 original ones longrope takes its short factors, past 8 its long
+    "phi3_longrope_short": (tiny_phi3, dict(longrope=True, original=16), "Phi3ForCausalLM"),
+    "phi3_longrope_long_partial_tied": (tiny_phi3, dict(longrope=True, original=8, partial_rotary=0.75, tied=True),
+                                        "Phi3ForCausalLM"),
 }
 
 

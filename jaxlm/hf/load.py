@@ -16,7 +16,7 @@ from jaxlm.hf import gguf
 from jaxlm.hf.errors import CheckpointError
 from jaxlm.hf.model_code import refuse_custom_code
 from jaxlm.models import Architecture, architecture_for
-from jaxlm.models.weight_map import dotted, hf_to_ours, is_ignored, ours_to_hf
+from jaxlm.models.weight_map import dotted, fused_shape, hf_to_ours, is_ignored, ours_to_hf, split_hf
 
 
 def load_pretrained(
@@ -133,15 +133,14 @@ def build_model(
             continue
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
-        ours, transpose = found
-        array = np.asarray(array)
-        want = tuple(expected[ours].get_value().shape)
-        want_in_file = want[::-1] if transpose else want  # the message speaks the file's layout
-        if tuple(array.shape) != want_in_file:
+        shapes = {p: expected[p].get_value().shape for p in found.ours}
+        pieces = split_hf(np.asarray(array), found, shapes)
+        if pieces is None:  # the message speaks the file's layout
+            want = fused_shape([s[::-1] if found.transpose else s for s in shapes.values()])
             raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {want_in_file} for {arch.name}"
+                f"{source}: tensor {name!r} has shape {tuple(np.shape(array))}, expected {want} for {arch.name}"
             )
-        loaded[ours] = jnp.asarray(array.T if transpose else array, dtype=dtype)
+        loaded.update({p: jnp.asarray(piece, dtype=dtype) for p, piece in zip(found.ours, pieces, strict=True)})
     missing = [p for p in expected if p not in loaded]
     if missing and init_missing_head and all(p.startswith(HEAD_MODULES) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
@@ -151,8 +150,9 @@ def build_model(
     if unused:
         warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}", stacklevel=2)
     if missing:
-        names = ", ".join(repr(ours_to_hf(arch.family, p)[0]) for p in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        hf_names = list(dict.fromkeys(ours_to_hf(arch.family, p).hf for p in missing))  # fused parts: one name
+        names = ", ".join(map(repr, hf_names[:5]))
+        more = f" and {len(hf_names) - 5} more" if len(hf_names) > 5 else ""
         raise CheckpointError(f"{source}: missing tensor {names}{more} for {arch.name}")
     flat = [(p, v.replace(loaded[dotted(p)])) for p, v in nnx.to_flat_state(params)]
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)

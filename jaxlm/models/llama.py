@@ -85,6 +85,17 @@ class LlamaConfig:
         scaling = dict(self.rope_scaling) if self.rope_scaling else None
         return layers.rope_inverse_frequencies(self.head_dim, self.rope_theta, scaling)
 
+    @property
+    def rope_attention_factor(self) -> float:
+        """What RoPE's cos and sin are multiplied by (HF's `attention_scaling`: 1 but for Phi-3's longrope)."""
+        return 1.0
+
+    def rope_frequencies(self, positions):
+        """The inverse frequencies a forward pass over `positions` [b, t] rotates by (Phi-3's longrope picks
+        one of two sets by how far they reach)."""
+        del positions
+        return self.inverse_frequencies
+
 
 def _hashable(value):
     return tuple(value) if isinstance(value, list) else value
@@ -103,6 +114,7 @@ class Attention(nnx.Module):
             self.q_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
             self.k_norm = layers.RMSNorm(cfg.head_dim, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.heads, self.kv_heads, self.head_dim, self.qk_norm = h, kv, cfg.head_dim, cfg.qk_norm
+        self.rope_scale = cfg.rope_attention_factor
 
     def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv=None, index=None):
         b, t, _ = x.shape
@@ -110,7 +122,7 @@ class Attention(nnx.Module):
         q, k = q.reshape(b, t, self.heads, self.head_dim), k.reshape(b, t, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = layers.apply_rope(q, positions, inv_freq), layers.apply_rope(k, positions, inv_freq)
+        q, k = (layers.apply_rope(y, positions, inv_freq, self.rope_scale) for y in (q, k))
         v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if kv is not None:  # decoding: attend over the cache, which now holds these keys too
             kv = kv.write(k, v, index)
@@ -175,7 +187,7 @@ class LlamaForCausalLM(nnx.Module):
             positions = layers.default_positions(input_ids, attention_mask)
         mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
                            implementation=self.attention_kernel)
-        inv_freq = self.config.inverse_frequencies
+        inv_freq = self.config.rope_frequencies(positions)
         x = scan.run(self.layers, self.embed_tokens(input_ids),
                      lambda layer, y: layer(y, positions, mask, inv_freq)[0], remat=self.remat)
         hidden = self.norm(x)
@@ -185,7 +197,7 @@ class LlamaForCausalLM(nnx.Module):
         """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache).
 
         `new_valid` [batch, n] marks real tokens (False for left padding at prefill)."""
-        inv_freq = self.config.inverse_frequencies
+        inv_freq = self.config.rope_frequencies(positions)
         x, cache = scan.run_with_cache(
             self.layers,
             self.embed_tokens(input_ids),

@@ -5,6 +5,11 @@ template, transpose). A template placeholder `{name}` matches one dotted segment
 several, `{name*}` any prefix. When an HF name fits several rows, the first whose target
 parameter exists wins. HF `nn.Linear` stores weights as [out, in] and `nnx.Linear` as
 [in, out], hence the transpose flag; GPT-2's `Conv1D` already stores [in, out].
+
+A row with `parts` maps one HF tensor onto several of our parameters: its `ours` template has a
+`{part}` placeholder, and the HF tensor is their concatenation, in `parts` order, along its first
+axis (a Linear's output axis in HF's layout). Phi-3's fused `qkv_proj` and `gate_up_proj` are such
+rows, split on load into the q/k/v and gate/up projections Llama's code runs, fused again on export.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.errors import UserError
 
@@ -25,6 +33,15 @@ class Row(NamedTuple):
     hf: str
     ours: str
     transpose: bool = False
+    parts: tuple[str, ...] = ()  # values of `{part}` in `ours`, in the order the HF tensor concatenates them
+
+
+class Mapped(NamedTuple):
+    """One HF tensor and the parameters of ours it holds (one, or a row's parts in the HF tensor's order)."""
+
+    hf: str
+    ours: tuple[str, ...]
+    transpose: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +52,8 @@ class GGUFLayout:
     arch: str  # llama.cpp's architecture name: `general.architecture` and the metadata keys' prefix
     names: tuple[tuple[str, str], ...]  # (GGUF tensor template, HF tensor template); {p}: weight or bias
     ignored: tuple[str, ...]  # GGUF tensors with no HF tensor, skipped when reading
-    hf_config: Callable  # (get(key, default=None), vocab size, GGUF tensor names) -> HF config.json dict
+    # (get(key, default=None), vocab size, {GGUF tensor name: its data as stored}) -> HF config.json dict
+    hf_config: Callable
     from_gguf: Callable  # (GGUF name, array as the file lays it out, HF config dict) -> array in HF layout
     write_metadata: Callable  # (gguf.GGUFWriter, our config) -> None; UserError for what llama.cpp cannot run
     to_gguf: Callable  # ({HF name: array}, our config) -> (GGUF name, array) for every tensor, in file order
@@ -68,33 +86,59 @@ def rename(name: str, source_template: str, target_template: str) -> str | None:
     return _fill(target_template, match.groupdict()) if match else None
 
 
-def _translate(name: str, table, src: str, dst: str, known: set[str]):
-    for row in table:
-        match = _pattern(getattr(row, src)).match(name)
-        if match:
-            target = _fill(getattr(row, dst), match.groupdict())
-            if target in known:
-                return target, row.transpose
-    return None
+def _our_paths(row: Row, groups: dict[str, str]) -> tuple[str, ...]:
+    if not row.parts:
+        return (_fill(row.ours, groups),)
+    return tuple(_fill(row.ours, {**groups, "part": part}) for part in row.parts)
 
 
-def hf_to_ours(family: Family, hf_name: str, our_paths: set[str]) -> tuple[str, bool] | None:
-    """Our path for an HF tensor (and whether to transpose), trying with and without the base prefix."""
+def hf_to_ours(family: Family, hf_name: str, our_paths) -> Mapped | None:
+    """Our parameters for an HF tensor, trying with and without the base prefix; None if no row fits."""
     prefix = family.base_prefix
     for candidate in (hf_name, prefix + hf_name, hf_name.removeprefix(prefix)):
-        found = _translate(candidate, family.weights, "hf", "ours", our_paths)
-        if found:
-            return found
+        for row in family.weights:
+            match = _pattern(row.hf).match(candidate)
+            if match:
+                ours = _our_paths(row, match.groupdict())
+                if all(path in our_paths for path in ours):
+                    return Mapped(hf_name, ours, row.transpose)
     return None
 
 
-def ours_to_hf(family: Family, path: str) -> tuple[str, bool]:
-    """The HF tensor name for one of our parameter paths (and whether to transpose)."""
+def ours_to_hf(family: Family, path: str) -> Mapped:
+    """The HF tensor that holds one of our parameters (with the other parameters it holds, if fused)."""
     for row in family.weights:
         match = _pattern(row.ours).match(path)
-        if match:
-            return _fill(row.hf, match.groupdict()), row.transpose
+        if match and (not row.parts or match.group("part") in row.parts):
+            return Mapped(_fill(row.hf, match.groupdict()), _our_paths(row, match.groupdict()), row.transpose)
     raise KeyError(f"no Hugging Face name for parameter {path!r} ({family.model_type})")
+
+
+def split_hf(array, mapped: Mapped, our_shapes) -> list | None:
+    """An HF tensor as our parameters' arrays (transposed where the row says), or None if its shape is not
+    theirs together. `our_shapes[path]` is each parameter's shape in our layout."""
+    in_file = [tuple(our_shapes[p])[::-1] if mapped.transpose else tuple(our_shapes[p]) for p in mapped.ours]
+    if tuple(array.shape) != fused_shape(in_file):
+        return None
+    pieces = np.split(array, np.cumsum([s[0] for s in in_file])[:-1], axis=0) if len(in_file) > 1 else [array]
+    return [piece.T if mapped.transpose else piece for piece in pieces]
+
+
+def fused_shape(shapes: list[tuple]) -> tuple:
+    """The shape of HF tensors of these shapes concatenated on their first axis."""
+    return (sum(s[0] for s in shapes), *shapes[0][1:]) if len(shapes) > 1 else shapes[0]
+
+
+def to_hf(family: Family, params) -> dict:
+    """{HF name: array in HF's layout} for (our path, array) pairs: transposed, fused parts concatenated."""
+    params = dict(params)
+    out = {}
+    for path in params:
+        mapped = ours_to_hf(family, path)
+        if mapped.hf not in out:
+            pieces = [params[p].T if mapped.transpose else params[p] for p in mapped.ours]
+            out[mapped.hf] = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
+    return out
 
 
 def is_ignored(family: Family, hf_name: str) -> bool:
