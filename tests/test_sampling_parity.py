@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_phi3, tiny_qwen2, tiny_qwen3
 
 NEW_TOKENS = 12
 
@@ -66,7 +68,12 @@ def test_gpt2_greedy_batch_with_left_padding_matches_transformers(tmp_path):
     assert ours.token_ids == transformers_generate(reference, prompts, max_new_tokens=NEW_TOKENS)
 
 
-@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3], ids=["qwen2", "qwen3"])
+# Phi-3 with longrope past its 4 original positions from the first token (its long factors throughout, as in
+# transformers) and Phi-4-mini's partial rotary factor.
+PHI3_LONG = functools.partial(tiny_phi3, longrope=True, original=4, partial_rotary=0.75)
+
+
+@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3, PHI3_LONG], ids=["qwen2", "qwen3", "phi3_longrope_partial"])
 def test_llama_architecture_families_greedy_batch_matches_transformers(tmp_path, write):
     reference = write(tmp_path, tied=True)
     model, _ = jaxlm.load_pretrained(tmp_path)

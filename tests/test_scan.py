@@ -13,7 +13,7 @@ from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_phi3, tiny_qwen2, tiny_qwen3
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.execution import configure, is_stacked
@@ -26,8 +26,10 @@ from jaxlm.train.inputs import prepare_model
 from test_train_loss import lm_batch, reference_loss
 
 LLAMA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
-TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gpt2": ["qkv"]}
-WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2}
+TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "phi3": LLAMA_TARGETS,
+           "gpt2": ["qkv"]}
+WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2,
+           "phi3": lambda path: tiny_phi3(path, longrope=True, partial_rotary=0.75)}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
         np.testing.assert_allclose(got_grads[path], want_grad, atol=atol, rtol=1e-5, err_msg=str(path))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3"])
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "phi3"])
 def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []
@@ -122,7 +124,7 @@ def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, fam
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
 def test_scanned_model_round_trips_hf_load_and_export_unchanged(folders, tmp_path, family):
     model = model_for(folders[family], family, scan_layers=True)
     jaxlm.export_pretrained(model, tmp_path)
