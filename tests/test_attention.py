@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from jaxlm.models import layers
+from jaxlm.models.kv_cache import LayerCache
 
 B, T, HEADS, KV_HEADS, D = 3, 12, 4, 2, 16  # grouped-query attention: 2 query heads per KV head
 PACKED = np.array([[1] * 5 + [2] * 4 + [0] * 3,  # two documents, then padding
@@ -44,7 +45,7 @@ def assert_close_where_real(got, want, ids):
 @pytest.mark.parametrize("ids", [PACKED, ONE_DOCUMENT], ids=["packed", "one_document"])
 def test_xla_path_matches_torch_with_segments_padding_and_gqa(ids):
     q, k, v = qkv()
-    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(segment_ids=jnp.asarray(ids)))
+    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(segment_ids=jnp.asarray(ids)))[0]
     assert_close_where_real(got, reference(q, k, v, allowed_by(ids)), ids)
 
 
@@ -60,7 +61,7 @@ def test_kernel_path_arguments_match_torch(ids, causal):
     ids = np.ones((B, T), np.int32) if ids is None else ids
     want = reference(np.asarray(q), np.asarray(k), np.asarray(v), allowed_by(ids, causal))
     assert_close_where_real(kernel, want, ids)
-    assert_close_where_real(layers.attention(q, k, v, mask), want, ids)  # the XLA path on the same mask
+    assert_close_where_real(layers.attention(q, k, v, mask)[0], want, ids)  # the XLA path on the same mask
 
 
 def test_left_padding_and_bidirectional_attention_match_torch():
@@ -68,10 +69,11 @@ def test_left_padding_and_bidirectional_attention_match_torch():
     padding = np.ones((B, T), np.int32)
     padding[1, :4] = 0  # left padding (batched prompts)
     padding[2, -2:] = 0
-    causal = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), layers.Mask(padding=jnp.asarray(padding)))
+    causal, _ = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                 layers.Mask(padding=jnp.asarray(padding)))
     assert_close_where_real(causal, reference(q, k, v, allowed_by(padding)), padding)
     both = layers.Mask(padding=jnp.asarray(padding), causal=False)  # BERT
-    got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), both)
+    got, _ = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), both)
     assert_close_where_real(got, reference(q, k, v, allowed_by(padding, causal=False)), padding)
 
 
@@ -88,7 +90,7 @@ def test_auto_picks_cudnn_only_where_it_can_run_and_says_why_not():
     assert implementation == "xla" and "data.pack=false" in note  # segment ids: cuDNN cannot take them
 
 
-def test_cached_attention_matches_torch_over_a_cache_with_padding_and_unfilled_slots():
+def test_attention_over_a_cache_matches_torch_over_a_cache_with_padding_and_unfilled_slots():
     """Decoding's attention reads keys/values in the cache layout [b * kv_heads, slots, d]; slots
     beyond the newest token and left-padding slots are masked (batch padding rows included)."""
     q, k, v = qkv(3)
@@ -102,10 +104,13 @@ def test_cached_attention_matches_torch_over_a_cache_with_padding_and_unfilled_s
     keys[:, :, :T], values[:, :, :T] = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
     def both_ways(mask):
-        cached = layers.cached_attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.reshape(B * KV_HEADS, slots, D)),
-                                         jnp.asarray(values.reshape(B * KV_HEADS, slots, D)), mask)
-        dense = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.transpose(0, 2, 1, 3)),
-                                 jnp.asarray(values.transpose(0, 2, 1, 3)), mask)
+        # The cache already holds every key; the queries' own keys are written again where they lie.
+        cache = LayerCache(jnp.asarray(keys.reshape(B * KV_HEADS, slots, D)),
+                           jnp.asarray(values.reshape(B * KV_HEADS, slots, D)), jnp.asarray(T - new))
+        cached, _ = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(k[:, -new:]), jnp.asarray(v[:, -new:]),
+                                     mask, cache=cache)
+        dense, _ = layers.attention(jnp.asarray(q[:, -new:]), jnp.asarray(keys.transpose(0, 2, 1, 3)),
+                                    jnp.asarray(values.transpose(0, 2, 1, 3)), mask)
         np.testing.assert_allclose(np.asarray(cached), np.asarray(dense), atol=1e-6)  # batch padding: no NaN
         return np.asarray(cached)
 

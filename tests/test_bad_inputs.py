@@ -261,7 +261,7 @@ CASES = [
          "classification needs at least 2 labels", "data error"),
     # model files
     Case("classification on a causal LM", train(data="labelled", task="classification"), BAD_INPUT,
-         "task=classification needs an encoder for BertForSequenceClassification", "config error"),
+         "task=classification needs an encoder with a classification head (bert)", "config error"),
     Case("unknown model_type", train(model="unknown_type"), BAD_INPUT, "unknown model_type 'mamba'"),
     Case("truncated safetensors", train(model="truncated"), BAD_INPUT, "corrupt or truncated safetensors"),
     Case("malicious pickle", train(model="pickle"), BAD_INPUT, "cannot read as a torch state dict"),

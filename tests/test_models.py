@@ -167,10 +167,11 @@ def test_kv_cache_decoding_matches_full_forward(tmp_path, family):
     positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
     cache = model.init_cache(batch=2, slots=16)
     ids_, positions_, mask_ = (jnp.asarray(a[:, :6]) for a in (ids, positions, mask))
-    prefill, cache = model.decode(ids_, positions_, cache, mask_)
+    prefill, cache = model(ids_, mask_, positions=positions_, cache=cache)
     steps = [prefill]
     for t in range(6, 9):
-        logits, cache = model.decode(jnp.asarray(ids[:, t : t + 1]), jnp.asarray(positions[:, t : t + 1]), cache)
+        new, new_positions = jnp.asarray(ids[:, t : t + 1]), jnp.asarray(positions[:, t : t + 1])
+        logits, cache = model(new, positions=new_positions, cache=cache)
         steps.append(logits)
     chex.assert_shape(steps[-1], (2, 1, VOCAB))
     cached = np.concatenate([np.asarray(s) for s in steps], axis=1)
@@ -197,7 +198,7 @@ def test_bfloat16_loading_stays_close_to_float32(tmp_path, write):
 def test_the_registry_row_says_which_classes_keep_the_causal_lm_contract():
     methods = ["__call__", *(name for name, value in vars(CausalLM).items()
                              if inspect.isfunction(value) and not name.startswith("_"))]
-    assert {"decode", "init_cache", "logits"} <= set(methods)
+    assert {"init_cache", "logits", "output_kernel"} <= set(methods)
     for arch in ARCHITECTURES.values():
         keeps = all(callable(getattr(arch.model_cls, name, None)) for name in methods)
         assert keeps == arch.family.causal_lm, arch.name

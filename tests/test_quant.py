@@ -122,7 +122,7 @@ def test_decode_step_reads_int8_weights_without_a_float_copy(tiny_models):
     cache = int8.init_cache(1, 32)
 
     def step(state, ids, positions, cache):
-        return nnx.merge(graphdef, state).decode(ids, positions, cache)
+        return nnx.merge(graphdef, state)(ids, positions=positions, cache=cache)
 
     ones = jnp.ones((1, 1), jnp.int32)
     hlo = jax.jit(step).lower(state, ones, ones, cache).compile().as_text()

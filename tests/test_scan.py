@@ -16,7 +16,8 @@ import jaxlm
 from hf_checkpoints import VOCAB, tiny_gpt2, tiny_llama, tiny_phi3, tiny_qwen2, tiny_qwen3
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
-from jaxlm.models.execution import configure, is_stacked
+from jaxlm.models.contract import configure, is_stacked
+from jaxlm.models.execution import Execution
 from jaxlm.models.lora import apply_lora, has_lora, merge_lora
 from jaxlm.models.prompt_tuning import VirtualTokens, apply_prompt_tuning, prepend_virtual_tokens
 from jaxlm.models.weight_map import dotted
@@ -48,7 +49,7 @@ def model_for(folder, family, lora=0, **options):
         for _, module in nnx.iter_modules(model):  # B starts at zero; make the adapters matter
             if hasattr(module, "lora_b"):
                 module.lora_b.set_value(0.1 * jax.random.normal(jax.random.key(1), module.lora_b.get_value().shape))
-    return configure(model, **options)
+    return configure(model, Execution(**options))
 
 
 def per_layer(tree, layers: str) -> dict:
@@ -56,8 +57,8 @@ def per_layer(tree, layers: str) -> dict:
     out = {}
     for path, value in nnx.to_flat_state(tree):
         value = np.asarray(value.get_value() if hasattr(value, "get_value") else value)
-        if path[0] == layers and not isinstance(path[1], int):
-            out.update({(layers, i, *path[1:]): value[i] for i in range(value.shape[0])})
+        if path[0] == layers and path[1] == "layer":  # a scan.Stack
+            out.update({(layers, i, *path[2:]): value[i] for i in range(value.shape[0])})
         else:
             out[path] = value
     return out
@@ -148,7 +149,7 @@ def test_kv_cache_decoding_runs_scanned_layers(folders):
     ids = jnp.asarray(np.random.RandomState(3).randint(3, VOCAB, (2, 9)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
     graphdef, state = nnx.split(stacked)
-    decode = jax.jit(lambda s, i, p, c: nnx.merge(graphdef, s).decode(i, p, c))
+    decode = jax.jit(lambda s, i, p, c: nnx.merge(graphdef, s)(i, positions=p, cache=c))
     cache = stacked.init_cache(batch=2, slots=12)
     prefill, cache = decode(state, ids[:, :6], positions[:, :6], cache)
     steps = [prefill]
@@ -162,7 +163,7 @@ def test_kv_cache_decoding_runs_scanned_layers(folders):
 def test_fsdp_never_splits_the_layer_axis(folders):
     model = model_for(folders["llama"], "llama", scan_layers=True)
     specs = sharding.state_shardings(nnx.state(model, nnx.Param), AbstractMesh((1, 2), ("data", "fsdp")))
-    kernel = specs["layers"]["mlp"]["up_proj"]["kernel"].get_value()  # [2 layers, 64, 112]: 2 is divisible too
+    kernel = specs["layers"]["layer"]["mlp"]["up_proj"]["kernel"].get_value()  # [2 layers, 64, 112]: 2 is divisible too
     assert kernel.spec == P(None, None, "fsdp")
     assert sharding.param_spec((64, 16, 8), 4, keep=0) == P(None, "fsdp", None)
 
@@ -176,7 +177,7 @@ def test_prompt_tuning_with_stacked_layers_and_chunked_loss_matches_the_plain_lo
     def value_and_grad(scan_layers, loss):
         model = jaxlm.load_pretrained(folders["llama"])[0]
         apply_prompt_tuning(model, 3, seed=1)
-        configure(model, scan_layers=scan_layers)
+        configure(model, Execution(scan_layers=scan_layers))
         graphdef, virtual, rest = nnx.split(model, VirtualTokens, ...)
         return jax.jit(jax.value_and_grad(lambda v: loss(nnx.merge(graphdef, v, rest))))(virtual)
 
@@ -203,7 +204,7 @@ def test_train_only_means_per_layer_names_on_stacked_layers(folders):
 
     every_mlp = trained(r"layers\.\d+\.mlp\.")
     assert {dotted(p) for p, _ in nnx.to_flat_state(nnx.state(model, every_mlp))} == {
-        f"layers.mlp.{name}.kernel" for name in ("gate_proj", "up_proj", "down_proj")}
+        f"layers.layer.mlp.{name}.kernel" for name in ("gate_proj", "up_proj", "down_proj")}
     assert fully_trained_modules(model, every_mlp) == tuple(sorted(
         f"model.layers.{i}.mlp.{name}" for i in (0, 1) for name in ("gate_proj", "up_proj", "down_proj")))
     with pytest.raises(ConfigError, match="some layers"):  # one layer of a stacked parameter cannot train alone

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
-from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS
 
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
@@ -30,9 +30,6 @@ BATCH_KEYS = {
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
 }
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
-
-# Tasks whose eval step returns the argmax class of each logit row (for entity or class metrics).
-PREDICTS_CLASSES = ("token_classification", "classification")
 
 
 class LossTerms(NamedTuple):
@@ -53,7 +50,7 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
     so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
     also counts the argmax hits, for token or class accuracy."""
-    if task in PREDICTS_CLASSES:
+    if task in LABELLED_TASKS:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
         weights = (labels != IGNORE_LABEL).astype(jnp.float32)

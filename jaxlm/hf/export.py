@@ -12,7 +12,7 @@ from flax import nnx
 from jaxlm.errors import UserError
 from jaxlm.hf.gguf_export import write_gguf
 from jaxlm.models import architecture_of
-from jaxlm.models.execution import unrolled
+from jaxlm.models.contract import unrolled
 from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.prompt_tuning import num_virtual_tokens
 from jaxlm.models.quant import dequantize, is_quantized

@@ -142,7 +142,7 @@ def build_model(
             )
         loaded.update({p: jnp.asarray(piece, dtype=dtype) for p, piece in zip(found.ours, pieces, strict=True)})
     missing = [p for p in expected if p not in loaded]
-    if missing and init_missing_head and all(p.startswith(HEAD_MODULES) for p in missing):
+    if missing and init_missing_head and all(p.startswith(arch.family.head_modules) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}
         loaded.update({p: fresh[p] for p in missing})
         warnings.warn(f"{source}: new {arch.name} head initialised randomly: {', '.join(missing)}", stacklevel=2)
@@ -156,11 +156,6 @@ def build_model(
         raise CheckpointError(f"{source}: missing tensor {names}{more} for {arch.name}")
     flat = [(p, v.replace(loaded[dotted(p)])) for p, v in nnx.to_flat_state(params)]
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)
-
-
-# Modules that a task head adds on a base model; only these may start untrained. BERT's pooler is
-# one: transformers also initialises it when a checkpoint saved without it gets a sequence classifier.
-HEAD_MODULES = ("classifier.", "lm_head.", "bert.pooler.")
 
 
 def read_hf_config(path: str) -> dict:

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from jaxlm.hf.export import hf_state_dict
 from jaxlm.models import architecture_of
-from jaxlm.models.execution import unrolled
+from jaxlm.models.contract import unrolled
 from jaxlm.models.lora import lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf

@@ -2,6 +2,7 @@
 
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from jaxlm.models.kv_cache import KVCache
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.phi3 import Phi3Config, Phi3ForCausalLM
@@ -17,7 +18,6 @@ from jaxlm.models.registry import (
     architecture_of,
     position_limit,
 )
-from jaxlm.models.scan import KVCache
 
 __all__ = [
     "ARCHITECTURES", "FAMILIES", "Architecture", "Family", "PositionLimit",

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers
+from jaxlm.models.execution import Execution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,7 @@ class SelfAttention(nnx.Module):
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, self.heads, self.head_dim)
                    for y in layers.fan_out((self.query, self.key, self.value), x))
-        return layers.attention(q, k, v, mask).reshape(b, t, -1)
+        return layers.attention(q, k, v, mask)[0].reshape(b, t, -1)
 
 
 class Attention(nnx.Module):
@@ -147,9 +148,9 @@ class Pooler(nnx.Module):
 class BertModel(nnx.Module):
     """`model(ids, attention_mask, token_type_ids)` -> last hidden state [batch, seq, hidden]."""
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, add_pooling_layer=True):
-        self.config = cfg
-        self.attention_kernel = "xla"  # see layers.attention
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, add_pooling_layer=True,
+                 execution: Execution = Execution()):
+        self.config, self.execution = cfg, execution
         self.embeddings = Embeddings(cfg, rngs=rngs, param_dtype=param_dtype)
         self.encoder = Encoder(cfg, rngs=rngs, param_dtype=param_dtype)
         # The pooler is kept only so exported folders load into transformers' BertModel with no missing keys.
@@ -160,27 +161,38 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # BERT counts padding too (it pads on the right)
             positions = layers.default_positions(input_ids, None)
-        mask = layers.Mask(padding=attention_mask, causal=False, implementation=self.attention_kernel)
+        mask = layers.Mask(padding=attention_mask, causal=False, implementation=self.execution.attention)
         return self.encoder(self.embeddings(input_ids, token_type_ids, positions), mask)
 
 
 class _Classifier(nnx.Module):
     """The BERT encoder, dropout and a linear layer over the labels of `config.id2label` (HF's layout)."""
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype, dropout_rate: float, pooler: bool):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype, dropout_rate: float, pooler: bool,
+                 execution: Execution):
         self.config = cfg
-        self.bert = BertModel(cfg, rngs=rngs, param_dtype=param_dtype, add_pooling_layer=pooler)
+        self.bert = BertModel(cfg, rngs=rngs, param_dtype=param_dtype, add_pooling_layer=pooler, execution=execution)
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
         self.classifier = layers.linear(rngs, cfg.hidden_size, len(cfg.id2label), bias=True, param_dtype=param_dtype)
+
+    @property
+    def execution(self) -> Execution:  # the encoder's: one object for the whole model
+        return self.bert.execution
+
+    @execution.setter
+    def execution(self, value: Execution):
+        self.bert.execution = value
 
 
 class BertForTokenClassification(_Classifier):
     """BERT encoder plus a linear tagger: `model(ids, attention_mask)` -> logits [batch, seq, labels]."""
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1,
+                 execution: Execution = Execution()):
         if not cfg.id2label:
             raise ValueError("BertForTokenClassification needs config.id2label (the tag set)")
-        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=False)
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=False,
+                         execution=execution)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)
@@ -196,14 +208,16 @@ class BertForSequenceClassification(_Classifier):
     (one label) and multi-label (sigmoid) heads are not implemented and are refused.
     """
 
-    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, dropout_rate: float = 0.1,
+                 execution: Execution = Execution()):
         if len(cfg.id2label) < 2:
             raise ValueError(f"BertForSequenceClassification needs config.id2label with at least 2 labels, "
                              f"got {list(cfg.id2label)}")
         if cfg.problem_type not in (None, "single_label_classification"):
             raise ValueError(f"config.json: problem_type={cfg.problem_type!r} is not supported; "
                              "only 'single_label_classification' (softmax cross-entropy)")
-        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=True)
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, dropout_rate=dropout_rate, pooler=True,
+                         execution=execution)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden = self.bert(input_ids, attention_mask, token_type_ids)

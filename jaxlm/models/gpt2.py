@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers, scan
+from jaxlm.models.execution import Execution, decoder_layers
+from jaxlm.models.kv_cache import KVCache, LayerCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +60,10 @@ class Attention(nnx.Module):
             scale /= layer_idx + 1
         self.scale = scale
 
-    def __call__(self, x, mask, kv=None, index=None):
+    def __call__(self, x, mask, kv: LayerCache | None = None):
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, self.heads, self.head_dim) for y in jnp.split(self.c_attn(x), 3, axis=-1))
-        if kv is not None:  # decoding: attend over the cache, which now holds these keys too
-            kv = kv.write(k, v, index)
-            keys, values = kv.read()
-            out = layers.cached_attention(q, keys, values, mask, scale=self.scale)
-        else:
-            out = layers.attention(q, k, v, mask, scale=self.scale)
+        out, kv = layers.attention(q, k, v, mask, scale=self.scale, cache=kv)
         return self.c_proj(out.reshape(b, t, -1)), kv
 
 
@@ -92,39 +89,32 @@ class Block(nnx.Module):
         self.ln_2 = layer_norm(cfg, param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, mask, kv=None, index=None):
-        attn, kv = self.attn(self.ln_1(x), mask, kv, index)
+    def __call__(self, x, mask, kv: LayerCache | None = None):
+        attn, kv = self.attn(self.ln_1(x), mask, kv)
         x = x + attn
         return x + self.mlp(self.ln_2(x)), kv
 
 
 class GPT2LMHeadModel(nnx.Module):
-    """Causal LM with the same call/decode interface (and `attention_kernel`, `remat`, stacking) as the Llama family."""
+    """Causal LM with the Llama family's one forward pass (`models.contract.CausalLM`) and `execution`."""
 
-    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.config = cfg
-        self.attention_kernel, self.remat = "xla", "none"
+    def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32, execution: Execution = Execution()):
+        self.config, self.execution = cfg, execution
         self.wte = layers.embed(rngs, cfg.vocab_size, cfg.n_embd, param_dtype=param_dtype)
         self.wpe = layers.embed(rngs, cfg.n_positions, cfg.n_embd, param_dtype=param_dtype)
-        self.h = nnx.List([Block(cfg, i, rngs=rngs, param_dtype=param_dtype) for i in range(cfg.n_layer)])
+        self.h = decoder_layers(lambda i: Block(cfg, i, rngs=rngs, param_dtype=param_dtype), cfg.n_layer, execution)
         self.ln_f = layer_norm(cfg, param_dtype)
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
-                 return_hidden=False):
-        if positions is None:
-            positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
-                           implementation=self.attention_kernel)
-        x = scan.run(self.h, self.wte(input_ids) + self.wpe(positions), lambda block, y: block(y, mask)[0],
-                     remat=self.remat)
+                 cache: KVCache | None = None, return_hidden=False):
+        """See `models.contract.CausalLM.__call__`."""
+        positions, mask, cache = layers.causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths,
+                                                      cache, self.execution.attention)
+        x, cache = scan.run(self.h, self.wte(input_ids) + self.wpe(positions), lambda block, y, kv: block(y, mask, kv),
+                            remat=self.execution.remat, cache=cache)
         hidden = self.ln_f(x)
-        return hidden if return_hidden else self.logits(hidden)
-
-    def decode(self, input_ids, positions, cache: scan.KVCache, new_valid=None):
-        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache)."""
-        x = self.wte(input_ids) + self.wpe(positions)
-        x, cache = scan.run_with_cache(self.h, x, cache, new_valid, lambda block, *args: block(*args))
-        return self.logits(self.ln_f(x)), cache
+        out = hidden if return_hidden else self.logits(hidden)
+        return out if cache is None else (out, cache)
 
     def output_kernel(self):
         """The tied output projection as one [n_embd, vocab] matrix."""
@@ -134,7 +124,7 @@ class GPT2LMHeadModel(nnx.Module):
         """The tied output projection of final hidden states [..., n_embd] to [..., vocab]."""
         return self.wte.attend(hidden)
 
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
         cfg = self.config
-        return scan.KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype,
-                                   stacked=scan.is_stacked(self.h))
+        return KVCache.create(cfg.n_layer, batch, slots, cfg.n_head, cfg.head_dim, dtype,
+                              stacked=scan.is_stacked(self.h))

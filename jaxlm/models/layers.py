@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxlm.models.kv_cache import KVCache, LayerCache
+
 ATTENTION = ("auto", "xla", "cudnn")  # model.attention
 
 
@@ -26,7 +28,8 @@ class Mask:
     sequence from position 0, then padding: what cuDNN takes), `segment_ids` [batch, seq] (packed
     documents, 0 = padding) or `padding` [batch, seq] (1 = real token, anywhere). With segment ids
     or padding a query sees the keys of its own segment (padding counts as one more segment, so no
-    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots].
+    row is ever fully masked). Decoding over a KV cache gives `dense` [batch, 1, new, slots]
+    (`KVCache.admit`).
     `implementation` picks the kernel (see `attention`).
     """
 
@@ -65,33 +68,35 @@ class Mask:
         return self.dense is None and self.segment_ids is None and self.padding is None
 
 
-def attention(q, k, v, mask: Mask, *, scale: float | None = None) -> jax.Array:
+def attention(q, k, v, mask: Mask, *, scale: float | None = None,
+              cache: LayerCache | None = None) -> tuple[jax.Array, LayerCache | None]:
     """The one attention of every family: q [b, t, heads, d]; k, v [b, s, kv_heads, d] (GQA when fewer).
 
-    `mask.implementation` "xla" runs `jax.nn.dot_product_attention`'s XLA path on a boolean mask
-    (softmax in float32). "cudnn" runs cuDNN flash attention through the same function for bf16/fp16
-    inputs whose mask it takes (causal, lengths); packed rows and arbitrary padding take the XLA path,
-    as `resolve_attention` announces when it sets the implementation up. Decoding over a KV cache
-    runs `cached_attention`, the same arithmetic on the cache's layout.
+    Returns (output [b, t, heads, d], cache). Without a cache, `mask.implementation` "xla" runs
+    `jax.nn.dot_product_attention`'s XLA path on a boolean mask (softmax in float32), and "cudnn"
+    runs cuDNN flash attention through the same function for bf16/fp16 inputs whose mask it takes
+    (causal, lengths); packed rows and arbitrary padding take the XLA path, as `resolve_attention`
+    announces when it sets the implementation up. With a cache (generation), k and v are written
+    into it first and the queries attend over all its slots: the same arithmetic as the XLA path,
+    on the cache's layout (see kv_cache.KVCache), with `mask` from `KVCache.admit`.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if cache is not None:
+        cache = cache.write(k, v)
+        return _attention_over_cache(q, *cache.read(), mask, scale), cache
     k, v = k.astype(q.dtype), v.astype(q.dtype)
     if mask.implementation == "cudnn" and mask.kernel_ready and q.dtype in (jnp.bfloat16, jnp.float16):
-        return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn")
-    return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
-                                        implementation="xla")
+        return kernel_attention(q, k, v, mask, scale=scale, implementation="cudnn"), None
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(q.shape[1], k.shape[1]), scale=scale,
+                                       implementation="xla")
+    return out, None
 
 
-def cached_attention(q, keys, values, mask: Mask, *, scale: float | None = None) -> jax.Array:
-    """Attention over a KV cache: q [b, t, heads, d]; keys, values [b * kv_heads, slots, d] (`scan.LayerCache.read`).
-
-    The same arithmetic as `attention`'s XLA path (float32 softmax, GQA heads grouped per KV head),
-    written for the cache's layout: both matmuls read the cache where it lies.
-    """
+def _attention_over_cache(q, keys, values, mask: Mask, scale: float) -> jax.Array:
+    """q [b, t, heads, d] over keys, values [b * kv_heads, slots, d]: both matmuls read the cache where it lies."""
     b, t, heads, d = q.shape
     kv_heads = keys.shape[0] // b
     group = heads // kv_heads
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
     # [b * kv, group * t, d]: the queries that share one KV head, as the rows of one matmul
     q = q.reshape(b, t, kv_heads, group, d).transpose(0, 2, 3, 1, 4).reshape(b * kv_heads, group * t, d)
     scores = jnp.einsum("nqd,nsd->nqs", q, keys.astype(q.dtype), preferred_element_type=jnp.float32) * scale
@@ -218,6 +223,26 @@ def default_positions(input_ids: jax.Array, padding_mask: jax.Array | None) -> j
     if padding_mask is None:
         return jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
     return left_padded_positions(padding_mask)
+
+
+def causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths, cache: KVCache | None,
+                  implementation: str) -> tuple[jax.Array, Mask, KVCache | None]:
+    """(positions, mask, cache) for a causal LM's forward pass (`models.contract.CausalLM.__call__`).
+
+    Without a cache: positions default from the padding, and the mask describes the rows as given.
+    With one: the new tokens are admitted into the cache (`KVCache.admit`) and the mask says which
+    of its slots each may see; their positions must be given (left-padded rows keep their own)."""
+    if cache is None:
+        if positions is None:
+            positions = default_positions(input_ids, attention_mask)
+        mask = Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask, implementation=implementation)
+        return positions, mask, None
+    if positions is None:
+        raise ValueError("a forward pass over a KV cache needs the new tokens' positions")
+    if segment_ids is not None or lengths is not None:
+        raise ValueError("a forward pass over a KV cache takes attention_mask, not segment_ids or lengths")
+    cache, allowed = cache.admit(attention_mask, input_ids.shape[1])
+    return positions, Mask(dense=allowed), cache
 
 
 # --- norms, embeddings, activations, linear layers ---------------------------------------

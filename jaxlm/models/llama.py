@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models import layers, scan
+from jaxlm.models.execution import Execution, decoder_layers
+from jaxlm.models.kv_cache import KVCache, LayerCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,20 +118,14 @@ class Attention(nnx.Module):
         self.heads, self.kv_heads, self.head_dim, self.qk_norm = h, kv, cfg.head_dim, cfg.qk_norm
         self.rope_scale = cfg.rope_attention_factor
 
-    def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv=None, index=None):
+    def __call__(self, x, positions, mask: layers.Mask, inv_freq, kv: LayerCache | None = None):
         b, t, _ = x.shape
         q, k, v = layers.fan_out((self.q_proj, self.k_proj, self.v_proj), x)
         q, k = q.reshape(b, t, self.heads, self.head_dim), k.reshape(b, t, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = (layers.apply_rope(y, positions, inv_freq, self.rope_scale) for y in (q, k))
-        v = v.reshape(b, t, self.kv_heads, self.head_dim)
-        if kv is not None:  # decoding: attend over the cache, which now holds these keys too
-            kv = kv.write(k, v, index)
-            keys, values = kv.read()
-            out = layers.cached_attention(q, keys, values, mask)
-        else:
-            out = layers.attention(q, k, v, mask)
+        out, kv = layers.attention(q, k, v.reshape(b, t, self.kv_heads, self.head_dim), mask, cache=kv)
         return self.o_proj(out.reshape(b, t, -1)), kv
 
 
@@ -153,64 +149,45 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
 
-    def __call__(self, x, positions, mask, inv_freq, kv=None, index=None):
-        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv, index)
+    def __call__(self, x, positions, mask, inv_freq, kv: LayerCache | None = None):
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class LlamaForCausalLM(nnx.Module):
-    """Causal LM. `model(ids, attention_mask)` gives logits; `model.decode(...)` runs on a KV cache.
+    """Causal LM: the one forward pass of `models.contract.CausalLM`, with or without a KV cache.
 
-    How it runs (not what it computes): `attention_kernel` ("xla" | "cudnn", see `layers.attention`),
-    `remat` (a `scan.REMAT` name), and `layers` either unrolled or stacked (`scan.stack`)."""
+    How it runs (not what it computes) is `execution` (models/execution.py), fixed when it is built."""
 
-    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-        self.config = cfg
-        self.attention_kernel, self.remat = "xla", "none"
+    def __init__(self, cfg: LlamaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 execution: Execution = Execution()):
+        self.config, self.execution = cfg, execution
         self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
-        self.layers = nnx.List(
-            [DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype) for _ in range(cfg.num_hidden_layers)]
-        )
+        self.layers = decoder_layers(lambda _: DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype),
+                                     cfg.num_hidden_layers, execution)
         self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
-                 return_hidden=False):
-        """Logits [batch, seq, vocab]. `segment_ids` keeps packed documents from seeing each other;
-        `lengths` [batch] says each row is one sequence from position 0, then padding (see layers.Mask).
-
-        `return_hidden=True` gives the final hidden states instead; `self.logits(hidden)` projects
-        them, so a loss can project a few tokens at a time."""
-        if positions is None:
-            positions = layers.default_positions(input_ids, attention_mask)
-        mask = layers.Mask(lengths=lengths, segment_ids=segment_ids, padding=attention_mask,
-                           implementation=self.attention_kernel)
+                 cache: KVCache | None = None, return_hidden=False):
+        """See `models.contract.CausalLM.__call__`. `return_hidden=True` gives the final hidden states;
+        `self.logits(hidden)` projects them, so a loss can project a few tokens at a time."""
+        positions, mask, cache = layers.causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths,
+                                                      cache, self.execution.attention)
         inv_freq = self.config.rope_frequencies(positions)
-        x = scan.run(self.layers, self.embed_tokens(input_ids),
-                     lambda layer, y: layer(y, positions, mask, inv_freq)[0], remat=self.remat)
+        x, cache = scan.run(self.layers, self.embed_tokens(input_ids),
+                            lambda layer, y, kv: layer(y, positions, mask, inv_freq, kv),
+                            remat=self.execution.remat, cache=cache)
         hidden = self.norm(x)
-        return hidden if return_hidden else self.logits(hidden)
+        out = hidden if return_hidden else self.logits(hidden)
+        return out if cache is None else (out, cache)
 
-    def decode(self, input_ids, positions, cache: scan.KVCache, new_valid=None):
-        """Run new tokens [batch, n] through the cache; returns (logits [batch, n, vocab], cache).
-
-        `new_valid` [batch, n] marks real tokens (False for left padding at prefill)."""
-        inv_freq = self.config.rope_frequencies(positions)
-        x, cache = scan.run_with_cache(
-            self.layers,
-            self.embed_tokens(input_ids),
-            cache,
-            new_valid,
-            lambda layer, x, mask, kv, index: layer(x, positions, mask, inv_freq, kv, index),
-        )
-        return self.logits(self.norm(x)), cache
-
-    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> scan.KVCache:
+    def init_cache(self, batch: int, slots: int, dtype=jnp.float32) -> KVCache:
         cfg = self.config
-        return scan.KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype,
-                                   stacked=scan.is_stacked(self.layers))
+        return KVCache.create(cfg.num_hidden_layers, batch, slots, cfg.num_key_value_heads, cfg.head_dim, dtype,
+                              stacked=scan.is_stacked(self.layers))
 
     def output_kernel(self):
         """The output projection as one [hidden, vocab] matrix, or None when it is not one (LoRA on lm_head)."""

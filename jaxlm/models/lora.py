@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models.execution import is_stacked
+from jaxlm.models.contract import is_stacked
 from jaxlm.models.registry import architecture_of
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted

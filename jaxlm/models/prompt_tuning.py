@@ -14,8 +14,8 @@ to start with those ids, so the model files do not change:
   cache slots of the row, at positions 0..n-1, and the prompt follows at n.
 
 Prefix tuning (Li & Liang 2021: learned keys and values in every layer's cache) is not here: it
-needs a forward pass over a pre-filled KV cache, which only `decode` has (no packing, no loss
-chunking). Writing the PEFT adapter is I/O and lives in `jaxlm.hf.peft`.
+needs training through a pre-filled KV cache, which the forward pass takes only for generation
+(no packing, no loss chunking). Writing the PEFT adapter is I/O and lives in `jaxlm.hf.peft`.
 """
 
 from __future__ import annotations

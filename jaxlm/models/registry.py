@@ -43,6 +43,9 @@ class Family:
     # Our class name -> the task its head is for (`jaxlm eval --task auto`, PEFT's task_type); a class not
     # listed is a causal LM (its data says sft or causal_lm) or a bare encoder.
     head_tasks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Path prefixes of the modules a head adds on the base model: only these may start untrained when a
+    # checkpoint of another head (or none) loads into a class with a head.
+    head_modules: tuple[str, ...] = ()
     gguf: GGUFLayout | None = None  # names, layouts and metadata in a llama.cpp GGUF file; None: no GGUF form
 
     @property
@@ -91,6 +94,7 @@ LLAMA = Family(
     learned_positions=False,
     layers="layers",
     token_embedding="embed_tokens",
+    head_modules=("lm_head.",),  # a base LlamaModel checkpoint gets a new output layer
     gguf=llama_gguf.LAYOUT,
 )
 
@@ -173,6 +177,8 @@ BERT = Family(
     learned_positions=True,
     head_tasks={"BertForTokenClassification": "token_classification",
                 "BertForSequenceClassification": "classification"},
+    # transformers also initialises the pooler when a checkpoint saved without it gets a sequence classifier.
+    head_modules=("classifier.", "bert.pooler."),
 )
 
 FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GPT2, BERT)}
@@ -194,6 +200,17 @@ def architecture_for(hf_config: dict, source: str = "config.json") -> Architectu
         if arch is not None and arch.family is family:
             return arch
     return ARCHITECTURES[family.architectures[0].__name__]
+
+
+def head_architecture(family: Family, task: str) -> Architecture | None:
+    """The class of `family` whose head is for `task` (`Family.head_tasks`), or None when it has none."""
+    name = next((name for name, head_task in family.head_tasks.items() if head_task == task), None)
+    return None if name is None else ARCHITECTURES[name]
+
+
+def families_with_head(task: str) -> list[str]:
+    """The model_types that have a head for `task`, for messages."""
+    return [f.model_type for f in FAMILIES.values() if task in f.head_tasks.values()]
 
 
 def architecture_of(model) -> Architecture:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxlm.models.kv_cache import KVCache
 from jaxlm.models.layers import left_padded_positions
-from jaxlm.models.scan import KVCache
 from jaxlm.sampling.logits import SamplingProgram, choose_tokens
 
 
@@ -60,8 +60,8 @@ def _prefill(graphdef, plan: Plan, state, prompt_ids, prompt_mask, stop_ids, key
     valid = prompt_mask.astype(bool)
     # Only the last position's logits are needed. Running the prompt minus its last token
     # first leaves those logits unused, so XLA drops the [batch, prompt, vocab] projection.
-    _, cache = model.decode(prompt_ids[:, :-1], positions[:, :-1], cache, new_valid=valid[:, :-1])
-    logits, cache = model.decode(prompt_ids[:, -1:], positions[:, -1:], cache, new_valid=valid[:, -1:])
+    _, cache = model(prompt_ids[:, :-1], valid[:, :-1], positions=positions[:, :-1], cache=cache)
+    logits, cache = model(prompt_ids[:, -1:], valid[:, -1:], positions=positions[:, -1:], cache=cache)
     seen = None
     if plan.sampling.penalty:
         seen = jnp.zeros((batch, logits.shape[-1]), bool)
@@ -90,7 +90,7 @@ def _decode(graphdef, plan: Plan, state, decode_state: DecodeState, limit, stop_
         return (s.step < limit) & ~jnp.all(s.done)
 
     def step(s: DecodeState) -> DecodeState:
-        logits, cache = model.decode(s.last[:, None], s.position[:, None], s.cache)
+        logits, cache = model(s.last[:, None], positions=s.position[:, None], cache=s.cache)
         token, logprob = choose_tokens(logits[:, 0], s.seen, jax.random.fold_in(s.key, s.step), plan.sampling, knobs)
         token = jnp.where(s.done, plan.pad_id, token)
         return s.replace(

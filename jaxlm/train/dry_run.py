@@ -37,14 +37,15 @@ def abstract_model(cfg: Config):
     """The run's model (task head, LoRA) as shapes only."""
     from jaxlm.hf.load import read_hf_config
     from jaxlm.models import architecture_for
-    from jaxlm.train.inputs import HEADS, configured_labels, head_for, prepare_model
+    from jaxlm.tasks import LABELLED_TASKS
+    from jaxlm.train.inputs import configured_labels, head_for, prepare_model
 
     path = resolve_path(cfg.model.path)
     hf = read_hf_config(path)
     labels = None
-    if cfg.task in HEADS:  # the label set comes from the data; its size barely matters here
+    if cfg.task in LABELLED_TASKS:  # the label set comes from the data; its size barely matters here
         labels = configured_labels(cfg) or list((hf.get("id2label") or {"0": "O", "1": "B-ENTITY"}).values())
-    head = head_for(cfg, labels)
+    head = head_for(cfg, labels, hf, path)
     hf = {**hf, **head["config_overrides"]}
     if head["architecture"]:
         hf["architectures"] = [head["architecture"]]

@@ -24,6 +24,7 @@ from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
+from jaxlm.tasks import LABELLED_TASKS
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
 
@@ -42,7 +43,7 @@ def trainable_filter(cfg: Config):
         parts.append(nnx.All(nnx.Param, _path_search(tuple(m.train_only))))
     elif adapters is None:
         parts.append(nnx.Param)
-    if cfg.task in losses.PREDICTS_CLASSES:  # the head is new: it must learn too
+    if cfg.task in LABELLED_TASKS:  # the head is new: it must learn too
         parts.append(nnx.All(nnx.Param, nnx.PathContains("classifier")))
     return parts[0] if len(parts) == 1 else nnx.Any(*parts)
 
@@ -58,8 +59,8 @@ def _path_search(patterns: tuple[str, ...]):
         names = [dotted(path)]
         if isinstance(value, nnx.Variable) and LAYER_AXIS in value.get_metadata():
             keys = [str(k) for k in path]
-            at = next(i for i, k in enumerate(keys) if k in stacks) + 1
-            names = [".".join(keys[:at] + [str(i)] + keys[at:]) for i in range(value.get_value().shape[0])]
+            at = next(i for i, k in enumerate(keys) if k in stacks) + 1  # keys[at]: the scan.Stack's one layer
+            names = [".".join(keys[:at] + [str(i)] + keys[at + 1:]) for i in range(value.get_value().shape[0])]
         hits = [any(c.search(name) for c in compiled) for name in names]
         if any(hits) and not all(hits):
             raise ConfigError(f"model.train_only={list(patterns)} picks some layers of {dotted(path)} but not all; "

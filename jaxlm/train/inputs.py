@@ -12,34 +12,36 @@ import numpy as np
 
 from jaxlm.data import DataConfig
 from jaxlm.errors import ConfigError, UserError, warn
-from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.models.registry import architecture_for, families_with_head, head_architecture
+from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS
 from jaxlm.train.config import Config, resolve_path
-
-# The head each labelled task puts on the encoder, named as the HF class whose weights it loads.
-HEADS = {"token_classification": "BertForTokenClassification", "classification": "BertForSequenceClassification"}
 
 
 def load_model(cfg: Config, label_names: list[str] | None = None):
     """(model, tokenizer). Labelled tasks put their head for `label_names` on the encoder; then LoRA
     or prompt tuning go on as configured."""
-    from jaxlm.hf.load import load_pretrained
+    from jaxlm.hf.load import load_pretrained, read_hf_config
 
     path = resolve_path(cfg.model.path)
-    head = head_for(cfg, label_names)
+    head = head_for(cfg, label_names, read_hf_config(path), path)
     model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **head)
-    if head["architecture"] and type(model).__name__ != head["architecture"]:
-        raise ConfigError(f"task={cfg.task} needs an encoder for {head['architecture']}; "
-                          f"model.path={cfg.model.path!r} is a {type(model).__name__}")
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
     return prepare_model(model, cfg), tokenizer
 
 
-def head_for(cfg: Config, label_names: list[str] | None) -> dict:
-    """`load_pretrained` arguments: `model.config_overrides`, plus the head of a labelled task for
-    `label_names` on the encoder."""
-    overrides, architecture = dict(cfg.model.config_overrides), HEADS.get(cfg.task)
-    if architecture:
+def head_for(cfg: Config, label_names: list[str] | None, hf_config: dict, source: str) -> dict:
+    """`load_pretrained` arguments: `model.config_overrides`, plus for a labelled task the class of the
+    model's family with that task's head (its registry row's `head_tasks`), made for `label_names`."""
+    overrides, architecture = dict(cfg.model.config_overrides), None
+    if cfg.task in LABELLED_TASKS:
+        family = architecture_for(hf_config, source).family
+        head = head_architecture(family, cfg.task)
+        if head is None:
+            raise ConfigError(f"task={cfg.task} needs an encoder with a {cfg.task} head "
+                              f"({', '.join(families_with_head(cfg.task))}); model.path={cfg.model.path!r} "
+                              f"is a {family.model_type} model")
+        architecture = head.name
         assert label_names is not None  # a labelled task's head is made for its labels
         overrides.update(id2label={str(i): name for i, name in enumerate(label_names)},
                          label2id={name: i for i, name in enumerate(label_names)})
@@ -52,7 +54,8 @@ def prepare_model(model, cfg: Config, *, say=print):
     """The loaded model as the run trains it: LoRA adapters or virtual tokens as configured, then the
     attention kernel, remat policy and stacked layers of `cfg.model` (`say` gets a line when attention
     falls back)."""
-    from jaxlm.models.execution import configure
+    from jaxlm.models.contract import configure
+    from jaxlm.models.execution import Execution
     from jaxlm.models.layers import resolve_attention
     from jaxlm.models.lora import apply_lora
     from jaxlm.models.prompt_tuning import apply_prompt_tuning
@@ -66,11 +69,11 @@ def prepare_model(model, cfg: Config, *, say=print):
         apply_prompt_tuning(model, cfg.model.prompt_tuning.num_virtual_tokens, seed=cfg.train.seed)
     head_dim = getattr(model.config, "head_dim", 0)
     attention, note = resolve_attention(cfg.model.attention, compute_dtype=cfg.train.compute_dtype, head_dim=head_dim,
-                                        packed=cfg.data.pack and cfg.task not in HEADS)
+                                        packed=cfg.data.pack and cfg.task not in LABELLED_TASKS)
     if note and say:
         say(f"attention: {note}")
     try:
-        return configure(model, attention=attention, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers))
     except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
         raise ConfigError(str(e)) from None
 
@@ -117,11 +120,11 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
 
     common: dict[str, Any] = dict(task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed)
     processes = jax.process_count()  # each process reads its shard and makes its rows of each batch
-    if cfg.task in HEADS:
+    if cfg.task in LABELLED_TASKS:
         common["label_names"] = label_names or configured_labels(cfg)
     train = build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size // processes, split="train",
                               **common)
-    if cfg.task in HEADS:
+    if cfg.task in LABELLED_TASKS:
         common["label_names"] = train.label_names
     micro = cfg.train.batch_size // cfg.train.grad_accum
     evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)

@@ -23,13 +23,13 @@ from flax import nnx
 from jaxlm.compute import distributed
 from jaxlm.errors import warn
 from jaxlm.models.contract import is_causal_lm
+from jaxlm.tasks import LABELLED_TASKS
 from jaxlm.train import report
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, trainable_filter
 from jaxlm.train.export import write_exports
 from jaxlm.train.inputs import (
-    HEADS,
     build_pipelines,
     check_positions,
     first_batches,
@@ -190,7 +190,7 @@ def write_config(cfg: Config, paths: dict) -> None:
 
 def load_inputs(cfg: Config):
     """(model, tokenizer, train pipeline, eval pipeline or None, test pipeline or None)."""
-    if cfg.task in HEADS:  # the head's labels come from the data (or model.config_overrides.id2label)
+    if cfg.task in LABELLED_TASKS:  # the head's labels come from the data (or model.config_overrides.id2label)
         train_data, eval_data, test_data = build_pipelines(cfg, load_tokenizer(cfg))
         model, tokenizer = load_model(cfg, train_data.label_names)
     else:
