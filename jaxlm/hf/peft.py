@@ -70,7 +70,7 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
                 # `modules_to_save.<adapter>` back when loading).
                 tensors[f"base_model.model.{name}"] = np.asarray(value, np.float32)
     rank, alpha = collections.Counter(settings.values()).most_common(1)[0][0]
-    patterns = _patterns({name: setting for name, setting in settings.items() if setting != (rank, alpha)})
+    patterns = _patterns(settings, default=(rank, alpha))
     config = {
         "peft_type": "LORA",
         "task_type": _task_type(architecture_of(model)),
@@ -111,14 +111,17 @@ def _fused_lora(parts, out_sizes):
     return a, b, scale
 
 
-def _patterns(settings: dict[str, tuple]) -> dict[str, tuple]:
-    """PEFT pattern keys for modules whose (rank, alpha) is not the default: the module's own name (e.g.
+def _patterns(settings: dict[str, tuple], default: tuple) -> dict[str, tuple]:
+    """PEFT pattern keys for the modules whose (rank, alpha) is not `default`: the module's own name (e.g.
     "qkv_proj") where every module of that name has the same, else each module's full name as a regex."""
+    def leaf(name):
+        return name.rsplit(".", 1)[-1]
+
     by_leaf = collections.defaultdict(set)
     for name, setting in settings.items():
-        by_leaf[name.rsplit(".", 1)[-1]].add(setting)
-    return {leaf if len(by_leaf[leaf]) == 1 else re.escape(name): setting
-            for name, setting in settings.items() for leaf in [name.rsplit(".", 1)[-1]]}
+        by_leaf[leaf(name)].add(setting)
+    return {leaf(name) if len(by_leaf[leaf(name)]) == 1 else re.escape(name): setting
+            for name, setting in settings.items() if setting != default}
 
 
 def save_peft_adapter(model, out_dir: str, *, base_model: str = "", modules_to_save: tuple[str, ...] = ()) -> str:
