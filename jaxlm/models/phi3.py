@@ -57,7 +57,7 @@ class Phi3Config(LlamaConfig):
             base,
             rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
             partial_rotary_factor=float(hf.get("partial_rotary_factor") or rope.get("partial_rotary_factor", 1.0)),
-            original_max_position_embeddings=hf.get("original_max_position_embeddings", 4096),
+            original_max_position_embeddings=hf.get("original_max_position_embeddings") or 4096,
             sliding_window=window,
         )
         config.rope_frequencies(jnp.zeros((1, 1), jnp.int32))  # factors of the wrong length fail at load
