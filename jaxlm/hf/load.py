@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import warnings
@@ -123,6 +124,7 @@ def build_model(
         rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
     expected = {dotted(p): v for p, v in nnx.to_flat_state(params)}
     loaded: dict[str, jax.Array] = {}
+    slices: dict[str, dict[int, jax.Array]] = collections.defaultdict(dict)  # stacked parameters, by index
     unused: list[str] = []
     for name, array in tensors:
         if is_ignored(arch.family, name):
@@ -133,14 +135,26 @@ def build_model(
             continue
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
-        shapes = {p: expected[p].get_value().shape for p in found.ours}
-        pieces = split_hf(np.asarray(array), found, shapes)
-        if pieces is None:  # the message speaks the file's layout
-            want = fused_shape([s[::-1] if found.transpose else s for s in shapes.values()])
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(np.shape(array))}, expected {want} for {arch.name}"
-            )
-        loaded.update({p: jnp.asarray(piece, dtype=dtype) for p, piece in zip(found.ours, pieces, strict=True)})
+        array = np.asarray(array)
+        shapes = {p: tuple(expected[p].get_value().shape) for p in found.paths}
+        count = None
+        if found.index is not None:  # one slice of a stacked parameter
+            count = shapes[found.paths[0]][0]
+            shapes = {p: s[1:] for p, s in shapes.items()}
+        pieces = split_hf(array, found, shapes)
+        if pieces is None or (count is not None and not 0 <= found.index < count):
+            want = fused_shape([s[::-1] if found.transpose else s for s in shapes.values()])  # the file's layout
+            where = "" if count is None else f" (index {found.index} of {count})"
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}{where}, "
+                                  f"expected {want} for {arch.name}")
+        for ours, piece in zip(found.paths, pieces, strict=True):
+            if found.index is None:
+                loaded[ours] = jnp.asarray(piece, dtype=dtype)
+            else:
+                slices[ours][found.index] = jnp.asarray(piece, dtype=dtype)
+    for ours, parts in slices.items():
+        if len(parts) == expected[ours].get_value().shape[0]:  # every slice present: else reported missing below
+            loaded[ours] = jnp.stack([parts[i] for i in range(len(parts))])
     missing = [p for p in expected if p not in loaded]
     if missing and init_missing_head and all(p.startswith(arch.family.head_modules) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}

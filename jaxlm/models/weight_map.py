@@ -10,6 +10,7 @@ A row with `parts` maps one HF tensor onto several of our parameters: its `ours`
 `{part}` placeholder, and the HF tensor is their concatenation, in `parts` order, along its first
 axis (a Linear's output axis in HF's layout). Phi-3's fused `qkv_proj` and `gate_up_proj` are such
 rows, split on load into the q/k/v and gate/up projections Llama's code runs, fused again on export.
+A `stacked` row goes the other way: several HF tensors (one per expert) stack into one of ours.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,15 +34,28 @@ class Row(NamedTuple):
     hf: str
     ours: str
     transpose: bool = False
+    # A placeholder of `hf` that indexes the leading axis of our parameter: several HF tensors stack into
+    # one (e.g. "e" for mixture-of-experts weights, one HF tensor per expert).
+    stacked: str | None = None
     parts: tuple[str, ...] = ()  # values of `{part}` in `ours`, in the order the HF tensor concatenates them
 
 
-class Mapped(NamedTuple):
-    """One HF tensor and the parameters of ours it holds (one, or a row's parts in the HF tensor's order)."""
+class Target(NamedTuple):
+    """Where an HF tensor goes: our parameters (one, or a row's parts in the HF tensor's order), whether to
+    transpose, and its index on the stacked axis."""
+
+    paths: tuple[str, ...]
+    transpose: bool
+    index: int | None = None
+
+
+class Source(NamedTuple):
+    """The HF tensor that holds one of our parameters: its name ("*" where a stacked parameter's index
+    goes), whether to transpose, and the parameters of ours it holds (a row's parts; else this one)."""
 
     hf: str
-    ours: tuple[str, ...]
     transpose: bool
+    ours: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,65 +94,88 @@ def _fill(template: str, groups: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)[+*]?\}", lambda m: groups[m.group(1)], template)
 
 
-def rename(name: str, source_template: str, target_template: str) -> str | None:
-    """`name` rewritten from one template to another, or None if it does not fit the source."""
-    match = _pattern(source_template).match(name)
-    return _fill(target_template, match.groupdict()) if match else None
-
-
 def _our_paths(row: Row, groups: dict[str, str]) -> tuple[str, ...]:
     if not row.parts:
         return (_fill(row.ours, groups),)
     return tuple(_fill(row.ours, {**groups, "part": part}) for part in row.parts)
 
 
-def hf_to_ours(family: Family, hf_name: str, our_paths) -> Mapped | None:
-    """Our parameters for an HF tensor, trying with and without the base prefix; None if no row fits."""
+def _target(row: Row, match: re.Match, known) -> Target | None:
+    paths = _our_paths(row, match.groupdict())
+    if not all(path in known for path in paths):
+        return None
+    return Target(paths, row.transpose, None if row.stacked is None else int(match.group(row.stacked)))
+
+
+def rename(name: str, source_template: str, target_template: str) -> str | None:
+    """`name` rewritten from one template to another, or None if it does not fit the source."""
+    match = _pattern(source_template).match(name)
+    return _fill(target_template, match.groupdict()) if match else None
+
+
+def hf_to_ours(family: Family, hf_name: str, our_paths) -> Target | None:
+    """Where an HF tensor goes among `our_paths`, trying with and without the base prefix."""
     prefix = family.base_prefix
     for candidate in (hf_name, prefix + hf_name, hf_name.removeprefix(prefix)):
         for row in family.weights:
             match = _pattern(row.hf).match(candidate)
-            if match:
-                ours = _our_paths(row, match.groupdict())
-                if all(path in our_paths for path in ours):
-                    return Mapped(hf_name, ours, row.transpose)
+            found = match and _target(row, match, our_paths)
+            if found:
+                return found
     return None
 
 
-def ours_to_hf(family: Family, path: str) -> Mapped:
-    """The HF tensor that holds one of our parameters (with the other parameters it holds, if fused)."""
+def _row_for(family: Family, path: str) -> tuple[Row, dict[str, str]]:
     for row in family.weights:
         match = _pattern(row.ours).match(path)
         if match and (not row.parts or match.group("part") in row.parts):
-            return Mapped(_fill(row.hf, match.groupdict()), _our_paths(row, match.groupdict()), row.transpose)
+            return row, match.groupdict()
     raise KeyError(f"no Hugging Face name for parameter {path!r} ({family.model_type})")
 
 
-def split_hf(array, mapped: Mapped, our_shapes) -> list | None:
+def ours_to_hf(family: Family, path: str) -> Source:
+    """The HF tensor that holds one of our parameters; a stacked parameter's name has "*" where its index
+    goes (for messages; `to_hf` gives each)."""
+    row, groups = _row_for(family, path)
+    ours = _our_paths(row, groups)
+    if row.stacked is not None:
+        groups = {**groups, row.stacked: "*"}
+    return Source(_fill(row.hf, groups), row.transpose, ours)
+
+
+def to_hf(family: Family, params) -> dict[str, Any]:
+    """{HF name: array in HF layout} for (our path, array) pairs: a stacked parameter gives one tensor per
+    index, a row's parts are concatenated into one."""
+    params = dict(params)
+    out = {}
+    for path, value in params.items():
+        row, groups = _row_for(family, path)
+        if row.parts:
+            name = _fill(row.hf, groups)
+            if name not in out:
+                pieces = [params[p] for p in _our_paths(row, groups)]
+                out[name] = jnp.concatenate([p.T if row.transpose else p for p in pieces], axis=0)
+        elif row.stacked is None:
+            out[_fill(row.hf, groups)] = value.T if row.transpose else value
+        else:
+            out.update((_fill(row.hf, {**groups, row.stacked: str(i)}), part.T if row.transpose else part)
+                       for i, part in enumerate(value))
+    return out
+
+
+def split_hf(array, target: Target, our_shapes) -> list | None:
     """An HF tensor as our parameters' arrays (transposed where the row says), or None if its shape is not
-    theirs together. `our_shapes[path]` is each parameter's shape in our layout."""
-    in_file = [tuple(our_shapes[p])[::-1] if mapped.transpose else tuple(our_shapes[p]) for p in mapped.ours]
+    theirs together. `our_shapes[path]` is each parameter's shape in our layout (one index's, if stacked)."""
+    in_file = [tuple(our_shapes[p])[::-1] if target.transpose else tuple(our_shapes[p]) for p in target.paths]
     if tuple(array.shape) != fused_shape(in_file):
         return None
     pieces = np.split(array, np.cumsum([s[0] for s in in_file])[:-1], axis=0) if len(in_file) > 1 else [array]
-    return [piece.T if mapped.transpose else piece for piece in pieces]
+    return [piece.T if target.transpose else piece for piece in pieces]
 
 
 def fused_shape(shapes: list[tuple]) -> tuple:
     """The shape of HF tensors of these shapes concatenated on their first axis."""
     return (sum(s[0] for s in shapes), *shapes[0][1:]) if len(shapes) > 1 else shapes[0]
-
-
-def to_hf(family: Family, params) -> dict:
-    """{HF name: array in HF's layout} for (our path, array) pairs: transposed, fused parts concatenated."""
-    params = dict(params)
-    out = {}
-    for path in params:
-        mapped = ours_to_hf(family, path)
-        if mapped.hf not in out:
-            pieces = [params[p].T if mapped.transpose else params[p] for p in mapped.ours]
-            out[mapped.hf] = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=0)
-    return out
 
 
 def is_ignored(family: Family, hf_name: str) -> bool:
