@@ -9,7 +9,7 @@ import transformers
 VOCAB = 320
 
 
-# Shapes shared by the Llama-architecture families (Llama, Mistral, Qwen2, Qwen3).
+# Shapes shared by the Llama-architecture families (Llama, Mistral, Qwen2, Qwen3, Phi-3).
 _DECODER = dict(
     vocab_size=VOCAB,
     hidden_size=64,
@@ -84,6 +84,20 @@ def tiny_gemma3_vision(path, *, seed=0):
     config = transformers.Gemma3Config(text_config=dict(_GEMMA), vision_config=vision, mm_tokens_per_image=4,
                                        image_token_index=300, boi_token_index=301, eoi_token_index=302)
     return _save(transformers.Gemma3ForConditionalGeneration, config, path, seed)
+def tiny_phi3(path, *, longrope=False, original=8, partial_rotary=1.0, tied=False, sliding_window=None, seed=0):
+    """Phi-3 with grouped-query attention (4 heads of 16, 2 KV heads). `longrope`: random short and long
+    factors, the long ones for sequences longer than `original` positions (of 256); `partial_rotary`: the
+    share of each head that rotates (Phi-4-mini's 0.75 rotates 12 of 16 dims)."""
+    rope = None
+    if longrope:
+        rng = np.random.RandomState(seed)
+        half = int(16 * partial_rotary) // 2
+        rope = {"rope_type": "longrope", "short_factor": (1 + rng.rand(half)).tolist(),
+                "long_factor": (2 + 6 * rng.rand(half)).tolist()}
+    config = transformers.Phi3Config(**_DECODER, num_key_value_heads=2, rope_scaling=rope,
+                                     original_max_position_embeddings=original, partial_rotary_factor=partial_rotary,
+                                     tie_word_embeddings=tied, sliding_window=sliding_window)
+    return _save(transformers.Phi3ForCausalLM, config, path, seed)
 
 
 def tiny_qwen3_moe(path, *, mlp_only_layers=(), norm_topk_prob=True, seed=0):

@@ -20,6 +20,7 @@ from hf_checkpoints import (
     tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
+    tiny_phi3,
     tiny_qwen2,
     tiny_qwen3,
     torch_logits,
@@ -230,6 +231,35 @@ def test_family_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits
     np.testing.assert_array_equal(_logits(back, ids, mask)[real], ours[real])
     theirs = torch_logits(_transformers(path, **transformers_needs), ids, mask)
     assert np.abs(ours[real] - theirs[real]).max() <= TOLERANCE["f32"]
+
+
+# transformers' GGUF loader reads a phi3 file's fused tensors, but neither longrope's factor tensors nor
+# rope.dimension_count (a partial rotary factor): such files read back in jaxlm only.
+PHI3_GGUF = {"plain": {}, "longrope_partial_tied": dict(longrope=True, partial_rotary=0.75, tied=True)}
+
+
+@pytest.mark.parametrize("variant", sorted(PHI3_GGUF))
+def test_phi3_export_keeps_the_fused_tensors_and_reads_back_with_the_same_logits(tmp_path, variant):
+    options = PHI3_GGUF[variant]
+    tiny_phi3(tmp_path / "hf", **options)
+    model, _ = jaxlm.load_pretrained(tmp_path / "hf")
+    path = jaxlm.export_pretrained(model, tmp_path / "m.gguf", byte_level_tokenizer(False), gguf_type="f32")
+    reader = gguf.GGUFReader(path)
+    names = {t.name for t in reader.tensors}
+    assert reader.fields["general.architecture"].contents() == "phi3"
+    assert {"blk.1.attn_qkv.weight", "blk.1.ffn_up.weight"} <= names and "blk.1.attn_q.weight" not in names
+    assert reader.fields["phi3.rope.dimension_count"].contents() == model.config.rotary_dim
+    assert ("rope_factors_long.weight" in names) == bool(options)
+    ids, mask = padded_batch(seed=6)  # 11 positions: past longrope's 8 original ones, so its long factors
+    real = mask.astype(bool)
+    ours = _logits(model, ids, mask)
+    back, _ = jaxlm.load_pretrained(path)
+    assert back.config.rotary_dim == model.config.rotary_dim
+    assert back.config.rope_attention_factor == pytest.approx(model.config.rope_attention_factor, rel=1e-7)
+    assert np.abs(_logits(back, ids, mask)[real] - ours[real]).max() <= 1e-5
+    if not options:
+        theirs = torch_logits(_transformers(path), ids, mask)
+        assert np.abs(ours[real] - theirs[real]).max() <= TOLERANCE["f32"]
 
 
 @pytest.mark.slow

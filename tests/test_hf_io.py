@@ -32,6 +32,7 @@ WRITERS = {"llama": tiny_llama, "llama_tied": lambda p: tiny_llama(p, tied=True)
            "qwen2": hf_checkpoints.tiny_qwen2,
            "qwen3_tied_bias": lambda p: hf_checkpoints.tiny_qwen3(p, tied=True, bias=True),
            "gemma2": hf_checkpoints.tiny_gemma2, "gemma3": hf_checkpoints.tiny_gemma3,
+           "phi3_longrope_partial": lambda p: hf_checkpoints.tiny_phi3(p, longrope=True, partial_rotary=0.75),
            "gpt2": tiny_gpt2, "bert": tiny_bert, "bert_tagger": lambda p: tiny_bert(p, num_labels=4)}
 AUTO = {"bert": transformers.AutoModel, "bert_tagger": transformers.AutoModelForTokenClassification}
 
@@ -155,6 +156,22 @@ def test_qwen_sliding_window_is_refused_with_the_key_named(tmp_path, write):
         jaxlm.load_pretrained(tmp_path)
     _edit_config(tmp_path, use_sliding_window=False, layer_types=["full_attention", "sliding_attention"])
     with pytest.raises(CheckpointError, match=r"config.json: layer_types has 'sliding_attention'"):
+        jaxlm.load_pretrained(tmp_path)
+
+
+def test_phi3_settings_jaxlm_cannot_compute_are_refused_with_the_key_named_and_its_window_loads(tmp_path):
+    hf_checkpoints.tiny_phi3(tmp_path, sliding_window=16)  # Phi-3-mini-4k's window is 2047 of 4096 positions
+    assert jaxlm.load_pretrained(tmp_path)[0].config.sliding_window == 16  # computed (tests/test_models.py)
+    _edit_config(tmp_path, sliding_window=0)
+    with pytest.raises(CheckpointError, match=r"config.json: sliding_window=0; expected a positive number"):
+        jaxlm.load_pretrained(tmp_path)
+    _edit_config(tmp_path, sliding_window=512)
+    _edit_config(tmp_path, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4})
+    with pytest.raises(CheckpointError, match=r"config.json: rope_scaling type 'linear' is not supported"):
+        jaxlm.load_pretrained(tmp_path)
+    _edit_config(tmp_path, rope_parameters={"rope_type": "longrope", "short_factor": [1.0] * 8,
+                                            "long_factor": [2.0] * 7})
+    with pytest.raises(CheckpointError, match=r"config.json: rope_scaling.long_factor must list 8 numbers"):
         jaxlm.load_pretrained(tmp_path)
 
 

@@ -9,7 +9,7 @@ import transformers
 from flax import nnx
 
 import jaxlm
-from hf_checkpoints import tiny_gemma3, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import tiny_gemma3, tiny_phi3, tiny_qwen2, tiny_qwen3
 from jaxlm.hf.peft import save_peft_adapter
 from jaxlm.models.lora import apply_lora, has_lora, merge_lora
 from train_helpers import write_tiny_llama
@@ -71,15 +71,25 @@ def test_peft_loads_the_adapter_onto_the_hf_base_with_the_merged_logits(trained_
     np.testing.assert_allclose(via_merge, np.asarray(model(IDS)), atol=1e-4)
 
 
-@pytest.mark.parametrize("write", [tiny_qwen2, tiny_qwen3, tiny_gemma3], ids=["qwen2", "qwen3", "gemma3"])
-def test_peft_loads_an_adapter_on_every_short_target_of_a_llama_architecture_family(tmp_path, write):
+ALL_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
+
+
+# Phi-3's q/k/v and gate/up are slices of fused HF tensors: the adapters on them become one PEFT adapter
+# on qkv_proj / gate_up_proj, also when only some slices have one (k, up: the others' blocks stay zero), and
+# when the fused adapters' ranks differ by layer (q in layer 1 only: rank_pattern names each qkv_proj).
+@pytest.mark.parametrize("write, targets, adapted", [
+    (tiny_qwen2, ALL_TARGETS, 14), (tiny_qwen3, ALL_TARGETS, 14), (tiny_gemma3, ALL_TARGETS, 21),
+    (tiny_phi3, ALL_TARGETS, 14), (tiny_phi3, ["k", "o", "up"], 6),
+    (tiny_phi3, [r"layers\.1\.self_attn\.q_proj", "v", "gate"], 5),
+], ids=["qwen2", "qwen3", "gemma3", "phi3", "phi3_some_slices", "phi3_ranks_by_layer"])
+def test_peft_loads_an_adapter_on_every_short_target_of_a_llama_architecture_family(tmp_path, write, targets,
+                                                                                      adapted):
     from peft import PeftModel
 
     base = tmp_path / "base"
     write(base)
     model, _ = jaxlm.load_pretrained(base)
-    assert apply_lora(model, ["q", "k", "v", "o", "gate", "up", "down"], rank=4, alpha=8.0, seed=1) == \
-        7 * model.config.num_hidden_layers
+    assert apply_lora(model, targets, rank=4, alpha=8.0, seed=1) == adapted
     _as_if_trained(model)
     save_peft_adapter(model, str(tmp_path / "adapter"), base_model=str(base))
     plain = transformers.AutoModelForCausalLM.from_pretrained(base).eval()

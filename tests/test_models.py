@@ -21,6 +21,7 @@ from hf_checkpoints import (
     tiny_gpt2,
     tiny_llama,
     tiny_mistral,
+    tiny_phi3,
     tiny_qwen2,
     tiny_qwen3,
     torch_logits,
@@ -79,6 +80,12 @@ DECODER_VARIANTS = {
     "mistral_window": (tiny_mistral, dict(sliding_window=4), "MistralForCausalLM"),  # rows of 11: past the window
     "gemma2": (tiny_gemma2, {}, "Gemma2ForCausalLM"),  # windows of 4 on alternate layers, soft-caps
     "gemma3": (tiny_gemma3, {}, "Gemma3ForCausalLM"),  # local and global RoPE, q/k norms
+    "phi3": (tiny_phi3, {}, "Phi3ForCausalLM"),
+    "phi3_window": (tiny_phi3, dict(sliding_window=4), "Phi3ForCausalLM"),  # Phi-3-mini-4k's kind, past it
+    # the batch reaches 11 positions: within 16 original ones longrope takes its short factors, past 8 its long
+    "phi3_longrope_short": (tiny_phi3, dict(longrope=True, original=16), "Phi3ForCausalLM"),
+    "phi3_longrope_long_partial_tied": (tiny_phi3, dict(longrope=True, original=8, partial_rotary=0.75, tied=True),
+                                        "Phi3ForCausalLM"),
 }
 
 

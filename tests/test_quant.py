@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import padded_batch, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_phi3, tiny_qwen2, tiny_qwen3
 from jaxlm.models.quant import (
     DIGIT_BASE,
     Int8Embed,
@@ -73,6 +73,7 @@ def tiny_models(tmp_path_factory):
     tiny_qwen2(root / "qwen2")  # q/k/v biases, untied
     tiny_qwen3(root / "qwen3", tied=True)  # query/key norms
     tiny_gemma3(root / "gemma3")  # tied, per-layer windows and RoPE
+    tiny_phi3(root / "phi3", longrope=True, original=4, partial_rotary=0.75)  # split fused projections, longrope
     return root
 
 
@@ -100,7 +101,7 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
         assert np.abs(dequantized[real] - ours[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 
 
-@pytest.mark.parametrize("name", ["tied", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("name", ["tied", "qwen2", "qwen3", "gemma3", "phi3"])
 def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny_models, name):
     int8, _ = jaxlm.load_pretrained(tiny_models / name, quantize="int8")
     prompts = [[5, 9, 31, 7], [11, 3, 200]]

@@ -7,7 +7,17 @@ import pytest
 import torch
 
 import jaxlm
-from hf_checkpoints import VOCAB, tiny_gemma2, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_mistral, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import (
+    VOCAB,
+    tiny_gemma2,
+    tiny_gemma3,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mistral,
+    tiny_phi3,
+    tiny_qwen2,
+    tiny_qwen3,
+)
 
 NEW_TOKENS = 12
 
@@ -66,10 +76,14 @@ def test_gpt2_greedy_batch_with_left_padding_matches_transformers(tmp_path):
     assert ours.token_ids == transformers_generate(reference, prompts, max_new_tokens=NEW_TOKENS)
 
 
-# Sliding windows of 4 tokens: prompts and generations run past them.
+# Sliding windows of 4 tokens: prompts and generations run past them. Phi-3 with longrope past its 4 original
+# positions from the first token (its long factors throughout, as in transformers) and Phi-4-mini's partial
+# rotary factor.
 FAMILIES = {"qwen2": lambda path: tiny_qwen2(path, tied=True), "qwen3": lambda path: tiny_qwen3(path, tied=True),
             "mistral_window": lambda path: tiny_mistral(path, sliding_window=4), "gemma2": tiny_gemma2,
-            "gemma3": tiny_gemma3}
+            "gemma3": tiny_gemma3,
+            "phi3_longrope_partial_window": lambda path: tiny_phi3(path, longrope=True, original=4,
+                                                                   partial_rotary=0.75, tied=True, sliding_window=4)}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

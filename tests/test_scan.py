@@ -12,7 +12,16 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 import jaxlm
-from hf_checkpoints import VOCAB, assert_same_tensors, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import (
+    VOCAB,
+    assert_same_tensors,
+    tiny_gemma3,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_phi3,
+    tiny_qwen2,
+    tiny_qwen3,
+)
 from jaxlm.compute import losses, sharding
 from jaxlm.hf.peft import fully_trained_modules
 from jaxlm.models.contract import configure, is_stacked
@@ -27,9 +36,9 @@ from test_train_loss import lm_batch, reference_loss
 
 LLAMA_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
 TARGETS = {"llama": LLAMA_TARGETS, "qwen2": LLAMA_TARGETS, "qwen3": LLAMA_TARGETS, "gemma3": LLAMA_TARGETS,
-           "gpt2": ["qkv"]}
+           "phi3": LLAMA_TARGETS, "gpt2": ["qkv"]}
 WRITERS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "qwen3": tiny_qwen3, "gpt2": tiny_gpt2,
-           "gemma3": tiny_gemma3}
+           "gemma3": tiny_gemma3, "phi3": lambda path: tiny_phi3(path, longrope=True, partial_rotary=0.75)}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +116,7 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
 
 
 # gemma3: local and global layers in one scanned layer, rematerialised
-@pytest.mark.parametrize("family, remat", [("qwen2", "none"), ("qwen3", "none"), ("gemma3", "full")])
+@pytest.mark.parametrize("family, remat", [("qwen2", "none"), ("qwen3", "none"), ("gemma3", "full"), ("phi3", "none")])
 def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family, remat):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []
@@ -125,7 +134,7 @@ def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, fam
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3"])
 def test_scanned_model_round_trips_hf_load_and_export_unchanged(folders, tmp_path, family):
     model = model_for(folders[family], family, scan_layers=True)
     jaxlm.export_pretrained(model, tmp_path)

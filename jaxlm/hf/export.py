@@ -16,7 +16,7 @@ from jaxlm.models.contract import unrolled
 from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.prompt_tuning import num_virtual_tokens
 from jaxlm.models.quant import dequantize, is_quantized
-from jaxlm.models.weight_map import dotted, hf_tensors
+from jaxlm.models.weight_map import dotted, to_hf
 from jaxlm.outputs import plain_mode
 
 _DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
@@ -30,10 +30,8 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     if is_quantized(model):
         model = dequantize(model)
     arch = architecture_of(model)
-    out = {}
-    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        out.update(hf_tensors(arch.family, dotted(path), var.get_value()))
-    return out
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    return to_hf(arch.family, ((dotted(path), var.get_value()) for path, var in params))
 
 
 def export_pretrained(model, out_dir: str | os.PathLike, tokenizer=None, *, dtype=None, gguf_type: str = "f16",

@@ -46,7 +46,7 @@ def hf_config(reader, path: str) -> dict:
         return _field(reader, f"{arch}.{key}", path, default)
 
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
-    config = layout.hf_config(get, vocab, {t.name for t in reader.tensors})
+    config = layout.hf_config(get, vocab, {t.name: t.data for t in reader.tensors})  # data: views, read on use
     _check_sizes(reader, layout, config, path)
     special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
     for ours, key in special:

@@ -17,7 +17,7 @@ from jaxlm.hf import gguf
 from jaxlm.hf.errors import CheckpointError
 from jaxlm.hf.model_code import refuse_custom_code
 from jaxlm.models import Architecture, architecture_for
-from jaxlm.models.weight_map import dotted, hf_to_ours, is_ignored, ours_to_hf
+from jaxlm.models.weight_map import dotted, fused_shape, hf_to_ours, is_ignored, ours_to_hf, split_hf
 
 
 def load_pretrained(
@@ -135,20 +135,23 @@ def build_model(
             continue
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
-        ours, transpose, index = found
         array = np.asarray(array)
-        want = tuple(expected[ours].get_value().shape)
-        count, want = (None, want) if index is None else (want[0], want[1:])  # one slice of a stacked parameter
-        want_in_file = want[::-1] if transpose else want  # the message speaks the file's layout
-        if tuple(array.shape) != want_in_file or (count is not None and not 0 <= index < count):
-            where = "" if index is None else f" (index {index} of {count})"
+        shapes = {p: tuple(expected[p].get_value().shape) for p in found.paths}
+        count = None
+        if found.index is not None:  # one slice of a stacked parameter
+            count = shapes[found.paths[0]][0]
+            shapes = {p: s[1:] for p, s in shapes.items()}
+        pieces = split_hf(array, found, shapes)
+        if pieces is None or (count is not None and not 0 <= found.index < count):
+            want = fused_shape([s[::-1] if found.transpose else s for s in shapes.values()])  # the file's layout
+            where = "" if count is None else f" (index {found.index} of {count})"
             raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}{where}, "
-                                  f"expected {want_in_file} for {arch.name}")
-        array = jnp.asarray(array.T if transpose else array, dtype=dtype)
-        if index is None:
-            loaded[ours] = array
-        else:
-            slices[ours][index] = array
+                                  f"expected {want} for {arch.name}")
+        for ours, piece in zip(found.paths, pieces, strict=True):
+            if found.index is None:
+                loaded[ours] = jnp.asarray(piece, dtype=dtype)
+            else:
+                slices[ours][found.index] = jnp.asarray(piece, dtype=dtype)
     for ours, parts in slices.items():
         if len(parts) == expected[ours].get_value().shape[0]:  # every slice present: else reported missing below
             loaded[ours] = jnp.stack([parts[i] for i in range(len(parts))])
@@ -161,8 +164,9 @@ def build_model(
     if unused:
         warnings.warn(f"{source}: tensors not used by {arch.name}: {', '.join(unused)}", stacklevel=2)
     if missing:
-        names = ", ".join(repr(ours_to_hf(arch.family, p)[0]) for p in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        hf_names = list(dict.fromkeys(ours_to_hf(arch.family, p).hf for p in missing))  # fused parts: one name
+        names = ", ".join(map(repr, hf_names[:5]))
+        more = f" and {len(hf_names) - 5} more" if len(hf_names) > 5 else ""
         raise CheckpointError(f"{source}: missing tensor {names}{more} for {arch.name}")
     flat = [(p, v.replace(loaded[dotted(p)])) for p, v in nnx.to_flat_state(params)]
     return nnx.merge(graphdef, nnx.from_flat_state(flat), rest)

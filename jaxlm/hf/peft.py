@@ -3,8 +3,11 @@ the HF base model."""
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
+import re
 
 import numpy as np
 from flax import nnx
@@ -31,7 +34,7 @@ def fully_trained_modules(model, trainable) -> tuple[str, ...]:
     not virtual tokens): what a PEFT adapter must carry whole as `modules_to_save`."""
     model = unrolled(model)  # HF names are per layer
     family = architecture_of(model).family
-    names = {ours_to_hf(family, dotted(path))[0].rsplit(".", 1)[0]
+    names = {ours_to_hf(family, dotted(path)).hf.rsplit(".", 1)[0]
              for path, var in nnx.to_flat_state(nnx.state(model, trainable))
              if not isinstance(var, (nnx.LoRAParam, VirtualTokens))}
     return tuple(sorted(names))
@@ -41,39 +44,43 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     """(tensors, adapter_config) in the layout `peft.PeftModel.from_pretrained` reads.
 
     PEFT keeps `lora_A` as [rank, in] and `lora_B` as [out, rank] (torch Linear layout) under
-    `base_model.model.<HF module name>`; its scale is lora_alpha / r, the same as ours.
+    `base_model.model.<HF module name>`; its scale is lora_alpha / r, the same as ours. Adapters on
+    parameters that HF stores fused (Phi-3's q/k/v in `qkv_proj`) become one adapter on the fused module
+    (`_fused_lora`), whose rank and alpha then differ from the others' (`rank_pattern`, `alpha_pattern`).
     `modules_to_save` (HF module names, e.g. a freshly trained "classifier") are written whole.
     """
     model = unrolled(model)  # PEFT names adapters per layer
-    arch = architecture_of(model)
-    tensors, targets, ranks, alphas, hf_layouts = {}, set(), set(), set(), set()
-    for path, module in lora_modules(model):
-        hf_name, transpose = ours_to_hf(arch.family, dotted(path) + ".kernel")
-        module_name = hf_name.removesuffix(".weight")
-        prefix = f"base_model.model.{module_name}"
-        tensors[f"{prefix}.lora_A.weight"] = np.asarray(module.lora_a[...], np.float32).T
-        tensors[f"{prefix}.lora_B.weight"] = np.asarray(module.lora_b[...], np.float32).T
-        targets.add(module_name.rsplit(".", 1)[-1])
-        rank = module.lora_a[...].shape[1]
-        ranks.add(rank)
-        alphas.add(module.scale * rank)
-        hf_layouts.add(transpose)
-    if len(ranks) != 1:
-        raise ValueError("peft_adapter needs a model with LoRA layers of one rank")
+    family = architecture_of(model).family
+    adapters = {dotted(path) + ".kernel": module for path, module in lora_modules(model)}
+    kernels = {dotted(path): var.get_value() for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    tensors, settings, hf_layouts = {}, {}, set()
+    for mapped in {m.hf: m for m in map(functools.partial(ours_to_hf, family), adapters)}.values():
+        module_name = mapped.hf.removesuffix(".weight")
+        a, b, scale = _fused_lora([adapters.get(p) for p in mapped.ours], [kernels[p].shape[-1] for p in mapped.ours])
+        tensors[f"base_model.model.{module_name}.lora_A.weight"] = a
+        tensors[f"base_model.model.{module_name}.lora_B.weight"] = b
+        settings[module_name] = (a.shape[0], scale * a.shape[0])
+        hf_layouts.add(mapped.transpose)
+    if not settings:
+        raise ValueError("peft_adapter needs a model with LoRA layers")
     if modules_to_save:
         for name, value in hf_state_dict(model).items():
             if name.startswith(tuple(f"{m}." for m in modules_to_save)):
                 # Saved under the plain module name, as `PeftModel.save_pretrained` writes them (it adds
                 # `modules_to_save.<adapter>` back when loading).
                 tensors[f"base_model.model.{name}"] = np.asarray(value, np.float32)
+    rank, alpha = collections.Counter(settings.values()).most_common(1)[0][0]
+    patterns = _patterns(settings, default=(rank, alpha))
     config = {
         "peft_type": "LORA",
-        "task_type": _task_type(arch),
+        "task_type": _task_type(architecture_of(model)),
         "base_model_name_or_path": base_model,
-        "r": ranks.pop(),
-        "lora_alpha": alphas.pop(),
+        "r": rank,
+        "lora_alpha": alpha,
+        "rank_pattern": {key: r for key, (r, _) in patterns.items()},
+        "alpha_pattern": {key: a for key, (_, a) in patterns.items()},
         "lora_dropout": 0.0,
-        "target_modules": sorted(targets),
+        "target_modules": sorted({name.rsplit(".", 1)[-1] for name in settings}),
         # HF kernels we need not transpose are stored [in, out] (GPT-2's Conv1D): PEFT calls that fan_in_fan_out.
         "fan_in_fan_out": hf_layouts == {False},
         "bias": "none",
@@ -82,6 +89,39 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
         "inference_mode": True,
     }
     return tensors, config
+
+
+def _fused_lora(parts, out_sizes):
+    """(A [rank, in], B [out, rank], scale) of one PEFT LoRA that computes what our adapters on the parts of
+    a fused HF module compute (`parts`: each part's LoRALinear or None, in the HF tensor's order; `out_sizes`:
+    each part's output size). A stacks the parts' A; B puts each part's B on that part's output rows and its
+    own rank's columns, zero elsewhere, so no part sees another's adapter. A part whose scale differs from
+    the first's has it folded into its B (all parts share one in a model `apply_lora` adapted)."""
+    present = [m for m in parts if m is not None]
+    scale = present[0].scale
+    a = np.concatenate([np.asarray(m.lora_a[...], np.float32).T for m in present])
+    b = np.zeros((sum(out_sizes), a.shape[0]), np.float32)
+    row = col = 0
+    for module, out in zip(parts, out_sizes, strict=True):
+        if module is not None:
+            rank = module.lora_a[...].shape[1]
+            b[row : row + out, col : col + rank] = np.asarray(module.lora_b[...], np.float32).T * (module.scale / scale)
+            col += rank
+        row += out
+    return a, b, scale
+
+
+def _patterns(settings: dict[str, tuple], default: tuple) -> dict[str, tuple]:
+    """PEFT pattern keys for the modules whose (rank, alpha) is not `default`: the module's own name (e.g.
+    "qkv_proj") where every module of that name has the same, else each module's full name as a regex."""
+    def leaf(name):
+        return name.rsplit(".", 1)[-1]
+
+    by_leaf = collections.defaultdict(set)
+    for name, setting in settings.items():
+        by_leaf[leaf(name)].add(setting)
+    return {leaf(name) if len(by_leaf[leaf(name)]) == 1 else re.escape(name): setting
+            for name, setting in settings.items() if setting != default}
 
 
 def save_peft_adapter(model, out_dir: str, *, base_model: str = "", modules_to_save: tuple[str, ...] = ()) -> str:

@@ -210,7 +210,9 @@ def resolve_attention(requested: str, *, compute_dtype, head_dim: int, packed: b
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) -> jax.Array:
-    """Inverse frequencies [head_dim // 2], with the HF `rope_scaling` variants Llama uses."""
+    """Inverse frequencies [head_dim // 2], with the HF `rope_scaling` variants Llama uses.
+
+    `head_dim` is the number of dims that rotate (fewer than a head's with a partial rotary factor)."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     scaling = scaling or {}
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -232,14 +234,20 @@ def rope_inverse_frequencies(head_dim: int, theta: float, scaling: dict | None) 
     raise ValueError(f"rope_scaling type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """Rotate x [b, t, heads, d] by positions [b, t], HF "rotate half" layout."""
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, d/2]
-    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :]
-    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :]
-    first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array, scale: float = 1.0) -> jax.Array:
+    """Rotate x [b, t, heads, d] by positions [b, t], HF "rotate half" layout.
+
+    Only the first 2 * len(inv_freq) dims of each head rotate; the rest pass through unchanged (a
+    `partial_rotary_factor` below 1). `scale` multiplies cos and sin, as HF's `attention_scaling` does
+    (longrope's attention factor), so it scales the rotated dims only."""
+    rotary = 2 * inv_freq.shape[-1]
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, rotary/2]
+    cos = jnp.cos(jnp.concatenate([angles, angles], -1))[:, :, None, :] * scale
+    sin = jnp.sin(jnp.concatenate([angles, angles], -1))[:, :, None, :] * scale
+    x32 = x.astype(jnp.float32)
+    first, second = jnp.split(x32[..., :rotary], 2, axis=-1)
     rotated = jnp.concatenate([-second, first], axis=-1)
-    return (x.astype(jnp.float32) * cos + rotated * sin).astype(x.dtype)
+    return jnp.concatenate([x32[..., :rotary] * cos + rotated * sin, x32[..., rotary:]], -1).astype(x.dtype)
 
 
 # --- positions --------------------------------------------------------------------------

@@ -91,6 +91,17 @@ class LlamaConfig:
         scaling = dict(self.rope_scaling) if self.rope_scaling else None
         return layers.rope_inverse_frequencies(self.head_dim, self.rope_theta, scaling)
 
+    @property
+    def rope_attention_factor(self) -> float:
+        """What RoPE's cos and sin are multiplied by (HF's `attention_scaling`: 1 but for Phi-3's longrope)."""
+        return 1.0
+
+    def rope_frequencies(self, positions):
+        """The inverse frequencies a forward pass over `positions` [b, t] rotates by (Phi-3's longrope picks
+        one of two sets by how far they reach)."""
+        del positions
+        return self.inverse_frequencies
+
 
 def _norm(cfg: LlamaConfig, dim: int, param_dtype) -> layers.RMSNorm:
     return layers.RMSNorm(dim, cfg.rms_norm_eps, param_dtype=param_dtype, offset=cfg.norm_offset)
@@ -116,6 +127,7 @@ class Attention(nnx.Module):
         self.window = cfg.sliding_window
         self.scale: float | None = None  # None: head_dim ** -0.5
         self.softcap: float | None = None  # attention-logit soft-capping (layers.attention)
+        self.rope_scale = cfg.rope_attention_factor
 
     def layer_view(self, mask: layers.Mask, inv_freq):
         """The mask and RoPE frequencies this layer attends with: the model's, and the family's window."""
@@ -128,7 +140,7 @@ class Attention(nnx.Module):
         q, k = q.reshape(b, t, self.heads, self.head_dim), k.reshape(b, t, self.kv_heads, self.head_dim)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = layers.apply_rope(q, positions, inv_freq), layers.apply_rope(k, positions, inv_freq)
+        q, k = (layers.apply_rope(y, positions, inv_freq, self.rope_scale) for y in (q, k))
         out, kv = layers.attention(q, k, v.reshape(b, t, self.kv_heads, self.head_dim), mask, scale=self.scale,
                                    softcap=self.softcap, cache=kv)
         return self.o_proj(out.reshape(b, t, -1)), kv
@@ -191,7 +203,7 @@ class LlamaForCausalLM(nnx.Module):
         `self.logits(hidden)` projects them, so a loss can project a few tokens at a time."""
         positions, mask, cache = layers.causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths,
                                                       cache, self.execution.attention)
-        inv_freq = self.config.inverse_frequencies
+        inv_freq = self.config.rope_frequencies(positions)
         x, cache = scan.run(self.layers, self.embed(input_ids),
                             lambda layer, y, kv: layer(y, positions, mask, inv_freq, kv),
                             remat=self.execution.remat, cache=cache)

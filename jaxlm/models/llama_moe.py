@@ -92,9 +92,9 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
         """See `models.contract.CausalLM.__call__`; also keeps the routers' load-balancing loss (`router_aux_loss`)."""
         positions, mask, cache = layers.causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths,
                                                       cache, self.execution.attention)
-        inv_freq = self.config.inverse_frequencies
+        inv_freq = self.config.rope_frequencies(positions)
         real = mask.real_tokens(*input_ids.shape)
-        carry = (self.embed_tokens(input_ids), RouterStats.zeros(cast(MoEFields, self.config).num_experts))
+        carry = (self.embed(input_ids), RouterStats.zeros(cast(MoEFields, self.config).num_experts))
         (x, stats), cache = scan.run(self.layers, carry,
                                      lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv),
                                      remat=self.execution.remat, cache=cache)

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models import gemma_gguf, gpt2_gguf, llama_gguf, qwen_gguf
+from jaxlm.models import gemma_gguf, gpt2_gguf, llama_gguf, phi3_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gemma2 import Gemma2Config, Gemma2ForCausalLM
 from jaxlm.models.gemma3 import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
@@ -23,6 +23,7 @@ from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
 from jaxlm.models.mixtral import MixtralConfig, MixtralForCausalLM
+from jaxlm.models.phi3 import Phi3Config, Phi3ForCausalLM
 from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from jaxlm.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
 from jaxlm.models.qwen3_moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -180,6 +181,22 @@ GEMMA3_VISION = dataclasses.replace(
     ignored=(*GEMMA3.ignored, r"^(model\.)?(vision_tower|multi_modal_projector)\."),
 )
 
+# Phi-3/4 is Llama's computation on tensors HF stores fused: q/k/v in one qkv_proj, gate/up in one gate_up_proj.
+PHI3 = dataclasses.replace(
+    LLAMA,
+    config=Phi3Config,
+    architectures=(Phi3ForCausalLM,),
+    aliases={"Phi3Model": "Phi3ForCausalLM"},
+    weights=(
+        Row("model.layers.{i}.self_attn.qkv_proj.weight", "layers.{i}.self_attn.{part}.kernel", transpose=True,
+            parts=("q_proj", "k_proj", "v_proj")),
+        Row("model.layers.{i}.mlp.gate_up_proj.weight", "layers.{i}.mlp.{part}.kernel", transpose=True,
+            parts=("gate_proj", "up_proj")),
+        *LLAMA.weights,
+    ),
+    gguf=phi3_gguf.LAYOUT,
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -224,8 +241,8 @@ BERT = Family(
     head_modules=("classifier.", "bert.pooler."),
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL, GEMMA2, GEMMA3, GEMMA3_VISION,
-                                              GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL, PHI3, GEMMA2, GEMMA3,
+                                      GEMMA3_VISION, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()

@@ -5,6 +5,12 @@ template, transpose). A template placeholder `{name}` matches one dotted segment
 several, `{name*}` any prefix. When an HF name fits several rows, the first whose target
 parameter exists wins. HF `nn.Linear` stores weights as [out, in] and `nnx.Linear` as
 [in, out], hence the transpose flag; GPT-2's `Conv1D` already stores [in, out].
+
+A row with `parts` maps one HF tensor onto several of our parameters: its `ours` template has a
+`{part}` placeholder, and the HF tensor is their concatenation, in `parts` order, along its first
+axis (a Linear's output axis in HF's layout). Phi-3's fused `qkv_proj` and `gate_up_proj` are such
+rows, split on load into the q/k/v and gate/up projections Llama's code runs, fused again on export.
+A `stacked` row goes the other way: several HF tensors (one per expert) stack into one of ours.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.errors import UserError
 
@@ -28,14 +37,25 @@ class Row(NamedTuple):
     # A placeholder of `hf` that indexes the leading axis of our parameter: several HF tensors stack into
     # one (e.g. "e" for mixture-of-experts weights, one HF tensor per expert).
     stacked: str | None = None
+    parts: tuple[str, ...] = ()  # values of `{part}` in `ours`, in the order the HF tensor concatenates them
 
 
 class Target(NamedTuple):
-    """Where an HF tensor goes: our parameter path, whether to transpose, and its index on the stacked axis."""
+    """Where an HF tensor goes: our parameters (one, or a row's parts in the HF tensor's order), whether to
+    transpose, and its index on the stacked axis."""
 
-    path: str
+    paths: tuple[str, ...]
     transpose: bool
     index: int | None = None
+
+
+class Source(NamedTuple):
+    """The HF tensor that holds one of our parameters: its name ("*" where a stacked parameter's index
+    goes), whether to transpose, and the parameters of ours it holds (a row's parts; else this one)."""
+
+    hf: str
+    transpose: bool
+    ours: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +66,8 @@ class GGUFLayout:
     arch: str  # llama.cpp's architecture name: `general.architecture` and the metadata keys' prefix
     names: tuple[tuple[str, str], ...]  # (GGUF tensor template, HF tensor template); {p}: weight or bias
     ignored: tuple[str, ...]  # GGUF tensors with no HF tensor, skipped when reading
-    hf_config: Callable  # (get(key, default=None), vocab size, GGUF tensor names) -> HF config.json dict
+    # (get(key, default=None), vocab size, {GGUF tensor name: its data as stored}) -> HF config.json dict
+    hf_config: Callable
     from_gguf: Callable  # (GGUF name, array as the file lays it out, HF config dict) -> array in HF layout
     write_metadata: Callable  # (gguf.GGUFWriter, our config) -> None; UserError for what llama.cpp cannot run
     to_gguf: Callable  # ({HF name: array}, our config) -> (GGUF name, array) for every tensor, in file order
@@ -73,11 +94,17 @@ def _fill(template: str, groups: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)[+*]?\}", lambda m: groups[m.group(1)], template)
 
 
-def _target(row: Row, match: re.Match, known: set[str]) -> Target | None:
-    path = _fill(row.ours, match.groupdict())
-    if path not in known:
+def _our_paths(row: Row, groups: dict[str, str]) -> tuple[str, ...]:
+    if not row.parts:
+        return (_fill(row.ours, groups),)
+    return tuple(_fill(row.ours, {**groups, "part": part}) for part in row.parts)
+
+
+def _target(row: Row, match: re.Match, known) -> Target | None:
+    paths = _our_paths(row, match.groupdict())
+    if not all(path in known for path in paths):
         return None
-    return Target(path, row.transpose, None if row.stacked is None else int(match.group(row.stacked)))
+    return Target(paths, row.transpose, None if row.stacked is None else int(match.group(row.stacked)))
 
 
 def rename(name: str, source_template: str, target_template: str) -> str | None:
@@ -86,7 +113,7 @@ def rename(name: str, source_template: str, target_template: str) -> str | None:
     return _fill(target_template, match.groupdict()) if match else None
 
 
-def hf_to_ours(family: Family, hf_name: str, our_paths: set[str]) -> Target | None:
+def hf_to_ours(family: Family, hf_name: str, our_paths) -> Target | None:
     """Where an HF tensor goes among `our_paths`, trying with and without the base prefix."""
     prefix = family.base_prefix
     for candidate in (hf_name, prefix + hf_name, hf_name.removeprefix(prefix)):
@@ -101,27 +128,54 @@ def hf_to_ours(family: Family, hf_name: str, our_paths: set[str]) -> Target | No
 def _row_for(family: Family, path: str) -> tuple[Row, dict[str, str]]:
     for row in family.weights:
         match = _pattern(row.ours).match(path)
-        if match:
+        if match and (not row.parts or match.group("part") in row.parts):
             return row, match.groupdict()
     raise KeyError(f"no Hugging Face name for parameter {path!r} ({family.model_type})")
 
 
-def ours_to_hf(family: Family, path: str) -> tuple[str, bool]:
-    """The HF tensor name for one of our parameter paths (and whether to transpose); a stacked
-    parameter's name has "*" where its index goes (for messages; `hf_tensors` gives each)."""
+def ours_to_hf(family: Family, path: str) -> Source:
+    """The HF tensor that holds one of our parameters; a stacked parameter's name has "*" where its index
+    goes (for messages; `to_hf` gives each)."""
     row, groups = _row_for(family, path)
+    ours = _our_paths(row, groups)
     if row.stacked is not None:
         groups = {**groups, row.stacked: "*"}
-    return _fill(row.hf, groups), row.transpose
+    return Source(_fill(row.hf, groups), row.transpose, ours)
 
 
-def hf_tensors(family: Family, path: str, value) -> list[tuple[str, Any]]:
-    """(HF name, array in HF layout) for one of our parameters: one pair, or one per index of a stacked one."""
-    row, groups = _row_for(family, path)
-    if row.stacked is None:
-        return [(_fill(row.hf, groups), value.T if row.transpose else value)]
-    return [(_fill(row.hf, {**groups, row.stacked: str(i)}), part.T if row.transpose else part)
-            for i, part in enumerate(value)]
+def to_hf(family: Family, params) -> dict[str, Any]:
+    """{HF name: array in HF layout} for (our path, array) pairs: a stacked parameter gives one tensor per
+    index, a row's parts are concatenated into one."""
+    params = dict(params)
+    out = {}
+    for path, value in params.items():
+        row, groups = _row_for(family, path)
+        if row.parts:
+            name = _fill(row.hf, groups)
+            if name not in out:
+                pieces = [params[p] for p in _our_paths(row, groups)]
+                out[name] = jnp.concatenate([p.T if row.transpose else p for p in pieces], axis=0)
+        elif row.stacked is None:
+            out[_fill(row.hf, groups)] = value.T if row.transpose else value
+        else:
+            out.update((_fill(row.hf, {**groups, row.stacked: str(i)}), part.T if row.transpose else part)
+                       for i, part in enumerate(value))
+    return out
+
+
+def split_hf(array, target: Target, our_shapes) -> list | None:
+    """An HF tensor as our parameters' arrays (transposed where the row says), or None if its shape is not
+    theirs together. `our_shapes[path]` is each parameter's shape in our layout (one index's, if stacked)."""
+    in_file = [tuple(our_shapes[p])[::-1] if target.transpose else tuple(our_shapes[p]) for p in target.paths]
+    if tuple(array.shape) != fused_shape(in_file):
+        return None
+    pieces = np.split(array, np.cumsum([s[0] for s in in_file])[:-1], axis=0) if len(in_file) > 1 else [array]
+    return [piece.T if target.transpose else piece for piece in pieces]
+
+
+def fused_shape(shapes: list[tuple]) -> tuple:
+    """The shape of HF tensors of these shapes concatenated on their first axis."""
+    return (sum(s[0] for s in shapes), *shapes[0][1:]) if len(shapes) > 1 else shapes[0]
 
 
 def is_ignored(family: Family, hf_name: str) -> bool:
