@@ -1,8 +1,10 @@
 """What jaxlm trains, named once for the config, the data pipeline and the losses (no imports: cheap anywhere)."""
 
-TASKS = ("sft", "causal_lm", "token_classification", "classification")
+TASKS = ("sft", "causal_lm", "token_classification", "classification", "dpo", "orpo", "simpo")
 # The tasks that put a head over their labels on an encoder (the family's row names the class: `Family.head_tasks`).
 LABELLED_TASKS = ("token_classification", "classification")
+# The tasks that train a causal LM on {prompt, chosen, rejected} pairs (only dpo has a reference model).
+PREFERENCE_TASKS = ("dpo", "orpo", "simpo")
 
 # The label of a token that no loss counts (HF's and torch's ignore_index).
 IGNORE_LABEL = -100

@@ -139,7 +139,8 @@ def matmul_operand_types(hlo_text: str) -> list[tuple[str, str]]:
 def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
     """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands."""
     _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32", lora=lora)
-    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch())).as_text()
+    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch()),
+                                    engine.reference).as_text()
     operands = matmul_operand_types(text)
     float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
     assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"

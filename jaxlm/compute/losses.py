@@ -10,6 +10,7 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 * token_classification: BERT tagger, `labels` of -100 are ignored (only first sub-tokens count).
 * classification: BERT sequence classifier, one label per row (softmax cross-entropy over the
   classes, binary included); a row labelled -100 (padding of the last eval batch) does not count.
+* dpo / orpo / simpo: pairs of completions, one loss per pair (compute/preference.py).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.compute import preference
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
-from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS
+from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PREFERENCE_TASKS
 
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    **dict.fromkeys(PREFERENCE_TASKS, preference.PAIR_KEYS),  # each [batch, 2, seq]: a chosen and a rejected row
 }
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
@@ -38,10 +41,12 @@ class LossTerms(NamedTuple):
     class_logits: jax.Array | None  # classification tasks: the logits, for the eval step's predictions
     by_source: tuple = ()  # with num_sources: (loss sums, token counts), each [num_sources] (bandit mixing)
     correct: jax.Array | None = None  # with count_correct: how many counted tokens (rows) the argmax gets right
+    sums: dict | None = None  # preference tasks: {metric name: sum over the counted pairs}
 
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
-               num_sources: int = 0, count_correct: bool = False) -> LossTerms:
+               num_sources: int = 0, count_correct: bool = False,
+               objective: preference.Preference | None = None, reference_logps=None) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
@@ -49,7 +54,13 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     takes per-row lengths, which flash-attention kernels accept, instead of segment ids.
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
     so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
-    also counts the argmax hits, for token or class accuracy."""
+    also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
+    and dpo the reference model's `preference.completion_logps` of the batch."""
+    if task in PREFERENCE_TASKS:
+        assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
+        logps, tokens = preference.completion_logps(model, batch)
+        loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
+        return LossTerms(loss_sum, count, None, sums=sums)
     if task in LABELLED_TASKS:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
