@@ -71,7 +71,7 @@ def pair_terms(objective: Preference, logps, tokens, reference_logps=None) -> tu
     beta, smoothing = objective.beta, objective.label_smoothing
     chosen, rejected = logps[:, 0], logps[:, 1]
     n_chosen, n_rejected = tokens[:, 0], tokens[:, 1]
-    weight = ((n_chosen > 0) & (n_rejected > 0)).astype(jnp.float32)
+    weight = ((n_chosen > 0) & (n_rejected > 0)).astype(logps.dtype)
     sums = {}
     if objective.task == "dpo":
         assert reference_logps is not None, "dpo needs the reference model's log-probs"
@@ -95,7 +95,7 @@ def pair_terms(objective: Preference, logps, tokens, reference_logps=None) -> tu
             sums = {"nll_loss": nll * count, "log_odds_ratio": jnp.sum(ratio * weight),
                     "log_odds_chosen": jnp.sum(log_odds * weight)}
     per_pair = {"rewards/chosen": reward_chosen, "rewards/rejected": reward_rejected,
-                "rewards/accuracies": (reward_chosen > reward_rejected).astype(jnp.float32),
+                "rewards/accuracies": (reward_chosen > reward_rejected).astype(logps.dtype),
                 "rewards/margins": reward_chosen - reward_rejected, "logps/chosen": chosen, "logps/rejected": rejected}
     sums.update({k: jnp.sum(jax.lax.stop_gradient(v) * weight) for k, v in per_pair.items()})
     return jnp.sum(jnp.where(weight > 0, losses, 0.0)), jnp.sum(weight), sums
