@@ -251,7 +251,8 @@ def test_dpo_trains_end_to_end_and_logs_trls_metrics(files, tmp_path):
     status = main(["--no-progress", f"model.path={files['llama']}", "task=dpo", f"output_dir={out}",
                    f"data.train=[{files['pairs']}]", "data.eval_fraction=0.25", "train.steps=2", "train.batch_size=4",
                    f"train.seq_len={SEQ_LEN}", "train.learning_rate=0.01", "train.warmup_steps=0", "train.log_every=1",
-                   "eval.every=2", "eval.steps=1", "checkpoint.every=2", "model.lora.rank=4"])
+                   "eval.every=2", "eval.steps=1", "eval.general_prompts=false", "checkpoint.every=2",
+                   "model.lora.rank=4"])
     assert status == 0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -264,3 +265,4 @@ def test_dpo_trains_end_to_end_and_logs_trls_metrics(files, tmp_path):
     assert last["step"] == 2 and all(f"eval_{name}" in last for name in names)
     assert last["eval_loss"] < math.log(2) and last["eval_rewards/margins"] > 0  # it learned to prefer
     assert (out / "hf" / "config.json").exists() and (out / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "rewards.png").exists()
