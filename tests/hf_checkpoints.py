@@ -54,6 +54,21 @@ def tiny_qwen3(path, *, tied=False, bias=False, head_dim=32, seed=0):
     return _save(transformers.Qwen3ForCausalLM, config, path, seed)
 
 
+def tiny_qwen3_moe(path, *, mlp_only_layers=(), norm_topk_prob=True, seed=0):
+    """8 experts of size 32, top 2; `mlp_only_layers` keeps those layers dense (intermediate_size)."""
+    config = transformers.Qwen3MoeConfig(**_DECODER, num_key_value_heads=2, head_dim=16, num_experts=8,
+                                         num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1,
+                                         mlp_only_layers=list(mlp_only_layers), norm_topk_prob=norm_topk_prob)
+    return _save(transformers.Qwen3MoeForCausalLM, config, path, seed)
+
+
+def tiny_mixtral(path, *, seed=0):
+    """4 experts of size 48, top 2, in both layers."""
+    config = transformers.MixtralConfig(**{**_DECODER, "intermediate_size": 48}, num_key_value_heads=2,
+                                        num_local_experts=4, num_experts_per_tok=2, sliding_window=None)
+    return _save(transformers.MixtralForCausalLM, config, path, seed)
+
+
 def tiny_gpt2(path, seed=0):
     config = transformers.GPT2Config(
         vocab_size=VOCAB, n_positions=128, n_embd=64, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2
@@ -88,6 +103,8 @@ def _save(cls, config, path, seed):
         for name, p in model.named_parameters():
             if name.endswith("bias") or "norm" in name.lower() or "ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))
+            if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):  # MoE routers: decisive choices
+                p.mul_(20.0)
     model.save_pretrained(path)
     return model
 
@@ -116,3 +133,13 @@ def torch_logits(model, ids, mask, **kwargs):
     with torch.no_grad():
         out = model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask), **kwargs)
     return (out.logits if hasattr(out, "logits") else out.last_hidden_state).numpy()
+
+
+def assert_same_tensors(folder, other) -> None:
+    """Both folders' model.safetensors hold the same tensor names with equal values (an export round trip)."""
+    from safetensors.numpy import load_file
+
+    original, exported = load_file(f"{folder}/model.safetensors"), load_file(f"{other}/model.safetensors")
+    assert sorted(exported) == sorted(original)
+    for name, value in original.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.compute import preference
+from jaxlm.models.llama_moe import router_aux_loss
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
 from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PREFERENCE_TASKS
 
@@ -60,7 +61,8 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
         assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
         logps, tokens = preference.completion_logps(model, batch)
         loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
-        return LossTerms(loss_sum, count, None, sums=sums)
+        balance = None if count_correct else router_aux_loss(model)  # training only, once per pair (as TRL)
+        return LossTerms(loss_sum if balance is None else loss_sum + balance * count, count, None, sums=sums)
     if task in LABELLED_TASKS:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
@@ -78,12 +80,16 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     if count_correct:
         loss_sum, correct = nll_and_correct(hidden, model, batch["targets"], weights, chunk_tokens)
         return LossTerms(loss_sum, jnp.sum(weights), None, correct=correct)
+    # Training adds a mixture of experts' load-balancing term (coefficient included), once per counted
+    # token like the loss it joins, as transformers adds it; evaluation above reports the LM loss alone.
+    balance = router_aux_loss(model)
+    extra = 0.0 if balance is None else balance * jnp.sum(weights)
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])
         by_source = source_terms(nll, weights, batch["source_id"], num_sources)
-        return LossTerms(jnp.sum(nll * weights), jnp.sum(weights), None, by_source)
+        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
-    return LossTerms(loss_sum, jnp.sum(weights), None)
+    return LossTerms(loss_sum + extra, jnp.sum(weights), None)
 
 
 def source_terms(nll, weights, source_ids, num_sources: int):

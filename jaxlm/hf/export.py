@@ -16,7 +16,7 @@ from jaxlm.models.contract import unrolled
 from jaxlm.models.lora import has_lora, merge_lora
 from jaxlm.models.prompt_tuning import num_virtual_tokens
 from jaxlm.models.quant import dequantize, is_quantized
-from jaxlm.models.weight_map import dotted, ours_to_hf
+from jaxlm.models.weight_map import dotted, hf_tensors
 from jaxlm.outputs import plain_mode
 
 _DTYPE_NAMES = {jnp.dtype(t): jnp.dtype(t).name for t in (jnp.float32, jnp.bfloat16, jnp.float16)}
@@ -32,9 +32,7 @@ def hf_state_dict(model) -> dict[str, jnp.ndarray]:
     arch = architecture_of(model)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-        name, transpose = ours_to_hf(arch.family, dotted(path))
-        value = var.get_value()
-        out[name] = value.T if transpose else value
+        out.update(hf_tensors(arch.family, dotted(path), var.get_value()))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import warnings
@@ -123,6 +124,7 @@ def build_model(
         rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
     expected = {dotted(p): v for p, v in nnx.to_flat_state(params)}
     loaded: dict[str, jax.Array] = {}
+    slices: dict[str, dict[int, jax.Array]] = collections.defaultdict(dict)  # stacked parameters, by index
     unused: list[str] = []
     for name, array in tensors:
         if is_ignored(arch.family, name):
@@ -133,15 +135,23 @@ def build_model(
             continue
         if found is None:
             raise CheckpointError(f"{source}: unexpected tensor {name!r} for {arch.name}")
-        ours, transpose = found
+        ours, transpose, index = found
         array = np.asarray(array)
         want = tuple(expected[ours].get_value().shape)
+        count, want = (None, want) if index is None else (want[0], want[1:])  # one slice of a stacked parameter
         want_in_file = want[::-1] if transpose else want  # the message speaks the file's layout
-        if tuple(array.shape) != want_in_file:
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(array.shape)}, expected {want_in_file} for {arch.name}"
-            )
-        loaded[ours] = jnp.asarray(array.T if transpose else array, dtype=dtype)
+        if tuple(array.shape) != want_in_file or (count is not None and not 0 <= index < count):
+            where = "" if index is None else f" (index {index} of {count})"
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(array.shape)}{where}, "
+                                  f"expected {want_in_file} for {arch.name}")
+        array = jnp.asarray(array.T if transpose else array, dtype=dtype)
+        if index is None:
+            loaded[ours] = array
+        else:
+            slices[ours][index] = array
+    for ours, parts in slices.items():
+        if len(parts) == expected[ours].get_value().shape[0]:  # every slice present: else reported missing below
+            loaded[ours] = jnp.stack([parts[i] for i in range(len(parts))])
     missing = [p for p in expected if p not in loaded]
     if missing and init_missing_head and all(p.startswith(arch.family.head_modules) for p in missing):
         fresh = {dotted(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(make(), nnx.Param))}

@@ -62,6 +62,13 @@ class Mask:
             mask = mask & (ids[:, None, :, None] == ids[:, None, None, :])
         return mask
 
+    def real_tokens(self, batch: int, seq: int) -> jax.Array | None:
+        """[batch, seq] bool: which tokens are real rather than padding (None: all are, as far as it says)."""
+        if self.lengths is not None:
+            return jnp.arange(seq)[None, :] < self.lengths[:, None]
+        ids = self.ids()
+        return None if ids is None else jnp.broadcast_to(ids != 0, (batch, seq))
+
     @property
     def kernel_ready(self) -> bool:
         """Whether a fused kernel can take this mask as it is (causal, and/or lengths)."""

@@ -152,11 +152,16 @@ class LlamaForCausalLM(nnx.Module):
                  execution: Execution = Execution()):
         self.config, self.execution = cfg, execution
         self.embed_tokens = layers.embed(rngs, cfg.vocab_size, cfg.hidden_size, param_dtype=param_dtype)
-        self.layers = decoder_layers(lambda _: DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype),
+        self.layers = decoder_layers(lambda i: self.make_layer(cfg, i, rngs=rngs, param_dtype=param_dtype),
                                      cfg.num_hidden_layers, execution)
         self.norm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.linear(rngs, cfg.hidden_size, cfg.vocab_size, bias=False, param_dtype=param_dtype)
+
+    @staticmethod
+    def make_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
+        """Decoder layer `index` (a variant family's model overrides this, e.g. mixture-of-experts layers)."""
+        return DecoderLayer(cfg, rngs=rngs, param_dtype=param_dtype)
 
     def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
                  cache: KVCache | None = None, return_hidden=False):

@@ -46,9 +46,10 @@ class LoRALinear(nnx.Module):
 
 
 def _matches(path: str, targets: list[str], short_names) -> bool:
-    """A target is one of the family's short names, a layer name, or a regex over the dotted path."""
+    """A target is one of the family's short names, a layer name, or a regex over the dotted path.
+    A short name means only its layer ("gate" is gate_proj, never a mixture of experts' router `gate`)."""
     name = path.rsplit(".", 1)[-1]
-    return any(name == short_names.get(t) or name == t or re.fullmatch(t, path) for t in targets)
+    return any(name == short_names.get(t, t) or re.fullmatch(t, path) for t in targets)
 
 
 def _linear_paths(model, targets: list[str]) -> list[tuple]:

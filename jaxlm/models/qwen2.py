@@ -6,7 +6,7 @@ implemented: a config that turns it on is refused, rather than computed differen
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 
@@ -25,7 +25,7 @@ class Qwen2Config(LlamaConfig):
     fixed = {"attention_bias": True, "mlp_bias": False}  # set by the architecture, not read from config.json
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> Qwen2Config:
+    def from_hf(cls, hf: dict[str, Any]) -> Self:
         refuse_sliding_window(hf)
         return super().from_hf({**hf, **cls.fixed})
 

@@ -20,8 +20,10 @@ from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertFor
 from jaxlm.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxlm.models.llama import LlamaConfig, LlamaForCausalLM
 from jaxlm.models.mistral import MistralConfig, MistralForCausalLM
+from jaxlm.models.mixtral import MixtralConfig, MixtralForCausalLM
 from jaxlm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from jaxlm.models.qwen3 import Qwen3Config, Qwen3ForCausalLM
+from jaxlm.models.qwen3_moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
 from jaxlm.models.weight_map import GGUFLayout, Row
 
 
@@ -120,6 +122,28 @@ QWEN3 = dataclasses.replace(
     gguf=qwen_gguf.QWEN3,
 )
 
+# Mixtures of experts: Llama-like rows whose experts' tensors (one per expert in HF files) stack into one
+# [experts, in, out] parameter per projection; the router is the `{block}.gate` linear layer of the Llama rows.
+QWEN3_MOE = dataclasses.replace(
+    QWEN3,
+    config=Qwen3MoeConfig,
+    architectures=(Qwen3MoeForCausalLM,),
+    aliases={"Qwen3MoeModel": "Qwen3MoeForCausalLM"},
+    weights=(Row("model.layers.{i}.mlp.experts.{e}.{proj}.weight", "layers.{i}.mlp.experts.{proj}", transpose=True,
+                 stacked="e"), *QWEN3.weights),
+    gguf=None,
+)
+
+MIXTRAL = dataclasses.replace(
+    MISTRAL,
+    config=MixtralConfig,
+    architectures=(MixtralForCausalLM,),
+    aliases={"MixtralModel": "MixtralForCausalLM"},
+    weights=(Row("model.layers.{i}.block_sparse_moe.experts.{e}.{w}.weight", "layers.{i}.block_sparse_moe.experts.{w}",
+                 transpose=True, stacked="e"), *MISTRAL.weights),
+    gguf=None,
+)
+
 GPT2 = Family(
     config=GPT2Config,
     architectures=(GPT2LMHeadModel,),
@@ -164,7 +188,7 @@ BERT = Family(
     head_modules=("classifier.", "bert.pooler."),
 )
 
-FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, MISTRAL, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL, GPT2, BERT)}
 ARCHITECTURES = {
     cls.__name__: Architecture(cls.__name__, cls, family)
     for family in FAMILIES.values()

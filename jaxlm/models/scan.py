@@ -43,12 +43,14 @@ def is_stacked(layers) -> bool:
 
 
 def run(layers, x, call, *, remat: str = "none", cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
-    """x through every layer in order: `call(layer, x, layer_cache) -> (x, layer_cache)`.
+    """x through every layer in order: `call(layer, x, layer_cache) -> (x, layer_cache)`. x is the hidden
+    states [batch, new, dim], or a pytree whose first leaf they are (e.g. with a MoE's router statistics).
 
     Without a cache (training, scoring) each layer gets None and `remat` applies. With one
     (generation) each layer gets its `LayerCache` view; returns the final x and the cache
     advanced past the new tokens (None without one).
     """
+    num_new = jax.tree.leaves(x)[0].shape[1]
     checkpointed, policy = remat_policy(remat)
     checkpointed = checkpointed and cache is None  # generation keeps nothing for a backward pass
     if not is_stacked(layers):
@@ -64,7 +66,7 @@ def run(layers, x, call, *, remat: str = "none", cache: KVCache | None = None) -
         if cache is None:
             return x, None
         keys, values = tuple(kv.keys for kv in written), tuple(kv.values for kv in written)
-        return x, cache.advanced(keys, values, x.shape[1])
+        return x, cache.advanced(keys, values, num_new)
     graphdef, state = nnx.split(layers.layer)
     if cache is None:
         def body(y, layer_state):
@@ -82,7 +84,7 @@ def run(layers, x, call, *, remat: str = "none", cache: KVCache | None = None) -
         return (y, kv.keys, kv.values), None
 
     (x, keys, values), _ = jax.lax.scan(cached_body, (x, cache.keys, cache.values), (state, jnp.arange(len(layers))))
-    return x, cache.advanced(keys, values, x.shape[1])
+    return x, cache.advanced(keys, values, num_new)
 
 
 # --- stacking and unstacking -------------------------------------------------------------

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from jaxlm.errors import UserError
 
@@ -25,6 +25,17 @@ class Row(NamedTuple):
     hf: str
     ours: str
     transpose: bool = False
+    # A placeholder of `hf` that indexes the leading axis of our parameter: several HF tensors stack into
+    # one (e.g. "e" for mixture-of-experts weights, one HF tensor per expert).
+    stacked: str | None = None
+
+
+class Target(NamedTuple):
+    """Where an HF tensor goes: our parameter path, whether to transpose, and its index on the stacked axis."""
+
+    path: str
+    transpose: bool
+    index: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,39 +73,55 @@ def _fill(template: str, groups: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)[+*]?\}", lambda m: groups[m.group(1)], template)
 
 
+def _target(row: Row, match: re.Match, known: set[str]) -> Target | None:
+    path = _fill(row.ours, match.groupdict())
+    if path not in known:
+        return None
+    return Target(path, row.transpose, None if row.stacked is None else int(match.group(row.stacked)))
+
+
 def rename(name: str, source_template: str, target_template: str) -> str | None:
     """`name` rewritten from one template to another, or None if it does not fit the source."""
     match = _pattern(source_template).match(name)
     return _fill(target_template, match.groupdict()) if match else None
 
 
-def _translate(name: str, table, src: str, dst: str, known: set[str]):
-    for row in table:
-        match = _pattern(getattr(row, src)).match(name)
-        if match:
-            target = _fill(getattr(row, dst), match.groupdict())
-            if target in known:
-                return target, row.transpose
-    return None
-
-
-def hf_to_ours(family: Family, hf_name: str, our_paths: set[str]) -> tuple[str, bool] | None:
-    """Our path for an HF tensor (and whether to transpose), trying with and without the base prefix."""
+def hf_to_ours(family: Family, hf_name: str, our_paths: set[str]) -> Target | None:
+    """Where an HF tensor goes among `our_paths`, trying with and without the base prefix."""
     prefix = family.base_prefix
     for candidate in (hf_name, prefix + hf_name, hf_name.removeprefix(prefix)):
-        found = _translate(candidate, family.weights, "hf", "ours", our_paths)
-        if found:
-            return found
+        for row in family.weights:
+            match = _pattern(row.hf).match(candidate)
+            found = match and _target(row, match, our_paths)
+            if found:
+                return found
     return None
 
 
-def ours_to_hf(family: Family, path: str) -> tuple[str, bool]:
-    """The HF tensor name for one of our parameter paths (and whether to transpose)."""
+def _row_for(family: Family, path: str) -> tuple[Row, dict[str, str]]:
     for row in family.weights:
         match = _pattern(row.ours).match(path)
         if match:
-            return _fill(row.hf, match.groupdict()), row.transpose
+            return row, match.groupdict()
     raise KeyError(f"no Hugging Face name for parameter {path!r} ({family.model_type})")
+
+
+def ours_to_hf(family: Family, path: str) -> tuple[str, bool]:
+    """The HF tensor name for one of our parameter paths (and whether to transpose); a stacked
+    parameter's name has "*" where its index goes (for messages; `hf_tensors` gives each)."""
+    row, groups = _row_for(family, path)
+    if row.stacked is not None:
+        groups = {**groups, row.stacked: "*"}
+    return _fill(row.hf, groups), row.transpose
+
+
+def hf_tensors(family: Family, path: str, value) -> list[tuple[str, Any]]:
+    """(HF name, array in HF layout) for one of our parameters: one pair, or one per index of a stacked one."""
+    row, groups = _row_for(family, path)
+    if row.stacked is None:
+        return [(_fill(row.hf, groups), value.T if row.transpose else value)]
+    return [(_fill(row.hf, {**groups, row.stacked: str(i)}), part.T if row.transpose else part)
+            for i, part in enumerate(value)]
 
 
 def is_ignored(family: Family, hf_name: str) -> bool:

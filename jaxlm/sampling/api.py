@@ -61,7 +61,7 @@ def generate(
     on_tokens: Callable[[list[list[int]]], None] | None = None,
     stream_every: int = 8,
 ) -> GenerationResult:
-    """Generate up to `max_new_tokens` for each prompt with a Llama-family or GPT-2 model.
+    """Generate up to `max_new_tokens` for each prompt with a causal LM (`models.contract.CausalLM`).
 
     prompts: a string, a chat (list of {"role", "content"} dicts), a list of token ids,
         or a list of any of these. Chats go through the tokenizer's chat template with the

@@ -35,7 +35,7 @@ def default_compile_cache() -> str:
 def build_parser(prog: str = "python -m jaxlm.generate") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Generate text from prompts with a Llama-family or GPT-2 model (HF folder or .gguf file).",
+        description="Generate text from prompts with a causal LM of any family jaxlm loads (HF folder or .gguf file).",
         epilog="Prompts file: one JSON value per line, either {\"prompt\": \"text\"}, {\"messages\": "
         "[{\"role\": \"user\", \"content\": \"...\"}, ...]} (always uses the chat template) or a JSON string. "
         "Blank lines are skipped. Exit codes: 0 done, 2 bad input (one line naming the file:line), 130 interrupted.",

@@ -1,0 +1,113 @@
+"""Llama's architecture with mixture-of-experts MLPs (`models/moe.py`): the base of Mixtral and Qwen3-MoE.
+
+A family's config subclasses its dense config with `MoEFields` and says which layers are sparse
+(`is_sparse`) and what its experts' modules are called; the model is `LlamaMoEForCausalLM`. The
+forward pass carries the routers' statistics through the layers beside the hidden states, and
+`router_aux_loss(model)` reads the load-balancing loss of the last forward pass (training adds
+`router_aux_loss_coef` times it, as transformers does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, cast
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxlm.models import layers, scan
+from jaxlm.models.execution import Execution
+from jaxlm.models.kv_cache import KVCache, LayerCache
+from jaxlm.models.llama import MLP, Attention, LlamaForCausalLM
+from jaxlm.models.moe import RouterStats, SparseMoE, load_balancing_loss
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEFields:
+    """The config fields every MoE family has, under jaxlm's names (each family reads its own keys)."""
+
+    num_experts: int = 0
+    num_experts_per_tok: int = 2
+    expert_size: int = 0  # each expert's intermediate size
+    norm_topk_prob: bool = True  # renormalise the k chosen probabilities to sum to 1
+    router_aux_loss_coef: float = 0.001
+
+    expert_names: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")  # HF's (gate, up, down)
+    moe_attribute: ClassVar[str] = "mlp"  # the decoder layer's attribute holding the experts, as HF names it
+
+    def is_sparse(self, layer: int) -> bool:
+        return True
+
+
+def refuse_router_jitter(hf: dict[str, Any]) -> None:
+    if hf.get("router_jitter_noise"):
+        raise ValueError(f"config.json: router_jitter_noise={hf['router_jitter_noise']} (training-time noise on "
+                         "the router's input) is not supported; set it to 0")
+
+
+class MoEDecoderLayer(nnx.Module):
+    """Llama's decoder layer whose MLP is a `SparseMoE` (or a dense MLP on the layers the config keeps dense)."""
+
+    def __init__(self, cfg, index: int, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.input_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        self.self_attn = Attention(cfg, rngs=rngs, param_dtype=param_dtype)
+        self.post_attention_layernorm = layers.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+        if cfg.is_sparse(index):
+            mlp = SparseMoE(cfg.hidden_size, cfg.expert_size, cfg.num_experts, cfg.num_experts_per_tok,
+                            cfg.norm_topk_prob, cfg.expert_names, rngs=rngs, param_dtype=param_dtype)
+        else:
+            mlp = MLP(cfg, rngs=rngs, param_dtype=param_dtype)
+        setattr(self, cfg.moe_attribute, mlp)
+        self.moe_attribute, self.num_experts = cfg.moe_attribute, cfg.num_experts
+
+    def __call__(self, carry: tuple[jax.Array, RouterStats], positions, mask, inv_freq, real,
+                 kv: LayerCache | None = None):
+        x, stats = carry
+        attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv)
+        x = x + attn
+        mlp = getattr(self, self.moe_attribute)
+        normed = self.post_attention_layernorm(x)
+        if isinstance(mlp, SparseMoE):
+            out, layer_stats = mlp(normed, real)
+            stats = stats + layer_stats
+        else:
+            out = mlp(normed)
+        return (x + out, stats), kv
+
+
+class LlamaMoEForCausalLM(LlamaForCausalLM):
+    """Llama's causal LM with `MoEDecoderLayer`s; the contract is Llama's (`models.contract.CausalLM`)."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, param_dtype=jnp.float32, execution: Execution = Execution()):
+        super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, execution=execution)
+        self.router_loss = nnx.Intermediate(jnp.zeros((), jnp.float32))
+
+    @staticmethod
+    def make_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
+        return MoEDecoderLayer(cfg, index, rngs=rngs, param_dtype=param_dtype)
+
+    def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, lengths=None,
+                 cache: KVCache | None = None, return_hidden=False):
+        """See `models.contract.CausalLM.__call__`; also keeps the routers' load-balancing loss (`router_aux_loss`)."""
+        positions, mask, cache = layers.causal_inputs(input_ids, attention_mask, positions, segment_ids, lengths,
+                                                      cache, self.execution.attention)
+        inv_freq = self.config.inverse_frequencies
+        real = mask.real_tokens(*input_ids.shape)
+        carry = (self.embed_tokens(input_ids), RouterStats.zeros(cast(MoEFields, self.config).num_experts))
+        (x, stats), cache = scan.run(self.layers, carry,
+                                     lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv),
+                                     remat=self.execution.remat, cache=cache)
+        if cache is None:  # training and scoring; generation has no use for it
+            self.router_loss.set_value(load_balancing_loss(stats))
+        hidden = self.norm(x)
+        out = hidden if return_hidden else self.logits(hidden)
+        return out if cache is None else (out, cache)
+
+
+def router_aux_loss(model) -> jax.Array | None:
+    """The load-balancing loss of `model`'s last forward pass times its config's coefficient, or None
+    for a model without routers."""
+    if not isinstance(model, LlamaMoEForCausalLM):
+        return None
+    return cast(MoEFields, model.config).router_aux_loss_coef * model.router_loss.get_value()

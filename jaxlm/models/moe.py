@@ -1,0 +1,106 @@
+"""A mixture-of-experts MLP: a router picks k experts per token, each a SwiGLU MLP, and their
+outputs are summed with the router's weights (Mixtral, Qwen3-MoE).
+
+Dropless and grouped: every (token, expert) pair is computed, none dropped for capacity. The
+pairs are sorted by expert and each projection is ONE `jax.lax.ragged_dot` over the expert
+groups, so the work is k tokens' worth of MLP, not num_experts' worth (`dense`, which runs every
+expert on every token and zeroes the unchosen, is kept as the reference the tests compare with).
+
+The router also reports what the load-balancing loss needs (`RouterStats`), summed over the
+layers by the model and turned into transformers' auxiliary loss by `load_balancing_loss`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from jaxlm.models import layers
+
+
+@struct.dataclass
+class RouterStats:
+    """Sums over the real tokens of every MoE layer so far: how often each expert was chosen (among
+    the k per token), its routing probability, and how many token rows were routed."""
+
+    chosen: jax.Array  # [experts] float32
+    probability: jax.Array  # [experts] float32
+    rows: jax.Array  # float32 scalar
+
+    @classmethod
+    def zeros(cls, num_experts: int) -> RouterStats:
+        return cls(jnp.zeros(num_experts, jnp.float32), jnp.zeros(num_experts, jnp.float32), jnp.zeros((), jnp.float32))
+
+    def __add__(self, other: RouterStats) -> RouterStats:
+        return RouterStats(self.chosen + other.chosen, self.probability + other.probability, self.rows + other.rows)
+
+
+def load_balancing_loss(stats: RouterStats) -> jax.Array:
+    """Switch Transformer's auxiliary loss as transformers computes it over all layers' router logits
+    (`load_balancing_loss_func`): num_experts * sum_e (share of choices of e) * (mean probability of e)."""
+    rows = jnp.maximum(stats.rows, 1.0)
+    return stats.chosen.shape[0] * jnp.sum((stats.chosen / rows) * (stats.probability / rows))
+
+
+class Experts(nnx.Module):
+    """num_experts SwiGLU MLPs as three stacked kernels [experts, in, out], under the HF module names
+    `names` = (gate, up, down): ("gate_proj", "up_proj", "down_proj") for Qwen, ("w1", "w3", "w2") for Mixtral."""
+
+    def __init__(self, num_experts: int, dim: int, hidden: int, names: tuple[str, str, str], *, rngs: nnx.Rngs,
+                 param_dtype=jnp.float32):
+        init = nnx.initializers.normal(0.02)
+        shapes = ((dim, hidden), (dim, hidden), (hidden, dim))
+        for name, shape in zip(names, shapes, strict=True):
+            setattr(self, name, nnx.Param(init(rngs.params(), (num_experts, *shape), param_dtype)))
+        self.names = names
+
+    def kernels(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return tuple(getattr(self, name)[...].astype(dtype) for name in self.names)  # pyright: ignore[reportReturnType]
+
+    def grouped(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
+        """x [tokens, dim]; experts, weights [tokens, k]: sum_j weights[t, j] * MLP_{experts[t, j]}(x[t])."""
+        tokens, k = experts.shape
+        gate, up, down = self.kernels(x.dtype)
+        order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
+        sizes = jnp.bincount(experts.reshape(-1), length=gate.shape[0]).astype(jnp.int32)
+        rows = x[order // k]
+        hidden = jax.nn.silu(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)
+        out = jax.lax.ragged_dot(hidden, down, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
+        return jnp.zeros_like(x).at[order // k].add(out)
+
+    def dense(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
+        """The same sum with every expert run on every token (the reference for `grouped`)."""
+        gate, up, down = self.kernels(x.dtype)
+        every = jax.nn.silu(jnp.einsum("td,edh->teh", x, gate)) * jnp.einsum("td,edh->teh", x, up)
+        every = jnp.einsum("teh,ehd->ted", every, down)
+        share = jnp.zeros((x.shape[0], gate.shape[0]), x.dtype)
+        share = share.at[jnp.arange(x.shape[0])[:, None], experts].add(weights.astype(x.dtype))
+        return jnp.einsum("ted,te->td", every, share)
+
+
+class SparseMoE(nnx.Module):
+    """The router (`gate`, a linear layer to one logit per expert, HF's name) and the experts.
+
+    Routing as transformers: softmax over all experts in float32, the top k, renormalised over the
+    k when `normalize` (Mixtral always; Qwen3-MoE when `norm_topk_prob`)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, normalize: bool,
+                 names: tuple[str, str, str], *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+        self.gate = layers.linear(rngs, dim, num_experts, bias=False, param_dtype=param_dtype)
+        self.experts = Experts(num_experts, dim, hidden, names, rngs=rngs, param_dtype=param_dtype)
+        self.top_k, self.normalize = top_k, normalize
+
+    def __call__(self, x: jax.Array, real: jax.Array | None) -> tuple[jax.Array, RouterStats]:
+        """x [batch, seq, dim]; `real` [batch, seq] marks the tokens the load statistics count (None: all)."""
+        b, t, d = x.shape
+        flat = x.reshape(b * t, d)
+        probabilities = jax.nn.softmax(self.gate(flat).astype(jnp.float32), axis=-1)
+        weights, experts = jax.lax.top_k(probabilities, self.top_k)
+        if self.normalize:
+            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+        out = self.experts.grouped(flat, experts, weights).reshape(b, t, d)
+        counted = jnp.ones(b * t, jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
+        chosen = jnp.zeros(probabilities.shape[-1], jnp.float32).at[experts].add(counted[:, None])
+        stats = RouterStats(chosen, jnp.sum(probabilities * counted[:, None], axis=0), jnp.sum(counted))
+        return out, stats

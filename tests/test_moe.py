@@ -1,0 +1,125 @@
+"""Mixture-of-experts families (Qwen3-MoE, Mixtral): logits, the load-balancing loss and greedy decoding
+equal transformers'; the grouped (ragged_dot) experts equal the dense reference; export round trip; training."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import jaxlm
+from hf_checkpoints import assert_same_tensors, left_padded_batch, tiny_mixtral, tiny_qwen3_moe
+from jaxlm.models.llama_moe import router_aux_loss
+from jaxlm.models.moe import SparseMoE
+
+# Qwen3-MoE with a dense layer and unnormalised top-k weights; Mixtral all sparse, renormalised.
+WRITERS = {
+    "qwen3_moe": (tiny_qwen3_moe, dict(mlp_only_layers=[1], norm_topk_prob=False)),
+    "mixtral": (tiny_mixtral, {}),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WRITERS))
+def family(request, tmp_path_factory):
+    write, options = WRITERS[request.param]
+    path = tmp_path_factory.mktemp(request.param)
+    reference = write(path, **options)
+    model, _ = jaxlm.load_pretrained(path)
+    return request.param, path, reference, model
+
+
+def test_logits_and_load_balancing_loss_match_transformers(family):
+    _, _, reference, model = family
+    ids, mask, positions = left_padded_batch(seed=7, batch=4, length=13)
+    with torch.no_grad():
+        ref = reference(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                        position_ids=torch.tensor(positions, dtype=torch.long), output_router_logits=True)
+    logits = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask.astype(bool)
+    assert np.abs(logits[real] - ref.logits.numpy()[real]).max() < 1e-4
+    # The padding rows are left out of the loss, as transformers does with an attention mask.
+    want = reference.config.router_aux_loss_coef * float(ref.aux_loss)
+    np.testing.assert_allclose(float(router_aux_loss(model)), want, rtol=1e-5)
+    # Every expert of every sparse layer got tokens, so the comparison covered all of them.
+    for logits_of_layer in ref.router_logits:
+        chosen = torch.topk(logits_of_layer, reference.config.num_experts_per_tok, dim=-1).indices
+        assert set(chosen.flatten().tolist()) == set(range(logits_of_layer.shape[-1]))
+
+
+def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too():
+    moe = SparseMoE(16, 24, num_experts=5, top_k=2, normalize=True, names=("w1", "w3", "w2"), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (37, 16))
+    probabilities = jax.nn.softmax(x @ jax.random.normal(jax.random.key(2), (16, 5)), axis=-1)
+    weights, experts = jax.lax.top_k(probabilities, 2)
+    graphdef, state = nnx.split(moe.experts)
+
+    def loss(state, how):
+        return jnp.sum(getattr(nnx.merge(graphdef, state), how)(x, experts, weights) ** 2)
+
+    grouped, grouped_grads = jax.value_and_grad(loss)(state, "grouped")
+    dense, dense_grads = jax.value_and_grad(loss)(state, "dense")
+    np.testing.assert_allclose(grouped, dense, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grouped_grads, dense_grads)
+
+
+def test_greedy_generation_matches_transformers(family):
+    from test_sampling_parity import random_prompts, transformers_generate
+
+    _, _, reference, model = family
+    prompts = random_prompts([7, 2, 5])
+    torch.set_num_threads(1)
+    want = transformers_generate(reference, prompts, max_new_tokens=8)
+    assert jaxlm.generate(model, None, prompts, max_new_tokens=8).token_ids == want
+
+
+def test_export_round_trip_writes_each_expert_under_its_hf_name(family, tmp_path):
+    _, path, _, model = family
+    jaxlm.export_pretrained(model, tmp_path)
+    assert_same_tensors(path, tmp_path)
+
+
+def test_the_training_loss_adds_the_router_loss_once_per_token(family):
+    from jaxlm.compute.losses import loss_terms
+    from test_train_loss import lm_batch
+
+    _, _, _, model = family
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
+    terms = loss_terms("causal_lm", model, batch)
+    balance = router_aux_loss(model)
+    scored = loss_terms("causal_lm", model, batch, count_correct=True)  # evaluation: the LM loss alone
+    np.testing.assert_allclose(terms.loss_sum, scored.loss_sum + balance * terms.count, rtol=1e-6)
+    assert float(balance) > 0
+
+
+def test_jaxlm_train_runs_mixtral_with_stacked_layers_and_exports_it(tmp_path):
+    import transformers
+
+    from jaxlm.train.__main__ import main
+    from jaxlm.train.metrics import read_metrics
+    from train_helpers import llama_tokenizer, write_sft_jsonl
+
+    folder, out = tmp_path / "mixtral", tmp_path / "run"
+    tiny_mixtral(folder)
+    llama_tokenizer().save_pretrained(folder)
+    status = main(["--no-progress", f"model.path={folder}", "task=sft", f"output_dir={out}",
+                   f"data.train=[{write_sft_jsonl(tmp_path / 'chat.jsonl')}]", "data.eval_fraction=0.25",
+                   "train.steps=4", "train.batch_size=4", "train.seq_len=32", "train.warmup_steps=0", "eval.every=2",
+                   "eval.steps=1", "eval.sample_prompts=0", "checkpoint.every=4", "model.lora.rank=4",
+                   "model.lora.targets=[q,k,v,o]", "model.scan_layers=true", "model.remat=full"])
+    assert status == 0
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(out / "hf")).__name__ == "MixtralForCausalLM"
+    losses = [r["loss"] for r in read_metrics(str(out / "metrics.jsonl")) if "loss" in r]
+    assert len(losses) == 4 and np.isfinite(losses).all()
+
+
+def test_lora_short_names_adapt_attention_and_dense_mlps_but_never_the_router(family):
+    from jaxlm.models.lora import apply_lora, lora_modules
+
+    _, path, _, _ = family
+    model, _ = jaxlm.load_pretrained(path)
+    apply_lora(model, ["q", "k", "v", "o", "gate", "up", "down"], 4, 8.0)
+    adapted = {".".join(map(str, p)) for p, _ in lora_modules(model)}
+    assert adapted and not any(p.endswith(".gate") for p in adapted), adapted
