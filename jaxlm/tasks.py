@@ -6,5 +6,10 @@ LABELLED_TASKS = ("token_classification", "classification")
 # The tasks that train a causal LM on {prompt, chosen, rejected} pairs (only dpo has a reference model).
 PREFERENCE_TASKS = ("dpo", "orpo", "simpo")
 
+
+def sequences_per_example(task: str) -> int:
+    """How many sequences of train.seq_len one example of the batch is: a preference pair is two."""
+    return 2 if task in PREFERENCE_TASKS else 1
+
 # The label of a token that no loss counts (HF's and torch's ignore_index).
 IGNORE_LABEL = -100

@@ -117,7 +117,7 @@ def plot_rewards(rows: list[dict], png_path: str) -> str | None:
                     axis.plot(*zip(*points, strict=False), style, color=color, label=label, lw=1)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    ax.set_ylabel("reward (β x log-ratio)")
+    ax.set_ylabel("reward")
     accuracy.set_ylabel("reward accuracy")
     accuracy.set_xlabel("step")
     fig.tight_layout()
