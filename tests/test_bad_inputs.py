@@ -478,6 +478,8 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
          "same_pair.jsonl:2: fields 'chosen' and 'rejected' are the same completion", "data error"),
     Case("preference pairs for sft", train(data="pairs"), BAD_INPUT,
          "pairs.jsonl:1: task sft needs records other than preference pairs", "data error"),
+    Case("eval of preference pairs", evaluate("--data", "{pairs}", "--out", "{out}/e"),
+         BAD_INPUT, "--data: preference pairs are scored while training"),
 ]
 
 
