@@ -478,6 +478,10 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
          "same_pair.jsonl:2: fields 'chosen' and 'rejected' are the same completion", "data error"),
     Case("preference pairs for sft", train(data="pairs"), BAD_INPUT,
          "pairs.jsonl:1: task sft needs records other than preference pairs", "data error"),
+    Case("bandit mixing of pairs", train("data.mixing=bandit", task="dpo", data="pairs"), BAD_INPUT,
+         "data.mixing=bandit learns from each source's token loss; task dpo has one loss per pair", "config error"),
+    Case("dpo on an encoder (was a TypeError)", train(task="dpo", data="pairs", model="bert"), BAD_INPUT,
+         "task=dpo trains a causal language model", "config error"),
     Case("eval of preference pairs", evaluate("--data", "{pairs}", "--out", "{out}/e"),
          BAD_INPUT, "--data: preference pairs are scored while training"),
 ]

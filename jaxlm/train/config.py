@@ -21,7 +21,7 @@ from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
 from jaxlm.errors import ConfigError, warn
-from jaxlm.tasks import LABELLED_TASKS, TASKS
+from jaxlm.tasks import LABELLED_TASKS, PREFERENCE_TASKS, TASKS
 from jaxlm.train.overrides import build, merge, nest
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -216,6 +216,9 @@ class Config:
         if d.label_smoothing and d.loss not in ("sigmoid", "robust"):
             raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss sigmoid or robust, "
                               f"not {d.loss}")
+        if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
+            raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
+                              "loss per pair: use data.mixing=static or temperature")
 
     def _validate_tuning(self) -> None:
         """Prompt tuning, partial freezing and the label set given in config_overrides."""

@@ -21,12 +21,16 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
     """(model, tokenizer). Labelled tasks put their head for `label_names` on the encoder; then LoRA
     or prompt tuning go on as configured."""
     from jaxlm.hf.load import load_pretrained, read_hf_config
+    from jaxlm.models.contract import is_causal_lm
 
     path = resolve_path(cfg.model.path)
     head = head_for(cfg, label_names, read_hf_config(path), path)
     model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **head)
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
+    if cfg.task not in LABELLED_TASKS and not is_causal_lm(model):
+        raise ConfigError(f"task={cfg.task} trains a causal language model; model.path={cfg.model.path!r} "
+                          f"holds a {type(model).__name__}")
     return prepare_model(model, cfg), tokenizer
 
 
