@@ -5,6 +5,8 @@ TASKS = ("sft", "causal_lm", "token_classification", "classification", "dpo", "o
 LABELLED_TASKS = ("token_classification", "classification")
 # The tasks that train a causal LM on {prompt, chosen, rejected} pairs (only dpo has a reference model).
 PREFERENCE_TASKS = ("dpo", "orpo", "simpo")
+# A preference batch's arrays, each [pairs, 2, seq]: a chosen and a rejected sequence (data/preference.py).
+PAIR_KEYS = ("input_ids", "targets", "completion_mask", "attention_mask")
 
 
 def sequences_per_example(task: str) -> int:

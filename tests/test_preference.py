@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from jaxlm.compute.preference import Preference, completion_logps, pair_terms
+from jaxlm.compute.losses import completion_logps
+from jaxlm.compute.preference import Preference, pair_terms
 from jaxlm.data.pipeline import build_pipeline
 from jaxlm.data.preference import PreferenceEncoder
 from jaxlm.data.records import DataError
@@ -69,7 +70,11 @@ def test_pairs_are_tokenized_as_trl_tokenizes_them_and_scored_as_transformers_sc
     tokenizer, rows = llama_tokenizer(), pairs(4)
     batch = PreferenceEncoder(tokenizer, seq_len=SEQ_LEN).encode([("preference", r) for r in rows])
     model, _ = jaxlm.load_pretrained(files["llama"])
-    ours, tokens = jax.jit(completion_logps)(model, {k: jnp.asarray(v) for k, v in batch.items()})
+    arrays = {k: jnp.asarray(v) for k, v in batch.items()}
+    ours, tokens = jax.jit(completion_logps)(model, arrays)
+    # the vocabulary projected 8 positions of all 8 rows at a time: the same sums
+    chunked, _ = jax.jit(lambda m, b: completion_logps(m, b, chunk_tokens=64))(model, arrays)
+    np.testing.assert_allclose(chunked, ours, rtol=1e-6)
     reference = AutoModelForCausalLM.from_pretrained(files["llama"], dtype=torch.float32).eval()
     for r, trl in enumerate(trl_token_ids(tokenizer, rows)):
         for side, completion in enumerate((trl["chosen_ids"], trl["rejected_ids"])):

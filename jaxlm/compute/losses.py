@@ -24,14 +24,14 @@ import optax
 from jaxlm.compute import preference
 from jaxlm.models.llama_moe import router_aux_loss
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
-from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PREFERENCE_TASKS
+from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PAIR_KEYS, PREFERENCE_TASKS
 
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
-    **dict.fromkeys(PREFERENCE_TASKS, preference.PAIR_KEYS),  # each [batch, 2, seq]: a chosen and a rejected row
+    **dict.fromkeys(PREFERENCE_TASKS, PAIR_KEYS),  # each [batch, 2, seq]: a chosen and a rejected row
 }
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
@@ -56,10 +56,10 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
     so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
     also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
-    and dpo the reference model's `preference.completion_logps` of the batch."""
+    and dpo the reference model's `completion_logps` of the batch."""
     if task in PREFERENCE_TASKS:
         assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
-        logps, tokens = preference.completion_logps(model, batch)
+        logps, tokens = completion_logps(model, batch, chunk_tokens)
         loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
         balance = None if count_correct else router_aux_loss(model)  # training only, once per pair (as TRL)
         return LossTerms(loss_sum if balance is None else loss_sum + balance * count, count, None, sums=sums)
@@ -90,6 +90,33 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
         return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
     return LossTerms(loss_sum + extra, jnp.sum(weights), None)
+
+
+def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(summed completion log-probs, completion token counts), each float32 [pairs, 2], of a preference batch
+    ([pairs, 2, seq] arrays, see compute/preference.py): one forward of chosen and rejected together."""
+    pairs, _, seq = batch["input_ids"].shape
+    flat = lambda x: x.reshape(2 * pairs, seq)  # noqa: E731  [pairs, 2, seq] -> [chosen0, rejected0, chosen1, ...]
+    lengths = jnp.sum(flat(batch["attention_mask"]), axis=-1, dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (2 * pairs, seq))
+    hidden = model(flat(batch["input_ids"]), positions=positions, lengths=lengths, return_hidden=True)
+    mask = flat(batch["completion_mask"]).astype(jnp.float32)
+    logps = -sequence_nll(hidden, model, flat(batch["targets"]), mask, chunk_tokens)
+    return logps.reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
+
+
+def sequence_nll(hidden, model, targets, weights, chunk_tokens: int):
+    """Per row, the sum over its tokens of weights * -log softmax(model.logits(hidden))[target]: float32 [rows].
+    Chunked as `cross_entropy` (each chunk's logits recomputed backward), so [rows, seq, vocab] float32 logits
+    never exist at once."""
+    per_row = lambda h, t, w: jnp.sum(_token_nll(model.logits(h), t) * w, axis=-1)  # noqa: E731
+    chunks = _chunks(hidden, targets, weights, chunk_tokens)
+    if chunks is None:
+        return per_row(hidden, targets, weights)
+    per_chunk = jax.checkpoint(per_row)
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros(targets.shape[0], jnp.float32),
+                            chunks)
+    return total
 
 
 def source_terms(nll, weights, source_ids, num_sources: int):

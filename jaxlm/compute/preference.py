@@ -11,7 +11,8 @@
   log-probs; rewards β x average log-prob.
 
 A batch holds pairs: every array is [pairs, 2, seq] (chosen first), one sequence per row from position 0
-(data/preference.py). Chosen and rejected go through one forward as [2 x pairs, seq]. A loss comes back as a
+(data/preference.py). Chosen and rejected go through one forward as [2 x pairs, seq] (`losses.completion_logps`:
+summed completion log-probs, the vocabulary projected a chunk of positions at a time). A loss comes back as a
 sum over pairs and a pair count, like the token losses, so accumulation and data parallelism reduce as one
 batch; a pair without completion tokens on both sides (padding) counts for nothing. The metrics come back
 as sums over pairs too, divided by the count where they are logged.
@@ -24,7 +25,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-PAIR_KEYS = ("input_ids", "targets", "completion_mask", "attention_mask")
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
            "logps/rejected")
@@ -48,21 +48,6 @@ class Preference:
     @property
     def metric_names(self) -> tuple[str, ...]:
         return (*METRICS, *ORPO_METRICS) if self.task == "orpo" else METRICS
-
-
-def completion_logps(model, batch) -> tuple[jax.Array, jax.Array]:
-    """(summed completion log-probs, completion token counts), each float32 [pairs, 2]: one forward of
-    chosen and rejected together."""
-    pairs, _, seq = batch["input_ids"].shape
-    flat = lambda x: x.reshape(2 * pairs, seq)  # noqa: E731  [pairs, 2, seq] -> [chosen0, rejected0, chosen1, ...]
-    lengths = jnp.sum(flat(batch["attention_mask"]), axis=-1, dtype=jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (2 * pairs, seq))
-    hidden = model(flat(batch["input_ids"]), positions=positions, lengths=lengths, return_hidden=True)
-    logits = model.logits(hidden).astype(jnp.float32)  # [2 x pairs, seq, vocab]
-    targets = flat(batch["targets"])
-    token_logps = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, -1)
-    mask = flat(batch["completion_mask"]).astype(jnp.float32)
-    return jnp.sum(token_logps * mask, -1).reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
 
 
 def pair_terms(objective: Preference, logps, tokens, reference_logps=None) -> tuple[jax.Array, jax.Array, dict]:

@@ -23,7 +23,8 @@ import optax
 from flax import nnx
 
 from jaxlm.compute import losses
-from jaxlm.compute.preference import Preference, completion_logps
+from jaxlm.compute.losses import completion_logps
+from jaxlm.compute.preference import Preference
 
 if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is below it
     from jaxlm.train.state import TrainState
@@ -39,7 +40,8 @@ def _has_rng_streams(rest) -> bool:
     return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
 
 
-def reference_logps(graphdef, objective: Preference | None, params, reference, frozen, rest, batch, compute_dtype):
+def reference_logps(graphdef, objective: Preference | None, params, reference, frozen, rest, batch, compute_dtype,
+                    chunk_tokens: int = 0):
     """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
     else None; no gradient flows through them."""
     if objective is None or not objective.needs_reference:
@@ -47,7 +49,7 @@ def reference_logps(graphdef, objective: Preference | None, params, reference, f
     if reference is None:  # LoRA alone: the adapters off, exactly the base model
         reference = jax.tree.map(jnp.zeros_like, params)
     model = nnx.merge(graphdef, cast_floats(reference, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-    return jax.lax.stop_gradient(completion_logps(model, batch)[0])
+    return jax.lax.stop_gradient(completion_logps(model, batch, chunk_tokens)[0])
 
 
 def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective):
@@ -60,7 +62,8 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
     """
 
     def grads_of(params, frozen, rest, batch, key, reference):
-        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype)
+        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
+                                 chunk_tokens)
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         if reseed:  # dropout keys derive from (seed, step, micro-batch) only: exact on resume
             nnx.reseed(model, dropout=key)
@@ -152,7 +155,8 @@ def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, 
     a preference objective's metric sums over the batch's pairs ({} for other tasks)."""
 
     def eval_step(params, frozen, rest, batch, reference):
-        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype)
+        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
+                                 chunk_tokens)
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True,
                                   objective=objective, reference_logps=before)

@@ -23,9 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxlm.data.encode import TokenizerPool, encode_batch
+from jaxlm.tasks import PAIR_KEYS
 from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError
-
-PAIR_KEYS = ("input_ids", "targets", "completion_mask", "attention_mask")
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
