@@ -178,3 +178,12 @@ def test_lora_layers_are_swapped_in_place_for_the_named_targets(llama_dir):
     jaxlm.models.lora.apply_lora(model, ["q", "v"], 4, 8.0)
     wrapped = [".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)]
     assert wrapped == [f"layers.{i}.self_attn.{n}" for i in range(2) for n in ("q_proj", "v_proj")]
+
+
+def test_kl_to_base_in_full_fine_tuning_starts_at_zero_and_grows(llama_dir):
+    """train.kl_to_base compares with a frozen copy of the starting weights: 0 before the first update (up to
+    rounding: the differentiated forward pass is fused differently), then more."""
+    _, engine = engine_for(llama_dir, "train.kl_to_base=0.5")
+    assert engine.reference is not None  # full fine-tuning holds the starting weights
+    first, second = (jax.device_get(engine.step(lm_batch(seed))) for seed in (0, 1))
+    assert abs(first["kl_to_base"]) < 1e-6 and second["kl_to_base"] > 1e-4

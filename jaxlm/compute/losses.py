@@ -47,7 +47,7 @@ class LossTerms(NamedTuple):
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
                num_sources: int = 0, count_correct: bool = False,
-               objective: preference.Preference | None = None, reference_logps=None) -> LossTerms:
+               objective: preference.Preference | None = None, reference_logps=None, kl=None) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
@@ -56,7 +56,9 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
     so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
     also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
-    and dpo the reference model's `completion_logps` of the batch."""
+    and dpo the reference model's `completion_logps` of the batch. `kl` = (reference model, β) adds
+    β x KL(model || reference) per counted token to a language-model loss (train.kl_to_base), its sum in
+    `sums["kl_to_base"]`."""
     if task in PREFERENCE_TASKS:
         assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
         logps, tokens = completion_logps(model, batch, chunk_tokens)
@@ -84,12 +86,18 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     # token like the loss it joins, as transformers adds it; evaluation above reports the LM loss alone.
     balance = router_aux_loss(model)
     extra = 0.0 if balance is None else balance * jnp.sum(weights)
+    sums = None
+    if kl is not None:
+        reference, beta = kl
+        reference_hidden = jax.lax.stop_gradient(reference(ids, positions=positions, return_hidden=True, **documents))
+        sums = {"kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens)}
+        extra = extra + beta * sums["kl_to_base"]
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])
         by_source = source_terms(nll, weights, batch["source_id"], num_sources)
-        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source)
+        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source, sums=sums)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
-    return LossTerms(loss_sum + extra, jnp.sum(weights), None)
+    return LossTerms(loss_sum + extra, jnp.sum(weights), None, sums=sums)
 
 
 def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -116,6 +124,23 @@ def sequence_nll(hidden, model, targets, weights, chunk_tokens: int):
     per_chunk = jax.checkpoint(per_row)
     total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros(targets.shape[0], jnp.float32),
                             chunks)
+    return total
+
+
+def kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens: int):
+    """Sum over tokens of weights * KL(softmax(model.logits(hidden)) || softmax(reference.logits(reference_hidden))),
+    in float32; chunked as `cross_entropy` (each chunk recomputed backward). No gradient reaches the reference."""
+
+    def per_chunk(h, r, w):
+        log_p = jax.nn.log_softmax(model.logits(h).astype(jnp.float32), -1)
+        log_q = jax.lax.stop_gradient(jax.nn.log_softmax(reference.logits(r).astype(jnp.float32), -1))
+        return jnp.sum(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1) * w)
+
+    chunks = _chunked((hidden, reference_hidden, weights), chunk_tokens)
+    if chunks is None:
+        return per_chunk(hidden, reference_hidden, weights)
+    checkpointed = jax.checkpoint(per_chunk)
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + checkpointed(*xs), None), jnp.zeros((), jnp.float32), chunks)
     return total
 
 
@@ -172,18 +197,22 @@ def nll_and_correct(hidden, model, targets, weights, chunk_tokens: int):
 
 def _chunks(hidden, targets, weights, chunk_tokens: int):
     """hidden, targets, weights as [chunks, batch, width, ...] (see `cross_entropy`); None if one chunk holds all."""
-    batch, seq = targets.shape
+    return _chunked((hidden, targets, weights), chunk_tokens)
+
+
+def _chunked(arrays: tuple, chunk_tokens: int):
+    """Each of `arrays` ([batch, seq, ...], the last one the weights) as [chunks, batch, width, ...]; None if one
+    chunk holds all."""
+    batch, seq = arrays[-1].shape
     if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
         return None
     width = max(1, chunk_tokens // batch)
     pad = -seq % width
     if pad:  # padded positions carry weight 0
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+        arrays = tuple(jnp.pad(x, ((0, 0), (0, pad), *((0, 0),) * (x.ndim - 2))) for x in arrays)
     count = (seq + pad) // width
     # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
-    split = lambda x: jnp.moveaxis(x.reshape(batch, count, width, *x.shape[2:]), 1, 0)  # noqa: E731
-    return split(hidden), split(targets), split(weights)
+    return tuple(jnp.moveaxis(x.reshape(batch, count, width, *x.shape[2:]), 1, 0) for x in arrays)
 
 
 def _token_nll(logits, targets):

@@ -8,8 +8,8 @@ float32 master weights are cast inside the step and the loss is computed in floa
 A non-finite loss or gradient skips the update and records the step in `bad_step`;
 the loop checks it whenever it syncs, so a bad update never reaches a checkpoint.
 
-Both steps take a `reference` last: the parameters of the starting model where a preference objective
-compares with it (dpo) and the trainable parameters are more than LoRA adapters (a frozen copy), else None.
+Both steps take a `reference` last: the parameters of the starting model where the loss compares with it
+(dpo, train.kl_to_base) and the trainable parameters are more than LoRA adapters (a frozen copy), else None.
 Under LoRA alone the reference is the same parameters with the adapters off (zeros), which costs nothing.
 """
 
@@ -40,37 +40,47 @@ def _has_rng_streams(rest) -> bool:
     return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
 
 
+def starting_model(graphdef, params, reference, frozen, rest, compute_dtype):
+    """The model as training started: `reference` (see the module docstring) in place of the trained `params`."""
+    if reference is None:  # LoRA alone: the adapters off, exactly the base model
+        reference = jax.tree.map(jnp.zeros_like, params)
+    return nnx.merge(graphdef, cast_floats(reference, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+
+
 def reference_logps(graphdef, objective: Preference | None, params, reference, frozen, rest, batch, compute_dtype,
                     chunk_tokens: int = 0):
     """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
     else None; no gradient flows through them."""
     if objective is None or not objective.needs_reference:
         return None
-    if reference is None:  # LoRA alone: the adapters off, exactly the base model
-        reference = jax.tree.map(jnp.zeros_like, params)
-    model = nnx.merge(graphdef, cast_floats(reference, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+    model = starting_model(graphdef, params, reference, frozen, rest, compute_dtype)
     return jax.lax.stop_gradient(completion_logps(model, batch, chunk_tokens)[0])
 
 
-def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective):
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective, kl_to_base):
     """(loss_sum, count, grads, by_source, sums) for one micro-batch; grads have the params' (float32) dtype.
 
     `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
     (LoRA adapters, or every Param) and handles the dropout RNG counters' trace levels.
     `by_source` is (loss sums, token counts) per source with `num_sources > 0`, else ();
-    `sums` the preference objective's metric sums ({} without one).
+    `sums` the metric sums of a preference objective or of `kl_to_base` ({} without either).
     """
 
     def grads_of(params, frozen, rest, batch, key, reference):
         before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
                                  chunk_tokens)
+        # split here, merged inside the differentiated function: a module of the outer trace could not record
+        # its forward pass there (a mixture of experts' router loss)
+        start = nnx.split(starting_model(graphdef, params, reference, frozen, rest, compute_dtype)) \
+            if kl_to_base > 0 else None
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         if reseed:  # dropout keys derive from (seed, step, micro-batch) only: exact on resume
             nnx.reseed(model, dropout=key)
 
         def loss(model):
+            kl = None if start is None else (nnx.merge(*start), kl_to_base)
             terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
-                                     num_sources=num_sources, objective=objective, reference_logps=before)
+                                     num_sources=num_sources, objective=objective, reference_logps=before, kl=kl)
             return terms.loss_sum, (terms.count, terms.by_source, terms.sums or {})
 
         (loss_sum, (count, by_source, sums)), grads = nnx.value_and_grad(
@@ -81,19 +91,22 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
-                    chunk_tokens=0, packed=True, num_sources: int = 0, objective: Preference | None = None):
+                    chunk_tokens=0, packed=True, num_sources: int = 0, objective: Preference | None = None,
+                    kl_to_base: float = 0.0):
     """`step(state, frozen, rest, batch, reference) -> (state, metrics)`, jitted with the state donated.
 
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...].
-    A preference task's `objective` adds its metrics (TRL's names, means over the step's pairs).
+    A preference task's `objective` adds its metrics (TRL's names, means over the step's pairs);
+    `kl_to_base > 0` adds β x KL(model || the starting model) per training token and logs `kl_to_base`.
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
     `packed=False` promises one document per row (see `losses.loss_terms`).
     With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
     source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing.
     """
     grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed,
-                       num_sources, objective)
+                       num_sources, objective, kl_to_base)
+    metric_names = (*(objective.metric_names if objective else ()), *(("kl_to_base",) if kl_to_base > 0 else ()))
 
     def step(state: TrainState, frozen, rest, batch, reference):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -108,7 +121,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
                 return ((params, frozen_, rest_, reference_), jax.tree.map(jnp.add, acc, out)), None
 
             per_source = (jnp.zeros(num_sources), jnp.zeros(num_sources)) if num_sources else ()
-            per_metric = {k: jnp.zeros(()) for k in objective.metric_names} if objective else {}
+            per_metric = {k: jnp.zeros(()) for k in metric_names}
             zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params), per_source, per_metric)
             carry = ((state.params, frozen, rest, reference), zeros)
             (_, (loss_sum, count, grads, by_source, sums)), _ = jax.lax.scan(
@@ -133,7 +146,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count}
         if num_sources:
             metrics["source_loss_sum"], metrics["source_tokens"] = by_source
-        metrics.update({k: v / count for k, v in sums.items()})  # preference tasks: count is pairs
+        metrics.update({k: v / count for k, v in sums.items()})  # per pair (preference tasks) or per token
         return new_state, metrics
 
     state_sh, frozen_sh, rest_sh, batch_sh, reference_sh = shardings

@@ -78,6 +78,9 @@ class TrainConfig:
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
+    # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
+    # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
+    kl_to_base: float = 0.0
 
 
 @dataclasses.dataclass
@@ -216,6 +219,14 @@ class Config:
         if d.label_smoothing and d.loss not in ("sigmoid", "robust"):
             raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss sigmoid or robust, "
                               f"not {d.loss}")
+        _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
+        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
+            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "
+                              f"{self.task}" + (" (dpo's loss holds its own reference term)" if self.task == "dpo"
+                                                else ""))
+        if self.train.kl_to_base > 0 and self.model.prompt_tuning.num_virtual_tokens > 0:
+            raise ConfigError("train.kl_to_base with prompt tuning: the starting model has no virtual tokens to "
+                              "compare with; set one of them to 0")
         if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
             raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
                               "loss per pair: use data.mixing=static or temperature")

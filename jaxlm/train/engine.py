@@ -83,10 +83,11 @@ def preference_objective(cfg: Config) -> Preference | None:
     return None
 
 
-def reference_copy(objective: Preference | None, trainable: nnx.State) -> nnx.State | None:
-    """What the steps take as `reference`: the trainable parameters as they start, where the objective compares
-    with the starting model and more than LoRA adapters train; None (nothing held: adapters off) otherwise."""
-    if objective is None or not objective.needs_reference:
+def reference_copy(cfg: Config, objective: Preference | None, trainable: nnx.State) -> nnx.State | None:
+    """What the steps take as `reference`: the trainable parameters as they start, where the loss compares with
+    the starting model (dpo, train.kl_to_base) and more than LoRA adapters train; None (nothing held: adapters
+    off) otherwise."""
+    if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0):
         return None
     if all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(trainable)):
         return None
@@ -199,13 +200,13 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetu
     num_sources = len(cfg.data.train) if cfg.data.mixing == "bandit" else 0
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
     objective = preference_objective(cfg)
-    reference = reference_copy(objective, trainable)
+    reference = reference_copy(cfg, objective, trainable)
     reference_sh = None if reference is None else state_sh.params
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
                                  grad_accum=t.grad_accum,
                                  shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh),
                                  chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources,
-                                 objective=objective)
+                                 objective=objective, kl_to_base=t.kl_to_base)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh, reference_sh),
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, objective=objective)
