@@ -2,9 +2,9 @@
 outputs are summed with the router's weights (Mixtral, Qwen3-MoE).
 
 Dropless and grouped: every (token, expert) pair is computed, none dropped for capacity. The
-pairs are sorted by expert and each projection is ONE `jax.lax.ragged_dot` over the expert
-groups, so the work is k tokens' worth of MLP, not num_experts' worth (`dense`, which runs every
-expert on every token and zeroes the unchosen, is kept as the reference the tests compare with).
+pairs are sorted by expert and each projection is one `grouped_matmul` over the expert groups, so
+the work is k tokens' worth of MLP, not num_experts' worth (`dense`, which runs every expert on
+every token and zeroes the unchosen, is kept as the reference the tests compare with).
 
 The router also reports what the load-balancing loss needs (`RouterStats`), summed over the
 layers by the model and turned into transformers' auxiliary loss by `load_balancing_loss`.
@@ -43,6 +43,34 @@ def load_balancing_loss(stats: RouterStats) -> jax.Array:
     return stats.chosen.shape[0] * jnp.sum((stats.chosen / rows) * (stats.probability / rows))
 
 
+def grouped_matmul(rows: jax.Array, kernels: jax.Array, sizes: jax.Array) -> jax.Array:
+    """rows [m, in] sorted by group, `sizes[g]` of them in group g; kernels [groups, in, out] -> [m, out],
+    each row times its group's kernel.
+
+    Each group is padded to whole tiles, and one `lax.scan` multiplies a tile at a time by its group's
+    kernel: about m rows of work (plus under a tile of padding per group), forward and backward.
+    `jax.lax.ragged_dot` computes the same, but XLA lowers it on CPU (and on GPU in jaxlib 0.10) to
+    zero-padded dense matmuls over every group: slower than even the dense form (scripts/bench_moe.py
+    --ragged-dot measures all three)."""
+    m, groups = rows.shape[0], kernels.shape[0]
+    tile = max(8, min(64, 1 << max(0, (m // groups).bit_length() - 1)))  # small batches (decoding): small tiles
+    padded_sizes = (sizes + tile - 1) // tile * tile
+    starts, padded_starts = jnp.cumsum(sizes) - sizes, jnp.cumsum(padded_sizes) - padded_sizes
+    group = jnp.repeat(jnp.arange(groups), sizes, total_repeat_length=m)
+    place = padded_starts[group] + jnp.arange(m) - starts[group]  # each row's slot in the padded layout
+    tiles = -(-(m + groups * (tile - 1)) // tile)  # enough for any split of m rows into the groups
+    padded = jnp.zeros((tiles * tile, rows.shape[1]), rows.dtype).at[place].set(rows)
+    tile_group = jnp.searchsorted(jnp.cumsum(padded_sizes), jnp.arange(tiles) * tile, side="right")
+    tile_group = jnp.minimum(tile_group, groups - 1)  # the unused tiles at the end: zeros, any kernel
+
+    def one_tile(_, tile_and_group):
+        x, g = tile_and_group
+        return None, x @ kernels[g]
+
+    _, out = jax.lax.scan(one_tile, None, (padded.reshape(tiles, tile, -1), tile_group))
+    return out.reshape(tiles * tile, -1)[place]
+
+
 class Experts(nnx.Module):
     """num_experts SwiGLU MLPs as three stacked kernels [experts, in, out], under the HF module names
     `names` = (gate, up, down): ("gate_proj", "up_proj", "down_proj") for Qwen, ("w1", "w3", "w2") for Mixtral."""
@@ -65,8 +93,8 @@ class Experts(nnx.Module):
         order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
         sizes = jnp.bincount(experts.reshape(-1), length=gate.shape[0]).astype(jnp.int32)
         rows = x[order // k]
-        hidden = jax.nn.silu(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)
-        out = jax.lax.ragged_dot(hidden, down, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
+        hidden = jax.nn.silu(grouped_matmul(rows, gate, sizes)) * grouped_matmul(rows, up, sizes)
+        out = grouped_matmul(hidden, down, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
         return jnp.zeros_like(x).at[order // k].add(out)
 
     def dense(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
