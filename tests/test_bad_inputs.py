@@ -98,6 +98,9 @@ def files(tmp_path_factory):
     f["synth_run"] = str(root / "synth_run")  # a folder with data but no run state: not a run to resume
     os.makedirs(f["synth_run"])
     _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
+    pair = '{"prompt": "hi", "chosen": " hello there", "rejected": " the cat"}\n'
+    f["pairs"] = _write(root / "pairs.jsonl", pair * 4)
+    f["same_pair"] = _write(root / "same_pair.jsonl", pair + '{"prompt": "hi", "chosen": "a", "rejected": "a"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
     f.update(_round_two_files(root, f))
@@ -453,6 +456,41 @@ CASES_ROUND_TWO = [
          BAD_INPUT, "chat.jsonl: file exists"),
 ]
 
+CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
+    Case("dpo.loss unknown", train("dpo.loss=bogus", task="dpo", data="pairs"), BAD_INPUT,
+         "dpo.loss='bogus' is not one of sigmoid, robust, hinge, ipo", "config error"),
+    Case("dpo.beta=0", train("dpo.beta=0", task="dpo", data="pairs"), BAD_INPUT, "dpo.beta must be > 0, got 0",
+         "config error"),
+    Case("dpo.label_smoothing=0.5", train("dpo.label_smoothing=0.5", task="dpo", data="pairs"), BAD_INPUT,
+         "dpo.label_smoothing must be in [0, 0.5)", "config error"),
+    Case("dpo.label_smoothing with the hinge loss", train("dpo.label_smoothing=0.1", "dpo.loss=hinge", task="dpo",
+                                                          data="pairs"), BAD_INPUT,
+         "applies to dpo.loss sigmoid or robust, not hinge", "config error"),
+    Case("orpo.beta=-1", train("orpo.beta=-1", task="orpo", data="pairs"), BAD_INPUT, "orpo.beta must be >= 0, got -1",
+         "config error"),
+    Case("simpo.beta=0", train("simpo.beta=0", task="simpo", data="pairs"), BAD_INPUT, "simpo.beta must be > 0, got 0",
+         "config error"),
+    Case("simpo.gamma=-1", train("simpo.gamma=-1", task="simpo", data="pairs"), BAD_INPUT,
+         "simpo.gamma must be >= 0, got -1", "config error"),
+    Case("dpo on chat records", train(task="dpo"), BAD_INPUT,
+         "chat.jsonl:1: task dpo needs 'prompt' + 'chosen' + 'rejected' records, got prompt_completion", "data error"),
+    Case("a pair whose completions are the same", train(task="dpo", data="same_pair"), BAD_INPUT,
+         "same_pair.jsonl:2: fields 'chosen' and 'rejected' are the same completion", "data error"),
+    Case("preference pairs for sft", train(data="pairs"), BAD_INPUT,
+         "pairs.jsonl:1: task sft needs records other than preference pairs", "data error"),
+    Case("train.kl_to_base=-1", train("train.kl_to_base=-1"), BAD_INPUT, "train.kl_to_base must be >= 0, got -1",
+         "config error"),
+    Case("train.kl_to_base with dpo", train("train.kl_to_base=0.1", task="dpo", data="pairs"), BAD_INPUT,
+         "train.kl_to_base=0.1 applies to task sft or causal_lm, not dpo", "config error"),
+    Case("bandit mixing of pairs", train("data.mixing=bandit", task="dpo", data="pairs"), BAD_INPUT,
+         "data.mixing=bandit learns from each source's token loss; task dpo has one loss per pair", "config error"),
+    Case("dpo on an encoder (was a TypeError)", train(task="dpo", data="pairs", model="bert"), BAD_INPUT,
+         "task=dpo trains a causal language model", "config error"),
+    Case("eval of preference pairs", evaluate("--data", "{pairs}", "--out", "{out}/e"),
+         BAD_INPUT, "--data: preference pairs are scored while training"),
+]
+
+
 def _snapshot(*folders) -> dict[str, str]:
     found = {}
     for folder in folders:
@@ -476,7 +514,8 @@ def assert_one_line(err: str, case_says: str, label: str = "") -> str:
     return last
 
 
-@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO, ids=[c.name for c in CASES + CASES_ROUND_TWO])
+@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO + CASES_PREFERENCE,
+                         ids=[c.name for c in CASES + CASES_ROUND_TWO + CASES_PREFERENCE])
 def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
     if case.setup:
         case.setup(monkeypatch)

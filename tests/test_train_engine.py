@@ -139,7 +139,8 @@ def matmul_operand_types(hlo_text: str) -> list[tuple[str, str]]:
 def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
     """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands."""
     _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32", lora=lora)
-    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch())).as_text()
+    text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch()),
+                                    engine.reference).as_text()
     operands = matmul_operand_types(text)
     float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
     assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"
@@ -177,3 +178,12 @@ def test_lora_layers_are_swapped_in_place_for_the_named_targets(llama_dir):
     jaxlm.models.lora.apply_lora(model, ["q", "v"], 4, 8.0)
     wrapped = [".".join(map(str, p)) for p, m in nnx.iter_modules(model) if isinstance(m, LoRALinear)]
     assert wrapped == [f"layers.{i}.self_attn.{n}" for i in range(2) for n in ("q_proj", "v_proj")]
+
+
+def test_kl_to_base_in_full_fine_tuning_starts_at_zero_and_grows(llama_dir):
+    """train.kl_to_base compares with a frozen copy of the starting weights: 0 before the first update (up to
+    rounding: the differentiated forward pass is fused differently), then more."""
+    _, engine = engine_for(llama_dir, "train.kl_to_base=0.5")
+    assert engine.reference is not None  # full fine-tuning holds the starting weights
+    first, second = (jax.device_get(engine.step(lm_batch(seed))) for seed in (0, 1))
+    assert abs(first["kl_to_base"]) < 1e-6 and second["kl_to_base"] > 1e-4

@@ -119,3 +119,19 @@ def test_eval_accuracy_and_the_split_by_source_agree_with_the_plain_logits(num_s
         hits = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * weights)
         assert float(terms.correct) == float(hits) and float(hits) > 0
     np.testing.assert_allclose(terms.loss_sum, want, rtol=1e-5)
+
+
+def test_kl_to_the_starting_model_is_the_kl_of_the_two_softmaxes_chunked_or_not():
+    """train.kl_to_base's term: sum over counted tokens of KL(p || q), p the model's and q the reference's softmax."""
+    rng = np.random.default_rng(0)
+    hidden, reference_hidden = (jnp.asarray(rng.normal(size=(3, 10, 8)), jnp.float32) for _ in range(2))
+    weights = jnp.asarray(rng.integers(0, 2, size=(3, 10)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(8, 40)), jnp.float32)
+    projects = type("Head", (), {"logits": staticmethod(lambda h: h @ head)})  # what the KL reads of a model
+    log_p = jax.nn.log_softmax(np.asarray(hidden @ head, np.float64), -1)
+    log_q = jax.nn.log_softmax(np.asarray(reference_hidden @ head, np.float64), -1)
+    expected = np.sum(np.sum(np.exp(log_p) * (log_p - log_q), -1) * np.asarray(weights))
+    for chunk_tokens in (0, 7):  # 7: chunks of 2 positions of all 3 rows, the last one padded
+        kl = losses.kl_to_reference(hidden, projects, reference_hidden, projects, weights, chunk_tokens)
+        np.testing.assert_allclose(float(kl), expected, rtol=1e-5)
+    assert float(losses.kl_to_reference(hidden, projects, hidden, projects, weights, 7)) == 0.0

@@ -10,6 +10,7 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 * token_classification: BERT tagger, `labels` of -100 are ignored (only first sub-tokens count).
 * classification: BERT sequence classifier, one label per row (softmax cross-entropy over the
   classes, binary included); a row labelled -100 (padding of the last eval batch) does not count.
+* dpo / orpo / simpo: pairs of completions, one loss per pair (compute/preference.py).
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.compute import preference
 from jaxlm.models.llama_moe import router_aux_loss
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
-from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS
+from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PAIR_KEYS, PREFERENCE_TASKS
 
 BATCH_KEYS = {
     "sft": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "causal_lm": ("input_ids", "targets", "loss_mask", "segment_ids", "positions"),
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
+    **dict.fromkeys(PREFERENCE_TASKS, PAIR_KEYS),  # each [batch, 2, seq]: a chosen and a rejected row
 }
 BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
 
@@ -39,10 +42,12 @@ class LossTerms(NamedTuple):
     class_logits: jax.Array | None  # classification tasks: the logits, for the eval step's predictions
     by_source: tuple = ()  # with num_sources: (loss sums, token counts), each [num_sources] (bandit mixing)
     correct: jax.Array | None = None  # with count_correct: how many counted tokens (rows) the argmax gets right
+    sums: dict | None = None  # preference tasks: {metric name: sum over the counted pairs}
 
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
-               num_sources: int = 0, count_correct: bool = False) -> LossTerms:
+               num_sources: int = 0, count_correct: bool = False,
+               objective: preference.Preference | None = None, reference_logps=None, kl=None) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
@@ -50,7 +55,16 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     takes per-row lengths, which flash-attention kernels accept, instead of segment ids.
     `num_sources > 0` also splits the loss by the batch's `source_id`; that needs each token's loss,
     so the language-model loss is then computed unchunked. `count_correct` (evaluation: no gradients)
-    also counts the argmax hits, for token or class accuracy."""
+    also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
+    and dpo the reference model's `completion_logps` of the batch. `kl` = (reference model, β) adds
+    β x KL(model || reference) per counted token to a language-model loss (train.kl_to_base), its sum in
+    `sums["kl_to_base"]`."""
+    if task in PREFERENCE_TASKS:
+        assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
+        logps, tokens = completion_logps(model, batch, chunk_tokens)
+        loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
+        balance = None if count_correct else router_aux_loss(model)  # training only, once per pair (as TRL)
+        return LossTerms(loss_sum if balance is None else loss_sum + balance * count, count, None, sums=sums)
     if task in LABELLED_TASKS:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
@@ -72,12 +86,62 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     # token like the loss it joins, as transformers adds it; evaluation above reports the LM loss alone.
     balance = router_aux_loss(model)
     extra = 0.0 if balance is None else balance * jnp.sum(weights)
+    sums = None
+    if kl is not None:
+        reference, beta = kl
+        reference_hidden = jax.lax.stop_gradient(reference(ids, positions=positions, return_hidden=True, **documents))
+        sums = {"kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens)}
+        extra = extra + beta * sums["kl_to_base"]
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])
         by_source = source_terms(nll, weights, batch["source_id"], num_sources)
-        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source)
+        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source, sums=sums)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
-    return LossTerms(loss_sum + extra, jnp.sum(weights), None)
+    return LossTerms(loss_sum + extra, jnp.sum(weights), None, sums=sums)
+
+
+def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(summed completion log-probs, completion token counts), each float32 [pairs, 2], of a preference batch
+    ([pairs, 2, seq] arrays, see compute/preference.py): one forward of chosen and rejected together."""
+    pairs, _, seq = batch["input_ids"].shape
+    flat = lambda x: x.reshape(2 * pairs, seq)  # noqa: E731  [pairs, 2, seq] -> [chosen0, rejected0, chosen1, ...]
+    lengths = jnp.sum(flat(batch["attention_mask"]), axis=-1, dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (2 * pairs, seq))
+    hidden = model(flat(batch["input_ids"]), positions=positions, lengths=lengths, return_hidden=True)
+    mask = flat(batch["completion_mask"]).astype(jnp.float32)
+    logps = -sequence_nll(hidden, model, flat(batch["targets"]), mask, chunk_tokens)
+    return logps.reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
+
+
+def sequence_nll(hidden, model, targets, weights, chunk_tokens: int):
+    """Per row, the sum over its tokens of weights * -log softmax(model.logits(hidden))[target]: float32 [rows].
+    Chunked as `cross_entropy` (each chunk's logits recomputed backward), so [rows, seq, vocab] float32 logits
+    never exist at once."""
+    per_row = lambda h, t, w: jnp.sum(_token_nll(model.logits(h), t) * w, axis=-1)  # noqa: E731
+    chunks = _chunks(hidden, targets, weights, chunk_tokens)
+    if chunks is None:
+        return per_row(hidden, targets, weights)
+    per_chunk = jax.checkpoint(per_row)
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + per_chunk(*xs), None), jnp.zeros(targets.shape[0], jnp.float32),
+                            chunks)
+    return total
+
+
+def kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens: int):
+    """Sum over tokens of weights * KL(softmax(model.logits(hidden)) || softmax(reference.logits(reference_hidden))),
+    in float32; chunked as `cross_entropy` (each chunk recomputed backward). No gradient reaches the reference."""
+
+    def per_chunk(h, r, w):
+        log_p = jax.nn.log_softmax(model.logits(h).astype(jnp.float32), -1)
+        log_q = jax.lax.stop_gradient(jax.nn.log_softmax(reference.logits(r).astype(jnp.float32), -1))
+        return jnp.sum(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1) * w)
+
+    chunks = _chunked((hidden, reference_hidden, weights), chunk_tokens)
+    if chunks is None:
+        return per_chunk(hidden, reference_hidden, weights)
+    checkpointed = jax.checkpoint(per_chunk)
+    total, _ = jax.lax.scan(lambda acc, xs: (acc + checkpointed(*xs), None), jnp.zeros((), jnp.float32), chunks)
+    return total
 
 
 def source_terms(nll, weights, source_ids, num_sources: int):
@@ -133,18 +197,22 @@ def nll_and_correct(hidden, model, targets, weights, chunk_tokens: int):
 
 def _chunks(hidden, targets, weights, chunk_tokens: int):
     """hidden, targets, weights as [chunks, batch, width, ...] (see `cross_entropy`); None if one chunk holds all."""
-    batch, seq = targets.shape
+    return _chunked((hidden, targets, weights), chunk_tokens)
+
+
+def _chunked(arrays: tuple, chunk_tokens: int):
+    """Each of `arrays` ([batch, seq, ...], the last one the weights) as [chunks, batch, width, ...]; None if one
+    chunk holds all."""
+    batch, seq = arrays[-1].shape
     if chunk_tokens <= 0 or batch * seq <= chunk_tokens:
         return None
     width = max(1, chunk_tokens // batch)
     pad = -seq % width
     if pad:  # padded positions carry weight 0
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets, weights = jnp.pad(targets, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+        arrays = tuple(jnp.pad(x, ((0, 0), (0, pad), *((0, 0),) * (x.ndim - 2))) for x in arrays)
     count = (seq + pad) // width
     # [batch, chunks * width, ...] -> [chunks, batch, width, ...]: the scan walks the leading axis.
-    split = lambda x: jnp.moveaxis(x.reshape(batch, count, width, *x.shape[2:]), 1, 0)  # noqa: E731
-    return split(hidden), split(targets), split(weights)
+    return tuple(jnp.moveaxis(x.reshape(batch, count, width, *x.shape[2:]), 1, 0) for x in arrays)
 
 
 def _token_nll(logits, targets):

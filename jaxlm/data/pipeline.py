@@ -43,11 +43,12 @@ from jaxlm.data.config import MAX_RECORD_CHARS, AugmentConfig, DataConfig
 from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder, label_of, sorted_labels, word_tags
 from jaxlm.data.mixing import RowMixer, mix, mixture_weights
 from jaxlm.data.ner_augment import MentionPool, NerAugmenter
+from jaxlm.data.preference import PreferenceEncoder
 from jaxlm.data.records import DataError, ReadStats
 from jaxlm.data.repairs import PIECE_CHARS, cap_length, text_pieces, to_iob2
 from jaxlm.data.sources import Selection, as_source_config, record_to_json, selected_records
 from jaxlm.errors import warn
-from jaxlm.tasks import IGNORE_LABEL, TASKS
+from jaxlm.tasks import IGNORE_LABEL, PREFERENCE_TASKS, TASKS
 
 STATE_VERSION = 1
 
@@ -133,6 +134,8 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         dataset = dataset.batch(stages.PYTHON_BATCH)
         if augmenters:
             dataset = stages.augment(dataset, *augmenters)
+        if task in PREFERENCE_TASKS:  # pairs are rows of their own, never packed
+            return stages.encode_rows(dataset, PreferenceEncoder(tokenizer, seq_len=seq_len), faults)
         if task in ("token_classification", "classification"):
             encoder = NerEncoder if task == "token_classification" else ClassificationEncoder
             return stages.encode_rows(dataset, encoder(tokenizer, label_names=label_names, seq_len=seq_len), faults)
@@ -182,6 +185,10 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
             elif task == "token_classification" and record.kind != "ner":
                 raise DataError(record.path, record.line, "token_classification needs 'tokens' + 'tags' records "
                                 f"(or a CoNLL file), got {record.kind}")
+            elif (task in PREFERENCE_TASKS) != (record.kind == "preference"):
+                raise DataError(record.path, record.line, f"task {task} needs " + (
+                    f"'prompt' + 'chosen' + 'rejected' records, got {record.kind}" if task in PREFERENCE_TASKS
+                    else "records other than preference pairs ('chosen' and 'rejected' are for dpo, orpo, simpo)"))
         except DataError as error:
             if on_error == "raise":
                 raise
@@ -298,8 +305,9 @@ class Pipeline:
         sources = batch["source_id"]
         if "positions" in batch:  # an example is a packed document (or chunk)
             starts = sources[(batch["positions"] == 0) & (sources >= 0)]
-        else:  # token or text classification: one sentence per row
-            starts = sources[:, 0][sources[:, 0] >= 0]
+        else:  # token or text classification, preference pairs: one example per row, its first token
+            firsts = sources.reshape(len(sources), -1)[:, 0]
+            starts = firsts[firsts >= 0]
         self._examples += np.bincount(starts, minlength=len(self._examples))
         self._tokens += np.bincount(sources[sources >= 0], minlength=len(self._tokens))
 

@@ -3,9 +3,11 @@
 Three on-disk formats are understood:
 
 * **jsonl** (`.jsonl`, `.json` holding one JSON object per line). Each object is
-  normalised to one of four record kinds, picked by which fields it has:
-  ``messages`` -> ``messages``; ``prompt`` + ``completion`` -> ``prompt_completion``;
-  ``text`` -> ``text``; ``tokens`` + ``tags`` -> ``ner``. ``fields`` renames the
+  normalised to one of five record kinds, picked by which fields it has:
+  ``chosen``/``rejected`` -> ``preference`` (with ``prompt``: TRL's standard form of three
+  strings, or its conversational form of three message lists); ``messages`` -> ``messages``;
+  ``prompt`` + ``completion`` -> ``prompt_completion``; ``text`` -> ``text``;
+  ``tokens`` + ``tags`` -> ``ner``. ``fields`` renames the
   file's field names to these canonical ones (``{"text": "body"}``). Every other
   key of the object (provenance, ``source``, ``passage_id``...) is kept in ``data``.
 * **text** (`.txt`, `.md`): a whole file is ONE document (``{"text": ...}``).
@@ -36,7 +38,7 @@ from typing import Any
 from jaxlm.errors import UserError
 from jaxlm.text.messages import check_messages
 
-RECORD_KINDS = ("messages", "prompt_completion", "text", "ner")
+RECORD_KINDS = ("messages", "prompt_completion", "text", "ner", "preference")
 FORMATS = ("auto", "jsonl", "text", "conll")
 MAX_KEPT_ERRORS = 20  # ReadStats keeps the first few messages, the count is exact
 
@@ -64,7 +66,8 @@ class Record:
 
     ``kind`` is one of :data:`RECORD_KINDS`; ``data`` holds
     ``{"messages": [{"role", "content"}, ...]}``, ``{"prompt", "completion"}``,
-    ``{"text"}`` or ``{"tokens": [...], "tags": [...]}``, plus any extra keys.
+    ``{"text"}``, ``{"tokens": [...], "tags": [...]}`` or ``{"prompt", "chosen", "rejected"}``,
+    plus any extra keys.
     """
 
     path: str
@@ -199,8 +202,11 @@ def normalize_json(obj: Any, fields: dict[str, str] | None = None) -> tuple[str,
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
     fields = fields or {}
     renamed_from = {fields.get(name, name): name for name in
-                    ("messages", "prompt", "completion", "text", "tokens", "tags")}
+                    ("messages", "prompt", "completion", "text", "tokens", "tags", "chosen", "rejected")}
     data = {renamed_from.get(key, key): value for key, value in obj.items()}
+    if "chosen" in data or "rejected" in data:
+        check_preference(data, fields)
+        return "preference", data
     if "messages" in data:
         check_messages(data["messages"])
         return "messages", data
@@ -216,6 +222,34 @@ def normalize_json(obj: Any, fields: dict[str, str] | None = None) -> tuple[str,
         return "ner", data
     wanted = ", ".join(repr(fields.get(n, n)) for n in ("messages", "prompt", "text", "tokens"))
     raise ValueError(f"missing field: expected one of {wanted} (keys present: {sorted(obj)})")
+
+
+PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
+
+
+def check_preference(data: dict, fields: dict) -> None:
+    """ValueError unless `data` is a preference pair that can teach something: prompt, chosen and rejected all
+    strings (TRL's standard form) or all message lists (its conversational form), with non-empty, different
+    completions."""
+    name = {field: repr(fields.get(field, field)) for field in PREFERENCE_FIELDS}
+    for field in PREFERENCE_FIELDS:
+        if field not in data:
+            raise ValueError(f"missing field {name[field]} (a preference record has {', '.join(name.values())})")
+    values = [data[field] for field in PREFERENCE_FIELDS]
+    if all(isinstance(v, list) for v in values):
+        for field in PREFERENCE_FIELDS:
+            check_messages(data[field], fields.get(field, field))
+        empty = [f for f in ("chosen", "rejected") if not any(m["content"].strip() for m in data[f])]
+    elif all(isinstance(v, str) for v in values):
+        empty = [f for f in ("chosen", "rejected") if not data[f].strip()]
+    else:
+        raise ValueError(f"{', '.join(name.values())} must all be strings (standard form) or all message lists "
+                         f"(conversational form), got {', '.join(type(v).__name__ for v in values)}")
+    if empty:
+        raise ValueError(f"field {name[empty[0]]} is an empty completion")
+    if data["chosen"] == data["rejected"]:
+        raise ValueError(f"fields {name['chosen']} and {name['rejected']} are the same completion: "
+                         "the pair prefers nothing")
 
 
 def _check_string(data: dict, name: str, fields: dict) -> None:

@@ -37,13 +37,12 @@ def cap_length(record: Record, max_chars: int, *, split_text: bool = False) -> t
         prompt = data["prompt"][:max_chars]
         data = {**data, "prompt": prompt, "completion": data["completion"][:max_chars - len(prompt)]}
     elif record.kind == "messages":
-        kept, left = [], max_chars
-        for message in data["messages"]:
-            if left <= 0:
-                break
-            kept.append({**message, "content": message["content"][:left]})
-            left -= len(kept[-1]["content"])
-        data = {**data, "messages": kept}
+        data = {**data, "messages": _first_chars(data["messages"], max_chars)}
+    elif record.kind == "preference":  # each completion is read after the prompt: each keeps what is left
+        prompt = _first_chars(data["prompt"], max_chars)
+        left = max_chars - _length(prompt)
+        data = {**data, "prompt": prompt, "chosen": _first_chars(data["chosen"], left),
+                "rejected": _first_chars(data["rejected"], left)}
     else:  # ner
         count, left = 0, max_chars
         for token in data["tokens"]:
@@ -55,6 +54,23 @@ def cap_length(record: Record, max_chars: int, *, split_text: bool = False) -> t
     return [dataclasses.replace(record, data=data)], "truncated"
 
 
+def _first_chars(content: str | list[dict], max_chars: int) -> str | list[dict]:
+    """A text's, or a message list's, first `max_chars` characters of content (later messages dropped)."""
+    if isinstance(content, str):
+        return content[:max(max_chars, 0)]
+    kept, left = [], max_chars
+    for message in content:
+        if left <= 0:
+            break
+        kept.append({**message, "content": message["content"][:left]})
+        left -= len(kept[-1]["content"])
+    return kept
+
+
+def _length(content: str | list[dict]) -> int:
+    return len(content) if isinstance(content, str) else sum(len(m["content"]) for m in content)
+
+
 def _content_length(record: Record) -> int:
     data = record.data
     if record.kind == "text":
@@ -62,7 +78,9 @@ def _content_length(record: Record) -> int:
     if record.kind == "prompt_completion":
         return len(data["prompt"]) + len(data["completion"])
     if record.kind == "messages":
-        return sum(len(m["content"]) for m in data["messages"])
+        return _length(data["messages"])
+    if record.kind == "preference":
+        return _length(data["prompt"]) + max(_length(data["chosen"]), _length(data["rejected"]))
     return sum(map(len, data["tokens"]))
 
 

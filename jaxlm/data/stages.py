@@ -31,6 +31,7 @@ import tensorflow as tf
 from jaxlm.data.augment import Augmenter
 from jaxlm.data.encode import ClassificationEncoder, LMEncoder, NerEncoder
 from jaxlm.data.ner_augment import NerAugmenter
+from jaxlm.data.preference import PreferenceEncoder
 from jaxlm.errors import UserError
 
 PYTHON_BATCH = 64  # records per numpy_function call: amortises the TF <-> Python hop
@@ -155,26 +156,32 @@ def encode_documents(dataset: tf.data.Dataset, encoder: LMEncoder, faults: Fault
             .unbatch())
 
 
-def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder | ClassificationEncoder,
+def encode_rows(dataset: tf.data.Dataset, encoder: NerEncoder | ClassificationEncoder | PreferenceEncoder,
                 faults: Faults) -> tf.data.Dataset:
-    """Batched records -> one fixed-length row per record (token or text classification)."""
+    """Batched records -> one fixed-length row per record (token or text classification, preference pairs).
+
+    `encoder.ROW_SHAPES` names each output's shape after the row axis: "seq" [seq_len], "pair"
+    [2, seq_len] (a chosen and a rejected sequence), "" none."""
     keys = tuple(encoder.ROW_SHAPES)
+    shape = {k: {"seq": [encoder.seq_len], "pair": [2, encoder.seq_len], "": []}[encoder.ROW_SHAPES[k]] for k in keys}
 
     def encode_batch(records):
         encoded = encoder.encode(_records(records))
         return tuple(encoded[k] for k in keys)
 
-    empty = tuple(np.zeros([0, encoder.seq_len] if encoder.ROW_SHAPES[k] == "seq" else [0], np.int32) for k in keys)
+    empty = tuple(np.zeros([0, *shape[k]], np.int32) for k in keys)
 
     def stage(batch):
         *arrays, failed = tf.numpy_function(_guarded(encode_batch, faults, empty), [batch["record"]],
                                             [tf.int32] * len(keys) + [tf.bool], stateful=False)
         row = dict(zip(keys, arrays, strict=False))
         for key, value in row.items():
-            value.set_shape([None, encoder.seq_len] if encoder.ROW_SHAPES[key] == "seq" else [None])
+            value.set_shape([None, *shape[key]])
         failed.set_shape([])
         rows = tf.shape(row["input_ids"])[0]  # 0 once failed
-        row["source_id"] = tf.where(row["attention_mask"] > 0, batch["source_id"][:rows, None], -1)
+        tokens = row["attention_mask"] > 0
+        sources = tf.reshape(batch["source_id"][:rows], [-1] + [1] * (tokens.shape.rank - 1))
+        row["source_id"] = tf.where(tokens, sources, -1)
         return row, failed
 
     return (dataset.map(stage, num_parallel_calls=tf.data.AUTOTUNE)

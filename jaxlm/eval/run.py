@@ -19,10 +19,10 @@ from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
 from jaxlm.eval.answers import answer, general_check
 from jaxlm.outputs import check_output, plain, replacing
-from jaxlm.tasks import IGNORE_LABEL, TASKS
+from jaxlm.tasks import IGNORE_LABEL, PREFERENCE_TASKS, TASKS
 
 CLASSIFICATION = "classification"
-EVAL_TASKS = TASKS
+EVAL_TASKS = tuple(t for t in TASKS if t not in PREFERENCE_TASKS)  # pairs are scored while training
 CLASSIFY_TOKENS = 8  # a generated label needs a few tokens at most
 
 
@@ -122,7 +122,7 @@ def pick_task(asked: str, run_task: str | None, model, first_record) -> str:
     """The task asked for; or the training run's; or what the model's head and the records say."""
     if asked != "auto":
         return asked
-    if run_task:
+    if run_task and run_task not in PREFERENCE_TASKS:  # a preference run is a causal LM: the records say
         return run_task
     from jaxlm.models import architecture_of
     from jaxlm.models.contract import is_causal_lm
@@ -138,6 +138,9 @@ def pick_task(asked: str, run_task: str | None, model, first_record) -> str:
         return CLASSIFICATION
     if first_record.kind == "text":
         return "causal_lm"
+    if first_record.kind == "preference":
+        raise UserError("--data: preference pairs are scored while training (task dpo, orpo or simpo: the "
+                        "eval_rewards/* rows of metrics.jsonl, data.test in test_metrics.json), not by jaxlm eval")
     raise UserError(f"--task: {first_record.kind} records need a token-classification model, not {name}")
 
 

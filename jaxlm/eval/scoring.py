@@ -6,7 +6,8 @@ built by `batch_evaluator`) and turns what comes back into the scores of `metric
 
 * sft / causal_lm: loss, perplexity and next-token accuracy over the tokens the loss counts;
 * token_classification: seqeval's entity scores and report, and a per-tag report;
-* classification: accuracy, macro-F1, per-class report, confusion matrix.
+* classification: accuracy, macro-F1, per-class report, confusion matrix;
+* dpo / orpo / simpo: the loss per pair and the objective's metrics (TRL's `rewards/*`, `logps/*`), means over pairs.
 
 The host waits for the device once, after the last batch.
 """
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxlm.eval import metrics
-from jaxlm.tasks import IGNORE_LABEL
+from jaxlm.tasks import IGNORE_LABEL, PREFERENCE_TASKS
 
 LM_TASKS = ("sft", "causal_lm")
 
@@ -38,6 +39,11 @@ def score_batches(evaluate: Callable, batches: Iterable[dict], task: str,
         outputs.append(evaluate(batch))
         if "labels" in batch:
             labels.append(batch["labels"])
+    if task in PREFERENCE_TASKS:  # (loss_sum, count, ..., {metric: sum}) per batch: means over the pairs
+        got = jax.device_get([(o[0], o[1], o[4]) for o in outputs])
+        pairs = max(float(sum(c for _, c, _ in got)), 1.0)
+        totals = {k: float(sum(m[k] for _, _, m in got)) / pairs for k in (got[0][2] if got else {})}
+        return {"loss": float(sum(loss for loss, _, _ in got)) / pairs, **totals}, []
     sums = jax.device_get([o[:3] for o in outputs])
     loss_sum, count, correct = (float(sum(np.sum(s[i]) for s in sums)) for i in range(3))
     if task in LM_TASKS:
@@ -80,14 +86,14 @@ def batch_evaluator(model, task: str, compute_dtype: str = "float32") -> Callabl
     rest_sh = jax.tree.map(lambda _: sharding.replicated(mesh), rest)
     batch_sh = sharding.batch_sharding(mesh, accumulated=False)
     step = make_eval_step(graphdef, task=task, compute_dtype=jax.numpy.dtype(compute_dtype),
-                          shardings=(params_sh, frozen_sh, rest_sh, batch_sh))
+                          shardings=(params_sh, frozen_sh, rest_sh, batch_sh, None))
     params, frozen, rest = (jax.device_put(t, s) for t, s in ((params, params_sh), (frozen, frozen_sh),
                                                             (rest, rest_sh)))
 
     def evaluate(batch: dict):
         arrays = {k: jax.make_array_from_process_local_data(batch_sh, np.asarray(v))
                   for k, v in batch_for(task, batch).items()}
-        return step(params, frozen, rest, arrays)
+        return step(params, frozen, rest, arrays, None)
 
     return evaluate
 

@@ -21,7 +21,7 @@ from jaxlm.assets import AssetMissing, package_file
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
 from jaxlm.errors import ConfigError, warn
-from jaxlm.tasks import TASKS
+from jaxlm.tasks import LABELLED_TASKS, PREFERENCE_TASKS, TASKS
 from jaxlm.train.overrides import build, merge, nest
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -78,6 +78,9 @@ class TrainConfig:
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
+    # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
+    # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
+    kl_to_base: float = 0.0
 
 
 @dataclasses.dataclass
@@ -111,6 +114,25 @@ class ExportConfig:
 
 
 GGUF_TYPES = ("", "f32", "f16", "q8_0")
+DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")  # compute.preference's, named here without importing jax
+
+
+@dataclasses.dataclass
+class DpoConfig:
+    beta: float = 0.1  # how far from the reference (the starting model) the rewards may pull: higher stays closer
+    loss: str = "sigmoid"  # sigmoid (DPO) | robust (robust DPO) | hinge (SLiC) | ipo (IPO)
+    label_smoothing: float = 0.0  # in [0, 0.5): the share of flipped labels assumed (sigmoid: conservative DPO)
+
+
+@dataclasses.dataclass
+class OrpoConfig:
+    beta: float = 0.1  # λ, the weight of the odds-ratio term beside the chosen completions' NLL (TRL's beta)
+
+
+@dataclasses.dataclass
+class SimpoConfig:
+    beta: float = 2.0  # scale of the length-normalised rewards
+    gamma: float = 0.5  # the target reward margin γ between chosen and rejected
 
 
 def _default_data() -> DataConfig:
@@ -122,13 +144,16 @@ def _default_data() -> DataConfig:
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    task: str = "sft"  # sft | causal_lm | token_classification | classification
+    task: str = "sft"  # sft | causal_lm | token_classification | classification | dpo | orpo | simpo
     data: DataConfig = dataclasses.field(default_factory=_default_data)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    dpo: DpoConfig = dataclasses.field(default_factory=DpoConfig)
+    orpo: OrpoConfig = dataclasses.field(default_factory=OrpoConfig)
+    simpo: SimpoConfig = dataclasses.field(default_factory=SimpoConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
     def validate(self) -> Config:
@@ -144,7 +169,7 @@ class Config:
         _choice("model.remat", self.model.remat, tuple(REMAT))
         if self.export.gguf not in GGUF_TYPES:
             raise ConfigError(f"export.gguf={self.export.gguf!r} is not one of f32, f16, q8_0 (or \"\" for no GGUF)")
-        if self.export.gguf and self.task not in ("sft", "causal_lm"):
+        if self.export.gguf and self.task in LABELLED_TASKS:
             raise ConfigError(f"export.gguf: GGUF files hold causal language models; task is {self.task}")
         if self.export.gguf and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("export.gguf: llama.cpp has no virtual tokens, so model.gguf would be the untrained "
@@ -171,6 +196,7 @@ class Config:
         if self.model.lora.rank > 0 and not self.model.lora.targets:
             raise ConfigError("model.lora.targets is empty: name the layers to adapt, or set model.lora.rank=0")
         self._validate_tuning()
+        self._validate_preference()
         self.data.validate("data")
         every = self.data.bandit.update_every
         if self.data.mixing == "bandit" and every % t.log_every:
@@ -180,6 +206,30 @@ class Config:
             raise ConfigError(f"eval.early_stopping_patience={e.early_stopping_patience} needs evaluation data: "
                               "set data.eval or data.eval_fraction")
         return self
+
+    def _validate_preference(self) -> None:
+        """The dpo, orpo and simpo constants (checked whatever the task: a preset may set them for later)."""
+        d = self.dpo
+        _choice("dpo.loss", d.loss, DPO_LOSSES)
+        _above(0, {"dpo.beta": d.beta, "simpo.beta": self.simpo.beta})
+        _at_least(0, {"orpo.beta": self.orpo.beta, "simpo.gamma": self.simpo.gamma})
+        if not 0 <= d.label_smoothing < 0.5:
+            raise ConfigError(f"dpo.label_smoothing must be in [0, 0.5) (the share of flipped labels), "
+                              f"got {d.label_smoothing}")
+        if d.label_smoothing and d.loss not in ("sigmoid", "robust"):
+            raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss sigmoid or robust, "
+                              f"not {d.loss}")
+        _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
+        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
+            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "
+                              f"{self.task}" + (" (dpo's loss holds its own reference term)" if self.task == "dpo"
+                                                else ""))
+        if self.train.kl_to_base > 0 and self.model.prompt_tuning.num_virtual_tokens > 0:
+            raise ConfigError("train.kl_to_base with prompt tuning: the starting model has no virtual tokens to "
+                              "compare with; set one of them to 0")
+        if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
+            raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
+                              "loss per pair: use data.mixing=static or temperature")
 
     def _validate_tuning(self) -> None:
         """Prompt tuning, partial freezing and the label set given in config_overrides."""
@@ -240,6 +290,12 @@ def _is_label_map(labels) -> bool:
 def _choice(key, value, allowed):
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _above(minimum, values: dict) -> None:
+    for key, value in values.items():
+        if not value > minimum:  # also catches NaN
+            raise ConfigError(f"{key} must be > {minimum}, got {value}")
 
 
 def _at_least(minimum, values: dict) -> None:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.tasks import sequences_per_example
 from jaxlm.train.config import Config, resolve_path
 
 
@@ -88,9 +89,11 @@ def dry_run(cfg: Config) -> dict:
 def describe(report: dict, cfg: Config) -> str:
     t = cfg.train
     size = lambda key: _bytes(report[key])  # noqa: E731
+    pair = sequences_per_example(cfg.task)  # a preference pair: 2 sequences
+    rows = f"{t.batch_size} x {pair}" if pair > 1 else f"{t.batch_size}"
     return "\n".join([
         f"dry run: {report['model']}, {report['params']:,} parameters ({report['trainable']:,} trained), "
-        f"batch {t.batch_size} x {t.seq_len} (grad_accum {t.grad_accum}), compute {t.compute_dtype}, "
+        f"batch {rows} x {t.seq_len} (grad_accum {t.grad_accum}), compute {t.compute_dtype}, "
         f"{report['devices']} device(s); attention {cfg.model.attention}, scan_layers {cfg.model.scan_layers}, "
         f"remat {cfg.model.remat}, loss_chunk_tokens {t.loss_chunk_tokens}",
         f"compiled the train step in {report['compile_seconds']:.1f}s",
@@ -99,6 +102,6 @@ def describe(report: dict, cfg: Config) -> str:
         f"code {size('code')}; the step needs {size('total')}",
         f"FLOPs per step: {_flops(report['flops'])} per device (XLA cost analysis"
         f"{' of the unrolled twin' if cfg.model.scan_layers else ''}), "
-        f"{_flops(report['flops'] * report['devices'] / (t.batch_size * t.seq_len))} per token",
+        f"{_flops(report['flops'] * report['devices'] / (t.batch_size * pair * t.seq_len))} per token",
         "nothing was loaded, trained or written",
     ])

@@ -17,6 +17,7 @@ from flax import nnx
 from flax.nnx import filterlib
 
 from jaxlm.compute import losses, sharding
+from jaxlm.compute.preference import Preference
 from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_modules
@@ -24,7 +25,7 @@ from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
-from jaxlm.tasks import LABELLED_TASKS
+from jaxlm.tasks import LABELLED_TASKS, PREFERENCE_TASKS
 from jaxlm.train.config import Config
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
 
@@ -71,6 +72,28 @@ def _path_search(patterns: tuple[str, ...]):
     return matches
 
 
+def preference_objective(cfg: Config) -> Preference | None:
+    """The preference task's objective with its constants from the config; None for other tasks."""
+    if cfg.task == "dpo":
+        return Preference("dpo", cfg.dpo.beta, cfg.dpo.loss, cfg.dpo.label_smoothing)
+    if cfg.task == "orpo":
+        return Preference("orpo", cfg.orpo.beta)
+    if cfg.task == "simpo":
+        return Preference("simpo", cfg.simpo.beta, gamma=cfg.simpo.gamma)
+    return None
+
+
+def reference_copy(cfg: Config, objective: Preference | None, trainable: nnx.State) -> nnx.State | None:
+    """What the steps take as `reference`: the trainable parameters as they start, where the loss compares with
+    the starting model (dpo, train.kl_to_base) and more than LoRA adapters train; None (nothing held: adapters
+    off) otherwise."""
+    if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0):
+        return None
+    if all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(trainable)):
+        return None
+    return trainable
+
+
 def check_trainable(model, cfg: Config, wrt) -> None:
     """ConfigError when `model.train_only` selects nothing, or a kernel that also has a LoRA adapter."""
     if not cfg.model.train_only:
@@ -94,12 +117,14 @@ class Engine:
     state: TrainState
     frozen: nnx.State  # parameters that are not trained (the base model under LoRA)
     rest: nnx.State  # non-parameter state, e.g. dropout RNG streams
+    reference: nnx.State | None  # dpo in full: the trainable parameters as they started (compute dtype)
     state_sharding: TrainState  # of NamedShardings: the state's layout
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    # jitted (state, frozen, rest, batch) -> (state, metrics), state donated; compiled by `compile`
+    # jitted (state, frozen, rest, batch, reference) -> (state, metrics), state donated; compiled by `compile`
     train_step: jax.stages.Wrapped | jax.stages.Compiled
-    eval_step: jax.stages.Wrapped  # jitted (params, frozen, rest, batch) -> (loss_sum, count, correct, predictions)
+    # jitted (params, frozen, rest, batch, reference) -> (loss_sum, count, correct, predictions, sums)
+    eval_step: jax.stages.Wrapped
     schedule: optax.Schedule
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
 
@@ -114,16 +139,16 @@ class Engine:
 
     def step(self, batch: dict) -> dict:
         """One optimizer step on a host batch (updates self.state); metrics stay on device."""
-        self.state, metrics = self.train_step(self.state, self.frozen, self.rest, self.put(batch))
+        self.state, metrics = self.train_step(self.state, self.frozen, self.rest, self.put(batch), self.reference)
         return metrics
 
     def compile(self, batch: dict) -> None:
         """Ahead-of-time compile the train step for this batch shape (separates compile time)."""
         jitted = cast(jax.stages.Wrapped, self.train_step)
-        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch)).compile()
+        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch), self.reference).compile()
 
     def evaluate(self, batch: dict):
-        return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
+        return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True), self.reference)
 
     def update_model(self, model) -> None:
         """Write the trained parameters back into `model` (for export or generation)."""
@@ -140,9 +165,11 @@ class _StepSetup:
     trainable: nnx.State
     frozen: nnx.State
     rest: nnx.State
+    reference: nnx.State | None  # see `reference_copy`, in the compute dtype
     state_sharding: TrainState  # of NamedShardings
     frozen_sharding: nnx.State  # of NamedShardings
     rest_sharding: nnx.State  # of NamedShardings
+    reference_sharding: nnx.State | None  # of NamedShardings
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
     train_step: jax.stages.Wrapped
@@ -172,16 +199,23 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetu
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
     num_sources = len(cfg.data.train) if cfg.data.mixing == "bandit" else 0
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
+    objective = preference_objective(cfg)
+    reference = reference_copy(cfg, objective, trainable)
+    reference_sh = None if reference is None else state_sh.params
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
-                                 grad_accum=t.grad_accum, shardings=(state_sh, frozen_sh, rest_sh, batch_sh),
-                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources)
+                                 grad_accum=t.grad_accum,
+                                 shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh),
+                                 chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources,
+                                 objective=objective, kl_to_base=t.kl_to_base)
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
-                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh),
-                               chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack)
-    # Frozen weights are only read: keep them in the compute dtype instead of casting every step.
+                               shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh, reference_sh),
+                               chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, objective=objective)
+    # Frozen weights (and the reference) are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
-    return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, state_sh, frozen_sh, rest_sh, batch_sh, eval_sh,
-                 train_step, eval_step, num_sources)
+    if reference is not None:
+        reference = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), reference)
+    return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, reference, state_sh, frozen_sh, rest_sh,
+                      reference_sh, batch_sh, eval_sh, train_step, eval_step, num_sources)
 
 
 def _compute_dtype_like(x, dtype):
@@ -195,11 +229,13 @@ def _compute_dtype_like(x, dtype):
 def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
     p = _step_setup(model, cfg, mesh)
     frozen, rest = sharding.place(p.frozen, p.frozen_sharding), sharding.place(p.rest, p.rest_sharding)
+    # the model's own arrays, never donated (the state below is made anew), so the reference holds no copy of its own
+    reference = None if p.reference is None else sharding.place(p.reference, p.reference_sharding)
     # Initialised straight into its shardings: with FSDP no device ever holds the whole optimizer state.
     trainable = sharding.place(p.trainable, p.state_sharding.params)
     seed = cfg.train.seed
     state = jax.jit(lambda x: init_state(x, p.tx, seed), out_shardings=p.state_sharding)(trainable)
-    return Engine(cfg, p.mesh, state, frozen, rest, p.state_sharding, p.batch_sharding, p.eval_sharding,
+    return Engine(cfg, p.mesh, state, frozen, rest, reference, p.state_sharding, p.batch_sharding, p.eval_sharding,
                   p.train_step, p.eval_step, p.schedule, p.num_sources)
 
 
@@ -214,7 +250,10 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     seed = cfg.train.seed
     state = abstract(jax.eval_shape(lambda x: init_state(x, p.tx, seed), p.trainable), p.state_sharding)
     t = cfg.train
-    shape = (t.grad_accum, t.batch_size // t.grad_accum, t.seq_len) if t.grad_accum > 1 else (t.batch_size, t.seq_len)
+    rows = (t.grad_accum, t.batch_size // t.grad_accum) if t.grad_accum > 1 else (t.batch_size,)
+    shape = (*rows, *((2,) if cfg.task in PREFERENCE_TASKS else ()), t.seq_len)  # a pair: chosen and rejected
     batch = {k: jax.ShapeDtypeStruct(shape, losses.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
              for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
-    return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch)
+    reference = None if p.reference is None else abstract(p.reference, p.reference_sharding)
+    return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch,
+                              reference)

@@ -21,12 +21,16 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
     """(model, tokenizer). Labelled tasks put their head for `label_names` on the encoder; then LoRA
     or prompt tuning go on as configured."""
     from jaxlm.hf.load import load_pretrained, read_hf_config
+    from jaxlm.models.contract import is_causal_lm
 
     path = resolve_path(cfg.model.path)
     head = head_for(cfg, label_names, read_hf_config(path), path)
     model, tokenizer = load_pretrained(path, jnp.dtype(cfg.model.dtype), **head)
     if tokenizer is None:
         raise FileNotFoundError(f"model.path={cfg.model.path!r}: no tokenizer files next to the weights")
+    if cfg.task not in LABELLED_TASKS and not is_causal_lm(model):
+        raise ConfigError(f"task={cfg.task} trains a causal language model; model.path={cfg.model.path!r} "
+                          f"holds a {type(model).__name__}")
     return prepare_model(model, cfg), tokenizer
 
 
@@ -176,6 +180,7 @@ def held_out_prompts(data: DataConfig, count: int) -> list[dict]:
 def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
     paths = {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png", "mixing": "mixing.png",
+        "rewards": "rewards.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
         "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png", "gguf": "model.gguf",

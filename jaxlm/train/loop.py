@@ -46,6 +46,7 @@ from flax import nnx
 from jaxlm.compute import distributed
 from jaxlm.errors import Stopped
 from jaxlm.eval.scoring import headline
+from jaxlm.tasks import sequences_per_example
 from jaxlm.train.config import Config
 from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
 from jaxlm.train.run import (
@@ -211,7 +212,8 @@ def sync(run: Run, state: LoopState) -> list[dict]:
     state.pending = []
     now = time.perf_counter()
     t = run.cfg.train
-    tokens_per_s = len(rows) * t.batch_size * t.seq_len / max(now - state.last_sync, 1e-9)
+    tokens = t.batch_size * sequences_per_example(run.cfg.task) * t.seq_len
+    tokens_per_s = len(rows) * tokens / max(now - state.last_sync, 1e-9)
     state.last_sync = now
     data_stats = run.train_data.stats()
     for row in rows:

@@ -1,4 +1,5 @@
-"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve and mixing PNGs."""
+"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve, mixing and
+rewards PNGs."""
 
 from __future__ import annotations
 
@@ -93,6 +94,32 @@ def plot_loss_curve(rows: list[dict], png_path: str) -> str:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def plot_rewards(rows: list[dict], png_path: str) -> str | None:
+    """A preference run's rewards over the steps: chosen, rejected and their margin (lines: train, dots: eval),
+    and the reward accuracy on its own axis; None when the run logged no rewards (other tasks)."""
+    names = ("rewards/chosen", "rewards/rejected", "rewards/margins")
+    if not any(name in r or f"eval_{name}" in r for r in rows for name in names):
+        return None
+    plt = _pyplot()
+    fig, (ax, accuracy) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for i, (axis, keys) in enumerate(((ax, names), (accuracy, ("rewards/accuracies",)))):
+        for j, key in enumerate(keys):
+            color = f"C{3 * i + j}"
+            for name, style, label in ((key, "-", key), (f"eval_{key}", "o", f"eval {key}")):
+                points = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), (int, float))]
+                if points:
+                    axis.plot(*zip(*points, strict=False), style, color=color, label=label, lw=1)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    ax.set_ylabel("reward")
+    accuracy.set_ylabel("reward accuracy")
+    accuracy.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

@@ -39,7 +39,7 @@ from jaxlm.train.inputs import (
     output_paths,
     padded_to,
 )
-from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, read_metrics
+from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, plot_rewards, read_metrics
 from jaxlm.train.overrides import flat
 from jaxlm.train.state import count_params
 
@@ -218,7 +218,7 @@ def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dic
 
 
 def wants_general_check(cfg: Config, model) -> bool:
-    return cfg.eval.general_prompts and cfg.task in ("sft", "causal_lm") and is_causal_lm(model)
+    return cfg.eval.general_prompts and cfg.task not in LABELLED_TASKS and is_causal_lm(model)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -316,6 +316,7 @@ def write_report(run: Run, ner_text: str | None, after: dict | None, test_after:
         rows = read_metrics(paths["metrics"])
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
+        plot_rewards(rows, paths["rewards"])
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
