@@ -94,25 +94,32 @@ def test_the_training_loss_adds_the_router_loss_once_per_token(family):
     assert float(balance) > 0
 
 
-def test_jaxlm_train_runs_mixtral_with_stacked_layers_and_exports_it(tmp_path):
-    import transformers
+def test_scanned_rematerialised_mixtral_gives_the_unrolled_loss_and_gradients_and_exports_unchanged(tmp_path):
+    """The routers' statistics ride through the scanned layers beside the hidden states (scan.run's carry)."""
+    from jaxlm.compute.losses import loss_terms
+    from jaxlm.models.contract import configure
+    from jaxlm.models.execution import Execution
+    from test_train_loss import lm_batch
 
-    from jaxlm.train.__main__ import main
-    from jaxlm.train.metrics import read_metrics
-    from train_helpers import llama_tokenizer, write_sft_jsonl
+    tiny_mixtral(tmp_path / "src")
+    batch = {k: jnp.asarray(v) for k, v in lm_batch().items()}
 
-    folder, out = tmp_path / "mixtral", tmp_path / "run"
-    tiny_mixtral(folder)
-    llama_tokenizer().save_pretrained(folder)
-    status = main(["--no-progress", f"model.path={folder}", "task=sft", f"output_dir={out}",
-                   f"data.train=[{write_sft_jsonl(tmp_path / 'chat.jsonl')}]", "data.eval_fraction=0.25",
-                   "train.steps=4", "train.batch_size=4", "train.seq_len=32", "train.warmup_steps=0", "eval.every=2",
-                   "eval.steps=1", "eval.sample_prompts=0", "checkpoint.every=4", "model.lora.rank=4",
-                   "model.lora.targets=[q,k,v,o]", "model.scan_layers=true", "model.remat=full"])
-    assert status == 0
-    assert type(transformers.AutoModelForCausalLM.from_pretrained(out / "hf")).__name__ == "MixtralForCausalLM"
-    losses = [r["loss"] for r in read_metrics(str(out / "metrics.jsonl")) if "loss" in r]
-    assert len(losses) == 4 and np.isfinite(losses).all()
+    def loss_and_grads(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params, rest):  # the model merged inside, as the train step does
+            terms = loss_terms("causal_lm", nnx.merge(graphdef, params, rest), batch, chunk_tokens=16)
+            return terms.loss_sum / terms.count
+
+        value, grads = jax.jit(jax.value_and_grad(loss))(params, rest)
+        return value, grads["embed_tokens"]["embedding"].get_value(), grads["norm"]["weight"].get_value()
+
+    plain = jaxlm.load_pretrained(tmp_path / "src")[0]
+    stacked = configure(jaxlm.load_pretrained(tmp_path / "src")[0], Execution(remat="full", scan_layers=True))
+    for want, got in zip(loss_and_grads(plain), loss_and_grads(stacked), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    jaxlm.export_pretrained(stacked, tmp_path / "out")
+    assert_same_tensors(tmp_path / "src", tmp_path / "out")
 
 
 def test_lora_short_names_adapt_attention_and_dense_mlps_but_never_the_router(family):

@@ -115,8 +115,9 @@ def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, 
         np.testing.assert_allclose(got_grads[path], want_grad, atol=atol, rtol=1e-5, err_msg=str(path))
 
 
-# gemma3: local and global layers in one scanned layer, rematerialised
-@pytest.mark.parametrize("family, remat", [("qwen2", "none"), ("qwen3", "none"), ("gemma3", "full"), ("phi3", "none")])
+# gemma3: local and global layers in one scanned layer, rematerialised; phi3: split fused projections. (Qwen2
+# and Qwen3 differ from Llama by parts the scanned logits and gradients above already cover.)
+@pytest.mark.parametrize("family, remat", [("gemma3", "full"), ("phi3", "none")])
 def test_training_steps_with_stacked_layers_match_the_unrolled_ones(folders, family, remat):
     """A few full train steps (LoRA on every short target, chunked loss) of each Llama-architecture family."""
     runs = []

@@ -9,12 +9,13 @@ forward pass carries the routers' statistics through the layers beside the hidde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import errors, nnx
 
 from jaxlm.models import layers, scan
 from jaxlm.models.execution import Execution
@@ -98,8 +99,11 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
         (x, stats), cache = scan.run(self.layers, carry,
                                      lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv),
                                      remat=self.execution.remat, cache=cache)
-        if cache is None:  # training and scoring; generation has no use for it
-            self.router_loss.set_value(load_balancing_loss(stats))
+        # Kept for training and scoring (generation has no use for it). A model closed over by a jitted function
+        # (a user's own scoring) cannot change its variables there; the train and eval steps merge it inside.
+        if cache is None:
+            with contextlib.suppress(errors.TraceContextError):
+                self.router_loss.set_value(load_balancing_loss(stats))
         hidden = self.norm(x)
         out = hidden if return_hidden else self.logits(hidden)
         return out if cache is None else (out, cache)
