@@ -19,9 +19,6 @@ from train_helpers import write_text, write_tiny_llama
 STEPS = 24
 
 
-BANDIT = ["data.mixing=bandit", "data.bandit.update_every=2", "data.bandit.learning_rate=4"]
-
-
 def overrides(model_dir, text_dir, out_dir, mixing=()):
     # Dropout-free Llama, causal LM with packing, shuffling and mixing of two sources: every
     # piece of state (params, Adam moments, step, data position, a bandit's weights) must come back exactly.
@@ -51,10 +48,12 @@ def assets(tmp_path_factory):
     return write_tiny_llama(root / "llama"), write_text(root / "text"), root
 
 
-@pytest.mark.parametrize("mixing", [(), BANDIT], ids=["static", "bandit"])
-def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets, mixing):
+def test_sigkill_mid_run_then_rerun_reaches_the_same_parameters_bitwise(assets):
+    """With the default (static) mixing. A bandit run's resume replays its weights: test_data_pipeline.py checks
+    that on the pipeline alone (a second SIGKILL run, with bandit mixing, cost CI a minute)."""
     model_dir, text_dir, root = assets
-    root = root / ("bandit" if mixing else "static")
+    mixing = ()
+    root = root / "static"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     train(load_config(None, overrides(model_dir, text_dir, root / "straight", mixing)), progress=False)
 
