@@ -31,9 +31,21 @@ def llama_dir(tmp_path_factory):
     return write_tiny_llama(tmp_path_factory.mktemp("prompt") / "base")
 
 
-def test_peft_loads_the_adapter_with_the_same_logits_and_greedy_answer(llama_dir, tmp_path):
+def ours_and_peft_logits(model, base_dir, adapter_dir):
+    """(jaxlm's logits of IDS after the virtual tokens, PEFT's from the saved adapter, the PEFT model)."""
     from peft import PeftModel
 
+    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base_dir),
+                                           str(adapter_dir)).eval()
+    ids, positions, segments, n = prepend_virtual_tokens(model, jnp.asarray(IDS), jnp.arange(8)[None],
+                                                         jnp.ones_like(jnp.asarray(IDS)))
+    ours = np.asarray(model(ids, positions=positions, segment_ids=segments))[:, n:]
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()[:, n:]
+    return ours, theirs, peft_model
+
+
+def test_peft_loads_the_adapter_with_the_same_logits_and_greedy_answer(llama_dir, tmp_path):
     model, _ = jaxlm.load_pretrained(llama_dir)
     apply_prompt_tuning(model, 4, seed=1)
     embed = prompt_embed(model)  # as after training: far from the sampled vocabulary rows
@@ -42,13 +54,8 @@ def test_peft_loads_the_adapter_with_the_same_logits_and_greedy_answer(llama_dir
     config = json.loads(Path(tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 4
 
-    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(llama_dir),
-                                           str(tmp_path / "adapter")).eval()
-    ids, positions, segments, n = prepend_virtual_tokens(model, jnp.asarray(IDS), jnp.arange(8)[None],
-                                                         jnp.ones_like(jnp.asarray(IDS)))
-    ours = np.asarray(model(ids, positions=positions, segment_ids=segments))[:, n:]
+    ours, theirs, peft_model = ours_and_peft_logits(model, llama_dir, tmp_path / "adapter")
     with torch.no_grad():
-        theirs = peft_model(input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()[:, n:]
         plain = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()(
             input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()
     assert np.abs(theirs - plain).max() > 1e-2, "the virtual tokens must change the logits"
@@ -141,19 +148,11 @@ def test_prompt_tuning_refuses_what_it_cannot_do(override, message):
 
 def test_gemma_virtual_tokens_enter_unscaled_as_peft_passes_them(tmp_path):
     """Gemma scales token embeddings by sqrt(hidden); PEFT's prompt embeddings go in as inputs_embeds, unscaled."""
-    from peft import PeftModel
-
     from hf_checkpoints import tiny_gemma2
 
     tiny_gemma2(tmp_path / "base")
     model, _ = jaxlm.load_pretrained(tmp_path / "base")
     apply_prompt_tuning(model, 4, seed=1)
     save_prompt_tuning_adapter(model, str(tmp_path / "adapter"), base_model=str(tmp_path / "base"))
-    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
-                                           str(tmp_path / "adapter")).eval()
-    ids, positions, segments, n = prepend_virtual_tokens(model, jnp.asarray(IDS), jnp.arange(8)[None],
-                                                         jnp.ones_like(jnp.asarray(IDS)))
-    ours = np.asarray(model(ids, positions=positions, segment_ids=segments))[:, n:]
-    with torch.no_grad():
-        theirs = peft_model(input_ids=torch.tensor(IDS, dtype=torch.long)).logits.numpy()[:, n:]
+    ours, theirs, _ = ours_and_peft_logits(model, tmp_path / "base", tmp_path / "adapter")
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
