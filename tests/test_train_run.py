@@ -224,10 +224,14 @@ def test_jaxlm_train_runs_a_qwen3_folder_with_stacked_layers_and_exports_it(file
     out = tmp_path / "run"
     status = main(["--no-progress", f"model.path={folder}", "task=sft", f"output_dir={out}",
                    f"data.train=[{files['sft']}]", "data.eval_fraction=0.25", "train.steps=4", "train.batch_size=4",
-                   "train.seq_len=32", "train.warmup_steps=0", "eval.every=2", "eval.steps=1", "eval.sample_prompts=0",
+                   "train.seq_len=32", "train.warmup_steps=0", "eval.every=2", "eval.steps=1",
                    "checkpoint.every=4", "model.lora.rank=4", "model.scan_layers=true", "model.remat=full"])
     assert status == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
     assert type(hf).__name__ == "Qwen3ForCausalLM"
+    # the default sample answers, generated through the stacked layers' KV cache before and after training
+    samples = (out / "samples.md").read_text()
+    assert "## Held-out questions" in samples and "- after: " in samples, samples
+    assert not (out / "report_error.log").exists()
     steps = {r["step"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
     assert steps == {1, 2, 3, 4}, steps
