@@ -752,6 +752,33 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(files, tm
     assert kept == ["2"]  # the partial folder of checkpoint 4 is gone, checkpoint 2 is whole
 
 
+def test_a_full_disk_names_the_last_checkpoint_not_the_tensorboard_flush_after_it(tmp_path):
+    """A race CI met: the last checkpoint's asynchronous save fills the disk, then the TensorBoard flush at
+    the end of the run fails too; the save is what the user reads about. A flush that fails alone names
+    its folder."""
+    import errno
+    import types
+
+    from jaxlm.errors import DiskFull
+    from jaxlm.train.loop import close
+    from jaxlm.train.metrics import MetricsLogger
+
+    def refuse(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def failed_save():
+        raise DiskFull("no space left on device while saving checkpoint 4")
+
+    logger = MetricsLogger(str(tmp_path), total_steps=4, progress=False)
+    logger.tb.close, tensorboard = refuse, logger.tb.close
+    with pytest.raises(DiskFull, match="checkpoint 4"):
+        close(types.SimpleNamespace(checkpointer=types.SimpleNamespace(close=failed_save), logger=logger))
+    with pytest.raises(OSError) as flush:
+        close(types.SimpleNamespace(checkpointer=types.SimpleNamespace(close=lambda: None), logger=logger))
+    assert flush.value.filename == str(tmp_path / "tensorboard")
+    tensorboard()
+
+
 def test_a_full_disk_is_not_logged_again_by_orbax_or_asyncio(caplog):
     """The one-line report stands alone: Orbax's writer (absl) and asyncio, when the failed write's
     gathered future is collected unread, log the same failure with a traceback; other errors still show."""

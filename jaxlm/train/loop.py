@@ -34,6 +34,7 @@ Seams for what comes next:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import time
@@ -112,10 +113,28 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True, hooks: Seq
     try:
         state = start(run)
         run_steps(run, state)
-    finally:
-        run.logger.close()
-        run.checkpointer.close()
+    except BaseException:
+        close(run, failing=True)
+        raise
+    close(run)
     return finish(run, state, export=export)
+
+
+def close(run: Run, *, failing: bool = False) -> None:
+    """The checkpointer first: when its last save filled the disk, that save is what the user reads about,
+    not the TensorBoard flush that the same full disk refuses next (nor, in a run already failing, a flush's
+    error in place of the run's own)."""
+    try:
+        run.checkpointer.close()
+    except BaseException:
+        failing = True
+        raise
+    finally:
+        if failing:
+            with contextlib.suppress(OSError):
+                run.logger.close()
+        else:
+            run.logger.close()
 
 
 def start(run: Run) -> LoopState:

@@ -53,8 +53,13 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.bar.close()
-        self.tb.close()
         self.file.close()
+        try:
+            self.tb.close()  # flushes the events file
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise OSError(e.errno, e.strerror, self.tb.logdir) from e
 
 
 def read_metrics(path: str) -> list[dict]:
