@@ -1,0 +1,100 @@
+"""GRPO against TRL and by hand: the group advantages, each loss normalisation, its gradient and metrics as
+TRL's own `GRPOTrainer._compute_loss` computes them on the same fixed log-probs."""
+
+from __future__ import annotations
+
+import types
+from collections import defaultdict
+from typing import cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxlm.compute.grpo import Grpo, group_advantages, policy_terms
+
+TRL_LOSS_TYPES = {"sequence": "grpo", "token": "dapo", "constant": "dr_grpo"}
+
+
+def test_advantages_are_normalised_within_each_group_by_hand_and_as_trl():
+    from trl.trainer.utils import nanstd
+
+    rewards = np.array([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.5, 1.5, 3.0, 0.0])
+    advantages = group_advantages(rewards, group_size=4)
+    # group 1: mean 0.5, sample std sqrt(1/3); group 2: equal rewards say nothing
+    by_hand = np.array([0.5, -0.5, -0.5, 0.5]) / (np.sqrt(1 / 3) + 1e-4)
+    np.testing.assert_allclose(advantages[:4], by_hand, rtol=1e-6)
+    np.testing.assert_array_equal(advantages[4:8], 0.0)
+    grouped = torch.tensor(rewards).view(-1, 4)
+    trl = (grouped - grouped.mean(1, keepdim=True)) / (nanstd(grouped, dim=1).unsqueeze(1) + 1e-4)
+    np.testing.assert_allclose(advantages, trl.reshape(-1).numpy(), rtol=1e-6)
+
+
+def trl_compute_loss(loss_type: str, logps, old, ref, advantages, mask, *, epsilon: float, beta: float,
+                     max_new_tokens: int):
+    """TRL's `GRPOTrainer._compute_loss` on fixed per-token log-probs: (loss, d loss / d logps, its metrics).
+    A trainer is heavy to build; the method reads only these attributes."""
+    from trl.trainer.grpo_trainer import GRPOTrainer
+
+    per_token = torch.tensor(np.asarray(logps), requires_grad=True)
+    trainer = types.SimpleNamespace(
+        _get_per_token_logps_and_entropies=lambda *a, **k: (per_token, torch.zeros_like(per_token), None),
+        top_entropy_quantile=1.0, off_policy_mask_threshold=None, importance_sampling_level="token", beta=beta,
+        args=types.SimpleNamespace(use_bias_correction_kl=False, delta=None, steps_per_generation=1),
+        loss_type=loss_type, epsilon_low=epsilon, epsilon_high=epsilon, use_vllm=False,
+        model=types.SimpleNamespace(training=True), current_gradient_accumulation_steps=1,
+        max_completion_length=max_new_tokens, _entropy_bonus_enabled=False, aux_loss_enabled=False,
+        accelerator=types.SimpleNamespace(num_processes=1, reduce=lambda t, reduction: t, gather=lambda t: t),
+        _metrics={"train": defaultdict(list)})
+    rows, length = per_token.shape
+    mask_t = torch.tensor(np.asarray(mask))
+    inputs = {"prompt_ids": torch.zeros(rows, 1, dtype=torch.long), "prompt_mask": torch.ones(rows, 1),
+              "completion_ids": torch.zeros(rows, length, dtype=torch.long), "completion_mask": mask_t,
+              "advantages": torch.tensor(np.asarray(advantages)), "old_per_token_logps": torch.tensor(np.asarray(old)),
+              "ref_per_token_logps": torch.tensor(np.asarray(ref)), "num_items_in_batch": mask_t.sum()}
+    loss = GRPOTrainer._compute_loss(cast(GRPOTrainer, trainer), None, inputs)
+    loss.backward()
+    assert per_token.grad is not None
+    return loss.item(), per_token.grad.numpy(), {k: v[0] for k, v in trainer._metrics["train"].items()}
+
+
+@pytest.mark.parametrize("loss_norm", list(TRL_LOSS_TYPES))
+@pytest.mark.parametrize("beta", [0.0, 0.04])
+def test_loss_gradient_and_metrics_are_trls(loss_norm, beta):
+    rng = np.random.default_rng(0)
+    rows, length, max_new = 6, 7, 8
+    old = np.log(rng.uniform(0.05, 0.9, (rows, length)))
+    logps = old + rng.normal(0, 0.3, (rows, length))  # ratios both inside and outside [1 - ε, 1 + ε]
+    ref = old + rng.normal(0, 0.2, (rows, length))
+    lengths = np.array([7, 3, 5, 1, 6, 2])
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.float64)
+    advantages = rng.normal(0, 1, rows)
+    objective = Grpo(epsilon=0.2, beta=beta, loss_norm=loss_norm, max_new_tokens=max_new)
+
+    def loss(x):
+        loss_sum, count, sums = policy_terms(objective, x, jnp.asarray(old, jnp.float32), jnp.asarray(ref, jnp.float32),
+                                             jnp.asarray(advantages, jnp.float32), jnp.asarray(mask))
+        return loss_sum / count, {k: v / count for k, v in sums.items()}
+
+    (ours, metrics), grad = jax.value_and_grad(loss, has_aux=True)(jnp.asarray(logps, jnp.float32))
+    trl, trl_grad, trl_metrics = trl_compute_loss(TRL_LOSS_TYPES[loss_norm], logps, old, ref, advantages, mask,
+                                                  epsilon=0.2, beta=beta, max_new_tokens=max_new)
+    np.testing.assert_allclose(ours, trl, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(grad, trl_grad, rtol=1e-4, atol=1e-7)
+    assert 0 < float(metrics["clip_fraction"]) < 1
+    np.testing.assert_allclose(metrics["clip_fraction"], trl_metrics["clip_ratio/region_mean"], rtol=1e-6)
+    if beta:
+        np.testing.assert_allclose(metrics["kl"], trl_metrics["kl"], rtol=1e-5)
+
+
+def test_sequence_loss_by_hand_at_the_first_update():
+    """Before any update the ratio is 1: the loss is -mean over completions of the advantage (β = 0)."""
+    logps = jnp.log(jnp.array([[0.5, 0.25, 0.1], [0.2, 0.3, 0.4]]))
+    mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    advantages = jnp.array([1.5, -0.5])
+    loss_sum, count, sums = policy_terms(Grpo(), logps, logps, logps, advantages, mask)
+    assert float(count) == 2
+    np.testing.assert_allclose(loss_sum / count, -(1.5 - 0.5) / 2, rtol=1e-6)
+    assert float(sums["clip_fraction"]) == 0 and abs(float(sums["kl"])) < 1e-7
