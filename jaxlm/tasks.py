@@ -1,6 +1,6 @@
 """What jaxlm trains, named once for the config, the data pipeline and the losses (no imports: cheap anywhere)."""
 
-TASKS = ("sft", "causal_lm", "token_classification", "classification", "dpo", "orpo", "simpo")
+TASKS = ("sft", "causal_lm", "token_classification", "classification", "dpo", "orpo", "simpo", "grpo")
 # The tasks that put a head over their labels on an encoder (the family's row names the class: `Family.head_tasks`).
 LABELLED_TASKS = ("token_classification", "classification")
 # The tasks that train a causal LM on {prompt, chosen, rejected} pairs (only dpo has a reference model).

@@ -491,6 +491,41 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
 ]
 
 
+GRPO_REWARD = "grpo.rewards=[{{type: contains, field: answer}}]"  # train() formats it
+CASES_GRPO = [  # issue 30: grpo
+    Case("grpo without rewards", train(task="grpo"), BAD_INPUT, "grpo.rewards is empty: task grpo needs at least one",
+         "config error"),
+    Case("grpo.group_size=1", train(GRPO_REWARD, "grpo.group_size=1", task="grpo"), BAD_INPUT,
+         "grpo.group_size=1: advantages compare completions of one prompt", "config error"),
+    Case("grpo.loss_norm unknown", train("grpo.loss_norm=mean", task="grpo"), BAD_INPUT,
+         "grpo.loss_norm='mean' is not one of sequence, token, constant", "config error"),
+    Case("grpo.temperature=0", train(GRPO_REWARD, "grpo.temperature=0", task="grpo"), BAD_INPUT,
+         "grpo.temperature must be > 0, got 0", "config error"),
+    Case("grpo.top_p=1.5", train(GRPO_REWARD, "grpo.top_p=1.5", task="grpo"), BAD_INPUT,
+         "grpo.top_p must be in (0, 1], got 1.5", "config error"),
+    Case("grpo.epsilon=0", train(GRPO_REWARD, "grpo.epsilon=0", task="grpo"), BAD_INPUT,
+         "grpo.epsilon must be > 0, got 0", "config error"),
+    Case("grpo.beta=-1", train(GRPO_REWARD, "grpo.beta=-1", task="grpo"), BAD_INPUT, "grpo.beta must be >= 0, got -1",
+         "config error"),
+    Case("grpo.iterations=0", train(GRPO_REWARD, "grpo.iterations=0", task="grpo"), BAD_INPUT,
+         "grpo.iterations must be >= 1, got 0", "config error"),
+    Case("a reward of unknown type", train("grpo.rewards=[{{type: judge}}]", task="grpo"), BAD_INPUT,
+         "grpo.rewards[0].type='judge' is not one of regex, exact, contains, length, python", "config error"),
+    Case("a misspelt reward key", train("grpo.rewards=[{{type: regex, patern: x}}]", task="grpo"), BAD_INPUT,
+         "unknown config key 'grpo.rewards[0].patern'; did you mean 'grpo.rewards[0].pattern'?", "config error"),
+    Case("a regex reward without a pattern", train("grpo.rewards=[{{type: regex}}]", task="grpo"), BAD_INPUT,
+         "grpo.rewards[0].pattern is empty", "config error"),
+    Case("a reward regex that does not compile", train("grpo.rewards=[{{type: exact, pattern: '('}}]", task="grpo"),
+         BAD_INPUT, "grpo.rewards[0].pattern='(' is not a valid regex", "config error"),
+    Case("a length reward without max_words", train("grpo.rewards=[{{type: length}}]", task="grpo"), BAD_INPUT,
+         "grpo.rewards[0].max_words must be >= 1", "config error"),
+    Case("a python reward without a function", train("grpo.rewards=[{{type: python}}]", task="grpo"), BAD_INPUT,
+         "grpo.rewards[0].function is empty", "config error"),
+    Case("bandit mixing of prompts", train(GRPO_REWARD, "data.mixing=bandit", task="grpo"), BAD_INPUT,
+         "task grpo learns from rewards: use data.mixing=static or temperature", "config error"),
+]
+
+
 def _snapshot(*folders) -> dict[str, str]:
     found = {}
     for folder in folders:
@@ -514,8 +549,8 @@ def assert_one_line(err: str, case_says: str, label: str = "") -> str:
     return last
 
 
-@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO + CASES_PREFERENCE,
-                         ids=[c.name for c in CASES + CASES_ROUND_TWO + CASES_PREFERENCE])
+@pytest.mark.parametrize("case", CASES + CASES_ROUND_TWO + CASES_PREFERENCE + CASES_GRPO,
+                         ids=[c.name for c in CASES + CASES_ROUND_TWO + CASES_PREFERENCE + CASES_GRPO])
 def test_bad_input_gives_its_status_and_one_line(case, files, tmp_path, capfd, monkeypatch):
     if case.setup:
         case.setup(monkeypatch)

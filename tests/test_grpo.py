@@ -3,6 +3,7 @@ TRL's own `GRPOTrainer._compute_loss` computes them on the same fixed log-probs.
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections import defaultdict
 from typing import cast
@@ -14,6 +15,8 @@ import pytest
 import torch
 
 from jaxlm.compute.grpo import Grpo, group_advantages, policy_terms
+from jaxlm.compute.rewards import RewardError, build_rewards, score_all
+from jaxlm.errors import ConfigError
 
 TRL_LOSS_TYPES = {"sequence": "grpo", "token": "dapo", "constant": "dr_grpo"}
 
@@ -98,3 +101,57 @@ def test_sequence_loss_by_hand_at_the_first_update():
     assert float(count) == 2
     np.testing.assert_allclose(loss_sum / count, -(1.5 - 0.5) / 2, rtol=1e-6)
     assert float(sums["clip_fraction"]) == 0 and abs(float(sums["kl"])) < 1e-7
+
+
+def rewards_of(*configs: dict):
+    from jaxlm.train.config import RewardConfig
+
+    return build_rewards([RewardConfig(**c) for c in configs])
+
+
+def test_each_reward_type_scores_by_its_rule():
+    record = {"answer": "Forty-Two"}
+    cases = [  # (reward, completion, expected)
+        ({"type": "regex", "pattern": r"^answer: \d+$"}, "answer: 42", 1.0),
+        ({"type": "regex", "pattern": r"^answer: \d+$"}, "the answer: 42", 0.0),
+        ({"type": "exact"}, "  forty-two\n", 1.0),  # case and spaces do not count
+        ({"type": "exact"}, "forty-two!", 0.0),
+        ({"type": "exact", "pattern": r"answer: (\S+)"}, "so the answer: FORTY-TWO because", 1.0),
+        ({"type": "exact", "pattern": r"answer: (\S+)"}, "no idea", 0.0),
+        ({"type": "contains"}, "I think it is forty-two.", 1.0),
+        ({"type": "length", "max_words": 4}, "one two three", 1.0),
+        ({"type": "length", "max_words": 4}, "one two three four five six seven eight", 0.5),
+    ]
+    for config, completion, expected in cases:
+        (reward,) = rewards_of(config)
+        assert reward.score("prompt", completion, record) == expected, (config, completion)
+
+
+def test_rewards_are_weighted_and_named_once(tmp_path):
+    code = tmp_path / "my_rewards.py"
+    code.write_text("def shorter(prompt, completion, record):\n    return -len(completion) / 10\n")
+    rewards = rewards_of({"type": "contains", "weight": 2.0}, {"type": "contains", "field": "other"},
+                         {"type": "python", "function": f"{code}:shorter", "weight": 0.5})
+    assert [r.name for r in rewards] == ["contains", "contains_2", "shorter"]
+    totals, by_name = score_all(rewards, ["p", "p"], ["a b", "c"], [{"answer": "b", "other": "c"}] * 2)
+    assert by_name == {"contains": [1.0, 0.0], "contains_2": [0.0, 1.0], "shorter": [-0.3, -0.1]}
+    np.testing.assert_allclose(totals, [2.0 - 0.15, 1.0 - 0.05])
+
+
+def test_a_python_reward_that_raises_is_named_by_its_file_and_line(tmp_path):
+    code = tmp_path / "bad_reward.py"
+    code.write_text("def score(prompt, completion, record):\n    return 1 / 0\n")
+    (reward,) = rewards_of({"type": "python", "function": f"{code}:score"})
+    with pytest.raises(RewardError, match=rf"raised ZeroDivisionError: division by zero \({code}:2\)"):
+        reward.score("p", "c", {})
+    with pytest.raises(RewardError, match="returned 'x'; a reward is a finite number"):
+        score_all([dataclasses.replace(reward, score=lambda p, c, r: "x")], ["p"], ["c"], [{}])
+
+
+def test_a_python_reward_with_the_wrong_signature_is_refused_when_built(tmp_path):
+    code = tmp_path / "two_args.py"
+    code.write_text("def score(completion, answer):\n    return 1.0\n")
+    with pytest.raises(ConfigError, match=r"rewards\[0\].function=.*called as score\(prompt, completion, record\)"):
+        rewards_of({"type": "python", "function": f"{code}:score"})
+    with pytest.raises(ConfigError, match="defines no function 'missing'"):
+        rewards_of({"type": "python", "function": f"{code}:missing"})

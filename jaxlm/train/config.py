@@ -11,6 +11,7 @@ what depends on this machine (devices, input paths): a bad config never costs a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import yaml
 
 from jaxlm.assets import AssetMissing, package_file
+from jaxlm.compute.rewards import REWARD_TYPES
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
 from jaxlm.errors import ConfigError, warn
@@ -115,6 +117,7 @@ class ExportConfig:
 
 GGUF_TYPES = ("", "f32", "f16", "q8_0")
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")  # compute.preference's, named here without importing jax
+GRPO_LOSS_NORMS = ("sequence", "token", "constant")  # compute.grpo's
 
 
 @dataclasses.dataclass
@@ -135,6 +138,30 @@ class SimpoConfig:
     gamma: float = 0.5  # the target reward margin γ between chosen and rejected
 
 
+@dataclasses.dataclass
+class RewardConfig:
+    type: str = ""  # regex | exact | contains | length | python (compute/rewards.py says what each scores)
+    weight: float = 1.0
+    name: str = ""  # logged as rewards/<name>; default the type (python: the function's name)
+    pattern: str = ""  # regex: searched in the completion; exact/contains: compare its first group's match
+    field: str = "answer"  # exact/contains: the record's field holding the expected answer
+    max_words: int = 0  # length: full reward up to this many words
+    function: str = ""  # python: "path/to/file.py:name", called as name(prompt, completion, record)
+
+
+@dataclasses.dataclass
+class GrpoConfig:
+    group_size: int = 4  # completions sampled per prompt; advantages are normalised within each group
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    iterations: int = 1  # updates per sampled batch, each against the log-probs kept from the rollout
+    epsilon: float = 0.2  # the policy ratio is clipped to [1 - epsilon, 1 + epsilon]
+    beta: float = 0.0  # weight of KL(model || the starting model); 0 = no reference forward
+    loss_norm: str = "sequence"  # sequence (GRPO) | token (DAPO) | constant (Dr. GRPO)
+    rewards: list[RewardConfig] = dataclasses.field(default_factory=list)
+
+
 def _default_data() -> DataConfig:
     corpora = ("tfds:jaxlm_chatterbot", "tfds:jaxlm_chitchat")
     return DataConfig(train=[SourceConfig(f"{name}:train", 1.0) for name in corpora],
@@ -144,7 +171,7 @@ def _default_data() -> DataConfig:
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    task: str = "sft"  # sft | causal_lm | token_classification | classification | dpo | orpo | simpo
+    task: str = "sft"  # sft | causal_lm | token_classification | classification | dpo | orpo | simpo | grpo
     data: DataConfig = dataclasses.field(default_factory=_default_data)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -154,6 +181,7 @@ class Config:
     dpo: DpoConfig = dataclasses.field(default_factory=DpoConfig)
     orpo: OrpoConfig = dataclasses.field(default_factory=OrpoConfig)
     simpo: SimpoConfig = dataclasses.field(default_factory=SimpoConfig)
+    grpo: GrpoConfig = dataclasses.field(default_factory=GrpoConfig)
     output_dir: str = "runs/smollm2-lora-sft"
 
     def validate(self) -> Config:
@@ -197,6 +225,7 @@ class Config:
             raise ConfigError("model.lora.targets is empty: name the layers to adapt, or set model.lora.rank=0")
         self._validate_tuning()
         self._validate_preference()
+        self._validate_grpo()
         self.data.validate("data")
         every = self.data.bandit.update_every
         if self.data.mixing == "bandit" and every % t.log_every:
@@ -230,6 +259,46 @@ class Config:
         if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
             raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
                               "loss per pair: use data.mixing=static or temperature")
+
+    def _validate_grpo(self) -> None:
+        """GRPO's constants and rewards (the python functions are loaded later, before any sampling)."""
+        g = self.grpo
+        _choice("grpo.loss_norm", g.loss_norm, GRPO_LOSS_NORMS)
+        _at_least(1, {"grpo.group_size": g.group_size, "grpo.max_new_tokens": g.max_new_tokens,
+                      "grpo.iterations": g.iterations})
+        _above(0, {"grpo.temperature": g.temperature, "grpo.top_p": g.top_p, "grpo.epsilon": g.epsilon})
+        _at_least(0, {"grpo.beta": g.beta})
+        if g.top_p > 1:
+            raise ConfigError(f"grpo.top_p must be in (0, 1], got {g.top_p}")
+        for i, r in enumerate(g.rewards):
+            key = f"grpo.rewards[{i}]"
+            _choice(f"{key}.type", r.type, REWARD_TYPES)
+            if not math.isfinite(r.weight):
+                raise ConfigError(f"{key}.weight must be a finite number, got {r.weight}")
+            if r.type == "regex" and not r.pattern:
+                raise ConfigError(f"{key}.pattern is empty: a regex reward needs the pattern to look for")
+            if r.type in ("regex", "exact", "contains") and r.pattern:
+                try:
+                    re.compile(r.pattern)
+                except re.error as e:
+                    raise ConfigError(f"{key}.pattern={r.pattern!r} is not a valid regex ({e})") from None
+            if r.type in ("exact", "contains") and not r.field:
+                raise ConfigError(f"{key}.field is empty: name the record field holding the answer")
+            if r.type == "length" and r.max_words < 1:
+                raise ConfigError(f"{key}.max_words must be >= 1 for a length reward, got {r.max_words}")
+            if r.type == "python" and not r.function:
+                raise ConfigError(f"{key}.function is empty: give 'path/to/file.py:function_name'")
+        if self.task != "grpo":
+            return
+        if not g.rewards:
+            raise ConfigError("grpo.rewards is empty: task grpo needs at least one reward, e.g. "
+                              "grpo.rewards=[{type: exact, field: answer}]")
+        if g.group_size < 2:
+            raise ConfigError(f"grpo.group_size={g.group_size}: advantages compare completions of one prompt, "
+                              "so a group needs at least 2")
+        if self.data.mixing == "bandit":
+            raise ConfigError("data.mixing=bandit learns from each source's token loss; task grpo learns from "
+                              "rewards: use data.mixing=static or temperature")
 
     def _validate_tuning(self) -> None:
         """Prompt tuning, partial freezing and the label set given in config_overrides."""
