@@ -100,6 +100,8 @@ def files(tmp_path_factory):
     _write(os.path.join(f["synth_run"], "data.jsonl"), '{"prompt": "kept", "completion": "from before"}\n')
     pair = '{"prompt": "hi", "chosen": " hello there", "rejected": " the cat"}\n'
     f["pairs"] = _write(root / "pairs.jsonl", pair * 4)
+    f["prompts"] = _write(root / "prompts.jsonl", '{"prompt": "what is 2 + 2", "answer": "4"}\n' * 4)
+    f["two_args"] = _write(root / "two_args.py", "def score(completion):\n    return 1.0\n")
     f["same_pair"] = _write(root / "same_pair.jsonl", pair + '{"prompt": "hi", "chosen": "a", "rejected": "a"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
@@ -491,23 +493,23 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
 ]
 
 
-GRPO_REWARD = "grpo.rewards=[{{type: contains, field: answer}}]"  # train() formats it
+GRPO = ("grpo.rewards=[{{type: contains, field: answer}}]", "grpo.max_new_tokens=8")  # train() formats them
 CASES_GRPO = [  # issue 30: grpo
     Case("grpo without rewards", train(task="grpo"), BAD_INPUT, "grpo.rewards is empty: task grpo needs at least one",
          "config error"),
-    Case("grpo.group_size=1", train(GRPO_REWARD, "grpo.group_size=1", task="grpo"), BAD_INPUT,
+    Case("grpo.group_size=1", train(*GRPO, "grpo.group_size=1", task="grpo"), BAD_INPUT,
          "grpo.group_size=1: advantages compare completions of one prompt", "config error"),
     Case("grpo.loss_norm unknown", train("grpo.loss_norm=mean", task="grpo"), BAD_INPUT,
          "grpo.loss_norm='mean' is not one of sequence, token, constant", "config error"),
-    Case("grpo.temperature=0", train(GRPO_REWARD, "grpo.temperature=0", task="grpo"), BAD_INPUT,
+    Case("grpo.temperature=0", train(*GRPO, "grpo.temperature=0", task="grpo"), BAD_INPUT,
          "grpo.temperature must be > 0, got 0", "config error"),
-    Case("grpo.top_p=1.5", train(GRPO_REWARD, "grpo.top_p=1.5", task="grpo"), BAD_INPUT,
+    Case("grpo.top_p=1.5", train(*GRPO, "grpo.top_p=1.5", task="grpo"), BAD_INPUT,
          "grpo.top_p must be in (0, 1], got 1.5", "config error"),
-    Case("grpo.epsilon=0", train(GRPO_REWARD, "grpo.epsilon=0", task="grpo"), BAD_INPUT,
+    Case("grpo.epsilon=0", train(*GRPO, "grpo.epsilon=0", task="grpo"), BAD_INPUT,
          "grpo.epsilon must be > 0, got 0", "config error"),
-    Case("grpo.beta=-1", train(GRPO_REWARD, "grpo.beta=-1", task="grpo"), BAD_INPUT, "grpo.beta must be >= 0, got -1",
+    Case("grpo.beta=-1", train(*GRPO, "grpo.beta=-1", task="grpo"), BAD_INPUT, "grpo.beta must be >= 0, got -1",
          "config error"),
-    Case("grpo.iterations=0", train(GRPO_REWARD, "grpo.iterations=0", task="grpo"), BAD_INPUT,
+    Case("grpo.iterations=0", train(*GRPO, "grpo.iterations=0", task="grpo"), BAD_INPUT,
          "grpo.iterations must be >= 1, got 0", "config error"),
     Case("a reward of unknown type", train("grpo.rewards=[{{type: judge}}]", task="grpo"), BAD_INPUT,
          "grpo.rewards[0].type='judge' is not one of regex, exact, contains, length, python", "config error"),
@@ -521,7 +523,22 @@ CASES_GRPO = [  # issue 30: grpo
          "grpo.rewards[0].max_words must be >= 1", "config error"),
     Case("a python reward without a function", train("grpo.rewards=[{{type: python}}]", task="grpo"), BAD_INPUT,
          "grpo.rewards[0].function is empty", "config error"),
-    Case("bandit mixing of prompts", train(GRPO_REWARD, "data.mixing=bandit", task="grpo"), BAD_INPUT,
+    Case("grpo.max_new_tokens past train.seq_len", train(*GRPO, "grpo.max_new_tokens=32", task="grpo"), BAD_INPUT,
+         "train.seq_len=32 must be more than grpo.max_new_tokens=32", "config error"),
+    Case("grpo.iterations that split a checkpoint", train(*GRPO, "grpo.iterations=3", task="grpo"), BAD_INPUT,
+         "train.steps=2 must be a multiple of grpo.iterations=3", "config error"),
+    Case("a python reward with the wrong signature", train(*GRPO, "grpo.rewards=[{{type: python, function: "
+                                                           "'{two_args}:score'}}]", task="grpo", data="prompts"),
+         BAD_INPUT, "a reward is called as score(prompt, completion, record), but score(completion)", "config error"),
+    Case("a python reward file that is not there", train(*GRPO, "grpo.rewards=[{{type: python, function: "
+                                                         "'{root}/nowhere.py:score'}}]", task="grpo", data="prompts"),
+         BAD_INPUT, "nowhere.py:score': no such file", "config error"),
+    Case("grpo on prompt/completion records", train(*GRPO, task="grpo"), BAD_INPUT,
+         "chat.jsonl:1: task grpo needs 'prompt' (or 'messages') records with the fields its rewards read, "
+         "got prompt_completion", "data error"),
+    Case("a prompt alone for sft", train(data="prompts"), BAD_INPUT,
+         "prompts.jsonl:1: missing field 'completion' (a prompt alone is a record for task grpo)", "data error"),
+    Case("bandit mixing of prompts", train(*GRPO, "data.mixing=bandit", task="grpo"), BAD_INPUT,
          "task grpo learns from rewards: use data.mixing=static or temperature", "config error"),
 ]
 

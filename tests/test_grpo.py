@@ -4,6 +4,8 @@ TRL's own `GRPOTrainer._compute_loss` computes them on the same fixed log-probs.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import types
 from collections import defaultdict
 from typing import cast
@@ -17,6 +19,9 @@ import torch
 from jaxlm.compute.grpo import Grpo, group_advantages, policy_terms
 from jaxlm.compute.rewards import RewardError, build_rewards, score_all
 from jaxlm.errors import ConfigError
+from jaxlm.train.loop import train
+from jaxlm.train.metrics import read_metrics
+from train_helpers import WORDS, tiny_config, write_tiny_llama
 
 TRL_LOSS_TYPES = {"sequence": "grpo", "token": "dapo", "constant": "dr_grpo"}
 
@@ -93,14 +98,16 @@ def test_loss_gradient_and_metrics_are_trls(loss_norm, beta):
 
 
 def test_sequence_loss_by_hand_at_the_first_update():
-    """Before any update the ratio is 1: the loss is -mean over completions of the advantage (β = 0)."""
+    """Before any update the ratio is 1 and the model is the reference: the loss is -mean over completions of the
+    advantage, whatever β."""
     logps = jnp.log(jnp.array([[0.5, 0.25, 0.1], [0.2, 0.3, 0.4]]))
     mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     advantages = jnp.array([1.5, -0.5])
-    loss_sum, count, sums = policy_terms(Grpo(), logps, logps, logps, advantages, mask)
+    loss_sum, count, sums = policy_terms(Grpo(beta=0.04), logps, logps, logps, advantages, mask)
     assert float(count) == 2
     np.testing.assert_allclose(loss_sum / count, -(1.5 - 0.5) / 2, rtol=1e-6)
     assert float(sums["clip_fraction"]) == 0 and abs(float(sums["kl"])) < 1e-7
+    assert "kl" not in policy_terms(Grpo(beta=0.0), logps, logps, logps, advantages, mask)[2]  # no reference
 
 
 def rewards_of(*configs: dict):
@@ -155,3 +162,54 @@ def test_a_python_reward_with_the_wrong_signature_is_refused_when_built(tmp_path
         rewards_of({"type": "python", "function": f"{code}:score"})
     with pytest.raises(ConfigError, match="defines no function 'missing'"):
         rewards_of({"type": "python", "function": f"{code}:missing"})
+
+
+VOWELS = ("def vowels(prompt, completion, record):\n"
+          "    return sum(c in 'aeiou' for c in completion) / max(len(completion), 1)\n")
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory):
+    """A tiny Llama, GRPO on a dense toy reward (the share of vowels in the completion): 3 batches of 4 prompts
+    x 8 completions, 2 updates each (the second against the kept log-probs), KL to the start with β = 0.04."""
+    root = tmp_path_factory.mktemp("grpo")
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"what is {w}", "answer": w}) + "\n"
+                                                for w in WORDS))
+    (root / "toy.py").write_text(VOWELS)
+    cfg = tiny_config(root, write_tiny_llama(root / "llama"), "grpo", [str(root / "prompts.jsonl")],
+                      f"grpo.rewards=[{{type: python, function: '{root}/toy.py:vowels'}}]", "grpo.group_size=8",
+                      "grpo.max_new_tokens=8", "grpo.iterations=2", "grpo.beta=0.04", "train.steps=6",
+                      "train.log_every=2", "checkpoint.every=2", "train.warmup_steps=0", "eval.general_prompts=false")
+    result = train(cfg, progress=False)
+    rows = read_metrics(str(root / "run" / "metrics.jsonl"))
+    return {"cfg": cfg, "root": root, "result": result, "rows": rows}
+
+
+def test_the_mean_reward_rises_on_a_toy_reward_and_every_step_is_logged(grpo_run):
+    rows = {r["step"]: r for r in grpo_run["rows"] if "loss" in r}
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+    rollouts = [rows[s] for s in (1, 3, 5)]  # each batch's sampling is logged with its first update
+    for row in rollouts:
+        assert {"reward_mean", "reward_std", "rewards/vowels", "completion_length", "rollout_tokens_per_s"} <= set(row)
+        assert row["reward_mean"] == row["rewards/vowels"] and 0 < row["completion_length"] <= 8
+    assert rollouts[-1]["reward_mean"] > rollouts[0]["reward_mean"] + 0.05, [r["reward_mean"] for r in rollouts]
+    assert rows[1]["kl"] == pytest.approx(0, abs=1e-6) and rows[6]["kl"] > 0  # the model leaves its start
+    assert rows[1]["clip_fraction"] == 0 and all(0 <= rows[s]["clip_fraction"] <= 1 for s in rows)
+    assert (grpo_run["root"] / "run" / "rewards.png").exists()
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_with_the_same_weights(grpo_run):
+    """The sampler's key derives from (seed, step): a run stopped after step 4 and rerun samples the same
+    completions and ends bitwise where the uninterrupted run ended."""
+    from flax import nnx
+
+    again = grpo_run["root"] / "again"
+    shutil.copytree(grpo_run["root"] / "run", again)
+    shutil.rmtree(again / "checkpoints" / "6")  # as if killed before the last save
+    resumed = train(dataclasses.replace(grpo_run["cfg"], output_dir=str(again)), progress=False)
+    ours, theirs = (nnx.state(r.model, nnx.Param) for r in (resumed, grpo_run["result"]))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = read_metrics(str(again / "metrics.jsonl"))
+    assert [r["reward_mean"] for r in rows if r.get("step") == 5 and "reward_mean" in r] == \
+        [r["reward_mean"] for r in grpo_run["rows"] if r.get("step") == 5 and "reward_mean" in r]

@@ -66,6 +66,9 @@ def to_item(index: int, record: Record) -> AuditItem:
     elif record.kind == "prompt_completion":
         prompt, answer = data["prompt"], data["completion"]
         text = f"{prompt}\n{answer}"
+    elif record.kind == "prompt":  # a prompt with no answer (task grpo)
+        prompt = text = data["prompt"]
+        answer = None
     elif record.kind == "ner":
         prompt = text = " ".join(data["tokens"])
         answer, label = None, " ".join(data["tags"])

@@ -15,7 +15,7 @@ r = π(token) / π_old(token) against the log-probs kept from the rollout:
 Like the other objectives the loss comes back as a sum and a count whose quotient is the batch loss, so
 gradient accumulation and data parallelism reduce as one batch. `kl` and `clip_fraction` (the share of
 completion tokens whose ratio the clip holds: TRL's clip_ratio/region_mean) are token means, scaled by the
-count so that the step's division by it gives them back.
+count so that the step's division by it gives them back; kl only where beta > 0, as TRL.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ import numpy as np
 
 LOSS_NORMS = ("sequence", "token", "constant")
 METRICS = ("kl", "clip_fraction")
+# A batch of completions, each [completions, seq] (one prompt + completion per row from position 0) but
+# advantages [completions]; old_logps and ref_logps are the rollout's per-token log-probs (ref: zeros when beta=0).
+BATCH_KEYS = ("input_ids", "targets", "completion_mask", "attention_mask", "old_logps", "ref_logps", "advantages")
+FLOAT_KEYS = ("old_logps", "ref_logps", "advantages")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +47,11 @@ class Grpo:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        return METRICS
+        return METRICS if self.beta else METRICS[1:]  # no reference, no kl (TRL logs none either)
+
+    @property
+    def needs_reference(self) -> bool:  # the step's own reference pass: no, the rollout keeps ref_logps
+        return False
 
 
 def group_advantages(rewards: np.ndarray, group_size: int) -> np.ndarray:
@@ -79,5 +87,7 @@ def policy_terms(objective: Grpo, logps, old_logps, ref_logps, advantages, mask)
         raise ValueError(f"grpo loss_norm {objective.loss_norm!r} is not one of {LOSS_NORMS}")
     clipped = ((ratio < 1 - eps) & (advantage < 0)) | ((ratio > 1 + eps) & (advantage > 0))
     token_mean = lambda x: jnp.sum(jax.lax.stop_gradient(x) * mask) / jnp.maximum(jnp.sum(tokens), 1.0)  # noqa: E731
-    sums = {"kl": token_mean(kl) * count, "clip_fraction": token_mean(clipped.astype(jnp.float32)) * count}
+    sums = {"clip_fraction": token_mean(clipped.astype(jnp.float32)) * count}
+    if beta:
+        sums["kl"] = token_mean(kl) * count
     return loss_sum, count, sums

@@ -11,6 +11,7 @@ so gradient accumulation and data parallelism reduce exactly like one big batch.
 * classification: BERT sequence classifier, one label per row (softmax cross-entropy over the
   classes, binary included); a row labelled -100 (padding of the last eval batch) does not count.
 * dpo / orpo / simpo: pairs of completions, one loss per pair (compute/preference.py).
+* grpo: sampled completions with their advantages and the log-probs kept from the rollout (compute/grpo.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.compute import preference
+from jaxlm.compute import grpo, preference
 from jaxlm.models.llama_moe import router_aux_loss
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
 from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PAIR_KEYS, PREFERENCE_TASKS
@@ -32,8 +33,10 @@ BATCH_KEYS = {
     "token_classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     "classification": ("input_ids", "attention_mask", "token_type_ids", "labels"),
     **dict.fromkeys(PREFERENCE_TASKS, PAIR_KEYS),  # each [batch, 2, seq]: a chosen and a rejected row
+    "grpo": grpo.BATCH_KEYS,  # [completions, seq], advantages [completions] (train/rollout.py makes them)
 }
-BATCH_DTYPES = {"loss_mask": "float32"}  # the pipeline's dtype where it is not int32
+# the pipeline's (or the rollout's) dtype where it is not int32
+BATCH_DTYPES = {"loss_mask": "float32", **dict.fromkeys(grpo.FLOAT_KEYS, "float32")}
 
 
 class LossTerms(NamedTuple):
@@ -47,7 +50,8 @@ class LossTerms(NamedTuple):
 
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
                num_sources: int = 0, count_correct: bool = False,
-               objective: preference.Preference | None = None, reference_logps=None, kl=None) -> LossTerms:
+               objective: preference.Preference | grpo.Grpo | None = None, reference_logps=None,
+               kl=None) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
@@ -59,8 +63,16 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     and dpo the reference model's `completion_logps` of the batch. `kl` = (reference model, β) adds
     β x KL(model || reference) per counted token to a language-model loss (train.kl_to_base), its sum in
     `sums["kl_to_base"]`."""
+    if task == "grpo":
+        assert isinstance(objective, grpo.Grpo), "task grpo needs its objective"
+        logps = token_logps(model, batch, objective.temperature, chunk_tokens)
+        loss_sum, count, sums = grpo.policy_terms(objective, logps, batch["old_logps"], batch["ref_logps"],
+                                                  batch["advantages"], batch["completion_mask"])
+        balance = None if count_correct else router_aux_loss(model)
+        return LossTerms(loss_sum if balance is None else loss_sum + balance * count, count, None, sums=sums)
     if task in PREFERENCE_TASKS:
-        assert objective is not None and objective.task == task, f"task {task} needs its preference objective"
+        assert isinstance(objective, preference.Preference), f"task {task} needs its preference objective"
+        assert objective.task == task, f"task {task} needs its preference objective"
         logps, tokens = completion_logps(model, batch, chunk_tokens)
         loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
         balance = None if count_correct else router_aux_loss(model)  # training only, once per pair (as TRL)
@@ -111,6 +123,23 @@ def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, ja
     mask = flat(batch["completion_mask"]).astype(jnp.float32)
     logps = -sequence_nll(hidden, model, flat(batch["targets"]), mask, chunk_tokens)
     return logps.reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
+
+
+def token_logps(model, batch, temperature: float = 1.0, chunk_tokens: int = 0) -> jax.Array:
+    """log softmax(logits / temperature)[target] of every position of one-sequence-per-row [rows, seq] arrays
+    (`input_ids`, `targets`, `attention_mask`): float32 [rows, seq], the vocabulary projected a chunk of
+    positions at a time (each chunk recomputed backward), as `sequence_nll`."""
+    rows, seq = batch["input_ids"].shape
+    lengths = jnp.sum(batch["attention_mask"], axis=-1, dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (rows, seq))
+    hidden = model(batch["input_ids"], positions=positions, lengths=lengths, return_hidden=True)
+    per_token = lambda h, t: -_token_nll(model.logits(h).astype(jnp.float32) / temperature, t)  # noqa: E731
+    chunks = _chunked((hidden, batch["targets"], batch["attention_mask"]), chunk_tokens)
+    if chunks is None:
+        return per_token(hidden, batch["targets"])
+    checkpointed = jax.checkpoint(per_token)
+    _, out = jax.lax.scan(lambda carry, xs: (carry, checkpointed(xs[0], xs[1])), None, chunks[:2])
+    return jnp.moveaxis(out, 0, 1).reshape(rows, -1)[:, :seq]  # [chunks, rows, width] -> [rows, seq]
 
 
 def sequence_nll(hidden, model, targets, weights, chunk_tokens: int):

@@ -23,11 +23,14 @@ import optax
 from flax import nnx
 
 from jaxlm.compute import losses
+from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.losses import completion_logps
 from jaxlm.compute.preference import Preference
 
 if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is below it
     from jaxlm.train.state import TrainState
+
+Objective = Preference | Grpo  # a task's loss constants beyond the token losses
 
 
 def cast_floats(tree, dtype):
@@ -47,7 +50,7 @@ def starting_model(graphdef, params, reference, frozen, rest, compute_dtype):
     return nnx.merge(graphdef, cast_floats(reference, compute_dtype), cast_floats(frozen, compute_dtype), rest)
 
 
-def reference_logps(graphdef, objective: Preference | None, params, reference, frozen, rest, batch, compute_dtype,
+def reference_logps(graphdef, objective: Objective | None, params, reference, frozen, rest, batch, compute_dtype,
                     chunk_tokens: int = 0):
     """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
     else None; no gradient flows through them."""
@@ -91,7 +94,7 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
-                    chunk_tokens=0, packed=True, num_sources: int = 0, objective: Preference | None = None,
+                    chunk_tokens=0, packed=True, num_sources: int = 0, objective: Objective | None = None,
                     kl_to_base: float = 0.0):
     """`step(state, frozen, rest, batch, reference) -> (state, metrics)`, jitted with the state donated.
 
@@ -160,7 +163,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True,
-                   objective: Preference | None = None):
+                   objective: Objective | None = None):
     """`eval_step(params, frozen, rest, batch, reference) -> (loss_sum, count, correct, predictions, sums)`;
     no dropout. `correct`: how many counted tokens (rows) the argmax gets right (token or class accuracy,
     summed on device so every process gets the global number; None for preference tasks); `predictions`:

@@ -134,6 +134,8 @@ def build_pipeline(sources, tokenizer, *, task: str, seq_len: int, batch_size: i
         dataset = dataset.batch(stages.PYTHON_BATCH)
         if augmenters:
             dataset = stages.augment(dataset, *augmenters)
+        if task == "grpo":  # prompts stay records: the rollout tokenizes them and the rewards read their fields
+            return dataset.unbatch().map(lambda row: {"record": row["record"], "source_id": row["source_id"]})
         if task in PREFERENCE_TASKS:  # pairs are rows of their own, never packed
             return stages.encode_rows(dataset, PreferenceEncoder(tokenizer, seq_len=seq_len), faults)
         if task in ("token_classification", "classification"):
@@ -185,6 +187,12 @@ def _survey(config, selection: Selection, on_error: str, read_kwargs: dict,
             elif task == "token_classification" and record.kind != "ner":
                 raise DataError(record.path, record.line, "token_classification needs 'tokens' + 'tags' records "
                                 f"(or a CoNLL file), got {record.kind}")
+            elif task == "grpo" and record.kind not in ("prompt", "messages"):
+                raise DataError(record.path, record.line, "task grpo needs 'prompt' (or 'messages') records with "
+                                f"the fields its rewards read, got {record.kind}")
+            elif task != "grpo" and record.kind == "prompt":
+                raise DataError(record.path, record.line, "missing field 'completion' (a prompt alone is a "
+                                "record for task grpo)")
             elif (task in PREFERENCE_TASKS) != (record.kind == "preference"):
                 raise DataError(record.path, record.line, f"task {task} needs " + (
                     f"'prompt' + 'chosen' + 'rejected' records, got {record.kind}" if task in PREFERENCE_TASKS

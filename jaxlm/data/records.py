@@ -3,10 +3,11 @@
 Three on-disk formats are understood:
 
 * **jsonl** (`.jsonl`, `.json` holding one JSON object per line). Each object is
-  normalised to one of five record kinds, picked by which fields it has:
+  normalised to one of six record kinds, picked by which fields it has:
   ``chosen``/``rejected`` -> ``preference`` (with ``prompt``: TRL's standard form of three
   strings, or its conversational form of three message lists); ``messages`` -> ``messages``;
-  ``prompt`` + ``completion`` -> ``prompt_completion``; ``text`` -> ``text``;
+  ``prompt`` + ``completion`` -> ``prompt_completion``; ``prompt`` alone -> ``prompt`` (GRPO samples the
+  answers); ``text`` -> ``text``;
   ``tokens`` + ``tags`` -> ``ner``. ``fields`` renames the
   file's field names to these canonical ones (``{"text": "body"}``). Every other
   key of the object (provenance, ``source``, ``passage_id``...) is kept in ``data``.
@@ -210,6 +211,9 @@ def normalize_json(obj: Any, fields: dict[str, str] | None = None) -> tuple[str,
     if "messages" in data:
         check_messages(data["messages"])
         return "messages", data
+    if "prompt" in data and "completion" not in data:  # a prompt to sample answers to (task grpo)
+        _check_string(data, "prompt", fields)
+        return "prompt", data
     if "prompt" in data or "completion" in data:
         for name in ("prompt", "completion"):
             _check_string(data, name, fields)

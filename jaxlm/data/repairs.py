@@ -33,6 +33,8 @@ def cap_length(record: Record, max_chars: int, *, split_text: bool = False) -> t
                 for piece in _pieces(data["text"], max_chars)], "split"
     if record.kind == "text":
         data = {**data, "text": data["text"][:max_chars]}
+    elif record.kind == "prompt":
+        data = {**data, "prompt": data["prompt"][:max_chars]}
     elif record.kind == "prompt_completion":
         prompt = data["prompt"][:max_chars]
         data = {**data, "prompt": prompt, "completion": data["completion"][:max_chars - len(prompt)]}
@@ -75,6 +77,8 @@ def _content_length(record: Record) -> int:
     data = record.data
     if record.kind == "text":
         return len(data["text"])
+    if record.kind == "prompt":
+        return len(data["prompt"])
     if record.kind == "prompt_completion":
         return len(data["prompt"]) + len(data["completion"])
     if record.kind == "messages":

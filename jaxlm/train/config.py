@@ -293,6 +293,13 @@ class Config:
         if not g.rewards:
             raise ConfigError("grpo.rewards is empty: task grpo needs at least one reward, e.g. "
                               "grpo.rewards=[{type: exact, field: answer}]")
+        for key, value in (("train.steps", self.train.steps), ("checkpoint.every", self.checkpoint.every)):
+            if value % g.iterations:
+                raise ConfigError(f"{key}={value} must be a multiple of grpo.iterations={g.iterations}: a "
+                                  "checkpoint falls between the updates of one batch of completions")
+        if self.train.seq_len <= g.max_new_tokens:
+            raise ConfigError(f"train.seq_len={self.train.seq_len} must be more than grpo.max_new_tokens="
+                              f"{g.max_new_tokens}: a row holds the prompt and its completion")
         if g.group_size < 2:
             raise ConfigError(f"grpo.group_size={g.group_size}: advantages compare completions of one prompt, "
                               "so a group needs at least 2")

@@ -17,6 +17,7 @@ from flax import nnx
 from flax.nnx import filterlib
 
 from jaxlm.compute import losses, sharding
+from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.preference import Preference
 from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
@@ -72,8 +73,11 @@ def _path_search(patterns: tuple[str, ...]):
     return matches
 
 
-def preference_objective(cfg: Config) -> Preference | None:
-    """The preference task's objective with its constants from the config; None for other tasks."""
+def task_objective(cfg: Config) -> Preference | Grpo | None:
+    """The preference or grpo task's objective with its constants from the config; None for other tasks."""
+    if cfg.task == "grpo":
+        g = cfg.grpo
+        return Grpo(g.epsilon, g.beta, g.loss_norm, g.max_new_tokens, g.temperature)
     if cfg.task == "dpo":
         return Preference("dpo", cfg.dpo.beta, cfg.dpo.loss, cfg.dpo.label_smoothing)
     if cfg.task == "orpo":
@@ -83,11 +87,12 @@ def preference_objective(cfg: Config) -> Preference | None:
     return None
 
 
-def reference_copy(cfg: Config, objective: Preference | None, trainable: nnx.State) -> nnx.State | None:
+def reference_copy(cfg: Config, objective: Preference | Grpo | None, trainable: nnx.State) -> nnx.State | None:
     """What the steps take as `reference`: the trainable parameters as they start, where the loss compares with
-    the starting model (dpo, train.kl_to_base) and more than LoRA adapters train; None (nothing held: adapters
-    off) otherwise."""
-    if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0):
+    the starting model (dpo, grpo.beta, train.kl_to_base) and more than LoRA adapters train; None (nothing held:
+    adapters off) otherwise."""
+    grpo_kl = cfg.task == "grpo" and cfg.grpo.beta > 0
+    if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0 or grpo_kl):
         return None
     if all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(trainable)):
         return None
@@ -199,7 +204,7 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetu
     batch_sh = sharding.batch_sharding(mesh, accumulated=t.grad_accum > 1)
     num_sources = len(cfg.data.train) if cfg.data.mixing == "bandit" else 0
     eval_sh = sharding.batch_sharding(mesh, accumulated=False)
-    objective = preference_objective(cfg)
+    objective = task_objective(cfg)
     reference = reference_copy(cfg, objective, trainable)
     reference_sh = None if reference is None else state_sh.params
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,

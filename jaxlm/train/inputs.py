@@ -132,6 +132,8 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
                               **common)
     if cfg.task in LABELLED_TASKS:
         common["label_names"] = train.label_names
+    if cfg.task == "grpo":  # scored by its rewards while training, not by a loss on held-out batches
+        return train, None, None
     micro = cfg.train.batch_size // cfg.train.grad_accum
     evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
     test = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="test", **common)

@@ -184,14 +184,20 @@ def run_steps(run: Run, state: LoopState) -> None:
         state.stop_reason = "already_complete"
         return
     first = state.step
-    for batch in itertools.islice(run.train_data, run.cfg.train.steps - first):
+    updates = run.cfg.grpo.iterations if run.rollouts is not None else 1  # optimizer steps per batch
+    for batch in itertools.islice(run.train_data, -(-(run.cfg.train.steps - first) // updates)):
+        extra = {}
+        if run.rollouts is not None:  # grpo: the batch's prompts answered, scored, and kept for `updates` steps
+            batch, extra = run.rollouts.batch(batch, state.step)
         if state.step == first:
             compile_step(run, state, batch)
-        state.pending.append((state.step + 1, run.engine.step(batch)))
-        state.step += 1
-        due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
-        if due.sync and at_sync_point(run, state, due):
-            return
+        for _ in range(updates):
+            state.pending.append((state.step + 1, {**run.engine.step(batch), **extra}))
+            extra = {}
+            state.step += 1
+            due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
+            if due.sync and at_sync_point(run, state, due):
+                return
 
 
 def compile_step(run: Run, state: LoopState, batch: dict) -> None:
@@ -232,6 +238,8 @@ def sync(run: Run, state: LoopState) -> list[dict]:
     now = time.perf_counter()
     t = run.cfg.train
     tokens = t.batch_size * sequences_per_example(run.cfg.task) * t.seq_len
+    if run.rollouts is not None:
+        tokens *= run.cfg.grpo.group_size
     tokens_per_s = len(rows) * tokens / max(now - state.last_sync, 1e-9)
     state.last_sync = now
     data_stats = run.train_data.stats()

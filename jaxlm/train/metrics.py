@@ -107,7 +107,9 @@ def plot_loss_curve(rows: list[dict], png_path: str) -> str:
 
 def plot_rewards(rows: list[dict], png_path: str) -> str | None:
     """A preference run's rewards over the steps: chosen, rejected and their margin (lines: train, dots: eval),
-    and the reward accuracy on its own axis; None when the run logged no rewards (other tasks)."""
+    and the reward accuracy on its own axis (grpo: `_plot_grpo_rewards`); None when the run logged no rewards."""
+    if any("reward_mean" in r for r in rows):
+        return _plot_grpo_rewards(rows, png_path)
     names = ("rewards/chosen", "rewards/rejected", "rewards/margins")
     if not any(name in r or f"eval_{name}" in r for r in rows for name in names):
         return None
@@ -120,15 +122,42 @@ def plot_rewards(rows: list[dict], png_path: str) -> str | None:
                 points = [(r["step"], r[name]) for r in rows if isinstance(r.get(name), (int, float))]
                 if points:
                     axis.plot(*zip(*points, strict=False), style, color=color, label=label, lw=1)
+    return _save_reward_axes(plt, fig, (ax, accuracy), "reward accuracy", png_path)
+
+
+def _save_reward_axes(plt, fig, axes, lower_label: str, png_path: str) -> str:
+    """Grid and legend on the (reward, lower) axes of a rewards.png, labelled, saved."""
+    for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
-    ax.set_ylabel("reward")
-    accuracy.set_ylabel("reward accuracy")
-    accuracy.set_xlabel("step")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    axes[0].set_ylabel("reward")
+    axes[1].set_ylabel(lower_label)
+    axes[1].set_xlabel("step")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
     return png_path
+
+
+def _plot_grpo_rewards(rows: list[dict], png_path: str) -> str:
+    """A GRPO run's rewards: the mean with its within-group spread and each reward by name, and the KL to the
+    starting model (where grpo.beta > 0) on its own axis."""
+    plt = _pyplot()
+    fig, (ax, kl) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    sampled = [r for r in rows if "reward_mean" in r]
+    steps = [r["step"] for r in sampled]
+    mean = [r["reward_mean"] for r in sampled]
+    spread = [r["reward_std"] for r in sampled]
+    ax.plot(steps, mean, "-", color="C0", lw=1.5, label="reward_mean")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, spread, strict=True)],
+                    [m + s for m, s in zip(mean, spread, strict=True)], color="C0", alpha=0.15, label="± reward_std")
+    for i, name in enumerate(sorted({k for r in sampled for k in r if k.startswith("rewards/")})):
+        ax.plot(steps, [r.get(name) for r in sampled], "--", color=f"C{i + 1}", lw=1, label=name)
+    points = [(r["step"], r["kl"]) for r in rows if isinstance(r.get("kl"), (int, float))]
+    if points:
+        kl.plot(*zip(*points, strict=False), "-", color="C3", lw=1, label="kl")
+    return _save_reward_axes(plt, fig, (ax, kl), "KL to the start", png_path)
 
 
 def realised_shares(data_stats: dict) -> dict:

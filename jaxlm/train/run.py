@@ -21,6 +21,7 @@ import yaml
 from flax import nnx
 
 from jaxlm.compute import distributed
+from jaxlm.compute.rewards import build_rewards
 from jaxlm.errors import warn
 from jaxlm.models.contract import is_causal_lm
 from jaxlm.tasks import LABELLED_TASKS
@@ -41,6 +42,7 @@ from jaxlm.train.inputs import (
 )
 from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, plot_rewards, read_metrics
 from jaxlm.train.overrides import flat
+from jaxlm.train.rollout import Rollouts
 from jaxlm.train.state import count_params
 
 if TYPE_CHECKING:  # type hints only: the pipeline module loads TensorFlow, transformers is slow to import
@@ -90,6 +92,7 @@ class Run:
     before: dict | None  # their answers (and the general prompts') at step 0, scored (None when resumed)
     hooks: tuple[SyncHook, ...]
     writer: bool  # this process writes the files a person reads (process 0 of a multi-process run)
+    rollouts: Rollouts | None = None  # task grpo: samples and scores each step's completions
 
 
 def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> Run:
@@ -101,6 +104,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     progress = progress and writer
     cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
     check_positions(cfg)
+    rewards = build_rewards(cfg.grpo.rewards) if cfg.task == "grpo" else []  # a bad python reward stops here
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
     if writer:
         check_same_run(cfg, paths)
@@ -129,8 +133,10 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
                    f"mesh {dict(engine.mesh.shape)}")
     logger = MetricsLogger(cfg.output_dir, cfg.train.steps, start_step=resume_step or 0, progress=progress,
                            enabled=writer)
+    rollouts = Rollouts(cfg, model, tokenizer, engine, trainable_filter(cfg), rewards) if cfg.task == "grpo" else None
     return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
-               checkpointer, resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer)
+               checkpointer, resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer,
+               rollouts)
 
 
 def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
