@@ -60,6 +60,7 @@ def generate(
     batch_size: int = 32,
     on_tokens: Callable[[list[list[int]]], None] | None = None,
     stream_every: int = 8,
+    prompt_len: int = 0,
 ) -> GenerationResult:
     """Generate up to `max_new_tokens` for each prompt with a causal LM (`models.contract.CausalLM`).
 
@@ -72,7 +73,9 @@ def generate(
         at the model's/tokenizer's EOS unless `stop_at_eos=False`.
     on_tokens: called with each prompt's newest tokens every `stream_every` steps (streaming;
         all prompts must fit in one batch). The samples are the same as without it.
-    Prompts are sorted by length into micro-batches of `batch_size` to limit padding.
+    Prompts are sorted by length into micro-batches of `batch_size` to limit padding; `prompt_len` pads every
+    micro-batch's prompts to at least that many positions, so that calls with prompts of any length up to it
+    share one compiled program (GRPO's rollouts).
     A prompt-tuned model's virtual tokens go before every prompt (the first cache slots of its row,
     positions 0..n-1, as PEFT places them); `prompt_lengths` do not count them.
     """
@@ -102,6 +105,7 @@ def generate(
         tokens, row_logprobs, batch_seconds = _generate_batch(
             graphdef, state, model.config, params, [prompt_ids[i] for i in rows], [stops[i] for i in rows],
             max_new_tokens, jax.random.fold_in(jax.random.key(seed), batch_number), pad_id, stream, stream_every,
+            prompt_len,
         )
         for name in seconds:
             seconds[name] += batch_seconds[name]
@@ -126,11 +130,11 @@ def generate(
 
 
 def _generate_batch(graphdef, state, config, params, prompts, stops, max_new_tokens, key, pad_id, on_tokens,
-                    stream_every):
+                    stream_every, min_prompt_len=0):
     """Pad one micro-batch to bucketed shapes, prefill, decode; returns host arrays and timings."""
     batch = len(prompts)
     padded_batch = loop.bucket(batch, minimum=1)  # padding rows start out done
-    prompt_len = loop.prompt_bucket(max(len(p) for p in prompts))
+    prompt_len = loop.prompt_bucket(max(min_prompt_len, *(len(p) for p in prompts)))
     ids = np.full((padded_batch, prompt_len), pad_id, np.int32)
     mask = np.zeros((padded_batch, prompt_len), np.int32)
     for row, prompt in enumerate(prompts):  # left padding: every row's last prompt token is at the end

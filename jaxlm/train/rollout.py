@@ -1,8 +1,8 @@
 """GRPO's rollout: a batch of prompt records in, a train batch of scored completions out (compute/grpo.py).
 
 Each step, every prompt of the batch is answered `grpo.group_size` times by jaxlm's sampler (sampling/api.py:
-prefill and a decode loop, compiled once per shape and reused) from the engine's current parameters, written
-into the model without a copy. The completions are scored by the rewards (compute/rewards.py), their
+prefill and a decode loop, compiled once: every prompt is padded to train.seq_len - grpo.max_new_tokens
+positions) from the engine's current parameters, written into the model without a copy. The completions are scored by the rewards (compute/rewards.py), their
 advantages normalised within each prompt's group, and the log-probs that the ratio and the KL compare with
 are computed once here, in one jitted forward each: the model as it sampled (old) and, with grpo.beta > 0,
 the starting model (LoRA: the adapters off). A string prompt goes through the tokenizer's chat template as one
@@ -68,7 +68,8 @@ class Rollouts:
         self.engine.update_model(self.model)  # the current weights, the engine's own arrays: no copy
         seed = int(np.random.SeedSequence([t.seed, step]).generate_state(1)[0])
         result = generate(self.model, self.tokenizer, prompt_ids, g.max_new_tokens, g.temperature,
-                          top_p=g.top_p if g.top_p < 1 else None, seed=seed, batch_size=len(prompt_ids))
+                          top_p=g.top_p if g.top_p < 1 else None, seed=seed, batch_size=len(prompt_ids),
+                          prompt_len=t.seq_len - g.max_new_tokens)  # one shape: compiled once
         rollout_seconds = time.perf_counter() - began
         assert result.texts is not None  # a tokenizer was given
         prompts = [data.get("prompt", data.get("messages")) for _, data in records for _ in range(g.group_size)]
