@@ -2,13 +2,14 @@
 
 Each step, every prompt of the batch is answered `grpo.group_size` times by jaxlm's sampler (sampling/api.py:
 prefill and a decode loop, compiled once: every prompt is padded to train.seq_len - grpo.max_new_tokens
-positions) from the engine's current parameters, written into the model without a copy. The completions are scored by the rewards (compute/rewards.py), their
-advantages normalised within each prompt's group, and the log-probs that the ratio and the KL compare with
-are computed once here, in one jitted forward each: the model as it sampled (old) and, with grpo.beta > 0,
-the starting model (LoRA: the adapters off). A string prompt goes through the tokenizer's chat template as one
-user turn when there is one (as jaxlm's SFT renders prompt/completion records); `messages` records are the
-conversation up to its last user turn. Prompts keep their last train.seq_len - grpo.max_new_tokens tokens,
-so every train batch has one shape: [batch_size x group_size, train.seq_len].
+positions) from the engine's current parameters, written into the model without a copy. The completions are
+scored by the rewards (compute/rewards.py), their advantages normalised within each prompt's group, and the
+log- probs that the ratio and the KL compare with are computed once here, in one jitted forward each: the
+model as it sampled (old) and, with grpo.beta > 0, the starting model (LoRA: the adapters off). A string
+prompt goes through the tokenizer's chat template as one user turn when there is one (as jaxlm's SFT renders
+prompt/completion records); `messages` records are the conversation up to its last user turn. Prompts keep
+their last train.seq_len - grpo.max_new_tokens tokens, so every train batch has one shape: [batch_size x
+group_size, train.seq_len].
 
 The sampling key of step s derives from (train.seed, s) alone: a resumed run samples what the uninterrupted
 one sampled, with nothing to save.
