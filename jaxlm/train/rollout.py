@@ -4,7 +4,7 @@ Each step, every prompt of the batch is answered `grpo.group_size` times by jaxl
 prefill and a decode loop, compiled once: every prompt is padded to train.seq_len - grpo.max_new_tokens
 positions) from the engine's current parameters, written into the model without a copy. The completions are
 scored by the rewards (compute/rewards.py), their advantages normalised within each prompt's group, and the
-log- probs that the ratio and the KL compare with are computed once here, in one jitted forward each: the
+log-probs that the ratio and the KL compare with are computed once here, in one jitted forward each: the
 model as it sampled (old) and, with grpo.beta > 0, the starting model (LoRA: the adapters off). A string
 prompt goes through the tokenizer's chat template as one user turn when there is one (as jaxlm's SFT renders
 prompt/completion records); `messages` records are the conversation up to its last user turn. Prompts keep
