@@ -89,7 +89,8 @@ def dry_run(cfg: Config) -> dict:
 def describe(report: dict, cfg: Config) -> str:
     t = cfg.train
     size = lambda key: _bytes(report[key])  # noqa: E731
-    pair = sequences_per_example(cfg.task)  # a preference pair: 2 sequences
+    # a preference pair: 2 sequences; a grpo prompt: its group of completions
+    pair = cfg.grpo.group_size if cfg.task == "grpo" else sequences_per_example(cfg.task)
     rows = f"{t.batch_size} x {pair}" if pair > 1 else f"{t.batch_size}"
     return "\n".join([
         f"dry run: {report['model']}, {report['params']:,} parameters ({report['trainable']:,} trained), "

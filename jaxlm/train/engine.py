@@ -255,9 +255,11 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     seed = cfg.train.seed
     state = abstract(jax.eval_shape(lambda x: init_state(x, p.tx, seed), p.trainable), p.state_sharding)
     t = cfg.train
-    rows = (t.grad_accum, t.batch_size // t.grad_accum) if t.grad_accum > 1 else (t.batch_size,)
+    size = t.batch_size * (cfg.grpo.group_size if cfg.task == "grpo" else 1)  # grpo: completions, not prompts
+    rows = (t.grad_accum, size // t.grad_accum) if t.grad_accum > 1 else (size,)
     shape = (*rows, *((2,) if cfg.task in PREFERENCE_TASKS else ()), t.seq_len)  # a pair: chosen and rejected
-    batch = {k: jax.ShapeDtypeStruct(shape, losses.BATCH_DTYPES.get(k, np.int32), sharding=p.batch_sharding)
+    batch = {k: jax.ShapeDtypeStruct(rows if k == "advantages" else shape, losses.BATCH_DTYPES.get(k, np.int32),
+                                     sharding=p.batch_sharding)
              for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
     reference = None if p.reference is None else abstract(p.reference, p.reference_sharding)
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch,
