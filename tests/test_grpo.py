@@ -219,3 +219,27 @@ def test_a_run_resumed_from_its_checkpoint_ends_with_the_same_weights(grpo_run):
     rows = read_metrics(str(again / "metrics.jsonl"))
     sampled = lambda rows: [(r["step"], r["reward_mean"]) for r in rows if "reward_mean" in r]  # noqa: E731
     assert sampled(rows) == sampled(grpo_run["rows"])
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("grpo.temperature=0", "grpo.temperature must be > 0, got 0"),
+    ("grpo.top_p=1.5", "grpo.top_p must be in (0, 1], got 1.5"),
+    ("grpo.epsilon=0", "grpo.epsilon must be > 0, got 0"),
+    ("grpo.beta=-1", "grpo.beta must be >= 0, got -1"),
+    ("grpo.iterations=0", "grpo.iterations must be >= 1, got 0"),
+    ("grpo.loss_norm=mean", "grpo.loss_norm='mean' is not one of sequence, token, constant"),
+    ("grpo.rewards=[{type: regex}]", "grpo.rewards[0].pattern is empty"),
+    ("grpo.rewards=[{type: exact, pattern: '('}]", "grpo.rewards[0].pattern='(' is not a valid regex"),
+    ("grpo.rewards=[{type: length}]", "grpo.rewards[0].max_words must be >= 1"),
+    ("grpo.rewards=[{type: python}]", "grpo.rewards[0].function is empty"),
+    ("grpo.rewards=[{type: contains, weight: .nan}]", "grpo.rewards[0].weight must be a finite number"),
+    ("data.mixing=bandit", "task grpo learns from rewards: use data.mixing=static or temperature"),
+])
+def test_each_grpo_key_is_checked_before_any_work(override, says):
+    """The config's own checks (the CLI rows of tests/test_bad_inputs.py show they reach the user as one line)."""
+    from jaxlm.train.config import load_config
+
+    rewards = "grpo.rewards=[{type: contains}]"
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["task=grpo", "grpo.max_new_tokens=8", rewards, "data.train=[x.jsonl]", override])
+    assert says in str(error.value)
