@@ -19,11 +19,12 @@ from jaxlm.sampling.api import generate
 from jaxlm.serve.cli import build_parser, build_server
 from train_helpers import write_tiny_llama
 
-MAX_BATCH, MAX_QUEUE, MAX_CONTEXT, NEW = 4, 4, 96, 16
+# A context just over the longest chat + NEW: the cache is short, so rows shift often under load.
+MAX_BATCH, MAX_QUEUE, MAX_CONTEXT, NEW = 4, 4, 48, 16
 # Chats of at most 24 tokens and texts of at most 16 (with the tiny tokenizer): two prompt buckets, so
 # the server compiles two prefill programs, and one `generate` call gives every expected answer.
 QUESTIONS = ["hello", "what is your name", "hi there", "how are you"]
-TEXT = "the dog ran"
+TEXT, LONGER_TEXT = "the dog ran", "the cat sat on a mat and the dog ran to the park"  # 5 and 19 tokens
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +68,12 @@ def _chat(question: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def expected(server):
-    """`jaxlm.generate`'s greedy answers (NEW tokens, past EOS) to each question, then to TEXT."""
+    """`jaxlm.generate`'s greedy answers (NEW tokens, past EOS) to each question and text."""
     model, tokenizer = load_pretrained(server.path)
-    result = generate(model, tokenizer, [*map(_chat, QUESTIONS), TEXT], max_new_tokens=NEW, stop_at_eos=False,
-                      return_logprobs=True)
+    result = generate(model, tokenizer, [*map(_chat, QUESTIONS), TEXT, LONGER_TEXT], max_new_tokens=NEW,
+                      stop_at_eos=False, return_logprobs=True)
     return {prompt: (result.texts[i], result.logprobs[i], result.prompt_lengths[i])
-            for i, prompt in enumerate([*QUESTIONS, TEXT])}
+            for i, prompt in enumerate([*QUESTIONS, TEXT, LONGER_TEXT])}
 
 
 def test_models_lists_the_served_model(client, server):
@@ -99,6 +100,16 @@ def test_completions_of_text_and_token_ids(client, server, expected):
         assert reply.choices[0].logprobs.token_logprobs == pytest.approx(expected[TEXT][1], abs=1e-4)
         assert reply.choices[0].finish_reason == "length"
         assert reply.usage.completion_tokens == NEW
+
+
+def test_several_prompts_in_one_request(client, server, expected):
+    """Admitted one after the other into an idle server: the longer prompt's rows move the shorter one's
+    to the right to fit before the shared write slot."""
+    reply = client.completions.create(model=server.name, prompt=[TEXT, LONGER_TEXT], max_tokens=NEW, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert [c.text for c in sorted(reply.choices, key=lambda c: c.index)] == [expected[TEXT][0],
+                                                                              expected[LONGER_TEXT][0]]
+    assert reply.usage.prompt_tokens == expected[TEXT][2] + expected[LONGER_TEXT][2]
 
 
 def test_streaming_equals_not_streaming(client, server):
@@ -145,10 +156,14 @@ def test_concurrent_greedy_answers_equal_answers_alone(client, server, expected)
                                                temperature=0, extra_body={"ignore_eos": True})
         return reply.choices[0].message.content
 
+    def ask_in_turn(first):  # each client asks every question: requests join and leave at different steps
+        return [ask(QUESTIONS[(first + i) % len(QUESTIONS)]) for i in range(len(QUESTIONS))]
+
     alone = [ask(q) for q in QUESTIONS]
-    with concurrent.futures.ThreadPoolExecutor(len(QUESTIONS)) as pool:
-        together = list(pool.map(ask, QUESTIONS))
-    assert together == alone == [expected[q][0] for q in QUESTIONS]
+    assert alone == [expected[q][0] for q in QUESTIONS]
+    with concurrent.futures.ThreadPoolExecutor(MAX_BATCH) as pool:
+        together = list(pool.map(ask_in_turn, range(MAX_BATCH)))
+    assert together == [alone[first:] + alone[:first] for first in range(MAX_BATCH)]
 
 
 def _finished(server, reason: str) -> float:

@@ -83,7 +83,8 @@ class KVCache:
 
     def shifted(self, amount: jax.Array) -> KVCache:
         """Every row moved `amount` slots to the left (the first `amount` slots dropped) and `index` with it:
-        frees slots at the end once the oldest request still running starts `amount` slots in."""
+        frees slots at the end once the oldest request still running starts `amount` slots in. A negative
+        amount moves rows right, making room before `index` (slots from `index` on must be invalid)."""
         slots = self.num_slots
         keys, values = jax.tree.map(lambda a: jnp.roll(a, -amount, axis=-2), (self.keys, self.values))
         valid = jnp.roll(self.valid, -amount, axis=1) & (jnp.arange(slots) < slots - amount)[None]

@@ -174,8 +174,10 @@ class Scheduler:
         ids = np.full((1, padded), self.pad_id, np.int32)
         mask = np.zeros((1, padded), np.int32)
         ids[0, padded - len(prompt):], mask[0, padded - len(prompt):] = prompt, 1
-        # Slots from `index` on are invalid in every row, so moving `index` forward is free.
-        self.index = max(self.index, padded)
+        if self.index < padded:  # the prompt must end at `index`: move every row right to make room
+            if self.running:  # (free when nothing runs: slots from `index` on are invalid in every row)
+                self._shift(self.index - padded)
+            self.index = padded
         key = jax.random.fold_in(jax.random.key(sequence.seed), sequence.index)  # n > 1: choices differ
         token, logprob = self.engine.admit(row, ids, mask, self.index, sequence.temperature, sequence.top_p, key)
         sequence.start = self.index - len(prompt)
@@ -187,9 +189,13 @@ class Scheduler:
     def _make_room(self) -> None:
         """Before `index` runs past the last slot, shift out the slots older than every running prompt.
         A request needs at most max_context slots, so this always frees a decode call's worth."""
-        if self.index + self.steps <= self.engine.slots:
-            return
-        amount = min(s.start for s in self.rows if s is not None)
+        if self.index + self.steps > self.engine.slots:
+            self._shift(min(s.start for s in self.rows if s is not None))
+
+    def _shift(self, amount: int) -> None:
+        """Move every row `amount` slots left (right if negative): no row's span from its first prompt
+        slot to `index` changes, so a running request never needs more than max_context slots."""
+        log.debug("rows shift %d slots %s", abs(amount), "left" if amount > 0 else "right")
         self.engine.shift(amount)
         self.index -= amount
         for sequence in self.rows:
