@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import socket
 import threading
 import time
@@ -17,10 +18,11 @@ import uvicorn
 from jaxlm.hf.load import load_pretrained, read_tokenizer
 from jaxlm.sampling.api import generate
 from jaxlm.serve.cli import build_parser, build_server
+from jaxlm.synth.cli import main as synth
 from train_helpers import write_tiny_llama
 
-# A context just over the longest chat + NEW: the cache is short, so rows shift often under load.
-MAX_BATCH, MAX_QUEUE, MAX_CONTEXT, NEW = 4, 4, 48, 16
+# A short context (synth's prompts need 100 tokens): the cache is short, so rows shift often.
+MAX_BATCH, MAX_QUEUE, MAX_CONTEXT, NEW = 4, 4, 128, 16
 # Chats of at most 24 tokens and texts of at most 16 (with the tiny tokenizer): two prompt buckets, so
 # the server compiles two prefill programs, and one `generate` call gives every expected answer.
 QUESTIONS = ["hello", "what is your name", "hi there", "how are you"]
@@ -231,3 +233,27 @@ def test_malformed_json_answers_400(server, content, says):
 def test_token_ids_past_the_vocabulary_answer_400(server):
     reply = httpx.post(f"{server.url}/v1/completions", json={"model": server.name, "prompt": [1, 10**6]})
     assert reply.status_code == 400 and "not in the vocabulary" in reply.json()["error"]["message"]
+
+
+def test_synth_through_the_server_writes_what_the_local_engine_writes(server, tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "completion": "fine"}) + "\n" for q in QUESTIONS))
+    args = ["back-translate", "--data", str(data), "--num", "4", "--batch-size", "4", "--max-new-tokens", "8",
+            "--temperature", "0", "--no-filter", "truncated", "--no-filter", "chrf", "--quiet"]
+    assert synth([*args, "--model", server.path, "--out", str(tmp_path / "local")]) == 0
+    assert synth([*args, "--model", server.name, "--engine", "openai", "--base-url", f"{server.url}/v1",
+                  "--concurrency", "4", "--out", str(tmp_path / "served")]) == 0
+
+    def records(run):
+        found = []
+        for name in ("data.jsonl", "rejected.jsonl"):
+            for line in (tmp_path / run / name).read_text().splitlines():
+                record = json.loads(line)
+                record["provenance"].pop("generation_seconds")
+                found.append((record, record["provenance"].pop("model")))
+        return found
+
+    local, served = records("local"), records("served")
+    assert len(local) == len(QUESTIONS)  # kept or rejected, every question gave a record
+    assert [record for record, _ in served] == [record for record, _ in local]
+    assert {model for _, model in served} == {f"{server.name} at {server.url}/v1"}
