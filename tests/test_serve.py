@@ -211,6 +211,8 @@ def test_a_full_queue_answers_429(client, server):
     ({"messages": _chat("hi"), "model": "gpt-4"}, "is not served here"),
     ({"messages": _chat("hi " * 200)}, "maximum context length"),
     ({"messages": _chat("hi"), "max_tokens": MAX_CONTEXT}, "maximum context length"),
+    ({"messages": _chat("hi"), "n": MAX_QUEUE + 1}, "more than --max-queue"),
+    ({"messages": _chat("hi"), "stop": ""}, "stop"),
 ])
 def test_bad_requests_answer_400_with_an_error_object(server, body, says):
     reply = httpx.post(f"{server.url}/v1/chat/completions", json={"model": server.name, **body})

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from jaxlm.sampling.api import encode_prompts
 from jaxlm.serve.metrics import Metrics
-from jaxlm.serve.scheduler import Event, QueueFull, Scheduler, Sequence
+from jaxlm.serve.scheduler import Event, QueueFull, Scheduler, Sequence, Stopped
 from jaxlm.serve.schema import ApiError, ChatRequest, CompletionRequest, error_body
 
 log = logging.getLogger("jaxlm.serve")
@@ -155,10 +155,15 @@ async def _complete(served: Served, request: Request, body, prompts: list[list[i
                 temperature=body.temperature, top_p=body.top_p, seed=seed,
                 stop_ids=frozenset() if body.ignore_eos else served.stop_ids, stop_texts=body.stop_texts(),
                 deadline=deadline))
+    if len(sequences) > served.scheduler.max_queue:  # would be refused however idle the server is
+        raise ApiError(400, f"{len(prompts)} prompt(s) x n={body.n} is {len(sequences)} sequences, more than "
+                            f"--max-queue {served.scheduler.max_queue}", param="n")
     try:
         served.scheduler.submit(sequences)
     except QueueFull as e:
         raise ApiError(429, f"the server is busy: {e}; retry later", kind="rate_limit_error") from None
+    except Stopped as e:
+        raise ApiError(503, str(e), kind="server_error") from None
     reply = Reply(served, body, chat, sequences, prompt_tokens=sum(len(p) for p in prompts))
     if body.stream:
         return StreamingResponse(reply.stream(queue), media_type="text/event-stream")

@@ -29,6 +29,10 @@ class QueueFull(Exception):
     """More requests wait than --max-queue allows (HTTP 429)."""
 
 
+class Stopped(Exception):
+    """The decode thread has failed (its traceback is in the log): nothing more can be served (HTTP 503)."""
+
+
 @dataclasses.dataclass
 class Event:
     """What one request produced since the last event: new tokens, their text, and how it ended."""
@@ -94,6 +98,8 @@ class Scheduler:
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue a request's sequences together, or raise QueueFull without queueing any."""
         with self.lock:
+            if not self.alive:
+                raise Stopped("the decode thread has failed; see the server's log")
             if len(self.waiting) + len(sequences) > self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (--max-queue {self.max_queue})")
             self.waiting.extend(sequences)
