@@ -82,10 +82,14 @@ def _admit(graphdef, cache_dtype, state, rows: Rows, ids, mask, row, index, temp
     return rows, token[0], logprob[0]
 
 
-def _decode(graphdef, state, rows: Rows, steps: int):
-    """`steps` tokens for every row ([B, steps] tokens and log-probs); rows without a request decode too
-    (their tokens are ignored): one program for any mix of requests."""
+def _decode(graphdef, state, rows: Rows, steps: int, active: int):
+    """`steps` tokens for each of the first `active` rows ([active, steps] tokens and log-probs). Rows among
+    them without a request decode too (their tokens are ignored); the rows after them are left alone, so one
+    request alone costs a batch of one, not of --max-batch."""
     model = nnx.merge(graphdef, state)
+    everything = rows
+    if active < rows.last.shape[0]:
+        rows = jax.tree.map(lambda a: a[:active], rows.replace(cache=None)).replace(cache=rows.cache.head(active))
 
     def step(i, carry):
         rows, tokens, logprobs = carry
@@ -96,9 +100,13 @@ def _decode(graphdef, state, rows: Rows, steps: int):
         rows = rows.replace(cache=cache, last=token, position=rows.position + 1, step=rows.step + 1)
         return rows, tokens, logprobs
 
-    batch = rows.last.shape[0]
-    empty = (jnp.zeros((batch, steps), jnp.int32), jnp.zeros((batch, steps), jnp.float32))
-    return jax.lax.fori_loop(0, steps, step, (rows, *empty))
+    empty = (jnp.zeros((active, steps), jnp.int32), jnp.zeros((active, steps), jnp.float32))
+    rows, tokens, logprobs = jax.lax.fori_loop(0, steps, step, (rows, *empty))
+    if active < everything.last.shape[0]:
+        cache = dataclasses.replace(everything.cache.put_row(0, rows.cache, 0), index=rows.cache.index)
+        rows = jax.tree.map(lambda whole, part: whole.at[:active].set(part), everything.replace(cache=None),
+                            rows.replace(cache=None)).replace(cache=cache)
+    return rows, tokens, logprobs
 
 
 def _shift(rows: Rows, amount):
@@ -123,7 +131,8 @@ class Engine:
             step=jnp.zeros((max_batch,), jnp.int32),
         )
         self._admit = jax.jit(functools.partial(_admit, self.graphdef, dtype), donate_argnums=(1,))
-        self._decode = jax.jit(functools.partial(_decode, self.graphdef), static_argnums=(2,), donate_argnums=(1,))
+        self._decode = jax.jit(functools.partial(_decode, self.graphdef), static_argnums=(2, 3),
+                               donate_argnums=(1,))
         self._shift = jax.jit(_shift, donate_argnums=(0,))
 
     def admit(self, row: int, ids, mask, index: int, temperature: float, top_p: float, seed_key) -> tuple[int, float]:
@@ -134,10 +143,15 @@ class Engine:
         token, logprob = jax.device_get((token, logprob))
         return int(token), float(logprob)
 
-    def decode(self):
-        """(tokens, log-probs) as numpy [max_batch, steps]."""
-        self.rows, tokens, logprobs = self._decode(self.state, self.rows, self.steps)
+    def decode(self, active: int):
+        """(tokens, log-probs) as numpy [active, steps] of the first `active` rows (one program per value)."""
+        self.rows, tokens, logprobs = self._decode(self.state, self.rows, self.steps, active)
         return jax.device_get((tokens, logprobs))
+
+    def row_buckets(self) -> list[int]:
+        """The numbers of leading rows decode is compiled for: 1, 4, 16, ... up to max_batch (powers of four
+        rather than two: half the programs to compile, for at most 4x the rows of work)."""
+        return sorted({min(4**i, self.max_batch) for i in range(self.max_batch.bit_length())} | {self.max_batch})
 
     def shift(self, amount: int) -> None:
         self.rows = self._shift(self.rows, jnp.asarray(amount, jnp.int32))

@@ -148,8 +148,10 @@ class Scheduler:
         start = time.perf_counter()
         ids = np.full((1, prompt_bucket(1)), self.pad_id, np.int32)
         self.engine.admit(0, ids, np.ones_like(ids), ids.shape[1], 0.0, 1.0, jax.random.key(0))
-        self.engine.decode()
-        self.engine.shift(ids.shape[1] + self.steps)  # everything out: the cache starts empty, index 0
+        buckets = self.engine.row_buckets()
+        for active in buckets:
+            self.engine.decode(active)
+        self.engine.shift(ids.shape[1] + self.steps * len(buckets))  # everything out: the cache starts empty
         log.info("compiled in %.1f s", time.perf_counter() - start)
 
     def _end_stale_rows(self) -> None:
@@ -210,7 +212,9 @@ class Scheduler:
 
     def _decode(self) -> None:
         start = time.perf_counter()
-        tokens, logprobs = self.engine.decode()
+        last_row = max(row for row, sequence in enumerate(self.rows) if sequence is not None)
+        active = next(b for b in self.engine.row_buckets() if b > last_row)  # rows are taken lowest first
+        tokens, logprobs = self.engine.decode(active)
         self.index += self.steps
         seconds = time.perf_counter() - start
         if self.metrics:
