@@ -84,9 +84,11 @@ def create_app(served: Served) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        if not served.scheduler.ready.is_set() or not served.scheduler.alive:
-            return JSONResponse(error_body("compiling" if served.scheduler.alive else "the decode thread failed",
-                                           "server_error"), status_code=503)
+        if served.scheduler.failed:
+            return JSONResponse(error_body("the decode thread failed; see the server's log", "server_error"),
+                                status_code=503)
+        if not served.scheduler.ready.is_set():
+            return JSONResponse(error_body("compiling", "server_error"), status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")

@@ -7,8 +7,9 @@ before `index`; its positions and sampling settings are per row. When `index` re
 the cache shifts left past the slots no running request needs (`KVCache.shifted`).
 
 Three compiled programs, each built once per shape: `admit` (prefill + first token + insert, one
-per prompt bucket), `decode` (`steps` tokens for every row) and `shift`. The batch state is
-donated to each, so XLA updates the cache in place.
+per prompt bucket), `decode` (`steps` tokens for the leading rows, one per row bucket: requests
+take the lowest free row, so a request alone decodes as a batch of one) and `shift`. The batch
+state is donated to each, so XLA updates the cache in place.
 """
 
 from __future__ import annotations
@@ -87,9 +88,6 @@ def _decode(graphdef, state, rows: Rows, steps: int, active: int):
     them without a request decode too (their tokens are ignored); the rows after them are left alone, so one
     request alone costs a batch of one, not of --max-batch."""
     model = nnx.merge(graphdef, state)
-    everything = rows
-    if active < rows.last.shape[0]:
-        rows = jax.tree.map(lambda a: a[:active], rows.replace(cache=None)).replace(cache=rows.cache.head(active))
 
     def step(i, carry):
         rows, tokens, logprobs = carry
@@ -101,12 +99,24 @@ def _decode(graphdef, state, rows: Rows, steps: int, active: int):
         return rows, tokens, logprobs
 
     empty = (jnp.zeros((active, steps), jnp.int32), jnp.zeros((active, steps), jnp.float32))
-    rows, tokens, logprobs = jax.lax.fori_loop(0, steps, step, (rows, *empty))
-    if active < everything.last.shape[0]:
-        cache = dataclasses.replace(everything.cache.put_row(0, rows.cache, 0), index=rows.cache.index)
-        rows = jax.tree.map(lambda whole, part: whole.at[:active].set(part), everything.replace(cache=None),
-                            rows.replace(cache=None)).replace(cache=cache)
-    return rows, tokens, logprobs
+    if active == rows.last.shape[0]:
+        return jax.lax.fori_loop(0, steps, step, (rows, *empty))
+    leading, tokens, logprobs = jax.lax.fori_loop(0, steps, step, (_leading(rows, active), *empty))
+    return _with_leading(rows, leading), tokens, logprobs
+
+
+def _leading(rows: Rows, count: int) -> Rows:
+    """The first `count` rows (a copy)."""
+    return jax.tree.map(lambda a: a[:count], rows.replace(cache=None)).replace(cache=rows.cache.head(count))
+
+
+def _with_leading(rows: Rows, leading: Rows) -> Rows:
+    """`rows` with its first rows replaced by `leading`, and the cache index `leading` advanced to."""
+    count = leading.last.shape[0]
+    cache = dataclasses.replace(rows.cache.put_row(0, leading.cache, 0), index=leading.cache.index)
+    rest = jax.tree.map(lambda whole, part: whole.at[:count].set(part), rows.replace(cache=None),
+                        leading.replace(cache=None))
+    return rest.replace(cache=cache)
 
 
 def _shift(rows: Rows, amount):

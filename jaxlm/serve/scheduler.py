@@ -82,6 +82,7 @@ class Scheduler:
         self.lock = threading.Condition()
         self.ready = threading.Event()
         self._stop = False
+        self.failed = False  # the decode thread raised (a bug): nothing more is served
         self._thread = threading.Thread(target=self._run, name="jaxlm-serve-decode", daemon=True)
 
     # --- called from request handlers -------------------------------------------------------
@@ -98,7 +99,7 @@ class Scheduler:
     def submit(self, sequences: list[Sequence]) -> None:
         """Queue a request's sequences together, or raise QueueFull without queueing any."""
         with self.lock:
-            if not self.alive:
+            if self.failed:
                 raise Stopped("the decode thread has failed; see the server's log")
             if len(self.waiting) + len(sequences) > self.max_queue:
                 raise QueueFull(f"{len(self.waiting)} requests are waiting (--max-queue {self.max_queue})")
@@ -111,10 +112,6 @@ class Scheduler:
             for sequence in sequences:
                 sequence.cancelled = True
             self.lock.notify()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() or not self.ready.is_set()
 
     @property
     def running(self) -> int:
@@ -140,6 +137,7 @@ class Scheduler:
                 self._gauges()
         except Exception:  # a bug: say so, and end every request rather than leave clients hanging
             log.exception("the decode thread failed; ending all requests")
+            self.failed = True
             self._end_all("error")
             raise
 
