@@ -41,9 +41,9 @@ def build_parser(prog: str = "jaxlm serve") -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=64, help="requests that may wait for a row; more get HTTP "
                         "429 (default: %(default)s)")
     parser.add_argument("--max-context", type=int, default=1024,
-                        help="prompt + completion tokens of one request, at most the model's own limit; every "
-                        "decoding step reads this many cache slots per row, so smaller is faster (default: "
-                        "%(default)s)")
+                        help="prompt + completion tokens of one request (a model with a learned position table, "
+                        "GPT-2, caps it at the table's size); every decoding step reads this many cache slots per "
+                        "row, so smaller is faster (default: %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=600.0,
                         help="seconds a request may wait and run before it is ended (default: %(default)s)")
     parser.add_argument("--steps-per-call", type=int, default=4,
