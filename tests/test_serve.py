@@ -15,6 +15,7 @@ import openai
 import pytest
 import uvicorn
 
+from jaxlm.eval.cli import main as evaluate
 from jaxlm.hf.load import load_pretrained, read_tokenizer
 from jaxlm.sampling.api import generate
 from jaxlm.serve.cli import build_parser, build_server
@@ -259,3 +260,15 @@ def test_synth_through_the_server_writes_what_the_local_engine_writes(server, tm
     assert len(local) == len(QUESTIONS)  # kept or rejected, every question gave a record
     assert [record for record, _ in served] == [record for record, _ in local]
     assert {model for _, model in served} == {f"{server.name} at {server.url}/v1"}
+
+
+def test_eval_scores_the_answers_of_the_served_model(server, tmp_path, expected):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "completion": "fine"}) + "\n" for q in QUESTIONS))
+    assert evaluate(["--base-url", f"{server.url}/v1", "--model", server.name, "--data", str(data),
+                     "--out", str(tmp_path / "eval"), "--max-new-tokens", str(NEW), "--no-general",
+                     "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["prediction"] for row in rows] == [expected[q][0].strip() for q in QUESTIONS]
+    scores = json.loads((tmp_path / "eval" / "eval.json").read_text())["scores"]["answers"]
+    assert scores["exact_match"] == 0.0 and 0.0 <= scores["rouge_l"] <= 1.0
