@@ -21,7 +21,7 @@ from jaxlm.models import layers, scan
 from jaxlm.models.execution import Execution
 from jaxlm.models.kv_cache import KVCache, LayerCache
 from jaxlm.models.llama import MLP, Attention, LlamaForCausalLM
-from jaxlm.models.moe import RouterStats, SparseMoE, load_balancing_loss
+from jaxlm.models.moe import RouterStats, SparseMoE, load_balancing_loss, router_z_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +33,15 @@ class MoEFields:
     expert_size: int = 0  # each expert's intermediate size
     norm_topk_prob: bool = True  # renormalise the k chosen probabilities to sum to 1
     router_aux_loss_coef: float = 0.001
+    # The router z-loss's weight (config.json `router_z_loss_coef`, Switch Transformers' name; ST-MoE used
+    # 0.001); 0 leaves it out, as transformers' Mixtral and Qwen3-MoE do. model.config_overrides sets it.
+    router_z_loss_coef: float = 0.0
 
     expert_names: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")  # HF's (gate, up, down)
     moe_attribute: ClassVar[str] = "mlp"  # the decoder layer's attribute holding the experts, as HF names it
+    # The module of a decoder layer holding its experts in transformers' models (in memory, as PEFT adapts
+    # them): two 3-d parameters, gate_up_proj (gate's rows, then up's) and down_proj (`hf.peft`).
+    hf_experts: ClassVar[str] = "mlp.experts"
 
     def is_sparse(self, layer: int) -> bool:
         return True
@@ -82,7 +88,8 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, param_dtype=jnp.float32, execution: Execution = Execution()):
         super().__init__(cfg, rngs=rngs, param_dtype=param_dtype, execution=execution)
-        self.router_loss = nnx.Intermediate(jnp.zeros((), jnp.float32))
+        self.router_loss = nnx.Intermediate(jnp.zeros((), jnp.float32))  # load balancing
+        self.router_z_loss = nnx.Intermediate(jnp.zeros((), jnp.float32))
 
     @staticmethod
     def make_layer(cfg, index: int, *, rngs: nnx.Rngs, param_dtype) -> nnx.Module:
@@ -104,14 +111,17 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
         if cache is None:
             with contextlib.suppress(errors.TraceContextError):
                 self.router_loss.set_value(load_balancing_loss(stats))
+                self.router_z_loss.set_value(router_z_loss(stats))
         hidden = self.norm(x)
         out = hidden if return_hidden else self.logits(hidden)
         return out if cache is None else (out, cache)
 
 
 def router_aux_loss(model) -> jax.Array | None:
-    """The load-balancing loss of `model`'s last forward pass times its config's coefficient, or None
-    for a model without routers."""
+    """The routers' losses of `model`'s last forward pass, each times its config coefficient (load balancing
+    and z-loss), or None for a model without routers."""
     if not isinstance(model, LlamaMoEForCausalLM):
         return None
-    return cast(MoEFields, model.config).router_aux_loss_coef * model.router_loss.get_value()
+    config = cast(MoEFields, model.config)
+    return (config.router_aux_loss_coef * model.router_loss.get_value()
+            + config.router_z_loss_coef * model.router_z_loss.get_value())

@@ -143,6 +143,7 @@ MIXTRAL = dataclasses.replace(
     config=MixtralConfig,
     architectures=(MixtralForCausalLM,),
     aliases={"MixtralModel": "MixtralForCausalLM"},
+    lora_names={**MISTRAL.lora_names, "gate": "w1", "up": "w3", "down": "w2"},  # its experts' names
     weights=(Row("model.layers.{i}.block_sparse_moe.experts.{e}.{w}.weight", "layers.{i}.block_sparse_moe.experts.{w}",
                  transpose=True, stacked="e"), *MISTRAL.weights),
     gguf=moe_gguf.MIXTRAL,

@@ -20,7 +20,7 @@ from jaxlm.compute import losses, sharding
 from jaxlm.compute.preference import Preference
 from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
-from jaxlm.models.lora import lora_modules
+from jaxlm.models.lora import lora_experts, lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
@@ -104,6 +104,7 @@ def check_trainable(model, cfg: Config, wrt) -> None:
         raise ConfigError(f"model.train_only={cfg.model.train_only} matches no parameter of {type(model).__name__} "
                           f"(paths look like {', '.join(names[:3])}, ..., {names[-1]})")
     adapted = {dotted(p) + ".kernel" for p, _ in lora_modules(model)}
+    adapted |= {f"{dotted(p)}.{name}" for p, m in lora_experts(model) for name in m.adapted}
     both = sorted(adapted & set(chosen))
     if both:
         raise ConfigError(f"model.train_only matches {both[0]}, which also has a LoRA adapter: train one or the "
