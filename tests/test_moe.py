@@ -14,7 +14,7 @@ from flax import nnx
 
 import jaxlm
 from hf_checkpoints import assert_same_tensors, left_padded_batch, tiny_mixtral, tiny_qwen3_moe
-from jaxlm.models.llama_moe import router_aux_loss
+from jaxlm.models.llama_moe import expert_load, router_aux_loss
 from jaxlm.models.lora import LoRAExperts
 from jaxlm.models.moe import SparseMoE
 from test_lora import _as_if_trained
@@ -35,7 +35,7 @@ def family(request, tmp_path_factory):
     return request.param, path, reference, model
 
 
-def test_logits_load_balancing_loss_and_z_loss_match_transformers(family):
+def test_logits_load_balancing_loss_z_loss_and_expert_load_match_transformers(family):
     _, _, reference, model = family
     ids, mask, positions = left_padded_batch(seed=7, batch=4, length=13)
     with torch.no_grad():
@@ -52,6 +52,12 @@ def test_logits_load_balancing_loss_and_z_loss_match_transformers(family):
     rows = [torch.logsumexp(layer, dim=-1).numpy()[real.reshape(-1)] for layer in ref.router_logits]
     z_loss = float(np.mean(np.concatenate(rows) ** 2))
     np.testing.assert_allclose(float(model.router_z_loss.get_value()), z_loss, rtol=1e-5)
+    # Each expert's share of its layer's choices (top k of every real token), by hand from the same logits.
+    k = reference.config.num_experts_per_tok
+    for logits_of_layer, shares in zip(ref.router_logits, np.asarray(expert_load(model)), strict=True):
+        chosen = torch.topk(logits_of_layer, k, dim=-1).indices.numpy()[real.reshape(-1)]
+        want_shares = np.bincount(chosen.reshape(-1), minlength=shares.shape[0]) / chosen.size
+        np.testing.assert_allclose(shares, want_shares, rtol=1e-6)
     weighted = nnx.clone(model)
     weighted.config = dataclasses.replace(model.config, router_z_loss_coef=0.01)
     np.testing.assert_allclose(float(router_aux_loss(weighted)), want + 0.01 * z_loss, rtol=1e-5)
@@ -180,3 +186,24 @@ def test_lora_on_attention_and_experts_loads_in_peft_with_the_same_logits_never_
     ours = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))(state, IDS)
     assert np.abs(via_peft.numpy() - without).max() > 1e-3, "the adapter must change the logits"
     np.testing.assert_allclose(via_peft.numpy(), np.asarray(ours), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe"], indirect=True)  # the step and the metrics know no family
+def test_a_train_step_reports_the_expert_load_which_metrics_jsonl_and_experts_png_show(family, tmp_path):
+    """A row per sparse layer (Qwen3-MoE's layer 1 is dense), accumulated over micro-batches (grad_accum=2)
+    as the loss is: the token-weighted mean of their shares."""
+    from jaxlm.train.metrics import expert_load as load_metrics
+    from jaxlm.train.metrics import plot_experts
+    from test_train_engine import engine_for, lm_batch
+
+    _, path, _, model = family
+    _, engine = engine_for(path, "train.grad_accum=2")
+    load = np.asarray(engine.step(lm_batch())["expert_load"], np.float64)
+    assert load.shape == (1, model.config.num_experts)
+    np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
+    row = load_metrics({"step": 1, "expert_load": load})
+    assert row["expert_share_max"] == load.max(-1).round(5).tolist()
+    assert row["experts/min_share"] == float(load.min()) and len(row["expert_load"]) == load.shape[0]
+    assert plot_experts([row, {"step": 2, "loss": 1.0}], str(tmp_path / "experts.png")) is not None
+    assert (tmp_path / "experts.png").stat().st_size > 0
+    assert plot_experts([{"step": 1, "loss": 1.0}], str(tmp_path / "none.png")) is None

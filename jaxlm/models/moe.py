@@ -23,20 +23,30 @@ from jaxlm.models import layers
 class RouterStats:
     """Sums over the real tokens of every MoE layer so far: how often each expert was chosen (among
     the k per token), its routing probability, how many token rows were routed, and the squared
-    log-partition function of the router's logits (the z-loss's)."""
+    log-partition function of the router's logits (the z-loss's); and each sparse layer's choices
+    apart (`load`, a row per sparse layer, filled in order: `layer` is the next row)."""
 
     chosen: jax.Array  # [experts] float32
     probability: jax.Array  # [experts] float32
     rows: jax.Array  # float32 scalar
     squared_logsumexp: jax.Array  # float32 scalar
+    load: jax.Array  # [sparse layers, experts] float32
+    layer: jax.Array  # int32 scalar
 
     @classmethod
-    def zeros(cls, num_experts: int) -> RouterStats:
+    def zeros(cls, num_experts: int, sparse_layers: int) -> RouterStats:
         experts, scalar = jnp.zeros(num_experts, jnp.float32), jnp.zeros((), jnp.float32)
-        return cls(experts, experts, scalar, scalar)
+        return cls(experts, experts, scalar, scalar, jnp.zeros((sparse_layers, num_experts), jnp.float32),
+                   jnp.zeros((), jnp.int32))
 
-    def __add__(self, other: RouterStats) -> RouterStats:
-        return jax.tree.map(jnp.add, self, other)
+    def add_layer(self, chosen, probability, rows, squared_logsumexp) -> RouterStats:
+        return RouterStats(self.chosen + chosen, self.probability + probability, self.rows + rows,
+                           self.squared_logsumexp + squared_logsumexp, self.load.at[self.layer].set(chosen),
+                           self.layer + 1)
+
+    def expert_shares(self) -> jax.Array:
+        """[sparse layers, experts]: each expert's share of its layer's routing choices (a row sums to 1)."""
+        return self.load / jnp.maximum(jnp.sum(self.load, axis=-1, keepdims=True), 1.0)
 
 
 def load_balancing_loss(stats: RouterStats) -> jax.Array:
@@ -134,8 +144,10 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(num_experts, dim, hidden, names, rngs=rngs, param_dtype=param_dtype)
         self.top_k, self.normalize = top_k, normalize
 
-    def __call__(self, x: jax.Array, real: jax.Array | None) -> tuple[jax.Array, RouterStats]:
-        """x [batch, seq, dim]; `real` [batch, seq] marks the tokens the load statistics count (None: all)."""
+    def __call__(self, x: jax.Array, real: jax.Array | None,
+                 stats: RouterStats | None) -> tuple[jax.Array, RouterStats | None]:
+        """x [batch, seq, dim]; `stats`: the statistics so far, to which this layer's are added (None: none are
+        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all)."""
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         logits = self.gate(flat).astype(jnp.float32)
@@ -144,9 +156,10 @@ class SparseMoE(nnx.Module):
         if self.normalize:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
         out = self.experts.grouped(flat, experts, weights).reshape(b, t, d)
+        if stats is None:
+            return out, None
         counted = jnp.ones(b * t, jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
         chosen = jnp.zeros(probabilities.shape[-1], jnp.float32).at[experts].add(counted[:, None])
         squared_logsumexp = jnp.sum(counted * jax.nn.logsumexp(logits, axis=-1) ** 2)
-        stats = RouterStats(chosen, jnp.sum(probabilities * counted[:, None], axis=0), jnp.sum(counted),
-                            squared_logsumexp)
-        return out, stats
+        return out, stats.add_layer(chosen, jnp.sum(probabilities * counted[:, None], axis=0), jnp.sum(counted),
+                                    squared_logsumexp)
