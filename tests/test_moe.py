@@ -207,3 +207,58 @@ def test_a_train_step_reports_the_expert_load_which_metrics_jsonl_and_experts_pn
     assert plot_experts([row, {"step": 2, "loss": 1.0}], str(tmp_path / "experts.png")) is not None
     assert (tmp_path / "experts.png").stat().st_size > 0
     assert plot_experts([{"step": 1, "loss": 1.0}], str(tmp_path / "none.png")) is None
+
+
+EXPERT_PARALLEL = r"""
+import json, sys
+import numpy as np, jax
+from flax import nnx
+import jaxlm
+from jaxlm.compute import sharding
+from jaxlm.compute.losses import loss_terms
+sys.path.insert(0, {tests!r})
+from test_train_loss import lm_batch
+
+model = jaxlm.load_pretrained(sys.argv[1])[0]
+graphdef, params = nnx.split(model)
+
+def run(mesh_shape):
+  devices = np.array(jax.devices()[:int(np.prod(mesh_shape))]).reshape(mesh_shape)
+  mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "expert"))
+  placed = sharding.place(params, sharding.state_shardings(params, mesh))
+  batch = jax.device_put(lm_batch(), sharding.batch_sharding(mesh, accumulated=False))
+  terms = jax.jit(lambda p, b: loss_terms("causal_lm", nnx.merge(graphdef, p), b))(placed, batch)
+  w1 = placed["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
+  return {{"loss": float(terms.loss_sum / terms.count), "spec": str(w1.sharding.spec)}}
+
+json.dump({{name: run(shape) for name, shape in (("one", (1, 1, 1)), ("expert4", (1, 1, 4)))}}, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("family", ["mixtral"], indirect=True)
+def test_experts_split_over_mesh_expert_give_the_one_device_loss(family):
+    """4 fake CPU devices (a fresh process: the device count is fixed when JAX starts): mesh.expert=4 puts
+    one of each layer's 4 experts on each device (and a quarter of the batch), and the training loss (the
+    router's load-balancing term included) is the one-device loss."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    script = EXPERT_PARALLEL.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", script, str(family[1])], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout)
+    assert runs["expert4"]["spec"] == "P('expert', None, None)"
+    np.testing.assert_allclose(runs["expert4"]["loss"], runs["one"]["loss"], rtol=1e-6)
+
+
+def test_expert_parallelism_composes_with_fsdp_and_never_splits_the_layer_axis():
+    from jax.sharding import PartitionSpec as P
+
+    from jaxlm.compute.sharding import param_spec
+
+    assert param_spec((4, 64, 48), 2, expert=2, expert_dim=0) == P("expert", "fsdp", None)
+    assert param_spec((2, 4, 64, 48), 2, keep=0, expert=4, expert_dim=1) == P(None, "expert", "fsdp", None)
+    assert param_spec((4, 64, 48), 1, expert=1, expert_dim=0) == P()

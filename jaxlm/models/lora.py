@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxlm.models.contract import is_stacked
-from jaxlm.models.moe import Experts, grouped_matmul
+from jaxlm.models.moe import Experts, expert_variable, grouped_matmul
 from jaxlm.models.registry import architecture_of
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
@@ -60,8 +60,9 @@ class LoRAExperts(Experts):
             kernel = getattr(base, name).get_value()
             experts, in_dim, out_dim = kernel.shape
             a = jax.random.normal(rngs.params(), (experts, in_dim, rank), kernel.dtype) / jnp.sqrt(in_dim)
-            setattr(self, f"{name}_lora_a", nnx.LoRAParam(a))
-            setattr(self, f"{name}_lora_b", nnx.LoRAParam(jnp.zeros((experts, rank, out_dim), kernel.dtype)))
+            b = jnp.zeros((experts, rank, out_dim), kernel.dtype)
+            setattr(self, f"{name}_lora_a", expert_variable(a, nnx.LoRAParam))
+            setattr(self, f"{name}_lora_b", expert_variable(b, nnx.LoRAParam))
 
     def pair(self, name: str) -> tuple[jax.Array, jax.Array]:
         return getattr(self, f"{name}_lora_a")[...], getattr(self, f"{name}_lora_b")[...]

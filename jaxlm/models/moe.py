@@ -18,6 +18,17 @@ from flax import nnx, struct
 
 from jaxlm.models import layers
 
+# Metadata on the experts' parameters: the axis that indexes the experts (before any stacked-layer axis),
+# which expert parallelism splits (compute/sharding.py).
+EXPERT_AXIS = "expert_axis"
+
+
+def expert_variable(value: jax.Array, kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
+    """A variable whose leading axis indexes the experts, marked so (`EXPERT_AXIS`)."""
+    variable = kind(value)
+    variable.set_metadata(EXPERT_AXIS, 0)
+    return variable
+
 
 @struct.dataclass
 class RouterStats:
@@ -100,7 +111,7 @@ class Experts(nnx.Module):
         init = nnx.initializers.normal(0.02)
         shapes = ((dim, hidden), (dim, hidden), (hidden, dim))
         for name, shape in zip(names, shapes, strict=True):
-            setattr(self, name, nnx.Param(init(rngs.params(), (num_experts, *shape), param_dtype)))
+            setattr(self, name, expert_variable(init(rngs.params(), (num_experts, *shape), param_dtype)))
         self.names = names
 
     def kernels(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:

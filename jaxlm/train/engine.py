@@ -180,7 +180,7 @@ class _StepSetup:
 
 def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
     t = cfg.train
-    mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.expert)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
     wrt = trainable_filter(cfg)
     check_trainable(model, cfg, wrt)
