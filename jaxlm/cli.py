@@ -31,6 +31,7 @@ COMMANDS = {
     "convert": Command("jaxlm.convert:main", "convert a .gguf file, HF folder or run to an HF folder or .gguf file"),
     "eval": Command("jaxlm.eval.cli:main", "score a model on data: loss, generation, entity and class metrics"),
     "audit": Command("jaxlm.audit.cli:main", "audit a training data file: duplicates, contamination, bias, ..."),
+    "serve": Command("jaxlm.serve.cli:main", "serve a model over OpenAI's HTTP API, batching requests as they come"),
     "synth": Command("jaxlm.synth.cli:main", "make SFT data with a model: self-instruct, grounded, back-translate"),
 }
 

@@ -208,6 +208,11 @@ def generate(model, *extra):
                            "--compile-cache", "none", *(e.format(**f) for e in extra)]
 
 
+def serve(model, *extra):
+    """`jaxlm serve` on a tiny model: every row here fails before a server starts."""
+    return lambda f, out: ["serve", f.get(model, model), "--port", "0", "--compile-cache", "none", *extra]
+
+
 def synth(mode, *extra):
     """`jaxlm synth MODE` on the tiny model; every row here fails before the model loads."""
     return lambda f, out: ["synth", mode, "--model", f["llama"], "--quiet", "--num", "2",
@@ -447,6 +452,20 @@ CASES_ROUND_TWO = [
     Case("generate --top-p 1.5", generate("llama", "--top-p", "1.5"), BAD_INPUT, "top_p must be in (0, 1]"),
     Case("generate an empty prompt", generate("llama", "--prompt", ""), BAD_INPUT,
          "prompt 1 is empty after tokenization"),
+    Case("serve a missing model", serve("{root}/no-such-model"), BAD_INPUT, "no such model folder"),
+    Case("serve --max-batch 0", serve("llama", "--max-batch", "0"), BAD_INPUT, "--max-batch must be >= 1, got 0"),
+    Case("serve --request-timeout 0", serve("llama", "--request-timeout", "0"), BAD_INPUT,
+         "--request-timeout must be > 0"),
+    Case("serve --max-context past GPT-2's positions", serve("gpt2", "--max-context", "4096"), BAD_INPUT,
+         "past the model's"),
+    Case("synth --engine openai without --base-url", synth("self-instruct", "--out", "{out}/o", "--engine", "openai"),
+         BAD_INPUT, "--engine openai needs --base-url URL", "synth error"),
+    Case("synth --api-key-env of an unset variable", synth("self-instruct", "--out", "{out}/o", "--engine", "openai",
+         "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "JAXLM_NO_SUCH_KEY"), BAD_INPUT,
+         "--api-key-env JAXLM_NO_SUCH_KEY: that environment variable is not set", "synth error"),
+    Case("eval --base-url of a causal_lm task", evaluate("--out", "{out}/e", "--base-url", "http://127.0.0.1:9/v1",
+                                                       "--task", "causal_lm"), BAD_INPUT,
+         "--task causal_lm: needs the model's logits"),
     Case("train.learning_rate=.nan", train("train.learning_rate=.nan"), BAD_INPUT,
          "train.learning_rate must be >= 0, got nan", "config error"),
     Case("synth --pivot of an unknown language", synth("back-translate", "--data", "{sft}", "--pivot", "xx",
@@ -1071,6 +1090,9 @@ ELSEWHERE = {
         "test_synth_run.py::test_a_damaged_run_folder_is_refused_in_one_line",
     "synth: the torn tail of a killed run is dropped with a warning":
         "test_synth_run.py::test_resume_drops_a_half_written_batch_and_a_larger_num_continues",
+    "serve: malformed JSON, bad parameters, an over-long prompt: HTTP 400 with an OpenAI error object":
+        "test_serve.py::test_bad_requests_answer_400_with_an_error_object",
+    "serve: a full queue: HTTP 429": "test_serve.py::test_a_full_queue_answers_429",
     "config: own data.train does not keep the default chats as data.eval":
         "test_train_config.py::test_own_training_data_is_not_scored_on_the_default_evaluation_chats",
 }

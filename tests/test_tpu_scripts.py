@@ -255,7 +255,7 @@ def test_worker_starts_follows_and_packs_a_run(tmp_path):
         printf 'argv:'; printf ' <%s>' "$@"; echo
         out=${4#output_dir=}
         mkdir -p "$out/checkpoints" && echo 1 > "$out/metrics.jsonl"
-        sleep 1
+        while [[ ! -e $HOME/go ]]; do sleep 0.05; done  # running until the test has tried a second start
         exit 3
     """))
     python.chmod(0o755)
@@ -269,6 +269,7 @@ def test_worker_starts_follows_and_packs_a_run(tmp_path):
     assert started.returncode == 0, started.stderr
     again = worker("start", "--run", "r1")
     assert again.returncode == 2 and "run r1 is already running on this worker" in again.stderr
+    (home / "go").touch()
     began = time.time()
     followed = worker("logs", "--run", "r1")
     assert followed.returncode == 3 and time.time() - began < 30

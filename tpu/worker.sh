@@ -90,12 +90,19 @@ start() {
     args+=(--config "$opt_config")
   fi
   args+=("output_dir=$run_dir/out" ${REST[@]+"${REST[@]}"})
-  rm -f "$run_dir/exit_code"
+  rm -f "$run_dir/exit_code" "$run_dir/pid"
   cd "$REPO_DIR"
   # Detached from the ssh session; the wrapper records its pid and, at the end, the exit code.
   # shellcheck disable=SC2016  # expanded by the wrapper shell, not here
   nohup setsid bash -c 'echo $$ >"$0/pid"; "$@"; echo $? >"$0/exit_code"' "$run_dir" \
     "$REPO_DIR/.venv/bin/python" "${args[@]}" >"$run_dir/train.log" 2>&1 </dev/null &
+  # Return only once the pid is on disk: a second start right after this one must see the run as running,
+  # or two runs would write one output folder.
+  local tries
+  for ((tries = 0; tries < 100; tries++)); do
+    [[ -s $run_dir/pid ]] && break
+    sleep 0.05
+  done
   say "started run $opt_run on $(hostname); log: $run_dir/train.log"
 }
 

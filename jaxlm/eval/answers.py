@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from jaxlm.eval import metrics
 
@@ -22,6 +22,14 @@ GENERAL_PROMPTS = os.path.join(os.path.dirname(__file__), "general_prompts.json"
 class Answers:
     texts: list[str]
     finish_reasons: list[str]  # "stop" (end of turn) or "length" (the token limit)
+
+
+Ask = Callable[[list, int], Answers]  # (chats or strings, max_new_tokens) -> greedy answers
+
+
+def local_asker(model, tokenizer) -> Ask:
+    """Answers from a loaded model (`answer`); `jaxlm.eval.served` asks a server instead."""
+    return lambda prompts, max_new_tokens: answer(model, tokenizer, prompts, max_new_tokens)
 
 
 def answer(model, tokenizer, prompts: Sequence, max_new_tokens: int, *, batch_size: int = 32) -> Answers:
@@ -42,13 +50,12 @@ def general_prompts() -> list[str]:
         return json.load(f)
 
 
-def general_check(model, tokenizer, max_new_tokens: int) -> dict:
+def general_check(ask: Ask, chat: bool, max_new_tokens: int) -> dict:
     """{"scores": degeneration scores, "answers": [{"prompt", "answer", "finish_reason"}]} on the general
-    prompts, asked as chats when the tokenizer has a chat template."""
-    chat = bool(getattr(tokenizer, "chat_template", None))
+    prompts, asked as chats if `chat` (the model has a chat template)."""
     prompts = general_prompts()
     asked = [[{"role": "user", "content": p}] for p in prompts] if chat else prompts
-    got = answer(model, tokenizer, asked, max_new_tokens)
+    got = ask(asked, max_new_tokens)
     return {"scores": metrics.degeneration_scores(got.texts, got.finish_reasons),
             "answers": [{"prompt": p, "answer": a, "finish_reason": r}
                         for p, a, r in zip(prompts, got.texts, got.finish_reasons, strict=False)]}

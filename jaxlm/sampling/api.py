@@ -88,7 +88,7 @@ def generate(
                          f"raise batch_size from {batch_size}")
     stops = _stop_ids(model, tokenizer, stop_token_ids, len(prompt_ids), stop_at_eos)
     _check_length(model, prompt_ids, max_new_tokens)
-    pad_id = _pad_id(model, tokenizer, stops)
+    pad_id = choose_pad_id(model, tokenizer, stops)
 
     graphdef, state = nnx.split(model)
     token_ids, logprobs, reasons = [None] * len(prompt_ids), [None] * len(prompt_ids), [None] * len(prompt_ids)
@@ -145,7 +145,7 @@ def _generate_batch(graphdef, state, config, params, prompts, stops, max_new_tok
         sampling=params.program(config.vocab_size),
         max_new=loop.bucket(max_new_tokens),
         pad_id=pad_id,
-        cache_dtype=_param_dtype(state),
+        cache_dtype=param_dtype(state),
     )
     knobs = params.knobs()
     start = time.perf_counter()
@@ -247,7 +247,7 @@ def _is_ids(x) -> bool:
     )
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
     ids = set()
     for eos in (getattr(model.config, "eos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if isinstance(eos, int):
@@ -259,7 +259,7 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 def _stop_ids(model, tokenizer, stop_token_ids, num_prompts: int, stop_at_eos: bool) -> list[set[int]]:
     """Stop-token set per prompt: EOS (unless disabled) plus shared or per-prompt extra ids."""
-    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
+    eos = eos_ids(model, tokenizer) if stop_at_eos else set()
     if not stop_token_ids:
         return [set(eos) for _ in range(num_prompts)]
     if all(isinstance(t, (int, np.integer)) for t in stop_token_ids):
@@ -269,7 +269,7 @@ def _stop_ids(model, tokenizer, stop_token_ids, num_prompts: int, stop_at_eos: b
     return [eos | {int(t) for t in row} for row in stop_token_ids]
 
 
-def _pad_id(model, tokenizer, stops) -> int:
+def choose_pad_id(model, tokenizer, stops) -> int:
     for candidate in (getattr(model.config, "pad_token_id", None), getattr(tokenizer, "pad_token_id", None)):
         if isinstance(candidate, int):
             return candidate
@@ -287,7 +287,7 @@ def _check_length(model, prompt_ids, max_new_tokens: int) -> None:
         )
 
 
-def _param_dtype(state) -> str:
+def param_dtype(state) -> str:
     """The cache holds keys/values in the dtype of the model's floating-point parameters."""
     for leaf in jax.tree.leaves(state):
         if jnp.issubdtype(leaf.dtype, jnp.floating):

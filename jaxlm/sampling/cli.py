@@ -149,29 +149,15 @@ def run(args) -> int:
         raise UserError("--logprobs needs --json (the log-probs are written only in the JSON output)")
 
     import jax
-    import jax.numpy as jnp
 
-    from jaxlm.hf.load import load_pretrained
     from jaxlm.sampling.api import generate
 
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    # With an adapter, the virtual tokens go on before the weights turn int8 (quantize_int8 keeps them).
-    model, tokenizer = load_pretrained(args.model, dtype=getattr(jnp, args.dtype),
-                                       quantize=None if args.adapter else args.quantize)  # exit 2
-    if tokenizer is None:
-        raise UserError(f"{args.model}: has no tokenizer files; text prompts need one")
+    model, tokenizer = load_for_generation(args.model, args.dtype, args.quantize, args.adapter)
     for token in args.stop_token_id or ():
         if not 0 <= token < len(tokenizer):  # would never be generated: the stop the user asked for never comes
             raise UserError(f"--stop-token-id {token}: not a token of {args.model} (ids 0 to {len(tokenizer) - 1})")
-    if args.adapter:
-        from jaxlm.hf.peft import load_prompt_tuning_adapter
-
-        load_prompt_tuning_adapter(model, args.adapter)  # CheckpointError: exit 2
-        if args.quantize:
-            from jaxlm.models.quant import quantize_int8
-
-            quantize_int8(model)
 
     stream = StreamPrinter(tokenizer, sys.stdout) if len(prompts) == 1 and not args.json else None
     try:
@@ -202,6 +188,28 @@ def run(args) -> int:
             print(f"### prompt {i + 1}: {shown}\n{text}\n")
     print(_timing_line(result), file=sys.stderr)
     return 0
+
+
+def load_for_generation(path: str, dtype: str = "float32", quantize: str | None = None, adapter: str | None = None):
+    """(model, tokenizer) of an HF folder or .gguf file, with a prompt-tuning adapter's virtual tokens
+    and int8 weights if asked; UserError (exit 2) for what the user can fix."""
+    import jax.numpy as jnp
+
+    from jaxlm.hf.load import load_pretrained
+
+    # With an adapter, the virtual tokens go on before the weights turn int8 (quantize_int8 keeps them).
+    model, tokenizer = load_pretrained(path, dtype=getattr(jnp, dtype), quantize=None if adapter else quantize)
+    if tokenizer is None:
+        raise UserError(f"{path}: has no tokenizer files; text prompts need one")
+    if adapter:
+        from jaxlm.hf.peft import load_prompt_tuning_adapter
+
+        load_prompt_tuning_adapter(model, adapter)  # CheckpointError: exit 2
+        if quantize:
+            from jaxlm.models.quant import quantize_int8
+
+            quantize_int8(model)
+    return model, tokenizer
 
 
 class StreamPrinter:

@@ -11,7 +11,15 @@ import sys
 
 from jaxlm.errors import exit_codes
 from jaxlm.outputs import one_writer
-from jaxlm.synth.config import DEFAULT_CORPUS, LANGUAGES, FilterConfig, SynthConfig, describe_filters, set_filter
+from jaxlm.synth.config import (
+    DEFAULT_CORPUS,
+    ENGINES,
+    LANGUAGES,
+    FilterConfig,
+    SynthConfig,
+    describe_filters,
+    set_filter,
+)
 
 _DESCRIPTION = """\
 Make supervised fine-tuning data with a model, filter it, and write to OUT:
@@ -59,10 +67,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--top-p", type=float, default=defaults.top_p,
                        help=f"nucleus sampling (default {defaults.top_p})")
     group.add_argument("--seed", type=int, default=defaults.seed, help="run seed: same seed, same data (default 0)")
-    group.add_argument("--engine", choices=("local", "ray"), default="local",
-                       help="local: this process; ray: Ray actors on the cluster in RAY_ADDRESS, or a local one")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: this process; ray: Ray actors on the cluster in RAY_ADDRESS, or a local one; "
+                       "openai: an OpenAI-compatible server (jaxlm serve, llama.cpp, vLLM) at --base-url, "
+                       "--model naming the model it serves")
     group.add_argument("--workers", type=int, default=defaults.workers,
                        help=f"Ray actors, each loading the model once (default {defaults.workers})")
+    group.add_argument("--base-url", metavar="URL", help="--engine openai: the server, e.g. http://localhost:8000/v1")
+    group.add_argument("--api-key-env", metavar="VAR", help="--engine openai: the environment variable holding the "
+                       "API key (default: no key)")
+    group.add_argument("--concurrency", type=int, default=defaults.concurrency,
+                       help=f"--engine openai: requests in flight at once, within a batch (default "
+                       f"{defaults.concurrency}; keep --batch-size at least as large)")
     group.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[], dest="filter_settings",
                        help="set a filter threshold (repeatable; keys listed below)")
     group.add_argument("--no-filter", metavar="NAME", action="append", default=[], dest="disabled",

@@ -12,7 +12,7 @@ import os
 from jaxlm.errors import UserError
 
 MODES = ("self-instruct", "grounded", "back-translate")
-ENGINES = ("local", "ray")
+ENGINES = ("local", "ray", "openai")
 
 # Every reason a candidate can be rejected for, in the order the checks run; the
 # summary counts each. (The first failing check names the rejection.)
@@ -90,6 +90,10 @@ class SynthConfig:
     seed: int = 0
     engine: str = "local"
     workers: int = 2
+    # --engine openai: any OpenAI-compatible server generates; `model` is the name it serves
+    base_url: str | None = None
+    api_key_env: str | None = None  # the environment variable holding the API key (never the key itself)
+    concurrency: int = 8  # requests in flight at once
     # self-instruct
     rounds: int = 4
     seeds: str | None = None  # seed task file (default: the shipped jaxlm/synth/data/seed_tasks.jsonl)
@@ -110,7 +114,8 @@ class SynthConfig:
 
 
 # Options that may change between a run and its resumption: they do not change what is generated.
-RESUMABLE_CHANGES = ("out", "num", "rounds", "engine", "workers", "progress")
+RESUMABLE_CHANGES = ("out", "num", "rounds", "engine", "workers", "progress", "base_url", "api_key_env",
+                     "concurrency")
 
 
 def validate(config: SynthConfig) -> None:
@@ -123,8 +128,13 @@ def validate(config: SynthConfig) -> None:
         raise SynthError(f"--engine: expected one of {', '.join(ENGINES)}, got {config.engine!r}")
     if not config.out.strip():
         raise SynthError("--out is empty: name the output folder")
+    if (config.engine == "openai") != (config.base_url is not None):
+        raise SynthError("--engine openai needs --base-url URL (the server's /v1 address), and --base-url needs "
+                         "--engine openai")
+    if config.api_key_env and not os.environ.get(config.api_key_env):
+        raise SynthError(f"--api-key-env {config.api_key_env}: that environment variable is not set")
     for name in ("num", "batch_size", "max_new_tokens", "instruction_tokens", "workers", "rounds",
-                 "examples_per_prompt", "passage_words"):
+                 "examples_per_prompt", "passage_words", "concurrency"):
         if getattr(config, name) < 1:
             raise SynthError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(config, name)}")
     if config.temperature < 0:

@@ -1,4 +1,5 @@
-"""Where batches run: in this process (``local``) or on Ray actors (``ray``).
+"""Where batches run: in this process (``local``), on Ray actors (``ray``) or on an OpenAI-compatible
+server (``openai``: this process sends the requests, `remote.RemoteGenerator`).
 
 Both engines take the driver's batches in order and give back their candidates in the
 same order, so everything the driver decides afterwards (novelty, near duplicates, what
@@ -21,17 +22,18 @@ def run_batch(batch: Batch, generator, config: SynthConfig) -> list[Candidate]:
 
 
 class LocalEngine:
-    def __init__(self, config: SynthConfig):
+    def __init__(self, config: SynthConfig, generator=None):
         from jaxlm.synth.generator import Generator
 
-        self.config, self.generator = config, Generator(config.model, quantize=config.quantize)
+        self.config = config
+        self.generator = generator or Generator(config.model, quantize=config.quantize)
 
     def map(self, batches: Iterable[Batch]) -> Iterator[list[Candidate]]:
         for batch in batches:
             yield run_batch(batch, self.generator, self.config)
 
     def close(self) -> None:
-        pass
+        self.generator.close()
 
 
 class _Worker:
@@ -63,4 +65,8 @@ class RayEngine:
 
 
 def make_engine(config: SynthConfig):
+    if config.engine == "openai":
+        from jaxlm.synth.remote import RemoteGenerator
+
+        return LocalEngine(config, RemoteGenerator(config))
     return RayEngine(config) if config.engine == "ray" else LocalEngine(config)

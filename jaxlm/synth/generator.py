@@ -60,6 +60,9 @@ class Generator:
         vocabulary = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
         self._line_ends = [i for i, piece in enumerate(vocabulary) if "\n" in piece]
 
+    def close(self) -> None:
+        """Nothing to release (a `remote.RemoteGenerator` closes its connections)."""
+
     def __call__(self, prompts: list, *, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int, one_line: bool = False) -> list[Output]:
         """One output per prompt. ``one_line`` stops each at its first line break (and cuts there)."""

@@ -21,7 +21,8 @@ from jaxlm.synth.state import RunState
 def run_synth(config: SynthConfig) -> dict:
     """Make ``config.num`` records (or as many as the source allows) in ``config.out``; returns the summary."""
     validate(config)
-    _check_model(config.model)
+    if config.engine != "openai":  # a served model is checked by asking the server, once it is reached
+        _check_model(config.model)
     from jaxlm.synth.engine import make_engine
     from jaxlm.synth.modes import MODE_CLASSES
 
@@ -37,10 +38,11 @@ def run_synth(config: SynthConfig) -> dict:
         state.start()
         if engine is not None:
             _generate(config, mode, state, engine, pool, kept_instructions)
+        served = config.engine == "openai"  # `model` names what the server at base_url serves
         return state.summary(state.kept >= config.num, {
-            "model": os.path.basename(os.path.normpath(_model_path(config.model))),
-            "engine": config.engine, "workers": config.workers if config.engine == "ray" else 1,
-            "out": config.out})
+            "model": config.model if served else os.path.basename(os.path.normpath(_model_path(config.model))),
+            "engine": config.engine, **({"base_url": config.base_url} if served else {}),
+            "workers": config.workers if config.engine == "ray" else 1, "out": config.out})
     finally:
         state.close()
         if engine is not None:
