@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import gguf
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,9 +22,11 @@ from hf_checkpoints import (
     tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
+    tiny_mixtral,
     tiny_phi3,
     tiny_qwen2,
     tiny_qwen3,
+    tiny_qwen3_moe,
     torch_logits,
 )
 from jaxlm.errors import UserError
@@ -214,13 +218,18 @@ FAMILY_GGUF = {
 }
 
 
-@pytest.mark.parametrize("family", sorted(FAMILY_GGUF))
-def test_family_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits(tmp_path, family):
-    write, own_tensor, transformers_needs = FAMILY_GGUF[family]
+def _exported_f32(write, tmp_path):
+    """A tiny checkpoint from `write`, loaded and exported to f32 GGUF: (model, the file's path, its reader)."""
     write(tmp_path / "hf")
     model, _ = jaxlm.load_pretrained(tmp_path / "hf")
     path = jaxlm.export_pretrained(model, tmp_path / "m.gguf", byte_level_tokenizer(False), gguf_type="f32")
-    reader = gguf.GGUFReader(path)
+    return model, path, gguf.GGUFReader(path)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_GGUF))
+def test_family_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits(tmp_path, family):
+    write, own_tensor, transformers_needs = FAMILY_GGUF[family]
+    model, path, reader = _exported_f32(write, tmp_path)
     assert reader.fields["general.architecture"].contents() == family
     assert own_tensor in {t.name for t in reader.tensors}
     ids, mask = padded_batch(seed=6)
@@ -231,6 +240,65 @@ def test_family_export_reads_back_in_transformers_and_jaxlm_with_the_same_logits
     np.testing.assert_array_equal(_logits(back, ids, mask)[real], ours[real])
     theirs = torch_logits(_transformers(path, **transformers_needs), ids, mask)
     assert np.abs(ours[real] - theirs[real]).max() <= TOLERANCE["f32"]
+
+
+# Mixtures of experts: (checkpoint, llama.cpp's architecture, what transformers' GGUF loader must be told, or
+# None where it cannot read the file). It reads qwen3moe but not the experts' size (expert_feed_forward_length);
+# a "llama" file it reads as Llama, experts dropped.
+MOE_GGUF = {
+    "qwen3_moe": (tiny_qwen3_moe, "qwen3moe", {"moe_intermediate_size": 32}),
+    "mixtral": (tiny_mixtral, "llama", None),
+}
+
+
+@pytest.mark.parametrize("family", sorted(MOE_GGUF))
+def test_moe_export_stacks_each_layers_experts_and_reads_back_with_the_same_logits(tmp_path, family):
+    write, arch, transformers_needs = MOE_GGUF[family]
+    model, path, reader = _exported_f32(write, tmp_path)
+    c = model.config
+    assert reader.fields["general.architecture"].contents() == arch
+    assert reader.fields[f"{arch}.expert_count"].contents() == c.num_experts
+    assert reader.fields[f"{arch}.expert_used_count"].contents() == c.num_experts_per_tok
+    size_key = "expert_feed_forward_length" if arch == "qwen3moe" else "feed_forward_length"
+    assert reader.fields[f"{arch}.{size_key}"].contents() == c.expert_size
+    data = {t.name: t.data for t in reader.tensors}  # numpy order: [experts, out, in] as llama.cpp stacks them
+    experts, hidden, size = c.num_experts, c.hidden_size, c.expert_size
+    assert data["blk.1.ffn_gate_inp.weight"].shape == (experts, hidden)
+    assert data["blk.1.ffn_gate_exps.weight"].shape == data["blk.1.ffn_up_exps.weight"].shape == (experts, size, hidden)
+    assert data["blk.1.ffn_down_exps.weight"].shape == (experts, hidden, size)
+    ours = getattr(model.layers[1], c.moe_attribute).experts  # [experts, in, out]: each slice is HF's transposed
+    for gguf_proj, proj in zip(("gate", "up", "down"), c.expert_names, strict=True):
+        np.testing.assert_array_equal(data[f"blk.1.ffn_{gguf_proj}_exps.weight"],
+                                      np.swapaxes(np.asarray(getattr(ours, proj)[...]), 1, 2))
+    assert not any(".ffn_up." in name or ".experts." in name for name in data)
+    # Read back: the same parameters and routing, so the same computation (logits compared below where
+    # transformers reads the file too; they cost a compilation per model).
+    back, _ = jaxlm.load_pretrained(path)
+    assert type(back) is type(model)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(back, nnx.Param), nnx.state(model, nnx.Param))
+    routing = ("num_experts", "num_experts_per_tok", "expert_size", "norm_topk_prob", "mlp_only_layers")
+    assert [getattr(back.config, f, None) for f in routing] == [getattr(c, f, None) for f in routing]
+    if transformers_needs is not None:
+        ids, mask = padded_batch(seed=6)
+        real = mask.astype(bool)
+        graphdef, state = nnx.split(back)  # compiled: an MoE layer's many small ops are slow one by one
+        ours = np.asarray(jax.jit(lambda state, ids, mask: nnx.merge(graphdef, state)(ids, mask))(state, ids, mask))
+        theirs = torch_logits(_transformers(path, **transformers_needs), ids, mask)
+        assert np.abs(ours[real] - theirs[real]).max() <= TOLERANCE["f32"]
+
+
+def test_a_qwen3_moe_with_dense_layers_or_unnormalised_routing_is_refused(tmp_path):
+    from jaxlm.hf.gguf_export import write_gguf
+    from jaxlm.models.qwen3_moe import Qwen3MoeConfig
+
+    config = Qwen3MoeConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4, expert_size=16)
+    tokenizer = byte_level_tokenizer(False)
+    for change, message in (({"mlp_only_layers": (1,)}, r"layers \[1\] are dense; llama.cpp's qwen3moe"),
+                            ({"norm_topk_prob": False}, "norm_topk_prob=false: llama.cpp's qwen3moe renormalises")):
+        with pytest.raises(UserError, match=message):  # refused from the config, before any tensor is written
+            write_gguf(str(tmp_path / "m.gguf"), {}, dataclasses.replace(config, **change), "qwen3_moe", tokenizer)
+    assert not (tmp_path / "m.gguf").exists()
 
 
 # transformers' GGUF loader reads a phi3 file's fused tensors, but neither longrope's factor tensors nor

@@ -3,6 +3,8 @@ equal transformers'; the grouped (ragged_dot) experts equal the dense reference;
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,8 +14,10 @@ from flax import nnx
 
 import jaxlm
 from hf_checkpoints import assert_same_tensors, left_padded_batch, tiny_mixtral, tiny_qwen3_moe
-from jaxlm.models.llama_moe import router_aux_loss
+from jaxlm.models.llama_moe import expert_load, router_aux_loss
+from jaxlm.models.lora import LoRAExperts
 from jaxlm.models.moe import SparseMoE
+from test_lora import _as_if_trained
 
 # Qwen3-MoE with a dense layer and unnormalised top-k weights; Mixtral all sparse, renormalised.
 WRITERS = {
@@ -31,7 +35,7 @@ def family(request, tmp_path_factory):
     return request.param, path, reference, model
 
 
-def test_logits_and_load_balancing_loss_match_transformers(family):
+def test_logits_load_balancing_loss_z_loss_and_expert_load_match_transformers(family):
     _, _, reference, model = family
     ids, mask, positions = left_padded_batch(seed=7, batch=4, length=13)
     with torch.no_grad():
@@ -43,13 +47,27 @@ def test_logits_and_load_balancing_loss_match_transformers(family):
     # The padding rows are left out of the loss, as transformers does with an attention mask.
     want = reference.config.router_aux_loss_coef * float(ref.aux_loss)
     np.testing.assert_allclose(float(router_aux_loss(model)), want, rtol=1e-5)
+    # The z-loss, by hand from transformers' router logits: mean over the real rows of every sparse layer
+    # of logsumexp^2; training adds it times router_z_loss_coef (a config.json key, model.config_overrides).
+    rows = [torch.logsumexp(layer, dim=-1).numpy()[real.reshape(-1)] for layer in ref.router_logits]
+    z_loss = float(np.mean(np.concatenate(rows) ** 2))
+    np.testing.assert_allclose(float(model.router_z_loss.get_value()), z_loss, rtol=1e-5)
+    # Each expert's share of its layer's choices (top k of every real token), by hand from the same logits.
+    k = reference.config.num_experts_per_tok
+    for logits_of_layer, shares in zip(ref.router_logits, np.asarray(expert_load(model)), strict=True):
+        chosen = torch.topk(logits_of_layer, k, dim=-1).indices.numpy()[real.reshape(-1)]
+        want_shares = np.bincount(chosen.reshape(-1), minlength=shares.shape[0]) / chosen.size
+        np.testing.assert_allclose(shares, want_shares, rtol=1e-6)
+    weighted = nnx.clone(model)
+    weighted.config = dataclasses.replace(model.config, router_z_loss_coef=0.01)
+    np.testing.assert_allclose(float(router_aux_loss(weighted)), want + 0.01 * z_loss, rtol=1e-5)
     # Every expert of every sparse layer got tokens, so the comparison covered all of them.
     for logits_of_layer in ref.router_logits:
         chosen = torch.topk(logits_of_layer, reference.config.num_experts_per_tok, dim=-1).indices
         assert set(chosen.flatten().tolist()) == set(range(logits_of_layer.shape[-1]))
 
 
-def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too():
+def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too_with_lora_or_without():
     moe = SparseMoE(16, 24, num_experts=5, top_k=2, normalize=True, names=("w1", "w3", "w2"), rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (37, 16))
     probabilities = jax.nn.softmax(x @ jax.random.normal(jax.random.key(2), (16, 5)), axis=-1)
@@ -63,6 +81,19 @@ def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too():
     dense, dense_grads = jax.value_and_grad(loss)(state, "dense")
     np.testing.assert_allclose(grouped, dense, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grouped_grads, dense_grads)
+    # LoRA on the experts: the grouped low-rank path equals the dense form on the merged kernels.
+    adapted = LoRAExperts(moe.experts, ("w1", "w2"), rank=3, alpha=6.0, rngs=nnx.Rngs(3))
+    _as_if_trained(adapted)
+    graphdef, state = nnx.split(adapted)
+
+    @jax.jit  # one compilation, not an eager one per small op
+    def both(state):
+        module = nnx.merge(graphdef, state)
+        return module.grouped(x, experts, weights), module.dense(x, experts, weights)
+
+    lora_grouped, lora_dense = both(state)
+    np.testing.assert_allclose(lora_grouped, lora_dense, rtol=1e-4, atol=1e-5)
+    assert float(jnp.sum(lora_dense**2)) > 2 * float(dense)  # the adapters change the output
 
 
 def test_greedy_generation_matches_transformers(family):
@@ -122,11 +153,112 @@ def test_scanned_rematerialised_mixtral_gives_the_unrolled_loss_and_gradients_an
     assert_same_tensors(tmp_path / "src", tmp_path / "out")
 
 
-def test_lora_short_names_adapt_attention_and_dense_mlps_but_never_the_router(family):
-    from jaxlm.models.lora import apply_lora, lora_modules
+def test_lora_on_attention_and_experts_loads_in_peft_with_the_same_logits_never_on_the_router(
+        family, tmp_path):
+    """The experts' pairs become PEFT's on transformers' 3-d gate_up_proj / down_proj (`target_parameters`),
+    gate and up fused as Phi-3's are (tests/test_lora.py). Qwen3-MoE's here has a dense layer, which PEFT cannot
+    adapt (its gate/up/down_proj targets mean the experts' there): refused."""
+    import copy
 
-    _, path, _, _ = family
+    from peft import PeftModel
+
+    from jaxlm.hf.peft import save_peft_adapter
+    from jaxlm.models.lora import apply_lora, lora_experts, lora_modules
+    from test_lora import IDS
+
+    name, path, reference, _ = family
     model, _ = jaxlm.load_pretrained(path)
     apply_lora(model, ["q", "k", "v", "o", "gate", "up", "down"], 4, 8.0)
     adapted = {".".join(map(str, p)) for p, _ in lora_modules(model)}
     assert adapted and not any(p.endswith(".gate") for p in adapted), adapted
+    assert all(m.adapted == m.names for _, m in lora_experts(model)) and lora_experts(model)
+    if name == "qwen3_moe":  # PEFT reads the dense layer 1's gate/up/down_proj targets as the experts'
+        with pytest.raises(ValueError, match=r"model.layers.1.mlp.down_proj \(a dense layer's MLP\) has no PEFT"):
+            save_peft_adapter(model, str(tmp_path / "adapter"))
+        return
+    _as_if_trained(model)
+    save_peft_adapter(model, str(tmp_path / "adapter"))
+    with torch.no_grad():
+        ids = torch.tensor(IDS, dtype=torch.long)
+        without = reference(ids).logits.numpy()
+        via_peft = PeftModel.from_pretrained(copy.deepcopy(reference), str(tmp_path / "adapter")).eval()(ids).logits
+    graphdef, state = nnx.split(model)  # compiled: a mixture's many small ops are slow one by one
+    ours = jax.jit(lambda state, ids: nnx.merge(graphdef, state)(ids))(state, IDS)
+    assert np.abs(via_peft.numpy() - without).max() > 1e-3, "the adapter must change the logits"
+    np.testing.assert_allclose(via_peft.numpy(), np.asarray(ours), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe"], indirect=True)  # the step and the metrics know no family
+def test_a_train_step_reports_the_expert_load_which_metrics_jsonl_and_experts_png_show(family, tmp_path):
+    """A row per sparse layer (Qwen3-MoE's layer 1 is dense), accumulated over micro-batches (grad_accum=2)
+    as the loss is: the token-weighted mean of their shares."""
+    from jaxlm.train.metrics import expert_load as load_metrics
+    from jaxlm.train.metrics import plot_experts
+    from test_train_engine import engine_for, lm_batch
+
+    _, path, _, model = family
+    _, engine = engine_for(path, "train.grad_accum=2")
+    load = np.asarray(engine.step(lm_batch())["expert_load"], np.float64)
+    assert load.shape == (1, model.config.num_experts)
+    np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
+    row = load_metrics({"step": 1, "expert_load": load})
+    assert row["expert_share_max"] == load.max(-1).round(5).tolist()
+    assert row["experts/min_share"] == float(load.min()) and len(row["expert_load"]) == load.shape[0]
+    assert plot_experts([row, {"step": 2, "loss": 1.0}], str(tmp_path / "experts.png")) is not None
+    assert (tmp_path / "experts.png").stat().st_size > 0
+    assert plot_experts([{"step": 1, "loss": 1.0}], str(tmp_path / "none.png")) is None
+
+
+EXPERT_PARALLEL = r"""
+import json, sys
+import numpy as np, jax
+from flax import nnx
+import jaxlm
+from jaxlm.compute import sharding
+from jaxlm.compute.losses import loss_terms
+sys.path.insert(0, {tests!r})
+from test_train_loss import lm_batch
+
+model = jaxlm.load_pretrained(sys.argv[1])[0]
+graphdef, params = nnx.split(model)
+
+def run(mesh_shape):
+  devices = np.array(jax.devices()[:int(np.prod(mesh_shape))]).reshape(mesh_shape)
+  mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "expert"))
+  placed = sharding.place(params, sharding.state_shardings(params, mesh))
+  batch = jax.device_put(lm_batch(), sharding.batch_sharding(mesh, accumulated=False))
+  terms = jax.jit(lambda p, b: loss_terms("causal_lm", nnx.merge(graphdef, p), b))(placed, batch)
+  w1 = placed["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
+  return {{"loss": float(terms.loss_sum / terms.count), "spec": str(w1.sharding.spec)}}
+
+json.dump({{name: run(shape) for name, shape in (("one", (1, 1, 1)), ("expert4", (1, 1, 4)))}}, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("family", ["mixtral"], indirect=True)
+def test_experts_split_over_mesh_expert_give_the_one_device_loss(family):
+    """4 fake CPU devices (a fresh process: the device count is fixed when JAX starts): mesh.expert=4 puts
+    one of each layer's 4 experts on each device (and a quarter of the batch), and the training loss (the
+    router's load-balancing term included) is the one-device loss."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    script = EXPERT_PARALLEL.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", script, str(family[1])], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(proc.stdout)
+    assert runs["expert4"]["spec"] == "P('expert', None, None)"
+    np.testing.assert_allclose(runs["expert4"]["loss"], runs["one"]["loss"], rtol=1e-6)
+
+
+def test_expert_parallelism_composes_with_fsdp_and_never_splits_the_layer_axis():
+    from jax.sharding import PartitionSpec as P
+
+    from jaxlm.compute.sharding import param_spec
+
+    assert param_spec((4, 64, 48), 2, expert=2, expert_dim=0) == P("expert", "fsdp", None)
+    assert param_spec((2, 4, 64, 48), 2, keep=0, expert=4, expert_dim=1) == P(None, "expert", "fsdp", None)
+    assert param_spec((4, 64, 48), 1, expert=1, expert_dim=0) == P()

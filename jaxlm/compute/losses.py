@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.compute import grpo, preference
-from jaxlm.models.llama_moe import router_aux_loss
+from jaxlm.models.llama_moe import expert_load, router_aux_loss
 from jaxlm.models.prompt_tuning import prepend_virtual_tokens
 from jaxlm.tasks import IGNORE_LABEL, LABELLED_TASKS, PAIR_KEYS, PREFERENCE_TASKS
 
@@ -98,11 +98,13 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     # token like the loss it joins, as transformers adds it; evaluation above reports the LM loss alone.
     balance = router_aux_loss(model)
     extra = 0.0 if balance is None else balance * jnp.sum(weights)
-    sums = None
+    load = expert_load(model)  # per token, as the step's metrics are: the step's token-weighted mean share
+    sums = None if load is None else {"expert_load": load * jnp.sum(weights)}
     if kl is not None:
         reference, beta = kl
         reference_hidden = jax.lax.stop_gradient(reference(ids, positions=positions, return_hidden=True, **documents))
-        sums = {"kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens)}
+        sums = {**(sums or {}),
+                "kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens)}
         extra = extra + beta * sums["kl_to_base"]
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])

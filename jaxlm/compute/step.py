@@ -105,11 +105,12 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
     `packed=False` promises one document per row (see `losses.loss_terms`).
     With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
-    source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing.
+    source, `source_loss_sum` and `source_tokens` ([num_sources] each), for bandit mixing. A mixture of
+    experts adds `expert_load` [sparse layers, experts]: each expert's share of its layer's routing choices,
+    the token-weighted mean over the step's micro-batches.
     """
     grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed,
                        num_sources, objective, kl_to_base)
-    metric_names = (*(objective.metric_names if objective else ()), *(("kl_to_base",) if kl_to_base > 0 else ()))
 
     def step(state: TrainState, frozen, rest, batch, reference):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -123,9 +124,10 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
                 out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i), reference_)
                 return ((params, frozen_, rest_, reference_), jax.tree.map(jnp.add, acc, out)), None
 
-            per_source = (jnp.zeros(num_sources), jnp.zeros(num_sources)) if num_sources else ()
-            per_metric = {k: jnp.zeros(()) for k in metric_names}
-            zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params), per_source, per_metric)
+            # The sums start at zeros of one micro-batch's shapes (a mixture's expert load is a matrix).
+            first = jax.tree.map(lambda x: x[0], batch)
+            shapes = jax.eval_shape(grad_fn, state.params, frozen, rest, first, key, reference)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
             carry = ((state.params, frozen, rest, reference), zeros)
             (_, (loss_sum, count, grads, by_source, sums)), _ = jax.lax.scan(
                 micro, carry, (batch, jnp.arange(grad_accum)))

@@ -17,7 +17,7 @@ import numpy as np
 from jaxlm.hf.errors import CheckpointError
 from jaxlm.hf.model_code import refuse_custom_code
 from jaxlm.models.registry import FAMILIES
-from jaxlm.models.weight_map import GGUFLayout, rename
+from jaxlm.models.weight_map import GGUFLayout, hf_name_of_gguf
 
 
 def _open(path: str):
@@ -47,7 +47,8 @@ def hf_config(reader, path: str) -> dict:
 
     vocab = len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else None
     config = layout.hf_config(get, vocab, {t.name: t.data for t in reader.tensors})  # data: views, read on use
-    _check_sizes(reader, layout, config, path)
+    # The layout of the family the metadata names: a "llama" file with experts is Mixtral's.
+    _check_sizes(reader, FAMILIES[config["model_type"]].gguf or layout, config, path)
     special = (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"), ("pad_token_id", "padding_token_id"))
     for ours, key in special:
         if f"tokenizer.ggml.{key}" in reader.fields:
@@ -92,15 +93,20 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
     for tensor in reader.tensors:
         if tensor.name in layout.ignored:
             continue
-        hf_name = next((n for src, dst in layout.names if (n := rename(tensor.name, src, dst))), None)
-        if hf_name is None:
+        found = hf_name_of_gguf(tensor.name, layout.names)
+        if found is None:
             raise CheckpointError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
+        hf_name, stacked = found
         try:
             w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
         w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
-        yield hf_name, layout.from_gguf(tensor.name, w, config)
+        w = layout.from_gguf(tensor.name, w, config)
+        if stacked is None:
+            yield hf_name, w
+        else:  # one HF tensor per index of the first axis (llama.cpp's stacked experts)
+            yield from ((hf_name.replace("{" + stacked + "}", str(index)), part) for index, part in enumerate(w))
 
 
 # llama.cpp pre-tokenizer names whose HF equivalent is byte-level BPE, plus SmolLM's digit split.

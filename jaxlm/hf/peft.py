@@ -16,7 +16,7 @@ from safetensors.numpy import save_file
 from jaxlm.hf.export import hf_state_dict
 from jaxlm.models import architecture_of
 from jaxlm.models.contract import unrolled
-from jaxlm.models.lora import lora_modules
+from jaxlm.models.lora import lora_experts, lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens, prompt_embed
 from jaxlm.models.weight_map import dotted, ours_to_hf
 from jaxlm.outputs import plain_mode
@@ -56,12 +56,16 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     tensors, settings, hf_layouts = {}, {}, set()
     for mapped in {m.hf: m for m in map(functools.partial(ours_to_hf, family), adapters)}.values():
         module_name = mapped.hf.removesuffix(".weight")
-        a, b, scale = _fused_lora([adapters.get(p) for p in mapped.ours], [kernels[p].shape[-1] for p in mapped.ours])
+        a, b, scale = _fused_lora([_pair(adapters.get(p)) for p in mapped.ours],
+                                  [kernels[p].shape[-1] for p in mapped.ours])
         tensors[f"base_model.model.{module_name}.lora_A.weight"] = a
         tensors[f"base_model.model.{module_name}.lora_B.weight"] = b
         settings[module_name] = (a.shape[0], scale * a.shape[0])
         hf_layouts.add(mapped.transpose)
-    if not settings:
+    _refuse_what_peft_reads_as_experts(model, settings)
+    expert_tensors, expert_settings, target_parameters = _expert_adapters(model, family.base_prefix)
+    tensors.update(expert_tensors)
+    if not settings and not expert_settings:
         raise ValueError("peft_adapter needs a model with LoRA layers")
     if modules_to_save:
         for name, value in hf_state_dict(model).items():
@@ -69,8 +73,9 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
                 # Saved under the plain module name, as `PeftModel.save_pretrained` writes them (it adds
                 # `modules_to_save.<adapter>` back when loading).
                 tensors[f"base_model.model.{name}"] = np.asarray(value, np.float32)
-    rank, alpha = collections.Counter(settings.values()).most_common(1)[0][0]
-    patterns = _patterns(settings, default=(rank, alpha))
+    every = {**settings, **expert_settings}
+    rank, alpha = collections.Counter(every.values()).most_common(1)[0][0]
+    patterns = _patterns(every, default=(rank, alpha))
     config = {
         "peft_type": "LORA",
         "task_type": _task_type(architecture_of(model)),
@@ -81,6 +86,7 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
         "alpha_pattern": {key: a for key, (_, a) in patterns.items()},
         "lora_dropout": 0.0,
         "target_modules": sorted({name.rsplit(".", 1)[-1] for name in settings}),
+        "target_parameters": target_parameters or None,
         # HF kernels we need not transpose are stored [in, out] (GPT-2's Conv1D): PEFT calls that fan_in_fan_out.
         "fan_in_fan_out": hf_layouts == {False},
         "bias": "none",
@@ -91,24 +97,68 @@ def peft_adapter(model, *, base_model: str = "", modules_to_save: tuple[str, ...
     return tensors, config
 
 
+def _pair(module):
+    return None if module is None else (module.lora_a[...], module.lora_b[...], module.scale)
+
+
 def _fused_lora(parts, out_sizes):
-    """(A [rank, in], B [out, rank], scale) of one PEFT LoRA that computes what our adapters on the parts of
-    a fused HF module compute (`parts`: each part's LoRALinear or None, in the HF tensor's order; `out_sizes`:
-    each part's output size). A stacks the parts' A; B puts each part's B on that part's output rows and its
-    own rank's columns, zero elsewhere, so no part sees another's adapter. A part whose scale differs from
-    the first's has it folded into its B (all parts share one in a model `apply_lora` adapted)."""
-    present = [m for m in parts if m is not None]
-    scale = present[0].scale
-    a = np.concatenate([np.asarray(m.lora_a[...], np.float32).T for m in present])
-    b = np.zeros((sum(out_sizes), a.shape[0]), np.float32)
+    """(A [..., rank, in], B [..., out, rank], scale) of one PEFT LoRA that computes what our adapters on the
+    parts of a fused HF module compute (`parts`: each part's (A [..., in, r], B [..., r, out], scale) or None,
+    in the HF tensor's order, `...` an expert axis or none; `out_sizes`: each part's output size). A stacks
+    the parts' A; B puts each part's B on that part's output rows and its own rank's columns, zero elsewhere,
+    so no part sees another's adapter. A part whose scale differs from the first's has it folded into its B
+    (all parts share one in a model `apply_lora` adapted)."""
+    present = [part for part in parts if part is not None]
+    scale = present[0][2]
+    a = np.concatenate([np.swapaxes(np.asarray(part_a, np.float32), -1, -2) for part_a, _, _ in present], axis=-2)
+    b = np.zeros((*a.shape[:-2], sum(out_sizes), a.shape[-2]), np.float32)
     row = col = 0
-    for module, out in zip(parts, out_sizes, strict=True):
-        if module is not None:
-            rank = module.lora_a[...].shape[1]
-            b[row : row + out, col : col + rank] = np.asarray(module.lora_b[...], np.float32).T * (module.scale / scale)
+    for part, out in zip(parts, out_sizes, strict=True):
+        if part is not None:
+            part_a, part_b, part_scale = part
+            rank = part_a.shape[-1]
+            b[..., row : row + out, col : col + rank] = (np.swapaxes(np.asarray(part_b, np.float32), -1, -2)
+                                                         * (part_scale / scale))
             col += rank
         row += out
     return a, b, scale
+
+
+def _refuse_what_peft_reads_as_experts(model, settings: dict) -> None:
+    """PEFT, under transformers 5, reads a mixture-of-experts model's target_modules named as the experts'
+    projections (gate_proj/up_proj/down_proj, Mixtral's w1/w3/w2) as the experts' fused parameters, so an
+    adapter on a dense layer's MLP of such a model (Qwen3-MoE's `mlp_only_layers`) has no PEFT form."""
+    expert_names = getattr(model.config, "expert_names", ())
+    dense = sorted(name for name in settings if name.rsplit(".", 1)[-1] in expert_names)
+    if dense:
+        raise ValueError(f"the LoRA adapter on {dense[0]} (a dense layer's MLP) has no PEFT form: PEFT reads "
+                         f"{', '.join(expert_names)} of a {model.config.model_type} model as its experts. Leave dense "
+                         "layers out of model.lora.targets (the merged model in hf/ has the adapters either way)")
+
+
+def _expert_adapters(model, base_prefix: str) -> tuple[dict, dict, list[str]]:
+    """PEFT's form of the adapters on a mixture's experts (`LoRAExperts`): (tensors, {module: (rank, alpha)},
+    target_parameters). transformers keeps a layer's experts as one module (`MoEFields.hf_experts`) with two
+    3-d parameters, `gate_up_proj` (gate's rows, then up's) and `down_proj`, which PEFT adapts as
+    `target_parameters` with one low-rank pair per expert: lora_A [experts * rank, in] expert-major, lora_B
+    [out, rank * experts] rank-major; rank_pattern keys name the parameter. When both are adapted, PEFT nests
+    the first one's wrapper (gate_up_proj) under the second's, as `base_layer.`."""
+    tensors, settings, targets = {}, {}, set()
+    for path, module in lora_experts(model):
+        hf_experts = model.config.hf_experts
+        module_name = f"{base_prefix}{dotted(path[:2])}.{hf_experts}"  # layers.{i} + transformers' module
+        gate, up, down = module.names
+        fused = [(param, names) for param, names in (("gate_up_proj", (gate, up)), ("down_proj", (down,)))
+                 if set(names) & set(module.adapted)]
+        for nesting, (param, names) in enumerate(fused):
+            parts = [(*module.pair(n), module.scale) if n in module.adapted else None for n in names]
+            a, b, scale = _fused_lora(parts, [getattr(module, n)[...].shape[-1] for n in names])
+            prefix = f"base_model.model.{module_name}." + "base_layer." * (len(fused) - 1 - nesting)
+            tensors[prefix + "lora_A.weight"] = a.reshape(-1, a.shape[-1])
+            tensors[prefix + "lora_B.weight"] = b.transpose(1, 2, 0).reshape(b.shape[1], -1)
+            settings[f"{module_name}.{param}"] = (a.shape[-2], scale * a.shape[-2])
+            targets.add(f"{hf_experts}.{param}")
+    return tensors, settings, sorted(targets)
 
 
 def _patterns(settings: dict[str, tuple], default: tuple) -> dict[str, tuple]:

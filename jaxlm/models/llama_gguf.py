@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from jaxlm.errors import UserError
-from jaxlm.models.weight_map import GGUFLayout, gguf_name
+from jaxlm.models.weight_map import GGUFLayout, gguf_tensors
 
 # GGUF tensor name -> HF tensor name ({p} is "weight" or "bias").
 NAMES = (
@@ -50,6 +50,10 @@ def hf_config(get, vocab, names) -> dict:
         "attention_bias": "blk.0.attn_q.bias" in names,
         "mlp_bias": "blk.0.ffn_up.bias" in names,
     }
+    experts = int(get("expert_count", 0))
+    if experts:  # llama.cpp's converter writes Mixtral as "llama" with experts (models/moe_gguf.py)
+        config.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=experts,
+                      num_experts_per_tok=int(get("expert_used_count")))
     if get("rope.scaling.type", "none") == "linear":
         config["rope_scaling"] = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
     return config
@@ -93,8 +97,7 @@ def to_gguf(hf: dict[str, np.ndarray], c, names=NAMES, permute_qk: bool = True):
     scaling = dict(c.rope_scaling or {})
     if scaling.get("rope_type", scaling.get("type")) == "llama3":
         yield "rope_freqs.weight", _llama3_rope_factors(c, scaling)
-    for hf_name, array in hf.items():
-        name = gguf_name(hf_name, names)
+    for name, array in gguf_tensors(hf, names):
         if ".attn_q." in name and permute_qk:
             array = _permute(array, c.num_attention_heads)
         elif ".attn_k." in name and permute_qk:

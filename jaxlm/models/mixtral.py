@@ -22,7 +22,8 @@ class MixtralConfig(MoEFields, MistralConfig):
         config = super().from_hf(hf)
         return dataclasses.replace(config, num_experts=hf["num_local_experts"],
                                    num_experts_per_tok=hf["num_experts_per_tok"], expert_size=hf["intermediate_size"],
-                                   norm_topk_prob=True, router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001))
+                                   norm_topk_prob=True, router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
+                                   router_z_loss_coef=hf.get("router_z_loss_coef", 0.0))
 
     def to_hf(self) -> dict[str, Any]:
         out = super().to_hf()

@@ -18,22 +18,46 @@ from flax import nnx, struct
 
 from jaxlm.models import layers
 
+# Metadata on the experts' parameters: the axis that indexes the experts (before any stacked-layer axis),
+# which expert parallelism splits (compute/sharding.py).
+EXPERT_AXIS = "expert_axis"
+
+
+def expert_variable(value: jax.Array, kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
+    """A variable whose leading axis indexes the experts, marked so (`EXPERT_AXIS`)."""
+    variable = kind(value)
+    variable.set_metadata(EXPERT_AXIS, 0)
+    return variable
+
 
 @struct.dataclass
 class RouterStats:
     """Sums over the real tokens of every MoE layer so far: how often each expert was chosen (among
-    the k per token), its routing probability, and how many token rows were routed."""
+    the k per token), its routing probability, how many token rows were routed, and the squared
+    log-partition function of the router's logits (the z-loss's); and each sparse layer's choices
+    apart (`load`, a row per sparse layer, filled in order: `layer` is the next row)."""
 
     chosen: jax.Array  # [experts] float32
     probability: jax.Array  # [experts] float32
     rows: jax.Array  # float32 scalar
+    squared_logsumexp: jax.Array  # float32 scalar
+    load: jax.Array  # [sparse layers, experts] float32
+    layer: jax.Array  # int32 scalar
 
     @classmethod
-    def zeros(cls, num_experts: int) -> RouterStats:
-        return cls(jnp.zeros(num_experts, jnp.float32), jnp.zeros(num_experts, jnp.float32), jnp.zeros((), jnp.float32))
+    def zeros(cls, num_experts: int, sparse_layers: int) -> RouterStats:
+        experts, scalar = jnp.zeros(num_experts, jnp.float32), jnp.zeros((), jnp.float32)
+        return cls(experts, experts, scalar, scalar, jnp.zeros((sparse_layers, num_experts), jnp.float32),
+                   jnp.zeros((), jnp.int32))
 
-    def __add__(self, other: RouterStats) -> RouterStats:
-        return RouterStats(self.chosen + other.chosen, self.probability + other.probability, self.rows + other.rows)
+    def add_layer(self, chosen, probability, rows, squared_logsumexp) -> RouterStats:
+        return RouterStats(self.chosen + chosen, self.probability + probability, self.rows + rows,
+                           self.squared_logsumexp + squared_logsumexp, self.load.at[self.layer].set(chosen),
+                           self.layer + 1)
+
+    def expert_shares(self) -> jax.Array:
+        """[sparse layers, experts]: each expert's share of its layer's routing choices (a row sums to 1)."""
+        return self.load / jnp.maximum(jnp.sum(self.load, axis=-1, keepdims=True), 1.0)
 
 
 def load_balancing_loss(stats: RouterStats) -> jax.Array:
@@ -41,6 +65,13 @@ def load_balancing_loss(stats: RouterStats) -> jax.Array:
     (`load_balancing_loss_func`): num_experts * sum_e (share of choices of e) * (mean probability of e)."""
     rows = jnp.maximum(stats.rows, 1.0)
     return stats.chosen.shape[0] * jnp.sum((stats.chosen / rows) * (stats.probability / rows))
+
+
+def router_z_loss(stats: RouterStats) -> jax.Array:
+    """ST-MoE's router z-loss (Zoph et al. 2022), over all layers' token rows as transformers' Switch
+    Transformers computes it (`router_z_loss_func` on the layers' logits together): the mean over the
+    rows of logsumexp(router logits)^2. It keeps the logits small, which steadies training in bfloat16."""
+    return stats.squared_logsumexp / jnp.maximum(stats.rows, 1.0)
 
 
 def grouped_matmul(rows: jax.Array, kernels: jax.Array, sizes: jax.Array) -> jax.Array:
@@ -80,21 +111,26 @@ class Experts(nnx.Module):
         init = nnx.initializers.normal(0.02)
         shapes = ((dim, hidden), (dim, hidden), (hidden, dim))
         for name, shape in zip(names, shapes, strict=True):
-            setattr(self, name, nnx.Param(init(rngs.params(), (num_experts, *shape), param_dtype)))
+            setattr(self, name, expert_variable(init(rngs.params(), (num_experts, *shape), param_dtype)))
         self.names = names
 
     def kernels(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The (gate, up, down) kernels [experts, in, out] that `dense` multiplies by."""
         return tuple(getattr(self, name)[...].astype(dtype) for name in self.names)  # pyright: ignore[reportReturnType]
+
+    def project(self, name: str, rows: jax.Array, sizes: jax.Array) -> jax.Array:
+        """rows [m, in] sorted by expert, `sizes[e]` of them expert e's -> [m, out], through projection `name`."""
+        return grouped_matmul(rows, getattr(self, name)[...].astype(rows.dtype), sizes)
 
     def grouped(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
         """x [tokens, dim]; experts, weights [tokens, k]: sum_j weights[t, j] * MLP_{experts[t, j]}(x[t])."""
         tokens, k = experts.shape
-        gate, up, down = self.kernels(x.dtype)
+        gate, up, down = self.names
         order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
-        sizes = jnp.bincount(experts.reshape(-1), length=gate.shape[0]).astype(jnp.int32)
+        sizes = jnp.bincount(experts.reshape(-1), length=getattr(self, gate)[...].shape[0]).astype(jnp.int32)
         rows = x[order // k]
-        hidden = jax.nn.silu(grouped_matmul(rows, gate, sizes)) * grouped_matmul(rows, up, sizes)
-        out = grouped_matmul(hidden, down, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
+        hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
+        out = self.project(down, hidden, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
         return jnp.zeros_like(x).at[order // k].add(out)
 
     def dense(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
@@ -119,16 +155,22 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(num_experts, dim, hidden, names, rngs=rngs, param_dtype=param_dtype)
         self.top_k, self.normalize = top_k, normalize
 
-    def __call__(self, x: jax.Array, real: jax.Array | None) -> tuple[jax.Array, RouterStats]:
-        """x [batch, seq, dim]; `real` [batch, seq] marks the tokens the load statistics count (None: all)."""
+    def __call__(self, x: jax.Array, real: jax.Array | None,
+                 stats: RouterStats | None) -> tuple[jax.Array, RouterStats | None]:
+        """x [batch, seq, dim]; `stats`: the statistics so far, to which this layer's are added (None: none are
+        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all)."""
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
-        probabilities = jax.nn.softmax(self.gate(flat).astype(jnp.float32), axis=-1)
+        logits = self.gate(flat).astype(jnp.float32)
+        probabilities = jax.nn.softmax(logits, axis=-1)
         weights, experts = jax.lax.top_k(probabilities, self.top_k)
         if self.normalize:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
         out = self.experts.grouped(flat, experts, weights).reshape(b, t, d)
+        if stats is None:
+            return out, None
         counted = jnp.ones(b * t, jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
         chosen = jnp.zeros(probabilities.shape[-1], jnp.float32).at[experts].add(counted[:, None])
-        stats = RouterStats(chosen, jnp.sum(probabilities * counted[:, None], axis=0), jnp.sum(counted))
-        return out, stats
+        squared_logsumexp = jnp.sum(counted * jax.nn.logsumexp(logits, axis=-1) ** 2)
+        return out, stats.add_layer(chosen, jnp.sum(probabilities * counted[:, None], axis=0), jnp.sum(counted),
+                                    squared_logsumexp)

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from jaxlm.models.layers import Embed
-from jaxlm.models.lora import LoRALinear, _set
+from jaxlm.models.lora import LoRAExperts, LoRALinear, _set
 from jaxlm.models.prompt_tuning import PromptTunedEmbed
 from jaxlm.models.registry import architecture_of
 
@@ -169,7 +169,7 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
     if activations not in ACTIVATIONS:
         raise ValueError(f"activations={activations!r} is not one of {', '.join(ACTIVATIONS)}")
     modules = list(nnx.iter_modules(model))
-    if any(isinstance(m, LoRALinear) for _, m in modules):
+    if any(isinstance(m, (LoRALinear, LoRAExperts)) for _, m in modules):
         raise ValueError("merge LoRA adapters (jaxlm.models.lora.merge_lora) before quantizing")
     model.eval()
     linears = {path: m for path, m in modules if type(m) is nnx.Linear}

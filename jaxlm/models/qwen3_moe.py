@@ -32,6 +32,7 @@ class Qwen3MoeConfig(MoEFields, Qwen3Config):
             expert_size=hf["moe_intermediate_size"],
             norm_topk_prob=hf.get("norm_topk_prob", False),
             router_aux_loss_coef=hf.get("router_aux_loss_coef", 0.001),
+            router_z_loss_coef=hf.get("router_z_loss_coef", 0.0),
             decoder_sparse_step=hf.get("decoder_sparse_step", 1),
             mlp_only_layers=tuple(hf.get("mlp_only_layers") or ()),
         )

@@ -23,7 +23,9 @@ NAMES = (
 )
 
 
-def _hf_config(model_type: str, architecture: str):
+def hf_config_as(model_type: str, architecture: str):
+    """Llama's config.json from the metadata, with Qwen3's head size, under this model_type and class."""
+
     def hf_config(get, vocab, names) -> dict:
         config = llama_gguf.hf_config(get, vocab, names)
         config["head_dim"] = int(get("attention.key_length", config["head_dim"]))  # Qwen3's own head size
@@ -48,7 +50,7 @@ def sizes(arch: str, vocab_key: str, c: dict) -> list[tuple[str, int, str, int]]
 
 
 def _layout(arch: str, architecture: str) -> GGUFLayout:
-    return GGUFLayout(arch, NAMES, ("rope_freqs.weight",), _hf_config(arch, architecture), from_gguf,
+    return GGUFLayout(arch, NAMES, ("rope_freqs.weight",), hf_config_as(arch, architecture), from_gguf,
                       llama_gguf.write_metadata, to_gguf, sizes)
 
 

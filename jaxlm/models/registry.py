@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from jaxlm.models import gemma_gguf, gpt2_gguf, llama_gguf, phi3_gguf, qwen_gguf
+from jaxlm.models import gemma_gguf, gpt2_gguf, llama_gguf, moe_gguf, phi3_gguf, qwen_gguf
 from jaxlm.models.bert import BertConfig, BertForSequenceClassification, BertForTokenClassification, BertModel
 from jaxlm.models.gemma2 import Gemma2Config, Gemma2ForCausalLM
 from jaxlm.models.gemma3 import Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig
@@ -127,6 +127,7 @@ QWEN3 = dataclasses.replace(
 
 # Mixtures of experts: Llama-like rows whose experts' tensors (one per expert in HF files) stack into one
 # [experts, in, out] parameter per projection; the router is the `{block}.gate` linear layer of the Llama rows.
+# In GGUF, Qwen3-MoE is llama.cpp's "qwen3moe" and Mixtral its "llama" with experts (models/moe_gguf.py).
 QWEN3_MOE = dataclasses.replace(
     QWEN3,
     config=Qwen3MoeConfig,
@@ -134,7 +135,7 @@ QWEN3_MOE = dataclasses.replace(
     aliases={"Qwen3MoeModel": "Qwen3MoeForCausalLM"},
     weights=(Row("model.layers.{i}.mlp.experts.{e}.{proj}.weight", "layers.{i}.mlp.experts.{proj}", transpose=True,
                  stacked="e"), *QWEN3.weights),
-    gguf=None,
+    gguf=moe_gguf.QWEN3_MOE,
 )
 
 MIXTRAL = dataclasses.replace(
@@ -142,9 +143,10 @@ MIXTRAL = dataclasses.replace(
     config=MixtralConfig,
     architectures=(MixtralForCausalLM,),
     aliases={"MixtralModel": "MixtralForCausalLM"},
+    lora_names={**MISTRAL.lora_names, "gate": "w1", "up": "w3", "down": "w2"},  # its experts' names
     weights=(Row("model.layers.{i}.block_sparse_moe.experts.{e}.{w}.weight", "layers.{i}.block_sparse_moe.experts.{w}",
                  transpose=True, stacked="e"), *MISTRAL.weights),
-    gguf=None,
+    gguf=moe_gguf.MIXTRAL,
 )
 
 # Gemma is Llama's tensors under the same names, with two more norms a layer (the `{norm}` of Llama's rows).

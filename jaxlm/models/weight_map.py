@@ -64,7 +64,9 @@ class GGUFLayout:
     writes it; the functions live beside the family's model file (e.g. models/llama_gguf.py)."""
 
     arch: str  # llama.cpp's architecture name: `general.architecture` and the metadata keys' prefix
-    names: tuple[tuple[str, str], ...]  # (GGUF tensor template, HF tensor template); {p}: weight or bias
+    # (GGUF tensor template, HF tensor template); {p}: weight or bias; a placeholder only the HF template has
+    # ({e}) stacks the HF tensors on the GGUF tensor's first axis (llama.cpp's experts: `gguf_tensors`)
+    names: tuple[tuple[str, str], ...]
     ignored: tuple[str, ...]  # GGUF tensors with no HF tensor, skipped when reading
     # (get(key, default=None), vocab size, {GGUF tensor name: its data as stored}) -> HF config.json dict
     hf_config: Callable
@@ -189,3 +191,42 @@ def gguf_name(hf_name: str, table: tuple[tuple[str, str], ...]) -> str:
         if found:
             return found
     raise UserError(f"tensor {hf_name!r} has no GGUF name")
+
+
+def gguf_tensors(hf: dict[str, Any], table: tuple[tuple[str, str], ...]):
+    """(GGUF name, array) for {HF name: array}, in the HF tensors' order. HF tensors whose template has a
+    placeholder that the GGUF template lacks (`{e}`: llama.cpp stacks a layer's experts into one `*_exps`
+    tensor) stack, in that placeholder's order, into one GGUF tensor."""
+    out: dict[str, Any] = {}
+    for hf_name, array in hf.items():
+        for gguf_template, hf_template in table:
+            match = _pattern(hf_template).match(hf_name)
+            if match:
+                name = _fill(gguf_template, match.groupdict())
+                stacked = _stacked_placeholder(gguf_template, hf_template)
+                if stacked is None:
+                    out[name] = array
+                else:
+                    out.setdefault(name, {})[int(match.group(stacked))] = array
+                break
+        else:
+            raise UserError(f"tensor {hf_name!r} has no GGUF name")
+    for name, value in out.items():
+        yield name, np.stack([value[i] for i in range(len(value))]) if isinstance(value, dict) else value
+
+
+def hf_name_of_gguf(name: str, table: tuple[tuple[str, str], ...]) -> tuple[str, str | None] | None:
+    """The HF name of a GGUF tensor and None, or for a tensor that stacks several HF ones (see `gguf_tensors`)
+    their name with the stacking placeholder left in, and that placeholder; None for a name not in `table`."""
+    for gguf_template, hf_template in table:
+        match = _pattern(gguf_template).match(name)
+        if match:
+            stacked = _stacked_placeholder(gguf_template, hf_template)
+            groups = match.groupdict() if stacked is None else {**match.groupdict(), stacked: "{" + stacked + "}"}
+            return _fill(hf_template, groups), stacked
+    return None
+
+
+def _stacked_placeholder(gguf_template: str, hf_template: str) -> str | None:
+    ours = set(_pattern(gguf_template).groupindex)
+    return next((p for p in _pattern(hf_template).groupindex if p not in ours), None)

@@ -108,6 +108,7 @@ class CheckpointConfig:
 class MeshConfig:
     data: int = -1  # devices along the data-parallel axis; -1 = all devices not used by fsdp
     fsdp: int = 1  # devices that shard parameters and optimizer state
+    expert: int = 1  # devices that split a mixture of experts' experts (each holds experts / expert of them)
 
 
 @dataclasses.dataclass
@@ -208,7 +209,8 @@ class Config:
         _at_least(1, {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.seq_len": t.seq_len,
                       "train.grad_accum": t.grad_accum, "train.log_every": t.log_every,
                       "checkpoint.every": self.checkpoint.every, "checkpoint.keep": self.checkpoint.keep,
-                      "eval.sample_tokens": e.sample_tokens, "mesh.fsdp": self.mesh.fsdp})
+                      "eval.sample_tokens": e.sample_tokens, "mesh.fsdp": self.mesh.fsdp,
+                      "mesh.expert": self.mesh.expert})
         _at_least(0, {"train.learning_rate": t.learning_rate, "train.warmup_steps": t.warmup_steps,
                       "train.weight_decay": t.weight_decay, "train.max_grad_norm": t.max_grad_norm,
                       "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
@@ -335,7 +337,7 @@ class Config:
         and every local data path exist, and that output_dir can be written. Raises ConfigError naming the key."""
         from jaxlm.compute.sharding import check_micro_batch, mesh_shape
 
-        mesh_shape(self.mesh.data, self.mesh.fsdp, device_count)
+        mesh_shape(self.mesh.data, self.mesh.fsdp, device_count, self.mesh.expert)
         check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
         if not os.path.exists(resolve_path(self.model.path)):
             raise ConfigError(f"model.path={self.model.path!r}: no such model folder or .gguf file")

@@ -21,7 +21,7 @@ from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.preference import Preference
 from jaxlm.compute.step import make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
-from jaxlm.models.lora import lora_modules
+from jaxlm.models.lora import lora_experts, lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
 from jaxlm.models.registry import FAMILIES
 from jaxlm.models.scan import LAYER_AXIS
@@ -109,6 +109,7 @@ def check_trainable(model, cfg: Config, wrt) -> None:
         raise ConfigError(f"model.train_only={cfg.model.train_only} matches no parameter of {type(model).__name__} "
                           f"(paths look like {', '.join(names[:3])}, ..., {names[-1]})")
     adapted = {dotted(p) + ".kernel" for p, _ in lora_modules(model)}
+    adapted |= {f"{dotted(p)}.{name}" for p, m in lora_experts(model) for name in m.adapted}
     both = sorted(adapted & set(chosen))
     if both:
         raise ConfigError(f"model.train_only matches {both[0]}, which also has a LoRA adapter: train one or the "
@@ -184,7 +185,7 @@ class _StepSetup:
 
 def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
     t = cfg.train
-    mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp)
+    mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.expert)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
     wrt = trainable_filter(cfg)
     check_trainable(model, cfg, wrt)

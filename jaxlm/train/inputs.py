@@ -182,7 +182,7 @@ def held_out_prompts(data: DataConfig, count: int) -> list[dict]:
 def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
     paths = {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png", "mixing": "mixing.png",
-        "rewards": "rewards.png",
+        "rewards": "rewards.png", "experts": "experts.png",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
         "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png", "gguf": "model.gguf",

@@ -49,7 +49,7 @@ from jaxlm.errors import Stopped
 from jaxlm.eval.scoring import headline
 from jaxlm.tasks import sequences_per_example
 from jaxlm.train.config import Config
-from jaxlm.train.metrics import MetricsLogger, by_source, realised_shares
+from jaxlm.train.metrics import MetricsLogger, by_source, expert_load, realised_shares
 from jaxlm.train.run import (
     Run,
     SyncHook,
@@ -233,7 +233,7 @@ def at_sync_point(run: Run, state: LoopState, due: Due) -> bool:
 def sync(run: Run, state: LoopState) -> list[dict]:
     """The metrics of the steps since the last sync as host rows, with throughput and data statistics."""
     names = run.train_data.source_names
-    rows = [by_source(dict(jax.device_get(m), step=s), names) for s, m in state.pending]
+    rows = [expert_load(by_source(dict(jax.device_get(m), step=s), names)) for s, m in state.pending]
     state.pending = []
     now = time.perf_counter()
     t = run.cfg.train

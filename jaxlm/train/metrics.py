@@ -1,10 +1,12 @@
-"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve, mixing and
-rewards PNGs."""
+"""Run outputs a person reads: metrics.jsonl, TensorBoard events, a tqdm bar, the loss-curve, mixing,
+rewards and experts PNGs."""
 
 from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 
 from jaxlm.outputs import plain
 
@@ -199,6 +201,42 @@ def plot_mixing(rows: list[dict], png_path: str) -> str | None:
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def expert_load(row: dict) -> dict:
+    """A mixture of experts' step load ([sparse layers, experts] shares of each layer's routing choices) as
+    JSON: `expert_load` (a list per sparse layer), each layer's largest and smallest expert share
+    (`expert_share_max`, `expert_share_min`; 1/experts both when balanced), and the extremes over the layers
+    as TensorBoard scalars (`experts/max_share`, `experts/min_share`)."""
+    load = row.pop("expert_load", None)
+    if load is None:
+        return row
+    load = np.asarray(load, np.float64)
+    row.update(expert_load=load.round(5).tolist(), expert_share_max=load.max(-1).round(5).tolist(),
+               expert_share_min=load.min(-1).round(5).tolist())
+    row.update({"experts/max_share": float(load.max()), "experts/min_share": float(load.min())})
+    return row
+
+
+def plot_experts(rows: list[dict], png_path: str) -> str | None:
+    """A heat map of each expert's share of its layer's routing choices (sparse layers down, experts across),
+    the mean over the run's logged steps; None when the run logged no expert load (no mixture of experts)."""
+    loads = [r["expert_load"] for r in rows if isinstance(r.get("expert_load"), list)]
+    if not loads:
+        return None
+    mean = np.mean(np.asarray(loads, np.float64), axis=0)
+    plt = _pyplot()
+    layers, experts = mean.shape
+    fig, ax = plt.subplots(figsize=(min(16, 3 + experts * 0.25), min(12, 1.5 + layers * 0.3)))
+    image = ax.imshow(mean, aspect="auto", cmap="viridis", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=f"share of the layer's choices (balanced: 1/{experts} = {1 / experts:.3g})")
+    ax.set_xlabel("expert")
+    ax.set_ylabel("sparse layer")
+    ax.set_title(f"expert load, mean over {len(loads)} logged steps")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

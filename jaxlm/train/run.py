@@ -40,7 +40,7 @@ from jaxlm.train.inputs import (
     output_paths,
     padded_to,
 )
-from jaxlm.train.metrics import MetricsLogger, plot_loss_curve, plot_mixing, plot_rewards, read_metrics
+from jaxlm.train.metrics import MetricsLogger, plot_experts, plot_loss_curve, plot_mixing, plot_rewards, read_metrics
 from jaxlm.train.overrides import flat
 from jaxlm.train.rollout import Rollouts
 from jaxlm.train.state import count_params
@@ -323,6 +323,7 @@ def write_report(run: Run, ner_text: str | None, after: dict | None, test_after:
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
         plot_rewards(rows, paths["rewards"])
+        plot_experts(rows, paths["experts"])
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
