@@ -101,7 +101,7 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
         assert np.abs(dequantized[real] - ours[real]).max() <= 1e-4 * np.abs(ref[real]).max()
 
 
-@pytest.mark.parametrize("name", ["tied", "qwen2", "qwen3", "gemma3", "phi3"])
+@pytest.mark.parametrize("name", ["tied", "qwen3", "gemma3", "phi3"])  # qwen2 = llama + biases: logits test
 def test_an_int8_model_generates_its_own_greedy_tokens_through_the_kv_cache(tiny_models, name):
     int8, _ = jaxlm.load_pretrained(tiny_models / name, quantize="int8")
     prompts = [[5, 9, 31, 7], [11, 3, 200]]

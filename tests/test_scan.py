@@ -96,7 +96,6 @@ def loss_logits_and_grads(model):
     ("llama", 4, dict(scan_layers=True, remat="full")),
     ("llama", 0, dict(remat="dots")),
     ("gpt2", 4, dict(scan_layers=True, remat="dots")),
-    ("qwen2", 4, dict(scan_layers=True, remat="full")),
     ("qwen3", 4, dict(scan_layers=True, remat="full")),
 ])
 def test_scan_and_remat_give_the_unrolled_logits_and_gradients(folders, family, lora, options):

@@ -16,7 +16,7 @@ from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.metrics import read_metrics
 from train_helpers import write_text, write_tiny_llama
 
-STEPS = 24
+STEPS = 12
 
 
 def overrides(model_dir, text_dir, out_dir, mixing=()):
