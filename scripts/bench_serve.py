@@ -59,7 +59,8 @@ def start_llama_cpp(args, port: int, gguf: str) -> subprocess.Popen:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python) on `gguf`, one slot per process as it serves."""
     command = [args.llama_cpp, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "bench", "--host",
                "127.0.0.1", "--port", str(port), "--n_ctx", str(args.max_context), "--n_threads",
-               str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count()), "--verbose", "false"]
+               str(os.cpu_count()), "--n_threads_batch", str(os.cpu_count()), "--verbose", "false",
+               "--interrupt_requests", "false"]  # queue concurrent requests (its default cuts the running one off)
     return wait_until_healthy(command, f"http://127.0.0.1:{port}/v1/models")
 
 
@@ -101,17 +102,20 @@ def report(name: str, alone: dict, together: dict, clients: int) -> None:
 
 
 def one_request(client, prompt: str, new_tokens: int) -> tuple[float, float, int]:
-    """(seconds to the first token, seconds in all, tokens) of one streamed chat request."""
-    start, first, tokens = time.perf_counter(), None, 0
+    """(seconds to the first token, seconds in all, tokens) of one streamed chat request. Tokens are the
+    usage's count, else the content chunks (llama-cpp-python streams one token a chunk and sends no usage)."""
+    start, first, tokens, chunks = time.perf_counter(), None, 0, 0
     stream = client.chat.completions.create(
         model="bench", messages=[{"role": "user", "content": prompt}], max_tokens=new_tokens, temperature=0,
         stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     for chunk in stream:
-        if first is None and chunk.choices and chunk.choices[0].delta.content:
-            first = time.perf_counter() - start
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if first is None:
+                first = time.perf_counter() - start
         if chunk.usage:
             tokens = chunk.usage.completion_tokens
-    return first if first is not None else float("nan"), time.perf_counter() - start, tokens
+    return first if first is not None else float("nan"), time.perf_counter() - start, tokens or chunks
 
 
 def run(client, prompts, new_tokens: int, clients: int) -> dict:

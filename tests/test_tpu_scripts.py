@@ -255,7 +255,7 @@ def test_worker_starts_follows_and_packs_a_run(tmp_path):
         printf 'argv:'; printf ' <%s>' "$@"; echo
         out=${4#output_dir=}
         mkdir -p "$out/checkpoints" && echo 1 > "$out/metrics.jsonl"
-        for _ in {1..600}; do [[ -e $HOME/go ]] && break; sleep 0.05; done  # running until the test tried a second start
+        for _ in {1..600}; do [[ -e $HOME/go ]] && break; sleep 0.05; done  # until the test tried to start again
         exit 3
     """))
     python.chmod(0o755)
