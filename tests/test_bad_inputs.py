@@ -519,7 +519,7 @@ CASES_GRPO = [  # issue 30: grpo
     Case("grpo.group_size=1", train(*GRPO, "grpo.group_size=1", task="grpo"), BAD_INPUT,
          "grpo.group_size=1: advantages compare completions of one prompt", "config error"),
     Case("a reward of unknown type", train("grpo.rewards=[{{type: judge}}]", task="grpo"), BAD_INPUT,
-         "grpo.rewards[0].type='judge' is not one of regex, exact, contains, length, python", "config error"),
+         "grpo.rewards[0].type='judge' is not one of regex, exact, contains, length, python, model", "config error"),
     Case("a misspelt reward key", train("grpo.rewards=[{{type: regex, patern: x}}]", task="grpo"), BAD_INPUT,
          "unknown config key 'grpo.rewards[0].patern'; did you mean 'grpo.rewards[0].pattern'?", "config error"),
     Case("grpo.max_new_tokens past train.seq_len", train(*GRPO, "grpo.max_new_tokens=32", task="grpo"), BAD_INPUT,
@@ -529,6 +529,10 @@ CASES_GRPO = [  # issue 30: grpo
     Case("a python reward with the wrong signature", train(*GRPO, "grpo.rewards=[{{type: python, function: "
                                                            "'{two_args}:score'}}]", task="grpo", data="prompts"),
          BAD_INPUT, "a reward is called as score(prompt, completion, record), but score(completion)", "config error"),
+    Case("a model reward that is not a classifier", train(*GRPO[1:], "grpo.rewards=[{{type: model, path: '{llama}'}}]",
+                                                          task="grpo", data="prompts"),
+         BAD_INPUT, "holds a LlamaForCausalLM, not a sequence classifier: train one with task=classification",
+         "config error"),
     Case("grpo on prompt/completion records", train(*GRPO, task="grpo"), BAD_INPUT,
          "chat.jsonl:1: task grpo needs 'prompt' (or 'messages') records with the fields its rewards read, "
          "got prompt_completion", "data error"),

@@ -165,20 +165,60 @@ def test_a_python_reward_with_the_wrong_signature_is_refused_when_built(tmp_path
         rewards_of({"type": "python", "function": f"{code}:missing"})
 
 
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """A tiny BERT sequence classifier over labels TAG0, TAG1, TAG2 (as transformers writes it) and its model."""
+    from hf_checkpoints import tiny_bert
+    from train_helpers import bert_tokenizer
+
+    folder = tmp_path_factory.mktemp("classifier")
+    model = tiny_bert(folder, num_labels=3, head="sequence")
+    tokenizer = bert_tokenizer(str(folder))
+    tokenizer.save_pretrained(folder)
+    return str(folder), model, tokenizer
+
+
+def test_a_model_reward_is_the_classifiers_probability_of_its_label_as_transformers(tiny_classifier):
+    folder, model, tokenizer = tiny_classifier
+    completions = ["the cat sat on a mat", "hello", " ".join(WORDS[:30]), "good day to you bob"]  # 16 and 32 wide
+    (default, chosen) = rewards_of({"type": "model", "path": folder}, {"type": "model", "path": folder,
+                                                                        "label": "TAG0"})
+    totals, by_name = score_all([default, chosen], ["p"] * 4, completions, [{}] * 4)
+    with torch.no_grad():
+        probabilities = model(**tokenizer(completions, padding=True, return_tensors="pt")).logits.softmax(-1)
+    np.testing.assert_allclose(by_name["model"], probabilities[:, 2].numpy(), rtol=1e-4, atol=1e-6)  # the last
+    np.testing.assert_allclose(by_name["model_2"], probabilities[:, 0].numpy(), rtol=1e-4, atol=1e-6)
+    assert default.score("p", completions[1], {}) == pytest.approx(by_name["model"][1], abs=1e-6)
+
+
+def test_a_model_reward_needs_a_classifier_and_one_of_its_labels(tiny_classifier, tmp_path):
+    from hf_checkpoints import tiny_bert
+
+    with pytest.raises(ConfigError, match=r"rewards\[0\].label='positive' is not a label of .* \['TAG0', 'TAG1'"):
+        rewards_of({"type": "model", "path": tiny_classifier[0], "label": "positive"})
+    tiny_bert(tmp_path / "encoder")  # no head
+    with pytest.raises(ConfigError, match=r"rewards\[0\].path=.* holds a BertModel, not a sequence classifier"):
+        rewards_of({"type": "model", "path": str(tmp_path / "encoder")})
+    with pytest.raises(ConfigError, match=r"rewards\[0\].path=.*: no such classifier"):
+        rewards_of({"type": "model", "path": str(tmp_path / "missing")})
+
+
 VOWELS = ("def vowels(prompt, completion, record):\n"
           "    return sum(c in 'aeiou' for c in completion) / max(len(completion), 1)\n")
 
 
 @pytest.fixture(scope="module")
-def grpo_run(tmp_path_factory):
+def grpo_run(tmp_path_factory, tiny_classifier):
     """A tiny Llama, GRPO on a dense toy reward (the share of vowels in the completion): 8 batches of 4 prompts
-    x 8 completions, one update each, KL to the start with β = 0.04."""
+    x 8 completions, one update each, KL to the start with β = 0.04; a classifier's reward is logged beside it
+    (weight 0: it does not move the policy)."""
     root = tmp_path_factory.mktemp("grpo")
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"what is {w}", "answer": w}) + "\n"
                                                 for w in WORDS))
     (root / "toy.py").write_text(VOWELS)
     cfg = tiny_config(root, write_tiny_llama(root / "llama"), "grpo", [str(root / "prompts.jsonl")],
-                      f"grpo.rewards=[{{type: python, function: '{root}/toy.py:vowels'}}]", "grpo.group_size=8",
+                      f"grpo.rewards=[{{type: python, function: '{root}/toy.py:vowels'}}, "
+                      f"{{type: model, path: '{tiny_classifier[0]}', weight: 0}}]", "grpo.group_size=8",
                       "grpo.max_new_tokens=8", "grpo.beta=0.04", "train.steps=8",
                       "train.log_every=2", "checkpoint.every=4", "train.warmup_steps=0", "eval.general_prompts=false")
     compiled = sampler.STATS.compiles
@@ -195,6 +235,7 @@ def test_the_mean_reward_rises_on_a_toy_reward_and_every_step_is_logged(grpo_run
     for row in rollouts:
         assert {"reward_mean", "reward_std", "rewards/vowels", "completion_length", "rollout_tokens_per_s"} <= set(row)
         assert row["reward_mean"] == row["rewards/vowels"] and 0 < row["completion_length"] <= 8
+        assert 0 < row["rewards/model"] < 1
     first, last = (np.mean([r["reward_mean"] for r in part]) for part in (rollouts[:2], rollouts[-2:]))
     assert last > first + 0.05, [r["reward_mean"] for r in rollouts]
     assert rows[1]["kl"] == pytest.approx(0, abs=1e-6) and rows[8]["kl"] > 0  # the model leaves its start
@@ -232,6 +273,7 @@ def test_a_run_resumed_from_its_checkpoint_ends_with_the_same_weights(grpo_run):
     ("grpo.rewards=[{type: exact, pattern: '('}]", "grpo.rewards[0].pattern='(' is not a valid regex"),
     ("grpo.rewards=[{type: length}]", "grpo.rewards[0].max_words must be >= 1"),
     ("grpo.rewards=[{type: python}]", "grpo.rewards[0].function is empty"),
+    ("grpo.rewards=[{type: model}]", "grpo.rewards[0].path is empty"),
     ("grpo.rewards=[{type: contains, weight: .nan}]", "grpo.rewards[0].weight must be a finite number"),
     ("data.mixing=bandit", "task grpo learns from rewards: use data.mixing=static or temperature"),
 ])

@@ -9,10 +9,13 @@
 * python {function: "file.py:name"}: the user's `name(prompt, completion, record) -> number`; the file is loaded
   and the signature checked when the rewards are built (before any sampling); an exception it raises stops the
   run naming the file:line where it was raised.
+* model {path, label}: the probability of `label` that a sequence classifier trained by jaxlm (task
+  classification: its run folder) gives the completion alone; scored a rollout at a time, in one jitted call
+  (compute/reward_model.py).
 
 A reward's name (its metric `rewards/<name>`) is `name`, else the type (python: the function's name), with
 `_2`, `_3`, ... where names repeat. The combined reward is the weighted sum (TRL's sum_then_normalize).
-No jax here: the config imports the types.
+No jax here (the model reward imports it when built): the config imports the types.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from collections.abc import Callable, Sequence
 from jaxlm.errors import ConfigError, UserError
 from jaxlm.text.words import normalize, words
 
-REWARD_TYPES = ("regex", "exact", "contains", "length", "python")
+REWARD_TYPES = ("regex", "exact", "contains", "length", "python", "model")
 
 
 class RewardError(UserError):
@@ -43,6 +46,8 @@ class Reward:
     name: str
     weight: float
     score: Callable[[object, str, dict], float]  # (prompt, completion, record) -> reward
+    # (prompts, completions, records) -> their rewards, for a reward that scores a batch at once (a model)
+    score_batch: Callable[[Sequence, Sequence[str], Sequence[dict]], list[float]] | None = None
 
 
 def build_rewards(configs: Sequence, key: str = "grpo.rewards") -> list[Reward]:
@@ -51,21 +56,25 @@ def build_rewards(configs: Sequence, key: str = "grpo.rewards") -> list[Reward]:
     rewards, seen = [], {}
     for i, c in enumerate(configs):
         where = f"{key}[{i}]"
-        score, default_name = _scorer(c, where)
+        score, default_name, batch = _scorer(c, where)
         name = c.name or default_name
         seen[name] = seen.get(name, 0) + 1
-        rewards.append(Reward(name if seen[name] == 1 else f"{name}_{seen[name]}", c.weight, score))
+        rewards.append(Reward(name if seen[name] == 1 else f"{name}_{seen[name]}", c.weight, score, batch))
     return rewards
 
 
 def score_all(rewards: list[Reward], prompts: Sequence, completions: Sequence[str], records: Sequence[dict]
               ) -> tuple[list[float], dict[str, list[float]]]:
     """(weighted total per completion, {reward name: its scores}) for aligned prompts, completions, records."""
-    by_name = {r.name: [_number(r, r.score(p, c, rec)) for p, c, rec in zip(prompts, completions, records,
-                                                                           strict=True)]
-               for r in rewards}
+    by_name = {r.name: [_number(r, value) for value in _scores(r, prompts, completions, records)] for r in rewards}
     totals = [sum(r.weight * by_name[r.name][j] for r in rewards) for j in range(len(completions))]
     return totals, by_name
+
+
+def _scores(reward: Reward, prompts: Sequence, completions: Sequence[str], records: Sequence[dict]) -> list:
+    if reward.score_batch is not None:
+        return reward.score_batch(prompts, completions, records)
+    return [reward.score(p, c, rec) for p, c, rec in zip(prompts, completions, records, strict=True)]
 
 
 def _number(reward: Reward, value) -> float:
@@ -74,7 +83,18 @@ def _number(reward: Reward, value) -> float:
     return float(value)
 
 
-def _scorer(c, where: str) -> tuple[Callable, str]:
+def _scorer(c, where: str) -> tuple[Callable, str, Callable | None]:
+    """(score one, default name, score a batch or None) of one reward config."""
+    if c.type == "model":
+        from jaxlm.compute.reward_model import ClassifierReward
+
+        classifier = ClassifierReward(c.path, c.label, where)
+        batch = lambda prompts, completions, records: classifier.scores(list(completions))  # noqa: E731
+        return (lambda prompt, completion, record: batch([prompt], [completion], [record])[0]), "model", batch
+    return (*_scorer_of_one(c, where), None)
+
+
+def _scorer_of_one(c, where: str) -> tuple[Callable, str]:
     if c.type == "regex":
         pattern = re.compile(c.pattern)
         return (lambda prompt, completion, record: float(pattern.search(completion) is not None)), "regex"

@@ -141,13 +141,15 @@ class SimpoConfig:
 
 @dataclasses.dataclass
 class RewardConfig:
-    type: str = ""  # regex | exact | contains | length | python (compute/rewards.py says what each scores)
+    type: str = ""  # regex | exact | contains | length | python | model (compute/rewards.py says what each scores)
     weight: float = 1.0
     name: str = ""  # logged as rewards/<name>; default the type (python: the function's name)
     pattern: str = ""  # regex: searched in the completion; exact/contains: compare its first group's match
     field: str = "answer"  # exact/contains: the record's field holding the expected answer
     max_words: int = 0  # length: full reward up to this many words
     function: str = ""  # python: "path/to/file.py:name", called as name(prompt, completion, record)
+    path: str = ""  # model: a classification run's folder (or an HF classifier folder) that scores the completion
+    label: str = ""  # model: the class whose probability is the reward ("" = the head's last class)
 
 
 @dataclasses.dataclass
@@ -290,6 +292,8 @@ class Config:
                 raise ConfigError(f"{key}.max_words must be >= 1 for a length reward, got {r.max_words}")
             if r.type == "python" and not r.function:
                 raise ConfigError(f"{key}.function is empty: give 'path/to/file.py:function_name'")
+            if r.type == "model" and not r.path:
+                raise ConfigError(f"{key}.path is empty: give the folder of a run of task classification")
         if self.task != "grpo":
             return
         if not g.rewards:
