@@ -220,7 +220,8 @@ def grpo_run(tmp_path_factory, tiny_classifier):
                       f"grpo.rewards=[{{type: python, function: '{root}/toy.py:vowels'}}, "
                       f"{{type: model, path: '{tiny_classifier[0]}', weight: 0}}]", "grpo.group_size=8",
                       "grpo.max_new_tokens=8", "grpo.beta=0.04", "train.steps=8",
-                      "train.log_every=2", "checkpoint.every=4", "train.warmup_steps=0", "eval.general_prompts=false")
+                      "train.log_every=2", "checkpoint.every=4", "train.warmup_steps=0", "eval.general_prompts=false",
+                      "eval.steps=1", "eval.sample_prompts=2")
     compiled = sampler.STATS.compiles
     result = train(cfg, progress=False)
     rows = read_metrics(str(root / "run" / "metrics.jsonl"))
@@ -245,6 +246,20 @@ def test_the_mean_reward_rises_on_a_toy_reward_and_every_step_is_logged(grpo_run
     assert grpo_run["sampler_compiles"] == 2  # one prefill and one decode program for every rollout
 
 
+def test_held_out_prompts_are_scored_at_each_evaluation_and_their_completions_kept_in_samples_md(grpo_run):
+    evals = {r["step"]: r for r in grpo_run["rows"] if "eval_reward_mean" in r}
+    assert sorted(evals) == [0, 4, 8]  # before training, every eval.every steps, at the end
+    for row in evals.values():
+        assert 0 < row["eval_reward_mean"] == row["eval_rewards/vowels"] < 1 and 0 < row["eval_rewards/model"] < 1
+        assert 0 < row["eval_completion_length"] <= 8 and row["eval_reward_std"] >= 0
+    markdown = (grpo_run["root"] / "run" / "samples.md").read_text()
+    sections = markdown.split("## Step ")[1:]
+    assert [s.split("\n")[0] for s in sections] == ["0", "4", "8"]
+    for section, step in zip(sections, (0, 4, 8), strict=True):
+        assert f"Mean reward {evals[step]['eval_reward_mean']:.3f} (vowels " in section
+        assert section.count("### what is ") == 2 and section.count("- reward ") == 2 * 8  # 2 prompts x group
+
+
 def test_a_run_resumed_from_its_checkpoint_ends_with_the_same_weights(grpo_run):
     """The sampler's key derives from (seed, step): a run stopped after step 4 and rerun samples the same
     completions and ends bitwise where the uninterrupted run ended."""
@@ -260,6 +275,8 @@ def test_a_run_resumed_from_its_checkpoint_ends_with_the_same_weights(grpo_run):
     rows = read_metrics(str(again / "metrics.jsonl"))
     sampled = lambda rows: [(r["step"], r["reward_mean"]) for r in rows if "reward_mean" in r]  # noqa: E731
     assert sampled(rows) == sampled(grpo_run["rows"])
+    at_end = lambda rows: [r["eval_reward_mean"] for r in rows if r["step"] == 8 and "eval_reward_mean" in r]  # noqa: E731
+    assert at_end(rows) == at_end(grpo_run["rows"])  # the same weights and keys: the same held-out completions
 
 
 @pytest.mark.parametrize(("override", "says"), [

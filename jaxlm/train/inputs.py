@@ -132,8 +132,9 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
                               **common)
     if cfg.task in LABELLED_TASKS:
         common["label_names"] = train.label_names
-    if cfg.task == "grpo":  # scored by its rewards while training, not by a loss on held-out batches
-        return train, None, None
+    if cfg.task == "grpo":  # held-out prompts answered and scored by the rewards, in batches of train's size
+        return train, build_from_config(cfg.data, tokenizer, batch_size=cfg.train.batch_size // processes,
+                                        split="eval", **common), None
     micro = cfg.train.batch_size // cfg.train.grad_accum
     evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
     test = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="test", **common)
@@ -182,7 +183,7 @@ def held_out_prompts(data: DataConfig, count: int) -> list[dict]:
 def output_paths(output_dir: str, checkpoint_dir: str = "") -> dict:
     paths = {name: os.path.join(output_dir, rel) for name, rel in {
         "checkpoints": "checkpoints", "metrics": "metrics.jsonl", "plot": "loss_curve.png", "mixing": "mixing.png",
-        "rewards": "rewards.png", "experts": "experts.png",
+        "rewards": "rewards.png", "experts": "experts.png", "rollout_samples": "samples.md",
         "hf": "hf", "adapter": "adapter", "samples": "samples.json", "config": "config.yaml",
         "ner_report": "ner_report.txt", "classification_report": "classification_report.txt",
         "test_metrics": "test_metrics.json", "test_confusion": "test_confusion_matrix.png", "gguf": "model.gguf",

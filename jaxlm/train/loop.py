@@ -48,6 +48,7 @@ from jaxlm.compute import distributed
 from jaxlm.errors import Stopped
 from jaxlm.eval.scoring import headline
 from jaxlm.tasks import sequences_per_example
+from jaxlm.train import report
 from jaxlm.train.config import Config
 from jaxlm.train.metrics import MetricsLogger, by_source, expert_load, realised_shares
 from jaxlm.train.run import (
@@ -212,16 +213,17 @@ def at_sync_point(run: Run, state: LoopState, due: Due) -> bool:
     """One sync point's bookkeeping; True when the run stops early."""
     rows = sync(run, state)
     improved = stop = False
+    eval_loss = None
     if due.eval:
-        result = record_eval(run, state, rows)
-        improved = note_eval_loss(state, result["eval_loss"])
+        eval_loss = record_eval(run, state, rows).get("eval_loss")  # grpo: rewards, no loss
+    if eval_loss is not None:
+        improved = note_eval_loss(state, eval_loss)
         stop = patience_spent(run.cfg, state)
     for hook in run.hooks:
         hook.on_sync(state.step, rows, run.train_data)
     log_rows(run.logger, rows)
     run.logger.advance(state.step)
     if due.save or improved or stop:
-        eval_loss = state.eval_losses[-1][1] if due.eval else None
         run.checkpointer.save(state.step, run.engine.state, checkpoint_items(run, state.saved()), eval_loss)
     if stop:
         state.stop_reason = "early_stopping"
@@ -289,6 +291,8 @@ def patience_spent(cfg: Config, state: LoopState) -> bool:
 
 def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> dict:
     """Evaluates at `state.step`: adds the result to rows[-1] (or logs it alone) and to `state.eval_losses`."""
+    if run.rollouts is not None:
+        return record_rollout_eval(run, state, rows)
     scores = score(run, "eval")
     result = headline(scores, "eval_")  # "eval_loss" and the task's other scalar scores
     state.ner_text = scores.get("entity_report") or scores.get("report_text")  # seqeval or per-class report
@@ -301,6 +305,22 @@ def record_eval(run: Run, state: LoopState, rows: list[dict] | None = None) -> d
                      + (f", entity F1 {result['eval_f1']:.3f}" if "eval_f1" in result else "")
                      + (f", accuracy {result['eval_accuracy']:.3f}, macro-F1 {result['eval_macro_f1']:.3f}"
                         if "eval_accuracy" in result else ""))
+    return result
+
+
+def record_rollout_eval(run: Run, state: LoopState, rows: list[dict] | None) -> dict:
+    """GRPO: the held-out prompts answered as in training and scored by the rewards (eval_reward_mean, ...);
+    the first eval.sample_prompts of them with their completions and rewards appended to samples.md."""
+    assert run.rollouts is not None
+    result, sampled = run.rollouts.evaluate(run.eval_batches)
+    if rows is not None:
+        rows[-1].update(result)
+    else:
+        run.logger.log(state.step, result)
+    if run.writer:
+        report.append_rollout_samples(run.paths["rollout_samples"], state.step, result, sampled,
+                                      run.cfg.eval.sample_prompts)
+    run.logger.write(f"step {state.step}: held-out reward {result['eval_reward_mean']:.4f}")
     return result
 
 

@@ -114,3 +114,33 @@ def _markdown(rows, general, scores, step, losses=()) -> str:
             out.append(f"### {g['prompt']}\n\n- before: {g['before']}{marks['before']}\n"
                        f"- after: {g['after']}{marks['after']}\n")
     return "\n".join(out) + "\n"
+
+
+def append_rollout_samples(path: str, step: int, metrics: dict, sampled: list, prompts: int) -> None:
+    """GRPO: a section of samples.md per evaluation: the held-out rewards, then the first `prompts` prompts
+    with each sampled completion and its rewards (`sampled`: rollout.Sampled batches)."""
+    names = list(sampled[0].by_name) if sampled else []
+    out = [f"## Step {step}\n", f"Mean reward {metrics['eval_reward_mean']:.3f} ("
+           + ", ".join(f"{n} {metrics[f'eval_rewards/{n}']:.3f}" for n in names)
+           + f"), mean completion {metrics['eval_completion_length']:.1f} tokens.\n"]
+    shown = 0
+    for part in sampled:
+        for i, record in enumerate(part.records):
+            if shown >= prompts:
+                break
+            shown += 1
+            prompt = record.get("prompt", record.get("messages"))
+            fields = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
+            out.append(f"### {_one_line(prompt)}\n" + (f"\n{_one_line(fields)}\n" if fields else ""))
+            for j in range(i * part.group_size, (i + 1) * part.group_size):
+                scores = ", ".join(f"{n} {part.by_name[n][j]:.3g}" for n in names)
+                out.append(f"- reward {part.totals[j]:.3g} ({scores}): {_one_line(part.texts[j])}")
+            out.append("")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def _one_line(value) -> str:
+    """Text on one markdown line: newlines shown as ⏎, so a completion's layout stays readable."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text.replace("\r\n", "\n").replace("\n", " ⏎ ").strip() or "(empty)"

@@ -12,11 +12,13 @@ their last train.seq_len - grpo.max_new_tokens tokens, so every train batch has 
 group_size, train.seq_len].
 
 The sampling key of step s derives from (train.seed, s) alone: a resumed run samples what the uninterrupted
-one sampled, with nothing to save.
+one sampled, with nothing to save. At evaluations (`Rollouts.evaluate`) the held-out prompt batches are
+answered and scored the same way, with keys of their own, and no train batch is made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -31,6 +33,37 @@ from jaxlm.compute.rewards import Reward, score_all
 from jaxlm.compute.step import cast_floats, starting_model
 from jaxlm.sampling.api import encode_prompts, generate
 from jaxlm.train.config import Config
+
+EVAL_STREAM = 1 << 32  # in the held-out prompts' sampling keys: apart from any train step's (seed, step)
+
+
+@dataclasses.dataclass
+class Sampled:
+    """One batch of prompts answered group_size times each and scored (rows in groups, prompt by prompt)."""
+
+    records: list[dict]  # one per prompt
+    prompt_ids: list[list[int]]  # one per completion
+    token_ids: list[list[int]]
+    texts: list[str]
+    totals: list[float]  # the weighted reward of each completion
+    by_name: dict[str, list[float]]  # each reward's scores
+    seconds: float
+    group_size: int
+
+    def metrics(self) -> dict:
+        lengths = [len(ids) for ids in self.token_ids]
+        within_groups = np.std(np.reshape(self.totals, (-1, self.group_size)), axis=1, ddof=1)
+        return {"reward_mean": float(np.mean(self.totals)), "reward_std": float(np.mean(within_groups)),  # TRL's
+                "completion_length": float(np.mean(lengths)),
+                "rollout_tokens_per_s": sum(lengths) / max(self.seconds, 1e-9),
+                **{f"rewards/{name}": float(np.mean(scores)) for name, scores in self.by_name.items()}}
+
+    @staticmethod
+    def merged(parts: list[Sampled], group_size: int) -> Sampled:
+        joined = lambda name: [x for part in parts for x in getattr(part, name)]  # noqa: E731
+        by_name = {name: [x for part in parts for x in part.by_name[name]] for name in parts[0].by_name}
+        return Sampled(joined("records"), joined("prompt_ids"), joined("token_ids"), joined("texts"),
+                       joined("totals"), by_name, sum(p.seconds for p in parts), group_size)
 
 
 class Rollouts:
@@ -62,33 +95,48 @@ class Rollouts:
 
     def batch(self, host_batch: dict, step: int) -> tuple[dict, dict]:
         """(train batch of numpy arrays, host metrics) for the prompt records of `host_batch` at `step`."""
-        g, t = self.cfg.grpo, self.cfg.train
-        records = [(item["kind"], item["data"]) for item in map(json.loads, host_batch["record"])]
-        prompt_ids = [ids for ids in self.prompt_ids(records) for _ in range(g.group_size)]
-        began = time.perf_counter()
+        g = self.cfg.grpo
         self.engine.update_model(self.model)  # the current weights, the engine's own arrays: no copy
-        seed = int(np.random.SeedSequence([t.seed, step]).generate_state(1)[0])
-        result = generate(self.model, self.tokenizer, prompt_ids, g.max_new_tokens, g.temperature,
-                          top_p=g.top_p if g.top_p < 1 else None, seed=seed, batch_size=len(prompt_ids),
-                          prompt_len=t.seq_len - g.max_new_tokens)  # one shape: compiled once
-        rollout_seconds = time.perf_counter() - began
-        assert result.texts is not None  # a tokenizer was given
-        prompts = [data.get("prompt", data.get("messages")) for _, data in records for _ in range(g.group_size)]
-        datas = [data for _, data in records for _ in range(g.group_size)]
-        totals, by_name = score_all(self.rewards, prompts, result.texts, datas)
-        batch = self._rows(prompt_ids, result.token_ids)
-        batch["advantages"] = group_advantages(np.asarray(totals), g.group_size)
+        sampled = self.sample(host_batch, [self.cfg.train.seed, step])
+        batch = self._rows(sampled.prompt_ids, sampled.token_ids)
+        batch["advantages"] = group_advantages(np.asarray(sampled.totals), g.group_size)
         state = self.engine.state
         old, ref = self._logps(state.params, self.engine.frozen, self.engine.rest, self.engine.reference,
                                {k: jnp.asarray(batch[k]) for k in ("input_ids", "targets", "attention_mask")})
         batch["old_logps"], batch["ref_logps"] = np.asarray(old), np.asarray(ref)
-        lengths = [len(ids) for ids in result.token_ids]
-        within_groups = np.std(np.reshape(totals, (-1, g.group_size)), axis=1, ddof=1)
-        metrics = {"reward_mean": float(np.mean(totals)), "reward_std": float(np.mean(within_groups)),  # TRL's
-                   "completion_length": float(np.mean(lengths)),
-                   "rollout_tokens_per_s": sum(lengths) / max(rollout_seconds, 1e-9),
-                   **{f"rewards/{name}": float(np.mean(scores)) for name, scores in by_name.items()}}
-        return batch, metrics
+        return batch, sampled.metrics()
+
+    def evaluate(self, host_batches: list[dict]) -> tuple[dict, list[Sampled]]:
+        """({eval_reward_mean, eval_reward_std, eval_rewards/<name>, eval_completion_length}, what was sampled)
+        for the held-out prompt batches, each sampled with a key of its own that every evaluation reuses (so
+        two evaluations differ by the weights alone)."""
+        self.engine.update_model(self.model)
+        sampled = [self.sample(b, [self.cfg.train.seed, EVAL_STREAM, i]) for i, b in enumerate(host_batches)]
+        merged = Sampled.merged(sampled, self.cfg.grpo.group_size)
+        return {f"eval_{k}": v for k, v in merged.metrics().items() if k != "rollout_tokens_per_s"}, sampled
+
+    def sample(self, host_batch: dict, entropy: list[int]) -> Sampled:
+        """The group_size completions of each prompt record of `host_batch`, scored; the sampler's key derives
+        from `entropy`. A short batch (the last of a held-out split) is filled up to the train batch's size with
+        copies of its first prompt, whose completions are dropped: one shape, one compiled program."""
+        g, t = self.cfg.grpo, self.cfg.train
+        records = [(item["kind"], item["data"]) for item in map(json.loads, host_batch["record"])]
+        prompt_ids = [ids for ids in self.prompt_ids(records) for _ in range(g.group_size)]
+        rows = len(prompt_ids)
+        filled = prompt_ids + [prompt_ids[0]] * (t.batch_size * g.group_size - rows)
+        began = time.perf_counter()
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        result = generate(self.model, self.tokenizer, filled, g.max_new_tokens, g.temperature,
+                          top_p=g.top_p if g.top_p < 1 else None, seed=seed, batch_size=len(filled),
+                          prompt_len=t.seq_len - g.max_new_tokens)  # one shape: compiled once
+        seconds = time.perf_counter() - began
+        assert result.texts is not None  # a tokenizer was given
+        texts = result.texts[:rows]
+        prompts = [data.get("prompt", data.get("messages")) for _, data in records for _ in range(g.group_size)]
+        datas = [data for _, data in records for _ in range(g.group_size)]
+        totals, by_name = score_all(self.rewards, prompts, texts, datas)
+        return Sampled(datas[::g.group_size], prompt_ids, result.token_ids[:rows], texts, totals, by_name,
+                       seconds, g.group_size)
 
     def _rows(self, prompt_ids: list[list[int]], completions: list[list[int]]) -> dict:
         """One prompt + completion per row from position 0, right-padded to train.seq_len; the targets are the

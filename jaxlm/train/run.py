@@ -106,6 +106,8 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     check_positions(cfg)
     rewards = build_rewards(cfg.grpo.rewards) if cfg.task == "grpo" else []  # a bad python reward stops here
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
+    if cfg.task == "grpo":  # samples.md holds the completions of each evaluation; the general check goes beside
+        paths["samples"] = os.path.join(cfg.output_dir, "general_samples.json")
     if writer:
         check_same_run(cfg, paths)
         write_config(cfg, paths)
