@@ -104,8 +104,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch(batch_size: int, grad_accum: int, mesh: Mesh) -> None:
-    check_micro_batch(batch_size, grad_accum, mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"])
+def check_batch(batch_size: int, grad_accum: int, mesh: Mesh, group_size: int = 1) -> None:
+    check_micro_batch(batch_size, grad_accum, mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"],
+                      group_size)
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int, expert: int = 1) -> tuple[int, int, int]:
@@ -121,9 +122,11 @@ def mesh_shape(data: int, fsdp: int, device_count: int, expert: int = 1) -> tupl
     return data, fsdp, expert
 
 
-def check_micro_batch(batch_size: int, grad_accum: int, device_count: int) -> None:
-    """Each micro-batch is split evenly over every device of the mesh."""
-    micro = batch_size // grad_accum
+def check_micro_batch(batch_size: int, grad_accum: int, device_count: int, group_size: int = 1) -> None:
+    """Each micro-batch is split evenly over every device of the mesh (grpo: the `group_size` completions of
+    each of batch_size prompts)."""
+    micro = batch_size * group_size // grad_accum
     if micro % device_count:
-        raise ConfigError(f"train.batch_size / train.grad_accum = {micro} sequences per micro-batch must be "
+        what = "train.batch_size" + (f" x grpo.group_size={group_size}" if group_size > 1 else "")
+        raise ConfigError(f"{what} / train.grad_accum = {micro} sequences per micro-batch must be "
                           f"divisible by the {device_count} devices of the mesh (mesh.data x mesh.fsdp x mesh.expert)")

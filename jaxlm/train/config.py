@@ -79,7 +79,7 @@ class TrainConfig:
     compute_dtype: str = "float32"  # float32 | bfloat16 (master weights and optimizer state stay float32)
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
-    log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps
+    log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps (grpo: 1)
     # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
     # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
     kl_to_base: float = 0.0
@@ -342,7 +342,8 @@ class Config:
         from jaxlm.compute.sharding import check_micro_batch, mesh_shape
 
         mesh_shape(self.mesh.data, self.mesh.fsdp, device_count, self.mesh.expert)
-        check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count)
+        check_micro_batch(self.train.batch_size, self.train.grad_accum, device_count,
+                          self.grpo.group_size if self.task == "grpo" else 1)
         if not os.path.exists(resolve_path(self.model.path)):
             raise ConfigError(f"model.path={self.model.path!r}: no such model folder or .gguf file")
         for split in ("train", "eval", "test"):

@@ -186,7 +186,7 @@ class _StepSetup:
 def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.expert)
-    sharding.check_batch(t.batch_size, t.grad_accum, mesh)
+    sharding.check_batch(t.batch_size, t.grad_accum, mesh, cfg.grpo.group_size if cfg.task == "grpo" else 1)
     wrt = trainable_filter(cfg)
     check_trainable(model, cfg, wrt)
     model.eval()  # dropout off: the eval step's graph

@@ -173,10 +173,12 @@ class Due:
 
 
 def due_after(cfg: Config, step: int, can_eval: bool) -> Due:
+    """grpo logs every step: its rollout waits for the host each step anyway, and a step can take minutes on a
+    CPU, so a run killed before its first train.log_every steps kept no metrics at all."""
     last = step == cfg.train.steps
     return Due(eval=can_eval and (last or bool(cfg.eval.every and step % cfg.eval.every == 0)),
                save=last or step % cfg.checkpoint.every == 0,
-               log=step % cfg.train.log_every == 0)
+               log=step % cfg.train.log_every == 0 or cfg.task == "grpo")
 
 
 def run_steps(run: Run, state: LoopState) -> None:
