@@ -55,7 +55,7 @@ class Sampled:
         within_groups = np.std(np.reshape(self.totals, (-1, self.group_size)), axis=1, ddof=1)
         return {"reward_mean": float(np.mean(self.totals)), "reward_std": float(np.mean(within_groups)),  # TRL's
                 "completion_length": float(np.mean(lengths)),
-                "rollout_tokens_per_s": sum(lengths) / max(self.seconds, 1e-9),
+                "rollout_tokens_per_s": sum(lengths) / max(self.seconds, 1e-9), "rollout_seconds": self.seconds,
                 **{f"rewards/{name}": float(np.mean(scores)) for name, scores in self.by_name.items()}}
 
     @staticmethod
@@ -113,7 +113,7 @@ class Rollouts:
         self.engine.update_model(self.model)
         sampled = [self.sample(b, [self.cfg.train.seed, EVAL_STREAM, i]) for i, b in enumerate(host_batches)]
         merged = Sampled.merged(sampled, self.cfg.grpo.group_size)
-        return {f"eval_{k}": v for k, v in merged.metrics().items() if k != "rollout_tokens_per_s"}, sampled
+        return {f"eval_{k}": v for k, v in merged.metrics().items() if not k.startswith("rollout_")}, sampled
 
     def sample(self, host_batch: dict, entropy: list[int]) -> Sampled:
         """The group_size completions of each prompt record of `host_batch`, scored; the sampler's key derives
