@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="prompts per GRPO step (SFT: examples per step)")
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--sft-steps", type=int, default=40)
+    parser.add_argument("--models", default="grpo,sft,before", help="which of grpo, sft, before to train and score")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     common = [f"train.batch_size={args.batch}", "eval.general_prompts=false", "eval.sample_prompts=0",
@@ -63,31 +64,43 @@ def main() -> None:
     rewards = build_rewards(grpo_cfg.grpo.rewards)
     problems = records("test", args.problems)
 
+    models = args.models.split(",")
+    if "grpo" in models:
+        run_grpo(grpo_cfg, problems, rewards, args)
+    if "sft" in models:
+        run_sft(common, problems, rewards, args)
+    if "before" in models:
+        from jaxlm.train.inputs import load_model
+
+        base, tokenizer = load_model(grpo_cfg)
+        report("before", base, tokenizer, problems, rewards, args)
+
+
+def run_grpo(grpo_cfg, problems, rewards, args) -> None:
     started = time.perf_counter()
     grpo = train(grpo_cfg, progress=False)
     grpo_seconds = time.perf_counter() - started
     rows = [r for r in read_metrics(f"{args.out}/grpo/metrics.jsonl") if "rollout_seconds" in r]
     step_tokens = args.batch * args.group * grpo_cfg.train.seq_len
     shares = [r["rollout_seconds"] / (step_tokens / r["tokens_per_s"]) for r in rows[1:]]  # step 1 compiles
-    report("grpo", grpo.model, grpo.tokenizer, problems, rewards, args, seconds=grpo_seconds,
+    report("grpo", grpo.model, grpo.tokenizer, problems, rewards, args, seconds=grpo_seconds, steps=args.grpo_steps,
            rollout_share=float(np.mean(shares)) if shares else None,
            train_reward_by_step=[round(r["reward_mean"], 3) for r in rows])
 
+
+def run_sft(common, problems, rewards, args) -> None:
     sft_data = f"{args.out}/sft_train.jsonl"
     with open(sft_data, "w", encoding="utf-8") as f:
         for p in records("train", args.batch * args.sft_steps):
             f.write(json.dumps({"prompt": p["prompt"],
                                 "completion": f"{p['expression']} = {p['answer']}\nAnswer: {p['answer']}"}) + "\n")
-    sft_cfg = load_config(PRESET, [*common, f"output_dir={args.out}/sft", "task=sft", f"train.steps={args.sft_steps}",
-                                   f"data.train=[{sft_data}]", "train.learning_rate=2e-4", "train.log_every=10"])
+    sft_cfg = load_config(PRESET, [*common, f"output_dir={args.out}/sft_{args.sft_steps}", "task=sft",
+                                   f"train.steps={args.sft_steps}", f"data.train=[{sft_data}]",
+                                   "train.learning_rate=2e-4", "train.log_every=10"])
     started = time.perf_counter()
     sft = train(sft_cfg, progress=False)
-    report("sft", sft.model, sft.tokenizer, problems, rewards, args, seconds=time.perf_counter() - started)
-
-    from jaxlm.train.inputs import load_model
-
-    base, tokenizer = load_model(grpo_cfg)
-    report("before", base, tokenizer, problems, rewards, args)
+    report("sft", sft.model, sft.tokenizer, problems, rewards, args, seconds=time.perf_counter() - started,
+           steps=args.sft_steps)
 
 
 def report(name: str, model, tokenizer, problems, rewards, args, **extra) -> None:
