@@ -77,6 +77,8 @@ def files(tmp_path_factory):
     f["not_utf8"] = _write(root / "latin1.jsonl", good.encode() + b'{"text": "caf\xe9"}\n')
     f["no_field"] = _write(root / "no_field.jsonl", good + '{"body": "no text key"}\n')
     f["empty_file"] = _write(root / "empty.jsonl", "")
+    f["truncated_parquet"] = _truncated_parquet(root / "chat.parquet")
+    f["short_row_csv"] = _write(root / "short_row.csv", "prompt,completion\nhi,there\nbye\n")
     f["all_empty"] = _write(root / "all_empty.jsonl", '{"text": ""}\n' * 12)
     f["bad_yaml"] = _write(root / "bad.yaml", "train:\n  steps: [1, 2\n")
     f["unknown_type"] = _model_copy(f, "mamba", lambda p: _edit_json(os.path.join(p, "config.json"),
@@ -176,6 +178,15 @@ def _truncate(path):
     _write(path, head)
 
 
+def _truncated_parquet(path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["the cat sat on a mat"] * 200}), path, row_group_size=2)
+    _truncate(path)  # the footer, which says where the rows are, is gone
+    return str(path)
+
+
 def _malicious_bin(folder, root):
     os.remove(os.path.join(folder, "model.safetensors"))
     torch.save({"model.embed_tokens.weight": Payload(os.path.join(root, "PWNED"))},
@@ -261,6 +272,10 @@ CASES = [
     Case("non-UTF-8 line", train(data="not_utf8"), BAD_INPUT, "latin1.jsonl:2: not valid UTF-8", "data error"),
     Case("missing field", train(data="no_field"), BAD_INPUT, "no_field.jsonl:2: missing field", "data error"),
     Case("empty file", train(data="empty_file"), BAD_INPUT, "empty.jsonl:1: empty file", "data error"),
+    Case("truncated Parquet file", train(data="truncated_parquet"), BAD_INPUT,
+         "chat.parquet:1: unreadable Parquet data", "data error"),
+    Case("CSV row with a missing column", train(data="short_row_csv"), BAD_INPUT,
+         "short_row.csv:3: 1 columns where the header has 2 (prompt, completion)", "data error"),
     Case("records that give no example (was a hang)", train(data="all_empty", task="causal_lm"), BAD_INPUT,
          "are the records empty?"),
     Case("evaluation data that gives no batch", train("data.eval=[{all_empty}]", data="text", task="causal_lm"),
