@@ -34,6 +34,14 @@ def minilm_dir() -> str:
     return assets.minilm_dir()
 
 
+@pytest.fixture(scope="session")
+def synth_model(tmp_path_factory) -> str:
+    """The synthesis tests' tiny chat model (`synth_helpers.tiny_synth_model`), written once per worker."""
+    from synth_helpers import tiny_synth_model
+
+    return tiny_synth_model(tmp_path_factory.mktemp("synth_model") / "model")
+
+
 def pytest_unconfigure(config):
     if _OWN_COMPILATION_CACHE:
         import shutil

@@ -232,6 +232,11 @@ def synth(mode, *extra):
                            *(e.format(out=out, **f) for e in extra)]
 
 
+def preferences(*extra):
+    """`jaxlm synth preferences` over the prompts file; `extra` override its options."""
+    return synth("preferences", "--prompts", "{prompts}", "--temperature", "1", "--out", "{out}/p", *extra)
+
+
 def convert(src, dst):
     return lambda f, out: ["convert", f[src], f[dst] if dst in f else os.path.join(out, dst)]
 
@@ -313,6 +318,23 @@ CASES = [
          "--no-filter: unknown filter(s) ['bogus']", "synth error"),
     Case("synth: --out holds data that is not a run", synth("self-instruct", "--out", "{synth_run}"), BAD_INPUT,
          "not a run that can resume (use an empty --out)", "synth error"),
+    Case("synth preferences: one candidate", preferences("--num-candidates", "1"), BAD_INPUT,
+         "--num-candidates: must be >= 2", "synth error"),
+    Case("synth preferences: greedy candidates", preferences("--temperature", "0"), BAD_INPUT,
+         "--temperature 0 is greedy", "synth error"),
+    Case("synth preferences: unknown judge", preferences("--judge", "bleu"), BAD_INPUT,
+         "--judge bleu: expected filters, rouge-l, chrf or the folder of a sequence classifier", "synth error"),
+    Case("synth preferences: a judge that is not a classifier", preferences("--judge", "{llama}"), BAD_INPUT,
+         "a LlamaForCausalLM, not a sequence classifier", "synth error"),
+    Case("synth preferences: a prompt without its reference answer",
+         preferences("--judge", "chrf", "--reference-field", "gold"), BAD_INPUT,
+         "prompts.jsonl:1: --judge chrf scores answers against a reference: the record has no string 'gold'",
+         "data error"),
+    Case("synth preferences: records that are not prompts", preferences("--prompts", "{text}"), BAD_INPUT,
+         "preferences needs prompts (prompt, prompt/completion or messages records), got a text record",
+         "data error"),
+    Case("synth preferences: ties kept", preferences("--no-filter", "tie"), BAD_INPUT,
+         "--no-filter tie: a pair whose answers scored the same prefers nothing", "synth error"),
     # outputs that would be overwritten or cannot be written
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),
