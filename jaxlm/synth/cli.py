@@ -187,7 +187,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.synth") -> 
           f"({100 * summary['acceptance_rate']:.0f}%); {summary['new_tokens']} new tokens"
           + (f" at {summary['new_tokens_per_s']:.0f} tokens/s" if summary["new_tokens_per_s"] else "")
           + f"; {os.path.join(args.out, 'data.jsonl')}")
-    if not summary["complete"]:
+    if not summary["complete"] and args.mode == "preferences":
+        print(f"warning: {summary['kept']} pairs from {summary['generated']} prompts, fewer than --num {args.num}: "
+              f"the prompts ran out ({summary['rejected']['tie']} tied, {summary['rejected']['empty']} without two "
+              "answers)", file=sys.stderr)
+    elif not summary["complete"]:
         print(f"warning: {summary['kept']} records kept, fewer than --num {args.num}: the source ran out or "
               "rounds stopped keeping anything (rerun with more --rounds, or looser filters, to continue)",
               file=sys.stderr)
