@@ -7,8 +7,9 @@ the row starts on) and ``value`` is the row as a JSON-like dict, or a string say
 records, and deciding whether an error stops the run, is :mod:`jaxlm.data.records`' job, so these
 formats behave exactly as JSON lines do.
 
-Parquet and Arrow are read one record batch at a time, never as a whole table, so a file bigger
-than memory streams. Arrow's types become Python's as ``to_pylist`` gives them (a
+Nothing reads a whole table: Parquet is decoded a row group at a time (pyarrow's unit of reading;
+writers make them ~1M rows or less) and Arrow a record batch at a time, and rows become Python
+objects ``BATCH_ROWS`` at a time, so a file bigger than memory streams. Arrow's types become Python's as ``to_pylist`` gives them (a
 ``list<struct<role, content>>`` column is a list of dicts); a null is a missing field, since a
 table has every column in every row. CSV cells are strings and an empty cell is a missing field;
 lists (``messages``, NER ``tokens``/``tags``) need Parquet or Arrow.
