@@ -17,7 +17,7 @@ from jaxlm.synth.cli import main
 from jaxlm.synth.config import SynthConfig
 from jaxlm.synth.generator import Output
 from jaxlm.synth.judges import score_answers
-from jaxlm.synth.preferences import Preferences
+from jaxlm.synth.preferences import Preferences, read_jobs
 from synth_helpers import lines, without_timing
 from train_helpers import bert_tokenizer
 
@@ -131,3 +131,16 @@ def test_the_filters_judge_ranks_an_answer_by_how_many_checks_it_fails():
     assert scores[0] == 1.0 and notes[0]["fails"] == []
     assert notes[1]["fails"] == ["refusal"] and notes[3]["fails"][0] == "empty"
     assert scores[0] > scores[1] > scores[4] and scores[2] > scores[4]  # truncated and repetitive: lowest
+
+
+def test_prompts_and_their_references_by_record_kind(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Name a river.", "gold": "The Nile."}, {"prompt": "Add two and two.", "completion": "Four."},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}]))
+    config = SynthConfig(mode="preferences", out="", prompts=str(path), reference_field="gold")
+    assert [(job["prompt"], job["reference"]) for job in read_jobs(config)] == [
+        ("Name a river.", "The Nile."), ("Add two and two.", "Four."), ([{"role": "user", "content": "Hi"}], "Hello.")]
+    config.chat = True  # a string prompt becomes a user turn, so the pairs are conversational
+    assert [job["prompt"] for job in read_jobs(config)][:2] == [
+        [{"role": "user", "content": "Name a river."}], [{"role": "user", "content": "Add two and two."}]]

@@ -9,10 +9,10 @@ formats behave exactly as JSON lines do.
 
 Nothing reads a whole table: Parquet is decoded a row group at a time (pyarrow's unit of reading;
 writers make them ~1M rows or less) and Arrow a record batch at a time, and rows become Python
-objects ``BATCH_ROWS`` at a time, so a file bigger than memory streams. Arrow's types become Python's as ``to_pylist`` gives them (a
-``list<struct<role, content>>`` column is a list of dicts); a null is a missing field, since a
-table has every column in every row. CSV cells are strings and an empty cell is a missing field;
-lists (``messages``, NER ``tokens``/``tags``) need Parquet or Arrow.
+objects ``BATCH_ROWS`` at a time, so a file bigger than memory streams. Arrow's types become
+Python's as ``to_pylist`` gives them (a ``list<struct<role, content>>`` column is a list of dicts);
+a null is a missing field, since a table has every column in every row. CSV cells are strings and
+an empty cell is a missing field; lists (``messages``, NER ``tokens``/``tags``) need Parquet or Arrow.
 
 A ``save_to_disk`` folder holds ``dataset_info.json``, ``state.json`` and the ``*.arrow`` shards
 that ``state.json`` lists; the shards are Arrow streams, read with pyarrow (the ``datasets``

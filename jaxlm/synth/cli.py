@@ -161,6 +161,9 @@ def _preferences_parser(modes, formatter) -> None:
                              "--judge-label given the answer's text")
     parser.add_argument("--judge-label", metavar="NAME",
                         help="--judge PATH: the label that means a good answer (default: label 1 of two)")
+    parser.add_argument("--chat", action="store_true",
+                        help="send a string prompt as one user message through the chat template (an instruct "
+                             "model given raw text often answers nothing); the pairs are then in conversational form")
     parser.add_argument("--reference-field", default=defaults.reference_field, metavar="FIELD",
                         help=f"the field of a prompt record holding its reference answer (default "
                              f"{defaults.reference_field!r})")

@@ -114,6 +114,7 @@ class SynthConfig:
     judge: str = "filters"  # one of JUDGES, or a sequence classifier's folder
     judge_label: str | None = None  # the classifier's label that means good (default: label 1 of two)
     reference_field: str = "answer"  # a prompt record's reference answer, for --judge rouge-l / chrf
+    chat: bool = False  # a string prompt becomes one user message (chat template; conversational pairs)
     progress: bool = True
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
 

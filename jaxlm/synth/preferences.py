@@ -4,8 +4,8 @@ For each prompt the model samples ``--num-candidates`` answers (one batch row ea
 `judges.score_answers` scores them and the best becomes ``chosen``, the worst ``rejected``. A prompt whose
 best and worst tie (or that has fewer than two non-empty answers) gives no pair: it goes to rejected.jsonl,
 counted under ``tie`` (or ``empty``). A string prompt gives TRL's standard form (three strings, the prompt
-tokenized as raw text, and sampled so); a message prompt its conversational form (answers as one assistant
-message each, sampled through the chat template).
+tokenized as raw text, and sampled so); a message prompt, or a string one with ``--chat``, its
+conversational form (answers as one assistant message each, sampled through the chat template).
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def read_jobs(config: SynthConfig) -> list[dict]:
         else:
             raise DataError(record.path, record.line, f"preferences needs prompts (prompt, prompt/completion or "
                                                       f"messages records), got a {record.kind} record")
+        if config.chat and isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
         if config.judge in ("rouge-l", "chrf") and not isinstance(reference, str):
             raise DataError(record.path, record.line, f"--judge {config.judge} scores answers against a reference: "
                                                       f"the record has no string {field!r} (--reference-field), "
