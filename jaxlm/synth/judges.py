@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from jaxlm.synth.config import JUDGES, SynthConfig, SynthError
+from jaxlm.synth.config import SynthConfig, SynthError
 from jaxlm.synth.filters import answer_verdicts, chrf, perplexity, rouge_l
 from jaxlm.synth.generator import Output
 
@@ -58,7 +58,6 @@ class Classifier:
         from jaxlm.hf.load import read_config
         from jaxlm.models import architecture_for, position_limit
 
-        assert path not in JUDGES
         try:
             architecture = architecture_for(read_config(path), os.path.join(path, "config.json"))
         except ValueError as e:  # an unknown model_type
