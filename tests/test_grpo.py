@@ -181,7 +181,7 @@ def tiny_classifier(tmp_path_factory):
 
 def test_a_model_reward_is_the_classifiers_probability_of_its_label_as_transformers(tiny_classifier):
     folder, model, tokenizer = tiny_classifier
-    completions = ["the cat sat on a mat", "hello", " ".join(WORDS[:30]), "good day to you bob"]  # 16 and 32 wide
+    completions = ["the cat sat on a mat", "hello", " ".join(WORDS[:40]), "good day to you bob"]  # 32 and 64 wide
     (default, chosen) = rewards_of({"type": "model", "path": folder}, {"type": "model", "path": folder,
                                                                         "label": "TAG0"})
     totals, by_name = score_all([default, chosen], ["p"] * 4, completions, [{}] * 4)

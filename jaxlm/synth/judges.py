@@ -14,13 +14,9 @@ from __future__ import annotations
 import functools
 import os
 
-import numpy as np
-
 from jaxlm.synth.config import SynthConfig, SynthError
 from jaxlm.synth.filters import answer_verdicts, chrf, perplexity, rouge_l
 from jaxlm.synth.generator import Output
-
-PAD_MULTIPLE = 32  # classifier inputs are padded to a multiple of this: a few compiled shapes, little padding
 
 
 def score_answers(config: SynthConfig, prompt_text: str, reference: str | None,
@@ -51,12 +47,10 @@ class Classifier:
     """A jaxlm sequence classifier as a judge: texts -> the probability of one label."""
 
     def __init__(self, path: str, label: str | None):
-        import jax
-        from flax import nnx
-
         from jaxlm import load_pretrained
+        from jaxlm.compute.label_probability import LabelProbability
         from jaxlm.hf.load import read_config
-        from jaxlm.models import architecture_for, position_limit
+        from jaxlm.models import architecture_for
 
         try:
             architecture = architecture_for(read_config(path), os.path.join(path, "config.json"))
@@ -75,22 +69,7 @@ class Classifier:
         label = names[1] if label is None else label
         if label not in names:
             raise SynthError(f"--judge-label {label}: not a label of {path} ({', '.join(names)})")
-        self.label, self.max_len = label, position_limit(model.config).size
-        index = names.index(label)
-        graphdef, state = nnx.split(model)
-
-        @jax.jit
-        def probability(state, ids, mask):
-            logits = nnx.merge(graphdef, state)(ids, mask)  # [B, labels]
-            return jax.nn.softmax(logits.astype("float32"), axis=-1)[:, index]
-
-        self._state, self._probability = state, probability
+        self.label, self._probability = label, LabelProbability(model, self.tokenizer, label)
 
     def __call__(self, texts: list[str]) -> list[float]:
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_len)["input_ids"]
-        width = min(-(-max(len(ids) for ids in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE, self.max_len)
-        ids = np.full((len(texts), width), self.tokenizer.pad_token_id or 0, np.int32)
-        mask = np.zeros((len(texts), width), np.int32)
-        for row, row_ids in enumerate(encoded):
-            ids[row, :len(row_ids)], mask[row, :len(row_ids)] = row_ids, 1
-        return [float(p) for p in np.asarray(self._probability(self._state, ids, mask))]
+        return self._probability(texts)
