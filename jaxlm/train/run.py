@@ -36,6 +36,7 @@ from jaxlm.train.inputs import (
     first_batches,
     held_out_prompts,
     load_model,
+    load_teacher,
     load_tokenizer,
     output_paths,
     padded_to,
@@ -124,7 +125,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
     prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    engine = build_engine(model, cfg)
+    engine = build_engine(model, cfg, teacher=load_teacher(cfg, model, tokenizer))
     before = None
     if resume_step is None and writer:
         before = sample_before(cfg, model, tokenizer, prompts, paths, engine)
