@@ -36,7 +36,7 @@ BATCH_KEYS = {
     "grpo": grpo.BATCH_KEYS,  # [completions, seq], advantages [completions] (train/rollout.py makes them)
 }
 # the pipeline's (or the rollout's) dtype where it is not int32
-BATCH_DTYPES = {"loss_mask": "float32", **dict.fromkeys(grpo.FLOAT_KEYS, "float32")}
+BATCH_DTYPES = {"loss_mask": "float32", "reference_logps": "float32", **dict.fromkeys(grpo.FLOAT_KEYS, "float32")}
 
 
 class LossTerms(NamedTuple):
@@ -322,9 +322,10 @@ def _fused_backward(grads, g):
 _fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
-def batch_for(task: str, batch: dict, *, sources: bool = False) -> dict:
-    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source."""
-    keys = (*BATCH_KEYS[task], "source_id") if sources else BATCH_KEYS[task]
+def batch_for(task: str, batch: dict, *, sources: bool = False, reference: bool = False) -> dict:
+    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source,
+    `reference_logps` only when the batch carries the reference's log-probs (dpo.precompute_reference)."""
+    keys = (*BATCH_KEYS[task], *(("source_id",) if sources else ()), *(("reference_logps",) if reference else ()))
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"task {task!r}: batch lacks {missing}; it has {sorted(batch)}")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is b
     from jaxlm.train.state import TrainState
 
 Objective = Preference | Grpo  # a task's loss constants beyond the token losses
+PRECOMPUTED = "reference_logps"  # a batch's reference log-probs [pairs, 2] when computed before training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +65,11 @@ def starting_model(graphdef, params, reference, frozen, rest, compute_dtype):
 def reference_logps(graphdef, objective: Objective | None, params, reference, frozen, rest, batch, compute_dtype,
                     chunk_tokens: int = 0):
     """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
-    else None; no gradient flows through them."""
+    else None; no gradient flows through them. A batch that carries them (dpo.precompute_reference) is read."""
     if objective is None or not objective.needs_reference:
         return None
+    if PRECOMPUTED in batch:
+        return jax.lax.stop_gradient(batch[PRECOMPUTED])
     model = starting_model(graphdef, params, reference, frozen, rest, compute_dtype)
     return jax.lax.stop_gradient(completion_logps(model, batch, chunk_tokens)[0])
 
@@ -179,6 +182,18 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
     )
+
+
+def make_completion_logps(graphdef, *, compute_dtype, shardings, chunk_tokens=0):
+    """`logps(params, frozen, rest, batch) -> [pairs, 2]`: the summed completion log-probs of a preference batch
+    under the model as `params` hold it, dropout off (`graphdef` in eval mode), jitted; what
+    dpo.precompute_reference keeps of the starting model."""
+
+    def logps(params, frozen, rest, batch):
+        model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+        return completion_logps(model, batch, chunk_tokens)[0]
+
+    return jax.jit(logps, in_shardings=shardings)
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True,

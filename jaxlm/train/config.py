@@ -136,6 +136,9 @@ class DpoConfig:
     beta: float = 0.1  # how far from the reference (the starting model) the rewards may pull: higher stays closer
     loss: str = "sigmoid"  # sigmoid (DPO) | robust (robust DPO) | hinge (SLiC) | ipo (IPO)
     label_smoothing: float = 0.0  # in [0, 0.5): the share of flipped labels assumed (sigmoid: conservative DPO)
+    # true: the reference's log-probs of every pair computed once before training, so full fine-tuning holds one
+    # model (no frozen copy); false: the reference model is held and runs in every step
+    precompute_reference: bool = False
 
 
 @dataclasses.dataclass
@@ -260,6 +263,12 @@ class Config:
         if d.label_smoothing and d.loss not in ("sigmoid", "robust"):
             raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss sigmoid or robust, "
                               f"not {d.loss}")
+        if d.precompute_reference and self.task != "dpo":
+            raise ConfigError(f"dpo.precompute_reference=true applies to task dpo (the others have no reference), "
+                              f"not {self.task}")
+        if d.precompute_reference and self.data.augment.any_enabled():
+            raise ConfigError("dpo.precompute_reference=true with data.augment: augmented pairs change every epoch, "
+                              "so their reference log-probs cannot be computed before training; turn one of them off")
         _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
         if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
             raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "

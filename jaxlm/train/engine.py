@@ -19,7 +19,7 @@ from flax.nnx import filterlib
 from jaxlm.compute import losses, sharding
 from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.preference import Preference
-from jaxlm.compute.step import Distill, make_eval_step, make_train_step
+from jaxlm.compute.step import PRECOMPUTED, Distill, make_completion_logps, make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_experts, lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
@@ -28,6 +28,7 @@ from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
 from jaxlm.tasks import LABELLED_TASKS, PREFERENCE_TASKS
 from jaxlm.train.config import Config
+from jaxlm.train.reference import ReferenceTable
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
 
 
@@ -92,11 +93,17 @@ def reference_copy(cfg: Config, objective: Preference | Grpo | None, trainable: 
     the starting model (dpo, grpo.beta, train.kl_to_base) and more than LoRA adapters train; None (nothing held:
     adapters off) otherwise."""
     grpo_kl = cfg.task == "grpo" and cfg.grpo.beta > 0
+    if precomputes_reference(cfg):  # the batches carry the reference's log-probs: no model held for them
+        return None
     if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0 or grpo_kl):
         return None
     if all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(trainable)):
         return None
     return trainable
+
+
+def precomputes_reference(cfg: Config) -> bool:
+    return cfg.task == "dpo" and cfg.dpo.precompute_reference
 
 
 def check_trainable(model, cfg: Config, wrt) -> None:
@@ -134,10 +141,17 @@ class Engine:
     schedule: optax.Schedule
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
     teacher: nnx.State | None = None  # train.distill: the teacher's state (compute dtype), never trained
+    # dpo.precompute_reference: jitted (params, frozen, rest, batch) -> [pairs, 2] completion log-probs, and the
+    # table of the starting model's that `put` attaches to every batch (train/reference.py; set by `prepare`)
+    logps_step: jax.stages.Wrapped | None = None
+    references: ReferenceTable | None = None
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
+        if self.references is not None:
+            batch = self.references.attach(batch)
+        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval,
+                                  reference=self.references is not None)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -158,6 +172,17 @@ class Engine:
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True), self.reference)
+
+    def completion_logps(self, batch: dict) -> np.ndarray:
+        """This process's rows of the summed completion log-probs [pairs, 2] of a preference batch under the current
+        parameters (dropout off); every process takes part."""
+        assert self.logps_step is not None, "the engine was built without dpo.precompute_reference"
+        logps = self.logps_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
+        if jax.process_count() == 1:
+            return np.asarray(logps)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.global_array_to_host_local_array(logps, self.mesh, self.eval_sharding.spec))
 
     def update_model(self, model) -> None:
         """Write the trained parameters back into `model` (for export or generation)."""
@@ -186,6 +211,7 @@ class _StepSetup:
     num_sources: int
     teacher: nnx.State | None  # train.distill: the teacher's state, in the compute dtype
     teacher_sharding: nnx.State | None  # of NamedShardings
+    logps_step: jax.stages.Wrapped | None  # dpo.precompute_reference (see Engine)
 
 
 def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None, teacher=None) -> _StepSetup:
@@ -227,12 +253,16 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None, teacher=None
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh, reference_sh),
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, objective=objective)
+    logps_step = make_completion_logps(eval_graphdef, compute_dtype=dtype, chunk_tokens=t.loss_chunk_tokens,
+                                       shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh)) \
+        if precomputes_reference(cfg) else None
     # Frozen weights (and the reference) are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
     if reference is not None:
         reference = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), reference)
     return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, reference, state_sh, frozen_sh, rest_sh,
-                      reference_sh, batch_sh, eval_sh, train_step, eval_step, num_sources, teacher_state, teacher_sh)
+                      reference_sh, batch_sh, eval_sh, train_step, eval_step, num_sources, teacher_state, teacher_sh,
+                      logps_step)
 
 
 def _compute_dtype_like(x, dtype):
@@ -255,7 +285,7 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None, teac
     state = jax.jit(lambda x: init_state(x, p.tx, seed), out_shardings=p.state_sharding)(trainable)
     teacher_state = None if p.teacher is None else sharding.place(p.teacher, p.teacher_sharding)
     return Engine(cfg, p.mesh, state, frozen, rest, reference, p.state_sharding, p.batch_sharding, p.eval_sharding,
-                  p.train_step, p.eval_step, p.schedule, p.num_sources, teacher_state)
+                  p.train_step, p.eval_step, p.schedule, p.num_sources, teacher_state, p.logps_step)
 
 
 def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None, teacher=None):
@@ -273,9 +303,11 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None, 
     size = t.batch_size * (cfg.grpo.group_size if cfg.task == "grpo" else 1)  # grpo: completions, not prompts
     rows = (t.grad_accum, size // t.grad_accum) if t.grad_accum > 1 else (size,)
     shape = (*rows, *((2,) if cfg.task in PREFERENCE_TASKS else ()), t.seq_len)  # a pair: chosen and rejected
-    batch = {k: jax.ShapeDtypeStruct(rows if k == "advantages" else shape, losses.BATCH_DTYPES.get(k, np.int32),
+    shapes = {"advantages": rows, PRECOMPUTED: (*rows, 2)}  # per completion; per pair: chosen and rejected
+    batch = {k: jax.ShapeDtypeStruct(shapes.get(k, shape), losses.BATCH_DTYPES.get(k, np.int32),
                                      sharding=p.batch_sharding)
-             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
+             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()),
+                       *((PRECOMPUTED,) if precomputes_reference(cfg) else ()))}
     reference = None if p.reference is None else abstract(p.reference, p.reference_sharding)
     teacher_state = None if p.teacher is None else abstract(p.teacher, p.teacher_sharding)
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch,

@@ -184,6 +184,18 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
     return train, evaluation, test
 
 
+def training_pairs_once(cfg: Config, tokenizer):
+    """The training records once, in order, unaugmented, in micro-batches (dpo.precompute_reference reads every
+    pair the run can see)."""
+    from jaxlm.data import build_from_config
+
+    pipeline = build_from_config(cfg.data, tokenizer, task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
+                                 batch_size=cfg.train.batch_size // cfg.train.grad_accum // jax.process_count(),
+                                 split="train", repeat=False)
+    assert pipeline is not None  # a config always has training data
+    return iter(pipeline)
+
+
 def padded_to(batches: list[dict], count: int) -> list[dict]:
     """`batches`, then batches like the first in which nothing counts, up to `count` in all."""
     if len(batches) >= count:
