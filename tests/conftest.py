@@ -34,6 +34,28 @@ def minilm_dir() -> str:
     return assets.minilm_dir()
 
 
+@pytest.fixture(scope="session")
+def synth_model(tmp_path_factory) -> str:
+    """The synthesis tests' tiny chat model (`synth_helpers.tiny_synth_model`), written once per worker."""
+    from synth_helpers import tiny_synth_model
+
+    return tiny_synth_model(tmp_path_factory.mktemp("synth_model") / "model")
+
+
+# The longest tests (Ray clusters, several processes or devices, killed runs) are handed out first: pytest-xdist
+# gives tests to its workers in collection order, and a long one started near the end keeps one worker busy after
+# the others have finished. Within a file the order stays as written.
+RUN_FIRST = ("test_multi_device.py", "test_ray_engines.py", "test_train_distributed.py", "test_train_resume.py",
+             "test_serve.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return RUN_FIRST.index(item.path.name) if item.path.name in RUN_FIRST else len(RUN_FIRST)
+
+    items.sort(key=rank)  # stable
+
+
 def pytest_unconfigure(config):
     if _OWN_COMPILATION_CACHE:
         import shutil

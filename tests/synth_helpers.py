@@ -43,3 +43,16 @@ def tiny_synth_model(path) -> str:
     tiny_llama(path)
     tokenizer.save_pretrained(path)
     return os.fspath(path)
+
+
+def lines(path) -> list[dict]:
+    """The JSON lines of a run's output file."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    """Records with their generation time removed: the one field two identical runs do not share."""
+    for record in records:
+        record["provenance"].pop("generation_seconds")
+    return records

@@ -77,6 +77,8 @@ def files(tmp_path_factory):
     f["not_utf8"] = _write(root / "latin1.jsonl", good.encode() + b'{"text": "caf\xe9"}\n')
     f["no_field"] = _write(root / "no_field.jsonl", good + '{"body": "no text key"}\n')
     f["empty_file"] = _write(root / "empty.jsonl", "")
+    f["truncated_parquet"] = _truncated_parquet(root / "chat.parquet")
+    f["short_row_csv"] = _write(root / "short_row.csv", "prompt,completion\nhi,there\nbye\n")
     f["all_empty"] = _write(root / "all_empty.jsonl", '{"text": ""}\n' * 12)
     f["bad_yaml"] = _write(root / "bad.yaml", "train:\n  steps: [1, 2\n")
     f["unknown_type"] = _model_copy(f, "mamba", lambda p: _edit_json(os.path.join(p, "config.json"),
@@ -176,6 +178,15 @@ def _truncate(path):
     _write(path, head)
 
 
+def _truncated_parquet(path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["the cat sat on a mat"] * 200}), path, row_group_size=2)
+    _truncate(path)  # the footer, which says where the rows are, is gone
+    return str(path)
+
+
 def _malicious_bin(folder, root):
     os.remove(os.path.join(folder, "model.safetensors"))
     torch.save({"model.embed_tokens.weight": Payload(os.path.join(root, "PWNED"))},
@@ -221,6 +232,11 @@ def synth(mode, *extra):
                            *(e.format(out=out, **f) for e in extra)]
 
 
+def preferences(*extra):
+    """`jaxlm synth preferences` over the prompts file; `extra` override its options."""
+    return synth("preferences", "--prompts", "{prompts}", "--temperature", "1", "--out", "{out}/p", *extra)
+
+
 def convert(src, dst):
     return lambda f, out: ["convert", f[src], f[dst] if dst in f else os.path.join(out, dst)]
 
@@ -261,6 +277,10 @@ CASES = [
     Case("non-UTF-8 line", train(data="not_utf8"), BAD_INPUT, "latin1.jsonl:2: not valid UTF-8", "data error"),
     Case("missing field", train(data="no_field"), BAD_INPUT, "no_field.jsonl:2: missing field", "data error"),
     Case("empty file", train(data="empty_file"), BAD_INPUT, "empty.jsonl:1: empty file", "data error"),
+    Case("truncated Parquet file", train(data="truncated_parquet"), BAD_INPUT,
+         "chat.parquet:1: unreadable Parquet data", "data error"),
+    Case("CSV row with a missing column", train(data="short_row_csv"), BAD_INPUT,
+         "short_row.csv:3: 1 columns where the header has 2 (prompt, completion)", "data error"),
     Case("records that give no example (was a hang)", train(data="all_empty", task="causal_lm"), BAD_INPUT,
          "are the records empty?"),
     Case("evaluation data that gives no batch", train("data.eval=[{all_empty}]", data="text", task="causal_lm"),
@@ -298,6 +318,23 @@ CASES = [
          "--no-filter: unknown filter(s) ['bogus']", "synth error"),
     Case("synth: --out holds data that is not a run", synth("self-instruct", "--out", "{synth_run}"), BAD_INPUT,
          "not a run that can resume (use an empty --out)", "synth error"),
+    Case("synth preferences: one candidate", preferences("--num-candidates", "1"), BAD_INPUT,
+         "--num-candidates: must be >= 2", "synth error"),
+    Case("synth preferences: greedy candidates", preferences("--temperature", "0"), BAD_INPUT,
+         "--temperature 0 is greedy", "synth error"),
+    Case("synth preferences: unknown judge", preferences("--judge", "bleu"), BAD_INPUT,
+         "--judge bleu: expected filters, rouge-l, chrf or the folder of a sequence classifier", "synth error"),
+    Case("synth preferences: a judge that is not a classifier", preferences("--judge", "{llama}"), BAD_INPUT,
+         "a LlamaForCausalLM, not a sequence classifier", "synth error"),
+    Case("synth preferences: a prompt without its reference answer",
+         preferences("--judge", "chrf", "--reference-field", "gold"), BAD_INPUT,
+         "prompts.jsonl:1: --judge chrf scores answers against a reference: the record has no string 'gold'",
+         "data error"),
+    Case("synth preferences: records that are not prompts", preferences("--prompts", "{text}"), BAD_INPUT,
+         "preferences needs prompts (prompt, prompt/completion or messages records), got a text record",
+         "data error"),
+    Case("synth preferences: ties kept", preferences("--no-filter", "tie"), BAD_INPUT,
+         "--no-filter tie: a pair whose answers scored the same prefers nothing", "synth error"),
     # outputs that would be overwritten or cannot be written
     Case("convert into a non-empty folder", convert("llama", "occupied"), BAD_INPUT,
          "output folder is not empty"),

@@ -228,19 +228,27 @@ def run(mesh_shape):
   mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "expert"))
   placed = sharding.place(params, sharding.state_shardings(params, mesh))
   batch = jax.device_put(lm_batch(), sharding.batch_sharding(mesh, accumulated=False))
-  terms = jax.jit(lambda p, b: loss_terms("causal_lm", nnx.merge(graphdef, p), b))(placed, batch)
-  w1 = placed["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
-  return {{"loss": float(terms.loss_sum / terms.count), "spec": str(w1.sharding.spec)}}
+  def loss(p, b):
+    terms = loss_terms("causal_lm", nnx.merge(graphdef, p), b)
+    return terms.loss_sum / terms.count
 
-json.dump({{name: run(shape) for name, shape in (("one", (1, 1, 1)), ("expert4", (1, 1, 4)))}}, sys.stdout)
+  value, grads = jax.jit(jax.value_and_grad(loss))(placed, batch)
+  w1 = placed["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
+  w1_grad = grads["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
+  return {{"loss": float(value), "spec": str(w1.sharding.spec), "w1_grad": np.asarray(w1_grad).tolist(),
+          "router_grad": np.asarray(grads["layers"][1]["block_sparse_moe"]["gate"]["kernel"].get_value()).tolist()}}
+
+shapes = (("one", (1, 1, 1)), ("expert4", (1, 1, 4)), ("expert2_fsdp2", (1, 2, 2)))
+json.dump({{name: run(shape) for name, shape in shapes}}, sys.stdout)
 """
 
 
 @pytest.mark.parametrize("family", ["mixtral"], indirect=True)
-def test_experts_split_over_mesh_expert_give_the_one_device_loss(family):
+def test_experts_split_over_mesh_expert_give_the_one_device_loss_and_gradients(family):
     """4 fake CPU devices (a fresh process: the device count is fixed when JAX starts): mesh.expert=4 puts
-    one of each layer's 4 experts on each device (and a quarter of the batch), and the training loss (the
-    router's load-balancing term included) is the one-device loss."""
+    one of each layer's 4 experts on each device (and a quarter of the batch), mesh.expert=2 x mesh.fsdp=2
+    two experts per device pair, each split again over fsdp; the training loss (the router's load-balancing
+    term included) and its gradients (an expert's and the router's) are the one-device ones."""
     import json
     import os
     import subprocess
@@ -252,7 +260,11 @@ def test_experts_split_over_mesh_expert_give_the_one_device_loss(family):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout)
     assert runs["expert4"]["spec"] == "P('expert', None, None)"
-    np.testing.assert_allclose(runs["expert4"]["loss"], runs["one"]["loss"], rtol=1e-6)
+    assert runs["expert2_fsdp2"]["spec"] == "P('expert', 'fsdp', None)"
+    for name in ("expert4", "expert2_fsdp2"):
+        np.testing.assert_allclose(runs[name]["loss"], runs["one"]["loss"], rtol=1e-6)
+        for grad in ("w1_grad", "router_grad"):
+            np.testing.assert_allclose(runs[name][grad], runs["one"][grad], rtol=1e-4, atol=1e-7, err_msg=name)
 
 
 def test_expert_parallelism_composes_with_fsdp_and_never_splits_the_layer_axis():

@@ -82,11 +82,14 @@ def launch(devices: int, assets: dict, out: Path, names: list[str]) -> subproces
                             cwd=TESTS.parent, stdout=open(out / "log.txt", "w"), stderr=subprocess.STDOUT)
 
 
+pytestmark = pytest.mark.xdist_group("multi_device")  # one worker waits for the two processes, not several
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """The two processes' results, made once per test run: pytest-xdist may hand these tests to both of its
-    workers (seen: the xdist_group mark did not keep them together), so the first worker makes the runs in a
-    folder that all workers share, under a lock, and the others read them."""
+    """The two processes' results, made once per test run. The xdist group keeps these tests on one worker
+    under `--dist loadgroup` (`make test`); under other modes pytest-xdist may hand them to several, so the
+    first worker makes the runs in a folder that all workers share, under a lock, and the others read them."""
     import fcntl
 
     root = tmp_path_factory.getbasetemp().parent / "multi_device"  # shared by the workers of one run

@@ -9,10 +9,21 @@ import pytest
 from flax import nnx
 
 import jaxlm
-from hf_checkpoints import padded_batch, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_phi3, tiny_qwen2, tiny_qwen3
+from hf_checkpoints import (
+    padded_batch,
+    tiny_gemma3,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_phi3,
+    tiny_qwen2,
+    tiny_qwen3,
+    tiny_qwen3_moe,
+)
+from jaxlm.models.moe import Experts, SparseMoE
 from jaxlm.models.quant import (
     DIGIT_BASE,
     Int8Embed,
+    Int8Experts,
     Int8Linear,
     dequantize,
     int8_digits,
@@ -74,18 +85,22 @@ def tiny_models(tmp_path_factory):
     tiny_qwen3(root / "qwen3", tied=True)  # query/key norms
     tiny_gemma3(root / "gemma3")  # tied, per-layer windows and RoPE
     tiny_phi3(root / "phi3", longrope=True, original=4, partial_rotary=0.75)  # split fused projections, longrope
+    tiny_qwen3_moe(root / "qwen3_moe", mlp_only_layers=[1])  # a sparse layer and a dense one
     return root
 
 
 TIED = {"tied", "gpt2", "qwen3"}
 
 
-@pytest.mark.parametrize("name", ["tied", "bias", "gpt2", "qwen2", "qwen3"])
+@pytest.mark.parametrize("name", ["tied", "bias", "gpt2", "qwen2", "qwen3", "qwen3_moe"])
 def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models, name):
     model, _ = jaxlm.load_pretrained(tiny_models / name)
     int8, _ = jaxlm.load_pretrained(tiny_models / name, quantize="int8")
     modules = [m for _, m in nnx.iter_modules(int8)]
-    assert not any(type(m) is nnx.Linear for m in modules)
+    routers = [m.gate for m in modules if isinstance(m, SparseMoE)]  # kept float, as llama.cpp keeps them
+    assert not any(type(m) is nnx.Linear and not any(m is r for r in routers) for m in modules)
+    assert all(type(r) is nnx.Linear for r in routers) and not any(type(m) is Experts for m in modules)
+    assert any(isinstance(m, Int8Experts) for m in modules) == (name == "qwen3_moe")
     assert any(isinstance(m, Int8Embed) for m in modules) == (name in TIED)  # the tied head goes int8 too
     ids, mask = padded_batch(seed=2)
     real = mask.astype(bool)
@@ -95,7 +110,7 @@ def test_an_int8_model_gives_the_float_logits_up_to_weight_rounding(tiny_models,
     # Dequantising gives a float model computing what the int8 weights stand for (up to the activation
     # digits); a tied embedding comes back as the float table its lookups always used.
     back = dequantize(int8)
-    assert not any(isinstance(m, (Int8Linear, Int8Embed)) for _, m in nnx.iter_modules(back))
+    assert not any(isinstance(m, (Int8Linear, Int8Embed, Int8Experts)) for _, m in nnx.iter_modules(back))
     if name not in TIED:
         dequantized = _logits(back, ids, mask)
         assert np.abs(dequantized[real] - ours[real]).max() <= 1e-4 * np.abs(ref[real]).max()

@@ -18,23 +18,23 @@ from jaxlm.audit import AuditConfig, run_audit
 from jaxlm.data.records import read_records
 from jaxlm.synth.cli import main
 from jaxlm.synth.config import FILTERS
-from synth_helpers import tiny_synth_model
+from synth_helpers import lines, without_timing
 
 SEED_TASKS = [
     ("Name a river.", "The Nile."), ("Add two and two.", "Four."), ("Say hello in French.", "Bonjour."),
     ("Give a colour.", "Blue."), ("Name a planet.", "Mars."), ("Spell cat backwards.", "tac."),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.xdist_group("synth")  # one worker: the reference run is made once
+pytestmark = pytest.mark.xdist_group("synth")  # one worker: the reference run and the model are made once
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
+def assets(tmp_path_factory, synth_model):
     tmp = tmp_path_factory.mktemp("synth")
     seeds = tmp / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"id": f"t{i}", "prompt": p, "completion": c}) + "\n"
                              for i, (p, c) in enumerate(SEED_TASKS)))
-    return {"tmp": tmp, "model": tiny_synth_model(tmp / "model"), "seeds": str(seeds)}
+    return {"tmp": tmp, "model": synth_model, "seeds": str(seeds)}
 
 
 def self_instruct_args(assets, out, *extra):
@@ -42,17 +42,6 @@ def self_instruct_args(assets, out, *extra):
             "--num", "6", "--batch-size", "4", "--max-new-tokens", "8", "--instruction-tokens", "8",
             "--examples-per-prompt", "2", "--temperature", "1.0", "--top-p", "1.0", "--rounds", "2",
             "--no-filter", "truncated", "--filter", "min_instruction_words=1", "--quiet", *extra]
-
-
-def lines(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
-
-
-def without_timing(records):
-    for record in records:
-        record["provenance"].pop("generation_seconds")
-    return records
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,15 @@ from jaxlm.train.__main__ import main
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.loop import close, prepare, start
 from jaxlm.train.metrics import read_metrics
-from train_helpers import tiny_config, write_conll, write_sft_jsonl, write_text, write_tiny_bert, write_tiny_llama
+from train_helpers import (
+    tiny_config,
+    write_conll,
+    write_parquet,
+    write_sft_jsonl,
+    write_text,
+    write_tiny_bert,
+    write_tiny_llama,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +41,10 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lora_sft_run(files, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sft")
-    cfg = tiny_config(tmp, files["llama"], "sft", [files["sft"]], "model.lora.rank=4", "model.lora.alpha=8",
+    # Trained from the chats as Parquet (the test split stays JSONL): the same records through the same reader.
+    with open(files["sft"]) as f:
+        chats = write_parquet(tmp / "chat.parquet", [json.loads(line) for line in f])
+    cfg = tiny_config(tmp, files["llama"], "sft", [chats], "model.lora.rank=4", "model.lora.alpha=8",
                       "train.steps=12", "eval.every=4", "checkpoint.every=4", "checkpoint.keep=1",
                       "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02",
                       "export.gguf=f32", f"data.test=[{files['sft']}]", "eval.test_steps=3",

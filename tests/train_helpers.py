@@ -74,6 +74,22 @@ def write_sft_jsonl(path, n: int = 48, bad_line: bool = False) -> str:
     return str(path)
 
 
+def as_table(records: list[dict]):
+    """`records` as an Arrow table built column by column, so every row has every column (null where a
+    record lacks it), as real files do."""
+    import pyarrow as pa
+
+    names = list(dict.fromkeys(name for record in records for name in record))
+    return pa.table({name: [record.get(name) for record in records] for name in names})
+
+
+def write_parquet(path, records: list[dict]) -> str:
+    import pyarrow.parquet as pq
+
+    pq.write_table(as_table(records), path, row_group_size=2)  # several row groups: reading crosses them
+    return str(path)
+
+
 def write_text(path, n_docs: int = 12) -> str:
     os.makedirs(path, exist_ok=True)
     for d in range(n_docs):

@@ -32,7 +32,8 @@ Audit a training data file for risks before fine-tuning on it, and write:
   OUT/clean.jsonl    the records minus those flagged with a --remove reason (normalised form)
 
 DATA is read like the trainer reads it: JSONL with messages, prompt/completion,
-text (optionally with a "label"), or tokens/tags; CoNLL token<TAB>tag files; plain text.
+text (optionally with a "label"), or tokens/tags; CoNLL token<TAB>tag files; plain text;
+the same fields as columns of Parquet, Arrow or CSV files or a `datasets` save_to_disk folder.
 The file is streamed (three passes): memory does not hold the records.
 
 What is measured (section of report.json):

@@ -69,6 +69,9 @@ def to_item(index: int, record: Record) -> AuditItem:
     elif record.kind == "prompt":  # a prompt with no answer (task grpo)
         prompt = text = data["prompt"]
         answer = None
+    elif record.kind == "preference":  # measured on the preferred answer; the rejected one is in the text
+        prompt, answer, rejected = (_as_text(data[key]) for key in ("prompt", "chosen", "rejected"))
+        text = f"{prompt}\n{answer}\n{rejected}"
     elif record.kind == "ner":
         prompt = text = " ".join(data["tokens"])
         answer, label = None, " ".join(data["tags"])
@@ -76,6 +79,11 @@ def to_item(index: int, record: Record) -> AuditItem:
         text = data["text"]
         prompt, answer = (text, None) if label is not None else (None, None)
     return AuditItem(index, record.line, record.kind, text, prompt, answer, label, data)
+
+
+def _as_text(side: str | list[dict]) -> str:
+    """A preference record's side: a string (standard form) or messages (conversational form)."""
+    return side if isinstance(side, str) else "\n".join(f"{m['role']}: {m['content']}" for m in side)
 
 
 def _split_conversation(messages: list[dict]) -> tuple[str | None, str | None]:

@@ -97,7 +97,7 @@ class SourceConfig:
 
     ``path``: a file, a folder, or ``tfds:NAME[/CONFIG][:SPLIT]``.
     ``weight``: relative sampling weight when mixing training sources.
-    ``format``: ``auto|jsonl|text|conll`` (see :mod:`jaxlm.data.records`).
+    ``format``: ``auto|jsonl|text|conll|parquet|arrow|csv`` (see :mod:`jaxlm.data.records`).
     ``fields``: canonical name -> the file's field name, e.g. ``{"text": "body"}``.
     """
 

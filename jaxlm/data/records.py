@@ -1,6 +1,6 @@
 """Reading training records from files, with errors that name file and line.
 
-Three on-disk formats are understood:
+These on-disk formats are understood:
 
 * **jsonl** (`.jsonl`, `.json` holding one JSON object per line). Each object is
   normalised to one of six record kinds, picked by which fields it has:
@@ -19,7 +19,13 @@ Three on-disk formats are understood:
   extra middle columns are ignored (token first, tag last). ``-DOCSTART-`` lines
   are skipped.
 
-A folder is read recursively, files in sorted order, each file by its own format.
+* **tables**: Parquet (`.parquet`), Arrow IPC (`.arrow`, `.feather`), CSV (`.csv`, the header row
+  names the fields), and a Hugging Face ``datasets`` folder written by ``save_to_disk``: each row is
+  one object, normalised as a JSON line is; ``path:N`` names the 1-based data row (for CSV, the
+  line). See :mod:`jaxlm.data.columnar`.
+
+A folder is read recursively, files in sorted order, each file by its own format; a ``datasets``
+folder inside it is read as one dataset, its shards in the order ``state.json`` gives.
 
 Bad input never disappears silently: with ``on_error="raise"`` it raises
 :class:`DataError` whose message starts with ``path:line:``; with
@@ -36,18 +42,21 @@ import stat
 from collections.abc import Collection, Iterator
 from typing import Any
 
+from jaxlm.data import columnar
 from jaxlm.errors import UserError
 from jaxlm.text.messages import check_messages
 
 RECORD_KINDS = ("messages", "prompt_completion", "text", "ner", "preference")
-FORMATS = ("auto", "jsonl", "text", "conll")
+FORMATS = ("auto", "jsonl", "text", "conll", "parquet", "arrow", "csv")
 MAX_KEPT_ERRORS = 20  # ReadStats keeps the first few messages, the count is exact
 
 _EXTENSION_FORMAT = {
     ".jsonl": "jsonl", ".json": "jsonl",
     ".txt": "text", ".md": "text",
     ".conll": "conll", ".tsv": "conll", ".bio": "conll",
+    ".parquet": "parquet", ".arrow": "arrow", ".feather": "arrow", ".csv": "csv",
 }
+_MAGIC_FORMAT = {b"PAR1": "parquet", b"ARROW1": "arrow"}  # how files without an extension begin
 _BIO_TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
@@ -125,11 +134,16 @@ def read_records(
 
 
 def detect_format(path: str) -> str:
-    """Format of one file: by extension, else by sniffing its first line."""
+    """Format of one file: by extension, else by its first bytes or first line."""
     extension = os.path.splitext(path)[1].lower()
     if extension in _EXTENSION_FORMAT:
         return _EXTENSION_FORMAT[extension]
     with open(path, "rb") as f:
+        start = f.read(8)
+        for magic, format in _MAGIC_FORMAT.items():
+            if start.startswith(magic):
+                return format
+        f.seek(0)
         for raw in f:
             line = raw.decode("utf-8", errors="replace").strip()
             if not line:
@@ -145,6 +159,14 @@ def list_files(path: str) -> list[str]:
     if os.path.isdir(path):
         found = []
         for root, dirs, files in os.walk(path):
+            try:
+                shards = columnar.dataset_folder_shards(root)
+            except ValueError as e:
+                raise DataError(root, 0, str(e)) from None
+            if shards is not None:  # one dataset: its shards, not its metadata files
+                dirs.clear()
+                found += shards
+                continue
             dirs.sort()
             found += [os.path.join(root, f) for f in sorted(files) if not f.startswith(".")]
         if not found:
@@ -187,14 +209,17 @@ def _read_jsonl(path: str, fields: dict[str, str], allowed_tags) -> Iterator[Rec
         except json.JSONDecodeError as e:
             yield DataError(path, number, f"malformed JSON ({e.msg} at column {e.colno})")
             continue
-        try:
-            kind, data = normalize_json(obj, fields)
-        except ValueError as e:
-            yield DataError(path, number, str(e))
-            continue
-        yield Record(path, number, kind, data)
+        yield _record(path, number, obj, fields)
     if not seen_any:
         yield DataError(path, 1, "empty file: no JSON records")
+
+
+def _record(path: str, number: int, obj: Any, fields: dict[str, str]) -> Record | DataError:
+    try:
+        kind, data = normalize_json(obj, fields)
+    except ValueError as e:
+        return DataError(path, number, str(e))
+    return Record(path, number, kind, data)
 
 
 def normalize_json(obj: Any, fields: dict[str, str] | None = None) -> tuple[str, dict]:
@@ -340,4 +365,16 @@ def _read_conll(path: str, fields, allowed_tags) -> Iterator[Record | DataError]
         yield DataError(path, 1, "empty file: no sentences")
 
 
-_READERS = {"jsonl": _read_jsonl, "text": _read_text, "conll": _read_conll}
+# --- tables -----------------------------------------------------------------
+
+def _table_reader(rows):
+    def read(path: str, fields: dict[str, str], allowed_tags) -> Iterator[Record | DataError]:
+        for number, row in rows(path):
+            yield DataError(path, number, row) if isinstance(row, str) else _record(path, number, row, fields)
+
+    return read
+
+
+_READERS = {"jsonl": _read_jsonl, "text": _read_text, "conll": _read_conll,
+            "parquet": _table_reader(columnar.parquet_rows), "arrow": _table_reader(columnar.arrow_rows),
+            "csv": _table_reader(columnar.csv_rows)}

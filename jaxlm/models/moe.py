@@ -74,16 +74,18 @@ def router_z_loss(stats: RouterStats) -> jax.Array:
     return stats.squared_logsumexp / jnp.maximum(stats.rows, 1.0)
 
 
-def grouped_matmul(rows: jax.Array, kernels: jax.Array, sizes: jax.Array) -> jax.Array:
+def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matmul) -> jax.Array:
     """rows [m, in] sorted by group, `sizes[g]` of them in group g; kernels [groups, in, out] -> [m, out],
-    each row times its group's kernel.
+    each row times its group's kernel. `kernels` may be any pytree of arrays with a leading groups axis
+    that `multiply(rows of one group, that group's slice of kernels)` takes (int8 experts pass their
+    int8 rows and scales with `quant.int8_matmul`).
 
     Each group is padded to whole tiles, and one `lax.scan` multiplies a tile at a time by its group's
     kernel: about m rows of work (plus under a tile of padding per group), forward and backward.
     `jax.lax.ragged_dot` computes the same, but XLA lowers it on CPU (and on GPU in jaxlib 0.10) to
     zero-padded dense matmuls over every group: slower than even the dense form (scripts/bench_moe.py
     --ragged-dot measures all three)."""
-    m, groups = rows.shape[0], kernels.shape[0]
+    m, groups = rows.shape[0], jax.tree.leaves(kernels)[0].shape[0]
     tile = max(8, min(64, 1 << max(0, (m // groups).bit_length() - 1)))  # small batches (decoding): small tiles
     padded_sizes = (sizes + tile - 1) // tile * tile
     starts, padded_starts = jnp.cumsum(sizes) - sizes, jnp.cumsum(padded_sizes) - padded_sizes
@@ -96,7 +98,7 @@ def grouped_matmul(rows: jax.Array, kernels: jax.Array, sizes: jax.Array) -> jax
 
     def one_tile(_, tile_and_group):
         x, g = tile_and_group
-        return None, x @ kernels[g]
+        return None, multiply(x, jax.tree.map(lambda kernel: kernel[g], kernels))
 
     _, out = jax.lax.scan(one_tile, None, (padded.reshape(tiles, tile, -1), tile_group))
     return out.reshape(tiles * tile, -1)[place]
@@ -114,6 +116,10 @@ class Experts(nnx.Module):
             setattr(self, name, expert_variable(init(rngs.params(), (num_experts, *shape), param_dtype)))
         self.names = names
 
+    @property
+    def num_experts(self) -> int:
+        return getattr(self, self.names[0])[...].shape[0]
+
     def kernels(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
         """The (gate, up, down) kernels [experts, in, out] that `dense` multiplies by."""
         return tuple(getattr(self, name)[...].astype(dtype) for name in self.names)  # pyright: ignore[reportReturnType]
@@ -127,7 +133,7 @@ class Experts(nnx.Module):
         tokens, k = experts.shape
         gate, up, down = self.names
         order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
-        sizes = jnp.bincount(experts.reshape(-1), length=getattr(self, gate)[...].shape[0]).astype(jnp.int32)
+        sizes = jnp.bincount(experts.reshape(-1), length=self.num_experts).astype(jnp.int32)
         rows = x[order // k]
         hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
         out = self.project(down, hidden, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)

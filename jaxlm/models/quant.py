@@ -1,7 +1,9 @@
 """int8 weights for generation: linear layers (and a tied output projection) stored as int8.
 
-`quantize_int8(model)` swaps each `nnx.Linear` for an `Int8Linear` and a tied embedding for an
-`Int8Embed`, in place, as LoRA does: the model files stay untouched. Weights are rounded to int8
+`quantize_int8(model)` swaps each `nnx.Linear` for an `Int8Linear`, a tied embedding for an
+`Int8Embed` and a mixture's experts for `Int8Experts`, in place, as LoRA does: the model files stay
+untouched. A mixture's router stays float, as llama.cpp keeps it: a rounded router logit can send a
+token to other experts, which moves the output far more than rounding an expert's weights. Weights are rounded to int8
 with one float32 scale per output channel (symmetric, absmax / 127). Embedding lookups and norms
 stay as they are; the tied output projection (SmolLM2's lm_head is its 49152 x 576 embedding, the
 largest matrix) gets an int8 copy of the table, since it is read whole at every generated token.
@@ -29,6 +31,7 @@ from flax import nnx
 
 from jaxlm.models.layers import Embed
 from jaxlm.models.lora import LoRAExperts, LoRALinear, _set
+from jaxlm.models.moe import Experts, SparseMoE, expert_variable, grouped_matmul
 from jaxlm.models.prompt_tuning import PromptTunedEmbed
 from jaxlm.models.registry import architecture_of
 
@@ -155,12 +158,60 @@ class Int8PromptTunedEmbed(PromptTunedEmbed):
 _INT8_EMBEDS = {Embed: Int8Embed, PromptTunedEmbed: Int8PromptTunedEmbed}
 
 
+class Int8Experts(Experts):
+    """A mixture's experts with each projection in int8: `<name>_int8` [experts, out, in] and `<name>_scale`
+    [experts, out], an `Int8Matrix` per expert; the grouped matmul multiplies each tile of sorted rows by
+    its expert's int8 rows (`int8_matmul`), so the experts, most of a mixture's weights, stay int8 in memory."""
+
+    def __init__(self, base: Experts, activations: str):
+        self.names, self.activations = base.names, activations
+        self.float_dtype = getattr(base, base.names[0])[...].dtype
+        for name in base.names:
+            kernel = np.asarray(getattr(base, name)[...])
+            if kernel.ndim != 3:
+                raise ValueError(f"experts' {name} has shape {kernel.shape}: int8 takes unstacked layers")
+            weight, scale = quantize_rows(np.swapaxes(kernel, 1, 2))
+            setattr(self, f"{name}_int8", expert_variable(weight, Int8Weight))
+            setattr(self, f"{name}_scale", expert_variable(scale, Int8Weight))
+
+    @property
+    def num_experts(self) -> int:
+        return getattr(self, f"{self.names[0]}_int8")[...].shape[0]
+
+    def _int8(self, name: str) -> tuple[jax.Array, jax.Array]:
+        return getattr(self, f"{name}_int8")[...], getattr(self, f"{name}_scale")[...]
+
+    def project(self, name: str, rows: jax.Array, sizes: jax.Array) -> jax.Array:
+        def multiply(x, matrix):
+            weight, scale = matrix
+            return int8_matmul(x, weight, scale, self.activations)
+
+        return grouped_matmul(rows, self._int8(name), sizes, multiply)
+
+    def dequantized(self, name: str) -> jax.Array:
+        """Projection `name`'s kernels [experts, in, out] as the int8 rows stand for them."""
+        weight, scale = self._int8(name)
+        return jnp.swapaxes(weight.astype(jnp.float32) * scale[..., None], 1, 2).astype(self.float_dtype)
+
+    def kernels(self, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+        return tuple(self.dequantized(name).astype(dtype) for name in self.names)  # pyright: ignore[reportReturnType]
+
+    def as_float(self) -> Experts:
+        experts, dim, hidden = self.dequantized(self.names[0]).shape
+        out = nnx.eval_shape(lambda: Experts(experts, dim, hidden, self.names, rngs=nnx.Rngs(0),
+                                             param_dtype=self.float_dtype))
+        for name in self.names:
+            getattr(out, name).set_value(self.dequantized(name))
+        return out
+
+
 def default_activations() -> str:
     return "int8" if jax.default_backend() == "cpu" else "float"
 
 
 def quantize_int8(model, *, activations: str | None = None) -> int:
-    """Quantize every linear layer (and a tied output embedding) of `model` in place; returns their number.
+    """Quantize every linear layer (a mixture's router excepted), every mixture's experts and a tied output
+    embedding of `model` in place; returns their number.
 
     The model is put in eval mode: int8 weights are for inference. LoRA adapters must be merged
     first (`merge_lora`): their low-rank update is kept in float only while training. Prompt tuning's
@@ -172,7 +223,8 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
     if any(isinstance(m, (LoRALinear, LoRAExperts)) for _, m in modules):
         raise ValueError("merge LoRA adapters (jaxlm.models.lora.merge_lora) before quantizing")
     model.eval()
-    linears = {path: m for path, m in modules if type(m) is nnx.Linear}
+    routers = {path + ("gate",) for path, m in modules if isinstance(m, SparseMoE)}
+    linears = {path: m for path, m in modules if type(m) is nnx.Linear and path not in routers}
     if not linears:
         raise ValueError(f"{type(model).__name__} has no linear layer to quantize")
     for group in _groups_reading_one_input(model, linears):
@@ -186,7 +238,10 @@ def quantize_int8(model, *, activations: str | None = None) -> int:
     for path, module in modules:
         if type(module) in _INT8_EMBEDS and tied and _is_output_embedding(model, path):
             _set(model, path, _INT8_EMBEDS[type(module)](module, activations))
-    return len(linears) + tied
+    experts = [(path, module) for path, module in modules if type(module) is Experts]
+    for path, module in experts:
+        _set(model, path, Int8Experts(module, activations))
+    return len(linears) + tied + len(experts)
 
 
 class _Probe:
@@ -224,7 +279,8 @@ def _is_output_embedding(model, path: tuple) -> bool:
 
 
 def is_quantized(model) -> bool:
-    return any(isinstance(m, (Int8Linear, Int8Embed, Int8PromptTunedEmbed)) for _, m in nnx.iter_modules(model))
+    return any(isinstance(m, (Int8Linear, Int8Embed, Int8PromptTunedEmbed, Int8Experts))
+               for _, m in nnx.iter_modules(model))
 
 
 def dequantize(model):
@@ -239,6 +295,8 @@ def dequantize(model):
             if module.bias is not None:
                 linear.bias.set_value(module.bias[...])  # pyright: ignore[reportOptionalMemberAccess]  use_bias
             _set(out, path, linear)
+        elif isinstance(module, Int8Experts):
+            _set(out, path, module.as_float())
         elif isinstance(module, (Int8Embed, Int8PromptTunedEmbed)):
             table = module.embedding[...]
             embed = Embed(*table.shape, param_dtype=table.dtype, rngs=nnx.Rngs(0))

@@ -27,6 +27,7 @@ def as_messages(kind: str, data: dict) -> list[dict] | None:
 
 class BackTranslate:
     name = "back-translate"
+    pool_checks = True  # novelty and near duplicates against what was kept (runner._judge)
 
     def __init__(self, config: SynthConfig):
         self.config = config

@@ -45,7 +45,14 @@ def candidate(config, generator_name: str, batch: Batch, messages: list[dict], o
     of the record itself (a grounded record's ``passage``).
     """
     record_extra = fields.pop("record_extra", {})
-    provenance = {
+    record = {"messages": messages, **record_extra,
+              "provenance": provenance(config, generator_name, batch, outputs, scores, **fields)}
+    return Candidate(record, rejected)
+
+
+def provenance(config, generator_name: str, batch: Batch, outputs: list[Output], scores: dict, **fields) -> dict:
+    """Where a record came from: the run's settings, ``fields``, ``scores`` and the cost of ``outputs``."""
+    return {
         "mode": config.mode, "model": generator_name, "sampling": sampling(config), "seed": config.seed,
         "round": batch.round, "batch": batch.number, **fields,
         "scores": scores,
@@ -53,8 +60,6 @@ def candidate(config, generator_name: str, batch: Batch, messages: list[dict], o
         "generated_tokens": sum(o.new_tokens for o in outputs),
         "generation_seconds": round(sum(o.seconds for o in outputs), 6),
     }
-    record = {"messages": messages, **record_extra, "provenance": provenance}
-    return Candidate(record, rejected)
 
 
 def single_pass(state, jobs: list[dict], size: int) -> list[Batch]:

@@ -22,8 +22,9 @@ from jaxlm.synth.config import (
 )
 
 _DESCRIPTION = """\
-Make supervised fine-tuning data with a model, filter it, and write to OUT:
-  data.jsonl      kept records, in the messages format the trainer reads, each with
+Make fine-tuning data with a model, filter it, and write to OUT:
+  data.jsonl      kept records, in the messages format the trainer reads (preferences:
+                  {prompt, chosen, rejected} pairs for task dpo), each with
                   "provenance": mode, model, sampling, round, seed ids / passage id,
                   filter scores, prompt_tokens, generated_tokens, generation_seconds
   rejected.jsonl  rejected candidates, with the filter that rejected each ("rejected_by")
@@ -34,6 +35,7 @@ modes:
   self-instruct   grow tasks from seed tasks, round by round (Wang et al. 2023)
   grounded        questions and answers written from passages of a corpus
   back-translate  rewrite the user turns of a dataset through a pivot language
+  preferences     chosen/rejected answers to your prompts, ranked by a judge (task dpo)
 """
 
 _EPILOG = """\
@@ -42,6 +44,7 @@ examples:
   python -m jaxlm.synth grounded --relevant-to "birds and their habitats" --num 100 --out grounded/
   python -m jaxlm.synth back-translate --data train.jsonl --pivot fr --out bt/ --filter min_chrf=30
   python -m jaxlm.synth self-instruct --num 1000 --engine ray --workers 4 --out big/   # RAY_ADDRESS or local
+  python -m jaxlm.synth preferences --prompts qa.jsonl --num-candidates 4 --judge rouge-l --out pairs/
 
 exit status: 0 done; 2 bad input or options; 130 interrupted (rerun the command to resume).
 """
@@ -130,7 +133,41 @@ def build_parser(prog: str = "python -m jaxlm.synth") -> argparse.ArgumentParser
     back.add_argument("--data", required=True, help="dataset whose user turns are rewritten (any source)")
     back.add_argument("--pivot", default=defaults.pivot, help=f"pivot language: {', '.join(LANGUAGES)} (default fr)")
     _common(back)
+    _preferences_parser(modes, formatter)
     return parser
+
+
+def _preferences_parser(modes, formatter) -> None:
+    defaults = SynthConfig(mode="", out="")
+    parser = modes.add_parser(
+        "preferences", help="chosen/rejected pairs ranked by a judge", formatter_class=formatter,
+        epilog=describe_filters(),
+        description="For each prompt the model samples --num-candidates answers and --judge scores them: the best "
+                    "becomes 'chosen', the worst 'rejected' (a prompt whose best and worst tie is skipped and "
+                    "counted under 'tie'). data.jsonl holds {prompt, chosen, rejected, provenance} records, TRL's "
+                    "standard form for a string prompt and its conversational form for messages, which task dpo "
+                    "and jaxlm audit read; provenance keeps every candidate and its score. --num caps the pairs "
+                    "kept (give at least the number of prompts to answer them all).")
+    parser.add_argument("--prompts", required=True, metavar="DATA",
+                        help="the prompts, any source the data pipeline reads (JSONL, Parquet, CSV...): prompt "
+                             "records (a reference answer in --reference-field), prompt/completion (the completion "
+                             "is the reference) or messages (a final assistant turn is the reference)")
+    parser.add_argument("--num-candidates", metavar="K", type=int, default=defaults.num_candidates,
+                        help=f"answers sampled per prompt (default {defaults.num_candidates}; needs --temperature > 0)")
+    parser.add_argument("--judge", default=defaults.judge, metavar="JUDGE",
+                        help="filters (default): the share of the filter checks below an answer passes; rouge-l or "
+                             "chrf: its ROUGE-L F1 or chrF against the reference answer; PATH: the folder of a "
+                             "sequence classifier trained by jaxlm (task: classification), its probability of "
+                             "--judge-label given the answer's text")
+    parser.add_argument("--judge-label", metavar="NAME",
+                        help="--judge PATH: the label that means a good answer (default: label 1 of two)")
+    parser.add_argument("--chat", action="store_true",
+                        help="send a string prompt as one user message through the chat template (an instruct "
+                             "model given raw text often answers nothing); the pairs are then in conversational form")
+    parser.add_argument("--reference-field", default=defaults.reference_field, metavar="FIELD",
+                        help=f"the field of a prompt record holding its reference answer (default "
+                             f"{defaults.reference_field!r})")
+    _common(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
@@ -153,7 +190,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxlm.synth") -> 
           f"({100 * summary['acceptance_rate']:.0f}%); {summary['new_tokens']} new tokens"
           + (f" at {summary['new_tokens_per_s']:.0f} tokens/s" if summary["new_tokens_per_s"] else "")
           + f"; {os.path.join(args.out, 'data.jsonl')}")
-    if not summary["complete"]:
+    if not summary["complete"] and args.mode == "preferences":
+        print(f"warning: {summary['kept']} pairs from {summary['generated']} prompts, fewer than --num {args.num}: "
+              f"the prompts ran out ({summary['rejected']['tie']} tied, {summary['rejected']['empty']} without two "
+              "answers)", file=sys.stderr)
+    elif not summary["complete"]:
         print(f"warning: {summary['kept']} records kept, fewer than --num {args.num}: the source ran out or "
               "rounds stopped keeping anything (rerun with more --rounds, or looser filters, to continue)",
               file=sys.stderr)

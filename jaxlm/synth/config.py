@@ -11,7 +11,8 @@ import os
 
 from jaxlm.errors import UserError
 
-MODES = ("self-instruct", "grounded", "back-translate")
+MODES = ("self-instruct", "grounded", "back-translate", "preferences")
+JUDGES = ("filters", "rouge-l", "chrf")  # or the folder of a sequence classifier
 ENGINES = ("local", "ray", "openai")
 
 # Every reason a candidate can be rejected for, in the order the checks run; the
@@ -31,6 +32,7 @@ FILTERS = {
     "perplexity": "the answer's perplexity under the model is above max_perplexity",
     "near_duplicate": "MinHash Jaccard (word 5-grams) >= near_duplicate_jaccard with a kept record",
     "novelty": "ROUGE-L of the instruction >= novelty_rouge against a kept or seed instruction",
+    "tie": "preferences: the best and the worst answer to the prompt scored the same under --judge",
 }
 
 LANGUAGES = {"fr": "French", "de": "German", "es": "Spanish", "it": "Italian", "pt": "Portuguese",
@@ -106,6 +108,13 @@ class SynthConfig:
     # back-translate
     data: str | None = None
     pivot: str = "fr"
+    # preferences
+    prompts: str | None = None
+    num_candidates: int = 4  # answers sampled per prompt; the best and the worst make the pair
+    judge: str = "filters"  # one of JUDGES, or a sequence classifier's folder
+    judge_label: str | None = None  # the classifier's label that means good (default: label 1 of two)
+    reference_field: str = "answer"  # a prompt record's reference answer, for --judge rouge-l / chrf
+    chat: bool = False  # a string prompt becomes one user message (chat template; conversational pairs)
     progress: bool = True
     filters: FilterConfig = dataclasses.field(default_factory=FilterConfig)
 
@@ -146,7 +155,9 @@ def validate(config: SynthConfig) -> None:
             raise SynthError("back-translate: --data is required (the dataset whose user turns are rewritten)")
         if config.pivot not in LANGUAGES:
             raise SynthError(f"--pivot: unknown language {config.pivot!r}; known: {', '.join(LANGUAGES)}")
-    for path, flag in ((config.seeds, "--seeds"), (config.data, "--data")):
+    if config.mode == "preferences":
+        _validate_preferences(config)
+    for path, flag in ((config.seeds, "--seeds"), (config.data, "--data"), (config.prompts, "--prompts")):
         if path and not path.startswith("tfds:") and not os.path.exists(path):
             raise SynthError(f"{flag} {path}: no such file or folder")
     if not config.corpus.startswith("tfds:") and not os.path.exists(config.corpus):
@@ -161,6 +172,25 @@ def validate(config: SynthConfig) -> None:
             parse_ngram_fractions(getattr(config.filters, key))
         except ValueError as e:
             raise SynthError(f"--filter {key}: {e}") from None
+
+
+def _validate_preferences(config: SynthConfig) -> None:
+    if not config.prompts:
+        raise SynthError("preferences: --prompts is required (the prompts to answer: prompt, prompt/completion or "
+                         "messages records)")
+    if config.num_candidates < 2:
+        raise SynthError(f"--num-candidates: must be >= 2 (a pair needs a best and a worst), got "
+                         f"{config.num_candidates}")
+    if config.temperature <= 0:
+        raise SynthError("--temperature 0 is greedy: the candidates for a prompt would all be the same answer; "
+                         "give a temperature > 0")
+    if config.judge not in JUDGES and not os.path.isdir(config.judge):
+        raise SynthError(f"--judge {config.judge}: expected {', '.join(JUDGES)} or the folder of a sequence "
+                         "classifier trained by jaxlm")
+    if config.judge_label is not None and config.judge in JUDGES:
+        raise SynthError(f"--judge-label names a classifier's label; --judge {config.judge} has none")
+    if "tie" in config.filters.disabled:
+        raise SynthError("--no-filter tie: a pair whose answers scored the same prefers nothing; it is never kept")
 
 
 def set_filter(filters: FilterConfig, assignment: str) -> None:

@@ -78,12 +78,24 @@ def unsuitable(text: str) -> bool:
 def answer_problem(instruction: str, answer: str, finish: str, scores: dict, filters: FilterConfig,
                    passage: str | None = None) -> str | None:
     """Why an answer is dropped, or None. Fills ``scores`` with what it measured."""
+    return _first(_answer_checks(instruction, answer, finish, scores, filters, passage), filters)
+
+
+def answer_verdicts(instruction: str, answer: str, finish: str, scores: dict,
+                    filters: FilterConfig) -> dict[str, bool]:
+    """Every enabled answer check -> whether the answer passes it (not only the first failure)."""
+    return {name: not (failed() if callable(failed) else failed)
+            for name, failed in _answer_checks(instruction, answer, finish, scores, filters, None) if filters.on(name)}
+
+
+def _answer_checks(instruction: str, answer: str, finish: str, scores: dict, filters: FilterConfig,
+                   passage: str | None):
     count = len(answer.split())
     scores["echo_rouge_l"] = round(rouge_l(instruction, answer), 4) if answer.strip() else 0.0
     if passage is not None:
         scores["support"] = support(answer, passage)
     ceiling = filters.max_perplexity
-    checks = (
+    return (
         ("empty", not answer.strip()),
         ("truncated", finish == "length"),
         ("length", not filters.min_answer_words <= count <= filters.max_answer_words),
@@ -94,7 +106,6 @@ def answer_problem(instruction: str, answer: str, finish: str, scores: dict, fil
         ("support", passage is not None and (scores["support"] or 0.0) < filters.min_support),
         ("perplexity", ceiling is not None and (scores.get("perplexity") or 0.0) > ceiling),
     )
-    return _first(checks, filters)
 
 
 def round_trip_problem(original: str, pivot: str, back: str, finishes: list[str], scores: dict,

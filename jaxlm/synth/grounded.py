@@ -94,6 +94,7 @@ def rank_by_relevance(passages: list[str], queries: list[str], embedder, progres
 
 class Grounded:
     name = "grounded"
+    pool_checks = True  # novelty and near duplicates against what was kept (runner._judge)
 
     def __init__(self, config: SynthConfig):
         self.config = config

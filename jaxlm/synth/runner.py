@@ -87,7 +87,7 @@ def _rebuild_pool(config: SynthConfig, mode, state: RunState) -> tuple[Pool, lis
     for instruction, text in mode.pool_seeds():
         pool.add(instruction, text)
     kept_instructions = []
-    for record in state.kept_records():
+    for record in state.kept_records() if mode.pool_checks else ():
         instruction, text = mode.compared(record)
         pool.add(instruction, text)
         kept_instructions.append(instruction)
@@ -130,27 +130,35 @@ def _judge(config: SynthConfig, mode, state: RunState, pool: Pool, candidates, k
             continue  # generated with the batch, but not needed: neither kept nor counted
         counts["generated"] += 1
         counts["since_kept"] += 1
-        reason = candidate.rejected
-        if reason is None:
-            instruction, text = mode.compared(candidate.record)
-            similarity = pool.novelty.closest(instruction)
-            provenance["scores"]["novelty_rouge_l"] = round(similarity, 4)
-            if filters.on("novelty") and similarity >= filters.novelty_rouge:
-                reason = "novelty"
-        if reason is None:
-            signature = pool.near.signature(text)
-            jaccard = pool.near.closest(signature)
-            provenance["scores"]["near_duplicate_jaccard"] = round(jaccard, 4)
-            if filters.on("near_duplicate") and jaccard >= filters.near_duplicate_jaccard:
-                reason = "near_duplicate"
+        reason, admitted = candidate.rejected, None
+        if reason is None and mode.pool_checks:
+            reason, admitted = _against_pool(filters, mode, pool, candidate.record)
         if reason is None:
             provenance["attempts"] = counts["since_kept"]  # candidates it took to keep this one
             counts["since_kept"] = 0
-            pool.novelty.add(instruction)
-            pool.near.add(signature)
-            kept_instructions.append(instruction)
+            if admitted is not None:
+                instruction, signature = admitted
+                pool.novelty.add(instruction)
+                pool.near.add(signature)
+                kept_instructions.append(instruction)
             kept.append(candidate.record)
         else:
             provenance["rejected_by"] = reason
             rejected.append(candidate.record)
     return kept, rejected, counts
+
+
+def _against_pool(filters, mode, pool: Pool, record: dict):
+    """(the pool check that rejects `record`, or None; what joins the pool if it is kept)."""
+    instruction, text = mode.compared(record)
+    scores = record["provenance"]["scores"]
+    similarity = pool.novelty.closest(instruction)
+    scores["novelty_rouge_l"] = round(similarity, 4)
+    if filters.on("novelty") and similarity >= filters.novelty_rouge:
+        return "novelty", None
+    signature = pool.near.signature(text)
+    jaccard = pool.near.closest(signature)
+    scores["near_duplicate_jaccard"] = round(jaccard, 4)
+    if filters.on("near_duplicate") and jaccard >= filters.near_duplicate_jaccard:
+        return "near_duplicate", None
+    return None, (instruction, signature)

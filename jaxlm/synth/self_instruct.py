@@ -58,6 +58,7 @@ def load_seeds(path: str) -> list[dict]:
 
 class SelfInstruct:
     name = "self-instruct"
+    pool_checks = True  # novelty and near duplicates against what was kept (runner._judge)
 
     def __init__(self, config: SynthConfig):
         self.config = config
