@@ -19,6 +19,7 @@ import os
 import jax
 import numpy as np
 
+from jaxlm.errors import warn
 from jaxlm.train.config import Config, resolve_path
 
 FORMAT = 1  # bump when what an entry holds changes
@@ -77,8 +78,11 @@ def save(cfg: Config, key: str | None, part: str, value: dict | None) -> None:
     if key is None or value is None:
         return
     folder = os.path.expanduser(cfg.eval.score_cache)
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{key}.{part}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:  # renamed into place: a reader never sees half a file
-        json.dump(value, f, ensure_ascii=False)
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:  # renamed into place: a reader never sees half a file
+            json.dump(value, f, ensure_ascii=False)
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # a cache that cannot be written costs the next run time, never this run
+        warn(f"eval.score_cache: could not keep the step-0 scores in {folder} ({e}); training goes on")
