@@ -107,6 +107,7 @@ def files(tmp_path_factory):
     f["same_pair"] = _write(root / "same_pair.jsonl", pair + '{"prompt": "hi", "chosen": "a", "rejected": "a"}\n')
     f["lora_adapter"] = str(root / "lora_adapter")
     _lora_adapter(f["lora_adapter"])
+    f["other_tokenizer"] = _model_copy(f, "other_tokenizer", lambda p: llama_tokenizer(300).save_pretrained(p))
     f.update(_round_two_files(root, f))
     return f
 
@@ -540,6 +541,25 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
          "config error"),
     Case("train.kl_to_base with dpo", train("train.kl_to_base=0.1", task="dpo", data="pairs"), BAD_INPUT,
          "train.kl_to_base=0.1 applies to task sft or causal_lm, not dpo", "config error"),
+    Case("dpo.precompute_reference with orpo", train("dpo.precompute_reference=true", task="orpo", data="pairs"),
+         BAD_INPUT, "dpo.precompute_reference=true applies to task dpo (the others have no reference), not orpo",
+         "config error"),
+    Case("dpo.precompute_reference with augmentation",
+         train("dpo.precompute_reference=true", "data.augment.casing_p=0.5", task="dpo", data="pairs"), BAD_INPUT,
+         "augmented pairs change every epoch", "config error"),
+    Case("train.distill.alpha=1.5", train("train.distill.alpha=1.5"), BAD_INPUT,
+         "train.distill.alpha must be in [0, 1]", "config error"),
+    Case("train.distill.temperature=0", train("train.distill.temperature=0"), BAD_INPUT,
+         "train.distill.temperature must be > 0, got 0", "config error"),
+    Case("distillation with dpo", train("train.distill.teacher={llama}", task="dpo", data="pairs"), BAD_INPUT,
+         "distillation applies to task sft or causal_lm (a next-token distribution per training token), not dpo",
+         "config error"),
+    Case("a teacher that does not exist", train("train.distill.teacher={root}/nowhere"), BAD_INPUT,
+         "nowhere': no such model folder, .gguf file or run folder", "config error"),
+    Case("a teacher with another tokenizer", train("train.distill.teacher={other_tokenizer}"), BAD_INPUT,
+         "its tokenizer differs from model.path's (", "config error"),
+    Case("an encoder as the teacher", train("train.distill.teacher={bert}"), BAD_INPUT,
+         "holds a BertModel; a teacher is a causal language model", "config error"),
     Case("bandit mixing of pairs", train("data.mixing=bandit", task="dpo", data="pairs"), BAD_INPUT,
          "data.mixing=bandit learns from each source's token loss; task dpo has one loss per pair", "config error"),
     Case("dpo on an encoder (was a TypeError)", train(task="dpo", data="pairs", model="bert"), BAD_INPUT,

@@ -271,3 +271,39 @@ def test_dpo_trains_end_to_end_and_logs_trls_metrics(files, tmp_path):
     assert last["eval_loss"] < math.log(2) and last["eval_rewards/margins"] > 0  # it learned to prefer
     assert (out / "hf" / "config.json").exists() and (out / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "rewards.png").exists()
+
+
+
+def test_precomputed_reference_log_probs_give_what_the_held_reference_gives(files):
+    """dpo.precompute_reference in full fine-tuning holds no reference copy; its steps' loss and TRL metrics are
+    those of the starting model as the reference, computed here apart: at the first step (policy = reference:
+    ln 2, rewards 0) and after an update (a policy that has moved, scored against the starting model)."""
+    import jaxlm
+    from jaxlm.train.config import load_config
+    from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
+    from jaxlm.train.reference import ReferenceTable
+
+    cfg = load_config(None, [f"model.path={files['llama']}", "task=dpo", "train.batch_size=4", "train.warmup_steps=0",
+                             f"train.seq_len={SEQ_LEN}", "model.lora.rank=0", "train.loss_chunk_tokens=0",
+                             "train.learning_rate=1e-2", "dpo.precompute_reference=true"])
+    encode = PreferenceEncoder(llama_tokenizer(), seq_len=SEQ_LEN).encode
+    batches = [encode([("preference", r) for r in pairs(8)[i:i + 4]]) for i in (0, 4)]
+    model, _ = jaxlm.load_pretrained(files["llama"])
+    engine = build_engine(prepare_model(model, cfg), cfg)
+    assert engine.reference is None  # one model held
+    start = [engine.completion_logps(b) for b in batches]
+    engine.references = ReferenceTable.build(engine.completion_logps, batches, progress=False)
+    objective = Preference("dpo", cfg.dpo.beta)
+    for step, batch in enumerate(batches):
+        logps = engine.completion_logps(batch)  # the policy as this step starts
+        tokens = batch["completion_mask"].sum(-1).astype(np.float32)
+        loss_sum, count, sums = pair_terms(objective, jnp.asarray(logps), jnp.asarray(tokens), start[step])
+        got = jax.device_get(engine.step(batch))
+        np.testing.assert_allclose(got["loss"], loss_sum / count, rtol=1e-5, atol=1e-6)
+        for name, total in sums.items():
+            np.testing.assert_allclose(got[name], total / count, rtol=1e-5, atol=1e-5, err_msg=f"step {step}: {name}")
+        if step == 0:
+            assert abs(got["loss"] - math.log(2)) < 1e-5
+        else:
+            assert abs(got["rewards/margins"]) > 1e-3  # the policy moved away from the reference

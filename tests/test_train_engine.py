@@ -12,10 +12,11 @@ import pytest
 from flax import nnx
 
 import jaxlm
+from jaxlm.compute import losses
 from jaxlm.models.lora import LoRALinear
 from jaxlm.train.config import load_config
 from jaxlm.train.engine import build_engine
-from jaxlm.train.inputs import prepare_model
+from jaxlm.train.inputs import load_teacher, prepare_model
 from jaxlm.train.state import decay_mask, make_schedule
 from train_helpers import write_tiny_llama
 
@@ -140,7 +141,7 @@ def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
     """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands."""
     _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32", lora=lora)
     text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch()),
-                                    engine.reference).as_text()
+                                    engine.reference, engine.teacher).as_text()
     operands = matmul_operand_types(text)
     float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
     assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"
@@ -180,10 +181,24 @@ def test_lora_layers_are_swapped_in_place_for_the_named_targets(llama_dir):
     assert wrapped == [f"layers.{i}.self_attn.{n}" for i in range(2) for n in ("q_proj", "v_proj")]
 
 
-def test_kl_to_base_in_full_fine_tuning_starts_at_zero_and_grows(llama_dir):
-    """train.kl_to_base compares with a frozen copy of the starting weights: 0 before the first update (up to
-    rounding: the differentiated forward pass is fused differently), then more."""
-    _, engine = engine_for(llama_dir, "train.kl_to_base=0.5")
-    assert engine.reference is not None  # full fine-tuning holds the starting weights
-    first, second = (jax.device_get(engine.step(lm_batch(seed))) for seed in (0, 1))
-    assert abs(first["kl_to_base"]) < 1e-6 and second["kl_to_base"] > 1e-4
+def test_kl_to_base_and_distillation_from_the_starting_model_start_at_zero_and_grow(llama_dir):
+    """train.kl_to_base compares with a frozen copy of the starting weights, train.distill (here with the starting
+    model as its own teacher, alpha 0.5) with the teacher held beside them: both KLs are 0 before the first update
+    (up to rounding: the differentiated forward pass is fused differently), so the first loss is half the
+    cross-entropy; then both grow. (With alpha=1 the weights would still move: AdamW decays them, and Adam
+    scales a rounding-sized gradient up to a full step.)"""
+    cfg = load_config(None, [f"model.path={llama_dir}", "task=causal_lm", "train.batch_size=4", "train.seq_len=16",
+                             "train.warmup_steps=0", "train.learning_rate=1e-2", "model.lora.rank=0",
+                             "train.kl_to_base=0.5", f"train.distill.teacher={llama_dir}", "train.distill.alpha=0.5",
+                             "train.distill.temperature=2", "train.loss_chunk_tokens=24"])
+    model, tokenizer = jaxlm.load_pretrained(llama_dir)
+    prepare_model(model, cfg)
+    engine = build_engine(model, cfg, teacher=load_teacher(cfg, model, tokenizer))
+    assert engine.reference is not None and engine.teacher is not None  # full fine-tuning holds both
+    batch = lm_batch(0)
+    cross_entropy = jax.jit(lambda m: losses.loss_terms("causal_lm", m, {k: jnp.asarray(v) for k, v in batch.items()}))(
+        model)
+    first, second = (jax.device_get(engine.step(b)) for b in (batch, lm_batch(1)))
+    assert abs(first["kl_to_base"]) < 1e-6 and abs(first["distill_kl"]) < 1e-6
+    np.testing.assert_allclose(first["loss"], 0.5 * cross_entropy.loss_sum / cross_entropy.count, rtol=1e-5)
+    assert second["kl_to_base"] > 1e-4 and second["distill_kl"] > 1e-4

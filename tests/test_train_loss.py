@@ -135,3 +135,30 @@ def test_kl_to_the_starting_model_is_the_kl_of_the_two_softmaxes_chunked_or_not(
         kl = losses.kl_to_reference(hidden, projects, reference_hidden, projects, weights, chunk_tokens)
         np.testing.assert_allclose(float(kl), expected, rtol=1e-5)
     assert float(losses.kl_to_reference(hidden, projects, hidden, projects, weights, 7)) == 0.0
+
+
+def test_distillation_kl_is_torchs_kl_div_of_the_softened_distributions_chunked_or_not():
+    """train.distill's term: sum over counted tokens of KL(teacher || student) at temperature T, as
+    torch.nn.functional.kl_div(student log-probs, teacher log-probs, log_target=True) computes it."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    hidden, teacher_hidden = (jnp.asarray(rng.normal(size=(3, 10, 8)), jnp.float32) for _ in range(2))
+    weights = jnp.asarray(rng.integers(0, 2, size=(3, 10)), jnp.float32)
+    head = jnp.asarray(rng.normal(size=(8, 40)), jnp.float32)
+    projects = type("Head", (), {"logits": staticmethod(lambda h: h @ head)})
+    temperature = 2.0
+
+    def log_softmax(h):
+        return torch.log_softmax(torch.tensor(np.asarray(h @ head), dtype=torch.float64) / temperature, -1)
+
+    per_token = torch.nn.functional.kl_div(log_softmax(hidden), log_softmax(teacher_hidden), reduction="none",
+                                           log_target=True).sum(-1)
+    expected = float((per_token * torch.tensor(np.asarray(weights), dtype=torch.float64)).sum())
+    for chunk_tokens in (0, 7):  # 7: chunks of 2 positions of all 3 rows, the last one padded
+        kl = losses.distill_kl(hidden, projects, teacher_hidden, projects, weights, chunk_tokens, temperature)
+        np.testing.assert_allclose(float(kl), expected, rtol=1e-5)
+    # the gradient reaches the student only
+    grads = jax.grad(lambda h, t: losses.distill_kl(h, projects, t, projects, weights, 7, temperature),
+                     argnums=(0, 1))(hidden, teacher_hidden)
+    assert float(jnp.abs(grads[0]).max()) > 0 and float(jnp.abs(grads[1]).max()) == 0

@@ -36,7 +36,7 @@ BATCH_KEYS = {
     "grpo": grpo.BATCH_KEYS,  # [completions, seq], advantages [completions] (train/rollout.py makes them)
 }
 # the pipeline's (or the rollout's) dtype where it is not int32
-BATCH_DTYPES = {"loss_mask": "float32", **dict.fromkeys(grpo.FLOAT_KEYS, "float32")}
+BATCH_DTYPES = {"loss_mask": "float32", "reference_logps": "float32", **dict.fromkeys(grpo.FLOAT_KEYS, "float32")}
 
 
 class LossTerms(NamedTuple):
@@ -51,7 +51,7 @@ class LossTerms(NamedTuple):
 def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool = True,
                num_sources: int = 0, count_correct: bool = False,
                objective: preference.Preference | grpo.Grpo | None = None, reference_logps=None,
-               kl=None) -> LossTerms:
+               kl=None, distill=None) -> LossTerms:
     """The loss of one batch, as sums, so accumulation and data parallelism reduce like one big batch.
 
     `chunk_tokens` bounds how many tokens' logits a language-model loss holds at once (0: all).
@@ -62,7 +62,9 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
     and dpo the reference model's `completion_logps` of the batch. `kl` = (reference model, β) adds
     β x KL(model || reference) per counted token to a language-model loss (train.kl_to_base), its sum in
-    `sums["kl_to_base"]`."""
+    `sums["kl_to_base"]`. `distill` = (teacher model, α, T) mixes a language-model loss as (1 - α) x cross-entropy
+    + α x T² x KL(teacher || model) at temperature T per counted token (train.distill), the KL's sum in
+    `sums["distill_kl"]`; the split by source stays the plain cross-entropy."""
     if task == "grpo":
         assert isinstance(objective, grpo.Grpo), "task grpo needs its objective"
         logps = token_logps(model, batch, objective.temperature, chunk_tokens)
@@ -106,12 +108,20 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
         sums = {**(sums or {}),
                 "kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_tokens)}
         extra = extra + beta * sums["kl_to_base"]
+    share = 1.0  # of the cross-entropy in the loss
+    if distill is not None:
+        teacher, alpha, temperature = distill
+        teacher_hidden = jax.lax.stop_gradient(teacher(ids, positions=positions, return_hidden=True, **documents))
+        sums = {**(sums or {}), "distill_kl": distill_kl(hidden, model, teacher_hidden, teacher, weights, chunk_tokens,
+                                                          temperature)}
+        extra = extra + alpha * temperature**2 * sums["distill_kl"]  # T²: the soft targets' gradients scale as 1/T²
+        share = 1.0 - alpha
     if num_sources:
         nll = _token_nll(model.logits(hidden), batch["targets"])
         by_source = source_terms(nll, weights, batch["source_id"], num_sources)
-        return LossTerms(jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source, sums=sums)
+        return LossTerms(share * jnp.sum(nll * weights) + extra, jnp.sum(weights), None, by_source, sums=sums)
     loss_sum = cross_entropy(hidden, model, batch["targets"], weights, chunk_tokens)
-    return LossTerms(loss_sum + extra, jnp.sum(weights), None, sums=sums)
+    return LossTerms(share * loss_sum + extra, jnp.sum(weights), None, sums=sums)
 
 
 def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -167,9 +177,28 @@ def kl_to_reference(hidden, model, reference_hidden, reference, weights, chunk_t
         log_q = jax.lax.stop_gradient(jax.nn.log_softmax(reference.logits(r).astype(jnp.float32), -1))
         return jnp.sum(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1) * w)
 
-    chunks = _chunked((hidden, reference_hidden, weights), chunk_tokens)
+    return _chunked_sum(per_chunk, (hidden, reference_hidden, weights), chunk_tokens)
+
+
+def distill_kl(hidden, model, teacher_hidden, teacher, weights, chunk_tokens: int, temperature: float = 1.0):
+    """Sum over tokens of weights * KL(softmax(teacher logits / T) || softmax(model logits / T)), in float32 (the
+    teacher's distribution first: the student learns to cover it, Hinton et al.'s soft targets); chunked as
+    `kl_to_reference`. No gradient reaches the teacher."""
+
+    def per_chunk(h, t, w):
+        log_q = jax.nn.log_softmax(model.logits(h).astype(jnp.float32) / temperature, -1)
+        log_p = jax.lax.stop_gradient(jax.nn.log_softmax(teacher.logits(t).astype(jnp.float32) / temperature, -1))
+        return jnp.sum(jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1) * w)
+
+    return _chunked_sum(per_chunk, (hidden, teacher_hidden, weights), chunk_tokens)
+
+
+def _chunked_sum(per_chunk, arrays: tuple, chunk_tokens: int):
+    """per_chunk(*arrays) summed a chunk of positions at a time (see `_chunked`), each chunk recomputed backward, so
+    the [tokens, vocab] logits inside per_chunk exist one chunk at a time."""
+    chunks = _chunked(arrays, chunk_tokens)
     if chunks is None:
-        return per_chunk(hidden, reference_hidden, weights)
+        return per_chunk(*arrays)
     checkpointed = jax.checkpoint(per_chunk)
     total, _ = jax.lax.scan(lambda acc, xs: (acc + checkpointed(*xs), None), jnp.zeros((), jnp.float32), chunks)
     return total
@@ -293,9 +322,10 @@ def _fused_backward(grads, g):
 _fused_cross_entropy.defvjp(_fused_forward, _fused_backward)
 
 
-def batch_for(task: str, batch: dict, *, sources: bool = False) -> dict:
-    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source."""
-    keys = (*BATCH_KEYS[task], "source_id") if sources else BATCH_KEYS[task]
+def batch_for(task: str, batch: dict, *, sources: bool = False, reference: bool = False) -> dict:
+    """The arrays of a pipeline batch that the step needs; `source_id` only when it splits the loss by source,
+    `reference_logps` only when the batch carries the reference's log-probs (dpo.precompute_reference)."""
+    keys = (*BATCH_KEYS[task], *(("source_id",) if sources else ()), *(("reference_logps",) if reference else ()))
     missing = [k for k in keys if k not in batch]
     if missing:
         raise KeyError(f"task {task!r}: batch lacks {missing}; it has {sorted(batch)}")

@@ -11,10 +11,12 @@ the loop checks it whenever it syncs, so a bad update never reaches a checkpoint
 Both steps take a `reference` last: the parameters of the starting model where the loss compares with it
 (dpo, train.kl_to_base) and the trainable parameters are more than LoRA adapters (a frozen copy), else None.
 Under LoRA alone the reference is the same parameters with the adapters off (zeros), which costs nothing.
+The train step also takes a `teacher`: the state of the model it distills from (train.distill), else None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import jax
@@ -31,6 +33,16 @@ if TYPE_CHECKING:  # a type hint only: the state is the trainer's, the step is b
     from jaxlm.train.state import TrainState
 
 Objective = Preference | Grpo  # a task's loss constants beyond the token losses
+PRECOMPUTED = "reference_logps"  # a batch's reference log-probs [pairs, 2] when computed before training
+
+
+@dataclasses.dataclass(frozen=True)
+class Distill:
+    """train.distill: the teacher's graph (its state is the step's `teacher` argument) and the loss's constants."""
+
+    graphdef: nnx.GraphDef
+    alpha: float
+    temperature: float
 
 
 def cast_floats(tree, dtype):
@@ -53,23 +65,26 @@ def starting_model(graphdef, params, reference, frozen, rest, compute_dtype):
 def reference_logps(graphdef, objective: Objective | None, params, reference, frozen, rest, batch, compute_dtype,
                     chunk_tokens: int = 0):
     """The starting model's completion log-probs of a preference batch where the objective needs them (dpo),
-    else None; no gradient flows through them."""
+    else None; no gradient flows through them. A batch that carries them (dpo.precompute_reference) is read."""
     if objective is None or not objective.needs_reference:
         return None
+    if PRECOMPUTED in batch:
+        return jax.lax.stop_gradient(batch[PRECOMPUTED])
     model = starting_model(graphdef, params, reference, frozen, rest, compute_dtype)
     return jax.lax.stop_gradient(completion_logps(model, batch, chunk_tokens)[0])
 
 
-def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective, kl_to_base):
+def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, num_sources, objective, kl_to_base,
+             distill: Distill | None):
     """(loss_sum, count, grads, by_source, sums) for one micro-batch; grads have the params' (float32) dtype.
 
     `nnx.value_and_grad` with `DiffState(0, wrt)` differentiates only the trainable variables
     (LoRA adapters, or every Param) and handles the dropout RNG counters' trace levels.
     `by_source` is (loss sums, token counts) per source with `num_sources > 0`, else ();
-    `sums` the metric sums of a preference objective or of `kl_to_base` ({} without either).
+    `sums` the metric sums of a preference objective, of `kl_to_base` or of `distill` ({} without them).
     """
 
-    def grads_of(params, frozen, rest, batch, key, reference):
+    def grads_of(params, frozen, rest, batch, key, reference, teacher):
         before = reference_logps(graphdef, objective, params, reference, frozen, rest, batch, compute_dtype,
                                  chunk_tokens)
         # split here, merged inside the differentiated function: a module of the outer trace could not record
@@ -82,8 +97,11 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 
         def loss(model):
             kl = None if start is None else (nnx.merge(*start), kl_to_base)
+            taught = None if distill is None else \
+                (nnx.merge(distill.graphdef, teacher), distill.alpha, distill.temperature)
             terms = losses.loss_terms(task, model, batch, chunk_tokens=chunk_tokens, packed=packed,
-                                     num_sources=num_sources, objective=objective, reference_logps=before, kl=kl)
+                                     num_sources=num_sources, objective=objective, reference_logps=before, kl=kl,
+                                     distill=taught)
             return terms.loss_sum, (terms.count, terms.by_source, terms.sums or {})
 
         (loss_sum, (count, by_source, sums)), grads = nnx.value_and_grad(
@@ -95,14 +113,16 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
                     chunk_tokens=0, packed=True, num_sources: int = 0, objective: Objective | None = None,
-                    kl_to_base: float = 0.0, compiler_options: dict[str, str] | None = None):
-    """`step(state, frozen, rest, batch, reference) -> (state, metrics)`, jitted with the state donated
+                    kl_to_base: float = 0.0, distill: Distill | None = None,
+                    compiler_options: dict[str, str] | None = None):
+    """`step(state, frozen, rest, batch, reference, teacher) -> (state, metrics)`, jitted with the state donated
     (and with XLA's `compiler_options`, e.g. jaxlm.cpu_flags.train_step_options).
 
-    `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference)
+    `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference, teacher)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...].
     A preference task's `objective` adds its metrics (TRL's names, means over the step's pairs);
-    `kl_to_base > 0` adds β x KL(model || the starting model) per training token and logs `kl_to_base`.
+    `kl_to_base > 0` adds β x KL(model || the starting model) per training token and logs `kl_to_base`;
+    `distill` mixes in KL(teacher || model) at its temperature (the `teacher` argument's state) and logs `distill_kl`.
     `chunk_tokens` bounds the tokens whose logits the loss holds at once (0: the whole batch);
     `packed=False` promises one document per row (see `losses.loss_terms`).
     With `num_sources > 0` the batch carries `source_id` and the metrics add the loss split by
@@ -111,25 +131,26 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
     the token-weighted mean over the step's micro-batches.
     """
     grad_fn = _grad_fn(graphdef, wrt, task, compute_dtype, _has_rng_streams(rest), chunk_tokens, packed,
-                       num_sources, objective, kl_to_base)
+                       num_sources, objective, kl_to_base, distill)
 
-    def step(state: TrainState, frozen, rest, batch, reference):
+    def step(state: TrainState, frozen, rest, batch, reference, teacher):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         if grad_accum == 1:
-            loss_sum, count, grads, by_source, sums = grad_fn(state.params, frozen, rest, batch, key, reference)
+            loss_sum, count, grads, by_source, sums = grad_fn(state.params, frozen, rest, batch, key, reference,
+                                                              teacher)
         else:
             # The inputs ride in the carry, not the closure: nnx refuses variables from an outer trace.
             def micro(carry, xs):
-                (params, frozen_, rest_, reference_), acc = carry
+                (params, frozen_, rest_, reference_, teacher_), acc = carry
                 mb, i = xs
-                out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i), reference_)
-                return ((params, frozen_, rest_, reference_), jax.tree.map(jnp.add, acc, out)), None
+                out = grad_fn(params, frozen_, rest_, mb, jax.random.fold_in(key, i), reference_, teacher_)
+                return ((params, frozen_, rest_, reference_, teacher_), jax.tree.map(jnp.add, acc, out)), None
 
             # The sums start at zeros of one micro-batch's shapes (a mixture's expert load is a matrix).
             first = jax.tree.map(lambda x: x[0], batch)
-            shapes = jax.eval_shape(grad_fn, state.params, frozen, rest, first, key, reference)
+            shapes = jax.eval_shape(grad_fn, state.params, frozen, rest, first, key, reference, teacher)
             zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-            carry = ((state.params, frozen, rest, reference), zeros)
+            carry = ((state.params, frozen, rest, reference, teacher), zeros)
             (_, (loss_sum, count, grads, by_source, sums)), _ = jax.lax.scan(
                 micro, carry, (batch, jnp.arange(grad_accum)))
         count = jnp.maximum(count, 1.0)
@@ -155,15 +176,27 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         metrics.update({k: v / count for k, v in sums.items()})  # per pair (preference tasks) or per token
         return new_state, metrics
 
-    state_sh, frozen_sh, rest_sh, batch_sh, reference_sh = shardings
+    state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh = shardings
     replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh),
+        in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
         compiler_options=compiler_options,
     )
+
+
+def make_completion_logps(graphdef, *, compute_dtype, shardings, chunk_tokens=0):
+    """`logps(params, frozen, rest, batch) -> [pairs, 2]`: the summed completion log-probs of a preference batch
+    under the model as `params` hold it, dropout off (`graphdef` in eval mode), jitted; what
+    dpo.precompute_reference keeps of the starting model."""
+
+    def logps(params, frozen, rest, batch):
+        model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
+        return completion_logps(model, batch, chunk_tokens)[0]
+
+    return jax.jit(logps, in_shardings=shardings)
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True,

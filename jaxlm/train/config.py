@@ -64,6 +64,14 @@ class ModelConfig:
 
 
 @dataclasses.dataclass
+class DistillConfig:
+    # a causal LM with model.path's tokenizer (HF folder, .gguf, or a training run's output folder); "" = off
+    teacher: str = ""
+    alpha: float = 0.5  # loss = (1 - alpha) x cross-entropy + alpha x T² x KL(teacher || model) per token
+    temperature: float = 1.0  # T: both distributions are softened by it (Hinton et al. 2015)
+
+
+@dataclasses.dataclass
 class TrainConfig:
     steps: int = 60
     batch_size: int = 4  # sequences per optimizer step (all devices, all accumulation micro-batches)
@@ -83,6 +91,8 @@ class TrainConfig:
     # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
     # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
     kl_to_base: float = 0.0
+    # sft, causal_lm: learn the teacher's next-token distributions beside the data's tokens (knowledge distillation)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
 
 @dataclasses.dataclass
@@ -129,6 +139,9 @@ class DpoConfig:
     beta: float = 0.1  # how far from the reference (the starting model) the rewards may pull: higher stays closer
     loss: str = "sigmoid"  # sigmoid (DPO) | robust (robust DPO) | hinge (SLiC) | ipo (IPO)
     label_smoothing: float = 0.0  # in [0, 0.5): the share of flipped labels assumed (sigmoid: conservative DPO)
+    # true: the reference's log-probs of every pair computed once before training, so full fine-tuning holds one
+    # model (no frozen copy); false: the reference model is held and runs in every step
+    precompute_reference: bool = False
 
 
 @dataclasses.dataclass
@@ -253,6 +266,12 @@ class Config:
         if d.label_smoothing and d.loss not in ("sigmoid", "robust"):
             raise ConfigError(f"dpo.label_smoothing={d.label_smoothing} applies to dpo.loss sigmoid or robust, "
                               f"not {d.loss}")
+        if d.precompute_reference and self.task != "dpo":
+            raise ConfigError(f"dpo.precompute_reference=true applies to task dpo (the others have no reference), "
+                              f"not {self.task}")
+        if d.precompute_reference and self.data.augment.any_enabled():
+            raise ConfigError("dpo.precompute_reference=true with data.augment: augmented pairs change every epoch, "
+                              "so their reference log-probs cannot be computed before training; turn one of them off")
         _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
         if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
             raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "
@@ -261,9 +280,25 @@ class Config:
         if self.train.kl_to_base > 0 and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("train.kl_to_base with prompt tuning: the starting model has no virtual tokens to "
                               "compare with; set one of them to 0")
+        self._validate_distill()
         if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
             raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
                               "loss per pair: use data.mixing=static or temperature")
+
+    def _validate_distill(self) -> None:
+        d = self.train.distill
+        if not 0 <= d.alpha <= 1:
+            raise ConfigError(f"train.distill.alpha must be in [0, 1] (the share of the distillation term), "
+                              f"got {d.alpha}")
+        _above(0, {"train.distill.temperature": d.temperature})
+        if not d.teacher:
+            return
+        if self.task not in ("sft", "causal_lm"):
+            raise ConfigError(f"train.distill.teacher={d.teacher!r}: distillation applies to task sft or causal_lm "
+                              f"(a next-token distribution per training token), not {self.task}")
+        if self.model.prompt_tuning.num_virtual_tokens > 0:
+            raise ConfigError(f"train.distill.teacher={d.teacher!r} with prompt tuning: the teacher has no virtual "
+                              "tokens, so the two models would read different inputs; set one of them to off")
 
     def _validate_grpo(self) -> None:
         """GRPO's constants and rewards (the python functions are loaded later, before any sampling)."""
@@ -348,6 +383,9 @@ class Config:
             for i, source in enumerate(getattr(self.data, split)):
                 if not source.path.startswith(TFDS_PREFIX) and not os.path.exists(source.path):
                     raise ConfigError(f"data.{split}[{i}].path={source.path!r}: no such file or folder")
+        teacher = self.train.distill.teacher
+        if teacher and not os.path.exists(resolve_path(teacher)):
+            raise ConfigError(f"train.distill.teacher={teacher!r}: no such model folder, .gguf file or run folder")
         check_writable("output_dir", self.output_dir)
         if self.checkpoint.dir and "://" not in self.checkpoint.dir:  # gs://... is checked by its own client
             check_writable("checkpoint.dir", self.checkpoint.dir)

@@ -37,7 +37,6 @@ def _flops(n: float) -> str:
 def abstract_model(cfg: Config):
     """The run's model (task head, LoRA) as shapes only."""
     from jaxlm.hf.load import read_hf_config
-    from jaxlm.models import architecture_for
     from jaxlm.tasks import LABELLED_TASKS
     from jaxlm.train.inputs import configured_labels, head_for, prepare_model
 
@@ -50,10 +49,26 @@ def abstract_model(cfg: Config):
     hf = {**hf, **head["config_overrides"]}
     if head["architecture"]:
         hf["architectures"] = [head["architecture"]]
+    return _abstract(hf, path, jnp.dtype(cfg.model.dtype), lambda model: prepare_model(model, cfg))
+
+
+def abstract_teacher(cfg: Config):
+    """train.distill's teacher as shapes only (None without one): the step holds it beside the model."""
+    from jaxlm.hf.load import read_hf_config
+    from jaxlm.train.inputs import teacher_path
+
+    if not cfg.train.distill.teacher:
+        return None
+    path = teacher_path(cfg)
+    return _abstract(read_hf_config(path), path, jnp.dtype(cfg.model.dtype), lambda model: model.eval() or model)
+
+
+def _abstract(hf: dict, path: str, dtype, prepare):
+    from jaxlm.models import architecture_for
+
     arch = architecture_for(hf, path)
     config = arch.family.config.from_hf(hf)
-    dtype = jnp.dtype(cfg.model.dtype)
-    return nnx.eval_shape(lambda: prepare_model(arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype), cfg))
+    return nnx.eval_shape(lambda: prepare(arch.model_cls(config, rngs=nnx.Rngs(0), param_dtype=dtype)))
 
 
 def dry_run(cfg: Config) -> dict:
@@ -63,14 +78,14 @@ def dry_run(cfg: Config) -> dict:
 
     model = abstract_model(cfg)
     began = time.perf_counter()
-    compiled = lower_train_step(model, cfg).compile()
+    compiled = lower_train_step(model, cfg, teacher=abstract_teacher(cfg)).compile()
     seconds = time.perf_counter() - began
     memory = compiled.memory_analysis()
     assert memory is not None  # XLA's CPU, GPU and TPU backends all report it
     cost = compiled.cost_analysis()
     if cfg.model.scan_layers:  # XLA counts a loop body once: count FLOPs on the unrolled twin (lowered only)
         twin = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
-        cost = lower_train_step(abstract_model(twin), twin).cost_analysis()
+        cost = lower_train_step(abstract_model(twin), twin, teacher=abstract_teacher(twin)).cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one dict per device program
     figures = {
         "arguments": memory.argument_size_in_bytes,

@@ -20,7 +20,7 @@ from jaxlm import cpu_flags
 from jaxlm.compute import losses, sharding
 from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.preference import Preference
-from jaxlm.compute.step import make_eval_step, make_train_step
+from jaxlm.compute.step import PRECOMPUTED, Distill, make_completion_logps, make_eval_step, make_train_step
 from jaxlm.errors import ConfigError
 from jaxlm.models.lora import lora_experts, lora_modules
 from jaxlm.models.prompt_tuning import VirtualTokens
@@ -29,6 +29,7 @@ from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
 from jaxlm.tasks import LABELLED_TASKS, PREFERENCE_TASKS
 from jaxlm.train.config import Config
+from jaxlm.train.reference import ReferenceTable
 from jaxlm.train.state import TrainState, init_state, make_optimizer, make_schedule
 
 
@@ -93,11 +94,17 @@ def reference_copy(cfg: Config, objective: Preference | Grpo | None, trainable: 
     the starting model (dpo, grpo.beta, train.kl_to_base) and more than LoRA adapters train; None (nothing held:
     adapters off) otherwise."""
     grpo_kl = cfg.task == "grpo" and cfg.grpo.beta > 0
+    if precomputes_reference(cfg):  # the batches carry the reference's log-probs: no model held for them
+        return None
     if not (objective is not None and objective.needs_reference or cfg.train.kl_to_base > 0 or grpo_kl):
         return None
     if all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(trainable)):
         return None
     return trainable
+
+
+def precomputes_reference(cfg: Config) -> bool:
+    return cfg.task == "dpo" and cfg.dpo.precompute_reference
 
 
 def check_trainable(model, cfg: Config, wrt) -> None:
@@ -128,16 +135,24 @@ class Engine:
     state_sharding: TrainState  # of NamedShardings: the state's layout
     batch_sharding: jax.sharding.NamedSharding
     eval_sharding: jax.sharding.NamedSharding
-    # jitted (state, frozen, rest, batch, reference) -> (state, metrics), state donated; compiled by `compile`
+    # jitted (state, frozen, rest, batch, reference, teacher) -> (state, metrics), state donated; see `compile`
     train_step: jax.stages.Wrapped | jax.stages.Compiled
     # jitted (params, frozen, rest, batch, reference) -> (loss_sum, count, correct, predictions, sums)
     eval_step: jax.stages.Wrapped
     schedule: optax.Schedule
     num_sources: int = 0  # > 0: the step also returns the loss split by source (bandit mixing reads it)
+    teacher: nnx.State | None = None  # train.distill: the teacher's state (compute dtype), never trained
+    # dpo.precompute_reference: jitted (params, frozen, rest, batch) -> [pairs, 2] completion log-probs, and the
+    # table of the starting model's that `put` attaches to every batch (train/reference.py; set by `prepare`)
+    logps_step: jax.stages.Wrapped | None = None
+    references: ReferenceTable | None = None
 
     def put(self, batch: dict, *, eval: bool = False) -> dict:
         """Host numpy batch -> global device arrays laid out for the step (split into micro-batches)."""
-        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval)
+        if self.references is not None:
+            batch = self.references.attach(batch)
+        arrays = losses.batch_for(self.cfg.task, batch, sources=self.num_sources > 0 and not eval,
+                                  reference=self.references is not None)
         accum = 1 if eval else self.cfg.train.grad_accum
         if accum > 1:
             arrays = {k: v.reshape(accum, -1, *v.shape[1:]) for k, v in arrays.items()}
@@ -146,16 +161,29 @@ class Engine:
 
     def step(self, batch: dict) -> dict:
         """One optimizer step on a host batch (updates self.state); metrics stay on device."""
-        self.state, metrics = self.train_step(self.state, self.frozen, self.rest, self.put(batch), self.reference)
+        self.state, metrics = self.train_step(self.state, self.frozen, self.rest, self.put(batch), self.reference,
+                                              self.teacher)
         return metrics
 
     def compile(self, batch: dict) -> None:
         """Ahead-of-time compile the train step for this batch shape (separates compile time)."""
         jitted = cast(jax.stages.Wrapped, self.train_step)
-        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch), self.reference).compile()
+        self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch), self.reference,
+                                       self.teacher).compile()
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True), self.reference)
+
+    def completion_logps(self, batch: dict) -> np.ndarray:
+        """This process's rows of the summed completion log-probs [pairs, 2] of a preference batch under the current
+        parameters (dropout off); every process takes part."""
+        assert self.logps_step is not None, "the engine was built without dpo.precompute_reference"
+        logps = self.logps_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True))
+        if jax.process_count() == 1:
+            return np.asarray(logps)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.global_array_to_host_local_array(logps, self.mesh, self.eval_sharding.spec))
 
     def update_model(self, model) -> None:
         """Write the trained parameters back into `model` (for export or generation)."""
@@ -182,9 +210,12 @@ class _StepSetup:
     train_step: jax.stages.Wrapped
     eval_step: jax.stages.Wrapped
     num_sources: int
+    teacher: nnx.State | None  # train.distill: the teacher's state, in the compute dtype
+    teacher_sharding: nnx.State | None  # of NamedShardings
+    logps_step: jax.stages.Wrapped | None  # dpo.precompute_reference (see Engine)
 
 
-def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetup:
+def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None, teacher=None) -> _StepSetup:
     t = cfg.train
     mesh = mesh or sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.expert)
     sharding.check_batch(t.batch_size, t.grad_accum, mesh)
@@ -209,22 +240,32 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None) -> _StepSetu
     objective = task_objective(cfg)
     reference = reference_copy(cfg, objective, trainable)
     reference_sh = None if reference is None else state_sh.params
+    distill, teacher_state, teacher_sh = None, None, None
+    if teacher is not None:  # held like the frozen weights: sharded as they are, in the compute dtype, never trained
+        teacher_graphdef, teacher_state = nnx.split(teacher)
+        teacher_sh = sharding.state_shardings(teacher_state, mesh)
+        teacher_state = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), teacher_state)
+        distill = Distill(teacher_graphdef, t.distill.alpha, t.distill.temperature)
     train_step = make_train_step(graphdef, wrt, rest, tx, schedule, task=cfg.task, compute_dtype=dtype,
                                  grad_accum=t.grad_accum,
-                                 shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh),
+                                 shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
                                  chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources,
-                                 objective=objective, kl_to_base=t.kl_to_base,
+                                 objective=objective, kl_to_base=t.kl_to_base, distill=distill,
                                  compiler_options=cpu_flags.train_step_options(cfg.model.remat,
                                                                                mesh.devices.flat[0].platform))
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh, reference_sh),
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, objective=objective)
+    logps_step = make_completion_logps(eval_graphdef, compute_dtype=dtype, chunk_tokens=t.loss_chunk_tokens,
+                                       shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh)) \
+        if precomputes_reference(cfg) else None
     # Frozen weights (and the reference) are only read: keep them in the compute dtype instead of casting every step.
     frozen = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), frozen)
     if reference is not None:
         reference = jax.tree.map(lambda x: _compute_dtype_like(x, dtype), reference)
     return _StepSetup(mesh, tx, schedule, trainable, frozen, rest, reference, state_sh, frozen_sh, rest_sh,
-                      reference_sh, batch_sh, eval_sh, train_step, eval_step, num_sources)
+                      reference_sh, batch_sh, eval_sh, train_step, eval_step, num_sources, teacher_state, teacher_sh,
+                      logps_step)
 
 
 def _compute_dtype_like(x, dtype):
@@ -235,8 +276,9 @@ def _compute_dtype_like(x, dtype):
     return x.astype(dtype)
 
 
-def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> Engine:
-    p = _step_setup(model, cfg, mesh)
+def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None, teacher=None) -> Engine:
+    """The engine for `model` (LoRA etc. applied) under `cfg`; `teacher` is train.distill's model (`load_teacher`)."""
+    p = _step_setup(model, cfg, mesh, teacher)
     frozen, rest = sharding.place(p.frozen, p.frozen_sharding), sharding.place(p.rest, p.rest_sharding)
     # the model's own arrays, never donated (the state below is made anew), so the reference holds no copy of its own
     reference = None if p.reference is None else sharding.place(p.reference, p.reference_sharding)
@@ -244,14 +286,16 @@ def build_engine(model, cfg: Config, mesh: jax.sharding.Mesh | None = None) -> E
     trainable = sharding.place(p.trainable, p.state_sharding.params)
     seed = cfg.train.seed
     state = jax.jit(lambda x: init_state(x, p.tx, seed), out_shardings=p.state_sharding)(trainable)
+    teacher_state = None if p.teacher is None else sharding.place(p.teacher, p.teacher_sharding)
     return Engine(cfg, p.mesh, state, frozen, rest, reference, p.state_sharding, p.batch_sharding, p.eval_sharding,
-                  p.train_step, p.eval_step, p.schedule, p.num_sources)
+                  p.train_step, p.eval_step, p.schedule, p.num_sources, teacher_state, p.logps_step)
 
 
-def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
-    """The train step lowered for `cfg`'s batch on abstract arguments: no array is made, so `model`
-    may come from `nnx.eval_shape`. `.compile()` it for XLA's memory and cost analyses (--dry-run)."""
-    p = _step_setup(model, cfg, mesh)
+def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None, teacher=None):
+    """The train step lowered for `cfg`'s batch on abstract arguments: no array is made, so `model` (and
+    train.distill's `teacher`) may come from `nnx.eval_shape`. `.compile()` it for XLA's memory and cost analyses
+    (--dry-run)."""
+    p = _step_setup(model, cfg, mesh, teacher)
 
     def abstract(tree, shardings):
         return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
@@ -262,9 +306,12 @@ def lower_train_step(model, cfg: Config, mesh: jax.sharding.Mesh | None = None):
     size = t.batch_size * (cfg.grpo.group_size if cfg.task == "grpo" else 1)  # grpo: completions, not prompts
     rows = (t.grad_accum, size // t.grad_accum) if t.grad_accum > 1 else (size,)
     shape = (*rows, *((2,) if cfg.task in PREFERENCE_TASKS else ()), t.seq_len)  # a pair: chosen and rejected
-    batch = {k: jax.ShapeDtypeStruct(rows if k == "advantages" else shape, losses.BATCH_DTYPES.get(k, np.int32),
+    shapes = {"advantages": rows, PRECOMPUTED: (*rows, 2)}  # per completion; per pair: chosen and rejected
+    batch = {k: jax.ShapeDtypeStruct(shapes.get(k, shape), losses.BATCH_DTYPES.get(k, np.int32),
                                      sharding=p.batch_sharding)
-             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()))}
+             for k in (*losses.BATCH_KEYS[cfg.task], *(("source_id",) if p.num_sources else ()),
+                       *((PRECOMPUTED,) if precomputes_reference(cfg) else ()))}
     reference = None if p.reference is None else abstract(p.reference, p.reference_sharding)
+    teacher_state = None if p.teacher is None else abstract(p.teacher, p.teacher_sharding)
     return p.train_step.lower(state, abstract(p.frozen, p.frozen_sharding), abstract(p.rest, p.rest_sharding), batch,
-                              reference)
+                              reference, teacher_state)

@@ -34,6 +34,50 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
     return prepare_model(model, cfg), tokenizer
 
 
+def teacher_path(cfg: Config) -> str:
+    """train.distill.teacher as a path to load: a training run's output folder stands for its exported hf/."""
+    from jaxlm.convert import run_export
+
+    return run_export(resolve_path(cfg.train.distill.teacher))
+
+
+def load_teacher(cfg: Config, student, tokenizer):
+    """train.distill's teacher, loaded once and never trained (None when distillation is off). ConfigError naming
+    train.distill.teacher when it is not a causal LM, or when its tokenizer or its vocabulary differs from the
+    student's: the loss compares the two next-token distributions id by id."""
+    from jaxlm.hf.load import load_pretrained
+    from jaxlm.models.contract import is_causal_lm
+
+    given = cfg.train.distill.teacher
+    if not given:
+        return None
+    key = f"train.distill.teacher={given!r}"
+    teacher, teacher_tokenizer = load_pretrained(teacher_path(cfg), jnp.dtype(cfg.model.dtype))  # errors name the file
+    if not is_causal_lm(teacher):
+        raise ConfigError(f"{key} holds a {type(teacher).__name__}; a teacher is a causal language model")
+    if teacher_tokenizer is None:
+        raise ConfigError(f"{key}: no tokenizer files next to the weights, so it cannot be checked against "
+                          "model.path's (distillation needs the same tokens)")
+    differs = tokenizer_difference(tokenizer.get_vocab(), teacher_tokenizer.get_vocab())
+    sizes = (student.config.vocab_size, teacher.config.vocab_size)
+    if not differs and sizes[0] != sizes[1]:
+        differs = f"its output layer has {sizes[1]} logits, the student's {sizes[0]}"
+    if differs:
+        raise ConfigError(f"{key}: its tokenizer differs from model.path's ({differs}); distillation compares "
+                          "the two models' next-token distributions token by token, so both need one tokenizer")
+    return teacher
+
+
+def tokenizer_difference(student: dict, teacher: dict) -> str:
+    """How two vocabularies (token -> id) differ, in words; "" when they are the same."""
+    if len(student) != len(teacher):
+        return f"{len(teacher)} tokens, the student's {len(student)}"
+    for token, index in sorted(student.items(), key=lambda item: item[1]):
+        if teacher.get(token) != index:
+            return f"token {token!r} is id {index} in the student's, {teacher.get(token)} in the teacher's"
+    return ""
+
+
 def head_for(cfg: Config, label_names: list[str] | None, hf_config: dict, source: str) -> dict:
     """`load_pretrained` arguments: `model.config_overrides`, plus for a labelled task the class of the
     model's family with that task's head (its registry row's `head_tasks`), made for `label_names`."""
@@ -138,6 +182,18 @@ def build_pipelines(cfg: Config, tokenizer, label_names: list[str] | None = None
     evaluation = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="eval", **common)
     test = build_from_config(cfg.data, tokenizer, batch_size=micro // processes, split="test", **common)
     return train, evaluation, test
+
+
+def training_pairs_once(cfg: Config, tokenizer):
+    """The training records once, in order, unaugmented, in micro-batches (dpo.precompute_reference reads every
+    pair the run can see)."""
+    from jaxlm.data import build_from_config
+
+    pipeline = build_from_config(cfg.data, tokenizer, task=cfg.task, seq_len=cfg.train.seq_len, seed=cfg.train.seed,
+                                 batch_size=cfg.train.batch_size // cfg.train.grad_accum // jax.process_count(),
+                                 split="train", repeat=False)
+    assert pipeline is not None  # a config always has training data
+    return iter(pipeline)
 
 
 NOTHING_COUNTS = {"loss_mask": 0, "labels": IGNORE_LABEL, "source_id": -1}  # padding: no loss, no label, no source

@@ -9,6 +9,7 @@ evaluations and checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from jaxlm.tasks import LABELLED_TASKS
 from jaxlm.train import report, score_cache
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
-from jaxlm.train.engine import Engine, build_engine, trainable_filter
+from jaxlm.train.engine import Engine, build_engine, precomputes_reference, trainable_filter
 from jaxlm.train.export import write_exports
 from jaxlm.train.inputs import (
     build_pipelines,
@@ -36,12 +37,15 @@ from jaxlm.train.inputs import (
     first_batches,
     held_out_prompts,
     load_model,
+    load_teacher,
     load_tokenizer,
     output_paths,
     padded_to,
+    training_pairs_once,
 )
 from jaxlm.train.metrics import MetricsLogger, plot_experts, plot_loss_curve, plot_mixing, plot_rewards, read_metrics
 from jaxlm.train.overrides import flat
+from jaxlm.train.reference import ReferenceTable
 from jaxlm.train.rollout import Rollouts
 from jaxlm.train.state import count_params
 
@@ -125,7 +129,10 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     checkpointer = Checkpointer(paths["checkpoints"], keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
     resume_step = checkpointer.latest_step()
     prompts = held_out_prompts(cfg.data, cfg.eval.sample_prompts) if cfg.task == "sft" else []
-    engine = build_engine(model, cfg)
+    engine = build_engine(model, cfg, teacher=load_teacher(cfg, model, tokenizer))
+    if precomputes_reference(cfg):  # before any checkpoint is restored: the engine holds the starting weights
+        engine.references = reference_table(cfg, engine, tokenizer, eval_batches + test_batches, progress)
+        _say(progress, f"reference log-probs of {len(engine.references):,} pairs computed (dpo.precompute_reference)")
     before = None
     score_key = score_cache.key_for(cfg, test_batches, prompts) if resume_step is None else None
     if resume_step is None and writer:
@@ -141,6 +148,16 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
                rollouts, score_key)
 
 
+def reference_table(cfg: Config, engine: Engine, tokenizer, held_out: list[dict], progress: bool) -> ReferenceTable:
+    """dpo.precompute_reference: the starting model's log-probs of every training pair (one pass, in order) and of
+    the eval and test batches. Several processes pad their passes to one count, as evaluation does."""
+    batches = itertools.chain(training_pairs_once(cfg, tokenizer), held_out)
+    if jax.process_count() > 1:  # every process runs every jitted forward
+        listed = list(batches)
+        batches = padded_to(listed, distributed.common_count(len(listed)))
+    return ReferenceTable.build(engine.completion_logps, batches, progress=progress)
+
+
 def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
     """`data.mixing=bandit`: the policy that learns the mixture from the per-source training loss."""
     if cfg.data.mixing != "bandit":
@@ -153,13 +170,14 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
 
 # Keys a rerun into a run's output_dir may change: how far it goes (train.steps extends it), what it measures
 # and logs (eval.*, data.eval, data.test), how often and where it saves, the optimizer's hyperparameters, and
-# how the same computation runs on this machine (mesh, micro-batches, dtypes of the compute, kernels). Any
+# how the same computation runs on this machine (mesh, micro-batches, dtypes of the compute, kernels, a DPO
+# reference held or precomputed). Any
 # other key changes what the checkpoints hold or mean (the model and its dtype, adapters, prompt tuning,
 # trained parameters, task and head, training data and its position, batch, seed, optimizer state layout).
 RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
              "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
-             "train.grad_accum", "eval.", "data.eval", "data.test", "checkpoint.", "mesh.", "model.attention",
-             "model.remat", "export.")
+             "train.grad_accum", "dpo.precompute_reference", "eval.", "data.eval", "data.test", "checkpoint.", "mesh.",
+             "model.attention", "model.remat", "export.")
 
 
 def check_same_run(cfg: Config, paths: dict) -> None:
