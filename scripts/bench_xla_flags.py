@@ -58,7 +58,7 @@ def compare(mode: str, names: list[str], args) -> list[str]:
             engine = build_engine(model, cfg)
             data = [engine.put(b) for b in rows]
             built[tuple(extra)] = engine, data, engine.train_step.lower(engine.state, engine.frozen, engine.rest,
-                                                                       data[0], engine.reference)
+                                                                       data[0], engine.reference, engine.teacher)
         return built[tuple(extra)]
 
     compiled, temps, checks, states, runs = {}, {}, {}, {}, {}
@@ -69,8 +69,8 @@ def compare(mode: str, names: list[str], args) -> list[str]:
         temps[name] = compiled[name].memory_analysis().temp_size_in_bytes / 2**20
         print(f"  {mode} {name}: compiled in {time.perf_counter() - began:.0f}s", file=sys.stderr, flush=True)
         fixed = (engine.frozen, engine.rest)
-        runs[name] = lambda state, batch, name=name, fixed=fixed, reference=engine.reference: compiled[name](
-            state, *fixed, batch, reference)
+        runs[name] = lambda state, batch, name=name, fixed=fixed, last=(engine.reference, engine.teacher): compiled[
+            name](state, *fixed, batch, *last)
         # one step from the same state: the numbers must not change (beyond rounding, for a dtype setting)
         states[name], metrics = runs[name](jax.tree.map(jnp.copy, engine.state), data[0])
         checks[name] = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -103,7 +103,7 @@ def main():
                         help=f"comma-separated, the first is the baseline; of: {', '.join(SETTINGS)}")
     parser.add_argument("--modes", default="full,lora")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per setting")
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m", help="a model with weights: smollm2-135m or a PATH")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a jaxlm config override")
