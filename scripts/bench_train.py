@@ -158,7 +158,8 @@ def run_jaxlm(case: dict) -> dict:
     stats = device.memory_stats() if device.platform == "gpu" else None
     memory = stats["peak_bytes_in_use"] / 2**30 if stats else peak_rss_gib()
     return {"tokens_per_s": case["steps"] * b * t / seconds, "compile_s": compile_s, "memory_gib": memory,
-            "n_params": n_params, "first_loss": first_loss, "device": device.device_kind}
+            "n_params": n_params, "first_loss": first_loss,
+            "last_loss": float(metrics["loss"]), "device": device.device_kind}
 
 
 def run_torch(case: dict, compiled: bool) -> dict:

@@ -47,13 +47,16 @@ def test_dry_run_names_a_missing_model_and_exits_2(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-def test_remat_shows_as_less_temporary_memory_and_more_flops(llama_dir, tmp_path, capsys):
+# Unrolled layers save less than scanned ones, but they save: remat compiles with XLA:CPU's memory-optimised
+# schedule (jaxlm/cpu_flags.py); with the default one, remat=full saved nothing here (0.95 of none's temporaries).
+@pytest.mark.parametrize("scan_layers, at_most", [("true", 0.75), ("false", 0.92)])
+def test_remat_shows_as_less_temporary_memory_and_more_flops(llama_dir, tmp_path, capsys, scan_layers, at_most):
     figures = {}
     for remat in ("none", "full"):
-        code, text = dry_run(llama_dir, tmp_path / "run", "model.lora.rank=0", "model.scan_layers=true",
+        code, text = dry_run(llama_dir, tmp_path / "run", "model.lora.rank=0", f"model.scan_layers={scan_layers}",
                              f"model.remat={remat}", capsys=capsys)
-        assert code == 0 and "unrolled twin" in text
+        assert code == 0 and ("unrolled twin" in text) == (scan_layers == "true")
         flops = float(re.search(r"FLOPs per step: ([\d.]+) MFLOP", text).group(1))
         figures[remat] = figure(text, "temporaries"), flops
-    assert figures["full"][0] < 0.75 * figures["none"][0]  # activations are recomputed, not stored
+    assert figures["full"][0] < at_most * figures["none"][0]  # activations are recomputed, not stored
     assert figures["full"][1] > figures["none"][1]  # ... which costs a second forward pass

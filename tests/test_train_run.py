@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -12,9 +13,11 @@ import torch
 import transformers
 
 import jaxlm.eval
-from jaxlm.train import TrainingError, train
+from jaxlm.train import TrainingError, report, train
+from jaxlm.train import run as run_module
 from jaxlm.train.__main__ import main
 from jaxlm.train.checkpointing import Checkpointer
+from jaxlm.train.loop import close, prepare, start
 from jaxlm.train.metrics import read_metrics
 from train_helpers import (
     tiny_config,
@@ -44,7 +47,8 @@ def lora_sft_run(files, tmp_path_factory):
     cfg = tiny_config(tmp, files["llama"], "sft", [chats], "model.lora.rank=4", "model.lora.alpha=8",
                       "train.steps=12", "eval.every=4", "checkpoint.every=4", "checkpoint.keep=1",
                       "eval.sample_prompts=2", "eval.sample_tokens=4", "train.learning_rate=0.02",
-                      "export.gguf=f32", f"data.test=[{files['sft']}]", "eval.test_steps=3")
+                      "export.gguf=f32", f"data.test=[{files['sft']}]", "eval.test_steps=3",
+                      f"eval.score_cache={tmp / 'score_cache'}")
     return cfg, train(cfg, progress=False)
 
 
@@ -120,6 +124,7 @@ def test_samples_score_the_answers_and_the_general_prompts_before_and_after(lora
                                         "after": test["after"]["loss"]}
     assert losses["data.eval loss"]["after"] == result.eval_losses[-1][1]
     assert f"| held-out | data.test loss | {test['before']['loss']:.3f} | {test['after']['loss']:.3f} |" in markdown
+    assert f"score {test['after']['tokens']:,} tokens: the first 3 batches of data.test (eval.test_steps=3)" in markdown
 
 
 def test_the_test_split_is_scored_before_and_after_training(lora_sft_run):
@@ -131,6 +136,30 @@ def test_the_test_split_is_scored_before_and_after_training(lora_sft_run):
     assert after["perplexity"] == pytest.approx(np.exp(after["loss"]), rel=1e-6)
     assert before["tokens"] == after["tokens"] > 0  # the same test batches both times
     assert {"rouge_l", "bleu", "chrf", "exact_match"} <= set(after["answers"]) and "general" in after
+
+
+def test_a_second_run_from_the_same_base_takes_its_step_0_scores_from_the_cache(lora_sft_run, tmp_path,
+                                                                                monkeypatch):
+    cfg, _ = lora_sft_run
+    first = json.loads(Path(os.path.join(cfg.output_dir, "test_metrics.json")).read_text())["before"]
+    first_samples = json.loads(Path(os.path.join(cfg.output_dir, "samples.json")).read_text())
+    again = dataclasses.replace(cfg, output_dir=str(tmp_path / "again"))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the step-0 scores were computed again")
+
+    monkeypatch.setattr(report, "sample", fail)
+    monkeypatch.setattr(run_module, "score", fail)  # data.test's scoring; the eval loss is scored by the loop's
+    run = prepare(again, progress=False)
+    try:
+        start(run)
+    finally:
+        close(run)
+    cached = json.loads(Path(again.output_dir, "test_metrics.json").read_text())["before"]
+    assert cached == {k: v for k, v in first.items() if k not in ("answers", "general")}  # those come from samples
+    samples = json.loads(Path(again.output_dir, "samples.json").read_text())
+    assert [p["before"] for p in samples["prompts"]] == [p["before"] for p in first_samples["prompts"]]
+    assert samples["scores"]["before"] == first_samples["scores"]["before"]
 
 
 def test_checkpoints_keep_the_latest_and_the_best(lora_sft_run):

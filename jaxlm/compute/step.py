@@ -113,8 +113,10 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
                     chunk_tokens=0, packed=True, num_sources: int = 0, objective: Objective | None = None,
-                    kl_to_base: float = 0.0, distill: Distill | None = None):
-    """`step(state, frozen, rest, batch, reference, teacher) -> (state, metrics)`, jitted with the state donated.
+                    kl_to_base: float = 0.0, distill: Distill | None = None,
+                    compiler_options: dict[str, str] | None = None):
+    """`step(state, frozen, rest, batch, reference, teacher) -> (state, metrics)`, jitted with the state donated
+    (and with XLA's `compiler_options`, e.g. jaxlm.cpu_flags.train_step_options).
 
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference, teacher)
     NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...].
@@ -181,6 +183,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
+        compiler_options=compiler_options,
     )
 
 

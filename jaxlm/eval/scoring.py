@@ -101,4 +101,4 @@ def batch_evaluator(model, task: str, compute_dtype: str = "float32") -> Callabl
 def headline(scores: dict, prefix: str = "") -> dict[str, float]:
     """The scalar scores (no reports, matrices or counts), keys prefixed: what a metrics log records."""
     return {f"{prefix}{k}": float(v) for k, v in scores.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("tokens", "examples")}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("tokens", "examples", "batches")}

@@ -104,6 +104,9 @@ class EvalConfig:
     sample_tokens: int = 32  # the length limit of those answers
     general_prompts: bool = True  # sft/causal_lm: also answer jaxlm's general prompts, scored for degeneration
     test_steps: int = 0  # data.test batches scored at step 0 and at the end (0 = all of them)
+    # A folder ("" = none) keeping the untrained model's step-0 scores (data.test, sample answers) by model files,
+    # data and settings: the next run from the same base on the same data skips them (train/score_cache.py).
+    score_cache: str = ""
 
 
 @dataclasses.dataclass

@@ -197,13 +197,23 @@ def training_pairs_once(cfg: Config, tokenizer):
     return iter(pipeline)
 
 
+NOTHING_COUNTS = {"loss_mask": 0, "labels": IGNORE_LABEL, "source_id": -1}  # padding: no loss, no label, no source
+
+
 def padded_to(batches: list[dict], count: int) -> list[dict]:
     """`batches`, then batches like the first in which nothing counts, up to `count` in all."""
     if len(batches) >= count:
         return batches
-    fill = {"loss_mask": 0, "labels": IGNORE_LABEL, "source_id": -1}
-    empty = {k: np.full_like(v, fill.get(k, 0)) for k, v in batches[0].items()}
+    empty = {k: np.full_like(v, NOTHING_COUNTS.get(k, 0)) for k, v in batches[0].items()}
     return batches + [empty] * (count - len(batches))
+
+
+def full_rows(batches: list[dict]) -> list[dict]:
+    """A short last batch filled up with rows in which nothing counts: every batch has the first's shape, so
+    the eval step compiles once (a second shape would cost a second compilation, at every scoring)."""
+    rows = len(next(iter(batches[0].values()))) if batches else 0
+    return [{k: np.concatenate([v, np.full((rows - len(v), *v.shape[1:]), NOTHING_COUNTS.get(k, 0), v.dtype)])
+             for k, v in b.items()} if len(next(iter(b.values()))) < rows else b for b in batches]
 
 
 def first_batches(pipeline, count: int) -> list[dict]:
@@ -214,7 +224,7 @@ def first_batches(pipeline, count: int) -> list[dict]:
     if not batches:
         raise UserError(f"the evaluation data ({', '.join(pipeline.source_names)}) gives no batch: each record needs "
                         "2 or more tokens; are its records empty?")
-    return batches
+    return full_rows(batches)
 
 
 def held_out_prompts(data: DataConfig, count: int) -> list[dict]:

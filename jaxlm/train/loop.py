@@ -61,6 +61,7 @@ from jaxlm.train.run import (
     resume,
     sample_after,
     score,
+    score_test_before,
     write_report,
     write_test_before,
 )
@@ -150,7 +151,7 @@ def start(run: Run) -> LoopState:
     if run.eval_batches:
         record_eval(run, state)
     if run.test_batches:
-        scores = score(run, "test")  # every process takes part; process 0 writes
+        scores = score_test_before(run)  # every process takes part; process 0 writes
         if run.writer:
             write_test_before(run, scores)
     return state

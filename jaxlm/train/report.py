@@ -38,9 +38,10 @@ def sample(model, tokenizer, prompts: list[dict], max_new_tokens: int, *, genera
 
 
 def write_samples(path: str, prompts: list[dict], before: dict | None, after: dict | None, step: int | None,
-                  losses: Sequence[tuple[str, float, float]] = ()) -> None:
+                  losses: Sequence[tuple[str, float, float]] = (), test_scope: str = "") -> None:
     """samples.json (everything) and samples.md (a scores table, then each answer before and after).
-    `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers."""
+    `losses`: (what, before, after) of the held-out data, so one table shows the loss and the answers;
+    `test_scope`: a sentence saying what the data.test lines were scored on."""
     sides = {"before": before or {}, "after": after or {}}
     rows = [{"prompt": p["messages"][-1]["content"], "reference": p["reference"],
              **{side: s["answers"][i] if s else None for side, s in sides.items()}} for i, p in enumerate(prompts)]
@@ -51,7 +52,7 @@ def write_samples(path: str, prompts: list[dict], before: dict | None, after: di
                    "losses": [{"score": k, "before": b, "after": a} for k, b, a in losses]},
                   f, indent=2, ensure_ascii=False)
     with open(os.path.splitext(path)[0] + ".md", "w", encoding="utf-8") as f:
-        f.write(_markdown(rows, general, scores, step, losses))
+        f.write(_markdown(rows, general, scores, step, losses, test_scope))
 
 
 def read_samples(path: str) -> dict | None:
@@ -90,11 +91,12 @@ SCORE_LINES = (  # (group, key, what it means) for the table of samples.md
 )
 
 
-def _markdown(rows, general, scores, step, losses=()) -> str:
+def _markdown(rows, general, scores, step, losses=(), test_scope="") -> str:
     out = ["# Answers before and after training\n",
            f"Greedy answers at step 0 and at step {step if step is not None else '(not finished)'}. "
            "*Held-out* questions are scored against their reference answers; *general* prompts (outside the "
-           "training data, `jaxlm/eval/general_prompts.json`) check that the model still answers at all.\n",
+           "training data, `jaxlm/eval/general_prompts.json`) check that the model still answers at all."
+           + (f" {test_scope}" if test_scope else "") + "\n",
            "| prompts | score | before | after |", "|---|---|---|---|"]
     out += [f"| held-out | {what} | {b:.3f} | {a:.3f} |" for what, b, a in losses]
     for group, key, label in SCORE_LINES:

@@ -26,7 +26,7 @@ from jaxlm.compute.rewards import build_rewards
 from jaxlm.errors import warn
 from jaxlm.models.contract import is_causal_lm
 from jaxlm.tasks import LABELLED_TASKS
-from jaxlm.train import report
+from jaxlm.train import report, score_cache
 from jaxlm.train.checkpointing import Checkpointer
 from jaxlm.train.config import Config, ConfigError, resolve_path, to_dict
 from jaxlm.train.engine import Engine, build_engine, precomputes_reference, trainable_filter
@@ -97,6 +97,7 @@ class Run:
     hooks: tuple[SyncHook, ...]
     writer: bool  # this process writes the files a person reads (process 0 of a multi-process run)
     rollouts: Rollouts | None = None  # task grpo: samples and scores each step's completions
+    score_key: str | None = None  # the step-0 scores' entry in eval.score_cache (None: no cache, or resumed)
 
 
 def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> Run:
@@ -135,8 +136,9 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
         engine.references = reference_table(cfg, engine, tokenizer, eval_batches + test_batches, progress)
         _say(progress, f"reference log-probs of {len(engine.references):,} pairs computed (dpo.precompute_reference)")
     before = None
+    score_key = score_cache.key_for(cfg, test_batches, prompts) if resume_step is None else None
     if resume_step is None and writer:
-        before = sample_before(cfg, model, tokenizer, prompts, paths, engine)
+        before = sample_before(cfg, model, tokenizer, prompts, paths, engine, score_key)
     trained = count_params(engine.state.params)
     _say(progress, f"trainable parameters: {trained:,} of {trained + count_params(engine.frozen):,}; "
                    f"mesh {dict(engine.mesh.shape)}")
@@ -145,7 +147,7 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     rollouts = Rollouts(cfg, model, tokenizer, engine, trainable_filter(cfg), rewards) if cfg.task == "grpo" else None
     return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
                checkpointer, resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer,
-               rollouts)
+               rollouts, score_key)
 
 
 def reference_table(cfg: Config, engine: Engine, tokenizer, held_out: list[dict], progress: bool) -> ReferenceTable:
@@ -225,13 +227,19 @@ def load_inputs(cfg: Config):
     return model, tokenizer, train_data, eval_data, test_data
 
 
-def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict, engine: Engine) -> dict | None:
+def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dict, engine: Engine,
+                  score_key: str | None = None) -> dict | None:
     """The untrained model's answers to the held-out and general prompts with their scores, written at
     once (a killed run keeps them). One process: the model samples with the engine's parameters, on its mesh,
-    so the answers after training reuse the compiled programs; several: process 0 samples alone, on its copy."""
+    so the answers after training reuse the compiled programs; several: process 0 samples alone, on its copy.
+    From eval.score_cache when an earlier run answered the same prompts with the same base model."""
     general = wants_general_check(cfg, model)
     if not prompts and not general:
         return None
+    before = score_cache.load(cfg, score_key, "samples")
+    if before is not None:
+        report.write_samples(paths["samples"], prompts, before, None, step=None)
+        return before
     own = nnx.state(model)
     if jax.process_count() == 1:
         engine.update_model(model)
@@ -239,6 +247,7 @@ def sample_before(cfg: Config, model, tokenizer, prompts: list[dict], paths: dic
         before = report.sample(model, tokenizer, prompts, cfg.eval.sample_tokens, general=general)
     finally:  # the engine's parameters are donated to the train step: the model must not hold them meanwhile
         nnx.update(model, own)
+    score_cache.save(cfg, score_key, "samples", before)
     report.write_samples(paths["samples"], prompts, before, None, step=None)
     return before
 
@@ -297,6 +306,16 @@ def score(run: Run, split: str) -> dict:
 
     batches, data = getattr(run, f"{split}_batches"), getattr(run, f"{split}_data")
     scores, _ = score_batches(run.engine.evaluate, batches, run.cfg.task, getattr(data, "label_names", None))
+    return {**scores, "batches": len(batches)}  # with eval.test_steps, fewer than the split holds
+
+
+def score_test_before(run: Run) -> dict:
+    """The data.test scores at step 0: from eval.score_cache when an earlier run scored the same batches with
+    the same base model, else scored now (and kept there)."""
+    scores = score_cache.load(run.cfg, run.score_key, "test")
+    if scores is None:
+        scores = score(run, "test")
+        score_cache.save(run.cfg, run.score_key, "test", scores)
     return scores
 
 
@@ -337,13 +356,24 @@ def write_report(run: Run, ner_text: str | None, after: dict | None, test_after:
     test = write_test_after(paths, test_after, before, after, step) if test_after is not None else None
     if after is not None:
         report.write_samples(paths["samples"], run.prompts, before, after, step=step,
-                             losses=held_out_losses(test, eval_losses))
+                             losses=held_out_losses(test, eval_losses), test_scope=test_scope(run.cfg, test))
     if os.path.exists(paths["metrics"]):
         rows = read_metrics(paths["metrics"])
         plot_loss_curve(rows, paths["plot"])
         plot_mixing(rows, paths["mixing"])
         plot_rewards(rows, paths["rewards"])
         plot_experts(rows, paths["experts"])
+
+
+def test_scope(cfg: Config, test: dict | None) -> str:
+    """What the data.test lines of samples.md were scored on: the whole split, or its first eval.test_steps
+    batches (a shorter report says so)."""
+    after = (test or {}).get("after") or {}
+    if "tokens" not in after or "batches" not in after:
+        return ""
+    part = (f"the first {after['batches']} batches of data.test (eval.test_steps={cfg.eval.test_steps})"
+            if cfg.eval.test_steps else f"all of data.test ({after['batches']} batches)")
+    return f"The data.test lines score {after['tokens']:,} tokens: {part}, the same ones before and after."
 
 
 def held_out_losses(test: dict | None, eval_losses: Sequence[tuple[int, float]]) -> list[tuple[str, float, float]]:
