@@ -105,7 +105,7 @@ def test_cli_help_lists_every_key_with_its_default(capsys):
     ("data.temperature=0", None),  # static mixing ignores the temperature
     ("data.eval_fraction=1.0", r"data.eval_fraction must be in \[0, 1\), got 1.0"),
     ("data.augment.char_typo_p=1.5", r"data.augment.char_typo_p must be in \[0, 1\], got 1.5"),
-    ("data.train=[{path: a.jsonl, format: csv}]", r"data.train\[0\].format='csv' is not one of auto"),
+    ("data.train=[{path: a.jsonl, format: xlsx}]", r"data.train\[0\].format='xlsx' is not one of auto"),
     ("data.on_error=ignore", r"data.on_error='ignore' is not one of raise, skip"),
     ("eval.every=-1", r"eval.every must be >= 0, got -1"),
     ("eval.test_steps=-1", r"eval.test_steps must be >= 0, got -1"),

@@ -23,14 +23,14 @@ class ClassifierReward:
     path and label are checked here, each error naming its key."""
 
     def __init__(self, path: str, label: str, where: str):
-        from jaxlm.eval.run import resolve_model
+        from jaxlm.convert import run_export
         from jaxlm.hf.load import load_pretrained
         from jaxlm.models import architecture_of
 
         if not os.path.exists(path):
             raise ConfigError(f"{where}.path={path!r}: no such classifier (a training run folder of task "
                               "classification, or an HF folder)")
-        folder = resolve_model(path)[0]
+        folder = run_export(path)
         if not os.path.isdir(folder):
             raise ConfigError(f"{where}.path={path!r}: a reward model is a folder (a .gguf holds no classifier)")
         try:
