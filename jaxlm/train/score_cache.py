@@ -81,8 +81,9 @@ def save(cfg: Config, key: str | None, part: str, value: dict | None) -> None:
     path = os.path.join(folder, f"{key}.{part}.json")
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:  # renamed into place: a reader never sees half a file
+        partial = f"{path}.{os.getpid()}.tmp"  # renamed into place: no reader sees half a file, no two runs
+        with open(partial, "w", encoding="utf-8") as f:  # from one base write the same file together
             json.dump(value, f, ensure_ascii=False)
-        os.replace(path + ".tmp", path)
+        os.replace(partial, path)
     except OSError as e:  # a cache that cannot be written costs the next run time, never this run
         warn(f"eval.score_cache: could not keep the step-0 scores in {folder} ({e}); training goes on")
