@@ -8,6 +8,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The tests compile hundreds of tiny programs and run each a few times: XLA:CPU's LLVM backend at -O0 compiles
+# them much faster (tests/test_scan.py: 69 -> 42 CPU seconds) and computes the same IEEE arithmetic (fast-math is
+# off at every level). XLA's HLO passes, which decide what is computed, fusions and buffers, run as they do for
+# users. Inherited by every subprocess; `train_helpers.with_devices` adds to it.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 # One XLA compilation cache per test run, made by the first process that imports this file (pytest-xdist's
 # controller, before it starts its workers) and inherited by the workers and every subprocess they start:
 # the tiny models' programs repeat from test to test (same shapes, same settings), and compiling them is most
@@ -42,18 +48,10 @@ def synth_model(tmp_path_factory) -> str:
     return tiny_synth_model(tmp_path_factory.mktemp("synth_model") / "model")
 
 
-# The longest tests (Ray clusters, several processes or devices, killed runs) are handed out first: pytest-xdist
-# gives tests to its workers in collection order, and a long one started near the end keeps one worker busy after
-# the others have finished. Within a file the order stays as written.
-RUN_FIRST = ("test_multi_device.py", "test_ray_engines.py", "test_train_distributed.py", "test_train_resume.py",
-             "test_serve.py")
-
-
-def pytest_collection_modifyitems(items):
-    def rank(item) -> int:
-        return RUN_FIRST.index(item.path.name) if item.path.name in RUN_FIRST else len(RUN_FIRST)
-
-    items.sort(key=rank)  # stable
+# `make test` hands each file to one pytest-xdist worker (`--dist loadfile`, files with the most tests first): a
+# file's module fixtures (tiny checkpoints, training runs, a server, a Ray cluster, the multi-device processes) are
+# made once, not once per worker. (xdist_group marks, which would do that per group, are ignored under pytest 9.2:
+# xdist 3.8 renames the item's `_nodeid`, which pytest no longer reads.)
 
 
 def pytest_unconfigure(config):

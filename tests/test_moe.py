@@ -18,6 +18,7 @@ from jaxlm.models.llama_moe import expert_load, router_aux_loss
 from jaxlm.models.lora import LoRAExperts
 from jaxlm.models.moe import SparseMoE
 from test_lora import _as_if_trained
+from train_helpers import with_devices
 
 # Qwen3-MoE with a dense layer and unnormalised top-k weights; Mixtral all sparse, renormalised.
 WRITERS = {
@@ -254,7 +255,7 @@ def test_experts_split_over_mesh_expert_give_the_one_device_loss_and_gradients(f
     import subprocess
     import sys
 
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": with_devices(4), "JAX_PLATFORMS": "cpu"}
     script = EXPERT_PARALLEL.format(tests=os.path.dirname(__file__))
     proc = subprocess.run([sys.executable, "-c", script, str(family[1])], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

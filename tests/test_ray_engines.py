@@ -19,7 +19,6 @@ from test_synth_run import SEED_TASKS, lines, without_timing
 
 ray = pytest.importorskip("ray")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.xdist_group("ray")  # one worker: one Ray cluster
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,6 @@ MAX_BATCH, MAX_QUEUE, MAX_CONTEXT, NEW = 4, 4, 128, 16
 # the server compiles two prefill programs, and one `generate` call gives every expected answer.
 QUESTIONS = ["hello", "what is your name", "hi there", "how are you"]
 TEXT, LONGER_TEXT = "the dog ran", "the cat sat on a mat and the dog ran to the park"  # 5 and 19 tokens
-pytestmark = pytest.mark.xdist_group("serve")  # one worker: one server (written and compiled once)
 
 
 @pytest.fixture(scope="module")

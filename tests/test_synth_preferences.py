@@ -25,7 +25,6 @@ PROMPTS = [("Name a river.", "The Nile."), ("Add two and two.", "Four."), ("Give
            ("Name a planet.", "Mars.")]
 # With test_synth_run: the tiny model is made once, and chat prompts, 2 x 2 candidates (4 rows) of <= 16 new
 # tokens, are the shapes its answers compile for (raw-text prompts would compile ~7 s more).
-pytestmark = pytest.mark.xdist_group("synth")
 
 
 @pytest.fixture(scope="module")

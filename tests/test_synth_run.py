@@ -25,7 +25,6 @@ SEED_TASKS = [
     ("Give a colour.", "Blue."), ("Name a planet.", "Mars."), ("Spell cat backwards.", "tac."),
 ]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pytestmark = pytest.mark.xdist_group("synth")  # one worker: the reference run and the model are made once
 
 
 @pytest.fixture(scope="module")

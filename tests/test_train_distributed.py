@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from jaxlm.train.metrics import read_metrics
-from train_helpers import write_text, write_tiny_llama
+from train_helpers import with_devices, write_text, write_tiny_llama
 
 STEPS = 8
 TESTS = Path(__file__).resolve().parent
@@ -44,7 +44,7 @@ def overrides(model_dir, text_dir, out_dir, *extra):
 def env_for(devices: int, cache: Path, **extra) -> dict:
     """Each process sees `devices` CPU devices; compiled programs are cached for the runs that follow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-    return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+    return {**env, "XLA_FLAGS": with_devices(devices), "JAX_PLATFORMS": "cpu",
             "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_COMPILATION_CACHE_DIR": str(cache),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **extra}
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxlm.compute.sharding import param_spec
-from train_helpers import write_tiny_llama
+from train_helpers import with_devices, write_tiny_llama
 
 SCRIPT = r"""
 import json, sys
@@ -43,7 +43,7 @@ for mesh in sys.argv[2:]:
 
 def run(model_dir, meshes, devices):
     """Runs SCRIPT in a fresh process with `devices` fake CPU devices (XLA_FLAGS must precede jax import)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": with_devices(devices), "JAX_PLATFORMS": "cpu"}
     script = SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.run([sys.executable, "-c", script, model_dir, *meshes], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

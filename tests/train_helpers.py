@@ -124,3 +124,8 @@ def tiny_config(tmp_path, model_dir: str, task: str, train: list[str], *override
     if not eval_sources:
         base.append("data.eval_fraction=0.25")
     return load_config(None, [*base, *overrides])
+
+
+def with_devices(devices: int) -> str:
+    """XLA_FLAGS for a fresh process with `devices` fake CPU devices, keeping the flags the tests set (conftest)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
