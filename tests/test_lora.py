@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+import optax
 import pytest
 import torch
 import transformers
@@ -69,6 +71,35 @@ def test_peft_loads_the_adapter_onto_the_hf_base_with_the_merged_logits(trained_
     assert np.abs(via_peft - plain).max() > 1e-3, "the adapter must change the logits"
     np.testing.assert_allclose(via_peft, via_merge, atol=1e-4)
     np.testing.assert_allclose(via_merge, np.asarray(model(IDS)), atol=1e-4)
+
+
+def test_adapter_gradients_are_the_ones_peft_s_autograd_computes(trained_lora, tmp_path):
+    """LoRA's up-projection has its backward pass written out (`models.lora.low_rank_up`, for XLA:CPU's
+    layouts); the adapters' gradients must still be what autograd gives peft on the same model and batch.
+    q and v share one down-projection (`layers.fan_out`), down has its own."""
+    from peft import PeftModel
+
+    base, model, _ = trained_lora
+    save_peft_adapter(model, str(tmp_path / "adapter"), base_model=base)
+    peft_model = PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(base),
+                                           str(tmp_path / "adapter"), is_trainable=True)
+    ids = torch.tensor(IDS, dtype=torch.long)
+    logits = peft_model(ids).logits
+    torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).backward()
+    want = {name: p.grad.numpy() for name, p in peft_model.named_parameters() if p.grad is not None}
+
+    graphdef, adapters, rest = nnx.split(model, nnx.LoRAParam, ...)
+
+    def loss(adapters):
+        logits = nnx.merge(graphdef, adapters, rest)(IDS)
+        return optax.softmax_cross_entropy_with_integer_labels(logits[0, :-1], IDS[0, 1:]).mean()
+
+    got = nnx.to_flat_state(jax.jit(jax.grad(loss))(adapters))
+    assert len(got) == len(want) == 2 * 3 * 2  # A and B of q, v, down in each of 2 layers
+    for path, grad in got:
+        module, factor = ".".join(map(str, path[:-1])), {"lora_a": "lora_A", "lora_b": "lora_B"}[path[-1]]
+        [peft_grad] = [g for name, g in want.items() if name.endswith(f".{module}.{factor}.default.weight")]
+        np.testing.assert_allclose(np.asarray(grad.get_value()).T, peft_grad, rtol=1e-4, atol=1e-6, err_msg=module)
 
 
 ALL_TARGETS = ["q", "k", "v", "o", "gate", "up", "down"]
