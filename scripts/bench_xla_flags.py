@@ -9,16 +9,19 @@ step's wall seconds and the process CPU seconds it took (user + system of all XL
 temporaries (XLA's memory analysis: load does not touch it), and the loss and gradient norm of one step
 from the same state, which must match the baseline's. The last line gives each setting's median step
 time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the setting `bf16` builds its own
-engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %).
+engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), and `lora-autodiff` its
+own with LoRA's up-projection as it was before its backward pass was written out (`models.lora.low_rank_up`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import COMMON_JAXLM, batches, hf_config, weights_path  # noqa: E402
@@ -31,40 +34,66 @@ SETTINGS = {  # name -> XLA debug options for the train step's compilation
     "sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     **{f"{lib}=dot": {**DEFAULT, f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
     "bf16": DEFAULT,
+    "lora-autodiff": DEFAULT,
 }
 OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"]}  # settings that change the run's config, each its own engine
+# settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
+# engine: LoRA's up-projection differentiated by autodiff instead of its written-out backward pass
+VARIANTS = {"lora-autodiff": ("jaxlm.models.lora", "low_rank_up", lambda down, b: down @ b)}
+
+
+def train_engine(mode: str, args, extra: tuple[str, ...] = ()):
+    """(engine, its batches on the device, its lowered train step) for `mode` (full or lora: r16 on every
+    projection) at args.batch x args.seq; `args.model` with its weights, or random (a shape without weights)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import jaxlm
+    from jaxlm.models import architecture_for
+    from jaxlm.train.config import load_config
+    from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
+
+    shape = hf_config(args.model, False)
+    cfg = load_config(None, ["task=causal_lm", f"train.batch_size={args.batch}", f"train.seq_len={args.seq}",
+                             "train.warmup_steps=0", "train.learning_rate=1e-5",
+                             f"model.lora.rank={16 if mode == 'lora' else 0}", *COMMON_JAXLM, *args.set, *extra])
+    weights = weights_path(args.model, False)
+    if weights:
+        model, _ = jaxlm.load_pretrained(weights)
+    else:
+        arch = architecture_for(shape)
+        model = arch.model_cls(arch.family.config.from_hf(shape), rngs=nnx.Rngs(0), param_dtype=jnp.float32)
+    prepare_model(model, cfg, say=lambda line: None)
+    engine = build_engine(model, cfg)
+    data = [engine.put(b) for b in batches(args.batch, args.seq, shape["vocab_size"])]
+    lowered = engine.train_step.lower(engine.state, engine.frozen, engine.rest, data[0], engine.reference,
+                                      engine.teacher)
+    return engine, data, lowered
 
 
 def compare(mode: str, names: list[str], args) -> list[str]:
     import jax
     import jax.numpy as jnp
 
-    import jaxlm
-    from jaxlm.train.config import load_config
-    from jaxlm.train.engine import build_engine
-    from jaxlm.train.inputs import prepare_model
+    built = {}  # (config overrides, code variant) -> (engine, its batches, its lowered train step)
 
-    rows = batches(args.batch, args.seq, hf_config(args.model, False)["vocab_size"])
-    built = {}  # config overrides -> (engine, its batches, its lowered train step)
+    def key(name: str) -> tuple:
+        return tuple(OVERRIDES.get(name, [])), name if name in VARIANTS else ""
 
-    def engine_for(extra: list[str]):
-        if tuple(extra) not in built:
-            cfg = load_config(None, ["task=causal_lm", f"train.batch_size={args.batch}", f"train.seq_len={args.seq}",
-                                     "train.warmup_steps=0", "train.learning_rate=1e-5",
-                                     f"model.lora.rank={16 if mode == 'lora' else 0}", *COMMON_JAXLM, *args.set,
-                                     *extra])
-            model, _ = jaxlm.load_pretrained(weights_path(args.model, False))
-            prepare_model(model, cfg, say=lambda line: None)
-            engine = build_engine(model, cfg)
-            data = [engine.put(b) for b in rows]
-            built[tuple(extra)] = engine, data, engine.train_step.lower(engine.state, engine.frozen, engine.rest,
-                                                                       data[0], engine.reference, engine.teacher)
-        return built[tuple(extra)]
+    def engine_for(name: str):
+        if key(name) not in built:
+            with contextlib.ExitStack() as stack:
+                if name in VARIANTS:
+                    module, attribute, old = VARIANTS[name]
+                    stack.enter_context(mock.patch(f"{module}.{attribute}", old))
+                built[key(name)] = train_engine(mode, args, key(name)[0])  # traced here, under the variant
+        return built[key(name)]
 
     compiled, temps, checks, states, runs = {}, {}, {}, {}, {}
     for name in names:
         began = time.perf_counter()
-        engine, data, lowered = engine_for(OVERRIDES.get(name, []))
+        engine, data, lowered = engine_for(name)
         compiled[name] = lowered.compile(compiler_options=SETTINGS[name])
         temps[name] = compiled[name].memory_analysis().temp_size_in_bytes / 2**20
         print(f"  {mode} {name}: compiled in {time.perf_counter() - began:.0f}s", file=sys.stderr, flush=True)
@@ -77,7 +106,7 @@ def compare(mode: str, names: list[str], args) -> list[str]:
     walls, cpus = {n: [] for n in names}, {n: [] for n in names}
     for i in range(args.steps):
         for name in names:  # interleaved: load from other processes hits every setting alike
-            data = built[tuple(OVERRIDES.get(name, []))][1]
+            data = built[key(name)][1]
             wall, cpu = time.perf_counter(), time.process_time()
             states[name], metrics = runs[name](states[name], data[(i + 1) % len(data)])
             jax.block_until_ready(metrics)
