@@ -35,11 +35,19 @@ SETTINGS = {  # name -> XLA debug options for the train step's compilation
     **{f"{lib}=dot": {**DEFAULT, f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
     "bf16": DEFAULT,
     "lora-autodiff": DEFAULT,
+    "dense-autodiff": DEFAULT,
 }
 OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"]}  # settings that change the run's config, each its own engine
 # settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
 # engine: LoRA's up-projection differentiated by autodiff instead of its written-out backward pass
-VARIANTS = {"lora-autodiff": ("jaxlm.models.lora", "low_rank_up", lambda down, b: down @ b)}
+VARIANTS = {"lora-autodiff": ("jaxlm.models.lora", "low_rank_up", lambda down, b: down @ b),
+            "dense-autodiff": ("jaxlm.models.layers", "dense_dot", lambda *a, **k: jax_dot_general(*a, **k))}
+
+
+def jax_dot_general(*args, **kwargs):
+    import jax
+
+    return jax.lax.dot_general(*args, **kwargs)
 
 
 def train_engine(mode: str, args, extra: tuple[str, ...] = ()):
