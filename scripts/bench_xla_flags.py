@@ -9,8 +9,8 @@ step's wall seconds and the process CPU seconds it took (user + system of all XL
 temporaries (XLA's memory analysis: load does not touch it), and the loss and gradient norm of one step
 from the same state, which must match the baseline's. The last line gives each setting's median step
 time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the setting `bf16` builds its own
-engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), and `lora-autodiff` its
-own with LoRA's up-projection as it was before its backward pass was written out (`models.lora.low_rank_up`).
+engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), and `autodiff` its own
+with the linear layers' and LoRA's matmuls differentiated by autodiff (as before `models.layers.dense`).
 """
 
 from __future__ import annotations
@@ -34,20 +34,12 @@ SETTINGS = {  # name -> XLA debug options for the train step's compilation
     "sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     **{f"{lib}=dot": {**DEFAULT, f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
     "bf16": DEFAULT,
-    "lora-autodiff": DEFAULT,
-    "dense-autodiff": DEFAULT,
+    "autodiff": DEFAULT,
 }
 OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"]}  # settings that change the run's config, each its own engine
 # settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
-# engine: LoRA's up-projection differentiated by autodiff instead of its written-out backward pass
-VARIANTS = {"lora-autodiff": ("jaxlm.models.lora", "low_rank_up", lambda down, b: down @ b),
-            "dense-autodiff": ("jaxlm.models.layers", "dense_dot", lambda *a, **k: jax_dot_general(*a, **k))}
-
-
-def jax_dot_general(*args, **kwargs):
-    import jax
-
-    return jax.lax.dot_general(*args, **kwargs)
+# engine: linear layers and LoRA's up-projection differentiated by autodiff, not by `layers.dense`'s backward pass
+VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel: x @ kernel)}
 
 
 def train_engine(mode: str, args, extra: tuple[str, ...] = ()):

@@ -74,7 +74,7 @@ def test_peft_loads_the_adapter_onto_the_hf_base_with_the_merged_logits(trained_
 
 
 def test_adapter_gradients_are_the_ones_peft_s_autograd_computes(trained_lora, tmp_path):
-    """LoRA's up-projection has its backward pass written out (`models.lora.low_rank_up`, for XLA:CPU's
+    """LoRA's up-projection has its backward pass written out (`models.layers.dense`, for XLA:CPU's
     layouts); the adapters' gradients must still be what autograd gives peft on the same model and batch.
     q and v share one down-projection (`layers.fan_out`), down has its own."""
     from peft import PeftModel

@@ -342,7 +342,16 @@ def embed(rngs, num: int, dim: int, *, param_dtype) -> Embed:
 
 
 @jax.custom_vjp
-def _dense(x, kernel):
+def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x @ kernel (x [..., in], kernel [in, out]) whose kernel gradient is x^T @ dy with x^T transposed on its
+    own first: every linear layer's matmul (`dense_dot`) and LoRA's up-projection (`models.lora`).
+
+    Autodiff's kernel gradient contracts x and dy over the tokens, and XLA:CPU then copies dy into a transposed
+    layout inside the elementwise fusion that produces it: slow strided writes (~60 MB/s), a quarter of the op
+    time of SmolLM2-135M 4x256's train step, in full fine-tuning and in LoRA alike (one [tokens, out] copy per
+    adapter for a [rank, out] gradient; scripts/experiments/profile_train_step.py). Measured in one process,
+    steps interleaved (scripts/bench_xla_flags.py --settings autodiff,default): full step 0.80x wall / 0.86x CPU
+    seconds, LoRA r16 0.65x / 0.74x, the same loss and gradients (tests/test_gradients.py, tests/test_lora.py)."""
     return x @ kernel
 
 
@@ -357,22 +366,16 @@ def _dense_backward(residuals, dy):
     return dy @ kernel.T.astype(dy.dtype), (x_t @ dy.reshape(-1, dy.shape[-1])).astype(kernel.dtype)
 
 
-_dense.defvjp(_dense_forward, _dense_backward)
+dense.defvjp(_dense_forward, _dense_backward)
 
 
 def dense_dot(x, kernel, dimension_numbers, precision=None, **kwargs):
-    """The `dot_general` of every `linear` layer: x @ kernel, whose kernel gradient is x^T @ dy with x^T
-    transposed on its own first.
-
-    Autodiff's kernel gradient contracts x and dy over the tokens, and XLA:CPU then copies dy into a transposed
-    layout inside the elementwise fusion that produces it (its strided writes ran at ~60 MB/s; SmolLM2-135M
-    4x256: a quarter of a full step's op time, scripts/experiments/profile_train_step.py). Measured in one
-    process, interleaved: the full fine-tuning step 0.80x wall / 0.86x CPU seconds, the same loss and gradients.
-    Any other contraction (or precision, output type, sharding) is jax.lax.dot_general's."""
+    """The `dot_general` of every `linear` layer: `dense` for nnx.Linear's x @ kernel; any other contraction
+    (or a precision, output type or sharding) is jax.lax.dot_general's."""
     if dimension_numbers != (((x.ndim - 1,), (0,)), ((), ())) or precision is not None or \
             any(v is not None for v in kwargs.values()):
         return jax.lax.dot_general(x, kernel, dimension_numbers, precision=precision, **kwargs)
-    return _dense(x, kernel)
+    return dense(x, kernel)
 
 
 def linear(rngs, in_dim, out_dim, *, bias: bool, param_dtype, std: float = 0.02) -> nnx.Linear:

@@ -14,39 +14,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxlm.models import layers
 from jaxlm.models.contract import is_stacked
 from jaxlm.models.moe import Experts, expert_variable, grouped_matmul
 from jaxlm.models.registry import architecture_of
 from jaxlm.models.scan import LAYER_AXIS
 from jaxlm.models.weight_map import dotted
-
-
-@jax.custom_vjp
-def low_rank_up(down: jax.Array, b: jax.Array) -> jax.Array:
-    """down @ b for down [..., rank] and b [rank, out]: LoRA's up-projection, whose backward pass is written out
-    so that no [tokens, out] array is transposed.
-
-    Autodiff's dB = down^T @ dy puts the big dy on the right of a contraction over tokens, and XLA:CPU copies
-    such an operand into a transposed layout before the dot: one [tokens, out] copy per adapter and step, as
-    slow as the full model's weight-gradient copies (SmolLM2-135M 4x256, LoRA r16: ~25 % of the step's op time,
-    scripts/experiments/profile_train_step.py). Here dB^T = dy^T @ down keeps dy on the left, where the dot
-    reads it as it lies, and only the small down [tokens, rank] and dB^T [out, rank] are transposed."""
-    return down @ b
-
-
-def _low_rank_up_forward(down, b):
-    return down @ b, (down, b)
-
-
-def _low_rank_up_backward(residuals, dy):
-    down, b = residuals
-    # [rank, tokens], materialised: the barrier keeps XLA from folding this transpose back into the dot, which
-    # would then copy dy into a transposed layout instead
-    down_t = jax.lax.optimization_barrier(down.reshape(-1, down.shape[-1]).T)
-    return dy @ b.T.astype(dy.dtype), (down_t @ dy.reshape(-1, dy.shape[-1])).astype(b.dtype)
-
-
-low_rank_up.defvjp(_low_rank_up_forward, _low_rank_up_backward)
 
 
 class LoRALinear(nnx.Module):
@@ -62,13 +35,14 @@ class LoRALinear(nnx.Module):
         self.scale = alpha / rank
 
     def __call__(self, x, down=None):
-        """`down` is x @ A when the caller computed it (`layers.fan_out` batches it over siblings)."""
+        """`down` is x @ A when the caller computed it (`layers.fan_out` batches it over siblings). B's gradient
+        comes from `layers.dense`, which keeps XLA:CPU from copying the [tokens, out] dy transposed for it."""
         y = x @ self.kernel[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         if down is None:
             down = x @ self.lora_a[...].astype(x.dtype)
-        return y + self.scale * low_rank_up(down, self.lora_b[...].astype(x.dtype))
+        return y + self.scale * layers.dense(down, self.lora_b[...].astype(x.dtype))
 
     def merged_kernel(self):
         return self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...]).astype(self.kernel[...].dtype)
