@@ -29,6 +29,7 @@ DOT = "LIBRARY_FUSION_TYPE_DOT"
 SETTINGS = {
     "default": {},
     **{f"{lib}=dot": {f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
+    "ynn off": {"xla_cpu_experimental_ynn_fusion_type": ""},  # dots and attention to XLA's own emitters/Eigen
     "sched=memory": {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "no concurrency scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": False},
 }
