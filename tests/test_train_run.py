@@ -298,6 +298,9 @@ def test_a_second_run_loads_its_programs_from_the_compile_cache(files, tmp_path)
             entries.append(sorted(os.listdir(cache)))
         assert entries[0], "nothing was written to the compile cache"
         assert entries[1] == entries[0]
+        losses = [[r["loss"] for r in read_metrics(str(tmp_path / name / "run" / "metrics.jsonl")) if "loss" in r]
+                  for name in ("first", "second")]
+        assert losses[0] and losses[1] == losses[0]  # the loaded programs compute what the compiled ones did
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
         jax.config.update("jax_compilation_cache_dir", None)
