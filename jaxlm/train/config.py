@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from jaxlm.assets import AssetMissing, package_file
+from jaxlm import model_paths
+from jaxlm.assets import AssetMissing
 from jaxlm.compute.rewards import REWARD_TYPES
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
@@ -509,12 +510,10 @@ def to_dict(config: Config) -> dict:
 
 
 def resolve_path(path: str) -> str:
-    """`pkg:PACKAGE/rel/path` -> the file inside the installed package; other paths unchanged."""
-    if not path.startswith("pkg:"):
-        return os.path.expanduser(path)
-    package, _, rel = path[4:].partition("/")
+    """The model a config key names (`jaxlm.model_paths.resolve`: `smollm2`, `pkg:PACKAGE/rel/path`, a run
+    folder, a path); a package that is not installed is a ConfigError."""
     try:
-        return package_file(package, *rel.split("/"))
+        return model_paths.resolve(path)
     except AssetMissing as e:
         raise ConfigError(f"{path!r}: {e}") from None
 

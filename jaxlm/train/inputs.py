@@ -36,9 +36,7 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
 
 def teacher_path(cfg: Config) -> str:
     """train.distill.teacher as a path to load: a training run's output folder stands for its exported hf/."""
-    from jaxlm.convert import run_export
-
-    return run_export(resolve_path(cfg.train.distill.teacher))
+    return resolve_path(cfg.train.distill.teacher)
 
 
 def load_teacher(cfg: Config, student, tokenizer):
