@@ -16,7 +16,7 @@ import jaxlm
 from hf_checkpoints import assert_same_tensors, left_padded_batch, tiny_mixtral, tiny_qwen3_moe
 from jaxlm.models.llama_moe import expert_load, router_aux_loss
 from jaxlm.models.lora import LoRAExperts
-from jaxlm.models.moe import SparseMoE
+from jaxlm.models.moe import SparseMoE, grouped_matmul
 from test_lora import _as_if_trained
 from train_helpers import with_devices
 
@@ -95,6 +95,29 @@ def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too_with_
     lora_grouped, lora_dense = both(state)
     np.testing.assert_allclose(lora_grouped, lora_dense, rtol=1e-4, atol=1e-5)
     assert float(jnp.sum(lora_dense**2)) > 2 * float(dense)  # the adapters change the output
+
+
+def test_grouped_matmul_skips_padding_rows_and_unused_tiles_with_the_per_row_products_and_gradients():
+    """A buffer of 40 rows of which the sizes count 21 (the rest padding, as expert parallelism receives):
+    tiles of 8, 8 of them, 4 used (groups of 9, 0 and 12 rows); the counted rows come out times their group's
+    kernel, the padding zero, and the gradients are the per-row products' (the skipped tiles give none)."""
+    kernels = jax.random.normal(jax.random.key(0), (3, 8, 5))
+    rows = jax.random.normal(jax.random.key(1), (40, 8))
+    sizes = jnp.array([9, 0, 12], jnp.int32)
+    group = np.repeat(np.arange(3), np.asarray(sizes))
+
+    def per_row(rows, kernels):
+        return jnp.concatenate([jnp.einsum("mi,mio->mo", rows[:21], kernels[group]), jnp.zeros((19, 5))])
+
+    def loss(how):
+        return jax.jit(jax.value_and_grad(lambda r, k: jnp.sum(jnp.sin(how(r, k))), argnums=(0, 1)))
+
+    want, want_grads = loss(per_row)(rows, kernels)
+    got, got_grads = loss(lambda r, k: grouped_matmul(r, k, sizes))(rows, kernels)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got_grads[0][21:], 0)
 
 
 def test_greedy_generation_matches_transformers(family):

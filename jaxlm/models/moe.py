@@ -76,12 +76,16 @@ def router_z_loss(stats: RouterStats) -> jax.Array:
 
 def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matmul) -> jax.Array:
     """rows [m, in] sorted by group, `sizes[g]` of them in group g; kernels [groups, in, out] -> [m, out],
-    each row times its group's kernel. `kernels` may be any pytree of arrays with a leading groups axis
-    that `multiply(rows of one group, that group's slice of kernels)` takes (int8 experts pass their
-    int8 rows and scales with `quant.int8_matmul`).
+    each row times its group's kernel. The sizes may sum to less than m: the rows past them are padding
+    (a worst-case buffer, as expert parallelism receives) and come out zero. `kernels` may be any pytree
+    of arrays with a leading groups axis that `multiply(rows of one group, that group's slice of kernels)`
+    takes (int8 experts pass their int8 rows and scales with `quant.int8_matmul`).
 
     Each group is padded to whole tiles, and one `lax.scan` multiplies a tile at a time by its group's
-    kernel: about m rows of work (plus under a tile of padding per group), forward and backward.
+    kernel; the tiles past the last used one are skipped (a `lax.cond`, a real branch on CPU and GPU), so
+    the work is the rows the sizes count, plus under a tile of padding per group, forward and backward,
+    however large the buffer. Each tile is rematerialised in the backward pass: otherwise the scan would
+    keep every tile's slice of the kernels, [tiles, in, out], for it.
     `jax.lax.ragged_dot` computes the same, but XLA lowers it on CPU (and on GPU in jaxlib 0.10) to
     zero-padded dense matmuls over every group: slower than even the dense form (scripts/bench_moe.py
     --ragged-dot measures all three)."""
@@ -89,19 +93,27 @@ def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matm
     tile = max(8, min(64, 1 << max(0, (m // groups).bit_length() - 1)))  # small batches (decoding): small tiles
     padded_sizes = (sizes + tile - 1) // tile * tile
     starts, padded_starts = jnp.cumsum(sizes) - sizes, jnp.cumsum(padded_sizes) - padded_sizes
-    group = jnp.repeat(jnp.arange(groups), sizes, total_repeat_length=m)
-    place = padded_starts[group] + jnp.arange(m) - starts[group]  # each row's slot in the padded layout
     tiles = -(-(m + groups * (tile - 1)) // tile)  # enough for any split of m rows into the groups
-    padded = jnp.zeros((tiles * tile, rows.shape[1]), rows.dtype).at[place].set(rows)
+    group = jnp.repeat(jnp.arange(groups), sizes, total_repeat_length=m)
+    counted = jnp.arange(m) < jnp.sum(sizes)
+    # each row's slot in the padded layout; padding rows none (dropped when placed, zero when read back)
+    place = jnp.where(counted, padded_starts[group] + jnp.arange(m) - starts[group], tiles * tile)
+    padded = jnp.zeros((tiles * tile, rows.shape[1]), rows.dtype).at[place].set(rows, mode="drop")
     tile_group = jnp.searchsorted(jnp.cumsum(padded_sizes), jnp.arange(tiles) * tile, side="right")
-    tile_group = jnp.minimum(tile_group, groups - 1)  # the unused tiles at the end: zeros, any kernel
+    tile_group = jnp.minimum(tile_group, groups - 1)  # the unused tiles at the end: skipped
+    used_tiles = jnp.sum(padded_sizes) // tile
 
-    def one_tile(_, tile_and_group):
-        x, g = tile_and_group
-        return None, multiply(x, jax.tree.map(lambda kernel: kernel[g], kernels))
+    @jax.checkpoint
+    def one_tile(x, g, index):
+        def multiplied():
+            return multiply(x, jax.tree.map(lambda kernel: kernel[g], kernels))
 
-    _, out = jax.lax.scan(one_tile, None, (padded.reshape(tiles, tile, -1), tile_group))
-    return out.reshape(tiles * tile, -1)[place]
+        out = jax.eval_shape(multiplied)
+        return jax.lax.cond(index < used_tiles, multiplied, lambda: jnp.zeros(out.shape, out.dtype))
+
+    _, out = jax.lax.scan(lambda _, xs: (None, one_tile(*xs)), None,
+                          (padded.reshape(tiles, tile, -1), tile_group, jnp.arange(tiles)))
+    return out.reshape(tiles * tile, -1).at[place].get(mode="fill", fill_value=0)
 
 
 class Experts(nnx.Module):
