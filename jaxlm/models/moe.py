@@ -16,11 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxlm.models import layers
-
-# Metadata on the experts' parameters: the axis that indexes the experts (before any stacked-layer axis),
-# which expert parallelism splits (compute/sharding.py).
-EXPERT_AXIS = "expert_axis"
+from jaxlm.models import expert_parallel, layers
+from jaxlm.models.expert_parallel import EXPERT_AXIS, combine, sort_by_expert
 
 
 def expert_variable(value: jax.Array, kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
@@ -140,16 +137,17 @@ class Experts(nnx.Module):
         """rows [m, in] sorted by expert, `sizes[e]` of them expert e's -> [m, out], through projection `name`."""
         return grouped_matmul(rows, getattr(self, name)[...].astype(rows.dtype), sizes)
 
+    def mlp(self, rows: jax.Array, sizes: jax.Array) -> jax.Array:
+        """rows [m, dim] sorted by expert, `sizes[e]` of them expert e's (the rest, if they sum to less, padding:
+        zero out) -> each row through its expert's MLP [m, dim]."""
+        gate, up, down = self.names
+        hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
+        return self.project(down, hidden, sizes)
+
     def grouped(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
         """x [tokens, dim]; experts, weights [tokens, k]: sum_j weights[t, j] * MLP_{experts[t, j]}(x[t])."""
-        tokens, k = experts.shape
-        gate, up, down = self.names
-        order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
-        sizes = jnp.bincount(experts.reshape(-1), length=self.num_experts).astype(jnp.int32)
-        rows = x[order // k]
-        hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
-        out = self.project(down, hidden, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
-        return jnp.zeros_like(x).at[order // k].add(out)
+        order, sizes = sort_by_expert(experts, self.num_experts)
+        return combine(self.mlp(x[order // experts.shape[1]], sizes), order, weights, x.shape[0])
 
     def dense(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
         """The same sum with every expert run on every token (the reference for `grouped`)."""
@@ -173,10 +171,12 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(num_experts, dim, hidden, names, rngs=rngs, param_dtype=param_dtype)
         self.top_k, self.normalize = top_k, normalize
 
-    def __call__(self, x: jax.Array, real: jax.Array | None,
-                 stats: RouterStats | None) -> tuple[jax.Array, RouterStats | None]:
+    def __call__(self, x: jax.Array, real: jax.Array | None, stats: RouterStats | None,
+                 expert_axis: str = "") -> tuple[jax.Array, RouterStats | None]:
         """x [batch, seq, dim]; `stats`: the statistics so far, to which this layer's are added (None: none are
-        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all)."""
+        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all); `expert_axis`:
+        the mesh axis the experts are split over, the tokens sent to them over it (`models/expert_parallel.py`;
+        "": the experts run where the tokens are)."""
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         logits = self.gate(flat).astype(jnp.float32)
@@ -184,7 +184,11 @@ class SparseMoE(nnx.Module):
         weights, experts = jax.lax.top_k(probabilities, self.top_k)
         if self.normalize:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        out = self.experts.grouped(flat, experts, weights).reshape(b, t, d)
+        if expert_axis:
+            out = expert_parallel.grouped(self.experts, flat, experts, weights, expert_axis)
+        else:
+            out = self.experts.grouped(flat, experts, weights)
+        out = out.reshape(b, t, d)
         if stats is None:
             return out, None
         counted = jnp.ones(b * t, jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)
