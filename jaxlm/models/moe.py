@@ -102,11 +102,10 @@ def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matm
 
     @jax.checkpoint
     def one_tile(x, g, index):
-        def multiplied():
-            return multiply(x, jax.tree.map(lambda kernel: kernel[g], kernels))
-
-        out = jax.eval_shape(multiplied)
-        return jax.lax.cond(index < used_tiles, multiplied, lambda: jnp.zeros(out.shape, out.dtype))
+        # The kernel sliced outside the cond: a branch given all the kernels copies them, every tile (on CPU).
+        kernel = jax.tree.map(lambda k: k[g], kernels)
+        out = jax.eval_shape(multiply, x, kernel)
+        return jax.lax.cond(index < used_tiles, multiply, lambda *_: jnp.zeros(out.shape, out.dtype), x, kernel)
 
     _, out = jax.lax.scan(lambda _, xs: (None, one_tile(*xs)), None,
                           (padded.reshape(tiles, tile, -1), tile_group, jnp.arange(tiles)))
