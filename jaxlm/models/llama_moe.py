@@ -109,9 +109,9 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
         # Kept for training and scoring; generation (a cache) has no use for the statistics and skips them.
         stats = None if cache is not None else RouterStats.zeros(cast(MoEFields, self.config).num_experts,
                                                                   self.sparse_layers)
+        axis = self.execution.expert_axis
         (x, stats), cache = scan.run(self.layers, (self.embed(input_ids), stats),
-                                     lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv,
-                                                                       self.execution.expert_axis),
+                                     lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv, axis),
                                      remat=self.execution.remat, cache=cache)
         # A model closed over by a jitted function (a user's own scoring) cannot change its variables there; the
         # train and eval steps merge it inside.

@@ -6,6 +6,9 @@ pairs are sorted by expert and each projection is one `grouped_matmul` over the 
 the work is k tokens' worth of MLP, not num_experts' worth (`dense`, which runs every expert on
 every token and zeroes the unchosen, is kept as the reference the tests compare with).
 
+With the experts split over a mesh axis (`Execution.expert_axis`) the rows travel to the devices holding
+their experts and back, all-to-all (`models/expert_parallel.py`).
+
 The router also reports what the load-balancing loss needs (`RouterStats`), summed over the
 layers by the model and turned into transformers' auxiliary loss by `load_balancing_loss`.
 """
