@@ -88,8 +88,9 @@ class TrainConfig:
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps (grpo: 1)
-    # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
-    # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
+    # β > 0 (sft, causal_lm; dpo, orpo, simpo per pair over its completions): add β x KL(model || the starting
+    # model) per training token, a guard against forgetting; the starting model is the base under LoRA
+    # (adapters off), a frozen copy in full fine-tuning.
     kl_to_base: float = 0.0
     # sft, causal_lm: learn the teacher's next-token distributions beside the data's tokens (knowledge distillation)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
@@ -275,10 +276,12 @@ class Config:
             raise ConfigError("dpo.precompute_reference=true with data.augment: augmented pairs change every epoch, "
                               "so their reference log-probs cannot be computed before training; turn one of them off")
         _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
-        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
-            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "
-                              f"{self.task}" + (" (dpo's loss holds its own reference term)" if self.task == "dpo"
-                                                else ""))
+        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm", *PREFERENCE_TASKS):
+            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft, causal_lm or a "
+                              f"preference task, not {self.task}")
+        if self.train.kl_to_base > 0 and d.precompute_reference:
+            raise ConfigError("train.kl_to_base with dpo.precompute_reference=true: the KL needs the starting model's "
+                              "token distributions, which precomputed log-probs do not keep; turn one of them off")
         if self.train.kl_to_base > 0 and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("train.kl_to_base with prompt tuning: the starting model has no virtual tokens to "
                               "compare with; set one of them to 0")
