@@ -8,7 +8,8 @@ gathers every layer's experts onto every device), on fake CPU devices or whateve
 Both sides are the same random-init Mixtral-shaped model, config and batches, built by `build_engine`;
 only the model's `Execution.expert_axis` differs ("expert" / ""). Each side's step is compiled first,
 then the steps alternate (A B A B ...) so that load on a shared machine falls on both; printed: the
-collectives each compiled step holds, the first losses (equal), median tokens/s per side and their ratio.
+collectives each compiled step holds and its temporary memory per device (XLA's memory analysis), the first
+losses (equal), median tokens/s per side and their ratio.
 On fake CPU devices every "device" shares the same cores, so the ratio says more about the work each
 side does (gathering experts vs exchanging rows) than about a real machine's speed.
 """
@@ -71,10 +72,13 @@ def main(argv=None) -> None:
         engine = build_engine(model, cfg)
         began = time.perf_counter()
         engine.compile(data[0])
-        text = engine.train_step.as_text()  # pyright: ignore[reportAttributeAccessIssue]  compiled
+        compiled = engine.train_step
+        text = compiled.as_text()
         gathered = sorted(set(re.findall(r"(f32\[[\d,]+\])\S* all-gather\(", text)))
+        memory = compiled.memory_analysis()
         print(f"{side}: compiled in {time.perf_counter() - began:.1f}s; {text.count('all-to-all(')} all-to-all, "
-              f"all-gathers of {', '.join(gathered) or 'nothing'}")
+              f"all-gathers of {', '.join(gathered) or 'nothing'}; temporaries {memory.temp_size_in_bytes / 2**20:.1f}"
+              " MiB per device")
         engines[side] = engine
     losses = {side: float(engine.step(data[0])["loss"]) for side, engine in engines.items()}  # warm-up
     print("first step's loss:", losses)
