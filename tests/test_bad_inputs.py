@@ -539,6 +539,8 @@ CASES_PREFERENCE = [  # issue 29: dpo, orpo, simpo
          "pairs.jsonl:1: task sft needs records other than preference pairs", "data error"),
     Case("train.kl_to_base=-1", train("train.kl_to_base=-1"), BAD_INPUT, "train.kl_to_base must be >= 0, got -1",
          "config error"),
+    Case("train.compile_cache a file", train("train.compile_cache={llama}/config.json/xla"), BAD_INPUT,
+         "train.compile_cache='", "config error"),
     Case("train.kl_to_base with classification", train("train.kl_to_base=0.1", task="classification"), BAD_INPUT,
          "train.kl_to_base=0.1 applies to task sft, causal_lm or a preference task, not classification",
          "config error"),
