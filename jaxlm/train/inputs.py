@@ -121,7 +121,9 @@ def prepare_model(model, cfg: Config, *, say=print):
     if note and say:
         say(f"attention: {note}")
     try:
-        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers))
+        # mesh.expert > 1: each device runs its own experts on the tokens sent to it (models/expert_parallel.py)
+        expert_axis = "expert" if cfg.mesh.expert > 1 else ""
+        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers, expert_axis))
     except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
         raise ConfigError(str(e)) from None
 
