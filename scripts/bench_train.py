@@ -303,7 +303,7 @@ def check_cudnn_attention(kernel: str = "cudnn") -> str:
                        ("bidirectional + lengths", layers.Mask(lengths=lengths, causal=False))):
         def loss(q, k, v, use_kernel, mask=mask):
             out = (layers.kernel_attention(q, k, v, mask, scale=d**-0.5, implementation=kernel) if use_kernel
-                   else layers.attention(q, k, v, mask))  # the XLA path
+                   else layers.attention(q, k, v, mask)[0])  # the XLA path (no cache: output, None)
             return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0) ** 2)
 
         step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
