@@ -17,12 +17,14 @@ DEBS := wordnet-base mythes-en-us chromium
 # The embedded default run, with the corpora's test splits scored before and after (test_metrics.json).
 # Scoring all 98 test batches twice took 6 of its 14 minutes on 2 CPU cores: the first TEST_BATCHES are
 # scored (samples.md says how many tokens; TEST_BATCHES=0 scores all), and the untrained model's scores are
-# kept in SCORE_CACHE, so the next run from the same base model on the same data scores only "after".
+# kept in SCORE_CACHE, so the next run from the same base model on the same data scores only "after";
+# the compiled programs in COMPILE_CACHE (XLA's), so the next run compiles nothing.
 TEST_BATCHES ?= 8
 SCORE_CACHE ?= $(HOME)/.cache/jaxlm/scores
+COMPILE_CACHE ?= $(HOME)/.cache/jaxlm/xla
 train: $(STAMP)
 	$(PY) -m jaxlm.train 'data.test=[tfds:jaxlm_chatterbot:test, tfds:jaxlm_chitchat:test]' \
-	    eval.test_steps=$(TEST_BATCHES) eval.score_cache=$(SCORE_CACHE)
+	    eval.test_steps=$(TEST_BATCHES) eval.score_cache=$(SCORE_CACHE) train.compile_cache=$(COMPILE_CACHE)
 
 test: $(STAMP)
 	$(PY) -m ruff check jaxlm tests scripts

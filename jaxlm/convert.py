@@ -18,6 +18,7 @@ import sys
 import time
 
 from jaxlm.errors import UserError, exit_codes
+from jaxlm.model_paths import prompt_tuning_adapter, run_export
 from jaxlm.outputs import check_output, one_writer, replacing
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,23 +86,6 @@ def model_name(src: str) -> str:
     """What a GGUF file calls the model (general.name): the source folder's or file's name."""
     name = os.path.basename(os.path.normpath(os.path.abspath(src)))
     return name.removesuffix(".gguf")
-
-
-def prompt_tuning_adapter(src: str) -> str | None:
-    """A prompt-tuning run's `adapter/` folder (its virtual tokens; its hf/ holds only the base model)."""
-    config = os.path.join(src, "adapter", "adapter_config.json")
-    if not os.path.isfile(config) or run_export(src) == src:
-        return None
-    with open(config, encoding="utf-8") as f:
-        return os.path.dirname(config) if '"PROMPT_TUNING"' in f.read() else None
-
-
-def run_export(src: str) -> str:
-    """A training run's output folder stands for the merged model it exported to `hf/`."""
-    run_hf = os.path.join(src, "hf")
-    if os.path.isdir(src) and not os.path.exists(os.path.join(src, "config.json")) and os.path.isdir(run_hf):
-        return run_hf
-    return src
 
 
 if __name__ == "__main__":

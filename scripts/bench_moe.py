@@ -1,4 +1,4 @@
-"""Benchmark: a mixture-of-experts layer's grouped experts (`jax.lax.ragged_dot` over tokens sorted by
+"""Benchmark: a mixture-of-experts layer's grouped experts (`moe.grouped_matmul`: tiles of tokens sorted by
 expert) against the dense form (every expert on every token, the unchosen weighted 0), forward and backward.
 
     .venv/bin/python scripts/bench_moe.py [--tokens 2048] [--dim 512] [--experts 16] [--top-k 2]

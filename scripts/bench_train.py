@@ -4,12 +4,16 @@
     PYTHONPATH=. python scripts/bench_train.py --model llama-1b --random-init --batch 8 --seq 1024
     PYTHONPATH=. python scripts/bench_train.py --suite gpu      # every GPU case, ~8 minutes on one H100/H200
     PYTHONPATH=. python scripts/bench_train.py --suite gpu --model tiny --batch 2 --seq 64   # CPU smoke test
+    PYTHONPATH=. python scripts/bench_train.py --suite gpu --cases 5,6  # the mixtures of experts alone
 
 `--model` is smollm2-135m (the shipped GGUF weights, or its shape with `--random-init`), llama-1b
 (the 1.1B TinyLlama shape: hidden 2048, 22 layers, 32 heads / 4 KV, MLP 5632, vocab 32000), qwen3-0.6b
 (Qwen/Qwen3-0.6B's shape), gemma3-1b (google/gemma-3-1b-pt's: 26 layers, five sliding-window layers of 512
-tokens to a global one, vocab 262144), all three always random; tiny (2 layers, hidden 64; random; for
-smoke tests) or a PATH to an HF folder / .gguf. Both sides train the same shapes, batch and optimizer
+tokens to a global one, vocab 262144), the mixtures of experts qwen3-30b-a3b-2l (Qwen3-30B-A3B's width, 128
+experts of 768, top 8, with 2 of its 48 layers) and mixtral-8x7b-1l (Mixtral-8x7B's, 8 experts of 14336, top 2,
+with 1 of its 32 layers), all always random; tiny (2 layers, hidden 64; random; for smoke tests; tiny-moe the
+same as a Qwen3-MoE) or a PATH to an HF folder / .gguf. A mixture's MFU counts the parameters a token uses
+(its k experts of each layer). Both sides train the same shapes, batch and optimizer
 (AdamW, float32 master weights; clip 1.0). jaxlm runs `build_engine`'s jitted step; PyTorch runs the
 family's transformers class with sdpa attention (peft LoRA r16
 on every projection for `lora`), on a GPU under torch.autocast(bfloat16) with fused AdamW, eagerly
@@ -54,7 +58,25 @@ SHAPES = {
                       rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=512, sliding_window_pattern=6,
                       hidden_activation="gelu_pytorch_tanh", max_position_embeddings=32768, tie_word_embeddings=True,
                       attn_logit_softcapping=None, final_logit_softcapping=None),
-    # A smoke-test shape: `--suite gpu --model tiny --batch 2 --seq 64` runs the whole suite on a CPU in ~5 minutes.
+    # Mixtures of experts, their full width with few layers (random init: the shapes of the matmuls, the routing
+    # and the expert sort are the full models'; 48 and 32 layers would not fit one GPU's 80 GB with AdamW).
+    "qwen3-30b-a3b-2l": dict(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], vocab_size=151936,
+                             hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=2,
+                             num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                             num_experts_per_tok=8, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                             rms_norm_eps=1e-6, rope_theta=1000000.0, max_position_embeddings=40960,
+                             tie_word_embeddings=False),
+    "mixtral-8x7b-1l": dict(model_type="mixtral", architectures=["MixtralForCausalLM"], vocab_size=32000,
+                            hidden_size=4096, intermediate_size=14336, num_hidden_layers=1, num_attention_heads=32,
+                            num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, rms_norm_eps=1e-5,
+                            rope_theta=1000000.0, max_position_embeddings=32768, sliding_window=None,
+                            tie_word_embeddings=False),
+    # A smoke-test shape: `--suite gpu --model tiny --batch 2 --seq 64` runs the whole suite on a CPU in ~5 minutes
+    # (a mixture's case with tiny-moe, Qwen3-MoE's architecture at the same size).
+    "tiny-moe": dict(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], vocab_size=512, hidden_size=64,
+                     intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=16, num_experts=8, num_experts_per_tok=2, norm_topk_prob=True,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=8192, tie_word_embeddings=False),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=8192,
                  tie_word_embeddings=True),
@@ -72,7 +94,14 @@ GPU_SUITE = [
     ("llama-1b", "full", 8, 1024, "eager,compile", []),
     ("smollm2-135m", "lora", 16, 1024, "eager", []),
     ("llama-1b", "full", 1, 8192, "eager", ["model.remat=full"]),  # long context: remat + flash attention
+    # Mixtures of experts (`--cases 5,6` alone): jaxlm's grouped experts vs transformers' own experts
+    ("qwen3-30b-a3b-2l", "full", 8, 1024, "eager", []),
+    ("mixtral-8x7b-1l", "full", 8, 1024, "eager", []),
 ]
+
+
+def is_mixture(model: str) -> bool:
+    return SHAPES.get(model, {}).get("model_type") in ("qwen3_moe", "mixtral")
 
 
 def hf_config(model: str, random_init: bool) -> dict:
@@ -98,6 +127,11 @@ def flops_per_token(cfg: dict, n_params: float, seq: int, mode: str) -> float:
     heads, hidden = cfg["num_attention_heads"], cfg["hidden_size"]
     head_dim = cfg.get("head_dim") or hidden // heads
     attention = 6 * cfg["num_hidden_layers"] * heads * head_dim * seq  # causal: half of 12 L d T
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts")
+    if experts:  # a token runs k of each sparse layer's experts: the others' parameters do no work for it
+        size = cfg.get("moe_intermediate_size") or cfg["intermediate_size"]
+        sparse = cfg["num_hidden_layers"] - len(cfg.get("mlp_only_layers") or ())
+        n_params -= sparse * (experts - cfg["num_experts_per_tok"]) * 3 * hidden * size
     return (6 if mode == "full" else 4) * n_params + attention
 
 
@@ -269,7 +303,7 @@ def check_cudnn_attention(kernel: str = "cudnn") -> str:
                        ("bidirectional + lengths", layers.Mask(lengths=lengths, causal=False))):
         def loss(q, k, v, use_kernel, mask=mask):
             out = (layers.kernel_attention(q, k, v, mask, scale=d**-0.5, implementation=kernel) if use_kernel
-                   else layers.attention(q, k, v, mask))  # the XLA path
+                   else layers.attention(q, k, v, mask)[0])  # the XLA path (no cache: output, None)
             return jnp.sum(jnp.where(real, out.astype(jnp.float32), 0) ** 2)
 
         step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
@@ -396,7 +430,8 @@ def main():
         began = time.perf_counter()
         chosen = [int(i) for i in args.cases.split(",")] if args.cases else range(1, len(GPU_SUITE) + 1)
         for model, mode, b, t, variants, extra in (GPU_SUITE[i - 1] for i in chosen):
-            model, b, t = args.model or model, args.batch or b, args.seq or t
+            tiny_mixture = args.model == "tiny" and is_mixture(model)
+            model, b, t = "tiny-moe" if tiny_mixture else args.model or model, args.batch or b, args.seq or t
             ratio = run_case(model, mode, b, t, variants.split(","), settings + extra, args, peak, dtype)
             ratios.append((f"{model} {mode} {b}x{t}", ratio))
         print(f"suite took {time.perf_counter() - began:.0f}s")

@@ -106,6 +106,20 @@ def test_q8_0_stores_matrices_in_q8_0_and_vectors_in_f32(llama, tmp_path):
     assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
 
 
+def test_a_file_is_parsed_once_per_load_and_again_when_rewritten(llama, tmp_path):
+    """Loading reads the config, then the tensors and tokenizer: one parse of the metadata (the slow part) for
+    both; a file written again at the same path (another size or time) is read anew."""
+    from jaxlm.hf import gguf as jaxlm_gguf
+
+    model, tokenizer = llama
+    path = jaxlm.export_pretrained(model, tmp_path / "m.gguf", tokenizer, gguf_type="f32")
+    first = jaxlm_gguf._open(path)
+    assert jaxlm_gguf._open(path) is first
+    jaxlm.export_pretrained(model, tmp_path / "m.gguf", tokenizer, gguf_type="q8_0")
+    again = jaxlm_gguf._open(path)
+    assert again is not first and again.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+
+
 def test_llama_metadata_is_what_llama_cpp_reads(llama, tmp_path):
     model, tokenizer = llama
     reader = gguf.GGUFReader(jaxlm.export_pretrained(model, tmp_path / "m.gguf", tokenizer, gguf_type="f16"))

@@ -16,7 +16,7 @@ import jaxlm
 from hf_checkpoints import assert_same_tensors, left_padded_batch, tiny_mixtral, tiny_qwen3_moe
 from jaxlm.models.llama_moe import expert_load, router_aux_loss
 from jaxlm.models.lora import LoRAExperts
-from jaxlm.models.moe import SparseMoE
+from jaxlm.models.moe import SparseMoE, grouped_matmul
 from test_lora import _as_if_trained
 from train_helpers import with_devices
 
@@ -95,6 +95,29 @@ def test_grouped_experts_equal_the_dense_reference_and_their_gradients_too_with_
     lora_grouped, lora_dense = both(state)
     np.testing.assert_allclose(lora_grouped, lora_dense, rtol=1e-4, atol=1e-5)
     assert float(jnp.sum(lora_dense**2)) > 2 * float(dense)  # the adapters change the output
+
+
+def test_grouped_matmul_skips_padding_rows_and_unused_tiles_with_the_per_row_products_and_gradients():
+    """A buffer of 40 rows of which the sizes count 21 (the rest padding, as expert parallelism receives):
+    tiles of 8, 8 of them, 4 used (groups of 9, 0 and 12 rows); the counted rows come out times their group's
+    kernel, the padding zero, and the gradients are the per-row products' (the skipped tiles give none)."""
+    kernels = jax.random.normal(jax.random.key(0), (3, 8, 5))
+    rows = jax.random.normal(jax.random.key(1), (40, 8))
+    sizes = jnp.array([9, 0, 12], jnp.int32)
+    group = np.repeat(np.arange(3), np.asarray(sizes))
+
+    def per_row(rows, kernels):
+        return jnp.concatenate([jnp.einsum("mi,mio->mo", rows[:21], kernels[group]), jnp.zeros((19, 5))])
+
+    def loss(how):
+        return jax.jit(jax.value_and_grad(lambda r, k: jnp.sum(jnp.sin(how(r, k))), argnums=(0, 1)))
+
+    want, want_grads = loss(per_row)(rows, kernels)
+    got, got_grads = loss(lambda r, k: grouped_matmul(r, k, sizes))(rows, kernels)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got_grads[0][21:], 0)
 
 
 def test_greedy_generation_matches_transformers(family):
@@ -218,40 +241,68 @@ from flax import nnx
 import jaxlm
 from jaxlm.compute import sharding
 from jaxlm.compute.losses import loss_terms
+from jaxlm.models.contract import configure
+from jaxlm.models.execution import Execution
+from jaxlm.models.lora import apply_lora
+from jaxlm.train.config import load_config
+from jaxlm.train.engine import lower_train_step
+from jaxlm.train.inputs import prepare_model
 sys.path.insert(0, {tests!r})
 from test_train_loss import lm_batch
 
-model = jaxlm.load_pretrained(sys.argv[1])[0]
-graphdef, params = nnx.split(model)
+def model(scanned):
+  loaded = jaxlm.load_pretrained(sys.argv[1])[0]
+  apply_lora(loaded, ["gate"], 4, 8.0)  # on the experts (w1): their pairs are split over the experts too
+  for _, pair in nnx.to_flat_state(nnx.state(loaded, nnx.LoRAParam)):  # B starts at zero: as if trained
+    pair.set_value(pair.get_value() + 0.05)
+  return configure(loaded, Execution(expert_axis="expert", remat="full" if scanned else "none", scan_layers=scanned))
 
-def run(mesh_shape):
+def run(mesh_shape, scanned=False):
   devices = np.array(jax.devices()[:int(np.prod(mesh_shape))]).reshape(mesh_shape)
   mesh = jax.sharding.Mesh(devices, ("data", "fsdp", "expert"))
+  graphdef, params = nnx.split(model(scanned))
   placed = sharding.place(params, sharding.state_shardings(params, mesh))
   batch = jax.device_put(lm_batch(), sharding.batch_sharding(mesh, accumulated=False))
   def loss(p, b):
     terms = loss_terms("causal_lm", nnx.merge(graphdef, p), b)
     return terms.loss_sum / terms.count
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(placed, batch)
-  w1 = placed["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
-  w1_grad = grads["layers"][0]["block_sparse_moe"]["experts"]["w1"].get_value()
-  return {{"loss": float(value), "spec": str(w1.sharding.spec), "w1_grad": np.asarray(w1_grad).tolist(),
-          "router_grad": np.asarray(grads["layers"][1]["block_sparse_moe"]["gate"]["kernel"].get_value()).tolist()}}
+  step = jax.jit(sharding.traced_under(mesh, jax.value_and_grad(loss))).lower(placed, batch).compile()
+  value, grads = step(placed, batch)
+  def layer(tree, i):  # stacked layers: the i-th's slice, as unrolled
+    return jax.tree.map(lambda x: x[i], tree["layers"]["layer"]) if scanned else tree["layers"][i]
 
-shapes = (("one", (1, 1, 1)), ("expert4", (1, 1, 4)), ("expert2_fsdp2", (1, 2, 2)))
-json.dump({{name: run(shape) for name, shape in shapes}}, sys.stdout)
+  w1 = (placed["layers"]["layer"] if scanned else placed["layers"][0])["block_sparse_moe"]["experts"]["w1"]
+  experts = layer(grads, 0)["block_sparse_moe"]["experts"]
+  gathered = [line for line in step.as_text().splitlines() if "all-gather(" in line]
+  return {{"loss": float(value), "spec": str(w1.get_value().sharding.spec),
+          "w1_grad": np.asarray(experts["w1"].get_value()).tolist(),
+          "lora_grad": np.asarray(experts["w1_lora_a"].get_value()).tolist(),
+          "router_grad": np.asarray(layer(grads, 1)["block_sparse_moe"]["gate"]["kernel"].get_value()).tolist(),
+          "all_to_all": step.as_text().count("all-to-all("), "gathered": gathered}}
+
+runs = {{"one": run((1, 1, 1)), "expert4": run((1, 1, 4)), "expert2_fsdp2": run((1, 2, 2), scanned=True)}}
+# The trainer's own step: mesh.expert > 1 sets the model's expert axis, and the step is traced under its mesh.
+cfg = load_config(None, [f"model.path={{sys.argv[1]}}", "task=causal_lm", "train.batch_size=4", "train.seq_len=16",
+                         "mesh.expert=4"])
+loaded = jaxlm.load_pretrained(sys.argv[1])[0]
+runs["trainer_all_to_all"] = lower_train_step(prepare_model(loaded, cfg), cfg).as_text().count("all_to_all")
+json.dump(runs, sys.stdout)
 """
 
 
 @pytest.mark.parametrize("family", ["mixtral"], indirect=True)
-def test_experts_split_over_mesh_expert_give_the_one_device_loss_and_gradients(family):
-    """4 fake CPU devices (a fresh process: the device count is fixed when JAX starts): mesh.expert=4 puts
-    one of each layer's 4 experts on each device (and a quarter of the batch), mesh.expert=2 x mesh.fsdp=2
-    two experts per device pair, each split again over fsdp; the training loss (the router's load-balancing
-    term included) and its gradients (an expert's and the router's) are the one-device ones."""
+def test_experts_split_over_mesh_expert_exchange_tokens_all_to_all_with_the_one_device_loss_and_gradients(family):
+    """4 fake CPU devices (a fresh process: the device count is fixed when JAX starts), LoRA on the experts:
+    mesh.expert=4 puts one of each layer's 4 experts on each device (and a quarter of the batch);
+    mesh.expert=2 x mesh.fsdp=2 two experts per device pair, each split again over fsdp, here with the layers
+    stacked and rematerialised. The training loss (the router's load-balancing term included) and its
+    gradients (an expert's, its adapter's, the router's) are the one-device ones, and the compiled step
+    sends the tokens to the experts all-to-all instead of gathering every expert on every device (GSPMD's
+    way: an all-gather of f32[4,64,48] per projection)."""
     import json
     import os
+    import re
     import subprocess
     import sys
 
@@ -261,11 +312,17 @@ def test_experts_split_over_mesh_expert_give_the_one_device_loss_and_gradients(f
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout)
     assert runs["expert4"]["spec"] == "P('expert', None, None)"
-    assert runs["expert2_fsdp2"]["spec"] == "P('expert', 'fsdp', None)"
+    assert runs["expert2_fsdp2"]["spec"] == "P(None, 'expert', 'fsdp', None)"  # behind the layers' axis
     for name in ("expert4", "expert2_fsdp2"):
         np.testing.assert_allclose(runs[name]["loss"], runs["one"]["loss"], rtol=1e-6)
-        for grad in ("w1_grad", "router_grad"):
+        for grad in ("w1_grad", "lora_grad", "router_grad"):
             np.testing.assert_allclose(runs[name][grad], runs["one"][grad], rtol=1e-4, atol=1e-7, err_msg=name)
+        # forward and backward, both ways, in each sparse layer (the scanned ones: once, in the scan's body)
+        assert runs[name]["all_to_all"] >= 4, name
+        whole_experts = [line for line in runs[name]["gathered"] if re.search(r"f32\[(\d+,)*4,(64,48|48,64)\]", line)]
+        assert not whole_experts, whole_experts
+    assert runs["one"]["all_to_all"] == 0
+    assert runs["trainer_all_to_all"] >= 8
 
 
 def test_expert_parallelism_composes_with_fsdp_and_never_splits_the_layer_axis():

@@ -307,3 +307,46 @@ def test_precomputed_reference_log_probs_give_what_the_held_reference_gives(file
             assert abs(got["loss"] - math.log(2)) < 1e-5
         else:
             assert abs(got["rewards/margins"]) > 1e-3  # the policy moved away from the reference
+
+
+def test_kl_to_base_joins_a_dpo_loss_per_pair(files):
+    """train.kl_to_base with task dpo (LoRA: the reference is the adapters off) adds β x KL(policy || starting
+    model) summed over each pair's chosen and rejected completion tokens, averaged over pairs as the loss is:
+    0 before the first update; after it, the KL computed here from both models' full logits."""
+    import jaxlm
+    from jaxlm.train.config import load_config
+    from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
+
+    beta = 0.5
+    cfg = load_config(None, [f"model.path={files['llama']}", "task=dpo", "train.batch_size=4", "train.warmup_steps=0",
+                             f"train.seq_len={SEQ_LEN}", "model.lora.rank=4", "train.learning_rate=5e-2",
+                             f"train.kl_to_base={beta}"])
+    encode = PreferenceEncoder(llama_tokenizer(), seq_len=SEQ_LEN).encode
+    batches = [encode([("preference", r) for r in pairs(8)[i:i + 4]]) for i in (0, 4)]
+    base, _ = jaxlm.load_pretrained(files["llama"])
+    model, _ = jaxlm.load_pretrained(files["llama"])
+    engine = build_engine(prepare_model(model, cfg), cfg)
+    first = jax.device_get(engine.step(batches[0]))
+    assert abs(first["kl_to_base"]) < 1e-6 and abs(first["loss"] - math.log(2)) < 1e-5
+
+    engine.update_model(model)  # the policy as the second step starts
+
+    def expected(model, base, batch):
+        seq = batch["input_ids"].shape[-1]
+        ids = batch["input_ids"].reshape(-1, seq)
+        inputs = dict(positions=jnp.broadcast_to(jnp.arange(seq), ids.shape),
+                      lengths=batch["attention_mask"].reshape(-1, seq).sum(-1))
+        log_p = jax.nn.log_softmax(model(ids, **inputs), -1)
+        log_q = jax.nn.log_softmax(base(ids, **inputs), -1)
+        per_token = jnp.sum(jnp.exp(log_p) * (log_p - log_q), -1) * batch["completion_mask"].reshape(-1, seq)
+        (logps, tokens), (reference, _) = completion_logps(model, batch), completion_logps(base, batch)
+        loss_sum, count, _ = pair_terms(Preference("dpo", cfg.dpo.beta), logps, tokens, reference)
+        return jnp.mean(per_token.reshape(4, -1).sum(-1)), loss_sum / count
+
+    expected_kl, dpo_loss = jax.device_get(
+        jax.jit(expected)(model, base, {k: jnp.asarray(v) for k, v in batches[1].items()}))
+    second = jax.device_get(engine.step(batches[1]))
+    assert expected_kl > 1e-4  # the adapters moved the policy
+    np.testing.assert_allclose(second["kl_to_base"], expected_kl, rtol=1e-4)
+    np.testing.assert_allclose(second["loss"], dpo_loss + beta * expected_kl, rtol=1e-5)

@@ -275,3 +275,33 @@ def test_jaxlm_train_runs_a_qwen3_folder_with_stacked_layers_and_exports_it(file
     assert not (out / "report_error.log").exists()
     steps = {r["step"] for r in read_metrics(os.path.join(out, "metrics.jsonl")) if "loss" in r}
     assert steps == {1, 2, 3, 4}, steps
+
+
+def test_a_second_run_loads_its_programs_from_the_compile_cache(files, tmp_path):
+    """train.compile_cache: the first run writes its compiled programs there; a second run of the same settings
+    (another output folder, the in-memory caches cleared) finds every one of them and adds none. JAX keeps only
+    programs that took a second to compile and the tiny model's take less, so the threshold is 0 here. Last in
+    this file: it clears the process's in-memory compilation caches."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+
+    cache = tmp_path / "xla"
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    try:
+        entries = []
+        for name in ("first", "second"):
+            jax.clear_caches()
+            train(tiny_config(tmp_path / name, files["llama"], "sft", [files["sft"]], "train.steps=2",
+                              "eval.every=0", "eval.general_prompts=false", f"train.compile_cache={cache}"),
+                  progress=False, export=False)
+            entries.append(sorted(os.listdir(cache)))
+        assert entries[0], "nothing was written to the compile cache"
+        assert entries[1] == entries[0]
+        losses = [[r["loss"] for r in read_metrics(str(tmp_path / name / "run" / "metrics.jsonl")) if "loss" in r]
+                  for name in ("first", "second")]
+        assert losses[0] and losses[1] == losses[0]  # the loaded programs compute what the compiled ones did
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()

@@ -62,7 +62,8 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     also counts the argmax hits, for token or class accuracy. A preference task needs its `objective`,
     and dpo the reference model's `completion_logps` of the batch. `kl` = (reference model, β) adds
     β x KL(model || reference) per counted token to a language-model loss (train.kl_to_base), its sum in
-    `sums["kl_to_base"]`. `distill` = (teacher model, α, T) mixes a language-model loss as (1 - α) x cross-entropy
+    `sums["kl_to_base"]`; to a preference loss per pair, summed over the pair's completion tokens.
+    `distill` = (teacher model, α, T) mixes a language-model loss as (1 - α) x cross-entropy
     + α x T² x KL(teacher || model) at temperature T per counted token (train.distill), the KL's sum in
     `sums["distill_kl"]`; the split by source stays the plain cross-entropy."""
     if task == "grpo":
@@ -75,10 +76,18 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     if task in PREFERENCE_TASKS:
         assert isinstance(objective, preference.Preference), f"task {task} needs its preference objective"
         assert objective.task == task, f"task {task} needs its preference objective"
-        logps, tokens = completion_logps(model, batch, chunk_tokens)
+        (logps, tokens), hidden, inputs = completion_logps(model, batch, chunk_tokens, with_hidden=True)
         loss_sum, count, sums = preference.pair_terms(objective, logps, tokens, reference_logps)
         balance = None if count_correct else router_aux_loss(model)  # training only, once per pair (as TRL)
-        return LossTerms(loss_sum if balance is None else loss_sum + balance * count, count, None, sums=sums)
+        if balance is not None:
+            loss_sum = loss_sum + balance * count
+        if kl is not None:  # per pair, like the loss it joins: KL summed over its chosen and rejected completions
+            reference, beta = kl
+            reference_hidden = jax.lax.stop_gradient(reference(**inputs, return_hidden=True))
+            sums = {**sums, "kl_to_base": kl_to_reference(hidden, model, reference_hidden, reference,
+                                                          inputs_mask(batch), chunk_tokens)}
+            loss_sum = loss_sum + beta * sums["kl_to_base"]
+        return LossTerms(loss_sum, count, None, sums=sums)
     if task in LABELLED_TASKS:
         logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).astype(jnp.float32)
         labels = batch["labels"]
@@ -124,17 +133,29 @@ def loss_terms(task: str, model, batch, *, chunk_tokens: int = 0, packed: bool =
     return LossTerms(share * loss_sum + extra, jnp.sum(weights), None, sums=sums)
 
 
-def completion_logps(model, batch, chunk_tokens: int = 0) -> tuple[jax.Array, jax.Array]:
+def _flat_pairs(x: jax.Array) -> jax.Array:
+    """[pairs, 2, seq] -> [2 x pairs, seq]: chosen0, rejected0, chosen1, ..."""
+    return x.reshape(-1, x.shape[-1])
+
+
+def inputs_mask(batch) -> jax.Array:
+    """float32 [2 x pairs, seq]: the completion tokens of a preference batch, rows as `completion_logps` runs them."""
+    return _flat_pairs(batch["completion_mask"]).astype(jnp.float32)
+
+
+def completion_logps(model, batch, chunk_tokens: int = 0, with_hidden: bool = False):
     """(summed completion log-probs, completion token counts), each float32 [pairs, 2], of a preference batch
-    ([pairs, 2, seq] arrays, see compute/preference.py): one forward of chosen and rejected together."""
+    ([pairs, 2, seq] arrays, see compute/preference.py): one forward of chosen and rejected together.
+    `with_hidden` also returns the final hidden states and the model's inputs (for a KL on the same rows)."""
     pairs, _, seq = batch["input_ids"].shape
-    flat = lambda x: x.reshape(2 * pairs, seq)  # noqa: E731  [pairs, 2, seq] -> [chosen0, rejected0, chosen1, ...]
-    lengths = jnp.sum(flat(batch["attention_mask"]), axis=-1, dtype=jnp.int32)
-    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (2 * pairs, seq))
-    hidden = model(flat(batch["input_ids"]), positions=positions, lengths=lengths, return_hidden=True)
-    mask = flat(batch["completion_mask"]).astype(jnp.float32)
-    logps = -sequence_nll(hidden, model, flat(batch["targets"]), mask, chunk_tokens)
-    return logps.reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
+    inputs = dict(input_ids=_flat_pairs(batch["input_ids"]),
+                  positions=jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (2 * pairs, seq)),
+                  lengths=jnp.sum(_flat_pairs(batch["attention_mask"]), axis=-1, dtype=jnp.int32))
+    hidden = model(**inputs, return_hidden=True)
+    mask = inputs_mask(batch)
+    logps = -sequence_nll(hidden, model, _flat_pairs(batch["targets"]), mask, chunk_tokens)
+    result = logps.reshape(pairs, 2), jnp.sum(mask, -1).reshape(pairs, 2)
+    return (result, hidden, inputs) if with_hidden else result
 
 
 def token_logps(model, batch, temperature: float = 1.0, chunk_tokens: int = 0) -> jax.Array:

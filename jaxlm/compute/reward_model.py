@@ -23,8 +23,8 @@ class ClassifierReward:
     path and label are checked here, each error naming its key."""
 
     def __init__(self, path: str, label: str, where: str):
-        from jaxlm.convert import run_export
         from jaxlm.hf.load import load_pretrained
+        from jaxlm.model_paths import run_export
         from jaxlm.models import architecture_of
 
         if not os.path.exists(path):

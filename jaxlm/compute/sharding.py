@@ -6,7 +6,9 @@ Model code never names devices; everything about placement is here. The same rul
 * batches are split along their batch dimension over all three axes (FSDP and expert parallelism
   are data parallel too);
 * a mixture of experts' parameters (marked `EXPERT_AXIS` by the model) are split along their expert
-  axis over the "expert" axis: each device of it holds experts / mesh.expert of every layer's experts;
+  axis over the "expert" axis: each device of it holds experts / mesh.expert of every layer's experts,
+  and the model sends the tokens to them all-to-all (models/expert_parallel.py: the steps are traced
+  under their mesh, `traced_under`, where it finds the axis);
 * each parameter (and each optimizer-state leaf, which has the parameter's shape) is sharded
   along its largest dimension divisible by the fsdp size (not the expert axis), and replicated if
   none is; the layer axis of stacked layers (`model.scan_layers`) is never split, so each device
@@ -16,6 +18,8 @@ Model code never names devices; everything about placement is here. The same rul
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from flax import nnx
@@ -23,7 +27,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxlm.errors import ConfigError
-from jaxlm.models.moe import EXPERT_AXIS
+from jaxlm.models.expert_parallel import EXPERT_AXIS
 from jaxlm.models.scan import LAYER_AXIS
 
 BATCH_AXES = ("data", "fsdp", "expert")
@@ -98,6 +102,18 @@ def place(tree, shardings):
         return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
 
     return jax.tree.map(put, tree, shardings)
+
+
+def traced_under(mesh: Mesh, fn):
+    """`fn`, traced with `mesh` as its context's mesh (`jax.sharding.get_abstract_mesh()`): where a mixture of
+    experts finds the axis its tokens are exchanged over (models/expert_parallel.py). Jit the result."""
+
+    @functools.wraps(fn)
+    def under_mesh(*args):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args)
+
+    return under_mesh
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

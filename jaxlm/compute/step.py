@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxlm.compute import losses
+from jaxlm.compute import losses, sharding
 from jaxlm.compute.grpo import Grpo
 from jaxlm.compute.losses import completion_logps
 from jaxlm.compute.preference import Preference
@@ -179,7 +179,7 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
     state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh = shardings
     replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
-        step,
+        sharding.traced_under(batch_sh.mesh, step),
         in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
@@ -196,7 +196,7 @@ def make_completion_logps(graphdef, *, compute_dtype, shardings, chunk_tokens=0)
         model = nnx.merge(graphdef, cast_floats(params, compute_dtype), cast_floats(frozen, compute_dtype), rest)
         return completion_logps(model, batch, chunk_tokens)[0]
 
-    return jax.jit(logps, in_shardings=shardings)
+    return jax.jit(sharding.traced_under(shardings[3].mesh, logps), in_shardings=shardings)
 
 
 def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, packed=True,
@@ -216,4 +216,4 @@ def make_eval_step(graphdef, *, task, compute_dtype, shardings, chunk_tokens=0, 
         predictions = None if terms.class_logits is None else jnp.argmax(terms.class_logits, -1)
         return terms.loss_sum, terms.count, terms.correct, predictions, terms.sums or {}
 
-    return jax.jit(eval_step, in_shardings=shardings)
+    return jax.jit(sharding.traced_under(shardings[3].mesh, eval_step), in_shardings=shardings)

@@ -15,6 +15,8 @@ import itertools
 import json
 import os
 
+from jaxlm import model_paths
+from jaxlm.assets import AssetMissing
 from jaxlm.errors import UserError
 from jaxlm.eval import metrics, prompts
 from jaxlm.eval.answers import Ask, general_check, local_asker
@@ -99,18 +101,13 @@ def run_eval(options: EvalOptions, *, progress: bool = True) -> dict:
 def resolve_model(path: str) -> tuple[str, str | None, str | None]:
     """(the model to load, the task of the training run it came from, and that run's prompt-tuning
     adapter: its hf/ holds the base model, the virtual tokens are only in adapter/)."""
-    if os.path.isdir(path) and os.path.exists(os.path.join(path, "config.yaml")) \
-            and os.path.isdir(os.path.join(path, "hf")):
-        import yaml
-
-        with open(os.path.join(path, "config.yaml"), encoding="utf-8") as f:
-            saved = yaml.safe_load(f) or {}
-        virtual = ((saved.get("model") or {}).get("prompt_tuning") or {}).get("num_virtual_tokens", 0)
-        adapter = os.path.join(path, "adapter") if virtual else None
-        return os.path.join(path, "hf"), saved.get("task"), adapter
-    if not os.path.exists(path):
+    try:
+        resolved = model_paths.resolve(path)
+    except AssetMissing as e:
+        raise UserError(f"--model {path}: {e}") from None
+    if not os.path.exists(resolved):
         raise UserError(f"--model {path}: no such HF folder, .gguf file or training run folder")
-    return path, None, None
+    return resolved, model_paths.run_task(path), model_paths.prompt_tuning_adapter(path)
 
 
 def first_records(source: str, limit: int, tfds_data_dir: str | None) -> list:

@@ -18,6 +18,9 @@ class Execution:
     attention: str = "xla"  # "xla" | "cudnn" (see layers.attention; resolve "auto" with layers.resolve_attention)
     remat: str = "none"  # a scan.REMAT name: what a layer keeps for the backward pass
     scan_layers: bool = False  # decoder layers stacked for one lax.scan (a scan.Stack)
+    # A mixture of experts: the mesh axis its experts are split over, their tokens sent to them all-to-all
+    # over it (models/expert_parallel.py); "": the experts run where the tokens are (XLA moves the experts)
+    expert_axis: str = ""
 
     def __post_init__(self):
         if self.attention not in ATTENTION[1:]:

@@ -69,14 +69,14 @@ class MoEDecoderLayer(nnx.Module):
         self.moe_attribute, self.num_experts = cfg.moe_attribute, cfg.num_experts
 
     def __call__(self, carry: tuple[jax.Array, RouterStats | None], positions, mask, inv_freq, real,
-                 kv: LayerCache | None = None):
+                 kv: LayerCache | None = None, expert_axis: str = ""):
         x, stats = carry
         attn, kv = self.self_attn(self.input_layernorm(x), positions, mask, inv_freq, kv)
         x = x + attn
         mlp = getattr(self, self.moe_attribute)
         normed = self.post_attention_layernorm(x)
         if isinstance(mlp, SparseMoE):
-            out, stats = mlp(normed, real, stats)
+            out, stats = mlp(normed, real, stats, expert_axis)
         else:
             out = mlp(normed)
         return (x + out, stats), kv
@@ -109,8 +109,9 @@ class LlamaMoEForCausalLM(LlamaForCausalLM):
         # Kept for training and scoring; generation (a cache) has no use for the statistics and skips them.
         stats = None if cache is not None else RouterStats.zeros(cast(MoEFields, self.config).num_experts,
                                                                   self.sparse_layers)
+        axis = self.execution.expert_axis
         (x, stats), cache = scan.run(self.layers, (self.embed(input_ids), stats),
-                                     lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv),
+                                     lambda layer, y, kv: layer(y, positions, mask, inv_freq, real, kv, axis),
                                      remat=self.execution.remat, cache=cache)
         # A model closed over by a jitted function (a user's own scoring) cannot change its variables there; the
         # train and eval steps merge it inside.

@@ -6,6 +6,9 @@ pairs are sorted by expert and each projection is one `grouped_matmul` over the 
 the work is k tokens' worth of MLP, not num_experts' worth (`dense`, which runs every expert on
 every token and zeroes the unchosen, is kept as the reference the tests compare with).
 
+With the experts split over a mesh axis (`Execution.expert_axis`) the rows travel to the devices holding
+their experts and back, all-to-all (`models/expert_parallel.py`).
+
 The router also reports what the load-balancing loss needs (`RouterStats`), summed over the
 layers by the model and turned into transformers' auxiliary loss by `load_balancing_loss`.
 """
@@ -16,11 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxlm.models import layers
-
-# Metadata on the experts' parameters: the axis that indexes the experts (before any stacked-layer axis),
-# which expert parallelism splits (compute/sharding.py).
-EXPERT_AXIS = "expert_axis"
+from jaxlm.models import expert_parallel, layers
+from jaxlm.models.expert_parallel import EXPERT_AXIS, combine, sort_by_expert
 
 
 def expert_variable(value: jax.Array, kind: type[nnx.Variable] = nnx.Param) -> nnx.Variable:
@@ -76,12 +76,16 @@ def router_z_loss(stats: RouterStats) -> jax.Array:
 
 def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matmul) -> jax.Array:
     """rows [m, in] sorted by group, `sizes[g]` of them in group g; kernels [groups, in, out] -> [m, out],
-    each row times its group's kernel. `kernels` may be any pytree of arrays with a leading groups axis
-    that `multiply(rows of one group, that group's slice of kernels)` takes (int8 experts pass their
-    int8 rows and scales with `quant.int8_matmul`).
+    each row times its group's kernel. The sizes may sum to less than m: the rows past them are padding
+    (a worst-case buffer, as expert parallelism receives) and come out zero. `kernels` may be any pytree
+    of arrays with a leading groups axis that `multiply(rows of one group, that group's slice of kernels)`
+    takes (int8 experts pass their int8 rows and scales with `quant.int8_matmul`).
 
     Each group is padded to whole tiles, and one `lax.scan` multiplies a tile at a time by its group's
-    kernel: about m rows of work (plus under a tile of padding per group), forward and backward.
+    kernel; the tiles past the last used one are skipped (a `lax.cond`, a real branch on CPU and GPU), so
+    the work is the rows the sizes count, plus under a tile of padding per group, forward and backward,
+    however large the buffer. Each tile is rematerialised in the backward pass: otherwise the scan would
+    keep every tile's slice of the kernels, [tiles, in, out], for it.
     `jax.lax.ragged_dot` computes the same, but XLA lowers it on CPU (and on GPU in jaxlib 0.10) to
     zero-padded dense matmuls over every group: slower than even the dense form (scripts/bench_moe.py
     --ragged-dot measures all three)."""
@@ -89,19 +93,26 @@ def grouped_matmul(rows: jax.Array, kernels, sizes: jax.Array, multiply=jnp.matm
     tile = max(8, min(64, 1 << max(0, (m // groups).bit_length() - 1)))  # small batches (decoding): small tiles
     padded_sizes = (sizes + tile - 1) // tile * tile
     starts, padded_starts = jnp.cumsum(sizes) - sizes, jnp.cumsum(padded_sizes) - padded_sizes
-    group = jnp.repeat(jnp.arange(groups), sizes, total_repeat_length=m)
-    place = padded_starts[group] + jnp.arange(m) - starts[group]  # each row's slot in the padded layout
     tiles = -(-(m + groups * (tile - 1)) // tile)  # enough for any split of m rows into the groups
-    padded = jnp.zeros((tiles * tile, rows.shape[1]), rows.dtype).at[place].set(rows)
+    group = jnp.repeat(jnp.arange(groups), sizes, total_repeat_length=m)
+    counted = jnp.arange(m) < jnp.sum(sizes)
+    # each row's slot in the padded layout; padding rows none (dropped when placed, zero when read back)
+    place = jnp.where(counted, padded_starts[group] + jnp.arange(m) - starts[group], tiles * tile)
+    padded = jnp.zeros((tiles * tile, rows.shape[1]), rows.dtype).at[place].set(rows, mode="drop")
     tile_group = jnp.searchsorted(jnp.cumsum(padded_sizes), jnp.arange(tiles) * tile, side="right")
-    tile_group = jnp.minimum(tile_group, groups - 1)  # the unused tiles at the end: zeros, any kernel
+    tile_group = jnp.minimum(tile_group, groups - 1)  # the unused tiles at the end: skipped
+    used_tiles = jnp.sum(padded_sizes) // tile
 
-    def one_tile(_, tile_and_group):
-        x, g = tile_and_group
-        return None, multiply(x, jax.tree.map(lambda kernel: kernel[g], kernels))
+    @jax.checkpoint
+    def one_tile(x, g, index):
+        # The kernel sliced outside the cond: a branch given all the kernels copies them, every tile (on CPU).
+        kernel = jax.tree.map(lambda k: k[g], kernels)
+        out = jax.eval_shape(multiply, x, kernel)
+        return jax.lax.cond(index < used_tiles, multiply, lambda *_: jnp.zeros(out.shape, out.dtype), x, kernel)
 
-    _, out = jax.lax.scan(one_tile, None, (padded.reshape(tiles, tile, -1), tile_group))
-    return out.reshape(tiles * tile, -1)[place]
+    _, out = jax.lax.scan(lambda _, xs: (None, one_tile(*xs)), None,
+                          (padded.reshape(tiles, tile, -1), tile_group, jnp.arange(tiles)))
+    return out.reshape(tiles * tile, -1).at[place].get(mode="fill", fill_value=0)
 
 
 class Experts(nnx.Module):
@@ -128,16 +139,17 @@ class Experts(nnx.Module):
         """rows [m, in] sorted by expert, `sizes[e]` of them expert e's -> [m, out], through projection `name`."""
         return grouped_matmul(rows, getattr(self, name)[...].astype(rows.dtype), sizes)
 
+    def mlp(self, rows: jax.Array, sizes: jax.Array) -> jax.Array:
+        """rows [m, dim] sorted by expert, `sizes[e]` of them expert e's (the rest, if they sum to less, padding:
+        zero out) -> each row through its expert's MLP [m, dim]."""
+        gate, up, down = self.names
+        hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
+        return self.project(down, hidden, sizes)
+
     def grouped(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
         """x [tokens, dim]; experts, weights [tokens, k]: sum_j weights[t, j] * MLP_{experts[t, j]}(x[t])."""
-        tokens, k = experts.shape
-        gate, up, down = self.names
-        order = jnp.argsort(experts.reshape(-1), stable=True)  # the (token, choice) pairs grouped by expert
-        sizes = jnp.bincount(experts.reshape(-1), length=self.num_experts).astype(jnp.int32)
-        rows = x[order // k]
-        hidden = jax.nn.silu(self.project(gate, rows, sizes)) * self.project(up, rows, sizes)
-        out = self.project(down, hidden, sizes) * weights.reshape(-1)[order, None].astype(x.dtype)
-        return jnp.zeros_like(x).at[order // k].add(out)
+        order, sizes = sort_by_expert(experts, self.num_experts)
+        return combine(self.mlp(x[order // experts.shape[1]], sizes), order, weights, x.shape[0])
 
     def dense(self, x: jax.Array, experts: jax.Array, weights: jax.Array) -> jax.Array:
         """The same sum with every expert run on every token (the reference for `grouped`)."""
@@ -161,10 +173,12 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(num_experts, dim, hidden, names, rngs=rngs, param_dtype=param_dtype)
         self.top_k, self.normalize = top_k, normalize
 
-    def __call__(self, x: jax.Array, real: jax.Array | None,
-                 stats: RouterStats | None) -> tuple[jax.Array, RouterStats | None]:
+    def __call__(self, x: jax.Array, real: jax.Array | None, stats: RouterStats | None,
+                 expert_axis: str = "") -> tuple[jax.Array, RouterStats | None]:
         """x [batch, seq, dim]; `stats`: the statistics so far, to which this layer's are added (None: none are
-        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all)."""
+        kept, as in generation); `real` [batch, seq] marks the tokens they count (None: all); `expert_axis`:
+        the mesh axis the experts are split over, the tokens sent to them over it (`models/expert_parallel.py`;
+        "": the experts run where the tokens are)."""
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         logits = self.gate(flat).astype(jnp.float32)
@@ -172,7 +186,11 @@ class SparseMoE(nnx.Module):
         weights, experts = jax.lax.top_k(probabilities, self.top_k)
         if self.normalize:
             weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        out = self.experts.grouped(flat, experts, weights).reshape(b, t, d)
+        if expert_axis:
+            out = expert_parallel.grouped(self.experts, flat, experts, weights, expert_axis)
+        else:
+            out = self.experts.grouped(flat, experts, weights)
+        out = out.reshape(b, t, d)
         if stats is None:
             return out, None
         counted = jnp.ones(b * t, jnp.float32) if real is None else real.reshape(-1).astype(jnp.float32)

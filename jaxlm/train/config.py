@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import yaml
 
-from jaxlm.assets import AssetMissing, package_file
+from jaxlm import model_paths
+from jaxlm.assets import AssetMissing
 from jaxlm.compute.rewards import REWARD_TYPES
 from jaxlm.data.config import DataConfig, SourceConfig
 from jaxlm.data.sources import TFDS_PREFIX
@@ -88,8 +89,13 @@ class TrainConfig:
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps (grpo: 1)
-    # β > 0 (sft, causal_lm): add β x KL(model || the starting model) per training token, a guard against
-    # forgetting; the starting model is the base under LoRA (adapters off), a frozen copy in full fine-tuning.
+    # A folder ("" = none) keeping XLA's compiled programs across runs (JAX's persistent compilation cache): a
+    # run with the same model, shapes and settings loads its train, eval and sampling programs instead of
+    # compiling them again (SmolLM2's LoRA train step alone takes 20-30 s to compile on 2 CPU cores).
+    compile_cache: str = ""
+    # β > 0 (sft, causal_lm; dpo, orpo, simpo per pair over its completions): add β x KL(model || the starting
+    # model) per training token, a guard against forgetting; the starting model is the base under LoRA
+    # (adapters off), a frozen copy in full fine-tuning.
     kl_to_base: float = 0.0
     # sft, causal_lm: learn the teacher's next-token distributions beside the data's tokens (knowledge distillation)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
@@ -275,10 +281,12 @@ class Config:
             raise ConfigError("dpo.precompute_reference=true with data.augment: augmented pairs change every epoch, "
                               "so their reference log-probs cannot be computed before training; turn one of them off")
         _at_least(0, {"train.kl_to_base": self.train.kl_to_base})
-        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm"):
-            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft or causal_lm, not "
-                              f"{self.task}" + (" (dpo's loss holds its own reference term)" if self.task == "dpo"
-                                                else ""))
+        if self.train.kl_to_base > 0 and self.task not in ("sft", "causal_lm", *PREFERENCE_TASKS):
+            raise ConfigError(f"train.kl_to_base={self.train.kl_to_base} applies to task sft, causal_lm or a "
+                              f"preference task, not {self.task}")
+        if self.train.kl_to_base > 0 and d.precompute_reference:
+            raise ConfigError("train.kl_to_base with dpo.precompute_reference=true: the KL needs the starting model's "
+                              "token distributions, which precomputed log-probs do not keep; turn one of them off")
         if self.train.kl_to_base > 0 and self.model.prompt_tuning.num_virtual_tokens > 0:
             raise ConfigError("train.kl_to_base with prompt tuning: the starting model has no virtual tokens to "
                               "compare with; set one of them to 0")
@@ -392,6 +400,8 @@ class Config:
         if teacher and not os.path.exists(resolve_path(teacher)):
             raise ConfigError(f"train.distill.teacher={teacher!r}: no such model folder, .gguf file or run folder")
         check_writable("output_dir", self.output_dir)
+        if self.train.compile_cache:
+            check_writable("train.compile_cache", self.train.compile_cache)
         if self.checkpoint.dir and "://" not in self.checkpoint.dir:  # gs://... is checked by its own client
             check_writable("checkpoint.dir", self.checkpoint.dir)
         return self
@@ -500,12 +510,10 @@ def to_dict(config: Config) -> dict:
 
 
 def resolve_path(path: str) -> str:
-    """`pkg:PACKAGE/rel/path` -> the file inside the installed package; other paths unchanged."""
-    if not path.startswith("pkg:"):
-        return os.path.expanduser(path)
-    package, _, rel = path[4:].partition("/")
+    """The model a config key names (`jaxlm.model_paths.resolve`: `smollm2`, `pkg:PACKAGE/rel/path`, a run
+    folder, a path); a package that is not installed is a ConfigError."""
     try:
-        return package_file(package, *rel.split("/"))
+        return model_paths.resolve(path)
     except AssetMissing as e:
         raise ConfigError(f"{path!r}: {e}") from None
 

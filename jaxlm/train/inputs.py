@@ -36,9 +36,7 @@ def load_model(cfg: Config, label_names: list[str] | None = None):
 
 def teacher_path(cfg: Config) -> str:
     """train.distill.teacher as a path to load: a training run's output folder stands for its exported hf/."""
-    from jaxlm.convert import run_export
-
-    return run_export(resolve_path(cfg.train.distill.teacher))
+    return resolve_path(cfg.train.distill.teacher)
 
 
 def load_teacher(cfg: Config, student, tokenizer):
@@ -123,7 +121,9 @@ def prepare_model(model, cfg: Config, *, say=print):
     if note and say:
         say(f"attention: {note}")
     try:
-        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers))
+        # mesh.expert > 1: each device runs its own experts on the tokens sent to it (models/expert_parallel.py)
+        expert_axis = "expert" if cfg.mesh.expert > 1 else ""
+        return configure(model, Execution(attention, cfg.model.remat, cfg.model.scan_layers, expert_axis))
     except ValueError as e:  # e.g. scan_layers on a family without a decoder stack
         raise ConfigError(str(e)) from None
 

@@ -108,6 +108,8 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     writer = distributed.is_writer()
     progress = progress and writer
     cfg.check_environment(jax.device_count())  # callers that skip the command get the same checks
+    if cfg.train.compile_cache:
+        use_compile_cache(cfg.train.compile_cache)
     check_positions(cfg)
     rewards = build_rewards(cfg.grpo.rewards) if cfg.task == "grpo" else []  # a bad python reward stops here
     paths = output_paths(cfg.output_dir, cfg.checkpoint.dir)
@@ -148,6 +150,17 @@ def prepare(cfg: Config, *, progress: bool, hooks: Sequence[SyncHook] = ()) -> R
     return Run(cfg, paths, model, tokenizer, train_data, eval_data, eval_batches, test_data, test_batches, engine,
                checkpointer, resume_step, logger, prompts, before, (*mixing_hooks(cfg, train_data), *hooks), writer,
                rollouts, score_key)
+
+
+def use_compile_cache(folder: str) -> None:
+    """JAX's persistent compilation cache in `folder` for what this process compiles from now on (programs that
+    took JAX's threshold, a second, to compile: a run's train, eval and sampling programs)."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    folder = os.path.expanduser(folder)
+    os.makedirs(folder, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    compilation_cache.reset_cache()  # JAX decides once per process whether to use a cache: at its first compile
 
 
 def reference_table(cfg: Config, engine: Engine, tokenizer, held_out: list[dict], progress: bool) -> ReferenceTable:

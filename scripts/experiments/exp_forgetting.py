@@ -1,7 +1,7 @@
 """Experiment (issue 29): DPO on pairs against the base model's own answers, and SFT with and without
 `train.kl_to_base`, on SmolLM2-135M-Instruct with LoRA. Results: scripts/experiments/exp_forgetting.md.
 
-    .venv/bin/python scripts/experiments/exp_forgetting.py dpo [--pairs 64] [--steps 10] [--out DIR]
+    .venv/bin/python scripts/experiments/exp_forgetting.py dpo [--pairs 64] [--steps 10] [--kl 0.05] [--out DIR]
     .venv/bin/python scripts/experiments/exp_forgetting.py sft [--steps 10] [--kl 0.5] [--out DIR]
 
 dpo: the ChatterBot conversations of tfds:jaxlm_chat_pairs (train and validation splits): chosen = the corpus's
@@ -9,7 +9,7 @@ answer, rejected = the base model's greedy answer to the same prompt (jaxlm's sa
 where the two are the same are dropped. Then `jaxlm train task=dpo` with LoRA (configs/dpo_lora.yaml, scaled down
 to fit a loaded 2-core CPU: 2 pairs a step, 96 tokens, 10 steps, learning rate 5e-4) on the train pairs, the first
 `--eval-pairs` validation pairs as data.eval: eval reward accuracy and loss at step 0 and at the end; the general
-prompts' scores before and after (samples.md).
+prompts' scores before and after (samples.md); twice, train.kl_to_base 0 and `--kl`.
 
 sft: the default run (LoRA SFT on the shipped chats; scaled down to 2 rows of 128 tokens a step, 10 steps) twice,
 train.kl_to_base 0 and `--kl`, with the held-out Wikipedia summaries (tfds:jaxlm_wiki_summaries:test) as
@@ -93,14 +93,19 @@ def dpo(args) -> None:
         with open(files[split], "w", encoding="utf-8") as f:
             f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs)
         print(f"{split}: {len(pairs)} pairs of {count} prompts in {time.perf_counter() - began:.0f}s", flush=True)
-    out = os.path.join(args.out, "dpo")
-    seconds = train([f"output_dir={out}", f"data.train=[{files['train']}]", f"data.eval=[{files['validation']}]",
-                     "data.test=[]", f"train.steps={args.steps}", "train.batch_size=2", "train.seq_len=96",
-                     f"train.learning_rate={args.lr}", "train.warmup_steps=2", f"eval.every={args.steps}",
-                     f"eval.steps={args.eval_pairs // 2}", f"checkpoint.every={args.steps}"], "configs/dpo_lora.yaml")
-    evals = [r for r in rows(out) if "eval_loss" in r]
-    summary = {"seconds": seconds, "first": evals[0], "last": evals[-1], "general": general_scores(out)}
-    print(json.dumps(summary, indent=1))
+    summary = {}
+    for beta in (0.0, args.kl):  # the same DPO run without and with train.kl_to_base
+        out = os.path.join(args.out, "dpo" if beta == 0 else f"dpo_kl{beta:g}")
+        seconds = train([f"output_dir={out}", f"data.train=[{files['train']}]", f"data.eval=[{files['validation']}]",
+                         "data.test=[]", f"train.steps={args.steps}", "train.batch_size=2", "train.seq_len=96",
+                         f"train.learning_rate={args.lr}", "train.warmup_steps=2", f"eval.every={args.steps}",
+                         f"eval.steps={args.eval_pairs // 2}", f"checkpoint.every={args.steps}",
+                         f"train.kl_to_base={beta}"], "configs/dpo_lora.yaml")
+        evals = [r for r in rows(out) if "eval_loss" in r]
+        summary[f"kl_to_base={beta:g}"] = {
+            "seconds": seconds, "first": evals[0], "last": evals[-1], "general": general_scores(out),
+            "kl_to_base_last": [r.get("kl_to_base") for r in rows(out) if "loss" in r][-1]}
+        print(json.dumps(summary, indent=1), flush=True)
     with open(os.path.join(args.out, "dpo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
 
@@ -137,11 +142,14 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=16, help="dpo: held-out pairs scored before and after")
     parser.add_argument("--lr", type=float, default=None, help="default: 5e-4 for dpo (10x its preset: few steps), "
                         "1e-3 for sft")
-    parser.add_argument("--kl", type=float, default=0.5, help="sft: the train.kl_to_base of the second run")
+    parser.add_argument("--kl", type=float, default=None, help="the train.kl_to_base of the second run (default: 0.5 "
+                        "for sft, per token; 0.05 for dpo, per pair, summed over its completions' tokens)")
     parser.add_argument("--test-steps", type=int, default=4, help="sft: held-out Wikipedia batches scored")
     args = parser.parse_args()
     if args.lr is None:
         args.lr = 5e-4 if args.part == "dpo" else 1e-3
+    if args.kl is None:
+        args.kl = 0.05 if args.part == "dpo" else 0.5
     (dpo if args.part == "dpo" else sft)(args)
 
 
