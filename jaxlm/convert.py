@@ -17,8 +17,9 @@ import shutil
 import sys
 import time
 
+from jaxlm.assets import AssetMissing
 from jaxlm.errors import UserError, exit_codes
-from jaxlm.model_paths import prompt_tuning_adapter, run_export
+from jaxlm.model_paths import prompt_tuning_adapter, resolve
 from jaxlm.outputs import check_output, one_writer, replacing
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -27,7 +28,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 def build_parser(prog: str = "python -m jaxlm.convert") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      epilog="Exit codes: 0 done, 2 bad input (one line naming the file or tensor).")
-    parser.add_argument("src", help="a .gguf file, a Hugging Face model folder or a training run's output folder")
+    parser.add_argument("src", help="a .gguf file, a Hugging Face model folder, a training run's output folder, "
+                        "pkg:PACKAGE/path or smollm2 (the shipped SmolLM2-135M-Instruct)")
     parser.add_argument("out_dir", metavar="out", help="folder to write the Hugging Face checkpoint to (created; must "
                         "be empty or absent unless --overwrite), or a .gguf file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT (swapped in when done)")
@@ -65,9 +67,11 @@ def convert(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     try:
-        model, tokenizer = load_pretrained(run_export(args.src), progress=True)  # CheckpointError: exit 2
+        model, tokenizer = load_pretrained(resolve(args.src), progress=True)  # CheckpointError: exit 2
     except UserError:
         raise
+    except AssetMissing as e:  # `smollm2` or a pkg: path whose package is not installed
+        raise UserError(f"{args.src}: {e}") from None
     except ValueError as e:
         raise UserError(f"{args.src}: {e}") from None  # e.g. an unknown model_type in config.json
     with replacing(args.out_dir, overwrite=args.overwrite, folder=not gguf) as partial:

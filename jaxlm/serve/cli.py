@@ -13,6 +13,8 @@ import argparse
 import logging
 import os
 
+from jaxlm import model_paths
+from jaxlm.assets import AssetMissing
 from jaxlm.errors import UserError, exit_codes
 from jaxlm.sampling.cli import default_compile_cache
 
@@ -26,7 +28,9 @@ def build_parser(prog: str = "jaxlm serve") -> argparse.ArgumentParser:
         "400 bad parameters or a prompt past --max-context, 429 queue full, 504 past --request-timeout. "
         "Exit codes: 0 stopped with Ctrl-C or SIGTERM after serving, 2 bad input (one line naming it).",
     )
-    parser.add_argument("model", help="an HF model folder, a .gguf file, or a training run's output folder")
+    parser.add_argument("model", help="an HF model folder, a .gguf file, a training run's output folder (its hf/ "
+                        "export, with a prompt-tuning run's virtual tokens), pkg:PACKAGE/path or smollm2 (the shipped "
+                        "SmolLM2-135M-Instruct)")
     parser.add_argument("--served-model-name", help="the name clients pass as `model` (default: the folder or file "
                         "name without .gguf)")
     parser.add_argument("--adapter", help="a PEFT prompt-tuning adapter folder whose virtual tokens go before "
@@ -76,7 +80,11 @@ def build_server(args):
         raise UserError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if not 0 <= args.port < 65536:
         raise UserError(f"--port {args.port}: not a TCP port (0 to 65535)")
-    if not os.path.exists(args.model):
+    try:
+        path = model_paths.resolve(args.model)  # a run folder: its hf/ export
+    except AssetMissing as e:
+        raise UserError(f"{args.model}: {e}") from None
+    if not os.path.exists(path):
         raise UserError(f"{args.model}: no such model folder, .gguf file or run folder")
     if args.compile_cache != "none" and os.path.exists(args.compile_cache) and not os.path.isdir(args.compile_cache):
         raise UserError(f"--compile-cache {args.compile_cache}: is a file, not a folder (or 'none')")
@@ -86,7 +94,6 @@ def build_server(args):
     if args.compile_cache != "none":
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
 
-    from jaxlm.model_paths import prompt_tuning_adapter, run_export
     from jaxlm.models import position_limit
     from jaxlm.models.contract import is_causal_lm
     from jaxlm.models.prompt_tuning import virtual_token_ids
@@ -96,8 +103,7 @@ def build_server(args):
     from jaxlm.serve.metrics import Metrics
     from jaxlm.serve.scheduler import Scheduler
 
-    path = run_export(args.model)
-    adapter = args.adapter or prompt_tuning_adapter(args.model)
+    adapter = args.adapter or model_paths.prompt_tuning_adapter(args.model)
     model, tokenizer = load_for_generation(path, args.dtype, args.quantize, adapter)
     if not is_causal_lm(model):
         raise UserError(f"{args.model}: a {type(model).__name__} cannot generate text; serve needs a causal LM")
