@@ -16,7 +16,8 @@ same as a Qwen3-MoE) or a PATH to an HF folder / .gguf. A mixture's MFU counts t
 (its k experts of each layer). Both sides train the same shapes, batch and optimizer
 (AdamW, float32 master weights; clip 1.0). jaxlm runs `build_engine`'s jitted step; PyTorch runs the
 family's transformers class with sdpa attention (peft LoRA r16
-on every projection for `lora`), on a GPU under torch.autocast(bfloat16) with fused AdamW, eagerly
+on every projection for `lora`), under torch.autocast(bfloat16) when the dtype is bfloat16 (the default on a
+GPU; `--dtype bfloat16` on a CPU), with fused AdamW on a GPU, eagerly
 and (`--torch eager,compile`) with torch.compile. Each side runs in its own process, so peak memory
 is its own: device memory on a GPU (jax peak_bytes_in_use / torch max_memory_allocated), peak RSS on
 a CPU.
@@ -231,7 +232,7 @@ def run_torch(case: dict, compiled: bool) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.01, **({"fused": True} if cuda else {}))
     forward = torch.compile(hf) if compiled else hf
     vocab = case["hf_config"]["vocab_size"]
-    bf16 = cuda and case["dtype"] == "bfloat16"
+    bf16 = case["dtype"] == "bfloat16"  # autocast on a CPU too: the issue's bf16 baseline is torch's CPU autocast
     data = [{k: torch.tensor(v[k], dtype=torch.long, device=device) for k in ("input_ids", "targets")}
             for v in batches(case["batch"], case["seq"], vocab)]
 
@@ -275,7 +276,8 @@ def matmul_peak_flops(dtype: str, n: int = 2048, repeats: int = 5) -> float:
         return H100_BF16_DENSE if dtype == "bfloat16" else H100_BF16_DENSE / 2  # tf32 dense: half of bf16
     n = 8192 if jax.devices()[0].platform == "gpu" else n
     a = jnp.ones((n, n), jnp.dtype(dtype))
-    f = jax.jit(lambda x: x @ x)
+    # bf16 x bf16 -> float32: the native product (a bf16 result would run at float32 speed on XLA:CPU)
+    f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
     f(a).block_until_ready()
     best = 0.0
     for _ in range(repeats):

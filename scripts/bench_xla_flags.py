@@ -8,9 +8,11 @@ turn (A B C A B C ...): on a shared, loaded machine that is the fair comparison.
 step's wall seconds and the process CPU seconds it took (user + system of all XLA threads), the compiled
 temporaries (XLA's memory analysis: load does not touch it), and the loss and gradient norm of one step
 from the same state, which must match the baseline's. The last line gives each setting's median step
-time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the setting `bf16` builds its own
-engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), and `autodiff` its own
-with the linear layers' and LoRA's matmuls differentiated by autodiff (as before `models.layers.dense`).
+time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the settings `bf16...` build their own
+engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), `chunk=N` theirs with
+train.loss_chunk_tokens=N, and `autodiff` its own with the linear layers' and LoRA's matmuls differentiated by
+autodiff (as before `models.layers.dense`). `default` is XLA's default schedule; jaxlm's train step itself
+compiles with `sched=memory` on a CPU (jaxlm/cpu_flags.py).
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ DOT = "LIBRARY_FUSION_TYPE_DOT"  # what XLA_FLAGS spells `=dot`
 SETTINGS = {  # name -> XLA debug options for the train step's compilation
     "default": DEFAULT,
     "sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
+    "sched=memory+ynn=dot": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", "xla_cpu_experimental_ynn_fusion_type": DOT},
     **{f"{lib}=dot": {**DEFAULT, f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
     "bf16": DEFAULT,
+    "bf16+sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "autodiff": DEFAULT,
+    **{f"chunk={n}": DEFAULT for n in (128, 256, 512)},
 }
-OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"]}  # settings that change the run's config, each its own engine
+# settings that change the run's config, each its own engine
+OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"], "bf16+sched=memory": ["train.compute_dtype=bfloat16"],
+             **{f"chunk={n}": [f"train.loss_chunk_tokens={n}"] for n in (128, 256, 512)}}
 # settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
 # engine: linear layers and LoRA's up-projection differentiated by autodiff, not by `layers.dense`'s backward pass
 VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel: x @ kernel)}

@@ -138,13 +138,20 @@ def matmul_operand_types(hlo_text: str) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("lora", [0, 4])
 def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
-    """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands."""
-    _, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32", lora=lora)
+    """Every projection, attention and LM-head matmul (forward and backward, chunked loss) runs on bf16 operands,
+    and into float32: XLA:CPU has no dot with a bf16 result, it would convert both operands to float32 and run at
+    float32 speed (models.layers.matmul). The only bf16 results left are attention's probabilities x values
+    inside jax.nn.dot_product_attention (3 a layer with their gradients)."""
+    model, engine = engine_for(llama_dir, "train.compute_dtype=bfloat16", "train.loss_chunk_tokens=32",
+                               "model.lora.targets=q,v,o,down", lora=lora)  # q and v share x @ [A_q | A_v]
     text = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch()),
                                     engine.reference, engine.teacher).as_text()
     operands = matmul_operand_types(text)
     float32 = [o for o in operands if "f32" in o]  # (lhs type, rhs type) pairs
     assert not float32, f"{len(float32)} of {len(operands)} matmuls have float32 operands"
+    results = re.findall(r"stablehlo\.dot_general .*-> tensor<(?:\d+x)*([a-z]\w*)>", text)
+    assert len(results) == len(operands)
+    assert sum(r == "bf16" for r in results) <= 3 * model.config.num_hidden_layers, results
 
 
 def test_scanned_rematerialised_lora_steps_match_the_unrolled_ones(llama_dir):

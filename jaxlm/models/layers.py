@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
+from jax.custom_derivatives import SymbolicZero
 
 from jaxlm.models.kv_cache import KVCache, LayerCache
 
@@ -133,7 +134,8 @@ def _attention_over_cache(q, keys, values, mask: Mask, scale: float, softcap: fl
     allowed = jnp.broadcast_to(allowed, (b, kv_heads, *allowed.shape[2:])).reshape(scores.shape)
     scores = jnp.where(allowed, scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("nqs,nsd->nqd", probs, values.astype(q.dtype))
+    out = jnp.einsum("nqs,nsd->nqd", probs, values.astype(q.dtype),  # see `matmul`: bf16 on the CPU
+                     preferred_element_type=jnp.float32 if _bf16_on_cpu(q.dtype) else None).astype(q.dtype)
     return out.reshape(b, kv_heads, group, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, heads, d)
 
 
@@ -169,7 +171,8 @@ def fan_out(projections, x) -> list[jax.Array]:
         return [p(x) for p in projections]
     a = jnp.concatenate([p.lora_a[...].astype(x.dtype) for p in adapted], axis=-1)
     ranks = [p.lora_a.get_value().shape[-1] for p in adapted]
-    down = dict(zip(map(id, adapted), jnp.split(x @ a, list(itertools.accumulate(ranks))[:-1], axis=-1), strict=False))
+    parts = jnp.split(thin_dense(x, a), list(itertools.accumulate(ranks))[:-1], axis=-1)
+    down = dict(zip(map(id, adapted), parts, strict=False))
     return [p(x, down=down[id(p)]) if id(p) in down else p(x) for p in projections]
 
 
@@ -333,7 +336,7 @@ class Embed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the table (a tied LM head), in the dtype of x."""
-        return x @ self.embedding[...].astype(x.dtype).T
+        return dense(x, self.embedding[...].astype(x.dtype).T)
 
 
 def embed(rngs, num: int, dim: int, *, param_dtype) -> Embed:
@@ -341,32 +344,75 @@ def embed(rngs, num: int, dim: int, *, param_dtype) -> Embed:
     return Embed(num, dim, rngs=rngs, param_dtype=param_dtype)
 
 
-@jax.custom_vjp
-def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+def _bf16_on_cpu(dtype) -> bool:
+    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b in a's dtype. On the CPU a bfloat16 product is asked for in float32 and rounded once.
+
+    XLA:CPU has no dot with a bfloat16 result: it converts both operands to float32 and multiplies at
+    float32 speed, while bf16 x bf16 -> float32 runs natively (AVX512-BF16): [1024, 576] x [576, 1536]
+    measured 202 vs 431 GFLOP/s on the 2-core Zen 4 CI machine, and bf16 training ran slower than float32
+    until this (scripts/experiments/cpu_speed.md). Both accumulate in float32 and round the result once.
+    """
+    if _bf16_on_cpu(a.dtype) and b.dtype == a.dtype:
+        return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    return a @ b
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, kernel: jax.Array, thin: bool = False) -> jax.Array:
     """x @ kernel (x [..., in], kernel [in, out]) whose kernel gradient is x^T @ dy with x^T transposed on its
-    own first: every linear layer's matmul (`dense_dot`) and LoRA's up-projection (`models.lora`).
+    own first, each product a `matmul`: every linear layer's matmul (`dense_dot`), a tied LM head's logits
+    (`Embed.attend`) and LoRA's (`models.lora`).
 
     Autodiff's kernel gradient contracts x and dy over the tokens, and XLA:CPU then copies dy into a transposed
     layout inside the elementwise fusion that produces it: slow strided writes (~60 MB/s), a quarter of the op
     time of SmolLM2-135M 4x256's train step, in full fine-tuning and in LoRA alike (one [tokens, out] copy per
     adapter for a [rank, out] gradient; scripts/experiments/profile_train_step.py). Measured in one process,
     steps interleaved (scripts/bench_xla_flags.py --settings autodiff,default): full step 0.80x wall / 0.86x CPU
-    seconds, LoRA r16 0.65x / 0.74x, the same loss and gradients (tests/test_gradients.py, tests/test_lora.py)."""
-    return x @ kernel
+    seconds, LoRA r16 0.65x / 0.74x, the same loss and gradients (tests/test_gradients.py, tests/test_lora.py).
+
+    `thin`: the kernel has few output columns (see `thin_dense`): the kernel gradient stays the plain contraction
+    over the tokens."""
+    return matmul(x, kernel)
 
 
-def _dense_forward(x, kernel):
-    return x @ kernel, (x, kernel)
+def thin_dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x @ kernel for a kernel of few output columns (LoRA's down-projection A [in, rank]), whose gradient
+    contracts x with the thin [tokens, rank] cotangent, which XLA transposes: transposing x instead (`dense`)
+    made a LoRA step 7 % slower (scripts/experiments/cpu_speed.md). Autodiff's own, except in bf16 on the CPU,
+    where `dense(thin=True)` keeps each product bf16 x bf16 -> float32 (see `matmul`)."""
+    return dense(x, kernel, True) if _bf16_on_cpu(x.dtype) else x @ kernel
 
 
-def _dense_backward(residuals, dy):
+def _dense_forward(x, kernel, thin):
+    # (symbolic zeros) a frozen kernel, as LoRA's base and its tied table, gets no gradient: then x^T is never
+    # made (XLA keeps an optimisation barrier's transpose even when the dot reading it is dead)
+    wants_kernel_grad, x, kernel = kernel.perturbed, x.value, kernel.value
+    return matmul(x, kernel), (x if wants_kernel_grad else None, kernel)
+
+
+def _dense_backward(thin, residuals, dy):
     x, kernel = residuals
+    if isinstance(dy, SymbolicZero):
+        return None, None
+    dx = matmul(dy, kernel.T.astype(dy.dtype))
+    if x is None:
+        return dx, None
+    rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    if thin:
+        over_tokens = (((0,), (0,)), ((), ()))
+        accumulate = jnp.float32 if _bf16_on_cpu(x.dtype) else None  # see `matmul`
+        return dx, jax.lax.dot_general(rows, dy_rows, over_tokens, preferred_element_type=accumulate).astype(
+            kernel.dtype)
     # [in, tokens], materialised: the barrier keeps XLA from folding this transpose back into the dot
-    x_t = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)
-    return dy @ kernel.T.astype(dy.dtype), (x_t @ dy.reshape(-1, dy.shape[-1])).astype(kernel.dtype)
+    x_t = jax.lax.optimization_barrier(rows.T)
+    return dx, matmul(x_t, dy_rows).astype(kernel.dtype)
 
 
-dense.defvjp(_dense_forward, _dense_backward)
+dense.defvjp(_dense_forward, _dense_backward, symbolic_zeros=True)
 
 
 def dense_dot(x, kernel, dimension_numbers, precision=None, **kwargs):

@@ -37,11 +37,11 @@ class LoRALinear(nnx.Module):
     def __call__(self, x, down=None):
         """`down` is x @ A when the caller computed it (`layers.fan_out` batches it over siblings). B's gradient
         comes from `layers.dense`, which keeps XLA:CPU from copying the [tokens, out] dy transposed for it."""
-        y = x @ self.kernel[...].astype(x.dtype)
+        y = layers.dense(x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         if down is None:
-            down = x @ self.lora_a[...].astype(x.dtype)
+            down = layers.thin_dense(x, self.lora_a[...].astype(x.dtype))
         return y + self.scale * layers.dense(down, self.lora_b[...].astype(x.dtype))
 
     def merged_kernel(self):

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxlm.models.layers import Embed
+from jaxlm.models.layers import Embed, dense
 from jaxlm.models.registry import architecture_of
 
 
@@ -48,7 +48,7 @@ class PromptTunedEmbed(nnx.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the real vocabulary (a tied LM head): virtual tokens are never predicted."""
-        return x @ self.embedding[...].astype(x.dtype).T
+        return dense(x, self.embedding[...].astype(x.dtype).T)
 
 
 def apply_prompt_tuning(model, num_virtual_tokens: int, *, seed: int = 0) -> None:

@@ -251,8 +251,7 @@ def _step_setup(model, cfg: Config, mesh: jax.sharding.Mesh | None, teacher=None
                                  shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
                                  chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, num_sources=num_sources,
                                  objective=objective, kl_to_base=t.kl_to_base, distill=distill,
-                                 compiler_options=cpu_flags.train_step_options(cfg.model.remat,
-                                                                               mesh.devices.flat[0].platform))
+                                 compiler_options=cpu_flags.train_step_options(mesh.devices.flat[0].platform))
     eval_step = make_eval_step(eval_graphdef, task=cfg.task, compute_dtype=dtype,
                                shardings=(state_sh.params, frozen_sh, rest_sh, eval_sh, reference_sh),
                                chunk_tokens=t.loss_chunk_tokens, packed=cfg.data.pack, objective=objective)

@@ -167,6 +167,14 @@ def profile(mode: str, args) -> None:
     for (pass_, shape, each), (count, seconds, work) in sorted(by_shape.items(), key=lambda kv: -kv[1][1])[:25]:
         print(f"    {seconds:7.3f} s  {count:4d} x {pass_:8s} {shape:32s} {each:6d} MFLOP each "
               f"{work / seconds / 1e9:6.1f} GFLOP/s")
+    by_source = collections.Counter()  # what the other ops compute, by the jax primitive they came from
+    for name, seconds in per_op.items():
+        if not flops.get(name):
+            where = re.search(r'op_name="([^"]*)"', instructions[name]["line"])
+            by_source[re.sub(r"\[.*", "", where.group(1).split("/")[-1]) if where else "(unnamed)"] += seconds
+    print("  other ops by the jax primitive they came from (s a step, the top 12):")
+    for source, seconds in by_source.most_common(12):
+        print(f"    {seconds:7.3f} s  {source}")
     print("  by category (s a step):")
     for label, seconds in by_category.most_common():
         print(f"    {seconds:7.3f} s  {label}")
