@@ -415,7 +415,7 @@ def main():
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if accelerator else "float32")
     settings = COMMON_JAXLM + [f"train.compute_dtype={dtype}"] + (GPU_JAXLM if accelerator or args.suite else [])
     settings += args.set
-    peak = matmul_peak_flops(dtype if accelerator else "float32")
+    peak = matmul_peak_flops(dtype)
     print(f"device: {device.device_kind} ({device.platform}); peak for MFU {peak / 1e12:.3f} TFLOP/s "
           f"({'nominal' if peak in (H100_BF16_DENSE, H100_BF16_DENSE / 2) else 'measured'} {dtype} matmul); "
           f"{args.steps} timed steps after 1 warm-up, best of {args.repeat} round(s)", flush=True)

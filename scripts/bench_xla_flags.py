@@ -46,7 +46,7 @@ OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"], "bf16+sched=memory": ["tr
              **{f"chunk={n}": [f"train.loss_chunk_tokens={n}"] for n in (128, 256, 512)}}
 # settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
 # engine: linear layers and LoRA's up-projection differentiated by autodiff, not by `layers.dense`'s backward pass
-VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel: x @ kernel)}
+VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel, thin=False: x @ kernel)}
 
 
 def train_engine(mode: str, args, extra: tuple[str, ...] = ()):

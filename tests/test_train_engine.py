@@ -152,6 +152,17 @@ def test_bfloat16_step_has_no_float32_matmul(llama_dir, lora):
     results = re.findall(r"stablehlo\.dot_general .*-> tensor<(?:\d+x)*([a-z]\w*)>", text)
     assert len(results) == len(operands)
     assert sum(r == "bf16" for r in results) <= 3 * model.config.num_hidden_layers, results
+    # ... and XLA keeps them bf16: the compiled step's float32 dots are attention's alone (jax's einsums BTNH/BNTS;
+    # a kernel gradient's operand behind an optimisation barrier once came out converted to float32)
+    compiled = engine.train_step.lower(engine.state, engine.frozen, engine.rest, engine.put(lm_batch()),
+                                       engine.reference, engine.teacher).compile().as_text()
+    upcast = []
+    for computation in re.split(r"\n(?=%|ENTRY)", compiled):
+        dot = re.search(r"ROOT %\S+ = \w+\[[\d,]*\]\S* dot\(%(\S+), %(\S+)\).*op_name=\"([^\"]*)\"", computation)
+        types = dict(re.findall(r"%(\S+) = (\w+)\[[\d,]*\]\S* parameter", computation))
+        if dot and "f32" in (types.get(dot[1]), types.get(dot[2])) and not re.search("BTNH|BNTS", dot[3]):
+            upcast.append(dot[3])
+    assert not upcast, upcast
 
 
 def test_scanned_rematerialised_lora_steps_match_the_unrolled_ones(llama_dir):
