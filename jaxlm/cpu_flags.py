@@ -36,7 +36,7 @@ def bf16_note(compute_dtype: str, platform: str, cpuinfo: str = "/proc/cpuinfo")
     """A line for the log when train.compute_dtype=bfloat16 is likely slower than float32 on this CPU, else None.
 
     XLA:CPU multiplies bf16 x bf16 -> float32 natively where the CPU has bf16 instructions (the CI machine,
-    AVX512-BF16: full fine-tuning 0.81x and LoRA 0.62x float32's step time); without them it converts to
+    AVX512-BF16: full fine-tuning 0.66x and LoRA 0.62x float32's step time); without them it converts to
     float32 first, adding work to the same float32 arithmetic. Not measured on such a CPU (none was at hand),
     hence "likely". None where /proc/cpuinfo cannot be read (not Linux): jaxlm does not know."""
     if compute_dtype != "bfloat16" or platform != "cpu":

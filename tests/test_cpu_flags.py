@@ -1,5 +1,5 @@
 """The XLA:CPU choices jaxlm makes itself (jaxlm/cpu_flags.py); their effect on the compiled step is checked in
-tests/test_train_dry_run.py and tests/test_gradients.py."""
+tests/test_train_dry_run.py and tests/test_train_engine.py."""
 
 from __future__ import annotations
 

@@ -39,4 +39,3 @@ def test_every_parameter_gradient_is_the_one_torch_autograd_computes(tmp_path):
     for name, grad in want.items():
         # float32 summation order differs: within 1e-6 of the tensor's largest gradient here
         np.testing.assert_allclose(got[name], grad, rtol=1e-4, atol=1e-5 * float(np.abs(grad).max()), err_msg=name)
-

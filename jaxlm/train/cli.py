@@ -18,7 +18,7 @@ chatterbot and chit-chat conversations, evaluated on their held-out split.
 Re-running with the same output_dir resumes from its latest checkpoint.
 
 On a CPU, train.compute_dtype=bfloat16 is the faster setting where the CPU multiplies bf16 natively
-(AVX512-BF16 or AMX; on the 2-core CI machine full fine-tuning took 0.81x and LoRA 0.62x float32's step
+(AVX512-BF16 or AMX; on the 2-core CI machine full fine-tuning took 0.66x and LoRA 0.62x float32's step
 time); on a CPU without bf16 instructions XLA converts to float32 first, and jaxlm warns that float32 is
 likely faster there.
 
