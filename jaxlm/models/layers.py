@@ -14,7 +14,6 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
-from jax.custom_derivatives import SymbolicZero
 
 from jaxlm.models.kv_cache import KVCache, LayerCache
 
@@ -392,19 +391,12 @@ def thin_dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _dense_forward(x, kernel, thin):
-    # (symbolic zeros) a frozen kernel, as LoRA's base and its tied table, gets no gradient: then x^T is never
-    # made (XLA keeps an optimisation barrier's transpose even when the dot reading it is dead)
-    wants_kernel_grad, x, kernel = kernel.perturbed, x.value, kernel.value
-    return matmul(x, kernel), (x if wants_kernel_grad else None, kernel)
+    return matmul(x, kernel), (x, kernel)
 
 
 def _dense_backward(thin, residuals, dy):
     x, kernel = residuals
-    if isinstance(dy, SymbolicZero):
-        return None, None
     dx = matmul(dy, kernel.T.astype(dy.dtype))
-    if x is None:
-        return dx, None
     rows, dy_rows = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
     if thin:
         over_tokens = (((0,), (0,)), ((), ()))
@@ -418,7 +410,7 @@ def _dense_backward(thin, residuals, dy):
     return dx, matmul(x_t, dy_rows).astype(kernel.dtype)
 
 
-_dense.defvjp(_dense_forward, _dense_backward, symbolic_zeros=True)
+_dense.defvjp(_dense_forward, _dense_backward)
 
 
 def dense_dot(x, kernel, dimension_numbers, precision=None, **kwargs):
