@@ -10,9 +10,10 @@ temporaries (XLA's memory analysis: load does not touch it), and the loss and gr
 from the same state, which must match the baseline's. The last line gives each setting's median step
 time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the settings `bf16...` build their own
 engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), `chunk=N` theirs with
-train.loss_chunk_tokens=N, and `autodiff` its own with the linear layers' and LoRA's matmuls differentiated by
-autodiff (as before `models.layers.dense`). `default` is XLA's default schedule; jaxlm's train step itself
-compiles with `sched=memory` on a CPU (jaxlm/cpu_flags.py).
+train.loss_chunk_tokens=N, `autodiff` its own with the linear layers' and LoRA's matmuls differentiated by
+autodiff (as before `models.layers.dense`), and `attn=whole` its own with causal attention over the whole
+[seq, seq] scores (as before `models.layers.causal_blocks`; compare it with `sched=memory`). `default` is
+XLA's default schedule; jaxlm's train step itself compiles with `sched=memory` on a CPU (jaxlm/cpu_flags.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ SETTINGS = {  # name -> XLA debug options for the train step's compilation
     "bf16": DEFAULT,
     "bf16+sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "autodiff": DEFAULT,
+    "attn=whole": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     **{f"chunk={n}": DEFAULT for n in (128, 256, 512)},
 }
 # settings that change the run's config, each its own engine
@@ -46,7 +48,9 @@ OVERRIDES = {"bf16": ["train.compute_dtype=bfloat16"], "bf16+sched=memory": ["tr
              **{f"chunk={n}": [f"train.loss_chunk_tokens={n}"] for n in (128, 256, 512)}}
 # settings that trace jaxlm's code as it was before a change (module, attribute, the old function), each its own
 # engine: linear layers and LoRA's up-projection differentiated by autodiff, not by `layers.dense`'s backward pass
-VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel, thin=False: x @ kernel)}
+# `attn=whole`: causal attention over the whole [seq, seq] scores, as before `layers.causal_blocks`
+VARIANTS = {"autodiff": ("jaxlm.models.layers", "dense", lambda x, kernel, thin=False: x @ kernel),
+            "attn=whole": ("jaxlm.models.layers", "query_block", lambda length: length)}
 
 
 def train_engine(mode: str, args, extra: tuple[str, ...] = ()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -130,3 +131,46 @@ def test_attention_over_a_cache_matches_torch_over_a_cache_with_padding_and_unfi
     want = reference(q[:2, -new:], keys[:2].transpose(0, 2, 1, 3), values[:2].transpose(0, 2, 1, 3), allowed[:2])
     np.testing.assert_allclose(got[:2], want, atol=1e-5)
     both_ways(layers.Mask(dense=jnp.asarray(allowed[1:2, None])))  # one mask row for the whole batch
+
+
+@pytest.mark.parametrize("mask", [
+    layers.Mask(segment_ids=jnp.asarray(PACKED)),
+    layers.Mask(segment_ids=jnp.asarray(PACKED), window=3),
+    layers.Mask(lengths=jnp.asarray((ONE_DOCUMENT != 0).sum(1), jnp.int32)),
+    layers.Mask(padding=jnp.asarray(ONE_DOCUMENT)),
+], ids=["packed", "packed_sliding_window", "lengths", "padding"])
+def test_causal_attention_by_query_blocks_matches_torch(mask, monkeypatch):
+    """Blocks of 5 query rows over 12 tokens (5, 5, 2), each over the keys up to its end: torch's answer."""
+    monkeypatch.setattr(layers, "query_block", lambda length: 5)
+    q, k, v = qkv(4)
+    ids = np.asarray(mask.ids()) if mask.ids() is not None else ONE_DOCUMENT
+    got, _ = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask)
+    assert_close_where_real(got, reference(q, k, v, allowed_by(ids, window=mask.window)), ids)
+
+
+def test_causal_blocks_skip_the_scores_above_the_diagonal_with_the_same_gradients(monkeypatch):
+    """At 300 tokens (blocks of 128, 128, 44) the forward and backward never hold a [300, 300] score matrix,
+    and values and gradients equal those of attention over the whole scores."""
+    rng = np.random.RandomState(5)
+    length = 300
+    q = jnp.asarray(rng.randn(1, length, 2, 8), jnp.float32)
+    k, v = (jnp.asarray(rng.randn(1, length, 1, 8), jnp.float32) for _ in range(2))
+    padding = jnp.asarray(np.arange(length)[None] < 290, jnp.int32)  # padding at the end, as batches have it
+    mask = layers.Mask(padding=padding)
+
+    def grads_and_text():
+        def loss(q, k, v):  # traced anew on each call, under the query_block of the moment
+            out, _ = layers.attention(q, k, v, mask)
+            return jnp.sum(jnp.where(padding[..., None, None] != 0, out, 0.0) ** 2), out
+
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+        return step(q, k, v), step.lower(q, k, v).as_text()
+
+    ((_, out), grads), text = grads_and_text()
+    assert f"{length}x{length}x" not in text and "128x128x" in text  # the first block's scores, no whole matrix
+    monkeypatch.setattr(layers, "query_block", lambda length: length)  # one block: the whole scores
+    ((_, want), want_grads), text = grads_and_text()
+    assert f"{length}x{length}x" in text  # the check above can see a whole score matrix
+    np.testing.assert_allclose(np.asarray(out), np.asarray(want), atol=1e-5)
+    for got, expected in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-4, rtol=1e-4)

@@ -101,6 +101,22 @@ def test_decoder_family_logits_match_transformers_on_a_left_padded_batch(tmp_pat
     _close_on_real_tokens(logits, ref, mask, atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["qwen2", "mistral_window", "phi3_window"])
+def test_causal_attention_by_query_blocks_keeps_logits_on_a_left_padded_batch(tmp_path, variant, monkeypatch):
+    """Training's causal attention in blocks of query rows (`layers.causal_blocks`), here 4, 4 and 3 rows of 11
+    so that tiny rows take the path that long ones do: still transformers' logits, sliding windows included."""
+    from jaxlm.models import layers
+
+    monkeypatch.setattr(layers, "query_block", lambda length: 4)
+    write, options, _ = DECODER_VARIANTS[variant]
+    ref_model = write(tmp_path, **options)
+    ids, mask, positions = left_padded_batch(seed=5)
+    model, _ = jaxlm.load_pretrained(tmp_path)
+    logits = model(jnp.asarray(ids), jnp.asarray(mask))
+    ref = torch_logits(ref_model, ids, mask, position_ids=torch.tensor(positions, dtype=torch.long))
+    _close_on_real_tokens(logits, ref, mask, atol=1e-4)
+
+
 def test_gpt2_logits_match_transformers(tmp_path):
     ref_model = tiny_gpt2(tmp_path)
     ids, mask = padded_batch(seed=1)
