@@ -56,10 +56,7 @@ class Mask:
 
     def boolean(self, q_len: int, k_len: int, first: int = 0) -> jax.Array:
         """The mask as booleans [batch or 1, 1, q, k]: the rows of queries first .. first + q_len - 1."""
-        if self.dense is not None:
-            mask = self.dense if first == 0 and self.dense.shape[2] == q_len else self.dense[:, :, first:first + q_len]
-        else:
-            mask = self._undecoded(q_len, k_len, first)
+        mask = self.dense[:, :, first:first + q_len] if self.dense is not None else self._undecoded(q_len, k_len, first)
         if self.window is not None:
             query = self.offset + first + jnp.arange(q_len)
             mask = mask & (jnp.arange(k_len)[None, :] > query[:, None] - self.window)
@@ -140,7 +137,7 @@ def causal_blocks(q, k, v, mask: Mask, scale: float) -> jax.Array:
     """
     t, s = q.shape[1], k.shape[1]
     block = query_block(t)
-    if not mask.causal or t != s or t <= block:
+    if not mask.causal or mask.dense is not None or t != s or t <= block:  # a dense mask says itself what it allows
         return jax.nn.dot_product_attention(q, k, v, mask=mask.boolean(t, s), scale=scale, implementation="xla")
     outs = []
     for start in range(0, t, block):
