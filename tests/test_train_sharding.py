@@ -1,4 +1,5 @@
-"""Data parallel + FSDP over 8 fake CPU devices gives the 1-device run's losses and parameters."""
+"""Data parallel + FSDP over 8 fake CPU devices gives the 1-device run's losses and parameters, with causal
+attention in blocks of query rows too (`layers.causal_blocks`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ sys.path.insert(0, {tests!r})
 from test_train_engine import lm_batch
 
 def run(model_dir, mesh, out):
-  data, fsdp = map(int, mesh.split("x"))
+  from jaxlm.models import layers
+  blocks = layers.query_block
+  if mesh.endswith("b"):  # "2x4b": attention in blocks of 4 query rows, as rows past 128 tokens take it
+    layers.query_block = lambda length: 4
+  data, fsdp = map(int, mesh.rstrip("b").split("x"))
   cfg = load_config(None, [f"model.path={{model_dir}}", "task=causal_lm", "train.batch_size=8", "train.seq_len=16",
                          "train.warmup_steps=0", "train.learning_rate=1e-3", "model.lora.rank=0",
                          f"mesh.data={{data}}", f"mesh.fsdp={{fsdp}}"])
@@ -35,6 +40,7 @@ def run(model_dir, mesh, out):
   np.savez(out, **{{"/".join(map(str, k)): np.asarray(v) for k, v in leaves}})
   specs = {{"/".join(map(str, k)): str(v.sharding.spec) for k, v in leaves}}
   json.dump({{"losses": losses, "devices": jax.device_count(), "specs": specs}}, open(out + ".json", "w"))
+  layers.query_block = blocks
 
 for mesh in sys.argv[2:]:
   run(sys.argv[1], mesh, sys.argv[1] + "-" + mesh)
@@ -53,13 +59,13 @@ def run(model_dir, meshes, devices):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     model_dir = write_tiny_llama(tmp_path_factory.mktemp("mesh") / "llama")
-    return {**run(model_dir, ["1x1"], 1), **run(model_dir, ["8x1", "2x4"], 8)}
+    return {**run(model_dir, ["1x1"], 1), **run(model_dir, ["8x1", "2x4", "2x4b"], 8)}
 
 
 def test_data_parallel_and_fsdp_runs_match_the_single_device_run(runs):
     one, one_params = runs["1x1"]
     assert one["devices"] == 1
-    for mesh in ("8x1", "2x4"):  # one test, so pytest-xdist does not start the subprocesses twice
+    for mesh in ("8x1", "2x4", "2x4b"):  # one test, so pytest-xdist does not start the subprocesses twice
         meta, params = runs[mesh]
         assert meta["devices"] == 8
         np.testing.assert_allclose(meta["losses"], one["losses"], rtol=1e-5, err_msg=mesh)
