@@ -71,6 +71,20 @@ def test_full_fine_tuning_trains_every_parameter(llama_dir):
     assert all(jax.tree.leaves(changed))
 
 
+def test_compiling_on_a_cpu_returns_the_freed_heap_before_the_first_step(llama_dir, monkeypatch):
+    """The peak comes with the first step: what loading and compiling freed must be back with the OS by then."""
+    from jaxlm import cpu_flags
+
+    events = []
+    monkeypatch.setattr(cpu_flags, "return_freed_memory", lambda: events.append("returned") or True)
+    model, engine = engine_for(llama_dir)
+    assert not events
+    engine.compile(lm_batch())
+    assert events == ["returned"]
+    engine.step(lm_batch())
+    assert events == ["returned"]
+
+
 def test_weight_decay_skips_norms_and_biases():
     params = {"norm": {"weight": jnp.ones(4)}, "proj": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones(4)},
               "embed": {"embedding": jnp.ones((8, 4))}, "ln": {"scale": jnp.ones(4)}}

@@ -24,7 +24,7 @@ from jaxlm.models.weight_map import GGUFLayout, hf_name_of_gguf
 def _open(path: str):
     """The file's reader. Loading a model opens it twice (its config first, to pick the family), and parsing the
     metadata is most of the cost (a 49k-token vocabulary is ~300k fields: 2-4 s): the last file read is kept,
-    by path, size and modification time."""
+    by path, size and modification time, until its tensors have been read (`tensors`)."""
     try:
         stat = os.stat(path)
     except OSError as e:
@@ -111,7 +111,9 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
             raise CheckpointError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
         hf_name, stacked = found
         try:
-            w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            # A copy even when the tensor is float32 already: jax can alias a host array, and a view of the
+            # file's mapping would keep the whole mapped file resident for as long as the parameter lives.
+            w = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
         w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
@@ -120,6 +122,9 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
             yield hf_name, w
         else:  # one HF tensor per index of the first axis (llama.cpp's stacked experts)
             yield from ((hf_name.replace("{" + stacked + "}", str(index)), part) for index, part in enumerate(w))
+    # The model is built: the kept reader (its ~300k metadata objects and the file's mapped pages, ~0.3 GB for
+    # SmolLM2's 98 MB file) would otherwise stay in memory for the whole run, training included.
+    _reader.cache_clear()
 
 
 # llama.cpp pre-tokenizer names whose HF equivalent is byte-level BPE, plus SmolLM's digit split.

@@ -170,6 +170,8 @@ class Engine:
         jitted = cast(jax.stages.Wrapped, self.train_step)
         self.train_step = jitted.lower(self.state, self.frozen, self.rest, self.put(batch), self.reference,
                                        self.teacher).compile()
+        if self.mesh.devices.flat[0].platform == "cpu":  # host memory is the device's: see cpu_flags
+            cpu_flags.return_freed_memory()
 
     def evaluate(self, batch: dict):
         return self.eval_step(self.state.params, self.frozen, self.rest, self.put(batch, eval=True), self.reference)
