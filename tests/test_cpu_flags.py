@@ -16,6 +16,7 @@ from jaxlm.cpu_flags import MEMORY_OPTIMIZED, SCHEDULER, bf16_note, train_step_o
 def _glibc() -> bool:
     return platform.libc_ver()[0] == "glibc"
 
+
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
@@ -41,13 +42,13 @@ def test_bf16_compute_warns_only_on_a_cpu_without_bf16_instructions(tmp_path):
     assert bf16_note("bfloat16", "cpu", str(tmp_path / "missing")) is None  # not Linux: unknown, so silent
 
 
-HOLES = """
-import ctypes, ctypes.util, sys
+HEAP_WITH_HOLES = """
+import ctypes, ctypes.util, os
 from jaxlm.cpu_flags import return_freed_memory
 
 def rss_mib():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype = ctypes.c_void_p
@@ -66,7 +67,7 @@ print(return_freed_memory(), before, rss_mib())
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm") or not _glibc(), reason="glibc's malloc_trim (Linux)")
 def test_returning_freed_memory_gives_the_heaps_holes_back_to_the_os():
     """Holes left in the C heap (as loading and compiling leave them) stay in the process until trimmed."""
-    out = subprocess.run([sys.executable, "-c", HOLES], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", HEAP_WITH_HOLES], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     returned, before, after = out.stdout.split()
     assert returned == "True"
