@@ -69,7 +69,7 @@ def _libc():
         libc = ctypes.CDLL(name) if name else None
     except OSError:
         return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None  # glibc only (not musl, macOS)
+    return libc if hasattr(libc, "malloc_trim") else None  # glibc only (not musl, macOS)
 
 
 def return_freed_memory() -> bool:

@@ -111,9 +111,9 @@ def tensors(reader, config: dict, path: str) -> Iterator[tuple[str, np.ndarray]]
             raise CheckpointError(f"{path}: unexpected GGUF tensor {tensor.name!r}")
         hf_name, stacked = found
         try:
-            # A copy even when the tensor is float32 already: jax can alias a host array, and a view of the
-            # file's mapping would keep the whole mapped file resident for as long as the parameter lives.
-            w = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            w = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+            if np.may_share_memory(w, tensor.data):  # a float32 tensor is the file's bytes themselves: jax can
+                w = w.copy()  # alias a host array, and the view would keep the whole mapped file resident
         except Exception as e:
             raise CheckpointError(f"{path}: cannot dequantise {tensor.name!r} ({tensor.tensor_type.name}): {e}") from e
         w = w.reshape(tuple(int(d) for d in reversed(tensor.shape)))  # GGUF lists dims fastest-first
