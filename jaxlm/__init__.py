@@ -1,7 +1,14 @@
-"""jaxlm: fine-tune Hugging Face language models with JAX/Flax NNX."""
+"""jaxlm: fine-tune Hugging Face language models with JAX/Flax NNX.
 
-from jaxlm.hf.export import export_pretrained
-from jaxlm.hf.load import load_pretrained
-from jaxlm.sampling import generate
+Importing the package loads nothing heavy: `load_pretrained`, `export_pretrained` and `generate` (and JAX with
+them) load on first use, so that the `jaxlm` command reads its arguments, and reruns itself under another
+allocator where it does (jaxlm/cpu_flags.py), before paying for JAX's import.
+"""
 
-__all__ = ["load_pretrained", "export_pretrained", "generate"]
+from jaxlm.lazy import lazy_attributes
+
+_LAZY = {"load_pretrained": "jaxlm.hf.load", "export_pretrained": "jaxlm.hf.export", "generate": "jaxlm.sampling"}
+
+__all__ = ["load_pretrained", "export_pretrained", "generate"]  # pyright: ignore[reportUnsupportedDunderAll]  _LAZY
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -16,6 +16,7 @@ import importlib
 import sys
 from importlib import metadata
 
+from jaxlm import cpu_flags
 from jaxlm.errors import BAD_INPUT
 
 
@@ -23,10 +24,12 @@ from jaxlm.errors import BAD_INPUT
 class Command:
     target: str  # "module:function"
     help: str  # one line for `jaxlm --help`
+    tcmalloc: bool = False  # reruns itself under tcmalloc on a CPU first (jaxlm.cpu_flags.relaunch_with_tcmalloc)
 
 
 COMMANDS = {
-    "train": Command("jaxlm.train.cli:main", "fine-tune a model: a YAML preset plus dotted.key=value overrides"),
+    "train": Command("jaxlm.train.cli:main", "fine-tune a model: a YAML preset plus dotted.key=value overrides",
+                     tcmalloc=True),
     "generate": Command("jaxlm.sampling.cli:main", "generate text from prompts with an HF folder or .gguf file"),
     "convert": Command("jaxlm.convert:main", "convert a .gguf file, HF folder or run to an HF folder or .gguf file"),
     "eval": Command("jaxlm.eval.cli:main", "score a model on data: loss, generation, entity and class metrics"),
@@ -54,11 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv[:1])  # --help, --version, or a usage error naming the commands
         return BAD_INPUT  # not reached: parse_args exits
     name, rest = argv[0], argv[1:]
+    if from_command_line and COMMANDS[name].tcmalloc:
+        cpu_flags.relaunch_with_tcmalloc()  # returns where jaxlm leaves the allocator alone
     return load(COMMANDS[name].target)(rest, prog=f"jaxlm {name}")
 
 

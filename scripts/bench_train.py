@@ -18,7 +18,9 @@ same as a Qwen3-MoE) or a PATH to an HF folder / .gguf. A mixture's MFU counts t
 family's transformers class with sdpa attention (peft LoRA r16
 on every projection for `lora`), under torch.autocast(bfloat16) when the dtype is bfloat16 (the default on a
 GPU; `--dtype bfloat16` on a CPU), with fused AdamW on a GPU, eagerly
-and (`--torch eager,compile`) with torch.compile. Each side runs in its own process, so peak memory
+and (`--torch eager,compile`) with torch.compile. `JAXLM_MALLOC=tcmalloc` runs jaxlm's side under tcmalloc, as
+`jaxlm train` reruns itself then (jaxlm/cpu_flags.py), and `--torch eager+tcmalloc` PyTorch's. Each side runs in
+its own process, so peak memory
 is its own: device memory on a GPU (jax peak_bytes_in_use / torch max_memory_allocated), peak RSS on
 a CPU.
 
@@ -325,8 +327,19 @@ def run_side(side: str, case: dict, timeout: float, deadline: float) -> dict:
     if timeout < 30:
         return {"error": "skipped: the time budget (--budget) is spent"}
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--case", json.dumps(case)]
+    environment = None
+    if side == "jaxlm":  # JAXLM_MALLOC=tcmalloc here: jaxlm's side under tcmalloc, as `jaxlm train` would rerun
+        from jaxlm import cpu_flags
+
+        environment = cpu_flags.tcmalloc_environment()
+    elif side.endswith("+tcmalloc"):  # PyTorch under tcmalloc, as its CPU launcher (run_cpu) sets it up
+        from jaxlm import cpu_flags
+
+        environment = cpu_flags.tcmalloc_environment({**os.environ, cpu_flags.ALLOCATOR: "tcmalloc"})
+        if environment is None:
+            return {"error": "skipped: no tcmalloc to preload here (or not Linux)"}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=environment)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -389,7 +402,8 @@ def main():
     parser.add_argument("--modes", default="full,lora", help="full and/or lora (r16, alpha 32, every projection)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                         help="compute dtype; auto: bfloat16 on a GPU/TPU, float32 on a CPU")
-    parser.add_argument("--torch", default="eager", help="PyTorch variants: eager and/or compile")
+    parser.add_argument("--torch", default="eager",
+                        help="PyTorch variants: eager, compile, eager+tcmalloc (eager with tcmalloc preloaded)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a jaxlm config override for the jaxlm side, e.g. --set model.remat=full")
     parser.add_argument("--suite", choices=["gpu"], help="gpu: every case of the accelerator comparison")

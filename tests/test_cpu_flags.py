@@ -3,6 +3,7 @@ tests/test_train_dry_run.py and tests/test_train_engine.py."""
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import platform
 import subprocess
@@ -10,6 +11,7 @@ import sys
 
 import pytest
 
+from jaxlm import cpu_flags
 from jaxlm.cpu_flags import MEMORY_OPTIMIZED, SCHEDULER, bf16_note, train_step_options
 
 
@@ -72,3 +74,83 @@ def test_returning_freed_memory_gives_the_heaps_holes_back_to_the_os():
     returned, before, after = out.stdout.split()
     assert returned == "True"
     assert float(before) - float(after) > 150  # of the ~219 MiB freed
+
+
+# --- JAXLM_MALLOC=tcmalloc: `jaxlm train` under tcmalloc ----------------------------------------------------------
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TCMALLOC = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None or sys.platform != "linux",
+                                    reason="needs tcmalloc (make setup installs libtcmalloc-minimal4)")
+
+
+@pytest.mark.parametrize("environ, platform, chosen", [
+    ({cpu_flags.ALLOCATOR: "tcmalloc"}, "linux", True),
+    ({}, "linux", False),  # the default: the C library's malloc
+    ({cpu_flags.ALLOCATOR: "system"}, "linux", False),
+    ({cpu_flags.ALLOCATOR: "tcmalloc", "LD_PRELOAD": "libtcmalloc_minimal.so.4"}, "linux", False),  # the rerun
+    ({cpu_flags.ALLOCATOR: "tcmalloc"}, "darwin", False),
+], ids=["asked", "default", "system", "rerun_never_loops", "macos"])
+def test_train_reruns_under_tcmalloc_only_when_asked_and_once(environ, platform, chosen, monkeypatch):
+    monkeypatch.setattr(cpu_flags.ctypes.util, "find_library", lambda name: f"lib{name}.so.4")
+    got = cpu_flags.tcmalloc_environment({"PATH": "/bin", "LD_PRELOAD": "", **environ}, platform)
+    assert (got is not None) == chosen
+    if chosen:
+        assert got["LD_PRELOAD"] == "libtcmalloc_minimal.so.4" and got["PATH"] == "/bin"
+
+
+def test_asking_for_tcmalloc_where_none_is_installed_keeps_the_c_librarys_malloc(monkeypatch):
+    monkeypatch.setattr(cpu_flags.ctypes.util, "find_library", lambda name: None)
+    assert cpu_flags.tcmalloc_environment({cpu_flags.ALLOCATOR: "tcmalloc"}, "linux") is None
+    note = cpu_flags.allocator_note({cpu_flags.ALLOCATOR: "tcmalloc"})
+    assert "no tcmalloc could be loaded" in note and "libtcmalloc-minimal4" in note
+    assert cpu_flags.allocator_note({}) is None
+
+
+def test_only_train_typed_at_a_shell_reruns_itself(monkeypatch):
+    """`jaxlm train` from the command line may rerun itself; a caller passing argv (tests, scripts) never has its
+    process replaced, and the other commands keep their allocator."""
+    from jaxlm import cli
+
+    calls = []
+    monkeypatch.setattr(cpu_flags, "relaunch_with_tcmalloc", lambda: calls.append(sys.argv[1]))
+    monkeypatch.setattr(cli, "load", lambda target: lambda argv, prog: 0)
+    for argv in (["jaxlm", "train", "x=1"], ["jaxlm", "convert", "a", "b"]):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert cli.main() == 0
+    assert cli.main(["train", "x=1"]) == 0
+    assert calls == ["train"]
+
+
+RERUN = """
+import os
+from jaxlm import cpu_flags
+print("run", "tcmalloc" in os.environ.get("LD_PRELOAD", ""), flush=True)
+cpu_flags.relaunch_with_tcmalloc()
+print("tcmalloc mapped:", "tcmalloc" in open("/proc/self/maps").read())
+print(cpu_flags.allocator_note())
+"""
+
+
+@needs_tcmalloc
+def test_the_process_reruns_itself_once_with_tcmalloc_loaded():
+    environ = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-c", RERUN], capture_output=True, text=True, check=True, cwd=ROOT,
+                         env={**environ, cpu_flags.ALLOCATOR: "tcmalloc"}).stdout.splitlines()
+    assert out[:3] == ["run False", "run True", "tcmalloc mapped: True"]  # the first run, then its rerun only
+    assert out[3].startswith("host allocator: tcmalloc")
+
+
+@needs_tcmalloc
+def test_python_dash_m_jaxlm_train_runs_under_tcmalloc_and_says_so(tmp_path):
+    """What users run: the module entry point reruns itself, and the run's log names the allocator."""
+    from hf_checkpoints import tiny_llama
+
+    tiny_llama(tmp_path / "llama")
+    environ = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    result = subprocess.run([sys.executable, "-m", "jaxlm.train", "--dry-run", f"model.path={tmp_path / 'llama'}",
+                             "task=causal_lm", "train.batch_size=2", "train.seq_len=16",
+                             f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT,
+                            env={**environ, cpu_flags.ALLOCATOR: "tcmalloc", "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "host allocator: tcmalloc" in result.stdout

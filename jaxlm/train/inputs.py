@@ -99,8 +99,9 @@ def head_for(cfg: Config, label_names: list[str] | None, hf_config: dict, source
 def prepare_model(model, cfg: Config, *, say=print):
     """The loaded model as the run trains it: LoRA adapters or virtual tokens as configured, then the
     attention kernel, remat policy and stacked layers of `cfg.model` (`say` gets a line when attention
-    falls back, or when bfloat16 compute is likely slower than float32 on this CPU)."""
-    from jaxlm.cpu_flags import bf16_note
+    falls back, when bfloat16 compute is likely slower than float32 on this CPU, and which host allocator
+    jaxlm chose)."""
+    from jaxlm.cpu_flags import allocator_note, bf16_note
     from jaxlm.models.contract import configure
     from jaxlm.models.execution import Execution
     from jaxlm.models.layers import resolve_attention
@@ -121,9 +122,9 @@ def prepare_model(model, cfg: Config, *, say=print):
                                         layer_windows="sliding_attention" in getattr(model.config, "layer_types", ()))
     if note and say:
         say(f"attention: {note}")
-    slow_bf16 = bf16_note(cfg.train.compute_dtype, jax.devices()[0].platform)
-    if slow_bf16 and say:
-        say(slow_bf16)
+    for note in (bf16_note(cfg.train.compute_dtype, jax.devices()[0].platform), allocator_note()):
+        if note and say:
+            say(note)
     try:
         # mesh.expert > 1: each device runs its own experts on the tokens sent to it (models/expert_parallel.py)
         expert_axis = "expert" if cfg.mesh.expert > 1 else ""
