@@ -56,9 +56,10 @@ install() {
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
   fi
   local debs assets
-  # WordNet and the thesaurus serve data augmentation; Chromium only the audit tests.
+  # WordNet and the thesaurus serve data augmentation; Chromium only the audit tests, tcmalloc only CPU training.
   read -ra debs <<<"$(makefile_var DEBS)"
   debs=("${debs[@]/chromium/}")
+  debs=("${debs[@]/libtcmalloc-minimal4/}")
   read -ra debs <<<"${debs[*]}"
   if ((${#debs[@]})); then
     sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${debs[@]}" ||

@@ -3,9 +3,8 @@
 import sys
 
 from jaxlm import cpu_flags
+from jaxlm.train.cli import main
 
 if __name__ == "__main__":
-    cpu_flags.relaunch_with_tcmalloc()  # on a CPU, before anything else runs: see jaxlm/cpu_flags.py
-    from jaxlm.train.cli import main
-
+    cpu_flags.relaunch_with_tcmalloc()  # with JAXLM_MALLOC=tcmalloc, before any work: see jaxlm/cpu_flags.py
     sys.exit(main())
