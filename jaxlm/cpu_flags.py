@@ -20,9 +20,9 @@ loading and compiling freed inside the heap are never reused by it: they only ad
 on a CPU, at the cost of host memory, hence not the default. glibc maps those ~2 GiB of temporaries fresh at
 every step and unmaps them after it (XLA's worker threads allocate them, from arenas that map any block past
 32 MiB), so every page of them faults and is zeroed again inside the matmuls that first write it: ~535,000
-page faults and 1.1-3.4 s of kernel time a step. tcmalloc keeps the freed block for the next step: no page
-faults. SmolLM2-135M 4x256 full fine-tuning on the 2-core Intel Xeon CI machine (scripts/bench_train.py's jaxlm
-side, alternating): 147-153 tok/s and peak RSS 6.4-6.6 GiB under tcmalloc, 107-126 tok/s and 4.37 GiB under
+page faults and 1.1-3.7 s of kernel time a step. tcmalloc keeps the freed block for the next step: no page
+faults. SmolLM2-135M 4x256 full fine-tuning on a 2-core Intel Xeon VM (scripts/bench_train.py's jaxlm side,
+alternating): 147-153 tok/s and peak RSS 6.4-6.6 GiB under tcmalloc, 107-126 tok/s and 4.37 GiB under
 glibc. glibc's own knobs cannot keep the block from inside the process (its tunables are read at startup; the
 same knobs set in the environment kept it, but the second step's block did not always fit where the first's
 was, and RSS reached 6.4 GiB too), and jemalloc kept faulting. PyTorch's CPU launcher (`python -m

@@ -22,7 +22,7 @@ On a CPU, train.compute_dtype=bfloat16 is the faster setting where the CPU multi
 time); on a CPU without bf16 instructions XLA converts to float32 first, and jaxlm warns that float32 is
 likely faster there. JAXLM_MALLOC=tcmalloc (an environment variable: the allocator is chosen before
 the process starts, so `jaxlm train` reruns itself under it) makes CPU steps faster, at the cost of
-host memory: on the 2-core CI machine full fine-tuning of SmolLM2-135M ran 147-153 instead of 107-126
+host memory: on a 2-core Intel Xeon full fine-tuning of SmolLM2-135M ran 147-153 instead of 107-126
 tokens/s, with a peak of 6.4 instead of 4.4 GiB (glibc maps each step's temporaries afresh; tcmalloc
 keeps them).
 
