@@ -48,21 +48,29 @@ def main():
         names = ["whole", *(f"block {b}" for b in args.blocks if b < seq)]
         sizes = [seq, *(b for b in args.blocks if b < seq)]
         compiled = {name: step(seq, size, args.layers) for name, size in zip(names, sizes, strict=True)}
-        want = compiled["whole"][0](*compiled["whole"][1])
-        times = {name: [] for name in names}
-        for _ in range(args.repeats):
-            for name, (fn, inputs) in compiled.items():
-                began = time.perf_counter()
-                jax.block_until_ready(fn(*inputs))
-                times[name].append((time.perf_counter() - began) / args.layers * 1000)
-        whole = statistics.median(times["whole"])
-        for name, (fn, inputs) in compiled.items():
-            got = fn(*inputs)
-            diff = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(got, want, strict=True))
-            ms = statistics.median(times[name])
-            print(f"seq {seq:5d} {name:10s} {ms:8.2f} ms a layer (forward + backward), {ms / whole:.2f}x whole; "
+        for name, (ms, ratio, diff) in interleaved(compiled, "whole", args.repeats, args.layers).items():
+            print(f"seq {seq:5d} {name:10s} {ms:8.2f} ms a layer (forward + backward), {ratio:.2f}x whole; "
                   f"gradients differ by {diff:.1e} of their largest", flush=True)
 
+
+def interleaved(compiled: dict, baseline: str, repeats: int, layer_count: int) -> dict[str, tuple[float, float, float]]:
+    """name -> (median ms a layer, over the baseline's, the gradients' largest difference from the baseline's
+    relative to their largest) for compiled gradient steps {name: (step, inputs)}, run in turn `repeats` times."""
+    want = compiled[baseline][0](*compiled[baseline][1])
+    times = {name: [] for name in compiled}
+    for _ in range(repeats):
+        for name, (fn, inputs) in compiled.items():  # interleaved: load from other processes hits every one alike
+            began = time.perf_counter()
+            jax.block_until_ready(fn(*inputs))
+            times[name].append((time.perf_counter() - began) / layer_count * 1000)
+    base = statistics.median(times[baseline])
+    found = {}
+    for name, (fn, inputs) in compiled.items():
+        got = [x.astype(jnp.float32) for x in fn(*inputs)]
+        diff = max(float(jnp.max(jnp.abs(a - b.astype(jnp.float32))) / jnp.max(jnp.abs(b.astype(jnp.float32))))
+                   for a, b in zip(got, want, strict=True))
+        found[name] = statistics.median(times[name]), statistics.median(times[name]) / base, diff
+    return found
 
 if __name__ == "__main__":
     main()

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
 from jaxlm.models import layers
 
-MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # as jax.nn.dot_product_attention masks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from exp_causal_blocks import interleaved  # noqa: E402
 
 
 def causal_flash_blocks(q, k, v, mask: layers.Mask, scale: float, block: int = 128) -> jax.Array:
@@ -41,7 +42,7 @@ def causal_flash_blocks(q, k, v, mask: layers.Mask, scale: float, block: int = 1
 def _scores(q_rows, keys, mask, scale):
     """Scores [b, n, rows, group, keys] in float32, masked the way jax.nn.dot_product_attention masks."""
     scores = jnp.einsum("bnrgd,bnkd->bnrgk", q_rows, keys, preferred_element_type=jnp.float32) * scale
-    return jnp.where(mask[:, :, :, None, :], scores, MASKED)
+    return jnp.where(mask[:, :, :, None, :], scores, layers._MASKED)
 
 
 def _grouped(q, k, v):
@@ -130,22 +131,9 @@ def main():
         for block in (b for b in args.blocks if b < seq):
             flash = functools.partial(causal_flash_blocks, block=block)
             steps[f"flash {block}"] = timed_step(batch, seq, flash, dtype)
-        want = steps["causal_blocks"][0](*steps["causal_blocks"][1])
-        times = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, (step, inputs) in steps.items():
-                began = time.perf_counter()
-                jax.block_until_ready(step(*inputs))
-                times[name].append(time.perf_counter() - began)
-        base = statistics.median(times["causal_blocks"])
-        for name, (step, inputs) in steps.items():
-            got = step(*inputs)
-            diff = max(float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
-                             / jnp.max(jnp.abs(b.astype(jnp.float32)))) for a, b in zip(got, want, strict=True))
-            seconds = statistics.median(times[name])
-            print(f"{shape} {name:14s} {seconds * 500:8.1f} ms a layer, {seconds / base:.2f}x causal_blocks; "
+        for name, (ms, ratio, diff) in interleaved(steps, "causal_blocks", args.repeats, 2).items():
+            print(f"{shape} {name:14s} {ms:8.1f} ms a layer, {ratio:.2f}x causal_blocks; "
                   f"gradients differ by {diff:.1e} of their largest", flush=True)
-
 
 if __name__ == "__main__":
     main()
