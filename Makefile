@@ -34,13 +34,23 @@ test: $(STAMP)
 
 setup: $(STAMP)
 
+# Installs go through uv (`pip install uv` first, then `uv pip install`): the same packages as pip, with
+# downloads in parallel and bytecode compiled on every core (this machine: 81 s against pip's 204 s for '.[test]').
+# Bytecode is compiled ahead because where PYTHONDONTWRITEBYTECODE is set no process would ever cache it.
+# uv reads none of pip's settings: the find-links folders and constraints files pip is given (pip.conf or
+# PIP_* variables, as `pip config list` shows them; here a CPU-only torch wheel on disk) are handed to it.
+pip_setting = $(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p"))
+UV_INSTALL = $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode \
+             $(foreach d,$(call pip_setting,find-links),--find-links $(d)) \
+             $(foreach c,$(call pip_setting,constraint),--constraint $(c))
+
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q uv
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
-	  echo "GPU found: installing jax[cuda12]"; $(PY) -m pip install -q "jax[cuda12]>=0.10,<0.13"; fi
-	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pip install -q --no-deps $(ASSETS)
+	  echo "GPU found: installing jax[cuda12]"; $(UV_INSTALL) "jax[cuda12]>=0.10,<0.13"; fi
+	$(UV_INSTALL) -e '.[test]'
+	$(UV_INSTALL) --no-deps $(ASSETS)
 	@$(MAKE) --no-print-directory system-deps
 	@touch $(STAMP)
 

@@ -8,12 +8,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# The tests compile hundreds of tiny programs and run each a few times: XLA:CPU's LLVM backend at -O0 compiles
-# them much faster (tests/test_scan.py: 69 -> 42 CPU seconds) and computes the same IEEE arithmetic (fast-math is
-# off at every level). XLA's HLO passes, which decide what is computed, fusions and buffers, run as they do for
-# users. Inherited by every subprocess; `train_helpers.with_devices` adds to it.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+# The tests compile thousands of tiny programs (every eager op is one) and run each a few times, so compiling is
+# most of what they spend. Two XLA:CPU settings halve that and compute the same IEEE arithmetic (fast-math is off
+# everywhere): LLVM at -O0 (tests/test_scan.py: 69 -> 42 CPU seconds), and the older elemental IR emitters instead
+# of the MLIR fusion emitters, which build MLIR contexts for every program (a one-op program: 36 -> 25 ms;
+# tests/test_train_run.py and test_quant.py: 193 -> 135 CPU seconds). XLA's HLO passes, which decide what is
+# computed, the fusions and the buffers, run as they do for users. Inherited by every subprocess;
+# `train_helpers.with_devices` adds to it.
+for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
 # One XLA compilation cache per test run, made by the first process that imports this file (pytest-xdist's
 # controller, before it starts its workers) and inherited by the workers and every subprocess they start:
 # the tiny models' programs repeat from test to test (same shapes, same settings), and compiling them is most
