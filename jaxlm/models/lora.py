@@ -163,9 +163,7 @@ def merge_lora(model):
     for path, module in list(nnx.iter_modules(merged)):
         if isinstance(module, LoRALinear):
             kernel = module.merged_kernel()
-            linear = nnx.Linear(
-                *kernel.shape[-2:], use_bias=module.bias is not None, param_dtype=kernel.dtype, rngs=nnx.Rngs(0)
-            )
+            linear = _unfilled_linear(kernel, use_bias=module.bias is not None)
             linear.kernel.set_value(kernel)
             if module.bias is not None:
                 linear.bias.set_value(module.bias[...])  # pyright: ignore[reportOptionalMemberAccess]  use_bias
@@ -178,10 +176,17 @@ def merge_lora(model):
     return merged
 
 
+def _unfilled_linear(kernel: jax.Array, use_bias: bool) -> nnx.Linear:
+    """An nnx.Linear of `kernel`'s shape whose parameters are only shapes, to be set: a randomly initialised
+    one would compute (and compile) an initializer per shape for weights that are thrown away."""
+    return nnx.eval_shape(lambda: nnx.Linear(*kernel.shape[-2:], use_bias=use_bias, param_dtype=kernel.dtype,
+                                             rngs=nnx.Rngs(0)))
+
+
 def _plain_experts(module: LoRAExperts) -> Experts:
     gate = module.merged(module.names[0])
-    plain = Experts(gate.shape[-3], gate.shape[-2], gate.shape[-1], module.names, rngs=nnx.Rngs(0),
-                    param_dtype=gate.dtype)
+    plain = nnx.eval_shape(lambda: Experts(gate.shape[-3], gate.shape[-2], gate.shape[-1], module.names,
+                                           rngs=nnx.Rngs(0), param_dtype=gate.dtype))  # shapes only: set below
     for name in module.names:
         new, old = getattr(plain, name), getattr(module, name)
         new.set_value(module.merged(name))
