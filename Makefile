@@ -30,7 +30,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check jaxlm tests scripts
 	$(PY) -m basedpyright
-	$(PY) -m pytest -q -n 3 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 setup: $(STAMP)
 
