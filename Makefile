@@ -37,10 +37,13 @@ setup: $(STAMP)
 # Installs go through uv (`pip install uv` first, then `uv pip install`): the same packages as pip, with
 # downloads in parallel and bytecode compiled on every core (this machine: 81 s against pip's 204 s for '.[test]').
 # Bytecode is compiled ahead because where PYTHONDONTWRITEBYTECODE is set no process would ever cache it.
-# uv reads none of pip's settings: the find-links folders and constraints files pip is given (pip.conf or
-# PIP_* variables, as `pip config list` shows them; here a CPU-only torch wheel on disk) are handed to it.
+# uv reads none of pip's settings: the indexes, find-links folders and constraints files pip is given (pip.conf
+# or PIP_* variables, as `pip config list` shows them; here a CPU-only torch wheel on disk) are handed to it, and
+# it picks the best version across all of them, as pip does.
 pip_setting = $(sort $(shell $(PYTHON) -m pip config list 2>/dev/null | sed -n "s/^[^.]*\.$(1)='\(.*\)'$$/\1/p"))
-UV_INSTALL = $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode \
+UV_INSTALL = $(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode --index-strategy unsafe-best-match \
+             $(foreach i,$(call pip_setting,index-url),--index-url $(i)) \
+             $(foreach i,$(call pip_setting,extra-index-url),--extra-index-url $(i)) \
              $(foreach d,$(call pip_setting,find-links),--find-links $(d)) \
              $(foreach c,$(call pip_setting,constraint),--constraint $(c))
 
