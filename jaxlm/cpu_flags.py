@@ -119,10 +119,15 @@ def tcmalloc_environment(environ=os.environ, platform: str = sys.platform) -> di
     not Linux, or no tcmalloc is installed (Debian: libtcmalloc-minimal4, which `make setup` installs)."""
     if environ.get(ALLOCATOR) != "tcmalloc" or "tcmalloc" in environ.get("LD_PRELOAD", "") or platform != "linux":
         return None
-    library = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    library = tcmalloc_library()
     if library is None:
         return None
     return {**environ, "LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD", "")]))}
+
+
+def tcmalloc_library() -> str | None:
+    """The installed tcmalloc's library name (the minimal build first), or None."""
+    return ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
 
 
 def relaunch_with_tcmalloc() -> None:

@@ -327,14 +327,12 @@ def run_side(side: str, case: dict, timeout: float, deadline: float) -> dict:
     if timeout < 30:
         return {"error": "skipped: the time budget (--budget) is spent"}
     cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--case", json.dumps(case)]
+    from jaxlm import cpu_flags
+
     environment = None
     if side == "jaxlm":  # JAXLM_MALLOC=tcmalloc here: jaxlm's side under tcmalloc, as `jaxlm train` would rerun
-        from jaxlm import cpu_flags
-
         environment = cpu_flags.tcmalloc_environment()
     elif side.endswith("+tcmalloc"):  # PyTorch under tcmalloc, as its CPU launcher (run_cpu) sets it up
-        from jaxlm import cpu_flags
-
         environment = cpu_flags.tcmalloc_environment({**os.environ, cpu_flags.ALLOCATOR: "tcmalloc"})
         if environment is None:
             return {"error": "skipped: no tcmalloc to preload here (or not Linux)"}

@@ -3,7 +3,6 @@ tests/test_train_dry_run.py and tests/test_train_engine.py."""
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import platform
 import subprocess
@@ -79,7 +78,7 @@ def test_returning_freed_memory_gives_the_heaps_holes_back_to_the_os():
 # --- JAXLM_MALLOC=tcmalloc: `jaxlm train` under tcmalloc ----------------------------------------------------------
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TCMALLOC = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+TCMALLOC = cpu_flags.tcmalloc_library()
 needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None or sys.platform != "linux",
                                     reason="needs tcmalloc (make setup installs libtcmalloc-minimal4)")
 
