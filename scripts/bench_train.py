@@ -181,22 +181,32 @@ def run_jaxlm(case: dict) -> dict:
     prepare_model(model, cfg, say=lambda line: print(line, file=sys.stderr))  # LoRA, attention, scan, remat
     engine = build_engine(model, cfg)
     del model  # the engine holds what trains; the original float32 copy would only inflate peak memory
-    data = batches(b, t, case["hf_config"]["vocab_size"])
+    # as `jaxlm train` steps: train.steps_per_call optimizer steps a call (several on a CPU; see its comment)
+    per_call = engine.steps_per_call
+    data = batches(b, t, case["hf_config"]["vocab_size"], n=max(3, per_call + 1))
+
+    def step(first: int):
+        if per_call == 1:
+            return engine.step(data[first % len(data)])
+        return engine.steps([data[(first + i) % len(data)] for i in range(per_call)])
+
     began = time.perf_counter()
-    engine.compile(data[0])
+    engine.compile(data[0] if per_call == 1 else data[:per_call])
     compile_s = time.perf_counter() - began
-    first_loss = float(engine.step(data[0])["loss"])  # warm-up
+    first_loss = float(jax.numpy.ravel(step(0)["loss"])[0])  # warm-up
+    calls = max(1, -(-case["steps"] // per_call))
     began = time.perf_counter()
-    for i in range(case["steps"]):
-        metrics = engine.step(data[(i + 1) % len(data)])
+    for i in range(calls):
+        metrics = step((i + 1) * per_call)
     jax.block_until_ready(metrics)
     seconds = time.perf_counter() - began
+    timed_steps = calls * per_call
     device = jax.devices()[0]
     stats = device.memory_stats() if device.platform == "gpu" else None
     memory = stats["peak_bytes_in_use"] / 2**30 if stats else peak_rss_gib()
-    return {"tokens_per_s": case["steps"] * b * t / seconds, "compile_s": compile_s, "memory_gib": memory,
-            "n_params": n_params, "first_loss": first_loss,
-            "last_loss": float(metrics["loss"]), "device": device.device_kind}
+    return {"tokens_per_s": timed_steps * b * t / seconds, "compile_s": compile_s, "memory_gib": memory,
+            "n_params": n_params, "first_loss": first_loss, "steps_per_call": per_call,
+            "last_loss": float(jax.numpy.ravel(metrics["loss"])[-1]), "device": device.device_kind}
 
 
 def run_torch(case: dict, compiled: bool) -> dict:
@@ -351,8 +361,9 @@ def describe(name: str, r: dict, flops_token: float, peak: float) -> str:
     if "error" in r:
         return f"{name} {r['error']}"
     compile_s = f", compile {r['compile_s']:.1f}s" if r.get("compile_s") else ""
+    per_call = f", {r['steps_per_call']} steps a call" if r.get("steps_per_call", 1) > 1 else ""
     return (f"{name} {r['tokens_per_s']:,.0f} tok/s (MFU {r['tokens_per_s'] * flops_token / peak:.1%}, "
-            f"peak {r['memory_gib']:.2f} GiB{compile_s}, first loss {r['first_loss']:.2f})")
+            f"peak {r['memory_gib']:.2f} GiB{compile_s}{per_call}, first loss {r['first_loss']:.2f})")
 
 
 def run_case(model, mode, b, t, torch_variants, settings, args, peak, dtype) -> float | None:

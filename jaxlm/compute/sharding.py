@@ -80,9 +80,10 @@ def state_shardings(tree, mesh: Mesh):
     return jax.tree.map(place, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh: Mesh, accumulated: bool) -> NamedSharding:
-    """Batches are [batch, seq], or [accum, micro_batch, seq] when gradients are accumulated."""
-    return NamedSharding(mesh, P(None, BATCH_AXES) if accumulated else P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, accumulated: bool, steps: bool = False) -> NamedSharding:
+    """Batches are [batch, seq], or [accum, micro_batch, seq] when gradients are accumulated; `steps`: one
+    batch per optimizer step of a call ([steps, ...] before those)."""
+    return NamedSharding(mesh, P(*(None,) * (accumulated + steps), BATCH_AXES))
 
 
 def place(tree, shardings):

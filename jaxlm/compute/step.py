@@ -114,12 +114,14 @@ def _grad_fn(graphdef, wrt, task, compute_dtype, reseed, chunk_tokens, packed, n
 def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, grad_accum, shardings,
                     chunk_tokens=0, packed=True, num_sources: int = 0, objective: Objective | None = None,
                     kl_to_base: float = 0.0, distill: Distill | None = None,
-                    compiler_options: dict[str, str] | None = None):
+                    compiler_options: dict[str, str] | None = None, steps_per_call: int = 1):
     """`step(state, frozen, rest, batch, reference, teacher) -> (state, metrics)`, jitted with the state donated
     (and with XLA's `compiler_options`, e.g. jaxlm.cpu_flags.train_step_options).
 
     `wrt` is the filter of trainable variables; `shardings` = (state, frozen, rest, batch, reference, teacher)
-    NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...].
+    NamedShardings. With `grad_accum > 1` every batch array is [grad_accum, micro_batch, ...]. With
+    `steps_per_call > 1` the batch is that many steps' batches ([steps_per_call, ...] each), run as that many
+    optimizer steps in one `lax.scan`, and each metric has a leading [steps_per_call] axis.
     A preference task's `objective` adds its metrics (TRL's names, means over the step's pairs);
     `kl_to_base > 0` adds β x KL(model || the starting model) per training token and logs `kl_to_base`;
     `distill` mixes in KL(teacher || model) at its temperature (the `teacher` argument's state) and logs `distill_kl`.
@@ -176,10 +178,20 @@ def make_train_step(graphdef, wrt, rest, tx, schedule, *, task, compute_dtype, g
         metrics.update({k: v / count for k, v in sums.items()})  # per pair (preference tasks) or per token
         return new_state, metrics
 
+    def steps(state: TrainState, frozen, rest, batches, reference, teacher):
+        # The inputs ride in the carry, not the closure, as in `micro` above.
+        def one(carry, batch):
+            state, inputs = carry
+            state, metrics = step(state, *inputs[:2], batch, *inputs[2:])
+            return (state, inputs), metrics
+
+        (state, _), metrics = jax.lax.scan(one, (state, (frozen, rest, reference, teacher)), batches)
+        return state, metrics
+
     state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh = shardings
     replicated = jax.sharding.NamedSharding(batch_sh.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
-        sharding.traced_under(batch_sh.mesh, step),
+        sharding.traced_under(batch_sh.mesh, step if steps_per_call == 1 else steps),
         in_shardings=(state_sh, frozen_sh, rest_sh, batch_sh, reference_sh, teacher_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,

@@ -89,6 +89,11 @@ class TrainConfig:
     loss_chunk_tokens: int = 4096  # the loss projects this many tokens to the vocabulary at a time (0 = all)
     seed: int = 0
     log_every: int = 5  # host syncs (metrics, NaN check, progress bar) happen only every this many steps (grpo: 1)
+    # Optimizer steps one compiled call runs (a scan over that many batches); it must divide train.steps,
+    # train.log_every, checkpoint.every and eval.every. 0 = auto: on a CPU the largest such count up to 8, since
+    # XLA:CPU maps a call's temporaries afresh (page faults: ~1 s of kernel time a SmolLM2 step); 1 elsewhere
+    # and for grpo. See jaxlm.train.engine.steps_per_call.
+    steps_per_call: int = 0
     # A folder ("" = none) keeping XLA's compiled programs across runs (JAX's persistent compilation cache): a
     # run with the same model, shapes and settings loads its train, eval and sampling programs instead of
     # compiling them again (SmolLM2's LoRA train step alone takes 20-30 s to compile on 2 CPU cores).
@@ -240,7 +245,9 @@ class Config:
                       "eval.every": e.every, "eval.steps": e.steps, "eval.sample_prompts": e.sample_prompts,
                       "eval.test_steps": e.test_steps,
                       "eval.early_stopping_patience": e.early_stopping_patience,
-                      "model.lora.rank": self.model.lora.rank, "train.loss_chunk_tokens": t.loss_chunk_tokens})
+                      "model.lora.rank": self.model.lora.rank, "train.loss_chunk_tokens": t.loss_chunk_tokens,
+                      "train.steps_per_call": t.steps_per_call})
+        self._validate_steps_per_call()
         if t.learning_rate == 0:
             warn("train.learning_rate=0: the weights will not change (only the evaluation runs)")
         if t.batch_size % t.grad_accum:
@@ -294,6 +301,25 @@ class Config:
         if self.task in PREFERENCE_TASKS and self.data.mixing == "bandit":
             raise ConfigError(f"data.mixing=bandit learns from each source's token loss; task {self.task} has one "
                               "loss per pair: use data.mixing=static or temperature")
+
+    def sync_intervals(self) -> dict[str, int]:
+        """The step counts that several steps in one call must divide, so that every host sync point (log,
+        evaluation, checkpoint, the last step) falls between calls."""
+        intervals = {"train.steps": self.train.steps, "train.log_every": self.train.log_every,
+                     "checkpoint.every": self.checkpoint.every}
+        return {**intervals, "eval.every": self.eval.every} if self.eval.every else intervals
+
+    def _validate_steps_per_call(self) -> None:
+        k = self.train.steps_per_call
+        if k <= 1:
+            return
+        if self.task == "grpo":
+            raise ConfigError(f"train.steps_per_call={k} with task grpo: each step's completions are sampled from "
+                              "the model the step before trained, one step a call; set train.steps_per_call=0 or 1")
+        for key, every in self.sync_intervals().items():
+            if every % k:
+                raise ConfigError(f"train.steps_per_call={k} must divide {key}={every}: logs, evaluations and "
+                                  "checkpoints happen between calls; set it to a divisor, or 0 to let jaxlm choose")
 
     def _validate_distill(self) -> None:
         d = self.train.distill

@@ -95,7 +95,8 @@ class LoopState:
     best_eval_loss: float | None = None
     evals_since_best: int = 0
     eval_losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)  # this process's evaluations
-    pending: list[tuple[int, dict]] = dataclasses.field(default_factory=list)  # (step, metrics on device)
+    # (step, metrics on device, index): index i picks the step's row out of a call of several steps, None for one
+    pending: list[tuple[int, dict, int | None]] = dataclasses.field(default_factory=list)
     last_sync: float = 0.0  # perf_counter() at the last sync point, for throughput
     ner_text: str | None = None  # the last evaluation's entity report
     compile_seconds: float = 0.0
@@ -189,26 +190,47 @@ def run_steps(run: Run, state: LoopState) -> None:
         return
     first = state.step
     updates = run.cfg.grpo.iterations if run.rollouts is not None else 1  # optimizer steps per batch
-    for batch in itertools.islice(run.train_data, -(-(run.cfg.train.steps - first) // updates)):
-        extra = {}
-        if run.rollouts is not None:  # grpo: the batch's prompts answered, scored, and kept for `updates` steps
-            batch, extra = run.rollouts.batch(batch, state.step)
-        if state.step == first:
-            compile_step(run, state, batch)
-        for _ in range(updates):
-            state.pending.append((state.step + 1, {**run.engine.step(batch), **extra}))
-            extra = {}
-            state.step += 1
-            due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
-            if due.sync and at_sync_point(run, state, due):
+    per_call = run.engine.steps_per_call
+    batches = itertools.islice(run.train_data, -(-(run.cfg.train.steps - first) // updates))
+    for batch in batches:
+        group = [batch]
+        if per_call > 1 and state.step % per_call == 0:  # not so only after a resume with other intervals
+            group += itertools.islice(batches, per_call - 1)
+        if len(group) == per_call > 1:
+            if state.step == first:
+                compile_step(run, state, group)
+            metrics = run.engine.steps(group)
+            state.pending.extend((state.step + 1 + i, metrics, i) for i in range(per_call))
+            state.step += per_call  # no sync point falls inside a call (Config.sync_intervals)
+            if after_step(run, state):
                 return
+            continue
+        for one in group:  # one step a call (with fewer batches left than a call takes, those)
+            extra = {}
+            if run.rollouts is not None:  # grpo: the batch's prompts answered, scored, and kept for `updates` steps
+                one, extra = run.rollouts.batch(one, state.step)
+            if state.step == first:
+                compile_step(run, state, one)
+            for _ in range(updates):
+                state.pending.append((state.step + 1, {**run.engine.step(one), **extra}, None))
+                extra = {}
+                state.step += 1
+                if after_step(run, state):
+                    return
 
 
-def compile_step(run: Run, state: LoopState, batch: dict) -> None:
+def after_step(run: Run, state: LoopState) -> bool:
+    """The sync point's bookkeeping where `state.step` is one; True when the run stops early."""
+    due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
+    return due.sync and at_sync_point(run, state, due)
+
+
+def compile_step(run: Run, state: LoopState, batch: dict | list[dict]) -> None:
     began = time.perf_counter()
     run.engine.compile(batch)
     state.compile_seconds = time.perf_counter() - began
-    run.logger.write(f"compiled the train step in {state.compile_seconds:.1f}s")
+    per_call = f" ({len(batch)} optimizer steps a call: train.steps_per_call)" if isinstance(batch, list) else ""
+    run.logger.write(f"compiled the train step{per_call} in {state.compile_seconds:.1f}s")
     state.last_sync = time.perf_counter()
 
 
@@ -238,7 +260,11 @@ def at_sync_point(run: Run, state: LoopState, due: Due) -> bool:
 def sync(run: Run, state: LoopState) -> list[dict]:
     """The metrics of the steps since the last sync as host rows, with throughput and data statistics."""
     names = run.train_data.source_names
-    rows = [expert_load(by_source(dict(jax.device_get(m), step=s), names)) for s, m in state.pending]
+    fetched = {}  # a call's metrics once, however many steps it ran
+    for _, m, _ in state.pending:
+        if id(m) not in fetched:
+            fetched[id(m)] = jax.device_get(m)
+    rows = [expert_load(by_source(dict(_row(fetched[id(m)], i), step=s), names)) for s, m, i in state.pending]
     state.pending = []
     now = time.perf_counter()
     t = run.cfg.train
@@ -253,6 +279,10 @@ def sync(run: Run, state: LoopState) -> list[dict]:
     rows[-1].update(realised_shares(data_stats))
     stop_if_not_finite(run, rows)
     return rows
+
+
+def _row(metrics: dict, index: int | None) -> dict:
+    return metrics if index is None else {k: v[index] for k, v in metrics.items()}
 
 
 def stop_if_not_finite(run: Run, rows: list[dict]) -> None:

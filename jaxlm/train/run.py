@@ -191,8 +191,8 @@ def mixing_hooks(cfg: Config, train_data) -> tuple[SyncHook, ...]:
 # trained parameters, task and head, training data and its position, batch, seed, optimizer state layout).
 RESUMABLE = ("output_dir", "train.steps", "train.log_every", "train.learning_rate", "train.schedule",
              "train.warmup_steps", "train.weight_decay", "train.compute_dtype", "train.loss_chunk_tokens",
-             "train.grad_accum", "dpo.precompute_reference", "eval.", "data.eval", "data.test", "checkpoint.", "mesh.",
-             "model.attention", "model.remat", "export.")
+             "train.grad_accum", "train.steps_per_call", "dpo.precompute_reference", "eval.", "data.eval",
+             "data.test", "checkpoint.", "mesh.", "model.attention", "model.remat", "export.")
 
 
 def check_same_run(cfg: Config, paths: dict) -> None:

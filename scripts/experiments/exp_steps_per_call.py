@@ -1,0 +1,71 @@
+"""Several optimizer steps in one compiled call against one a call, in one process (issue 31).
+
+    PYTHONPATH=. python scripts/experiments/exp_steps_per_call.py [--mode full|lora] [--rounds 6]
+
+Builds jaxlm's train engine for SmolLM2-135M 4x256 float32 (the shipped GGUF) as `jaxlm train` does on this
+machine, compiles both of its programs (one step a call, and `train.steps_per_call` steps a call: 5 with the
+default intervals on a CPU), then alternates rounds of k steps one a call and one call of k steps, so the
+machine's drift hits both alike. Prints each side's median seconds per step, its kernel (system) CPU seconds
+per step (the page faults of XLA:CPU's temporaries, mapped afresh at every call), and the speed ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_train  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=["full", "lora"], default="lora")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+
+    import jax
+
+    import jaxlm
+    from jaxlm.train.config import load_config
+    from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
+
+    cfg = load_config(None, ["task=causal_lm", "train.batch_size=4", "train.seq_len=256", "train.warmup_steps=0",
+                             "train.learning_rate=1e-5", f"model.lora.rank={16 if args.mode == 'lora' else 0}",
+                             "data.pack=false"])
+    model, _ = jaxlm.load_pretrained(bench_train.weights_path("smollm2-135m", False))
+    prepare_model(model, cfg, say=lambda line: None)
+    engine = build_engine(model, cfg)
+    del model
+    k = engine.steps_per_call
+    if k == 1:
+        sys.exit("train.steps_per_call resolves to 1 here (not a CPU?): nothing to compare")
+    data = bench_train.batches(4, 256, 49152, n=k)
+    engine.compile(data[0])
+    engine.compile(data)
+    jax.block_until_ready((engine.step(data[0]), engine.steps(data)))  # warm-up
+
+    seconds: dict[str, list[float]] = {"one a call": [], f"{k} a call": []}
+    kernel: dict[str, list[float]] = {side: [] for side in seconds}
+    for r in range(args.rounds):
+        for side in list(seconds)[:: 1 if r % 2 == 0 else -1]:
+            before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            metrics = [engine.step(b) for b in data] if side == "one a call" else engine.steps(data)
+            jax.block_until_ready(metrics)
+            seconds[side].append((time.perf_counter() - began) / k)
+            kernel[side].append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - before.ru_stime) / k)
+    for side, times in seconds.items():
+        median = statistics.median(times)
+        print(f"[{args.mode}] {side}: median {median:.2f} s/step ({4 * 256 / median:.0f} tok/s; rounds "
+              f"{', '.join(f'{t:.2f}' for t in times)}), kernel {statistics.median(kernel[side]):.2f} s/step")
+    one, several = (statistics.median(t) for t in seconds.values())
+    print(f"RATIO {args.mode}: {k} steps a call / one a call, speed {one / several:.3f}")
+
+
+if __name__ == "__main__":
+    main()
