@@ -6,7 +6,8 @@ A run, one named function per part:
                                     steps), checkpointer, logger (run.py)
     state = start(run)              the latest checkpoint restored (run.py: `resume`), or step 0 with a first
                                     eval and the data.test scores before training
-    run_steps(run, state)           dispatches steps asynchronously; their metrics stay on device until
+    run_steps(run, state)           dispatches steps asynchronously, train.steps_per_call of them a compiled
+                                    call (Engine.steps; several on a CPU); their metrics stay on device until
         at_sync_point(...)          every `train.log_every` steps, and at evaluations and checkpoints:
             sync                    the interval's metrics as host rows; stops on a non-finite loss
             record_eval             eval loss (and entity scores) on the same eval batches each time
@@ -196,7 +197,7 @@ def run_steps(run: Run, state: LoopState) -> None:
         group = [batch]
         if per_call > 1 and state.step % per_call == 0:  # not so only after a resume with other intervals
             group += itertools.islice(batches, per_call - 1)
-        if len(group) == per_call > 1:
+        if per_call > 1 and len(group) == per_call:
             if state.step == first:
                 compile_step(run, state, group)
             metrics = run.engine.steps(group)
