@@ -59,11 +59,13 @@ def synth_model(tmp_path_factory) -> str:
 # worker. (xdist_group marks, which would do that per group, are ignored under pytest 9.2: xdist 3.8 renames the
 # item's `_nodeid`, which pytest no longer reads.) Files go out in collection order (`--no-loadscope-reorder`),
 # and the files that take longest start first, so that no worker begins a two-minute file while the others are
-# finishing: wall seconds per file in one `make test` on 2 cores, longest first; the rest keep pytest's order.
-LONGEST_FIRST = ["test_bad_inputs.py", "test_moe.py", "test_train_run.py", "test_ray_engines.py",
-                 "test_train_distributed.py", "test_multi_device.py", "test_models.py", "test_sampling_parity.py",
-                 "test_smollm2.py", "test_train_resume.py", "test_quant.py", "test_train_sharding.py",
-                 "test_synth_run.py", "test_scan.py"]
+# finishing: seconds per file (its tests' durations added up) in one `make test` on 2 cores, longest first;
+# the rest keep pytest's order.
+LONGEST_FIRST = ["test_bad_inputs.py", "test_ray_engines.py", "test_train_distributed.py", "test_moe.py",
+                 "test_train_resume.py", "test_train_run.py", "test_quant.py", "test_multi_device.py",
+                 "test_synth_run.py", "test_scan.py", "test_data_pipeline.py", "test_models.py",
+                 "test_sampling_parity.py", "test_audit_models.py", "test_train_engine.py", "test_smollm2.py",
+                 "test_gguf_export.py", "test_train_loop.py", "test_steps_per_call.py", "test_train_sharding.py"]
 
 
 def pytest_collection_modifyitems(config, items):
