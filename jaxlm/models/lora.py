@@ -36,13 +36,16 @@ class LoRALinear(nnx.Module):
 
     def __call__(self, x, down=None):
         """`down` is x @ A when the caller computed it (`layers.fan_out` batches it over siblings). B's gradient
-        comes from `layers.dense`, which keeps XLA:CPU from copying the [tokens, out] dy transposed for it."""
+        comes from `layers.dense`, which keeps XLA:CPU from copying the [tokens, out] dy transposed for it.
+        The scale multiplies B [rank, out], not the product [tokens, out]: the backward pass then scales B's
+        small gradient instead of writing a scaled copy of every adapter's [tokens, out] cotangent (a LoRA r16
+        step of SmolLM2-135M 4x256 on 2 CPU cores: scripts/experiments/cpu_speed.md)."""
         y = layers.dense(x, self.kernel[...].astype(x.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         if down is None:
             down = layers.thin_dense(x, self.lora_a[...].astype(x.dtype))
-        return y + self.scale * layers.dense(down, self.lora_b[...].astype(x.dtype))
+        return y + layers.dense(down, (self.scale * self.lora_b[...]).astype(x.dtype))
 
     def merged_kernel(self):
         return self.kernel[...] + self.scale * (self.lora_a[...] @ self.lora_b[...]).astype(self.kernel[...].dtype)
@@ -75,7 +78,7 @@ class LoRAExperts(Experts):
             return y
         a, b = self.pair(name)
         down = grouped_matmul(rows, a.astype(rows.dtype), sizes)
-        return y + self.scale * grouped_matmul(down, b.astype(rows.dtype), sizes)
+        return y + grouped_matmul(down, (self.scale * b).astype(rows.dtype), sizes)  # as in LoRALinear
 
     def merged(self, name: str) -> jax.Array:
         """Projection `name`'s kernels with the adapter folded in (any leading layer axis kept)."""
