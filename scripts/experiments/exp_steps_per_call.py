@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import bench_train  # noqa: E402
+import interleave  # noqa: E402
 
 
 def main() -> None:
@@ -50,20 +48,10 @@ def main() -> None:
     engine.compile(data)
     jax.block_until_ready((engine.step(data[0]), engine.steps(data)))  # warm-up
 
-    seconds: dict[str, list[float]] = {"one a call": [], f"{k} a call": []}
-    kernel: dict[str, list[float]] = {side: [] for side in seconds}
-    for r in range(args.rounds):
-        for side in list(seconds)[:: 1 if r % 2 == 0 else -1]:
-            before, began = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            metrics = [engine.step(b) for b in data] if side == "one a call" else engine.steps(data)
-            jax.block_until_ready(metrics)
-            seconds[side].append((time.perf_counter() - began) / k)
-            kernel[side].append((resource.getrusage(resource.RUSAGE_SELF).ru_stime - before.ru_stime) / k)
-    for side, times in seconds.items():
-        median = statistics.median(times)
-        print(f"[{args.mode}] {side}: median {median:.2f} s/step ({4 * 256 / median:.0f} tok/s; rounds "
-              f"{', '.join(f'{t:.2f}' for t in times)}), kernel {statistics.median(kernel[side]):.2f} s/step")
-    one, several = (statistics.median(t) for t in seconds.values())
+    times = interleave.alternate({"one a call": lambda: jax.block_until_ready([engine.step(b) for b in data]),
+                                  f"{k} a call": lambda: jax.block_until_ready(engine.steps(data))},
+                                 args.rounds, k)
+    one, several = interleave.report(times, 4 * 256, f"[{args.mode}] ")
     print(f"RATIO {args.mode}: {k} steps a call / one a call, speed {one / several:.3f}")
 
 

@@ -175,6 +175,17 @@ def profile(mode: str, args) -> None:
     print("  other ops by the jax primitive they came from (s a step, the top 12):")
     for source, seconds in by_source.most_common(12):
         print(f"    {seconds:7.3f} s  {source}")
+    by_kind = collections.defaultdict(lambda: [0, 0.0])  # (op kind, output shape, where from) -> count, seconds
+    for name, seconds in per_op.items():
+        if not flops.get(name):
+            where = re.search(r'op_name="([^"]*)"', instructions[name]["line"])
+            key = (re.sub(r"\.\d+$", "", name), instructions[name]["shape"][:36],
+                   "/".join(where.group(1).split("/")[-2:])[-60:] if where else "")
+            by_kind[key][0] += 1
+            by_kind[key][1] += seconds
+    print(f"  other ops by kind, output shape and source (s a step, count; the top {args.top}):")
+    for (kind, shape, source), (count, seconds) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])[:args.top]:
+        print(f"    {seconds:7.3f} s  {count:4d} x {kind[:34]:34s} {shape:36s} {source}")
     print("  by category (s a step):")
     for label, seconds in by_category.most_common():
         print(f"    {seconds:7.3f} s  {label}")

@@ -1,0 +1,83 @@
+"""jaxlm's LoRA r16 train step against another step, in one process (issue 31).
+
+    PYTHONPATH=. python scripts/experiments/exp_lora_step.py --against full|scaled-product [--rounds 6]
+
+`full`: the full fine-tuning step of the same model (the target: a LoRA step >= 1.3x its full step).
+`scaled-product`: LoRA as it was before the scale moved onto B, alpha/rank x (x A B) (`LoRALinear.__call__`
+patched back), against LoRA as it is.
+
+Both engines are SmolLM2-135M 4x256 float32 (the shipped GGUF) as `jaxlm train` builds them on this machine
+(`train.steps_per_call` steps a call); both compiled, then rounds alternate so the machine's drift hits both.
+Prints each side's median wall and user CPU seconds per step and the speed ratio of LoRA as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import bench_train  # noqa: E402
+import interleave  # noqa: E402
+
+
+def scaled_product_call(self, x, down=None):
+    """LoRALinear.__call__ before the scale moved onto B."""
+    from jaxlm.models import layers
+
+    y = layers.dense(x, self.kernel[...].astype(x.dtype))
+    if self.bias is not None:
+        y = y + self.bias[...].astype(x.dtype)
+    if down is None:
+        down = layers.thin_dense(x, self.lora_a[...].astype(x.dtype))
+    return y + self.scale * layers.dense(down, self.lora_b[...].astype(x.dtype))
+
+
+def build(rank: int):
+    import jax
+
+    import jaxlm
+    from jaxlm.train.config import load_config
+    from jaxlm.train.engine import build_engine
+    from jaxlm.train.inputs import prepare_model
+
+    cfg = load_config(None, ["task=causal_lm", "train.batch_size=4", "train.seq_len=256", "train.warmup_steps=0",
+                             "train.learning_rate=1e-5", f"model.lora.rank={rank}", "data.pack=false"])
+    model, _ = jaxlm.load_pretrained(bench_train.weights_path("smollm2-135m", False))
+    prepare_model(model, cfg, say=lambda line: None)
+    engine = build_engine(model, cfg)
+    data = bench_train.batches(4, 256, 49152, n=engine.steps_per_call)
+    engine.compile(data)
+    jax.block_until_ready(engine.steps(data))  # warm-up
+    return engine, data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", choices=["full", "scaled-product"], default="full")
+    parser.add_argument("--rounds", type=int, default=6)
+    args = parser.parse_args()
+
+    import jax
+
+    from jaxlm.models import lora
+
+    engines = {"LoRA": build(16)}
+    if args.against == "full":
+        engines["full"] = build(0)
+    else:
+        lora.LoRALinear.__call__ = scaled_product_call
+        engines["LoRA, scale on the product"] = build(16)
+
+    def run(side):
+        engine, data = engines[side]
+        return lambda: jax.block_until_ready(engine.steps(data))
+
+    times = interleave.alternate({side: run(side) for side in engines}, args.rounds, len(engines["LoRA"][1]))
+    mine, other = interleave.report(times, 4 * 256)
+    print(f"RATIO LoRA / {args.against}: speed {other / mine:.3f}")
+
+
+if __name__ == "__main__":
+    main()
