@@ -258,9 +258,9 @@ def steps_per_call(cfg: Config, platform: str) -> int:
     XLA:CPU allocates a program's temporaries at every call and the C library maps them afresh (2.16 GB for
     SmolLM2-135M's full 4x256 step: ~530,000 page faults and ~1 s of kernel time a step); the steps of one call
     share one allocation. SmolLM2-135M 4x256 float32 on the 2-core CI VM, 5 steps a call against one, in one
-    process (scripts/experiments/exp_steps_per_call.py): LoRA 1.11x and 1.15x, full 1.06x the speed, kernel time a step
-    1.23 -> 0.28 s and 0.95 -> 0.22 s, the same peak memory. On a GPU the runtime keeps its memory pool between
-    calls, and grpo samples from the model between steps."""
+    process (scripts/experiments/exp_steps_per_call.py): LoRA 1.11x and 1.15x, full 1.06x the speed, kernel
+    time a step 1.23 -> 0.28 s and 0.95 -> 0.22 s, the same peak memory. On a GPU the runtime keeps its memory
+    pool between calls, and grpo samples from the model between steps."""
     if cfg.train.steps_per_call:
         return cfg.train.steps_per_call
     if platform != "cpu" or cfg.task == "grpo":
