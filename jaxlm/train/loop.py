@@ -46,7 +46,7 @@ import jax
 from flax import nnx
 
 from jaxlm.compute import distributed
-from jaxlm.errors import Stopped
+from jaxlm.errors import Stopped, interrupts_between, raise_if_interrupted
 from jaxlm.eval.scoring import headline
 from jaxlm.tasks import sequences_per_example
 from jaxlm.train import report
@@ -116,7 +116,8 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True, hooks: Seq
     run = prepare(cfg, progress=progress, hooks=hooks)
     try:
         state = start(run)
-        run_steps(run, state)
+        with interrupts_between():  # Ctrl-C stops the run after the step it interrupted, never inside one
+            run_steps(run, state)
     except BaseException:
         close(run, failing=True)
         raise
@@ -222,6 +223,7 @@ def run_steps(run: Run, state: LoopState) -> None:
 
 def after_step(run: Run, state: LoopState) -> bool:
     """The sync point's bookkeeping where `state.step` is one; True when the run stops early."""
+    raise_if_interrupted()
     due = due_after(run.cfg, state.step, can_eval=bool(run.eval_batches))
     return due.sync and at_sync_point(run, state, due)
 
