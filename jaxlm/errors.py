@@ -4,7 +4,7 @@
     2    bad input or config: one line on stderr naming the file:line or the key, no traceback
     3    stopped part-way, keeping what was saved: a --fail-on gate failed, the loss went
          non-finite, or the disk filled up (the last good checkpoint is kept; re-run to resume)
-    130  interrupted (Ctrl-C; in training, at the next step: see `interrupts_between`)
+    130  interrupted (Ctrl-C; in training, after the step under way: see `interrupts_between`)
 
 Library code raises a subclass of `UserError` (exit 2) or `Stopped` (exit 3) where it finds
 the problem; each command's `main` is wrapped in `exit_codes`, the one place that turns them
@@ -146,13 +146,14 @@ _interrupt_noted = threading.Event()
 
 
 @contextlib.contextmanager
-def interrupts_between():
+def interrupts_between(notice: str):
     """Inside the block a Ctrl-C is noted, not raised: `raise_if_interrupted()` raises it where the work can stop
-    whole (the training loop calls it after each step it dispatches). Python's own handler raises
-    KeyboardInterrupt at whatever bytecode runs next, and when that is a finalizer (a `__del__`, a weakref
-    callback, run by a garbage collection mid-step) Python prints it and carries on: a run that ignored its
-    Ctrl-C (seen once: a test's run still training 300 s after SIGINT). A second Ctrl-C raises at once, for a
-    block stuck where no check comes. Off the main thread, or where SIGINT is ignored, the block runs as is.
+    whole (the training loop calls it after each step it dispatches), and `notice` goes to stderr at once so the
+    user knows it was heard. Python's own handler raises KeyboardInterrupt at whatever bytecode runs next, and
+    when that is a finalizer (a `__del__`, a weakref callback, run by a garbage collection mid-step) Python
+    prints it and carries on: a run that ignores its Ctrl-C (the likely cause of a test's run found still in its
+    loop 300 s after SIGINT). A second Ctrl-C raises at once, for a block stuck where no check comes. Off the
+    main thread, or where SIGINT is ignored, the block runs as is.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -166,6 +167,8 @@ def interrupts_between():
     def note(signum, frame):
         _interrupt_noted.set()
         signal.signal(signal.SIGINT, second)
+        with contextlib.suppress(OSError):  # to fd 2 itself: the interrupted code may be mid-write to sys.stderr
+            os.write(2, f"\ninterrupt: {notice} (Ctrl-C again to stop at once)\n".encode())
 
     _interrupt_noted.clear()
     signal.signal(signal.SIGINT, note)

@@ -122,7 +122,7 @@ class CtrlC(SyncRecorder):
             signal.raise_signal(signal.SIGINT)
 
 
-def test_ctrl_c_stops_training_after_the_step_it_came_in(tmp_path):
+def test_ctrl_c_stops_training_after_the_step_it_came_in(tmp_path, capfd):
     # Noted, not raised inside the hook: the sync point finishes (steps 1-2 logged) and the run stops after the
     # next call (steps 3-4) is dispatched.
     cfg = tiny_config(tmp_path, write_tiny_llama(tmp_path / "llama"), "causal_lm", [write_text(tmp_path / "text")],
@@ -134,6 +134,7 @@ def test_ctrl_c_stops_training_after_the_step_it_came_in(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler  # put back as it was
     assert [step for step, *_ in hook.seen] == [2]
     assert [r["step"] for r in read_metrics(os.path.join(cfg.output_dir, "metrics.jsonl")) if "loss" in r] == [1, 2]
+    assert "interrupt: stopping after the step under way" in capfd.readouterr().err  # heard at once
 
 
 def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run_and_a_second_one_stops_it_at_once():
@@ -145,14 +146,14 @@ def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_run_and_a_second_one
             signal.raise_signal(signal.SIGINT)
 
     went_on = []
-    with pytest.raises(KeyboardInterrupt), interrupts_between():
+    with pytest.raises(KeyboardInterrupt), interrupts_between("stopping"):
         Finalized()  # dropped at once: Ctrl-C arrives inside its __del__
         went_on.append(True)
         raise_if_interrupted()
     assert went_on == [True]  # raised by the check, where the work can stop whole, not inside the finalizer
 
     went_on = []
-    with pytest.raises(KeyboardInterrupt), interrupts_between():
+    with pytest.raises(KeyboardInterrupt), interrupts_between("stopping"):
         signal.raise_signal(signal.SIGINT)
         went_on.append(True)
         signal.raise_signal(signal.SIGINT)  # a second press: for work stuck where no check comes

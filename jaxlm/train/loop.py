@@ -116,7 +116,7 @@ def train(cfg: Config, *, progress: bool = True, export: bool = True, hooks: Seq
     run = prepare(cfg, progress=progress, hooks=hooks)
     try:
         state = start(run)
-        with interrupts_between():  # Ctrl-C stops the run after the step it interrupted, never inside one
+        with interrupts_between("stopping after the step under way; re-run to resume from the last checkpoint"):
             run_steps(run, state)
     except BaseException:
         close(run, failing=True)
