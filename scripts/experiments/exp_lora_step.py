@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["lora", "full"], default="lora", help="one-kernel: which step")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
+    if args.mode == "full" and args.against != "one-kernel":
+        parser.error("--mode full goes with --against one-kernel (the other comparisons are of LoRA steps)")
 
     import jax
 
@@ -110,7 +112,7 @@ def main() -> None:
     first = next(iter(engines))
     times = interleave.alternate({side: run(side) for side in engines}, args.rounds, len(engines[first][1]))
     mine, other = interleave.report(times, 4 * 256)
-    for side, (engine, data) in engines.items():  # the same steps on the same data: the same losses
+    for side, (engine, data) in engines.items():  # the same model both sides (not --against full): the same losses
         print(f"{side}: loss after one more call {jax.device_get(engine.steps(data))['loss'][-1]:.6f}")
     if args.against == "one-kernel":
         print(f"RATIO {first}, one kernel for siblings / as it is: speed {mine / other:.3f}")
