@@ -67,3 +67,20 @@ def test_tokenizer_rebuilt_from_metadata_matches_transformers_gguf_converter(smo
         assert ours(text).input_ids == theirs(text).input_ids
         assert ours.decode(ours(text).input_ids) == text
     assert (ours.bos_token, ours.eos_token, ours.pad_token) == (theirs.bos_token, theirs.eos_token, theirs.pad_token)
+
+
+def test_jaxlms_reader_reads_the_fields_and_tensors_ggufs_own_reader_reads(smollm2_gguf):
+    """jaxlm reads GGUF files over a plain view of the memory map (faster metadata); nothing read differs."""
+    import gguf
+
+    from jaxlm.hf.gguf import _reader_class
+
+    ours, theirs = _reader_class()(smollm2_gguf), gguf.GGUFReader(smollm2_gguf)
+    assert type(ours.data) is np.ndarray and type(theirs.data) is np.memmap
+    assert list(ours.fields) == list(theirs.fields)
+    for key, field in theirs.fields.items():
+        assert ours.fields[key].contents() == field.contents(), key
+    assert len(ours.tensors) == len(theirs.tensors) == 272
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert (a.name, a.tensor_type, list(a.shape)) == (b.name, b.tensor_type, list(b.shape))
+        np.testing.assert_array_equal(a.data, b.data, err_msg=a.name)
