@@ -22,7 +22,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_train  # noqa: E402
 import interleave  # noqa: E402
 
 
@@ -62,25 +61,6 @@ def fused_fan_out(projections, x):
             for p, y in zip(projections, ys, strict=True)]
 
 
-def build(rank: int):
-    import jax
-
-    import jaxlm
-    from jaxlm.train.config import load_config
-    from jaxlm.train.engine import build_engine
-    from jaxlm.train.inputs import prepare_model
-
-    cfg = load_config(None, ["task=causal_lm", "train.batch_size=4", "train.seq_len=256", "train.warmup_steps=0",
-                             "train.learning_rate=1e-5", f"model.lora.rank={rank}", "data.pack=false"])
-    model, _ = jaxlm.load_pretrained(bench_train.weights_path("smollm2-135m", False))
-    prepare_model(model, cfg, say=lambda line: None)
-    engine = build_engine(model, cfg)
-    data = bench_train.batches(4, 256, 49152, n=engine.steps_per_call)
-    engine.compile(data)
-    jax.block_until_ready(engine.steps(data))  # warm-up
-    return engine, data
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--against", choices=["full", "scaled-product", "one-kernel"], default="full")
@@ -95,15 +75,15 @@ def main() -> None:
     from jaxlm.models import layers, lora
 
     rank = 16 if args.mode == "lora" else 0
-    engines = {"LoRA" if rank else "full": build(rank)}
+    engines = {"LoRA" if rank else "full": interleave.smollm2_engine(rank)}
     if args.against == "one-kernel":
         layers.fan_out = fused_fan_out
-        engines["one kernel for siblings"] = build(rank)
+        engines["one kernel for siblings"] = interleave.smollm2_engine(rank)
     elif args.against == "full":
-        engines["full"] = build(0)
+        engines["full"] = interleave.smollm2_engine(0)
     else:
         lora.LoRALinear.__call__ = scaled_product_call
-        engines["LoRA, scale on the product"] = build(16)
+        engines["LoRA, scale on the product"] = interleave.smollm2_engine(16)
 
     def run(side):
         engine, data = engines[side]

@@ -16,7 +16,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench_train  # noqa: E402
 import interleave  # noqa: E402
 
 
@@ -28,25 +27,10 @@ def main() -> None:
 
     import jax
 
-    import jaxlm
-    from jaxlm.train.config import load_config
-    from jaxlm.train.engine import build_engine
-    from jaxlm.train.inputs import prepare_model
-
-    cfg = load_config(None, ["task=causal_lm", "train.batch_size=4", "train.seq_len=256", "train.warmup_steps=0",
-                             "train.learning_rate=1e-5", f"model.lora.rank={16 if args.mode == 'lora' else 0}",
-                             "data.pack=false"])
-    model, _ = jaxlm.load_pretrained(bench_train.weights_path("smollm2-135m", False))
-    prepare_model(model, cfg, say=lambda line: None)
-    engine = build_engine(model, cfg)
-    del model
+    engine, data = interleave.smollm2_engine(16 if args.mode == "lora" else 0)
     k = engine.steps_per_call
-    if k == 1:
-        sys.exit("train.steps_per_call resolves to 1 here (not a CPU?): nothing to compare")
-    data = bench_train.batches(4, 256, 49152, n=k)
     engine.compile(data[0])
-    engine.compile(data)
-    jax.block_until_ready((engine.step(data[0]), engine.steps(data)))  # warm-up
+    jax.block_until_ready(engine.step(data[0]))  # warm-up
 
     times = interleave.alternate({"one a call": lambda: jax.block_until_ready([engine.step(b) for b in data]),
                                   f"{k} a call": lambda: jax.block_until_ready(engine.steps(data))},
