@@ -37,6 +37,7 @@ SETTINGS = {  # name -> XLA debug options for the train step's compilation
     "sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "sched=memory+ynn=dot": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", "xla_cpu_experimental_ynn_fusion_type": DOT},
     **{f"{lib}=dot": {**DEFAULT, f"xla_cpu_experimental_{lib}_fusion_type": DOT} for lib in ("ynn", "onednn", "xnn")},
+    "ynn=off": {**DEFAULT, "xla_cpu_experimental_ynn_fusion_type": ""},  # dots to Eigen, the rest to XLA's emitters
     "bf16": DEFAULT,
     "bf16+sched=memory": {SCHED: "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"},
     "autodiff": DEFAULT,
