@@ -7,7 +7,8 @@ fields XLA_FLAGS sets), so every setting runs in the same process under the same
 turn (A B C A B C ...): on a shared, loaded machine that is the fair comparison. Per setting: the median
 step's wall seconds and the process CPU seconds it took (user + system of all XLA threads), the compiled
 temporaries (XLA's memory analysis: load does not touch it), and the loss and gradient norm of one step
-from the same state, which must match the baseline's. The last line gives each setting's median step
+from the same state, which must match the baseline's; on stderr, each setting's compile time (the compile
+alone: `opt=0|1` and `llvm=cheap` ask LLVM for less work). The last line gives each setting's median step
 time over the baseline's (< 1 is faster). SmolLM2-135M 4x256, float32; the settings `bf16...` build their own
 engine with train.compute_dtype=bfloat16 (its loss may differ by rounding, up to 1 %), `chunk=N` theirs with
 train.loss_chunk_tokens=N, `autodiff` its own with the linear layers' and LoRA's matmuls differentiated by
