@@ -12,8 +12,12 @@ are the full step's only), so it says how much of the gap to torch lies in the m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import interleave  # noqa: E402
 
 # (name, m, k, n, calls a LoRA step, calls a full step): SmolLM2-135M, 30 layers, hidden 576, q 576, k/v 192,
 # MLP 1536, vocabulary 49152, 1024 tokens a step
@@ -31,13 +35,6 @@ SHAPES = [
     ("kernel gradient 1536x576", 1536, 1024, 576, 0, 30),
     ("LM head kernel gradient", 576, 1024, 49152, 0, 1),
 ]
-
-
-def timed(run, repeats: int) -> float:
-    began = time.perf_counter()
-    for _ in range(repeats):
-        run()
-    return (time.perf_counter() - began) / repeats
 
 
 def main() -> None:
@@ -63,11 +60,9 @@ def main() -> None:
                  "torch": lambda x=ta, w=tb: torch.matmul(x, w)}
         for run in sides.values():
             run()
-        times = {side: [] for side in sides}
-        for r in range(args.rounds):
-            for side in list(sides)[:: 1 if r % 2 == 0 else -1]:
-                times[side].append(timed(sides[side], repeats))
-        jax_s, torch_s = statistics.median(times["jax"]), statistics.median(times["torch"])
+        times = interleave.alternate({side: lambda run=run, n=repeats: [run() for _ in range(n)]
+                                      for side, run in sides.items()}, args.rounds, repeats)
+        jax_s, torch_s = (statistics.median(wall for wall, _, _ in times[side]) for side in ("jax", "torch"))
         flops = 2 * m * k * n
         print(f"{name:26s} [{m}x{k}] x [{k}x{n}]: XLA:CPU {flops / jax_s / 1e9:5.0f} GFLOP/s, torch "
               f"{flops / torch_s / 1e9:5.0f}; torch's time / XLA's {torch_s / jax_s:.2f}")
